@@ -1,0 +1,17 @@
+//! Kernel command line parsing: space-separated `key=value` words, the last one wins.
+
+/// The value of the last `key=value` word, if any.
+pub fn param<'a>(cmdline: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    cmdline
+        .split(|&b| b == b' ' || b == b'\t' || b == b'\n')
+        .filter_map(|word| {
+            let value = word.strip_prefix(key)?;
+            value.strip_prefix(b"=")
+        })
+        .last()
+}
+
+/// The non-empty items of a comma-separated list.
+pub fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').filter(|item| !item.is_empty())
+}

@@ -1,0 +1,29 @@
+//! The scenarios `probe.run=` can name. To add one: a file with `pub fn run(boot: &BootInfo)`
+//! that prints its `probe: NAME ok|fail ...` lines, and a row in `SCENARIOS`.
+
+mod cpus;
+mod hello;
+mod idle;
+mod mem;
+
+use crate::serial::ResultLine;
+use crate::zero_page::BootInfo;
+
+struct Scenario {
+    name: &'static str,
+    run: fn(&BootInfo),
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario { name: hello::NAME, run: hello::run },
+    Scenario { name: mem::NAME, run: mem::run },
+    Scenario { name: cpus::NAME, run: cpus::run },
+    Scenario { name: idle::NAME, run: idle::run },
+];
+
+pub fn run(name: &[u8], boot: &BootInfo) {
+    match SCENARIOS.iter().find(|scenario| scenario.name.as_bytes() == name) {
+        Some(scenario) => (scenario.run)(boot),
+        None => ResultLine::fail(name).text("unknown scenario").end(),
+    }
+}

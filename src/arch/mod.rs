@@ -1,0 +1,3 @@
+//! Architecture support. Only x86_64 exists today.
+
+pub mod x86_64;

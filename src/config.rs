@@ -1,0 +1,279 @@
+//! The Firecracker-format VM configuration (`--config-file`), with Palisade's checks.
+
+use serde::Deserialize;
+
+use crate::arch::x86_64::mptable::MAX_CPUS;
+
+/// Smallest guest RAM accepted, in MiB.
+pub const MIN_MEM_MIB: usize = 16;
+/// Firecracker's default machine: 1 vCPU, 128 MiB.
+pub const DEFAULT_MEM_MIB: usize = 128;
+
+/// Errors of configuration parsing and validation.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("Cannot read the config file {path}: {source}")]
+    Read {
+        /// Path given.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// JSON syntax error, unknown field or wrong type (serde's message has line and column).
+    #[error("Invalid config file: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A section Palisade does not implement yet.
+    #[error("The config section '{0}' is not supported yet")]
+    Unsupported(&'static str),
+    /// A value out of range.
+    #[error("Invalid machine-config: {0}")]
+    Machine(String),
+}
+
+/// `boot-source`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BootSourceConfig {
+    /// ELF vmlinux or bzImage.
+    pub kernel_image_path: String,
+    /// Optional initrd.
+    pub initrd_path: Option<String>,
+    /// Kernel command line; Firecracker's default when absent.
+    pub boot_args: Option<String>,
+}
+
+/// `machine-config.huge_pages` as Firecracker names it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum HugePages {
+    /// Normal 4 KiB pages.
+    #[default]
+    None,
+    /// 2 MiB huge pages.
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
+}
+
+/// `machine-config`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// vCPUs, 1 to 32.
+    pub vcpu_count: u8,
+    /// Guest RAM in MiB.
+    pub mem_size_mib: usize,
+    /// Two threads per core.
+    #[serde(default)]
+    pub smt: bool,
+    /// Accepted for compatibility and ignored: no feature here needs dirty-page tracking.
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    /// Firecracker's deprecated static CPU template; only "None" is accepted.
+    pub cpu_template: Option<String>,
+    /// Huge pages; only "None" is accepted today.
+    #[serde(default)]
+    pub huge_pages: HugePages,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            vcpu_count: 1,
+            mem_size_mib: DEFAULT_MEM_MIB,
+            smt: false,
+            track_dirty_pages: false,
+            cpu_template: None,
+            huge_pages: HugePages::None,
+        }
+    }
+}
+
+impl MachineConfig {
+    /// Checks the values against the VMM's and the host's limits (`host_mem_mib`).
+    pub fn validate(&self, host_mem_mib: usize) -> Result<(), ConfigError> {
+        if self.vcpu_count == 0 || self.vcpu_count > MAX_CPUS {
+            return Err(ConfigError::Machine(format!(
+                "vcpu_count must be between 1 and {MAX_CPUS}, not {}",
+                self.vcpu_count
+            )));
+        }
+        if self.smt && self.vcpu_count > 1 && self.vcpu_count % 2 == 1 {
+            return Err(ConfigError::Machine(format!(
+                "with smt, vcpu_count must be 1 or even, not {}",
+                self.vcpu_count
+            )));
+        }
+        if self.mem_size_mib < MIN_MEM_MIB {
+            return Err(ConfigError::Machine(format!(
+                "mem_size_mib must be at least {MIN_MEM_MIB}, not {}",
+                self.mem_size_mib
+            )));
+        }
+        if self.mem_size_mib > host_mem_mib {
+            return Err(ConfigError::Machine(format!(
+                "mem_size_mib {} is more than the host's memory ({host_mem_mib} MiB)",
+                self.mem_size_mib
+            )));
+        }
+        if let Some(t) = self.cpu_template.as_deref().filter(|t| *t != "None") {
+            return Err(ConfigError::Machine(format!(
+                "cpu_template '{t}' is not supported"
+            )));
+        }
+        if self.huge_pages != HugePages::None {
+            return Err(ConfigError::Unsupported("machine-config.huge_pages"));
+        }
+        Ok(())
+    }
+}
+
+/// The whole file. Sections of Firecracker's format that Palisade does not implement yet are
+/// parsed only so that their presence is refused by name.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Kernel, initrd, command line.
+    #[serde(rename = "boot-source")]
+    pub boot_source: BootSourceConfig,
+    /// vCPUs and memory.
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: MachineConfig,
+    #[serde(default)]
+    drives: Vec<serde_json::Value>,
+    #[serde(rename = "network-interfaces", default)]
+    network_interfaces: Vec<serde_json::Value>,
+    logger: Option<serde_json::Value>,
+    metrics: Option<serde_json::Value>,
+    entropy: Option<serde_json::Value>,
+    balloon: Option<serde_json::Value>,
+    vsock: Option<serde_json::Value>,
+    #[serde(rename = "mmds-config")]
+    mmds_config: Option<serde_json::Value>,
+    #[serde(rename = "cpu-config")]
+    cpu_config: Option<serde_json::Value>,
+}
+
+impl VmConfig {
+    /// Parses a config from JSON text and refuses sections not supported yet.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let config: VmConfig = serde_json::from_str(text)?;
+        let unsupported = [
+            ("drives", !config.drives.is_empty()),
+            ("network-interfaces", !config.network_interfaces.is_empty()),
+            ("logger", config.logger.is_some()),
+            ("metrics", config.metrics.is_some()),
+            ("entropy", config.entropy.is_some()),
+            ("balloon", config.balloon.is_some()),
+            ("vsock", config.vsock.is_some()),
+            ("mmds-config", config.mmds_config.is_some()),
+            ("cpu-config", config.cpu_config.is_some()),
+        ];
+        if let Some((name, _)) = unsupported.iter().find(|(_, present)| *present) {
+            return Err(ConfigError::Unsupported(name));
+        }
+        if config.machine_config.track_dirty_pages {
+            log::info!("machine-config.track_dirty_pages is accepted and ignored");
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses a config file.
+    pub fn from_file(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        Self::from_json(&text)
+    }
+}
+
+/// Total RAM of the host in MiB, from sysinfo(2).
+pub fn host_memory_mib() -> usize {
+    // SAFETY: sysinfo only writes into the zeroed struct we pass.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo struct.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return usize::MAX;
+    }
+    let bytes = (info.totalram as u128) * u128::from(info.mem_unit.max(1));
+    usize::try_from(bytes >> 20).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{"boot-source":{"kernel_image_path":"/k"}}"#;
+
+    #[test]
+    fn minimal_config_gets_firecracker_defaults() {
+        let c = VmConfig::from_json(MINIMAL).unwrap();
+        assert_eq!(c.machine_config.vcpu_count, 1);
+        assert_eq!(c.machine_config.mem_size_mib, 128);
+        assert_eq!(c.boot_source.boot_args, None);
+    }
+
+    #[test]
+    fn firecracker_example_config_parses() {
+        let text = r#"{
+          "boot-source": {"kernel_image_path": "vmlinux.bin", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off", "initrd_path": null},
+          "drives": [],
+          "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "smt": false, "track_dirty_pages": false, "huge_pages": "None"},
+          "network-interfaces": []
+        }"#;
+        let c = VmConfig::from_json(text).unwrap();
+        assert_eq!(c.machine_config.vcpu_count, 2);
+        c.machine_config.validate(4096).unwrap();
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let err = VmConfig::from_json("{\n  \"boot-source\": {,}\n}").unwrap_err();
+        assert!(err.to_string().contains("line 2 column"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = VmConfig::from_json(r#"{"boot-source":{"kernel_image_path":"/k","kernel":1}}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `kernel`"), "{err}");
+        assert!(
+            VmConfig::from_json(r#"{"boot-source":{"kernel_image_path":"/k"},"x":1}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn drives_and_network_interfaces_are_refused_by_name() {
+        let text = r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"rootfs"}]}"#;
+        let err = VmConfig::from_json(text).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "The config section 'drives' is not supported yet"
+        );
+        let text = r#"{"boot-source":{"kernel_image_path":"/k"},"network-interfaces":[{}]}"#;
+        assert!(VmConfig::from_json(text)
+            .unwrap_err()
+            .to_string()
+            .contains("network-interfaces"));
+    }
+
+    #[test]
+    fn machine_limits_are_enforced() {
+        let m = |vcpu_count, mem_size_mib| MachineConfig {
+            vcpu_count,
+            mem_size_mib,
+            ..Default::default()
+        };
+        assert!(m(0, 128).validate(1024).is_err());
+        assert!(m(33, 128).validate(1024).is_err());
+        assert!(m(32, 128).validate(1024).is_ok());
+        assert!(m(1, 8).validate(1024).is_err());
+        assert!(m(1, 2048).validate(1024).is_err());
+        let smt = MachineConfig {
+            smt: true,
+            vcpu_count: 3,
+            ..Default::default()
+        };
+        assert!(smt.validate(1024).is_err());
+    }
+}

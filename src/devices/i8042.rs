@@ -1,0 +1,196 @@
+//! The i8042 keyboard controller, as much of it as a guest needs to ask for a reset
+//! (`reboot=k`) and to receive Ctrl+Alt+Del.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::bus::BusDevice;
+use crate::vstate::exit::{ExitCode, ExitRequest};
+
+const OFFSET_DATA: u64 = 0;
+const OFFSET_COMMAND: u64 = 4;
+
+const CMD_READ_CTR: u8 = 0x20;
+const CMD_WRITE_CTR: u8 = 0x60;
+const CMD_SELF_TEST: u8 = 0xaa;
+const CMD_KBD_TEST: u8 = 0xab;
+const CMD_KBD_DISABLE: u8 = 0xad;
+const CMD_KBD_ENABLE: u8 = 0xae;
+const CMD_READ_OUTP: u8 = 0xd0;
+const CMD_WRITE_OUTP: u8 = 0xd1;
+const CMD_RESET_CPU: u8 = 0xfe;
+
+const SB_OUT_DATA_AVAIL: u8 = 0x01;
+const SB_SYS_FLAG: u8 = 0x04;
+const SB_CMD_DATA: u8 = 0x08;
+const SB_KBD_ENABLED: u8 = 0x10;
+
+const CTR_KBD_INT: u8 = 0x01;
+const CTR_SYS_FLAG: u8 = 0x04;
+const CTR_KBD_DISABLED: u8 = 0x10;
+
+const KBD_ACK: u8 = 0xfa;
+const SELF_TEST_OK: u8 = 0x55;
+const BUFFER_SIZE: usize = 16;
+
+/// The controller.
+pub struct I8042Device {
+    reset: Arc<ExitRequest>,
+    kbd_interrupt: EventFd,
+    status: u8,
+    control: u8,
+    output_port: u8,
+    pending_command: Option<u8>,
+    output: VecDeque<u8>,
+}
+
+impl I8042Device {
+    /// A controller that turns the guest's reset request into a VM exit.
+    pub fn new(reset: Arc<ExitRequest>) -> std::io::Result<Self> {
+        Ok(Self {
+            reset,
+            kbd_interrupt: EventFd::new(EFD_NONBLOCK)?,
+            status: SB_SYS_FLAG | SB_KBD_ENABLED,
+            control: CTR_KBD_INT | CTR_SYS_FLAG,
+            output_port: 0x01,
+            pending_command: None,
+            output: VecDeque::with_capacity(BUFFER_SIZE),
+        })
+    }
+
+    /// The keyboard interrupt (IRQ 1) event, to register as irqfd.
+    pub fn interrupt_event(&self) -> &EventFd {
+        &self.kbd_interrupt
+    }
+
+    fn push(&mut self, byte: u8) {
+        if self.output.len() < BUFFER_SIZE {
+            self.output.push_back(byte);
+        }
+        self.status |= SB_OUT_DATA_AVAIL;
+    }
+
+    fn raise_interrupt(&self) -> std::io::Result<()> {
+        if self.control & CTR_KBD_INT != 0 && self.control & CTR_KBD_DISABLED == 0 {
+            self.kbd_interrupt.write(1)?;
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, cmd: u8) {
+        self.status |= SB_CMD_DATA;
+        match cmd {
+            CMD_READ_CTR => self.push(self.control),
+            CMD_WRITE_CTR | CMD_WRITE_OUTP => self.pending_command = Some(cmd),
+            CMD_READ_OUTP => self.push(self.output_port),
+            CMD_SELF_TEST => self.push(SELF_TEST_OK),
+            CMD_KBD_TEST => self.push(0),
+            CMD_KBD_DISABLE => self.control |= CTR_KBD_DISABLED,
+            CMD_KBD_ENABLE => self.control &= !CTR_KBD_DISABLED,
+            CMD_RESET_CPU => {
+                log::info!("The guest asked for a reset through the i8042; ending the VM");
+                self.reset.request(ExitCode::Ok);
+            }
+            _ => log::debug!("Ignored i8042 command {cmd:#x}"),
+        }
+    }
+
+    fn data(&mut self, byte: u8) {
+        self.status &= !SB_CMD_DATA;
+        match self.pending_command.take() {
+            Some(CMD_WRITE_CTR) => self.control = byte,
+            Some(_) => self.output_port = byte,
+            // A command to the keyboard itself: acknowledge it.
+            None => {
+                self.push(KBD_ACK);
+                if let Err(e) = self.raise_interrupt() {
+                    log::warn!("Cannot raise the keyboard interrupt: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl BusDevice for I8042Device {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if data.len() != 1 {
+            data.fill(0xff);
+            return;
+        }
+        data[0] = match offset {
+            OFFSET_DATA => {
+                let byte = self.output.pop_front().unwrap_or(0);
+                if self.output.is_empty() {
+                    self.status &= !SB_OUT_DATA_AVAIL;
+                }
+                byte
+            }
+            OFFSET_COMMAND => self.status,
+            _ => 0xff,
+        };
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 1 {
+            return;
+        }
+        match offset {
+            OFFSET_DATA => self.data(data[0]),
+            OFFSET_COMMAND => self.command(data[0]),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev() -> (I8042Device, Arc<ExitRequest>) {
+        let exit = Arc::new(ExitRequest::new().unwrap());
+        (I8042Device::new(exit.clone()).unwrap(), exit)
+    }
+
+    #[test]
+    fn reset_command_requests_a_clean_exit() {
+        let (mut d, exit) = dev();
+        d.write(OFFSET_COMMAND, &[CMD_RESET_CPU]);
+        assert_eq!(exit.code(), Some(0));
+    }
+
+    #[test]
+    fn control_register_round_trips() {
+        let (mut d, _) = dev();
+        d.write(OFFSET_COMMAND, &[CMD_WRITE_CTR]);
+        d.write(OFFSET_DATA, &[0x47]);
+        d.write(OFFSET_COMMAND, &[CMD_READ_CTR]);
+        let mut b = [0u8];
+        d.read(OFFSET_COMMAND, &mut b);
+        assert_ne!(b[0] & SB_OUT_DATA_AVAIL, 0);
+        d.read(OFFSET_DATA, &mut b);
+        assert_eq!(b[0], 0x47);
+        d.read(OFFSET_COMMAND, &mut b);
+        assert_eq!(b[0] & SB_OUT_DATA_AVAIL, 0);
+    }
+
+    #[test]
+    fn keyboard_commands_are_acknowledged_with_an_interrupt() {
+        let (mut d, _) = dev();
+        d.write(OFFSET_DATA, &[0xf4]);
+        assert_eq!(d.interrupt_event().read().unwrap(), 1);
+        let mut b = [0u8];
+        d.read(OFFSET_DATA, &mut b);
+        assert_eq!(b[0], KBD_ACK);
+    }
+
+    #[test]
+    fn output_buffer_is_bounded() {
+        let (mut d, _) = dev();
+        for _ in 0..100 {
+            d.write(OFFSET_DATA, &[0xff]);
+        }
+        assert_eq!(d.output.len(), BUFFER_SIZE);
+    }
+}

@@ -1,0 +1,126 @@
+//! The 8250 UART on COM1 (vm-superio), output to a writer, input queued by the VMM thread.
+
+use std::io::Write;
+
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::bus::BusDevice;
+
+/// Raises the serial interrupt through an irqfd.
+pub struct EventFdTrigger(EventFd);
+
+impl Trigger for EventFdTrigger {
+    type E = std::io::Error;
+
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+impl EventFdTrigger {
+    /// A new trigger and its event, to be registered as the IRQ's irqfd.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self(EventFd::new(EFD_NONBLOCK)?))
+    }
+
+    /// The event KVM listens on.
+    pub fn event(&self) -> &EventFd {
+        &self.0
+    }
+}
+
+/// COM1 as a bus device.
+pub struct SerialDevice {
+    serial: Serial<EventFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+}
+
+impl SerialDevice {
+    /// A UART writing to `out` and interrupting through `trigger`.
+    pub fn new(trigger: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
+        Self {
+            serial: Serial::new(trigger, out),
+        }
+    }
+
+    /// The interrupt event to register as irqfd.
+    pub fn interrupt_event(&self) -> &EventFd {
+        self.serial.interrupt_evt().event()
+    }
+
+    /// Room left in the receive FIFO.
+    pub fn input_room(&self) -> usize {
+        self.serial.fifo_capacity()
+    }
+
+    /// Queues bytes typed by the user for the guest.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.serial.enqueue_raw_bytes(bytes) {
+            log::warn!("Serial input dropped: {e}");
+        }
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if data.len() != 1 || offset > 7 {
+            data.fill(0xff);
+            return;
+        }
+        data[0] = self.serial.read(offset as u8);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 1 || offset > 7 {
+            return;
+        }
+        if let Err(e) = self.serial.write(offset as u8, data[0]) {
+            log::debug!("Serial write failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn bytes_written_to_thr_reach_the_output() {
+        let sink = Sink::default();
+        let mut dev = SerialDevice::new(EventFdTrigger::new().unwrap(), Box::new(sink.clone()));
+        for b in b"hi\n" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn queued_input_is_read_from_rbr() {
+        let mut dev = SerialDevice::new(EventFdTrigger::new().unwrap(), Box::new(Sink::default()));
+        dev.enqueue_input(b"x");
+        let mut b = [0u8];
+        dev.read(0, &mut b);
+        assert_eq!(b[0], b'x');
+    }
+
+    #[test]
+    fn wide_accesses_are_ignored() {
+        let mut dev = SerialDevice::new(EventFdTrigger::new().unwrap(), Box::new(Sink::default()));
+        let mut b = [0u8; 2];
+        dev.read(0, &mut b);
+        assert_eq!(b, [0xff, 0xff]);
+    }
+}

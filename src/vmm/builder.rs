@@ -1,0 +1,153 @@
+//! Turns a validated configuration into a VM ready to run.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::arch::x86_64::boot_params::{write_boot_params, BootInfo};
+use crate::arch::x86_64::cpuid::VcpuTopology;
+use crate::arch::x86_64::layout::{
+    BOOT_TIMER_SIZE, BOOT_TIMER_START, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN, SERIAL_IRQ,
+    SERIAL_PORT,
+};
+use crate::arch::x86_64::mptable::{self, setup_mptable};
+use crate::config::VmConfig;
+use crate::devices::boot_timer::BootTimer;
+use crate::devices::bus::{BusError, Buses};
+use crate::devices::i8042::I8042Device;
+use crate::devices::serial::{EventFdTrigger, SerialDevice};
+use crate::logger::RateLimitedLog;
+use crate::vstate::exit::ExitRequest;
+use crate::vstate::memory::{create_guest_memory, MemoryError};
+use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared};
+use crate::vstate::vm::{Vm, VmError};
+
+use super::kernel::{self, KernelError};
+use super::Vmm;
+
+/// Errors of VM building.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// KVM VM creation failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Guest memory creation failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel, initrd or command line loading failed.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// Zero page or PVH start info setup failed.
+    #[error("Cannot write the boot parameters")]
+    BootParams(#[from] crate::arch::x86_64::boot_params::BootParamsError),
+    /// MP table setup failed.
+    #[error("Cannot write the MP table")]
+    Mptable(#[from] mptable::MptableError),
+    /// A device could not be placed on its bus.
+    #[error("Cannot attach a device")]
+    Bus(#[from] BusError),
+    /// An eventfd could not be created.
+    #[error("Cannot create an event")]
+    Event(#[source] std::io::Error),
+    /// vCPU creation failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+}
+
+/// Options of the build that come from the command line rather than the config.
+pub struct BuildOptions {
+    /// Attach Firecracker's boot timer.
+    pub boot_timer: bool,
+    /// When the VMM started building the VM, for the boot timer.
+    pub start: Instant,
+}
+
+/// Builds the VM: KVM VM, guest memory, kernel, initrd, command line, boot parameters,
+/// MP table, devices and configured vCPUs (not yet running).
+pub fn build_vm(config: &VmConfig, opts: BuildOptions) -> Result<Vmm, BuildError> {
+    let machine = &config.machine_config;
+    let vm = Vm::new()?;
+    let mem = create_guest_memory((machine.mem_size_mib as u64) << 20)?;
+    vm.register_memory(&mem)?;
+
+    let boot = &config.boot_source;
+    let kernel = kernel::load_kernel(&mem, &boot.kernel_image_path)?;
+    let initrd = boot
+        .initrd_path
+        .as_deref()
+        .map(|p| kernel::load_initrd(&mem, p, kernel.end))
+        .transpose()?;
+    let cmdline_len = kernel::load_command_line(&mem, boot.boot_args.as_deref())?;
+    write_boot_params(
+        &mem,
+        &BootInfo {
+            cmdline_len,
+            initrd,
+            setup_header: kernel.setup_header,
+            mode: kernel.entry.mode,
+        },
+    )?;
+    setup_mptable(&mem, machine.vcpu_count)?;
+    log::info!(
+        "Kernel {} loaded, entry {:#x} ({:?}), {} vCPU(s), {} MiB",
+        boot.kernel_image_path,
+        kernel.entry.address,
+        kernel.entry.mode,
+        machine.vcpu_count,
+        machine.mem_size_mib
+    );
+
+    let exit = Arc::new(ExitRequest::new().map_err(BuildError::Event)?);
+    let mut buses = Buses::default();
+    let serial = SerialDevice::new(
+        EventFdTrigger::new().map_err(BuildError::Event)?,
+        Box::new(std::io::stdout()),
+    );
+    vm.register_irqfd(serial.interrupt_event(), SERIAL_IRQ)?;
+    let serial = Arc::new(Mutex::new(serial));
+    buses
+        .pio
+        .insert(serial.clone(), u64::from(SERIAL_PORT), 8)?;
+    let i8042 = I8042Device::new(exit.clone()).map_err(BuildError::Event)?;
+    vm.register_irqfd(i8042.interrupt_event(), I8042_KBD_IRQ)?;
+    let i8042 = Arc::new(Mutex::new(i8042));
+    buses.pio.insert(
+        i8042.clone(),
+        u64::from(I8042_PORT),
+        u64::from(I8042_PORT_LEN),
+    )?;
+    if opts.boot_timer {
+        let timer = Arc::new(Mutex::new(BootTimer::new(opts.start)));
+        buses
+            .mmio
+            .insert(timer, BOOT_TIMER_START, BOOT_TIMER_SIZE)?;
+    }
+
+    let supported = vm.supported_cpuid()?;
+    let vcpus = (0..machine.vcpu_count)
+        .map(|index| {
+            let topo = VcpuTopology {
+                index,
+                count: machine.vcpu_count,
+                smt: machine.smt,
+            };
+            Vcpu::new(&vm, &mem, &supported, topo, kernel.entry)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let shared = Arc::new(VcpuShared {
+        buses: Arc::new(buses),
+        mem,
+        exit,
+        stop: AtomicBool::new(false),
+        unknown_pio: RateLimitedLog::new(),
+        unknown_mmio: RateLimitedLog::new(),
+    });
+    Ok(Vmm {
+        vm,
+        vcpus,
+        shared,
+        serial,
+        i8042,
+    })
+}

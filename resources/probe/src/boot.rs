@@ -6,9 +6,15 @@
 //! - page tables: 0..1 GiB identity mapped with 2 MiB user pages, plus the uncached user page
 //!   0xc000_0000..0xc020_0000 (boot timer, virtio-mmio slots). The tables themselves are
 //!   user-writable so CPL3 code (`paging.rs`) can map more RAM without coming back here.
-//! - GDT (kernel and user 64-bit code/data, TSS), TSS with RSP0, IDT for vectors 0..31.
+//! - GDT (kernel and user 64-bit code/data, TSS), TSS with RSP0 and an I/O permission bitmap
+//!   allowing ports 0..0x3ff, IDT for vectors 0..31.
 //! - CR0, CR4 (OSFXSR/OSXMMEXCPT for the SSE that Rust emits; no OSXSAVE: XSAVE is not
 //!   emulated at CPL0 here), then `iretq` to `probe_user_entry` at CPL3 with IOPL 3.
+//!
+//! Port I/O at CPL3 is allowed twice over: IOPL 3 in RFLAGS, and the TSS I/O bitmap. The
+//! development host's KVM (kvm_pvm) drops IOPL on the `iretq` (CPL3 runs with RFLAGS 0x202,
+//! and its CS reads 0x33) but honours the TSS bitmap. Note that IF is 1 at CPL3 there: the
+//! probe programs no interrupt source, and a stray interrupt is reported as an exception.
 //!
 //! The IDT and the TSS descriptor need their handler/base addresses split into bit fields,
 //! which the assembler only does for constants: they are written as offsets from `_start`
@@ -37,6 +43,7 @@ global_asm!(
     .set PDE_USER_2M_UC, 0x9f        // ... | write-through | cache-disable
     .set CR0_VALUE, 0x80050033       // PG | AM | WP | NE | ET | MP | PE
     .set CR4_VALUE, 0x620            // OSXMMEXCPT | OSFXSR | PAE
+    .set IO_BITMAP_PORTS, 0x400
 
     .section .boot, "awx"
     .code64
@@ -67,12 +74,6 @@ _start:
     // CPL3 from here: zero .bss natively, then Rust.
 probe_user_entry:
     mov r12, rdi
-    pushfq
-    pop rax
-    mov ecx, 0xc0000010
-    mov [rcx], rax
-    mov ax, cs
-    mov [rcx+8], ax
     lea rdi, [rip + __bss_start]
     lea rcx, [rip + __bss_end]
     sub rcx, rdi
@@ -155,7 +156,10 @@ tss:
     .quad 0, 0, 0, 0, 0, 0, 0        // IST1..7
     .quad 0
     .short 0
-    .short tss_end - tss             // I/O bitmap offset past the limit: none (IOPL 3 rules)
+    .short tss_io_bitmap - tss
+tss_io_bitmap:
+    .fill IO_BITMAP_PORTS / 8, 1, 0  // ports 0..0x3ff allowed at CPL3
+    .byte 0xff                       // required terminator
 tss_end:
 
     .balign 16

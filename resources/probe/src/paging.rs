@@ -17,7 +17,7 @@ const TABLE_FLAGS: u64 = PRESENT | WRITABLE | USER;
 const RAM_2M_FLAGS: u64 = PRESENT | WRITABLE | USER | HUGE;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 const PAGE_4K: u64 = 0x1000;
-pub const PAGE_2M: u64 = 0x20_0000;
+const PAGE_2M: u64 = 0x20_0000;
 /// New tables must lie in the part that boot.rs maps.
 const BOOT_MAPPED_LIMIT: u64 = 1 << 30;
 /// The highest address 4-level paging can map.

@@ -6,7 +6,7 @@
 //! tables. Reports `mib` = usable RAM in MiB, rounded to nearest, and `tested_mib`.
 
 use crate::e820::E820Map;
-use crate::paging::{self, PAGE_2M};
+use crate::paging;
 use crate::serial::ResultLine;
 use crate::zero_page::BootInfo;
 
@@ -76,8 +76,7 @@ pub fn run(boot: &BootInfo) {
             return;
         }
     }
-    let reserved_end = (paging::reserved_end() + PAGE_2M - 1) & !(PAGE_2M - 1);
-    let skip = [(0, LOW_MEMORY_END), (paging::image_start(), reserved_end)];
+    let skip = [(0, LOW_MEMORY_END), (paging::image_start(), paging::reserved_end())];
 
     let mut tested = 0;
     for_each_tested_range(e820, &skip, |start, end| {

@@ -20,9 +20,10 @@
 //! which the assembler only does for constants: they are written as offsets from `_start`
 //! plus `IMAGE_BASE`, and link.ld asserts that `_start` is at `IMAGE_BASE`.
 //!
-//! Exceptions go to `isr_common`: a `ud2` at `probe_idle_gate` (executed at CPL3) is the gate
-//! into the CPL0 `cli; hlt` loop; anything else is reported by `exception.rs` and powers off.
-//! (`INT n` from CPL3 arrives as #UD on this host and SYSCALL is half emulated, hence `ud2`.)
+//! Exceptions go to `isr_common`. A `ud2` at a known RIP is a gate from CPL3 into CPL0 (`INT n`
+//! from CPL3 arrives as #UD on this host and SYSCALL is half emulated, hence `ud2`): the idle
+//! gate (`cli; hlt` loop) and the CPUID gate. Anything else is reported by exception.rs, which
+//! powers off.
 
 use core::arch::global_asm;
 
@@ -85,10 +86,23 @@ probe_user_entry:
     call probe_main
     ud2
 
-    // Executed at CPL3: the #UD it raises is recognised by isr_common, which halts at CPL0.
+    // Gates from CPL3 into CPL0, called from Rust: the #UD raised by their `ud2` is
+    // recognised by its RIP in isr_common. The idle gate halts at CPL0 forever.
     .globl probe_idle_gate
 probe_idle_gate:
     ud2
+
+    // CPUID at CPL0 (at CPL3 the development host runs CPUID natively and answers with the
+    // host's values, not the VMM's). In: EAX leaf, ECX subleaf. Out: EAX, ESI (= EBX), ECX,
+    // EDX. RBX is preserved (LLVM reserves it).
+    .globl probe_cpuid_gate
+probe_cpuid_gate:
+    push rbx
+cpuid_ud2:
+    ud2                              // isr_common runs CPUID and resumes after this ud2
+    mov esi, ebx
+    pop rbx
+    ret
 
     // Vectors 0..31. Those without a CPU error code push 0 so the frame is uniform:
     // [rsp] vector, [rsp+8] error code, [rsp+16] RIP, CS, RFLAGS, RSP, SS.
@@ -105,9 +119,14 @@ isr_\n:
 isr_common:
     cmp qword ptr [rsp], 6
     jne 2f
-    lea rax, [rip + probe_idle_gate]
-    cmp qword ptr [rsp + 16], rax
+    cmp qword ptr [rsp + 16], offset probe_idle_gate
+    je 1f
+    cmp qword ptr [rsp + 16], offset cpuid_ud2
     jne 2f
+    cpuid
+    add qword ptr [rsp + 16], 2      // past the ud2
+    add rsp, 16                      // vector, error code
+    iretq
 1:
     cli
     hlt

@@ -7,6 +7,7 @@
 
 mod boot;
 mod cmdline;
+mod cpuid;
 mod e820;
 mod exception;
 mod mem_functions;

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command (README.md): builds the test guests (cached; the first Linux guest build
+# takes ~10 minutes on 2 cores), then runs every test, including those that boot guests
+# under real KVM. Extra arguments go to `cargo test`.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+echo "== probe guest" >&2
+PALISADE_PROBE=$(bash resources/probe/build.sh | tail -n 1)
+echo "== Linux guest" >&2
+PALISADE_GUEST_DIR=$(bash resources/guest/build.sh | tail -n 1)
+export PALISADE_PROBE PALISADE_GUEST_DIR
+echo "probe: $PALISADE_PROBE" >&2
+echo "guest: $PALISADE_GUEST_DIR" >&2
+
+echo "== format and lints" >&2
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests" >&2
+cargo test --workspace --locked "$@"

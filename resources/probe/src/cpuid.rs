@@ -5,6 +5,8 @@
 
 use core::arch::asm;
 
+// ECX and EDX are for scenarios that read feature bits.
+#[allow(dead_code)]
 pub struct Cpuid {
     pub eax: u32,
     pub ebx: u32,

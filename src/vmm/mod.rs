@@ -87,8 +87,8 @@ impl Vmm {
                 }
             }
         }
+        log::info!("Starting {} vCPU(s)", handles.len());
         barrier.wait();
-        log::info!("Guest started");
 
         while self.shared.exit.code().is_none() {
             manager.run().map_err(RunError::EventLoop)?;

@@ -33,7 +33,7 @@ pub enum VmError {
     #[error("Cannot open /dev/kvm (is KVM available and accessible?)")]
     OpenKvm(#[source] kvm_ioctls::Error),
     /// Wrong KVM API version.
-    #[error("KVM API version {0} is not the supported version {KVM_API_VERSION}")]
+    #[error("/dev/kvm does not answer as KVM API version {KVM_API_VERSION} (it answered {0})")]
     ApiVersion(i32),
     /// A required capability is missing.
     #[error("The host's KVM lacks {0}")]

@@ -20,6 +20,7 @@ pub fn run(_boot: &BootInfo) {
             .dec("mptable", cpus.enabled)
             .dec("cpuid_0xb", leaf_0xb)
             .dec("cpuid_1", leaf_1)
+            .hex("cpuid_max", u64::from(max_leaf))
             .end(),
         Err(error) => ResultLine::fail(NAME.as_bytes())
             .text(error.as_str())

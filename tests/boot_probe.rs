@@ -8,6 +8,15 @@ use common::{kvm_available, TestVm};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The mem scenario saw `mib` MiB of RAM in the e820 map and tested it.
+fn assert_mib(run: &common::GuestRun, mib: usize) {
+    let detail = run.assert_probe_ok("mem");
+    assert!(
+        detail.split_whitespace().any(|f| f == format!("mib={mib}")),
+        "mem: {detail}"
+    );
+}
+
 #[test]
 fn probe_hello_boots_logs_boot_time_and_powers_off() {
     if !kvm_available("probe_hello_boots_logs_boot_time_and_powers_off") {
@@ -44,7 +53,7 @@ fn probe_writes_and_reads_back_all_of_ram() {
     for mib in [32usize, 256, 1024] {
         let run = TestVm::probe("mem", 1, mib).run(TIMEOUT);
         run.assert_success();
-        assert_eq!(run.assert_probe_ok("mem"), format!("mib={mib}"));
+        assert_mib(&run, mib);
     }
 }
 
@@ -56,7 +65,7 @@ fn probe_reaches_ram_above_the_4g_gap() {
     // 3 GiB below the gap and 256 MiB above 4 GiB.
     let run = TestVm::probe("mem", 2, 3328).run(Duration::from_secs(180));
     run.assert_success();
-    assert_eq!(run.assert_probe_ok("mem"), "mib=3328");
+    assert_mib(&run, 3328);
 }
 
 #[test]
@@ -68,7 +77,7 @@ fn several_scenarios_run_in_order_with_four_vcpus() {
     run.assert_success();
     run.assert_probe_ok("hello");
     assert_eq!(run.assert_probe_ok("cpus"), "count=4");
-    assert_eq!(run.assert_probe_ok("mem"), "mib=128");
+    assert_mib(&run, 128);
     let hello = run.stdout.find("probe: hello").unwrap();
     let mem = run.stdout.find("probe: mem").unwrap();
     assert!(hello < mem);
@@ -90,4 +99,34 @@ fn idle_guest_keeps_running_until_the_vmm_is_stopped() {
     );
     let run = running.kill();
     assert!(!run.status.success());
+}
+
+#[test]
+fn unknown_ports_and_mmio_read_as_all_ones_and_the_guest_goes_on() {
+    if !kvm_available("unknown_ports_and_mmio_read_as_all_ones_and_the_guest_goes_on") {
+        return;
+    }
+    let run = TestVm::probe("unknown-io,hello", 1, 64).run(TIMEOUT);
+    run.assert_success();
+    assert_eq!(
+        run.assert_probe_ok("unknown-io"),
+        "port=0xff mmio=0xffffffff"
+    );
+    run.assert_probe_ok("hello");
+}
+
+#[test]
+fn a_triple_fault_ends_the_vm_in_order() {
+    if !kvm_available("a_triple_fault_ends_the_vm_in_order") {
+        return;
+    }
+    let run = TestVm::probe("triple-fault,hello", 2, 64).run(TIMEOUT);
+    run.assert_success();
+    assert!(
+        run.stdout.contains("probe: triple-fault now"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.probe_result("hello").is_none(), "{}", run.stdout);
+    assert!(run.stderr.contains("triple fault"), "{}", run.stderr);
 }

@@ -17,9 +17,17 @@ fn run_config(config: serde_json::Value) -> GuestRun {
 
 fn assert_refused(run: &GuestRun, code: i32, needle: &str) {
     assert_eq!(run.status.code(), Some(code), "stderr:\n{}", run.stderr);
-    let errors: Vec<_> = run.stderr.lines().filter(|l| l.starts_with("Error: ")).collect();
+    let errors: Vec<_> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("Error: "))
+        .collect();
     assert_eq!(errors.len(), 1, "expected one error line:\n{}", run.stderr);
-    assert!(errors[0].contains(needle), "{:?} lacks {needle:?}", errors[0]);
+    assert!(
+        errors[0].contains(needle),
+        "{:?} lacks {needle:?}",
+        errors[0]
+    );
     assert!(run.stdout.is_empty(), "the guest ran:\n{}", run.stdout);
 }
 
@@ -50,7 +58,11 @@ fn a_kernel_that_is_not_elf_or_bzimage_is_refused() {
 fn json_syntax_errors_give_line_and_column() {
     let vm = TestVm::new(json!({}));
     let path = vm.dir.path().join("broken.json");
-    std::fs::write(&path, "{\n  \"boot-source\": {\n    \"kernel_image_path\": \"/k\",\n  }\n}").unwrap();
+    std::fs::write(
+        &path,
+        "{\n  \"boot-source\": {\n    \"kernel_image_path\": \"/k\",\n  }\n}",
+    )
+    .unwrap();
     let out = std::process::Command::new(common::palisade_bin())
         .args(["--no-api", "--config-file"])
         .arg(&path)
@@ -73,7 +85,11 @@ fn unknown_fields_are_refused() {
 fn drives_and_network_interfaces_are_refused_by_name() {
     let mut config = probe_config();
     config["drives"] = json!([{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true, "is_read_only": false}]);
-    assert_refused(&run_config(config), BAD_CONFIGURATION, "'drives' is not supported yet");
+    assert_refused(
+        &run_config(config),
+        BAD_CONFIGURATION,
+        "'drives' is not supported yet",
+    );
     let mut config = probe_config();
     config["network-interfaces"] = json!([{"iface_id": "eth0", "host_dev_name": "tap0"}]);
     assert_refused(

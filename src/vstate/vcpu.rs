@@ -33,6 +33,9 @@ pub enum VcpuError {
     /// KVM_CREATE_VCPU failed.
     #[error("Cannot create vCPU {0}")]
     Create(u8, #[source] kvm_ioctls::Error),
+    /// The CPUID list cannot hold the entries this vCPU needs.
+    #[error("Cannot build the CPUID of vCPU {0}")]
+    CpuidEntries(u8, #[source] vmm_sys_util::fam::Error),
     /// KVM_SET_CPUID2 failed.
     #[error("Cannot set the CPUID of vCPU {0}")]
     Cpuid(u8, #[source] kvm_ioctls::Error),
@@ -101,7 +104,7 @@ impl Vcpu {
             .create_vcpu(u64::from(index))
             .map_err(|e| VcpuError::Create(index, e))?;
         let mut cpuid = supported.clone();
-        cpuid::normalize(&mut cpuid, topo);
+        cpuid::normalize(&mut cpuid, topo).map_err(|e| VcpuError::CpuidEntries(index, e))?;
         fd.set_cpuid2(&cpuid)
             .map_err(|e| VcpuError::Cpuid(index, e))?;
         msr::setup_msrs(&fd).map_err(|e| VcpuError::Msr(index, e))?;

@@ -39,7 +39,10 @@ fn build_output(script: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
     assert!(out.status.success(), "{script} failed: {}", out.status);
     let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().last().unwrap_or_else(|| panic!("{script} printed nothing"));
+    let last = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("{script} printed nothing"));
     PathBuf::from(last.trim())
 }
 
@@ -246,7 +249,10 @@ impl RunningVm {
             std::thread::sleep(Duration::from_millis(5));
         };
         let elapsed = self.start.elapsed();
-        for handle in [self.stdout.1.take(), self.stderr.1.take()].into_iter().flatten() {
+        for handle in [self.stdout.1.take(), self.stderr.1.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = handle.join();
         }
         GuestRun {

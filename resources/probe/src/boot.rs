@@ -92,6 +92,12 @@ probe_user_entry:
 probe_idle_gate:
     ud2
 
+    // Triple fault on purpose: the #UD handler loads an empty IDT and raises #UD again, which
+    // escalates to a double fault and then a shutdown (KVM_EXIT_SHUTDOWN).
+    .globl probe_triple_fault_gate
+probe_triple_fault_gate:
+    ud2
+
     // CPUID at CPL0 (at CPL3 the development host runs CPUID natively and answers with the
     // host's values, not the VMM's). In: EAX leaf, ECX subleaf. Out: EAX, ESI (= EBX), ECX,
     // EDX. RBX is preserved (LLVM reserves it).
@@ -121,6 +127,8 @@ isr_common:
     jne 2f
     cmp qword ptr [rsp + 16], offset probe_idle_gate
     je 1f
+    cmp qword ptr [rsp + 16], offset probe_triple_fault_gate
+    je 3f
     cmp qword ptr [rsp + 16], offset cpuid_ud2
     jne 2f
     cpuid
@@ -131,6 +139,9 @@ isr_common:
     cli
     hlt
     jmp 1b
+3:
+    lidt [rip + empty_idtr]
+    ud2
 2:
     mov rdi, [rsp]
     mov rsi, [rsp + 8]
@@ -162,6 +173,10 @@ gdt_end:
 gdt_pointer:
     .short gdt_end - gdt - 1
     .quad gdt
+    .short 0, 0, 0
+empty_idtr:                          // limit 0: every exception escalates to a shutdown
+    .short 0
+    .quad 0
     .short 0, 0, 0
 idt_pointer:
     .short idt_end - idt - 1

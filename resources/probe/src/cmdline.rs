@@ -4,11 +4,8 @@
 pub fn param<'a>(cmdline: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     cmdline
         .split(|&b| b == b' ' || b == b'\t' || b == b'\n')
-        .filter_map(|word| {
-            let value = word.strip_prefix(key)?;
-            value.strip_prefix(b"=")
-        })
-        .last()
+        .rev()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix(b"="))
 }
 
 /// The non-empty items of a comma-separated list.

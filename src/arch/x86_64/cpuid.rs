@@ -1,7 +1,7 @@
 //! CPUID for each vCPU: what KVM supports, normalised for this vCPU's identity and the
 //! machine's topology.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 /// Leaf 1: processor info; EBX holds the APIC id and logical count, ECX the hypervisor bit.
 const LEAF_FEATURES: u32 = 0x1;
@@ -60,8 +60,37 @@ fn is_amd(cpuid: &CpuId) -> bool {
         .is_some_and(|e| e.ebx == 0x6874_7541 && e.edx == 0x6974_6e65 && e.ecx == 0x444d_4163)
 }
 
+/// Adds the extended topology sub-leaves (SMT, core, terminator) that KVM leaves out on some
+/// hosts, when the maximum basic leaf covers leaf 0xB.
+fn add_topology_subleaves(cpuid: &mut CpuId) -> Result<(), vmm_sys_util::fam::Error> {
+    let max_basic = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .map_or(0, |e| e.eax);
+    if max_basic < LEAF_TOPOLOGY {
+        return Ok(());
+    }
+    for index in 0..3 {
+        let present = cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == LEAF_TOPOLOGY && e.index == index);
+        if !present {
+            cpuid.push(kvm_cpuid_entry2 {
+                function: LEAF_TOPOLOGY,
+                index,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ..Default::default()
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Normalises a copy of the supported CPUID for the vCPU `topo` describes.
-pub fn normalize(cpuid: &mut CpuId, topo: VcpuTopology) {
+pub fn normalize(cpuid: &mut CpuId, topo: VcpuTopology) -> Result<(), vmm_sys_util::fam::Error> {
+    add_topology_subleaves(cpuid)?;
     let amd = is_amd(cpuid);
     let count = u32::from(topo.count);
     let apic_id = u32::from(topo.index);
@@ -91,6 +120,7 @@ pub fn normalize(cpuid: &mut CpuId, topo: VcpuTopology) {
             _ => {}
         }
     }
+    Ok(())
 }
 
 fn normalize_cache_leaf(entry: &mut kvm_cpuid_entry2, count: u32, threads: u32) {
@@ -143,7 +173,10 @@ mod tests {
 
     fn sample() -> CpuId {
         CpuId::from_entries(&[
-            entry(0, 0),
+            kvm_cpuid_entry2 {
+                eax: 0xd,
+                ..entry(0, 0)
+            },
             entry(LEAF_FEATURES, 0),
             entry(LEAF_TOPOLOGY, 0),
             entry(LEAF_TOPOLOGY, 1),
@@ -194,6 +227,35 @@ mod tests {
         );
         let smt = find(&c, LEAF_TOPOLOGY, 0);
         assert_eq!((smt.ebx, smt.eax), (2, 1));
+    }
+
+    #[test]
+    fn missing_topology_subleaves_are_added() {
+        // As KVM reports on some hosts: only sub-leaf 0 of leaf 0xB, all zeros.
+        let mut c = CpuId::from_entries(&[
+            kvm_cpuid_entry2 {
+                eax: 0x1c,
+                ..entry(0, 0)
+            },
+            entry(LEAF_TOPOLOGY, 0),
+        ])
+        .unwrap();
+        normalize(
+            &mut c,
+            VcpuTopology {
+                index: 2,
+                count: 3,
+                smt: false,
+            },
+        )
+        .unwrap();
+        let core = find(&c, LEAF_TOPOLOGY, 1);
+        assert_eq!(
+            (core.ebx, core.ecx >> 8, core.edx),
+            (3, TOPOLOGY_LEVEL_CORE, 2)
+        );
+        assert_ne!(core.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0);
+        assert_eq!(find(&c, LEAF_TOPOLOGY, 2).ecx, 2);
     }
 
     #[test]

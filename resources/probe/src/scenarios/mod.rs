@@ -5,6 +5,8 @@ mod cpus;
 mod hello;
 mod idle;
 mod mem;
+mod triple_fault;
+mod unknown_io;
 
 use crate::serial::ResultLine;
 use crate::zero_page::BootInfo;
@@ -19,6 +21,8 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: mem::NAME, run: mem::run },
     Scenario { name: cpus::NAME, run: cpus::run },
     Scenario { name: idle::NAME, run: idle::run },
+    Scenario { name: unknown_io::NAME, run: unknown_io::run },
+    Scenario { name: triple_fault::NAME, run: triple_fault::run },
 ];
 
 pub fn run(name: &[u8], boot: &BootInfo) {

@@ -51,15 +51,16 @@ impl Log for StderrLogger {
             Level::Debug => "DEBUG",
             Level::Trace => "TRACE",
         };
-        // A failed write to stderr cannot be reported anywhere; the VMM keeps running.
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "[{}:{}] {} {}",
+        // One write per line, so lines of different threads never interleave.
+        let line = format!(
+            "[{}:{}] {} {}\n",
             self.instance_id,
             thread.name().unwrap_or("?"),
             level,
             record.args()
         );
+        // A failed write to stderr cannot be reported anywhere; the VMM keeps running.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     fn flush(&self) {}

@@ -309,7 +309,7 @@ pub fn stop_vcpus(
                 let _ = handle.kill(kick_signal());
             }
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(1));
         let (done, still): (Vec<_>, Vec<_>) = running.into_iter().partition(|h| h.is_finished());
         for handle in done {
             // A vCPU thread that panicked is already reported by the panic hook.

@@ -1,6 +1,8 @@
 //! A real Linux kernel (the slim test guest from resources/guest) boots under Palisade to
 //! user space and powers off. Slow on hosts without VMX/SVM: generous timeouts, few boots.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod common;
 
 use std::time::Duration;

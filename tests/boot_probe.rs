@@ -1,5 +1,7 @@
 //! The probe guest boots under the real VMM and KVM, runs its scenarios and powers off.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod common;
 
 use std::time::Duration;

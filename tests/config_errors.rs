@@ -1,5 +1,7 @@
 //! Bad input gets a one-line error naming the problem and a documented non-zero status.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! TestVm: boots the real test guests under the real `palisade` binary and KVM.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

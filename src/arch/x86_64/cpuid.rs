@@ -202,7 +202,8 @@ mod tests {
                 count: 4,
                 smt: false,
             },
-        );
+        )
+        .unwrap();
         let l1 = find(&c, 1, 0);
         assert_eq!(l1.ebx >> 24, 3);
         assert_eq!((l1.ebx >> 16) & 0xff, 4);
@@ -224,7 +225,8 @@ mod tests {
                 count: 2,
                 smt: true,
             },
-        );
+        )
+        .unwrap();
         let smt = find(&c, LEAF_TOPOLOGY, 0);
         assert_eq!((smt.ebx, smt.eax), (2, 1));
     }
@@ -268,7 +270,8 @@ mod tests {
                 count: 1,
                 smt: false,
             },
-        );
+        )
+        .unwrap();
         assert_eq!(find(&c, 1, 0).edx & EDX_HTT, 0);
         assert_eq!(find(&c, LEAF_TOPOLOGY, 1).eax, 0);
     }

@@ -6,6 +6,14 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
+# Tools the API tests use as a client running under another uid.
+missing=()
+for tool in curl setpriv; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+    apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl util-linux >&2
+fi
+
 echo "== probe guest" >&2
 PALISADE_PROBE=$(bash resources/probe/build.sh | tail -n 1)
 echo "== Linux guest" >&2

@@ -1,6 +1,6 @@
 //! The Firecracker-format VM configuration (`--config-file`), with Palisade's checks.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::mptable::MAX_CPUS;
 
@@ -32,19 +32,21 @@ pub enum ConfigError {
 }
 
 /// `boot-source`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct BootSourceConfig {
     /// ELF vmlinux or bzImage.
     pub kernel_image_path: String,
     /// Optional initrd.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub initrd_path: Option<String>,
     /// Kernel command line; Firecracker's default when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_args: Option<String>,
 }
 
 /// `machine-config.huge_pages` as Firecracker names it.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub enum HugePages {
     /// Normal 4 KiB pages.
     #[default]
@@ -55,7 +57,7 @@ pub enum HugePages {
 }
 
 /// `machine-config`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
     /// vCPUs, 1 to 32.
@@ -69,6 +71,7 @@ pub struct MachineConfig {
     #[serde(default)]
     pub track_dirty_pages: bool,
     /// Firecracker's deprecated static CPU template; only "None" is accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
     /// Huge pages; only "None" is accepted today.
     #[serde(default)]
@@ -84,6 +87,43 @@ impl Default for MachineConfig {
             track_dirty_pages: false,
             cpu_template: None,
             huge_pages: HugePages::None,
+        }
+    }
+}
+
+/// `PATCH /machine-config`: any subset of the fields.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    /// New vCPU count.
+    pub vcpu_count: Option<u8>,
+    /// New memory size.
+    pub mem_size_mib: Option<usize>,
+    /// New SMT setting.
+    pub smt: Option<bool>,
+    /// New dirty page tracking setting.
+    pub track_dirty_pages: Option<bool>,
+    /// New CPU template.
+    pub cpu_template: Option<String>,
+    /// New huge pages setting.
+    pub huge_pages: Option<HugePages>,
+}
+
+impl MachineConfigUpdate {
+    /// True when no field is given.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The configuration `base` with this update applied.
+    pub fn apply(&self, base: &MachineConfig) -> MachineConfig {
+        MachineConfig {
+            vcpu_count: self.vcpu_count.unwrap_or(base.vcpu_count),
+            mem_size_mib: self.mem_size_mib.unwrap_or(base.mem_size_mib),
+            smt: self.smt.unwrap_or(base.smt),
+            track_dirty_pages: self.track_dirty_pages.unwrap_or(base.track_dirty_pages),
+            cpu_template: self.cpu_template.clone().or_else(|| base.cpu_template.clone()),
+            huge_pages: self.huge_pages.unwrap_or(base.huge_pages),
         }
     }
 }
@@ -187,6 +227,36 @@ impl VmConfig {
     }
 }
 
+/// What the VM will be built from: filled by the config file or by the API before boot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmResources {
+    /// Kernel, initrd, command line; required to start.
+    pub boot_source: Option<BootSourceConfig>,
+    /// vCPUs and memory.
+    pub machine_config: MachineConfig,
+}
+
+impl From<VmConfig> for VmResources {
+    fn from(c: VmConfig) -> Self {
+        Self {
+            boot_source: Some(c.boot_source),
+            machine_config: c.machine_config,
+        }
+    }
+}
+
+impl VmResources {
+    /// Firecracker's full VM configuration document (`GET /vm/config`).
+    pub fn to_full_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "boot-source": self.boot_source,
+            "machine-config": self.machine_config,
+            "drives": [],
+            "network-interfaces": [],
+        })
+    }
+}
+
 /// Total RAM of the host in MiB, from sysinfo(2).
 pub fn host_memory_mib() -> usize {
     // SAFETY: sysinfo only writes into the zeroed struct we pass.
@@ -275,5 +345,23 @@ mod tests {
             ..Default::default()
         };
         assert!(smt.validate(1024).is_err());
+    }
+
+    #[test]
+    fn machine_config_patch_changes_only_given_fields() {
+        let update: MachineConfigUpdate = serde_json::from_str(r#"{"vcpu_count": 4}"#).unwrap();
+        let m = update.apply(&MachineConfig::default());
+        assert_eq!((m.vcpu_count, m.mem_size_mib), (4, DEFAULT_MEM_MIB));
+        assert!(MachineConfigUpdate::default().is_empty());
+    }
+
+    #[test]
+    fn machine_config_serialises_like_firecracker() {
+        let v = serde_json::to_value(MachineConfig::default()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false,
+                               "track_dirty_pages": false, "huge_pages": "None"})
+        );
     }
 }

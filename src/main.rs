@@ -1,24 +1,34 @@
 //! `palisade`: a KVM microVM monitor that draws the provider-side security boundary.
 
+mod api;
 mod arch;
 mod config;
 mod devices;
 mod logger;
+mod metrics;
 mod vmm;
 mod vstate;
 
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
 
 use clap::Parser;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{host_memory_mib, ConfigError, VmConfig};
-use crate::vmm::builder::{build_vm, BuildError, BuildOptions};
-use crate::vstate::exit::ExitCode;
+use crate::api::{ServerConfig, VmmLink};
+use crate::config::{host_memory_mib, ConfigError, VmConfig, VmResources};
+use crate::vmm::builder::BuildOptions;
+use crate::vmm::controller::{Controller, StartError};
+use crate::vmm::event_loop::{self, ApiChannel};
+use crate::vstate::exit::{ExitCode, ExitRequest};
 
 /// Command line. Flag names follow Firecracker's where Firecracker has the flag.
 #[derive(Debug, Parser)]
 #[command(name = "palisade", version, about)]
 struct Cli {
+    /// Path of the API socket (created with mode 0600).
+    #[arg(long, value_name = "PATH", default_value = "/run/palisade.socket")]
+    api_sock: PathBuf,
     /// Boot at once from this Firecracker-format config file.
     #[arg(long, value_name = "PATH")]
     config_file: Option<String>,
@@ -28,18 +38,34 @@ struct Cli {
     /// Log the guest's boot time when it writes to the boot timer device.
     #[arg(long)]
     boot_timer: bool,
-    /// Instance id used in log lines.
+    /// Instance id used in log lines and `GET /`.
     #[arg(long, default_value = "anonymous-instance", value_parser = parse_id)]
     id: String,
     /// Log level: Error, Warning, Info, Debug, Trace or Off.
     #[arg(long, default_value = "Info", value_parser = logger::parse_level)]
     level: log::LevelFilter,
+    /// Write the log to this file or named pipe instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    log_path: Option<String>,
+    /// Write metrics to this file or named pipe.
+    #[arg(long, value_name = "PATH")]
+    metrics_path: Option<String>,
+    /// Largest API request body in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = api::DEFAULT_MAX_PAYLOAD)]
+    http_api_max_payload_size: usize,
+    /// Append one JSON line per API request and refused connection to this file.
+    #[arg(long, value_name = "PATH")]
+    audit_log: Option<String>,
+    /// A uid allowed to use the API (repeatable; default: this process's euid and 0).
+    #[arg(long = "api-allowed-uid", value_name = "UID")]
+    api_allowed_uids: Vec<u32>,
 }
 
 /// Firecracker's rule for instance ids: alphanumeric and '-', 1 to 64 characters.
 fn parse_id(s: &str) -> Result<String, String> {
-    let ok =
-        !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     if ok {
         Ok(s.to_string())
     } else {
@@ -48,7 +74,6 @@ fn parse_id(s: &str) -> Result<String, String> {
 }
 
 fn main() {
-    let start = Instant::now();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -64,53 +89,111 @@ fn main() {
     if let Err(e) = logger::init(&cli.id, cli.level) {
         eprintln!("{e}");
     }
-    std::process::exit(run(&cli, start));
+    std::process::exit(run(&cli));
 }
 
-fn run(cli: &Cli, start: Instant) -> i32 {
-    let Some(path) = cli.config_file.as_deref().filter(|_| cli.no_api) else {
-        eprintln!(
-            "Error: this version runs only as `palisade --no-api --config-file PATH`; \
-             the HTTP API is not available yet"
-        );
-        return ExitCode::ArgParsing as i32;
-    };
-    let config = match VmConfig::from_file(path).and_then(|c| {
-        c.machine_config.validate(host_memory_mib())?;
-        Ok::<_, ConfigError>(c)
-    }) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("Error: {e}");
-            return ExitCode::BadConfiguration as i32;
+/// Prints a one-line error and gives the exit code.
+fn fail(message: impl std::fmt::Display, code: ExitCode) -> i32 {
+    eprintln!("Error: {message}");
+    code as i32
+}
+
+fn run(cli: &Cli) -> i32 {
+    if cli.no_api && cli.config_file.is_none() {
+        return fail("--no-api needs --config-file", ExitCode::ArgParsing);
+    }
+    if let Some(path) = &cli.log_path {
+        let config = logger::LoggerConfig {
+            log_path: Some(path.into()),
+            level: Some(cli.level),
+            ..Default::default()
+        };
+        if let Err(e) = logger::configure(&config) {
+            return fail(e, ExitCode::BadConfiguration);
         }
+    }
+    if let Some(path) = &cli.metrics_path {
+        if let Err(e) = metrics::init(path) {
+            return fail(e, ExitCode::BadConfiguration);
+        }
+    }
+    let exit = match ExitRequest::new() {
+        Ok(e) => Arc::new(e),
+        Err(e) => return fail(e, ExitCode::VmmError),
     };
     let opts = BuildOptions {
         boot_timer: cli.boot_timer,
-        start,
+        exit: exit.clone(),
     };
-    let vmm = match build_vm(&config, opts) {
-        Ok(vmm) => vmm,
-        Err(e) => {
-            eprintln!("Error: {}", error_chain(&e));
-            return match e {
-                BuildError::Vm(_) => ExitCode::HostUnsupported as i32,
-                BuildError::Kernel(_) => ExitCode::BadConfiguration as i32,
-                _ => ExitCode::VmmError as i32,
-            };
+    let mut controller = Controller::new(cli.id.clone(), opts);
+    if let Some(path) = &cli.config_file {
+        let loaded = VmConfig::from_file(path).and_then(|c| {
+            c.machine_config.validate(host_memory_mib())?;
+            Ok::<_, ConfigError>(c)
+        });
+        match loaded {
+            Ok(c) => controller.set_resources(VmResources::from(c)),
+            Err(e) => return fail(e, ExitCode::BadConfiguration),
+        }
+    }
+    let api = if cli.no_api {
+        None
+    } else {
+        match start_api(cli) {
+            Ok(channel) => Some(channel),
+            Err(e) => return fail(e, ExitCode::VmmError),
         }
     };
-    match vmm.run() {
+    if cli.config_file.is_some() {
+        if let Err(StartError::Build(message, code)) = controller.start_vm() {
+            return fail(message, code);
+        }
+    }
+    match event_loop::run(controller, exit, api) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("Error: {}", error_chain(&e));
-            ExitCode::VmmError as i32
-        }
+        Err(e) => fail(error_chain(&e), ExitCode::VmmError),
     }
 }
 
+/// Binds the socket, opens the audit log and starts the api thread.
+fn start_api(cli: &Cli) -> Result<ApiChannel, String> {
+    let audit = cli
+        .audit_log
+        .as_deref()
+        .map(api::audit::AuditLog::open)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let listener = api::bind(&cli.api_sock).map_err(|e| e.to_string())?;
+    let allowed_uids = if cli.api_allowed_uids.is_empty() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        vec![euid, 0]
+    } else {
+        cli.api_allowed_uids.clone()
+    };
+    let (request_tx, request_rx) = mpsc::channel();
+    let (response_tx, response_rx) = mpsc::channel();
+    let event = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
+    let link = VmmLink {
+        requests: request_tx,
+        responses: response_rx,
+        event: event.try_clone().map_err(|e| e.to_string())?,
+    };
+    let config = ServerConfig {
+        allowed_uids,
+        audit,
+        max_payload: cli.http_api_max_payload_size,
+    };
+    api::spawn(listener, config, link).map_err(|e| e.to_string())?;
+    Ok(ApiChannel {
+        requests: request_rx,
+        responses: response_tx,
+        event,
+    })
+}
+
 /// "outer: inner: innermost" on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -35,6 +35,9 @@ const KBD_ACK: u8 = 0xfa;
 const SELF_TEST_OK: u8 = 0x55;
 const BUFFER_SIZE: usize = 16;
 
+/// Set 1 make and break codes of Ctrl+Alt+Del.
+const CTRL_ALT_DEL: [u8; 10] = [0x1d, 0xe0, 0x38, 0xe0, 0x53, 0x9d, 0xe0, 0xb8, 0xe0, 0xd3];
+
 /// The controller.
 pub struct I8042Device {
     reset: Arc<ExitRequest>,
@@ -63,6 +66,14 @@ impl I8042Device {
     /// The keyboard interrupt (IRQ 1) event, to register as irqfd.
     pub fn interrupt_event(&self) -> &EventFd {
         &self.kbd_interrupt
+    }
+
+    /// Types Ctrl+Alt+Del on the keyboard and raises IRQ 1.
+    pub fn send_ctrl_alt_del(&mut self) -> std::io::Result<()> {
+        for code in CTRL_ALT_DEL {
+            self.push(code);
+        }
+        self.raise_interrupt()
     }
 
     fn push(&mut self, byte: u8) {
@@ -183,6 +194,16 @@ mod tests {
         let mut b = [0u8];
         d.read(OFFSET_DATA, &mut b);
         assert_eq!(b[0], KBD_ACK);
+    }
+
+    #[test]
+    fn ctrl_alt_del_fills_the_buffer_and_interrupts() {
+        let (mut d, _) = dev();
+        d.send_ctrl_alt_del().unwrap();
+        assert_eq!(d.interrupt_event().read().unwrap(), 1);
+        let mut b = [0u8];
+        d.read(OFFSET_DATA, &mut b);
+        assert_eq!(b[0], 0x1d);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Turns a validated configuration into a VM ready to run.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crate::arch::x86_64::boot_params::{write_boot_params, BootInfo};
@@ -11,7 +11,7 @@ use crate::arch::x86_64::layout::{
     SERIAL_PORT,
 };
 use crate::arch::x86_64::mptable::{self, setup_mptable};
-use crate::config::VmConfig;
+use crate::config::VmResources;
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{BusError, Buses};
 use crate::devices::i8042::I8042Device;
@@ -28,6 +28,9 @@ use super::Vmm;
 /// Errors of VM building.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// No boot source was configured.
+    #[error("Cannot start microvm without kernel configuration.")]
+    MissingKernelConfig,
     /// KVM VM creation failed.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -55,22 +58,30 @@ pub enum BuildError {
 }
 
 /// Options of the build that come from the command line rather than the config.
+#[derive(Clone)]
 pub struct BuildOptions {
     /// Attach Firecracker's boot timer.
     pub boot_timer: bool,
-    /// When the VMM started building the VM, for the boot timer.
-    pub start: Instant,
+    /// Where devices and vCPUs ask the VM to end.
+    pub exit: Arc<ExitRequest>,
 }
 
 /// Builds the VM: KVM VM, guest memory, kernel, initrd, command line, boot parameters,
 /// MP table, devices and configured vCPUs (not yet running).
-pub fn build_vm(config: &VmConfig, opts: BuildOptions) -> Result<Vmm, BuildError> {
-    let machine = &config.machine_config;
+pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<Vmm, BuildError> {
+    // The boot timer counts from here: the start of building the VM.
+    let boot_timer = opts
+        .boot_timer
+        .then(|| Arc::new(Mutex::new(BootTimer::new(Instant::now()))));
+    let boot = resources
+        .boot_source
+        .as_ref()
+        .ok_or(BuildError::MissingKernelConfig)?;
+    let machine = &resources.machine_config;
     let vm = Vm::new()?;
     let mem = create_guest_memory((machine.mem_size_mib as u64) << 20)?;
     vm.register_memory(&mem)?;
 
-    let boot = &config.boot_source;
     let kernel = kernel::load_kernel(&mem, &boot.kernel_image_path)?;
     let initrd = boot
         .initrd_path
@@ -97,7 +108,7 @@ pub fn build_vm(config: &VmConfig, opts: BuildOptions) -> Result<Vmm, BuildError
         machine.mem_size_mib
     );
 
-    let exit = Arc::new(ExitRequest::new().map_err(BuildError::Event)?);
+    let exit = opts.exit.clone();
     let mut buses = Buses::default();
     let serial = SerialDevice::new(
         EventFdTrigger::new().map_err(BuildError::Event)?,
@@ -116,8 +127,7 @@ pub fn build_vm(config: &VmConfig, opts: BuildOptions) -> Result<Vmm, BuildError
         u64::from(I8042_PORT),
         u64::from(I8042_PORT_LEN),
     )?;
-    if opts.boot_timer {
-        let timer = Arc::new(Mutex::new(BootTimer::new(opts.start)));
+    if let Some(timer) = boot_timer {
         buses
             .mmio
             .insert(timer, BOOT_TIMER_START, BOOT_TIMER_SIZE)?;
@@ -140,6 +150,9 @@ pub fn build_vm(config: &VmConfig, opts: BuildOptions) -> Result<Vmm, BuildError
         mem,
         exit,
         stop: AtomicBool::new(false),
+        pause_requested: AtomicBool::new(false),
+        parked: Mutex::new(0),
+        park_changed: Condvar::new(),
         unknown_pio: RateLimitedLog::new(),
         unknown_mmio: RateLimitedLog::new(),
     });

@@ -2,11 +2,9 @@
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
 use nix::sys::termios::{self, SetArg, Termios};
-use vmm_sys_util::epoll::EventSet;
 
 use crate::devices::serial::SerialDevice;
 
@@ -38,47 +36,25 @@ impl Drop for RawTerminal {
     }
 }
 
-/// Moves bytes typed on stdin into the serial receive FIFO.
-pub struct ConsoleInput {
-    serial: Arc<Mutex<SerialDevice>>,
-}
-
-impl ConsoleInput {
-    /// Input for `serial`.
-    pub fn new(serial: Arc<Mutex<SerialDevice>>) -> Self {
-        Self { serial }
+/// Moves what is waiting on stdin into the serial receive FIFO, as much as it has room for.
+/// Returns false when stdin is closed or failed and should no longer be watched.
+pub fn forward_input(serial: &Mutex<SerialDevice>) -> bool {
+    let mut serial = serial.lock().unwrap_or_else(|e| e.into_inner());
+    let room = serial.input_room().min(64);
+    if room == 0 {
+        return true;
     }
-}
-
-impl MutEventSubscriber for ConsoleInput {
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
-        let room = serial.input_room().min(64);
-        if events.event_set().contains(EventSet::IN) && room > 0 {
-            let mut buf = [0u8; 64];
-            match std::io::stdin().lock().read(&mut buf[..room]) {
-                Ok(0) => {
-                    let _ = ops.remove(events);
-                }
-                Ok(n) => serial.enqueue_input(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::warn!("Console input stopped: {e}");
-                    let _ = ops.remove(events);
-                }
-            }
-        } else if events
-            .event_set()
-            .intersects(EventSet::HANG_UP | EventSet::ERROR)
-        {
-            let _ = ops.remove(events);
+    let mut buf = [0u8; 64];
+    match std::io::stdin().lock().read(&mut buf[..room]) {
+        Ok(0) => false,
+        Ok(n) => {
+            serial.enqueue_input(&buf[..n]);
+            true
         }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        let stdin = std::io::stdin();
-        if let Err(e) = ops.add(Events::new(&stdin, EventSet::IN)) {
-            log::warn!("Cannot watch stdin for console input: {e}");
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => true,
+        Err(e) => {
+            log::warn!("Console input stopped: {e}");
+            false
         }
     }
 }

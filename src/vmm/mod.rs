@@ -1,25 +1,26 @@
-//! The VMM: builds the VM, runs its vCPUs and its event loop until the guest ends.
+//! The VMM: builds the VM from its resources, runs its vCPUs, and serves the event loop.
 
+pub mod action;
 pub mod builder;
 pub mod console;
+pub mod controller;
+pub mod event_loop;
 pub mod kernel;
 
 use std::sync::{Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
-
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use vmm_sys_util::epoll::EventSet;
 
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::SerialDevice;
-use crate::vstate::exit::{ExitCode, ExitRequest};
+use crate::vstate::exit::ExitCode;
 use crate::vstate::vcpu::{self, Vcpu, VcpuShared};
 use crate::vstate::vm::Vm;
 
-/// How long the VMM waits for vCPU threads to stop before it exits anyway.
+/// How long the VMM waits for vCPU threads to stop or park.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Errors of running the VM.
+/// Errors of starting or controlling a running VM.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The event loop failed.
@@ -28,50 +29,37 @@ pub enum RunError {
     /// A vCPU could not start.
     #[error(transparent)]
     Vcpu(#[from] vcpu::VcpuError),
+    /// The vCPUs did not park in time.
+    #[error("The vCPUs did not pause within {0:?}")]
+    PauseTimeout(Duration),
+    /// A device could not take the request.
+    #[error("Device error: {0}")]
+    Device(#[source] std::io::Error),
 }
 
-/// A built VM.
+/// A built VM whose vCPUs have not started.
 pub struct Vmm {
-    /// Kept open for the life of the VM.
-    #[allow(dead_code)]
     vm: Vm,
     vcpus: Vec<Vcpu>,
     shared: Arc<VcpuShared>,
     serial: Arc<Mutex<SerialDevice>>,
-    #[allow(dead_code)]
     i8042: Arc<Mutex<I8042Device>>,
 }
 
-/// Wakes the event loop when someone asks the VM to end.
-struct ExitWatcher(Arc<ExitRequest>);
-
-impl MutEventSubscriber for ExitWatcher {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.0.event().read();
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(self.0.event(), EventSet::IN)) {
-            log::error!("Cannot watch the exit event: {e}");
-        }
-    }
+/// A VM whose vCPU threads run (or are paused).
+pub struct RunningVm {
+    /// Kept open for the life of the VM.
+    _vm: Vm,
+    handles: Vec<JoinHandle<()>>,
+    shared: Arc<VcpuShared>,
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042Device>>,
+    paused: bool,
 }
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
-
 impl Vmm {
-    /// Starts every vCPU together and runs the event loop until the VM ends; returns the
-    /// process exit code.
-    pub fn run(self) -> Result<i32, RunError> {
-        let mut manager: EventManager<Subscriber> =
-            EventManager::new().map_err(RunError::EventLoop)?;
-        manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(self.shared.exit.clone()))));
-        let _raw_terminal = console::RawTerminal::enable().inspect(|_| {
-            manager.add_subscriber(Arc::new(Mutex::new(console::ConsoleInput::new(
-                self.serial.clone(),
-            ))));
-        });
-
+    /// Starts every vCPU together: each thread waits at a barrier until all exist.
+    pub fn start(self) -> Result<RunningVm, RunError> {
         vcpu::install_kick_handler()?;
         let barrier = Arc::new(Barrier::new(self.vcpus.len() + 1));
         let mut handles = Vec::with_capacity(self.vcpus.len());
@@ -81,6 +69,9 @@ impl Vmm {
                 Err(e) => {
                     // Release the threads already waiting, then stop them.
                     self.shared.exit.request(ExitCode::VmmError);
+                    self.shared
+                        .stop
+                        .store(true, std::sync::atomic::Ordering::Release);
                     barrier.wait();
                     vcpu::stop_vcpus(&self.shared, handles, VCPU_STOP_TIMEOUT);
                     return Err(e.into());
@@ -89,16 +80,55 @@ impl Vmm {
         }
         log::info!("Starting {} vCPU(s)", handles.len());
         barrier.wait();
+        Ok(RunningVm {
+            _vm: self.vm,
+            handles,
+            shared: self.shared,
+            serial: self.serial,
+            i8042: self.i8042,
+            paused: false,
+        })
+    }
+}
 
-        while self.shared.exit.code().is_none() {
-            manager.run().map_err(RunError::EventLoop)?;
+impl RunningVm {
+    /// The serial console, for input.
+    pub fn serial(&self) -> &Arc<Mutex<SerialDevice>> {
+        &self.serial
+    }
+
+    /// True while paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Takes every vCPU out of KVM_RUN and holds it there.
+    pub fn pause(&mut self) -> Result<(), RunError> {
+        if !vcpu::pause_vcpus(&self.shared, &self.handles, VCPU_STOP_TIMEOUT) {
+            vcpu::resume_vcpus(&self.shared);
+            return Err(RunError::PauseTimeout(VCPU_STOP_TIMEOUT));
         }
-        let code = self.shared.exit.code().unwrap_or(ExitCode::VmmError as i32);
-        let left = vcpu::stop_vcpus(&self.shared, handles, VCPU_STOP_TIMEOUT);
-        if left > 0 {
-            log::warn!("{left} vCPU thread(s) did not stop in time");
-        }
-        log::info!("VM ended; exit code {code}");
-        Ok(code)
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn resume(&mut self) {
+        vcpu::resume_vcpus(&self.shared);
+        self.paused = false;
+    }
+
+    /// Types Ctrl+Alt+Del on the guest's keyboard.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), RunError> {
+        self.i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send_ctrl_alt_del()
+            .map_err(RunError::Device)
+    }
+
+    /// Stops every vCPU thread; returns how many did not stop in time.
+    pub fn stop(self) -> usize {
+        vcpu::stop_vcpus(&self.shared, self.handles, VCPU_STOP_TIMEOUT)
     }
 }

@@ -1,7 +1,8 @@
 //! vCPUs: configuration before boot, and the thread that runs each one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use std::thread::JoinHandle;
 
 use kvm_bindings::CpuId;
@@ -66,6 +67,12 @@ pub struct VcpuShared {
     pub exit: Arc<ExitRequest>,
     /// Set when the VMM stops the vCPUs.
     pub stop: AtomicBool,
+    /// Set while the VMM wants the vCPUs parked (paused).
+    pub pause_requested: AtomicBool,
+    /// Number of vCPU threads parked.
+    pub parked: Mutex<usize>,
+    /// Signalled when `parked` or `pause_requested` changes.
+    pub park_changed: Condvar,
     /// Port accesses no device answered.
     pub unknown_pio: RateLimitedLog,
     /// MMIO accesses no device answered.
@@ -136,6 +143,10 @@ impl Vcpu {
 
     fn run(mut self, shared: &VcpuShared) {
         while !shared.stop.load(Ordering::Acquire) {
+            if shared.pause_requested.load(Ordering::Acquire) {
+                park(shared);
+                continue;
+            }
             match self.run_once(shared) {
                 Ok(true) => {}
                 Ok(false) => break,
@@ -275,6 +286,55 @@ impl Vcpu {
     }
 }
 
+/// Waits, out of KVM_RUN, while a pause is requested and the VM is not stopping.
+fn park(shared: &VcpuShared) {
+    let mut parked = lock(&shared.parked);
+    *parked += 1;
+    shared.park_changed.notify_all();
+    while shared.pause_requested.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
+        parked = shared
+            .park_changed
+            .wait(parked)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+    *parked -= 1;
+    shared.park_changed.notify_all();
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Parks every vCPU thread out of KVM_RUN; returns once all are parked, or false after
+/// `timeout`.
+pub fn pause_vcpus(shared: &VcpuShared, handles: &[JoinHandle<()>], timeout: Duration) -> bool {
+    shared.pause_requested.store(true, Ordering::Release);
+    let deadline = Instant::now() + timeout;
+    let mut parked = lock(&shared.parked);
+    while *parked < handles.iter().filter(|h| !h.is_finished()).count() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        for handle in handles.iter().filter(|h| !h.is_finished()) {
+            // A failed kick is retried at the next round.
+            let _ = handle.kill(kick_signal());
+        }
+        parked = shared
+            .park_changed
+            .wait_timeout(parked, Duration::from_millis(2))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    true
+}
+
+/// Lets parked vCPU threads run the guest again.
+pub fn resume_vcpus(shared: &VcpuShared) {
+    let _parked = lock(&shared.parked);
+    shared.pause_requested.store(false, Ordering::Release);
+    shared.park_changed.notify_all();
+}
+
 fn suberror_name(suberror: u32) -> &'static str {
     match suberror {
         1 => "emulation failure",
@@ -300,6 +360,10 @@ pub fn stop_vcpus(
     timeout: std::time::Duration,
 ) -> usize {
     shared.stop.store(true, Ordering::Release);
+    {
+        let _parked = lock(&shared.parked);
+        shared.park_changed.notify_all();
+    }
     let deadline = std::time::Instant::now() + timeout;
     let mut running = handles;
     while !running.is_empty() && std::time::Instant::now() < deadline {

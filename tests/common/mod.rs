@@ -1,6 +1,8 @@
 //! TestVm: boots the real test guests under the real `palisade` binary and KVM.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod api;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -87,8 +89,9 @@ impl GuestRun {
         let prefix = format!("probe: {name} ");
         self.stdout
             .lines()
-            .find(|l| l.starts_with(&prefix) && !l.starts_with("probe: ready"))
+            .filter(|l| l.starts_with(&prefix))
             .map(|l| &l[prefix.len()..])
+            .find(|rest| rest.starts_with("ok") || rest.starts_with("fail"))
     }
 
     /// Panics with the whole output unless the VMM exited 0.
@@ -185,6 +188,65 @@ fn collect(mut source: impl Read + Send + 'static) -> Collected {
         }
     });
     (buf, Some(handle))
+}
+
+/// A VMM serving the API on a socket in its own directory, with an audit log there.
+pub struct ApiVm {
+    pub dir: tempfile::TempDir,
+    pub running: RunningVm,
+}
+
+impl ApiVm {
+    /// Starts `palisade --api-sock DIR/api.sock --audit-log DIR/audit.jsonl EXTRA...` and
+    /// waits for the socket.
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sock = dir.path().join("api.sock");
+        let start = Instant::now();
+        let mut child = Command::new(palisade_bin())
+            .arg("--api-sock")
+            .arg(&sock)
+            .arg("--audit-log")
+            .arg(dir.path().join("audit.jsonl"))
+            .arg("--boot-timer")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn palisade");
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        api::wait_for_socket(&sock, Duration::from_secs(10));
+        Self {
+            dir,
+            running: RunningVm {
+                child,
+                stdout,
+                stderr,
+                start,
+            },
+        }
+    }
+
+    /// The socket path.
+    pub fn sock(&self) -> PathBuf {
+        self.dir.path().join("api.sock")
+    }
+
+    /// A new client connection.
+    pub fn client(&self) -> api::ApiClient {
+        api::ApiClient::connect(self.sock())
+    }
+
+    /// The audit log's records.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
 }
 
 /// A VMM process that is still running.

@@ -4,7 +4,9 @@
 mod cpus;
 mod hello;
 mod idle;
+mod kbd;
 mod mem;
+mod ticker;
 mod triple_fault;
 mod unknown_io;
 
@@ -23,6 +25,8 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: idle::NAME, run: idle::run },
     Scenario { name: unknown_io::NAME, run: unknown_io::run },
     Scenario { name: triple_fault::NAME, run: triple_fault::run },
+    Scenario { name: ticker::NAME, run: ticker::run },
+    Scenario { name: kbd::NAME, run: kbd::run },
 ];
 
 pub fn run(name: &[u8], boot: &BootInfo) {

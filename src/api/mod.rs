@@ -1,0 +1,69 @@
+//! The HTTP API on a Unix socket: Firecracker's routes, answered by the VMM thread.
+//! The api thread only parses and serialises; it never touches VM state.
+
+pub mod audit;
+pub mod http;
+pub mod router;
+pub mod server;
+
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::thread::JoinHandle;
+
+pub use server::{ServerConfig, VmmLink};
+
+/// Firecracker's default limit on request bodies.
+pub const DEFAULT_MAX_PAYLOAD: usize = 51_200;
+
+/// Errors of API setup.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The socket path is taken.
+    #[error("The API socket path {0} already exists")]
+    SocketExists(String),
+    /// bind(2) failed.
+    #[error("Cannot bind the API socket {path}: {source}")]
+    Bind {
+        /// Path given.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The thread could not start.
+    #[error("Cannot start the api thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Binds the API socket with mode 0600: only its owner (and root) can connect.
+pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
+    if path.symlink_metadata().is_ok() {
+        return Err(ApiError::SocketExists(path.display().to_string()));
+    }
+    // SAFETY: umask only changes this process's file creation mask; no memory is involved.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above; restores the previous mask.
+    unsafe { libc::umask(old) };
+    bound.map_err(|source| ApiError::Bind {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Starts the `api` thread serving `listener`.
+pub fn spawn(
+    listener: UnixListener,
+    config: ServerConfig,
+    link: VmmLink,
+) -> Result<JoinHandle<()>, ApiError> {
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || match server::ApiServer::new(listener, config, link) {
+            Ok(mut server) => {
+                log::info!("API server started");
+                server.run();
+            }
+            Err(e) => log::error!("The API server cannot start: {e}"),
+        })
+        .map_err(ApiError::Spawn)
+}

@@ -1,0 +1,316 @@
+//! Firecracker's API routes: (method, path, body) -> a typed VMM action, or the 4xx that
+//! Firecracker gives. The route table is the single source of truth: the OpenAPI document is
+//! checked against it by a test.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::http::{Request, Response};
+use crate::config::{BootSourceConfig, MachineConfig, MachineConfigUpdate};
+use crate::logger::LoggerConfig;
+use crate::metrics::MetricsConfig;
+use crate::vmm::action::VmmAction;
+
+/// Every (method, path template) the API serves.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/version"),
+    ("GET", "/machine-config"),
+    ("PUT", "/machine-config"),
+    ("PATCH", "/machine-config"),
+    ("PUT", "/boot-source"),
+    ("PUT", "/drives/{drive_id}"),
+    ("PATCH", "/drives/{drive_id}"),
+    ("PUT", "/network-interfaces/{iface_id}"),
+    ("PATCH", "/network-interfaces/{iface_id}"),
+    ("GET", "/network-interfaces/{iface_id}/firewall"),
+    ("PUT", "/actions"),
+    ("PUT", "/logger"),
+    ("PUT", "/metrics"),
+    ("GET", "/vm/config"),
+    ("PATCH", "/vm"),
+    ("PUT", "/entropy"),
+];
+
+/// What a request turns into.
+#[derive(Debug, PartialEq)]
+pub enum Routed {
+    /// An action for the VMM thread.
+    Action(VmmAction),
+    /// An answer the api thread gives itself (errors, features not built yet).
+    Reply(Response),
+}
+
+fn bad_request(message: &str) -> Routed {
+    Routed::Reply(Response::fault(400, message))
+}
+
+/// Finds the route template `path` matches, with its parameter (the last `{}` segment).
+fn match_template(path: &str) -> Option<(&'static str, Option<String>)> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split_terminator('/').collect();
+    ROUTES.iter().find_map(|(_, template)| {
+        let parts: Vec<&str> = template
+            .trim_start_matches('/')
+            .split_terminator('/')
+            .collect();
+        if parts.len() != segments.len() {
+            return None;
+        }
+        let mut param = None;
+        for (part, seg) in parts.iter().zip(&segments) {
+            if part.starts_with('{') {
+                if seg.is_empty() {
+                    return None;
+                }
+                param = Some(seg.to_string());
+            } else if part != seg {
+                return None;
+            }
+        }
+        Some((*template, param))
+    })
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Routed> {
+    serde_json::from_slice(body).map_err(|e| bad_request(&e.to_string()))
+}
+
+/// `PUT /actions` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    action_type: ActionType,
+}
+
+#[derive(Deserialize)]
+enum ActionType {
+    InstanceStart,
+    SendCtrlAltDel,
+    FlushMetrics,
+}
+
+/// `PATCH /vm` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmStateBody {
+    state: VmState,
+}
+
+#[derive(Deserialize)]
+enum VmState {
+    Paused,
+    Resumed,
+}
+
+/// Firecracker's rule for resource ids in paths: alphanumeric and '_', 1 to 64 characters.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Routes one request.
+pub fn route(req: &Request) -> Routed {
+    let invalid = || {
+        bad_request(&format!(
+            "Invalid request method and/or path: {} {}.",
+            req.method, req.path
+        ))
+    };
+    let Some((template, param)) = match_template(&req.path) else {
+        return invalid();
+    };
+    if !ROUTES.contains(&(req.method.as_str(), template)) {
+        return invalid();
+    }
+    let body = match (req.method.as_str(), &req.body) {
+        ("GET", Some(_)) => return bad_request("GET request cannot have a body."),
+        ("GET", None) => &[][..],
+        ("PUT", None) => return bad_request("Empty PUT request."),
+        ("PATCH", None) => return bad_request("Empty PATCH request."),
+        (_, Some(body)) => body.as_slice(),
+        (_, None) => return invalid(),
+    };
+    match route_body(req.method.as_str(), template, param.as_deref(), body) {
+        Ok(routed) | Err(routed) => routed,
+    }
+}
+
+fn route_body(
+    method: &str,
+    template: &str,
+    param: Option<&str>,
+    body: &[u8],
+) -> Result<Routed, Routed> {
+    let action = match (method, template) {
+        ("GET", "/") => VmmAction::GetInstanceInfo,
+        ("GET", "/version") => VmmAction::GetVersion,
+        ("GET", "/machine-config") => VmmAction::GetMachineConfig,
+        ("GET", "/vm/config") => VmmAction::GetFullConfig,
+        ("PUT", "/machine-config") => VmmAction::PutMachineConfig(parse_body::<MachineConfig>(body)?),
+        ("PATCH", "/machine-config") => {
+            let update: MachineConfigUpdate = parse_body(body)?;
+            if update.is_empty() {
+                return Err(bad_request("Empty PATCH request."));
+            }
+            VmmAction::PatchMachineConfig(update)
+        }
+        ("PUT", "/boot-source") => VmmAction::PutBootSource(parse_body::<BootSourceConfig>(body)?),
+        ("PUT", "/actions") => match parse_body::<ActionBody>(body)?.action_type {
+            ActionType::InstanceStart => VmmAction::InstanceStart,
+            ActionType::SendCtrlAltDel => VmmAction::SendCtrlAltDel,
+            ActionType::FlushMetrics => VmmAction::FlushMetrics,
+        },
+        ("PUT", "/logger") => VmmAction::PutLogger(parse_body::<LoggerConfig>(body)?),
+        ("PUT", "/metrics") => VmmAction::PutMetrics(parse_body::<MetricsConfig>(body)?),
+        ("PATCH", "/vm") => match parse_body::<VmStateBody>(body)?.state {
+            VmState::Paused => VmmAction::Pause,
+            VmState::Resumed => VmmAction::Resume,
+        },
+        (_, "/drives/{drive_id}") => return not_yet(param, body, "Drives (virtio-blk)"),
+        (_, "/network-interfaces/{iface_id}") | (_, "/network-interfaces/{iface_id}/firewall") => {
+            return not_yet(param, body, "Network interfaces (virtio-net)")
+        }
+        (_, "/entropy") => return not_yet(None, body, "The entropy device (virtio-rng)"),
+        _ => return Err(bad_request("Invalid request method and/or path.")),
+    };
+    Ok(Routed::Action(action))
+}
+
+/// A clear refusal for devices that have not landed, after the usual input checks.
+fn not_yet(id: Option<&str>, body: &[u8], what: &str) -> Result<Routed, Routed> {
+    if let Some(id) = id {
+        if !valid_id(id) {
+            return Err(bad_request(
+                "Invalid ID. It should contain only alphanumeric characters or '_' and be at most 64 characters long.",
+            ));
+        }
+    }
+    if !body.is_empty() {
+        parse_body::<serde_json::Value>(body)?;
+    }
+    Err(bad_request(&format!("{what} are not supported yet by Palisade.")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str, body: Option<&str>) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            body: body.map(|b| b.as_bytes().to_vec()),
+            close: false,
+        }
+    }
+
+    fn fault(r: Routed) -> String {
+        match r {
+            Routed::Reply(resp) => {
+                assert_eq!(resp.status, 400);
+                let v: serde_json::Value = serde_json::from_str(&resp.body.unwrap()).unwrap();
+                v["fault_message"].as_str().unwrap().to_string()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn firecracker_boot_sequence_routes_to_actions() {
+        let r = route(&req(
+            "PUT",
+            "/boot-source",
+            Some(r#"{"kernel_image_path":"/k","boot_args":"console=ttyS0"}"#),
+        ));
+        assert!(matches!(r, Routed::Action(VmmAction::PutBootSource(_))));
+        let r = route(&req("PUT", "/actions", Some(r#"{"action_type":"InstanceStart"}"#)));
+        assert_eq!(r, Routed::Action(VmmAction::InstanceStart));
+        let r = route(&req("PATCH", "/vm", Some(r#"{"state":"Paused"}"#)));
+        assert_eq!(r, Routed::Action(VmmAction::Pause));
+        assert_eq!(route(&req("GET", "/", None)), Routed::Action(VmmAction::GetInstanceInfo));
+        assert_eq!(
+            route(&req("GET", "/vm/config", None)),
+            Routed::Action(VmmAction::GetFullConfig)
+        );
+    }
+
+    #[test]
+    fn unknown_paths_and_methods_get_firecrackers_message() {
+        assert_eq!(
+            fault(route(&req("GET", "/nope", None))),
+            "Invalid request method and/or path: GET /nope."
+        );
+        assert_eq!(
+            fault(route(&req("DELETE", "/machine-config", None))),
+            "Invalid request method and/or path: DELETE /machine-config."
+        );
+        assert!(fault(route(&req("PUT", "/drives", Some("{}")))).starts_with("Invalid request"));
+    }
+
+    #[test]
+    fn bodies_are_checked() {
+        assert_eq!(fault(route(&req("GET", "/", Some("{}")))), "GET request cannot have a body.");
+        assert_eq!(fault(route(&req("PUT", "/actions", None))), "Empty PUT request.");
+        assert_eq!(fault(route(&req("PATCH", "/machine-config", Some("{}")))), "Empty PATCH request.");
+        let msg = fault(route(&req("PUT", "/actions", Some(r#"{"action_type":"Explode"}"#))));
+        assert!(msg.contains("unknown variant `Explode`"), "{msg}");
+        let msg = fault(route(&req(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count":1,"mem_size_mib":128,"extra":1}"#),
+        )));
+        assert!(msg.contains("unknown field `extra`"), "{msg}");
+        let msg = fault(route(&req("PUT", "/machine-config", Some(r#"{"vcpu_count":1}"#))));
+        assert!(msg.contains("missing field `mem_size_mib`"), "{msg}");
+        let msg = fault(route(&req("PUT", "/boot-source", Some("{not json"))));
+        assert!(msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn devices_not_built_yet_are_refused_clearly() {
+        let body = r#"{"drive_id":"rootfs","path_on_host":"/r","is_root_device":true,"is_read_only":false}"#;
+        let msg = fault(route(&req("PUT", "/drives/rootfs", Some(body))));
+        assert!(msg.contains("not supported yet"), "{msg}");
+        let msg = fault(route(&req("PUT", "/network-interfaces/bad-id!", Some("{}"))));
+        assert!(msg.starts_with("Invalid ID"), "{msg}");
+        let msg = fault(route(&req("GET", "/network-interfaces/eth0/firewall", None)));
+        assert!(msg.contains("not supported yet"), "{msg}");
+        let msg = fault(route(&req("PUT", "/entropy", Some("{}"))));
+        assert!(msg.contains("not supported yet"), "{msg}");
+    }
+
+    #[test]
+    fn the_openapi_document_has_exactly_the_routers_routes() {
+        let doc: serde_yaml::Value = serde_yaml::from_str(include_str!("openapi.yaml")).unwrap();
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_mapping().unwrap() {
+            for method in item.as_mapping().unwrap().keys() {
+                let method = method.as_str().unwrap().to_uppercase();
+                if ["GET", "PUT", "PATCH", "POST", "DELETE"].contains(&method.as_str()) {
+                    documented.insert((method, path.as_str().unwrap().to_string()));
+                }
+            }
+        }
+        let routed: std::collections::BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        let missing: Vec<_> = routed.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&routed).collect();
+        assert!(missing.is_empty(), "routes missing from openapi.yaml: {missing:?}");
+        assert!(extra.is_empty(), "openapi.yaml paths the router lacks: {extra:?}");
+    }
+
+    #[test]
+    fn every_route_is_reachable() {
+        for (method, template) in ROUTES {
+            let path = template
+                .replace("{drive_id}", "d1")
+                .replace("{iface_id}", "eth0");
+            let body = (*method != "GET").then_some("{}");
+            if let Routed::Reply(r) = route(&req(method, &path, body)) {
+                let text = r.body.unwrap();
+                assert!(!text.contains("Invalid request method"), "{method} {path}: {text}");
+            }
+        }
+    }
+}

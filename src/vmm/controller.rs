@@ -1,0 +1,219 @@
+//! Applies API actions: the pre-boot controller fills the VM resources and starts the VM;
+//! the runtime controller handles what may change while it runs. The rules of which action
+//! is allowed when live here and nowhere else.
+
+use std::time::Instant;
+
+use crate::config::{host_memory_mib, VmResources};
+use crate::vstate::exit::ExitCode;
+
+use super::action::{ActionError, ActionResult, InstanceInfo, VmmAction, VmmData};
+use super::builder::{build_vm, BuildError, BuildOptions};
+use super::{RunError, RunningVm};
+
+/// Name in `GET /`.
+pub const APP_NAME: &str = "Palisade";
+/// Version in `GET /` and `GET /version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Owns the VM resources before boot and the running VM after.
+pub struct Controller {
+    id: String,
+    resources: VmResources,
+    opts: BuildOptions,
+    running: Option<RunningVm>,
+}
+
+impl Controller {
+    /// A controller for instance `id` with default resources.
+    pub fn new(id: String, opts: BuildOptions) -> Self {
+        Self {
+            id,
+            resources: VmResources::default(),
+            opts,
+            running: None,
+        }
+    }
+
+    /// Replaces the resources (from a config file), before boot.
+    pub fn set_resources(&mut self, resources: VmResources) {
+        self.resources = resources;
+    }
+
+    /// The running VM, if started.
+    pub fn running(&self) -> Option<&RunningVm> {
+        self.running.as_ref()
+    }
+
+    /// Takes the running VM out, to stop it.
+    pub fn take_running(&mut self) -> Option<RunningVm> {
+        self.running.take()
+    }
+
+    /// Builds and starts the VM from the resources.
+    pub fn start_vm(&mut self) -> Result<(), StartError> {
+        self.resources
+            .machine_config
+            .validate(host_memory_mib())
+            .map_err(|e| StartError::Build(e.to_string(), ExitCode::BadConfiguration))?;
+        let vmm = build_vm(&self.resources, &self.opts).map_err(|e| {
+            let code = match e {
+                BuildError::Vm(_) => ExitCode::HostUnsupported,
+                BuildError::Kernel(_) | BuildError::MissingKernelConfig => {
+                    ExitCode::BadConfiguration
+                }
+                _ => ExitCode::VmmError,
+            };
+            StartError::Build(crate::error_chain(&e), code)
+        })?;
+        let running = vmm
+            .start()
+            .map_err(|e| StartError::Build(crate::error_chain(&e), ExitCode::VmmError))?;
+        self.running = Some(running);
+        Ok(())
+    }
+
+    /// Handles one action from the API.
+    pub fn handle(&mut self, action: VmmAction) -> ActionResult {
+        log::debug!("API action {action:?}");
+        match action {
+            VmmAction::GetInstanceInfo => Ok(json(&self.instance_info())),
+            VmmAction::GetVersion => Ok(VmmData::Json(serde_json::json!({
+                "firecracker_version": VERSION,
+                "palisade_version": VERSION,
+            }))),
+            VmmAction::GetMachineConfig => Ok(json(&self.resources.machine_config)),
+            VmmAction::GetFullConfig => Ok(VmmData::Json(self.resources.to_full_config())),
+            action if self.running.is_none() => self.preboot(action),
+            action => self.runtime(action),
+        }
+    }
+
+    fn instance_info(&self) -> InstanceInfo {
+        let state = match &self.running {
+            None => "Not started",
+            Some(vm) if vm.is_paused() => "Paused",
+            Some(_) => "Running",
+        };
+        InstanceInfo {
+            app_name: APP_NAME.to_string(),
+            id: self.id.clone(),
+            state: state.to_string(),
+            vmm_version: VERSION.to_string(),
+        }
+    }
+
+    fn preboot(&mut self, action: VmmAction) -> ActionResult {
+        match action {
+            VmmAction::PutMachineConfig(config) => {
+                config
+                    .validate(host_memory_mib())
+                    .map_err(|e| ActionError::InvalidConfig(e.to_string()))?;
+                self.resources.machine_config = config;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PatchMachineConfig(update) => {
+                let config = update.apply(&self.resources.machine_config);
+                config
+                    .validate(host_memory_mib())
+                    .map_err(|e| ActionError::InvalidConfig(e.to_string()))?;
+                self.resources.machine_config = config;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutBootSource(boot) => {
+                self.resources.boot_source = Some(boot);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutLogger(config) => crate::logger::configure(&config)
+                .map(|_| VmmData::Empty)
+                .map_err(|e| ActionError::InvalidConfig(e.to_string())),
+            VmmAction::PutMetrics(config) => crate::metrics::init_from_config(&config)
+                .map(|_| VmmData::Empty)
+                .map_err(|e| ActionError::InvalidConfig(e.to_string())),
+            VmmAction::InstanceStart => {
+                if self.resources.boot_source.is_none() {
+                    return Err(ActionError::MissingKernelConfig);
+                }
+                let started = Instant::now();
+                self.start_vm()
+                    .map_err(|StartError::Build(msg, _)| ActionError::StartMicrovm(msg))?;
+                log::info!("InstanceStart took {} us", started.elapsed().as_micros());
+                Ok(VmmData::Empty)
+            }
+            VmmAction::SendCtrlAltDel
+            | VmmAction::FlushMetrics
+            | VmmAction::Pause
+            | VmmAction::Resume => Err(ActionError::NotSupportedPreBoot),
+            VmmAction::GetInstanceInfo
+            | VmmAction::GetVersion
+            | VmmAction::GetMachineConfig
+            | VmmAction::GetFullConfig => unreachable_query(),
+        }
+    }
+
+    fn runtime(&mut self, action: VmmAction) -> ActionResult {
+        let Some(vm) = self.running.as_mut() else {
+            return Err(ActionError::NotSupportedPreBoot);
+        };
+        match action {
+            VmmAction::Pause => {
+                let started = Instant::now();
+                if !vm.is_paused() {
+                    vm.pause().map_err(runtime_error)?;
+                }
+                crate::metrics::METRICS
+                    .latencies_us
+                    .pause_vm
+                    .store(started.elapsed().as_micros() as u64);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::Resume => {
+                let started = Instant::now();
+                vm.resume();
+                crate::metrics::METRICS
+                    .latencies_us
+                    .resume_vm
+                    .store(started.elapsed().as_micros() as u64);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::SendCtrlAltDel => vm
+                .send_ctrl_alt_del()
+                .map(|_| VmmData::Empty)
+                .map_err(runtime_error),
+            VmmAction::FlushMetrics => crate::metrics::flush()
+                .map(|_| VmmData::Empty)
+                .map_err(|e| ActionError::Runtime(e.to_string())),
+            VmmAction::PutMachineConfig(_)
+            | VmmAction::PatchMachineConfig(_)
+            | VmmAction::PutBootSource(_)
+            | VmmAction::PutLogger(_)
+            | VmmAction::PutMetrics(_)
+            | VmmAction::InstanceStart => Err(ActionError::NotSupportedPostBoot),
+            VmmAction::GetInstanceInfo
+            | VmmAction::GetVersion
+            | VmmAction::GetMachineConfig
+            | VmmAction::GetFullConfig => unreachable_query(),
+        }
+    }
+}
+
+/// Queries are answered in `handle` before the pre-boot/runtime split.
+fn unreachable_query() -> ActionResult {
+    Err(ActionError::Runtime("query routed to a controller".into()))
+}
+
+fn runtime_error(e: RunError) -> ActionError {
+    ActionError::Runtime(crate::error_chain(&e))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> VmmData {
+    VmmData::Json(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+}
+
+/// Why the VM could not start: the message and the exit code for `--no-api` runs.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Building or starting failed.
+    #[error("{0}")]
+    Build(String, ExitCode),
+}

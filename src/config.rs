@@ -122,7 +122,10 @@ impl MachineConfigUpdate {
             mem_size_mib: self.mem_size_mib.unwrap_or(base.mem_size_mib),
             smt: self.smt.unwrap_or(base.smt),
             track_dirty_pages: self.track_dirty_pages.unwrap_or(base.track_dirty_pages),
-            cpu_template: self.cpu_template.clone().or_else(|| base.cpu_template.clone()),
+            cpu_template: self
+                .cpu_template
+                .clone()
+                .or_else(|| base.cpu_template.clone()),
             huge_pages: self.huge_pages.unwrap_or(base.huge_pages),
         }
     }

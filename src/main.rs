@@ -63,9 +63,8 @@ struct Cli {
 
 /// Firecracker's rule for instance ids: alphanumeric and '-', 1 to 64 characters.
 fn parse_id(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let ok =
+        !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     if ok {
         Ok(s.to_string())
     } else {
@@ -103,12 +102,7 @@ fn run(cli: &Cli) -> i32 {
         return fail("--no-api needs --config-file", ExitCode::ArgParsing);
     }
     if let Some(path) = &cli.log_path {
-        let config = logger::LoggerConfig {
-            log_path: Some(path.into()),
-            level: Some(cli.level),
-            ..Default::default()
-        };
-        if let Err(e) = logger::configure(&config) {
+        if let Err(e) = logger::set_log_path(path) {
             return fail(e, ExitCode::BadConfiguration);
         }
     }

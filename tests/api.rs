@@ -71,14 +71,19 @@ fn a_whole_boot_through_the_socket_is_audited() {
     assert!(start["duration_us"].as_u64().is_some());
     assert!(start["time"].as_str().unwrap().ends_with('Z'));
     let raw = std::fs::read_to_string(vm.dir.path().join("audit.jsonl")).unwrap();
-    assert!(!raw.contains("kernel_image_path"), "a body leaked into the audit log");
+    assert!(
+        !raw.contains("kernel_image_path"),
+        "a body leaked into the audit log"
+    );
 }
 
 fn unsafe_geteuid() -> u32 {
-    std::fs::metadata("/proc/self").map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.uid()
-    }).unwrap()
+    std::fs::metadata("/proc/self")
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid()
+        })
+        .unwrap()
 }
 
 #[test]
@@ -96,8 +101,14 @@ fn pre_boot_and_post_boot_rules_follow_firecracker() {
     assert_eq!((r.status, r.fault()), (400, pre.to_string()));
     let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
     assert_eq!(r.status, 400);
-    assert_eq!(r.fault(), "Cannot start microvm without kernel configuration.");
-    let r = c.put("/machine-config", json!({"vcpu_count": 0, "mem_size_mib": 64}));
+    assert_eq!(
+        r.fault(),
+        "Cannot start microvm without kernel configuration."
+    );
+    let r = c.put(
+        "/machine-config",
+        json!({"vcpu_count": 0, "mem_size_mib": 64}),
+    );
     assert_eq!(r.status, 400);
     assert!(r.fault().contains("vcpu_count"), "{}", r.body);
     let r = c.patch("/machine-config", json!({"mem_size_mib": 96}));
@@ -109,19 +120,30 @@ fn pre_boot_and_post_boot_rules_follow_firecracker() {
     vm.running.wait_for_output("probe: idle ok", TIMEOUT);
     assert_eq!(c.get("/").json()["state"], "Running");
     for (method, path, body) in [
-        ("PUT", "/machine-config", json!({"vcpu_count": 1, "mem_size_mib": 64})),
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": 64}),
+        ),
         ("PATCH", "/machine-config", json!({"vcpu_count": 2})),
         ("PUT", "/boot-source", json!({"kernel_image_path": "/k"})),
         ("PUT", "/actions", json!({"action_type": "InstanceStart"})),
     ] {
         let r = c.request(method, path, Some(&body.to_string()));
-        assert_eq!((r.status, r.fault()), (400, post.to_string()), "{method} {path}");
+        assert_eq!(
+            (r.status, r.fault()),
+            (400, post.to_string()),
+            "{method} {path}"
+        );
     }
     let full = c.get("/vm/config").json();
     assert_eq!(full["machine-config"]["vcpu_count"], 1);
     assert!(full["boot-source"]["kernel_image_path"].is_string());
-    let r = c.put("/drives/rootfs", json!({"drive_id": "rootfs", "path_on_host": "/r",
-                                           "is_root_device": true, "is_read_only": false}));
+    let r = c.put(
+        "/drives/rootfs",
+        json!({"drive_id": "rootfs", "path_on_host": "/r",
+                                           "is_root_device": true, "is_read_only": false}),
+    );
     assert_eq!(r.status, 400);
     assert!(r.fault().contains("not supported yet"), "{}", r.body);
     vm.running.kill();
@@ -142,7 +164,11 @@ fn pause_really_stops_the_guest_and_resume_restarts_it() {
     assert_eq!(c.get("/").json()["state"], "Paused");
     let frozen = vm.running.stdout();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(vm.running.stdout(), frozen, "the guest made progress while paused");
+    assert_eq!(
+        vm.running.stdout(),
+        frozen,
+        "the guest made progress while paused"
+    );
     let r = c.patch("/vm", json!({"state": "Resumed"}));
     assert_eq!(r.status, 204, "{}", r.body);
     assert_eq!(c.get("/").json()["state"], "Running");
@@ -177,20 +203,64 @@ fn bad_requests_get_a_clear_4xx_and_the_vmm_keeps_serving() {
     let vm = ApiVm::start(&["--http-api-max-payload-size", "100"]);
     let mut c = vm.client();
     let cases: Vec<(&str, &str, Option<String>, &str)> = vec![
-        ("GET", "/nope", None, "Invalid request method and/or path: GET /nope."),
-        ("DELETE", "/machine-config", None, "Invalid request method and/or path"),
-        ("GET", "/", Some("{}".into()), "GET request cannot have a body."),
+        (
+            "GET",
+            "/nope",
+            None,
+            "Invalid request method and/or path: GET /nope.",
+        ),
+        (
+            "DELETE",
+            "/machine-config",
+            None,
+            "Invalid request method and/or path",
+        ),
+        (
+            "GET",
+            "/",
+            Some("{}".into()),
+            "GET request cannot have a body.",
+        ),
         ("PUT", "/actions", None, "Empty PUT request."),
-        ("PUT", "/actions", Some("{not json".into()), "key must be a string"),
-        ("PUT", "/actions", Some(r#"{"action_type":"Reboot"}"#.into()), "unknown variant"),
-        ("PUT", "/boot-source", Some(r#"{"kernel_image_path":"/k","x":1}"#.into()), "unknown field `x`"),
-        ("PUT", "/machine-config", Some(r#"{"vcpu_count":1}"#.into()), "missing field `mem_size_mib`"),
-        ("PATCH", "/vm", Some(r#"{"state":"Sleeping"}"#.into()), "unknown variant"),
+        (
+            "PUT",
+            "/actions",
+            Some("{not json".into()),
+            "key must be a string",
+        ),
+        (
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"Reboot"}"#.into()),
+            "unknown variant",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            Some(r#"{"kernel_image_path":"/k","x":1}"#.into()),
+            "unknown field `x`",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count":1}"#.into()),
+            "missing field `mem_size_mib`",
+        ),
+        (
+            "PATCH",
+            "/vm",
+            Some(r#"{"state":"Sleeping"}"#.into()),
+            "unknown variant",
+        ),
     ];
     for (method, path, body, needle) in cases {
         let r = c.request(method, path, body.as_deref());
         assert_eq!(r.status, 400, "{method} {path}: {}", r.body);
-        assert!(r.fault().contains(needle), "{method} {path}: {:?} lacks {needle:?}", r.fault());
+        assert!(
+            r.fault().contains(needle),
+            "{method} {path}: {:?} lacks {needle:?}",
+            r.fault()
+        );
     }
     // A body over the limit: Firecracker's status and message, and the connection closes.
     let mut big = vm.client();
@@ -222,7 +292,8 @@ fn silent_and_half_sent_clients_do_not_block_others() {
         assert_eq!(c.get("/machine-config").status, 200);
     }
     // The half request is answered with a timeout once its time is up.
-    half.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut answer = String::new();
     let _ = half.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
@@ -269,7 +340,14 @@ fn a_caller_with_another_uid_is_refused_and_audited() {
     std::fs::set_permissions(vm.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(vm.sock(), std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s", "-i"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-s",
+            "-i",
+        ])
         .arg("--unix-socket")
         .arg(vm.sock())
         .arg("http://localhost/")

@@ -105,11 +105,13 @@ pub fn parse(buf: &[u8], max_payload: usize, continue_sent: bool) -> Result<Pars
     }
     let total = head_len + content_length;
     if buf.len() < total {
-        return Ok(if expect_continue && !continue_sent && buf.len() == head_len {
-            Parsed::ExpectContinue
-        } else {
-            Parsed::Partial
-        });
+        return Ok(
+            if expect_continue && !continue_sent && buf.len() == head_len {
+                Parsed::ExpectContinue
+            } else {
+                Parsed::Partial
+            },
+        );
     }
     let target = req.path.unwrap_or("/");
     let path = target.split('?').next().unwrap_or("/");
@@ -257,7 +259,10 @@ mod tests {
             HttpError::TransferEncoding
         );
         let bad_len = b"PUT /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
-        assert!(matches!(parse(bad_len, 10, false), Err(HttpError::Malformed(_))));
+        assert!(matches!(
+            parse(bad_len, 10, false),
+            Err(HttpError::Malformed(_))
+        ));
     }
 
     #[test]

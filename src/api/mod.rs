@@ -58,12 +58,14 @@ pub fn spawn(
 ) -> Result<JoinHandle<()>, ApiError> {
     std::thread::Builder::new()
         .name("api".into())
-        .spawn(move || match server::ApiServer::new(listener, config, link) {
-            Ok(mut server) => {
-                log::info!("API server started");
-                server.run();
-            }
-            Err(e) => log::error!("The API server cannot start: {e}"),
-        })
+        .spawn(
+            move || match server::ApiServer::new(listener, config, link) {
+                Ok(mut server) => {
+                    log::info!("API server started");
+                    server.run();
+                }
+                Err(e) => log::error!("The API server cannot start: {e}"),
+            },
+        )
         .map_err(ApiError::Spawn)
 }

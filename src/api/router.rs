@@ -145,7 +145,9 @@ fn route_body(
         ("GET", "/version") => VmmAction::GetVersion,
         ("GET", "/machine-config") => VmmAction::GetMachineConfig,
         ("GET", "/vm/config") => VmmAction::GetFullConfig,
-        ("PUT", "/machine-config") => VmmAction::PutMachineConfig(parse_body::<MachineConfig>(body)?),
+        ("PUT", "/machine-config") => {
+            VmmAction::PutMachineConfig(parse_body::<MachineConfig>(body)?)
+        }
         ("PATCH", "/machine-config") => {
             let update: MachineConfigUpdate = parse_body(body)?;
             if update.is_empty() {
@@ -187,7 +189,9 @@ fn not_yet(id: Option<&str>, body: &[u8], what: &str) -> Result<Routed, Routed> 
     if !body.is_empty() {
         parse_body::<serde_json::Value>(body)?;
     }
-    Err(bad_request(&format!("{what} are not supported yet by Palisade.")))
+    Err(bad_request(&format!(
+        "{what} are not supported yet by Palisade."
+    )))
 }
 
 #[cfg(test)]
@@ -222,11 +226,18 @@ mod tests {
             Some(r#"{"kernel_image_path":"/k","boot_args":"console=ttyS0"}"#),
         ));
         assert!(matches!(r, Routed::Action(VmmAction::PutBootSource(_))));
-        let r = route(&req("PUT", "/actions", Some(r#"{"action_type":"InstanceStart"}"#)));
+        let r = route(&req(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"InstanceStart"}"#),
+        ));
         assert_eq!(r, Routed::Action(VmmAction::InstanceStart));
         let r = route(&req("PATCH", "/vm", Some(r#"{"state":"Paused"}"#)));
         assert_eq!(r, Routed::Action(VmmAction::Pause));
-        assert_eq!(route(&req("GET", "/", None)), Routed::Action(VmmAction::GetInstanceInfo));
+        assert_eq!(
+            route(&req("GET", "/", None)),
+            Routed::Action(VmmAction::GetInstanceInfo)
+        );
         assert_eq!(
             route(&req("GET", "/vm/config", None)),
             Routed::Action(VmmAction::GetFullConfig)
@@ -248,10 +259,23 @@ mod tests {
 
     #[test]
     fn bodies_are_checked() {
-        assert_eq!(fault(route(&req("GET", "/", Some("{}")))), "GET request cannot have a body.");
-        assert_eq!(fault(route(&req("PUT", "/actions", None))), "Empty PUT request.");
-        assert_eq!(fault(route(&req("PATCH", "/machine-config", Some("{}")))), "Empty PATCH request.");
-        let msg = fault(route(&req("PUT", "/actions", Some(r#"{"action_type":"Explode"}"#))));
+        assert_eq!(
+            fault(route(&req("GET", "/", Some("{}")))),
+            "GET request cannot have a body."
+        );
+        assert_eq!(
+            fault(route(&req("PUT", "/actions", None))),
+            "Empty PUT request."
+        );
+        assert_eq!(
+            fault(route(&req("PATCH", "/machine-config", Some("{}")))),
+            "Empty PATCH request."
+        );
+        let msg = fault(route(&req(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"Explode"}"#),
+        )));
         assert!(msg.contains("unknown variant `Explode`"), "{msg}");
         let msg = fault(route(&req(
             "PUT",
@@ -259,7 +283,11 @@ mod tests {
             Some(r#"{"vcpu_count":1,"mem_size_mib":128,"extra":1}"#),
         )));
         assert!(msg.contains("unknown field `extra`"), "{msg}");
-        let msg = fault(route(&req("PUT", "/machine-config", Some(r#"{"vcpu_count":1}"#))));
+        let msg = fault(route(&req(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count":1}"#),
+        )));
         assert!(msg.contains("missing field `mem_size_mib`"), "{msg}");
         let msg = fault(route(&req("PUT", "/boot-source", Some("{not json"))));
         assert!(msg.contains("line 1"), "{msg}");
@@ -270,9 +298,17 @@ mod tests {
         let body = r#"{"drive_id":"rootfs","path_on_host":"/r","is_root_device":true,"is_read_only":false}"#;
         let msg = fault(route(&req("PUT", "/drives/rootfs", Some(body))));
         assert!(msg.contains("not supported yet"), "{msg}");
-        let msg = fault(route(&req("PUT", "/network-interfaces/bad-id!", Some("{}"))));
+        let msg = fault(route(&req(
+            "PUT",
+            "/network-interfaces/bad-id!",
+            Some("{}"),
+        )));
         assert!(msg.starts_with("Invalid ID"), "{msg}");
-        let msg = fault(route(&req("GET", "/network-interfaces/eth0/firewall", None)));
+        let msg = fault(route(&req(
+            "GET",
+            "/network-interfaces/eth0/firewall",
+            None,
+        )));
         assert!(msg.contains("not supported yet"), "{msg}");
         let msg = fault(route(&req("PUT", "/entropy", Some("{}"))));
         assert!(msg.contains("not supported yet"), "{msg}");
@@ -296,8 +332,14 @@ mod tests {
             .collect();
         let missing: Vec<_> = routed.difference(&documented).collect();
         let extra: Vec<_> = documented.difference(&routed).collect();
-        assert!(missing.is_empty(), "routes missing from openapi.yaml: {missing:?}");
-        assert!(extra.is_empty(), "openapi.yaml paths the router lacks: {extra:?}");
+        assert!(
+            missing.is_empty(),
+            "routes missing from openapi.yaml: {missing:?}"
+        );
+        assert!(
+            extra.is_empty(),
+            "openapi.yaml paths the router lacks: {extra:?}"
+        );
     }
 
     #[test]
@@ -309,7 +351,10 @@ mod tests {
             let body = (*method != "GET").then_some("{}");
             if let Routed::Reply(r) = route(&req(method, &path, body)) {
                 let text = r.body.unwrap();
-                assert!(!text.contains("Invalid request method"), "{method} {path}: {text}");
+                assert!(
+                    !text.contains("Invalid request method"),
+                    "{method} {path}: {text}"
+                );
             }
         }
     }

@@ -144,7 +144,8 @@ impl ApiServer {
             if self.connections.len() >= MAX_CONNECTIONS {
                 log::warn!("API connection limit reached; closing a new connection");
                 let mut stream = stream;
-                let _ = stream.write(&Response::fault(503, "Too many API connections.").to_bytes(true));
+                let _ =
+                    stream.write(&Response::fault(503, "Too many API connections.").to_bytes(true));
                 continue;
             }
             if let Err(e) = self.add_connection(stream, peer) {
@@ -188,7 +189,10 @@ impl ApiServer {
         );
         let response = Response::fault(
             403,
-            &format!("The caller's uid {} is not allowed to use this API.", peer.uid),
+            &format!(
+                "The caller's uid {} is not allowed to use this API.",
+                peer.uid
+            ),
         );
         // Best effort: the socket is fresh, its buffer empty.
         let _ = stream.set_nonblocking(true);
@@ -230,20 +234,20 @@ impl ApiServer {
         let vmm_ok = self.answer_complete_requests(&mut conn);
         flush(&mut conn);
         if (!alive || conn.closing) && conn.outbuf.is_empty() {
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                fd,
-                EpollEvent::default(),
-            );
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         } else {
             let set = if conn.outbuf.is_empty() {
                 EventSet::IN | EventSet::READ_HANG_UP
             } else {
                 EventSet::OUT
             };
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Modify, fd, EpollEvent::new(set, fd as u64));
+            let _ = self.epoll.ctl(
+                ControlOperation::Modify,
+                fd,
+                EpollEvent::new(set, fd as u64),
+            );
             self.connections.insert(fd, conn);
         }
         vmm_ok
@@ -273,7 +277,14 @@ impl ApiServer {
                     conn.outbuf
                         .extend_from_slice(&response.to_bytes(request.close));
                     let peer = conn.peer;
-                    self.audit(&peer, "request", &request.method, &request.path, response.status, us);
+                    self.audit(
+                        &peer,
+                        "request",
+                        &request.method,
+                        &request.path,
+                        response.status,
+                        us,
+                    );
                 }
                 Err(e) => {
                     self.reject(conn, &e);

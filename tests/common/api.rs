@@ -22,7 +22,8 @@ impl ApiResponse {
 
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 }
 
@@ -35,7 +36,10 @@ pub struct ApiClient {
 pub fn wait_for_socket(path: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while UnixStream::connect(path).is_err() {
-        assert!(Instant::now() < deadline, "API socket {path:?} never came up");
+        assert!(
+            Instant::now() < deadline,
+            "API socket {path:?} never came up"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -54,12 +58,16 @@ impl ApiClient {
 
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.reader.get_mut().write_all(bytes).expect("write request");
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .expect("write request");
     }
 
     /// Sends a request and reads its answer.
     pub fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> ApiResponse {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
         if let Some(body) = body {
             req.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -77,7 +85,9 @@ impl ApiClient {
     /// Reads one answer.
     pub fn read_response(&mut self) -> ApiResponse {
         let mut status_line = String::new();
-        self.reader.read_line(&mut status_line).expect("status line");
+        self.reader
+            .read_line(&mut status_line)
+            .expect("status line");
         let status: u16 = status_line
             .split_whitespace()
             .nth(1)

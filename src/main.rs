@@ -11,6 +11,7 @@ mod vstate;
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use clap::Parser;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -73,6 +74,7 @@ fn parse_id(s: &str) -> Result<String, String> {
 }
 
 fn main() {
+    let start = Instant::now();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -88,7 +90,7 @@ fn main() {
     if let Err(e) = logger::init(&cli.id, cli.level) {
         eprintln!("{e}");
     }
-    std::process::exit(run(&cli));
+    std::process::exit(run(&cli, start));
 }
 
 /// Prints a one-line error and gives the exit code.
@@ -97,7 +99,7 @@ fn fail(message: impl std::fmt::Display, code: ExitCode) -> i32 {
     code as i32
 }
 
-fn run(cli: &Cli) -> i32 {
+fn run(cli: &Cli, start: Instant) -> i32 {
     if cli.no_api && cli.config_file.is_none() {
         return fail("--no-api needs --config-file", ExitCode::ArgParsing);
     }
@@ -134,7 +136,16 @@ fn run(cli: &Cli) -> i32 {
         None
     } else {
         match start_api(cli) {
-            Ok(channel) => Some(channel),
+            Ok(channel) => {
+                let api_server = &metrics::METRICS.api_server;
+                api_server
+                    .process_startup_time_us
+                    .store(start.elapsed().as_micros() as u64);
+                api_server
+                    .process_startup_time_cpu_us
+                    .store(devices::boot_timer::process_cpu_time_us());
+                Some(channel)
+            }
             Err(e) => return fail(e, ExitCode::VmmError),
         }
     };

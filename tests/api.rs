@@ -374,3 +374,55 @@ fn a_caller_with_another_uid_is_refused_and_audited() {
     let r = c.read_response();
     assert_eq!(r.status, 403);
 }
+
+#[test]
+fn metrics_and_logs_go_to_their_files_and_flush_on_request() {
+    if !kvm_available("metrics_and_logs_go_to_their_files_and_flush_on_request") {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let metrics = out.path().join("metrics.jsonl");
+    let log = out.path().join("vmm.log");
+    let mut vm = ApiVm::start(&[
+        "--metrics-path",
+        metrics.to_str().unwrap(),
+        "--log-path",
+        log.to_str().unwrap(),
+    ]);
+    let mut c = vm.client();
+    let r = c.put("/actions", json!({"action_type": "FlushMetrics"}));
+    assert_eq!(
+        r.status, 400,
+        "FlushMetrics is not allowed before boot in Firecracker"
+    );
+    configure_probe(&mut c, "idle", 1);
+    start(&mut c);
+    vm.running.wait_for_output("probe: idle ok", TIMEOUT);
+    let r = c.put("/actions", json!({"action_type": "FlushMetrics"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put("/metrics", json!({"metrics_path": "/tmp/other"}));
+    assert_eq!(r.status, 400, "PUT /metrics is pre-boot only");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    for group in [
+        "api_server",
+        "vcpu",
+        "uart",
+        "i8042",
+        "latencies_us",
+        "signals",
+        "seccomp",
+        "palisade",
+    ] {
+        assert!(last.get(group).is_some(), "no {group} in {last}");
+    }
+    assert!(
+        last["put_api_requests"]["actions_count"].as_u64().unwrap() >= 1,
+        "{last}"
+    );
+    assert!(last["uart"]["write_count"].as_u64().unwrap() > 10, "{last}");
+    assert!(last["vcpu"]["exit_io_out"].as_u64().unwrap() > 10, "{last}");
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("API server started"), "{log_text}");
+    vm.running.kill();
+}

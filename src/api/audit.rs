@@ -132,7 +132,7 @@ mod tests {
     fn utc_formatting_matches_known_dates() {
         assert_eq!(format_utc(0, 0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(format_utc(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
-        assert_eq!(format_utc(1_795_000_000, 0), "2026-11-18T09:46:40.000000Z");
+        assert_eq!(format_utc(1_795_000_000, 0), "2026-11-18T11:06:40.000000Z");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::http::{Request, Response};
 use crate::config::{BootSourceConfig, MachineConfig, MachineConfigUpdate};
 use crate::logger::LoggerConfig;
 use crate::metrics::MetricsConfig;
+use crate::metrics::METRICS;
 use crate::vmm::action::VmmAction;
 
 /// Every (method, path template) the API serves.
@@ -105,6 +106,75 @@ enum VmState {
 /// Firecracker's rule for resource ids in paths: alphanumeric and '_', 1 to 64 characters.
 fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Counts a served request in Firecracker's per-route metrics.
+pub fn count_request(method: &str, path: &str, ok: bool) {
+    let Some((template, _)) = match_template(path) else {
+        return;
+    };
+    let (count, fails) = match (method, template) {
+        ("GET", "/") => (&METRICS.get_api_requests.instance_info_count, None),
+        ("GET", "/version") => (&METRICS.get_api_requests.vmm_version_count, None),
+        ("GET", "/machine-config") => (&METRICS.get_api_requests.machine_cfg_count, None),
+        ("GET", "/vm/config") => (&METRICS.get_api_requests.vm_config_count, None),
+        ("GET", "/network-interfaces/{iface_id}/firewall") => {
+            (&METRICS.get_api_requests.firewall_count, None)
+        }
+        ("PUT", "/actions") => (
+            &METRICS.put_api_requests.actions_count,
+            Some(&METRICS.put_api_requests.actions_fails),
+        ),
+        ("PUT", "/boot-source") => (
+            &METRICS.put_api_requests.boot_source_count,
+            Some(&METRICS.put_api_requests.boot_source_fails),
+        ),
+        ("PUT", "/drives/{drive_id}") => (
+            &METRICS.put_api_requests.drive_count,
+            Some(&METRICS.put_api_requests.drive_fails),
+        ),
+        ("PUT", "/logger") => (
+            &METRICS.put_api_requests.logger_count,
+            Some(&METRICS.put_api_requests.logger_fails),
+        ),
+        ("PUT", "/machine-config") => (
+            &METRICS.put_api_requests.machine_cfg_count,
+            Some(&METRICS.put_api_requests.machine_cfg_fails),
+        ),
+        ("PUT", "/metrics") => (
+            &METRICS.put_api_requests.metrics_count,
+            Some(&METRICS.put_api_requests.metrics_fails),
+        ),
+        ("PUT", "/network-interfaces/{iface_id}") => (
+            &METRICS.put_api_requests.network_count,
+            Some(&METRICS.put_api_requests.network_fails),
+        ),
+        ("PUT", "/entropy") => (
+            &METRICS.put_api_requests.entropy_count,
+            Some(&METRICS.put_api_requests.entropy_fails),
+        ),
+        ("PATCH", "/drives/{drive_id}") => (
+            &METRICS.patch_api_requests.drive_count,
+            Some(&METRICS.patch_api_requests.drive_fails),
+        ),
+        ("PATCH", "/network-interfaces/{iface_id}") => (
+            &METRICS.patch_api_requests.network_count,
+            Some(&METRICS.patch_api_requests.network_fails),
+        ),
+        ("PATCH", "/machine-config") => (
+            &METRICS.patch_api_requests.machine_cfg_count,
+            Some(&METRICS.patch_api_requests.machine_cfg_fails),
+        ),
+        ("PATCH", "/vm") => (
+            &METRICS.patch_api_requests.vm_count,
+            Some(&METRICS.patch_api_requests.vm_fails),
+        ),
+        _ => return,
+    };
+    count.inc();
+    if let (false, Some(fails)) = (ok, fails) {
+        fails.inc();
+    }
 }
 
 /// Routes one request.

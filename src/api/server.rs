@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::audit::{loggable_path, utc_now, AuditLog, AuditRecord, Peer};
 use super::http::{self, HttpError, Parsed, Request, Response};
-use super::router::{route, Routed};
+use super::router::{self, route, Routed};
 use crate::metrics::METRICS;
 use crate::vmm::action::{ActionResult, VmmAction, VmmData};
 
@@ -273,6 +273,7 @@ impl ApiServer {
                         return false;
                     };
                     let us = started.elapsed().as_micros() as u64;
+                    router::count_request(&request.method, &request.path, response.status < 300);
                     conn.closing = request.close;
                     conn.outbuf
                         .extend_from_slice(&response.to_bytes(request.close));

@@ -14,7 +14,8 @@ pub struct BootTimer {
     start_cpu_us: u64,
 }
 
-fn process_cpu_time_us() -> u64 {
+/// CPU time this process used so far, in µs.
+pub fn process_cpu_time_us() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::bus::BusDevice;
+use crate::metrics::METRICS;
 use crate::vstate::exit::{ExitCode, ExitRequest};
 
 const OFFSET_DATA: u64 = 0;
@@ -101,6 +102,7 @@ impl I8042Device {
             CMD_KBD_DISABLE => self.control |= CTR_KBD_DISABLED,
             CMD_KBD_ENABLE => self.control &= !CTR_KBD_DISABLED,
             CMD_RESET_CPU => {
+                METRICS.i8042.reset_count.inc();
                 log::info!("The guest asked for a reset through the i8042; ending the VM");
                 self.reset.request(ExitCode::Ok);
             }
@@ -117,6 +119,7 @@ impl I8042Device {
             None => {
                 self.push(KBD_ACK);
                 if let Err(e) = self.raise_interrupt() {
+                    METRICS.i8042.error_count.inc();
                     log::warn!("Cannot raise the keyboard interrupt: {e}");
                 }
             }
@@ -127,9 +130,11 @@ impl I8042Device {
 impl BusDevice for I8042Device {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if data.len() != 1 {
+            METRICS.i8042.missed_read_count.inc();
             data.fill(0xff);
             return;
         }
+        METRICS.i8042.read_count.inc();
         data[0] = match offset {
             OFFSET_DATA => {
                 let byte = self.output.pop_front().unwrap_or(0);
@@ -145,8 +150,10 @@ impl BusDevice for I8042Device {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if data.len() != 1 {
+            METRICS.i8042.missed_write_count.inc();
             return;
         }
+        METRICS.i8042.write_count.inc();
         match offset {
             OFFSET_DATA => self.data(data[0]),
             OFFSET_COMMAND => self.command(data[0]),

@@ -6,6 +6,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::bus::BusDevice;
+use crate::metrics::METRICS;
 
 /// Raises the serial interrupt through an irqfd.
 pub struct EventFdTrigger(EventFd);
@@ -56,6 +57,7 @@ impl SerialDevice {
     /// Queues bytes typed by the user for the guest.
     pub fn enqueue_input(&mut self, bytes: &[u8]) {
         if let Err(e) = self.serial.enqueue_raw_bytes(bytes) {
+            METRICS.uart.missed_read_count.inc();
             log::warn!("Serial input dropped: {e}");
         }
     }
@@ -64,17 +66,22 @@ impl SerialDevice {
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if data.len() != 1 || offset > 7 {
+            METRICS.uart.missed_read_count.inc();
             data.fill(0xff);
             return;
         }
+        METRICS.uart.read_count.inc();
         data[0] = self.serial.read(offset as u8);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if data.len() != 1 || offset > 7 {
+            METRICS.uart.missed_write_count.inc();
             return;
         }
+        METRICS.uart.write_count.inc();
         if let Err(e) = self.serial.write(offset as u8, data[0]) {
+            METRICS.uart.error_count.inc();
             log::debug!("Serial write failed: {e}");
         }
     }

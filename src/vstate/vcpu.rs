@@ -18,6 +18,7 @@ use crate::arch::x86_64::regs::{self, EntryMode};
 use crate::arch::x86_64::{lapic, msr};
 use crate::devices::bus::Buses;
 use crate::logger::RateLimitedLog;
+use crate::metrics::METRICS;
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -151,6 +152,7 @@ impl Vcpu {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(code) => {
+                    METRICS.vcpu.failures.inc();
                     shared.exit.request(code);
                     break;
                 }
@@ -167,12 +169,14 @@ impl Vcpu {
                 return Ok(true);
             }
             Err(e) => {
+                METRICS.vcpu.failures.inc();
                 log::error!("KVM_RUN failed on vCPU {}: {e}", self.index);
                 return Err(ExitCode::VmmError);
             }
         };
         match exit {
             VcpuExit::IoIn(port, data) => {
+                METRICS.vcpu.exit_io_in.inc();
                 if !shared.buses.pio.read(u64::from(port), data) {
                     data.fill(0xff);
                     if let Some(n) = shared.unknown_pio.hit() {
@@ -181,6 +185,7 @@ impl Vcpu {
                 }
             }
             VcpuExit::IoOut(port, data) => {
+                METRICS.vcpu.exit_io_out.inc();
                 if !shared.buses.pio.write(u64::from(port), data) {
                     if let Some(n) = shared.unknown_pio.hit() {
                         log::debug!("Unhandled port write at {port:#x} (#{n})");
@@ -188,6 +193,7 @@ impl Vcpu {
                 }
             }
             VcpuExit::MmioRead(addr, data) => {
+                METRICS.vcpu.exit_mmio_read.inc();
                 if !shared.buses.mmio.read(addr, data) {
                     data.fill(0xff);
                     if let Some(n) = shared.unknown_mmio.hit() {
@@ -196,6 +202,7 @@ impl Vcpu {
                 }
             }
             VcpuExit::MmioWrite(addr, data) => {
+                METRICS.vcpu.exit_mmio_write.inc();
                 if !shared.buses.mmio.write(addr, data) {
                     if let Some(n) = shared.unknown_mmio.hit() {
                         log::debug!("Unhandled MMIO write at {addr:#x} (#{n})");

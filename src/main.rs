@@ -6,6 +6,7 @@ mod config;
 mod devices;
 mod logger;
 mod metrics;
+mod seccomp;
 mod vmm;
 mod vstate;
 
@@ -21,6 +22,7 @@ use crate::config::{host_memory_mib, ConfigError, VmConfig, VmResources};
 use crate::vmm::builder::BuildOptions;
 use crate::vmm::controller::{Controller, StartError};
 use crate::vmm::event_loop::{self, ApiChannel};
+use crate::vmm::RunError;
 use crate::vstate::exit::{ExitCode, ExitRequest};
 
 /// Command line. Flag names follow Firecracker's where Firecracker has the flag.
@@ -60,6 +62,13 @@ struct Cli {
     /// A uid allowed to use the API (repeatable; default: this process's euid and 0).
     #[arg(long = "api-allowed-uid", value_name = "UID")]
     api_allowed_uids: Vec<u32>,
+    /// Use these seccomp filters (seccompiler JSON with `vmm`, `api` and `vcpu`) instead of
+    /// the built-in ones.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_seccomp")]
+    seccomp_filter: Option<String>,
+    /// Run without seccomp filters (for debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// Firecracker's rule for instance ids: alphanumeric and '-', 1 to 64 characters.
@@ -113,6 +122,18 @@ fn run(cli: &Cli, start: Instant) -> i32 {
             return fail(e, ExitCode::BadConfiguration);
         }
     }
+    let seccomp = if cli.no_seccomp {
+        log::warn!("Seccomp filtering is OFF (--no-seccomp): every thread may make any syscall");
+        seccomp::SeccompFilters::disabled()
+    } else if let Some(path) = &cli.seccomp_filter {
+        match seccomp::SeccompFilters::from_json_file(path) {
+            Ok(f) => f,
+            Err(e) => return fail(e, ExitCode::BadConfiguration),
+        }
+    } else {
+        seccomp::SeccompFilters::embedded()
+    };
+    let seccomp = Arc::new(seccomp);
     let exit = match ExitRequest::new() {
         Ok(e) => Arc::new(e),
         Err(e) => return fail(e, ExitCode::VmmError),
@@ -120,6 +141,7 @@ fn run(cli: &Cli, start: Instant) -> i32 {
     let opts = BuildOptions {
         boot_timer: cli.boot_timer,
         exit: exit.clone(),
+        seccomp: seccomp.clone(),
     };
     let mut controller = Controller::new(cli.id.clone(), opts);
     if let Some(path) = &cli.config_file {
@@ -135,7 +157,7 @@ fn run(cli: &Cli, start: Instant) -> i32 {
     let api = if cli.no_api {
         None
     } else {
-        match start_api(cli) {
+        match start_api(cli, seccomp) {
             Ok(channel) => {
                 let api_server = &metrics::METRICS.api_server;
                 api_server
@@ -149,19 +171,15 @@ fn run(cli: &Cli, start: Instant) -> i32 {
             Err(e) => return fail(e, ExitCode::VmmError),
         }
     };
-    if cli.config_file.is_some() {
-        if let Err(StartError::Build(message, code)) = controller.start_vm() {
-            return fail(message, code);
-        }
-    }
-    match event_loop::run(controller, exit, api) {
+    match event_loop::run(controller, exit, api, cli.config_file.is_some()) {
         Ok(code) => code,
+        Err(RunError::Start(StartError::Build(message, code))) => fail(message, code),
         Err(e) => fail(error_chain(&e), ExitCode::VmmError),
     }
 }
 
 /// Binds the socket, opens the audit log and starts the api thread.
-fn start_api(cli: &Cli) -> Result<ApiChannel, String> {
+fn start_api(cli: &Cli, seccomp: Arc<seccomp::SeccompFilters>) -> Result<ApiChannel, String> {
     let audit = cli
         .audit_log
         .as_deref()
@@ -189,7 +207,7 @@ fn start_api(cli: &Cli) -> Result<ApiChannel, String> {
         audit,
         max_payload: cli.http_api_max_payload_size,
     };
-    api::spawn(listener, config, link).map_err(|e| e.to_string())?;
+    api::spawn(listener, config, link, seccomp).map_err(|e| e.to_string())?;
     Ok(ApiChannel {
         requests: request_rx,
         responses: response_tx,

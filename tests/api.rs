@@ -364,6 +364,7 @@ fn a_caller_with_another_uid_is_refused_and_audited() {
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0]["peer_uid"], 65534);
     assert_eq!(refused[0]["status"], 403);
+    assert_eq!(refused[0]["path"], "/");
     // The socket is created 0600.
     let vm2 = ApiVm::start(&[]);
     let mode = std::fs::metadata(vm2.sock()).unwrap().permissions().mode();
@@ -371,8 +372,9 @@ fn a_caller_with_another_uid_is_refused_and_audited() {
     // An allowed-uid list without root refuses root too.
     let vm3 = ApiVm::start(&["--api-allowed-uid", "4242"]);
     let mut c = vm3.client();
-    let r = c.read_response();
+    let r = c.get("/");
     assert_eq!(r.status, 403);
+    assert!(r.fault().contains("uid 0 is not allowed"), "{}", r.body);
 }
 
 #[test]

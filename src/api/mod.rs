@@ -8,7 +8,11 @@ pub mod server;
 
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use crate::seccomp::{SeccompFilters, ThreadKind};
+use crate::vstate::exit::ExitCode;
 
 pub use server::{ServerConfig, VmmLink};
 
@@ -50,22 +54,30 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     })
 }
 
-/// Starts the `api` thread serving `listener`.
+/// Starts the `api` thread serving `listener`. The thread installs its seccomp filter
+/// before it accepts its first connection.
 pub fn spawn(
     listener: UnixListener,
     config: ServerConfig,
     link: VmmLink,
+    seccomp: Arc<SeccompFilters>,
 ) -> Result<JoinHandle<()>, ApiError> {
     std::thread::Builder::new()
         .name("api".into())
-        .spawn(
-            move || match server::ApiServer::new(listener, config, link) {
-                Ok(mut server) => {
-                    log::info!("API server started");
-                    server.run();
+        .spawn(move || {
+            let mut server = match server::ApiServer::new(listener, config, link) {
+                Ok(server) => server,
+                Err(e) => {
+                    log::error!("The API server cannot start: {e}");
+                    std::process::exit(ExitCode::VmmError as i32);
                 }
-                Err(e) => log::error!("The API server cannot start: {e}"),
-            },
-        )
+            };
+            if let Err(e) = seccomp.apply(ThreadKind::Api) {
+                log::error!("{e}");
+                std::process::exit(ExitCode::VmmError as i32);
+            }
+            log::info!("API server started");
+            server.run();
+        })
         .map_err(ApiError::Spawn)
 }

@@ -50,6 +50,9 @@ pub struct ServerConfig {
 struct Connection {
     stream: UnixStream,
     peer: Peer,
+    /// False for a peer whose uid is not allowed: its request gets a 403 and the connection
+    /// closes.
+    allowed: bool,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     continue_sent: bool,
@@ -99,8 +102,16 @@ impl ApiServer {
         })
     }
 
-    /// Serves until the VMM thread goes away.
-    pub fn run(&mut self) {
+    /// Serves until the VMM thread goes away, then parks: the process is ending, and a
+    /// thread exit would need syscalls the api filter does not allow.
+    pub fn run(&mut self) -> ! {
+        self.serve_all();
+        loop {
+            std::thread::park();
+        }
+    }
+
+    fn serve_all(&mut self) {
         let mut events = vec![EpollEvent::default(); 32];
         loop {
             let n = match self.epoll.wait(1000, &mut events) {
@@ -137,10 +148,6 @@ impl ApiServer {
                 log::warn!("API connection without peer credentials refused");
                 continue;
             };
-            if !self.config.allowed_uids.contains(&peer.uid) {
-                self.refuse(stream, peer);
-                continue;
-            }
             if self.connections.len() >= MAX_CONNECTIONS {
                 log::warn!("API connection limit reached; closing a new connection");
                 let mut stream = stream;
@@ -157,6 +164,16 @@ impl ApiServer {
     fn add_connection(&mut self, stream: UnixStream, peer: Peer) -> std::io::Result<()> {
         stream.set_nonblocking(true)?;
         let fd = stream.as_raw_fd();
+        let allowed = self.config.allowed_uids.contains(&peer.uid);
+        if !allowed {
+            METRICS.palisade.api_refused_peers.inc();
+            log::warn!(
+                "API connection from pid {} uid {} gid {} refused: uid not allowed",
+                peer.pid,
+                peer.uid,
+                peer.gid
+            );
+        }
         self.epoll.ctl(
             ControlOperation::Add,
             fd,
@@ -167,6 +184,7 @@ impl ApiServer {
             Connection {
                 stream,
                 peer,
+                allowed,
                 inbuf: Vec::new(),
                 outbuf: Vec::new(),
                 continue_sent: false,
@@ -176,28 +194,6 @@ impl ApiServer {
             },
         );
         Ok(())
-    }
-
-    /// Answers 403 to a caller whose uid is not allowed, records it and closes.
-    fn refuse(&mut self, mut stream: UnixStream, peer: Peer) {
-        METRICS.palisade.api_refused_peers.inc();
-        log::warn!(
-            "API connection from pid {} uid {} gid {} refused: uid not allowed",
-            peer.pid,
-            peer.uid,
-            peer.gid
-        );
-        let response = Response::fault(
-            403,
-            &format!(
-                "The caller's uid {} is not allowed to use this API.",
-                peer.uid
-            ),
-        );
-        // Best effort: the socket is fresh, its buffer empty.
-        let _ = stream.set_nonblocking(true);
-        let _ = stream.write(&response.to_bytes(true));
-        self.audit(&peer, "refused", "", "", 403, 0);
     }
 
     fn audit(&mut self, peer: &Peer, event: &str, method: &str, path: &str, status: u16, us: u64) {
@@ -269,6 +265,21 @@ impl ApiServer {
                     conn.continue_sent = false;
                     conn.request_started = None;
                     let started = Instant::now();
+                    if !conn.allowed {
+                        // Read the request before answering, so the client reads the answer.
+                        let response = Response::fault(
+                            403,
+                            &format!(
+                                "The caller's uid {} is not allowed to use this API.",
+                                conn.peer.uid
+                            ),
+                        );
+                        conn.outbuf.extend_from_slice(&response.to_bytes(true));
+                        conn.closing = true;
+                        let peer = conn.peer;
+                        self.audit(&peer, "refused", &request.method, &request.path, 403, 0);
+                        break;
+                    }
                     let Some(response) = self.respond(&request) else {
                         return false;
                     };

@@ -17,6 +17,7 @@ use crate::devices::bus::{BusError, Buses};
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::{EventFdTrigger, SerialDevice};
 use crate::logger::RateLimitedLog;
+use crate::seccomp::SeccompFilters;
 use crate::vstate::exit::ExitRequest;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared};
@@ -64,6 +65,8 @@ pub struct BuildOptions {
     pub boot_timer: bool,
     /// Where devices and vCPUs ask the VM to end.
     pub exit: Arc<ExitRequest>,
+    /// Seccomp filters for the VMM and vCPU threads.
+    pub seccomp: Arc<SeccompFilters>,
 }
 
 /// Builds the VM: KVM VM, guest memory, kernel, initrd, command line, boot parameters,
@@ -162,5 +165,6 @@ pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<Vmm, Bui
         shared,
         serial,
         i8042,
+        seccomp: opts.seccomp.clone(),
     })
 }

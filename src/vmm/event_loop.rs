@@ -41,6 +41,7 @@ struct VmmEvents {
     api: Option<ApiChannel>,
     metrics_timer: Option<TimerFd>,
     console: Option<RawTerminal>,
+    console_checked: bool,
 }
 
 impl VmmEvents {
@@ -57,9 +58,10 @@ impl VmmEvents {
 
     /// Starts forwarding stdin to the serial port once a VM runs and stdin is a terminal.
     fn watch_console(&mut self, ops: &mut EventOps) {
-        if self.console.is_some() || self.controller.running().is_none() {
+        if self.console_checked || self.controller.running().is_none() {
             return;
         }
+        self.console_checked = true;
         if let Some(raw) = RawTerminal::enable() {
             let stdin = std::io::stdin();
             if let Err(e) = ops.add(Events::with_data(&stdin, EVENT_STDIN, EventSet::IN)) {
@@ -128,20 +130,33 @@ fn metrics_timer() -> Option<TimerFd> {
 }
 
 /// Runs the event loop until the VM ends; stops the vCPUs and returns the exit code.
+///
+/// With `boot`, the VM starts at once (from a config file), after the loop's own resources
+/// exist: the VMM thread's seccomp filter, installed at start, allows no new epoll or timer.
 pub fn run(
-    controller: Controller,
+    mut controller: Controller,
     exit: Arc<ExitRequest>,
     api: Option<ApiChannel>,
+    boot: bool,
 ) -> Result<i32, RunError> {
     let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(RunError::EventLoop)?;
+    let metrics_timer = metrics_timer();
+    if boot {
+        controller.start_vm()?;
+    }
     let events = Arc::new(Mutex::new(VmmEvents {
         controller,
         exit: exit.clone(),
         api,
-        metrics_timer: metrics_timer(),
+        metrics_timer,
         console: None,
+        console_checked: false,
     }));
+    // A first line at once, as Firecracker does, with the start-up figures.
+    if let Err(e) = crate::metrics::flush() {
+        log::warn!("Metrics flush failed: {e}");
+    }
     manager.add_subscriber(events.clone());
     while exit.code().is_none() {
         manager.run().map_err(RunError::EventLoop)?;

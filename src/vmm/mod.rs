@@ -7,14 +7,15 @@ pub mod controller;
 pub mod event_loop;
 pub mod kernel;
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::SerialDevice;
+use crate::seccomp::{SeccompFilters, ThreadKind};
 use crate::vstate::exit::ExitCode;
-use crate::vstate::vcpu::{self, Vcpu, VcpuShared};
+use crate::vstate::vcpu::{self, StartGate, Vcpu, VcpuShared};
 use crate::vstate::vm::Vm;
 
 /// How long the VMM waits for vCPU threads to stop or park.
@@ -32,6 +33,12 @@ pub enum RunError {
     /// The vCPUs did not park in time.
     #[error("The vCPUs did not pause within {0:?}")]
     PauseTimeout(Duration),
+    /// The VM could not be built or started.
+    #[error(transparent)]
+    Start(#[from] controller::StartError),
+    /// A seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// A device could not take the request.
     #[error("Device error: {0}")]
     Device(#[source] std::io::Error),
@@ -44,6 +51,7 @@ pub struct Vmm {
     shared: Arc<VcpuShared>,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
+    seccomp: Arc<SeccompFilters>,
 }
 
 /// A VM whose vCPU threads run (or are paused).
@@ -58,28 +66,40 @@ pub struct RunningVm {
 }
 
 impl Vmm {
-    /// Starts every vCPU together: each thread waits at a barrier until all exist.
+    /// Starts the vCPU threads (each installs its own filter and waits at a barrier), then
+    /// installs the VMM thread's filter, then releases the vCPUs together. Threads exist
+    /// before the VMM thread is filtered, so its filter needs no thread-creation syscalls.
     pub fn start(self) -> Result<RunningVm, RunError> {
         vcpu::install_kick_handler()?;
-        let barrier = Arc::new(Barrier::new(self.vcpus.len() + 1));
+        let gate = Arc::new(StartGate::default());
         let mut handles = Vec::with_capacity(self.vcpus.len());
+        let mut failure = None;
         for vcpu in self.vcpus {
-            match vcpu.start(self.shared.clone(), barrier.clone()) {
+            match vcpu.start(self.shared.clone(), gate.clone(), self.seccomp.clone()) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
-                    // Release the threads already waiting, then stop them.
-                    self.shared.exit.request(ExitCode::VmmError);
-                    self.shared
-                        .stop
-                        .store(true, std::sync::atomic::Ordering::Release);
-                    barrier.wait();
-                    vcpu::stop_vcpus(&self.shared, handles, VCPU_STOP_TIMEOUT);
-                    return Err(e.into());
+                    failure = Some(RunError::from(e));
+                    break;
                 }
             }
         }
+        // INVARIANT: the VMM thread is filtered before any vCPU runs guest code.
+        if failure.is_none() {
+            failure = self
+                .seccomp
+                .apply(ThreadKind::Vmm)
+                .err()
+                .map(RunError::from);
+        }
+        if let Some(e) = failure {
+            // Release the threads already waiting without running the guest.
+            self.shared.exit.request(ExitCode::VmmError);
+            gate.open(false);
+            vcpu::stop_vcpus(&self.shared, handles, VCPU_STOP_TIMEOUT);
+            return Err(e);
+        }
         log::info!("Starting {} vCPU(s)", handles.len());
-        barrier.wait();
+        gate.open(true);
         Ok(RunningVm {
             _vm: self.vm,
             handles,

@@ -1,7 +1,7 @@
 //! vCPUs: configuration before boot, and the thread that runs each one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use crate::arch::x86_64::{lapic, msr};
 use crate::devices::bus::Buses;
 use crate::logger::RateLimitedLog;
 use crate::metrics::METRICS;
+use crate::seccomp::{SeccompFilters, ThreadKind};
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -126,17 +127,27 @@ impl Vcpu {
         Ok(Self { index, fd })
     }
 
-    /// Starts the thread `vcpu{index}`; it waits at `barrier` before its first KVM_RUN.
+    /// Starts the thread `vcpu{index}`: it installs the vcpu seccomp filter, waits until
+    /// `gate` opens, then runs the guest.
     pub fn start(
         self,
         shared: Arc<VcpuShared>,
-        barrier: Arc<Barrier>,
+        gate: Arc<StartGate>,
+        seccomp: Arc<SeccompFilters>,
     ) -> Result<JoinHandle<()>, VcpuError> {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                barrier.wait();
+                let filtered = seccomp.apply(ThreadKind::Vcpu);
+                if !gate.wait() {
+                    return;
+                }
+                if let Err(e) = filtered {
+                    log::error!("vCPU {index}: {e}");
+                    shared.exit.request(ExitCode::VmmError);
+                    return;
+                }
                 self.run(&shared);
             })
             .map_err(|e| VcpuError::Spawn(index, e))
@@ -289,6 +300,33 @@ impl Vcpu {
                 format!("RIP {rip:#x} (guest physical {gpa:#x}), instruction bytes {bytes:02x?}")
             }
             Err(_) => format!("RIP {rip:#x} (guest physical {gpa:#x}, outside RAM)"),
+        }
+    }
+}
+
+/// Holds vCPU threads until every one exists and the VMM thread is filtered, then releases
+/// them together (or tells them to end without running).
+#[derive(Default)]
+pub struct StartGate {
+    state: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    /// Releases the waiting threads; `run` says whether they run the guest.
+    pub fn open(&self, run: bool) {
+        *lock(&self.state) = Some(run);
+        self.opened.notify_all();
+    }
+
+    /// Waits until the gate opens; true when the guest should run.
+    fn wait(&self) -> bool {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(run) = *state {
+                return run;
+            }
+            state = self.opened.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
 }

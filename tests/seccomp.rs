@@ -1,0 +1,202 @@
+//! Every thread runs under its own seccomp filter, and a syscall outside it kills the VMM with
+//! SIGSYS at the point where the thread first needs it.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{kvm_available, probe_path, ApiVm, TestVm};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const SIGSYS: i32 = 31;
+
+/// The built-in profile with `syscall` removed from the filter of `thread`.
+fn profile_without(thread: &str, syscall: &str) -> serde_json::Value {
+    let mut profile: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/seccomp-profiles/x86_64.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let rules = profile[thread]["filter"].as_array_mut().unwrap();
+    let before = rules.len();
+    rules.retain(|r| r["syscall"] != syscall);
+    assert!(rules.len() < before, "{thread} does not allow {syscall}");
+    profile
+}
+
+fn write_profile(dir: &std::path::Path, profile: &serde_json::Value) -> String {
+    let path = dir.join("filters.json");
+    std::fs::write(&path, profile.to_string()).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// The kernel's audit line for a seccomp kill of `pid`, when the kernel log is readable.
+fn audited_syscall(pid: u32) -> Option<u64> {
+    let out = Command::new("dmesg").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("type=1326") && l.contains(&format!(" pid={pid} ")))?;
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("syscall="))
+        .and_then(|n| n.parse().ok())
+}
+
+#[test]
+fn every_thread_of_a_running_vmm_is_filtered() {
+    if !kvm_available("every_thread_of_a_running_vmm_is_filtered") {
+        return;
+    }
+    let mut vm = ApiVm::start(&[]);
+    let mut c = vm.client();
+    c.put(
+        "/machine-config",
+        serde_json::json!({"vcpu_count": 2, "mem_size_mib": 64}),
+    );
+    c.put(
+        "/boot-source",
+        serde_json::json!({"kernel_image_path": probe_path(), "boot_args": "probe.run=idle"}),
+    );
+    let r = c.put(
+        "/actions",
+        serde_json::json!({"action_type": "InstanceStart"}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.running.wait_for_output("probe: idle ok", TIMEOUT);
+    let pid = vm.running.child.id();
+    let mut seen = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm"))
+            .unwrap()
+            .trim()
+            .to_string();
+        if name.starts_with("kvm-") {
+            // A kernel worker KVM attaches to the VM's process (e.g. kvm-nx-lpage-recovery).
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(mode, "2", "thread {name} is not in seccomp filter mode");
+        seen.push(name);
+    }
+    seen.sort();
+    assert_eq!(seen, ["api", "palisade", "vcpu0", "vcpu1"]);
+    vm.running.kill();
+}
+
+#[test]
+fn a_vcpu_without_ioctl_dies_at_its_first_kvm_run() {
+    if !kvm_available("a_vcpu_without_ioctl_dies_at_its_first_kvm_run") {
+        return;
+    }
+    let mut vm = TestVm::probe("hello", 1, 64);
+    let profile = write_profile(vm.dir.path(), &profile_without("vcpu", "ioctl"));
+    vm.args.extend(["--seccomp-filter".into(), profile]);
+    let running = vm.spawn();
+    let pid = running.child.id();
+    let run = running.wait(TIMEOUT);
+    assert_eq!(run.status.signal(), Some(SIGSYS), "{run:?}");
+    assert!(
+        !run.stdout.contains("probe: ready"),
+        "the guest ran: {}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("Starting 1 vCPU"), "{}", run.stderr);
+    if let Some(nr) = audited_syscall(pid) {
+        assert_eq!(nr, 16, "the kernel names ioctl");
+    }
+}
+
+#[test]
+fn the_vmm_thread_without_epoll_wait_dies_when_it_enters_its_event_loop() {
+    if !kvm_available("the_vmm_thread_without_epoll_wait_dies_when_it_enters_its_event_loop") {
+        return;
+    }
+    let mut vm = TestVm::probe("idle", 1, 64);
+    let profile = write_profile(vm.dir.path(), &profile_without("vmm", "epoll_wait"));
+    vm.args.extend(["--seccomp-filter".into(), profile]);
+    let running = vm.spawn();
+    let pid = running.child.id();
+    let run = running.wait(TIMEOUT);
+    assert_eq!(run.status.signal(), Some(SIGSYS), "{run:?}");
+    assert!(run.stderr.contains("Starting 1 vCPU"), "{}", run.stderr);
+    if let Some(nr) = audited_syscall(pid) {
+        assert_eq!(nr, 232, "the kernel names epoll_wait");
+    }
+}
+
+#[test]
+fn the_api_thread_without_accept4_dies_at_the_first_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = write_profile(dir.path(), &profile_without("api", "accept4"));
+    let sock = dir.path().join("api.sock");
+    let mut child = Command::new(common::palisade_bin())
+        .arg("--api-sock")
+        .arg(&sock)
+        .args(["--seccomp-filter", &profile])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The socket exists before the thread is filtered; nothing has called accept yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "died before any connection"
+    );
+    let _client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(SIGSYS));
+    if let Some(nr) = audited_syscall(child.id()) {
+        assert_eq!(nr, 288, "the kernel names accept4");
+    }
+}
+
+#[test]
+fn no_seccomp_runs_unfiltered_with_a_warning_and_bad_filters_are_refused() {
+    if !kvm_available("no_seccomp_runs_unfiltered_with_a_warning_and_bad_filters_are_refused") {
+        return;
+    }
+    let mut vm = TestVm::probe("hello", 1, 64);
+    vm.args.push("--no-seccomp".into());
+    let run = vm.run(TIMEOUT);
+    run.assert_success();
+    assert!(
+        run.stderr.contains("Seccomp filtering is OFF"),
+        "{}",
+        run.stderr
+    );
+
+    let mut vm = TestVm::probe("hello", 1, 64);
+    let bad = vm.dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"vmm": {"default_action": "kill_process", "filter_action": "allow", "filter": [{"syscall": "no_such_call"}]}}"#).unwrap();
+    vm.args.extend([
+        "--seccomp-filter".into(),
+        bad.to_string_lossy().into_owned(),
+    ]);
+    let run = vm.run(TIMEOUT);
+    assert_eq!(run.status.code(), Some(152), "{run:?}");
+    assert!(
+        run.stderr.contains("Invalid seccomp filter file"),
+        "{}",
+        run.stderr
+    );
+}

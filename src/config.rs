@@ -51,6 +51,8 @@ pub enum HugePages {
     /// Normal 4 KiB pages.
     #[default]
     None,
+    /// Transparent huge pages (MADV_HUGEPAGE).
+    Transparent,
     /// 2 MiB huge pages.
     #[serde(rename = "2M")]
     Hugetlbfs2M,
@@ -73,9 +75,14 @@ pub struct MachineConfig {
     /// Firecracker's deprecated static CPU template; only "None" is accepted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
-    /// Huge pages; only "None" is accepted today.
+    /// Huge pages: "None", "Transparent" or "2M" (from the host's hugetlb pool).
     #[serde(default)]
     pub huge_pages: HugePages,
+    /// Palisade extension: lock guest RAM in host memory as the guest touches it, so tenant
+    /// memory is never swapped to disk. Costs: the locked pages count against RLIMIT_MEMLOCK
+    /// and can never be reclaimed while the VM runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mem_lock: bool,
 }
 
 impl Default for MachineConfig {
@@ -87,6 +94,7 @@ impl Default for MachineConfig {
             track_dirty_pages: false,
             cpu_template: None,
             huge_pages: HugePages::None,
+            mem_lock: false,
         }
     }
 }
@@ -107,6 +115,8 @@ pub struct MachineConfigUpdate {
     pub cpu_template: Option<String>,
     /// New huge pages setting.
     pub huge_pages: Option<HugePages>,
+    /// New memory locking setting.
+    pub mem_lock: Option<bool>,
 }
 
 impl MachineConfigUpdate {
@@ -127,6 +137,7 @@ impl MachineConfigUpdate {
                 .clone()
                 .or_else(|| base.cpu_template.clone()),
             huge_pages: self.huge_pages.unwrap_or(base.huge_pages),
+            mem_lock: self.mem_lock.unwrap_or(base.mem_lock),
         }
     }
 }
@@ -163,8 +174,11 @@ impl MachineConfig {
                 "cpu_template '{t}' is not supported"
             )));
         }
-        if self.huge_pages != HugePages::None {
-            return Err(ConfigError::Unsupported("machine-config.huge_pages"));
+        if self.huge_pages == HugePages::Hugetlbfs2M && !self.mem_size_mib.is_multiple_of(2) {
+            return Err(ConfigError::Machine(format!(
+                "with 2M huge pages, mem_size_mib must be a multiple of 2, not {}",
+                self.mem_size_mib
+            )));
         }
         Ok(())
     }

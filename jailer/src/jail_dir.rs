@@ -44,7 +44,9 @@ pub enum JailDirError {
 pub struct JailDir {
     root: PathBuf,
     exec_name: String,
-    /// The highest directory on the way to `root` that this start created.
+    /// `<base>/<exec-name>`, when this start created it.
+    created_exec_dir: Option<PathBuf>,
+    /// The highest of `<base>/<exec-name>/<id>` and its `root` that this start created.
     created_top: Option<PathBuf>,
     /// Directories inside a pre-existing `root` that this start created.
     created_dirs: Vec<PathBuf>,
@@ -56,28 +58,31 @@ pub struct JailDir {
 impl JailDir {
     /// Creates the directories, takes the instance lock and copies the exec file in.
     pub fn prepare(spec: &JailSpec) -> Result<Self, JailDirError> {
-        let mut created_top = None;
+        // `<base>/<exec-name>` is shared by every instance of that exec file: removed again
+        // only when empty. The instance's own directories go with everything in them.
         let exec_dir = spec.chroot_base.join(&spec.exec_name);
-        for dir in [exec_dir, spec.instance_dir(), spec.root()] {
-            if make_dir(&dir, 0o755)? && created_top.is_none() {
-                created_top = Some(dir);
+        let created_exec_dir = make_dir(&exec_dir, 0o755)?.then_some(exec_dir);
+        let mut created_top = None;
+        for dir in [spec.instance_dir(), spec.root()] {
+            match make_dir(&dir, 0o755) {
+                Ok(true) if created_top.is_none() => created_top = Some(dir),
+                Ok(_) => {}
+                Err(e) => {
+                    remove_created(created_top.as_deref(), created_exec_dir.as_deref());
+                    return Err(e);
+                }
             }
         }
         let root = spec.root();
         let pid_path = root.join(format!("{}.pid", spec.exec_name));
-        let pid_file = match lock_pid_file(&pid_path, &spec.id) {
-            Ok(f) => f,
-            Err(e) => {
-                // Only what this start created: a running instance keeps its files.
-                if let Some(top) = &created_top {
-                    let _ = std::fs::remove_dir_all(top);
-                }
-                return Err(e);
-            }
-        };
+        let pid_file = lock_pid_file(&pid_path, &spec.id).inspect_err(|_| {
+            // Only what this start created: a running instance keeps its files.
+            remove_created(created_top.as_deref(), created_exec_dir.as_deref());
+        })?;
         let mut jail = JailDir {
             root,
             exec_name: spec.exec_name.clone(),
+            created_exec_dir,
             created_top,
             created_dirs: Vec::new(),
             pid_path,
@@ -123,8 +128,11 @@ impl JailDir {
 
     /// Removes what this start created (after a failure).
     pub fn remove(&self) {
-        if let Some(top) = &self.created_top {
-            let _ = std::fs::remove_dir_all(top);
+        if self.created_top.is_some() {
+            remove_created(
+                self.created_top.as_deref(),
+                self.created_exec_dir.as_deref(),
+            );
             return;
         }
         let files = DEVICE_NODES
@@ -137,6 +145,17 @@ impl JailDir {
         for dir in self.created_dirs.iter().rev() {
             let _ = std::fs::remove_dir(dir);
         }
+    }
+}
+
+/// Removes the instance directory this start created, then the exec-name directory if this
+/// start created it and no other instance has appeared in it since.
+fn remove_created(top: Option<&Path>, exec_dir: Option<&Path>) {
+    if let Some(top) = top {
+        let _ = std::fs::remove_dir_all(top);
+    }
+    if let Some(dir) = exec_dir {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use std::path::{Path, PathBuf};
 
-use common::{api_request, can_jail, probe_guest, run, unique, vmm_bin, Sandbox};
+use common::api::{api_request, wait_for_socket};
+use common::{can_jail, probe_guest, run, unique, vmm_bin, Sandbox};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -68,7 +69,7 @@ fn jailed_vmm_boots_the_probe_guest_over_the_api_socket_in_the_jail() {
     let child = common::spawn(cmd);
     // The socket is inside the jail: the host reaches it under the jail's root.
     let sock = root.join("run/api.sock");
-    common::wait_for_socket(&sock, TIMEOUT);
+    wait_for_socket(&sock, TIMEOUT);
     let machine = r#"{"vcpu_count": 1, "mem_size_mib": 64}"#;
     let boot =
         r#"{"kernel_image_path": "/probe.elf", "boot_args": "console=ttyS0 probe.run=hello"}"#;

@@ -11,7 +11,7 @@ use crate::arch::x86_64::layout::{
     SERIAL_PORT,
 };
 use crate::arch::x86_64::mptable::{self, setup_mptable};
-use crate::config::VmResources;
+use crate::config::{HugePages, VmResources};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{BusError, Buses};
 use crate::devices::i8042::I8042Device;
@@ -19,7 +19,7 @@ use crate::devices::serial::{EventFdTrigger, SerialDevice};
 use crate::logger::RateLimitedLog;
 use crate::seccomp::SeccompFilters;
 use crate::vstate::exit::ExitRequest;
-use crate::vstate::memory::{create_guest_memory, MemoryError};
+use crate::vstate::memory::{create_guest_memory, Backing, MemoryError, MemoryOptions};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -82,7 +82,15 @@ pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<Vmm, Bui
         .ok_or(BuildError::MissingKernelConfig)?;
     let machine = &resources.machine_config;
     let vm = Vm::new()?;
-    let mem = create_guest_memory((machine.mem_size_mib as u64) << 20)?;
+    let memory_options = MemoryOptions {
+        backing: match machine.huge_pages {
+            HugePages::None => Backing::Normal,
+            HugePages::Transparent => Backing::Transparent,
+            HugePages::Hugetlbfs2M => Backing::Huge2M,
+        },
+        lock: machine.mem_lock,
+    };
+    let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
     vm.register_memory(&mem)?;
 
     let kernel = kernel::load_kernel(&mem, &boot.kernel_image_path)?;

@@ -89,7 +89,18 @@ impl Hierarchies {
 fn is_controller(option: &str) -> bool {
     !matches!(
         option,
-        "rw" | "ro" | "relatime" | "noatime" | "nosuid" | "nodev" | "noexec"
+        "rw" | "ro"
+            | "relatime"
+            | "noatime"
+            | "nosuid"
+            | "nodev"
+            | "noexec"
+            | "xattr"
+            | "noprefix"
+            | "clone_children"
+            | "cpuset_v2_mode"
+            | "favordynmods"
+            | "nsdelegate"
     ) && !option.starts_with("name=")
         && !option.contains('=')
 }
@@ -162,7 +173,8 @@ impl JailCgroups {
         for dir in self.created.iter().rev() {
             for _ in 0..50 {
                 match std::fs::remove_dir(dir) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // Busy with a process on its way out (not with another instance's cgroup).
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && !has_children(dir) => {
                         std::thread::sleep(Duration::from_millis(20))
                     }
                     _ => break,
@@ -197,6 +209,13 @@ impl JailCgroups {
             Err(e) => Err(CgroupError::Create(dir.to_path_buf(), e)),
         }
     }
+}
+
+/// A cgroup directory with child cgroups.
+fn has_children(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().any(|e| e.path().is_dir()))
+        .unwrap_or(false)
 }
 
 fn read_value(path: &Path) -> Result<String, CgroupError> {
@@ -236,7 +255,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
     fn pure_v2_hosts_default_to_v2() {
         let h = Hierarchies::parse(
             "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate 0 0\n\
-             cgroup /sys/fs/cgroup/systemd cgroup rw,name=systemd 0 0\n",
+             cgroup /sys/fs/cgroup/systemd cgroup rw,xattr,name=systemd 0 0\n",
         );
         assert_eq!(h.detect_version(), CgroupVersion::V2);
     }

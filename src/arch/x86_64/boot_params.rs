@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn ram_map_skips_the_bios_hole() {
-        let mem = create_guest_memory(128 << 20).unwrap();
+        let mem = create_guest_memory(128 << 20, Default::default()).unwrap();
         assert_eq!(
             ram_map(&mem),
             vec![(0, EBDA_START), (HIMEM_START, (128 << 20) - HIMEM_START)]
@@ -207,14 +207,14 @@ mod tests {
 
     #[test]
     fn initrd_goes_to_the_top_of_low_ram_page_aligned() {
-        let mem = create_guest_memory(64 << 20).unwrap();
+        let mem = create_guest_memory(64 << 20, Default::default()).unwrap();
         assert_eq!(initrd_load_address(&mem, 0x1800), Some((64 << 20) - 0x2000));
         assert_eq!(initrd_load_address(&mem, 64 << 20), None);
     }
 
     #[test]
     fn zero_page_carries_cmdline_initrd_and_e820() {
-        let mem = create_guest_memory(64 << 20).unwrap();
+        let mem = create_guest_memory(64 << 20, Default::default()).unwrap();
         let info = BootInfo {
             cmdline_len: 10,
             initrd: Some(InitrdPlacement {
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn pvh_start_info_has_the_magic_and_memmap() {
-        let mem = create_guest_memory(64 << 20).unwrap();
+        let mem = create_guest_memory(64 << 20, Default::default()).unwrap();
         let info = BootInfo {
             cmdline_len: 1,
             initrd: None,

@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn identity_tables_map_the_first_gigabyte() {
-        let mem = create_guest_memory(16 << 20).unwrap();
+        let mem = create_guest_memory(16 << 20, Default::default()).unwrap();
         write_identity_page_tables(&mem).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
         assert_eq!(pml4, PDPTE_START | 3);

@@ -15,13 +15,14 @@ pub const NAME: &str = "mem";
 const MIB: u64 = 1 << 20;
 const LOW_MEMORY_END: u64 = MIB;
 
-fn pattern(addr: u64) -> u64 {
+/// The value written at `addr` for `seed` (the `mem` scenario uses seed 0).
+pub(super) fn pattern(addr: u64, seed: u64) -> u64 {
     // An odd multiplier makes this a bijection: distinct addresses, distinct values.
-    addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5a5a_c3c3_0f0f_9669
+    addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5a5a_c3c3_0f0f_9669 ^ seed.wrapping_mul(0xd6e8_feb8_6659_fd93)
 }
 
 /// Calls `f(start, end)` for each 8-byte-aligned part of usable RAM outside the skipped ranges.
-fn for_each_tested_range(e820: &E820Map, skip: &[(u64, u64); 2], mut f: impl FnMut(u64, u64)) {
+pub(super) fn for_each_tested_range(e820: &E820Map, skip: &[(u64, u64); 2], mut f: impl FnMut(u64, u64)) {
     for entry in e820.usable() {
         let mut start = (entry.addr + 7) & !7;
         let end = entry.end() & !7;
@@ -44,27 +45,32 @@ fn for_each_tested_range(e820: &E820Map, skip: &[(u64, u64); 2], mut f: impl FnM
     }
 }
 
-fn fill(start: u64, end: u64) {
+pub(super) fn fill(start: u64, end: u64, seed: u64) {
     let mut addr = start;
     while addr < end {
         // SAFETY: [start, end) is usable RAM mapped by paging::map_ram and not used by the probe.
-        unsafe { core::ptr::write_volatile(addr as *mut u64, pattern(addr)) };
+        unsafe { core::ptr::write_volatile(addr as *mut u64, pattern(addr, seed)) };
         addr += 8;
     }
 }
 
 /// The first address whose content differs, with the value found.
-fn check(start: u64, end: u64) -> Option<(u64, u64)> {
+pub(super) fn check(start: u64, end: u64, seed: u64) -> Option<(u64, u64)> {
     let mut addr = start;
     while addr < end {
         // SAFETY: as in fill.
         let found = unsafe { core::ptr::read_volatile(addr as *const u64) };
-        if found != pattern(addr) {
+        if found != pattern(addr, seed) {
             return Some((addr, found));
         }
         addr += 8;
     }
     None
+}
+
+/// The ranges the memory scenarios leave alone: low memory and the probe's own image.
+pub(super) fn tested_skip() -> [(u64, u64); 2] {
+    [(0, LOW_MEMORY_END), (paging::image_start(), paging::reserved_end())]
 }
 
 pub fn run(boot: &BootInfo) {
@@ -76,17 +82,17 @@ pub fn run(boot: &BootInfo) {
             return;
         }
     }
-    let skip = [(0, LOW_MEMORY_END), (paging::image_start(), paging::reserved_end())];
+    let skip = tested_skip();
 
     let mut tested = 0;
     for_each_tested_range(e820, &skip, |start, end| {
-        fill(start, end);
+        fill(start, end, 0);
         tested += end - start;
     });
     let mut first_bad = None;
     for_each_tested_range(e820, &skip, |start, end| {
         if first_bad.is_none() {
-            first_bad = check(start, end);
+            first_bad = check(start, end, 0);
         }
     });
     match first_bad {
@@ -94,7 +100,7 @@ pub fn run(boot: &BootInfo) {
         Some((addr, found)) => ResultLine::fail(NAME.as_bytes())
             .dec("mib", mib)
             .hex("bad_addr", addr)
-            .hex("expected", pattern(addr))
+            .hex("expected", pattern(addr, 0))
             .hex("found", found)
             .end(),
     }

@@ -6,6 +6,7 @@ mod hello;
 mod idle;
 mod kbd;
 mod mem;
+mod pattern;
 mod ticker;
 mod triple_fault;
 mod unknown_io;
@@ -27,6 +28,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: triple_fault::NAME, run: triple_fault::run },
     Scenario { name: ticker::NAME, run: ticker::run },
     Scenario { name: kbd::NAME, run: kbd::run },
+    Scenario { name: pattern::NAME, run: pattern::run },
 ];
 
 pub fn run(name: &[u8], boot: &BootInfo) {

@@ -17,7 +17,7 @@ die() { log "error: $*"; exit 1; }
 
 # --- 1. Packages -------------------------------------------------------------------
 packages=(linux-source-6.1 busybox-static build-essential bc bison flex libelf-dev
-          libssl-dev cpio e2fsprogs)
+          libssl-dev cpio e2fsprogs lz4)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing+=("$p")
@@ -31,10 +31,14 @@ linux_pkg=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 busybox_pkg=$(dpkg-query -W -f='${Version}' busybox-static)
 
 # --- 2. Inputs hash: reuse a finished output -----------------------------------------
-hash=$( { (cd "$here" && sha256sum build.sh config-fragment boot_args init patches/*.patch)
-          echo "linux-source-6.1 $linux_pkg busybox-static $busybox_pkg"; } |
-        sha256sum | cut -c1-16)
+sums=$(cd "$here" && sha256sum build.sh config-fragment boot_args init fstab patches/*.patch)
+hash=$(printf '%s\nlinux-source-6.1 %s busybox-static %s\n' "$sums" "$linux_pkg" \
+       "$busybox_pkg" | sha256sum | cut -c1-16)
 out=$cache/guest/$hash
+# One build at a time per cache (tests may call this script in parallel).
+mkdir -p "$cache"
+exec 9>"$cache/guest-build.lock"
+flock 9
 if [[ -s $out/manifest.json ]]; then
     log "up to date"
     echo "$out"
@@ -99,9 +103,11 @@ cp "$src/.config" "$tmp/config"
 log "building initramfs.cpio and rootfs.ext4"
 gcc -O2 -o "$tmp/gen_init_cpio" "$src/usr/gen_init_cpio.c"
 # busybox's shell runs its applets without links (standalone shell): only /bin/sh.
+# Few entries: unpacking each one is emulated kernel work on the dev host.
 cat >"$tmp/initramfs.list" <<EOF
 dir /bin 755 0 0
 dir /sbin 755 0 0
+dir /etc 755 0 0
 dir /dev 755 0 0
 dir /proc 755 0 0
 dir /sys 755 0 0
@@ -110,19 +116,21 @@ dir /root 700 0 0
 nod /dev/console 600 0 0 c 5 1
 file /bin/busybox /bin/busybox 755 0 0
 slink /bin/sh busybox 777 0 0
+file /etc/fstab $here/fstab 644 0 0
 file /init $here/init 755 0 0
 EOF
 "$tmp/gen_init_cpio" -t 0 "$tmp/initramfs.list" >"$tmp/initramfs.cpio"
 rm "$tmp/gen_init_cpio" "$tmp/initramfs.list"
 
 root=$tmp/rootfs
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,root}
+mkdir -p "$root"/{bin,sbin,etc,dev,proc,sys,tmp,root}
 chmod 1777 "$root/tmp"
 cp /bin/busybox "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 cp "$here/init" "$root/sbin/init"
+cp "$here/fstab" "$root/etc/fstab"
 # Root on /dev/vda: the kernel mounts devtmpfs on /dev itself (DEVTMPFS_MOUNT).
-mkfs.ext4 -q -F -L palisade-root -d "$root" "$tmp/rootfs.ext4" 32M >&2
+mkfs.ext4 -q -F -L palisade-root -d "$root" "$tmp/rootfs.ext4" 32M >/dev/null
 rm -rf "$root"
 
 # --- 7. Boot args and manifest -------------------------------------------------------

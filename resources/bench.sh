@@ -39,3 +39,33 @@ echo "probe guest, 1 vCPU, 128 MiB, release build, $runs runs"
 stats "guest boot time" ms <"$work/boot"
 stats "exec to exit" ms <"$work/wall"
 stats "VMM peak RSS" MiB <"$work/rss"
+
+# Block throughput: the probe guest's sequential read, then write, of a whole drive file
+# (blk-bench, 1 MiB per request, one request in flight), without and with a rate limiter.
+# The guest prints a line before and after each pass; the host timestamps the lines.
+disk_mib=${BENCH_DISK_MIB:-256}
+head -c "${disk_mib}M" /dev/urandom >"$work/disk.img"
+blk_run() { # name rate_limiter_json
+    cat >"$work/blk.json" <<JSON
+{"boot-source": {"kernel_image_path": "$probe",
+                 "boot_args": "console=ttyS0 probe.run=blk-bench probe.blk_chunk=1024"},
+ "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+ "drives": [{"drive_id": "bench", "path_on_host": "$work/disk.img", "is_root_device": false,
+             "is_read_only": false, "cache_type": "Writeback"$2}]}
+JSON
+    "$bin" --no-api --config-file "$work/blk.json" 2>"$work/log" |
+        while IFS= read -r line; do echo "$(date +%s%N) $line"; done >"$work/blk.out" ||
+        { cat "$work/log" >&2; exit 1; }
+    grep -q 'probe: blk-bench ok' "$work/blk.out" || { cat "$work/blk.out" "$work/log" >&2; exit 1; }
+    awk -v name="$1" -v mib="$disk_mib" '
+        / blk-bench read-start/  { rs = $1 } / blk-bench read-done/  { rd = $1 }
+        / blk-bench write-start/ { ws = $1 } / blk-bench write-done/ { wd = $1 }
+        END { printf "%-34s read %8.1f MiB/s  write %8.1f MiB/s  (%d MiB)\n",
+                     name, mib / ((rd - rs) / 1e9), mib / ((wd - ws) / 1e9), mib }' "$work/blk.out"
+}
+echo "virtio-blk, probe guest, sequential, 1 MiB requests, Writeback, release build"
+blk_run "no limiter" ""
+blk_run "limiter 100 MiB/s (10 MiB / 100 ms)" \
+    ', "rate_limiter": {"bandwidth": {"size": 10485760, "refill_time": 100}}'
+blk_run "limiter 20 MiB/s (2 MiB / 100 ms)" \
+    ', "rate_limiter": {"bandwidth": {"size": 2097152, "refill_time": 100}}'

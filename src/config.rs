@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::mptable::MAX_CPUS;
+use crate::rate_limiter::RateLimiterConfig;
+use crate::sandbox::PathRule;
 
 /// Smallest guest RAM accepted, in MiB.
 pub const MIN_MEM_MIB: usize = 16;
@@ -29,6 +31,114 @@ pub enum ConfigError {
     /// A value out of range.
     #[error("Invalid machine-config: {0}")]
     Machine(String),
+    /// A drive is refused.
+    #[error("Invalid drive: {0}")]
+    Drive(String),
+}
+
+/// Most drives a VM may have.
+pub const MAX_DRIVES: usize = 8;
+
+/// `drives[].cache_type`: whether guest flushes reach the disk.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum CacheType {
+    /// Flushes are not offered; writes stay in the host page cache.
+    #[default]
+    Unsafe,
+    /// The device offers VIRTIO_BLK_F_FLUSH and a flush is an fdatasync.
+    Writeback,
+}
+
+/// `drives[].io_engine`: only the synchronous engine exists here.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum IoEngine {
+    /// Reads and writes on the VMM thread.
+    #[default]
+    Sync,
+}
+
+/// A `drives` entry and the body of `PUT /drives/{drive_id}` (Firecracker's
+/// `BlockDeviceConfig`, virtio-blk with a file backend).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDeviceConfig {
+    /// Unique id, also the virtio-blk serial (GET_ID).
+    pub drive_id: String,
+    /// The backing file or block device.
+    pub path_on_host: String,
+    /// The guest's root file system: `root=` and `ro`/`rw` go on the command line.
+    #[serde(default)]
+    pub is_root_device: bool,
+    /// Refuse guest writes (the file is opened read-only).
+    #[serde(default)]
+    pub is_read_only: bool,
+    /// `root=PARTUUID=...` instead of `root=/dev/vda` for a root device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    /// Flush semantics.
+    #[serde(default)]
+    pub cache_type: CacheType,
+    /// I/O limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+    /// Accepted for compatibility: "Sync" only.
+    #[serde(default)]
+    pub io_engine: IoEngine,
+}
+
+/// `PATCH /drives/{drive_id}` after boot (Firecracker's `BlockDeviceUpdateConfig`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDeviceUpdate {
+    /// Which drive.
+    pub drive_id: String,
+    /// A new backing file.
+    pub path_on_host: Option<String>,
+    /// New limits; an absent bucket is kept.
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// The `entropy` section and the body of `PUT /entropy` (virtio-rng).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {
+    /// Limits on the entropy the guest may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// Firecracker's rule for resource ids: alphanumeric and '_', 1 to 64 characters.
+pub fn valid_resource_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl BlockDeviceConfig {
+    /// Checks the drive on its own: its id, and that its file opens with the access it needs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !valid_resource_id(&self.drive_id) {
+            return Err(ConfigError::Drive(format!(
+                "invalid drive_id '{}': 1 to 64 characters of [A-Za-z0-9_]",
+                self.drive_id
+            )));
+        }
+        if self.partuuid.is_some() && !self.is_root_device {
+            log::info!(
+                "drive {}: partuuid is used only for a root device",
+                self.drive_id
+            );
+        }
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(!self.is_read_only)
+            .open(&self.path_on_host)
+            .map(drop)
+            .map_err(|e| {
+                ConfigError::Drive(format!(
+                    "drive {}: cannot open {}: {e}",
+                    self.drive_id, self.path_on_host
+                ))
+            })
+    }
 }
 
 /// `boot-source`.
@@ -195,13 +305,18 @@ pub struct VmConfig {
     /// vCPUs and memory.
     #[serde(rename = "machine-config", default)]
     pub machine_config: MachineConfig,
+    /// virtio-blk devices, as written.
     #[serde(default)]
-    drives: Vec<serde_json::Value>,
+    drives: Vec<BlockDeviceConfig>,
+    /// The same, checked and ordered by `from_json`.
+    #[serde(skip)]
+    drive_list: DriveList,
     #[serde(rename = "network-interfaces", default)]
     network_interfaces: Vec<serde_json::Value>,
     logger: Option<serde_json::Value>,
     metrics: Option<serde_json::Value>,
-    entropy: Option<serde_json::Value>,
+    /// The virtio-rng device.
+    pub entropy: Option<EntropyConfig>,
     balloon: Option<serde_json::Value>,
     vsock: Option<serde_json::Value>,
     #[serde(rename = "mmds-config")]
@@ -213,13 +328,11 @@ pub struct VmConfig {
 impl VmConfig {
     /// Parses a config from JSON text and refuses sections not supported yet.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let config: VmConfig = serde_json::from_str(text)?;
+        let mut config: VmConfig = serde_json::from_str(text)?;
         let unsupported = [
-            ("drives", !config.drives.is_empty()),
             ("network-interfaces", !config.network_interfaces.is_empty()),
             ("logger", config.logger.is_some()),
             ("metrics", config.metrics.is_some()),
-            ("entropy", config.entropy.is_some()),
             ("balloon", config.balloon.is_some()),
             ("vsock", config.vsock.is_some()),
             ("mmds-config", config.mmds_config.is_some()),
@@ -227,6 +340,9 @@ impl VmConfig {
         ];
         if let Some((name, _)) = unsupported.iter().find(|(_, present)| *present) {
             return Err(ConfigError::Unsupported(name));
+        }
+        for drive in &config.drives {
+            config.drive_list.insert(drive.clone())?;
         }
         if config.machine_config.track_dirty_pages {
             log::info!("machine-config.track_dirty_pages is accepted and ignored");
@@ -244,6 +360,51 @@ impl VmConfig {
     }
 }
 
+/// The drives of a VM, in attachment order: the root device first (it becomes /dev/vda).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriveList(Vec<BlockDeviceConfig>);
+
+impl DriveList {
+    /// Adds a drive, or replaces the one with the same id (Firecracker's `PUT` semantics).
+    pub fn insert(&mut self, drive: BlockDeviceConfig) -> Result<(), ConfigError> {
+        drive.validate()?;
+        let existing = self.0.iter().position(|d| d.drive_id == drive.drive_id);
+        let other_root = self
+            .0
+            .iter()
+            .any(|d| d.is_root_device && d.drive_id != drive.drive_id);
+        if drive.is_root_device && other_root {
+            return Err(ConfigError::Drive(
+                "A root block device already exists!".into(),
+            ));
+        }
+        if existing.is_none() && self.0.len() >= MAX_DRIVES {
+            return Err(ConfigError::Drive(format!(
+                "at most {MAX_DRIVES} drives are supported"
+            )));
+        }
+        if let Some(i) = existing {
+            self.0.remove(i);
+        }
+        if drive.is_root_device {
+            self.0.insert(0, drive);
+        } else {
+            self.0.push(drive);
+        }
+        Ok(())
+    }
+
+    /// The drives, root first.
+    pub fn iter(&self) -> impl Iterator<Item = &BlockDeviceConfig> {
+        self.0.iter()
+    }
+
+    /// The drive with this id, to update it in place after boot.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut BlockDeviceConfig> {
+        self.0.iter_mut().find(|d| d.drive_id == id)
+    }
+}
+
 /// What the VM will be built from: filled by the config file or by the API before boot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VmResources {
@@ -251,6 +412,10 @@ pub struct VmResources {
     pub boot_source: Option<BootSourceConfig>,
     /// vCPUs and memory.
     pub machine_config: MachineConfig,
+    /// virtio-blk devices.
+    pub drives: DriveList,
+    /// The virtio-rng device.
+    pub entropy: Option<EntropyConfig>,
 }
 
 impl From<VmConfig> for VmResources {
@@ -258,18 +423,47 @@ impl From<VmConfig> for VmResources {
         Self {
             boot_source: Some(c.boot_source),
             machine_config: c.machine_config,
+            drives: c.drive_list,
+            entropy: c.entropy,
         }
     }
 }
 
+impl BootSourceConfig {
+    /// The files the VMM reads to boot, for its Landlock layer.
+    pub fn landlock_rules(&self) -> Vec<PathRule> {
+        std::iter::once(&self.kernel_image_path)
+            .chain(self.initrd_path.as_ref())
+            .map(PathRule::read)
+            .collect()
+    }
+}
+
 impl VmResources {
+    /// Every file the VM needs once it starts, for the VMM's Landlock layer.
+    pub fn landlock_rules(&self) -> Vec<PathRule> {
+        let drives = self.drives.iter().map(|d| {
+            if d.is_read_only {
+                PathRule::read(&d.path_on_host)
+            } else {
+                PathRule::read_write(&d.path_on_host)
+            }
+        });
+        self.boot_source
+            .iter()
+            .flat_map(BootSourceConfig::landlock_rules)
+            .chain(drives)
+            .collect()
+    }
+
     /// Firecracker's full VM configuration document (`GET /vm/config`).
     pub fn to_full_config(&self) -> serde_json::Value {
         serde_json::json!({
             "boot-source": self.boot_source,
             "machine-config": self.machine_config,
-            "drives": [],
+            "drives": self.drives.0,
             "network-interfaces": [],
+            "entropy": self.entropy,
         })
     }
 }
@@ -329,19 +523,101 @@ mod tests {
         );
     }
 
+    fn drive(id: &str, path: &std::path::Path, root: bool) -> BlockDeviceConfig {
+        BlockDeviceConfig {
+            drive_id: id.into(),
+            path_on_host: path.to_str().unwrap().into(),
+            is_root_device: root,
+            is_read_only: false,
+            partuuid: None,
+            cache_type: CacheType::Unsafe,
+            rate_limiter: None,
+            io_engine: IoEngine::Sync,
+        }
+    }
+
     #[test]
-    fn drives_and_network_interfaces_are_refused_by_name() {
-        let text = r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"rootfs"}]}"#;
-        let err = VmConfig::from_json(text).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "The config section 'drives' is not supported yet"
+    fn firecracker_drives_and_entropy_parse() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let text = format!(
+            r#"{{"boot-source":{{"kernel_image_path":"/k"}},
+                "drives":[{{"drive_id":"rootfs","path_on_host":"{}","is_root_device":true,
+                            "is_read_only":true,"cache_type":"Writeback","io_engine":"Sync",
+                            "rate_limiter":{{"ops":{{"size":10,"refill_time":1000}}}}}}],
+                "entropy":{{"rate_limiter":{{"bandwidth":{{"size":1000,"one_time_burst":10,"refill_time":100}}}}}}}}"#,
+            file.path().display()
         );
+        let resources = VmResources::from(VmConfig::from_json(&text).unwrap());
+        let d = resources.drives.iter().next().unwrap();
+        assert!(d.is_root_device && d.is_read_only);
+        assert_eq!(d.cache_type, CacheType::Writeback);
+        assert_eq!(d.rate_limiter.unwrap().ops.unwrap().size, 10);
+        let entropy = resources.entropy.as_ref().unwrap();
+        assert_eq!(
+            entropy
+                .rate_limiter
+                .unwrap()
+                .bandwidth
+                .unwrap()
+                .one_time_burst,
+            Some(10)
+        );
+        let full = resources.to_full_config();
+        assert_eq!(full["drives"][0]["drive_id"], "rootfs");
+        assert_eq!(full["entropy"]["rate_limiter"]["bandwidth"]["size"], 1000);
+    }
+
+    #[test]
+    fn drives_are_checked_ordered_root_first_and_limited_to_8() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut drives = DriveList::default();
+        drives.insert(drive("data", file.path(), false)).unwrap();
+        drives.insert(drive("rootfs", file.path(), true)).unwrap();
+        let ids: Vec<_> = drives.iter().map(|d| d.drive_id.as_str()).collect();
+        assert_eq!(ids, ["rootfs", "data"]);
+        let err = drives
+            .insert(drive("root2", file.path(), true))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("A root block device already exists!"),
+            "{err}"
+        );
+        // Replacing the root device by itself is fine.
+        drives.insert(drive("rootfs", file.path(), true)).unwrap();
+        for i in 2..8 {
+            drives
+                .insert(drive(&format!("d{i}"), file.path(), false))
+                .unwrap();
+        }
+        let err = drives.insert(drive("d8", file.path(), false)).unwrap_err();
+        assert!(err.to_string().contains("at most 8 drives"), "{err}");
+        let err = drives
+            .insert(drive("x", std::path::Path::new("/nonexistent/disk"), false))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("cannot open /nonexistent/disk"),
+            "{err}"
+        );
+        let err = drives
+            .insert(drive("bad-id", file.path(), false))
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid drive_id"), "{err}");
+    }
+
+    #[test]
+    fn network_interfaces_are_refused_by_name() {
         let text = r#"{"boot-source":{"kernel_image_path":"/k"},"network-interfaces":[{}]}"#;
         assert!(VmConfig::from_json(text)
             .unwrap_err()
             .to_string()
             .contains("network-interfaces"));
+        let text = r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"rootfs"}]}"#;
+        let err = VmConfig::from_json(text).unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `path_on_host`"),
+            "{err}"
+        );
     }
 
     #[test]

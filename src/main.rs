@@ -6,6 +6,8 @@ mod config;
 mod devices;
 mod logger;
 mod metrics;
+mod rate_limiter;
+mod sandbox;
 mod seccomp;
 mod vmm;
 mod vstate;
@@ -69,6 +71,9 @@ struct Cli {
     /// Run without seccomp filters (for debugging only).
     #[arg(long)]
     no_seccomp: bool,
+    /// Do not confine the VMM with its own Landlock layer at InstanceStart.
+    #[arg(long)]
+    no_landlock: bool,
 }
 
 /// Firecracker's rule for instance ids: alphanumeric and '-', 1 to 64 characters.
@@ -144,10 +149,14 @@ fn run(cli: &Cli, start: Instant) -> i32 {
         Ok(e) => Arc::new(e),
         Err(e) => return fail(e, ExitCode::VmmError),
     };
+    if cli.no_landlock {
+        log::warn!("The VMM's Landlock layer is OFF (--no-landlock)");
+    }
     let opts = BuildOptions {
         boot_timer: cli.boot_timer,
         exit: exit.clone(),
         seccomp: seccomp.clone(),
+        landlock: !cli.no_landlock,
     };
     let mut controller = Controller::new(cli.id.clone(), opts);
     if let Some(path) = &cli.config_file {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::ser::SerializeMap;
@@ -319,6 +319,13 @@ metric_group! {
         i8042: I8042Metrics,
         /// Palisade's own: API callers and the audit log.
         palisade: PalisadeMetrics,
+        /// One `block_<drive_id>` group per drive.
+        #[serde(flatten)]
+        block: BlockMetricsRegistry,
+        /// The entropy device (virtio-rng).
+        entropy: EntropyDeviceMetrics,
+        /// The virtio-mmio transports.
+        virtio: VirtioTransportMetrics,
     }
 }
 
@@ -532,6 +539,212 @@ metric_group! {
         audit_lines: Counter,
         /// Audit lines lost (full pipe or write error).
         audit_lost_lines: Counter,
+    }
+}
+
+metric_group! {
+    /// One drive (`block_<drive_id>`): Firecracker's block metrics, plus the hostile-guest
+    /// counters.
+    pub struct BlockDeviceMetrics {
+        /// Activations that failed (the device then needs a reset).
+        activate_fails: Counter,
+        /// Refused configuration space writes.
+        cfg_fails: Counter,
+        /// Queue events that found nothing to do.
+        no_avail_buffer: Counter,
+        /// Failures to read an event or to raise an interrupt.
+        event_fails: Counter,
+        /// Requests refused as malformed: bad descriptors, short header, wrong direction,
+        /// sectors past the end, lengths not a multiple of 512.
+        execute_fails: Counter,
+        /// Requests answered with an error status (IOERR or UNSUPP), malformed ones included.
+        invalid_reqs_count: Counter,
+        /// Flush requests.
+        flush_count: Counter,
+        /// Queue notifications.
+        queue_event_count: Counter,
+        /// Rate limiter timer expirations.
+        rate_limiter_event_count: Counter,
+        /// Times a request waited for the rate limiter.
+        rate_limiter_throttled_events: Counter,
+        /// `PATCH /drives` updates applied.
+        update_count: Counter,
+        /// `PATCH /drives` updates that failed.
+        update_fails: Counter,
+        /// Bytes read by the guest.
+        read_bytes: Counter,
+        /// Bytes written by the guest.
+        write_bytes: Counter,
+        /// Read requests completed.
+        read_count: Counter,
+        /// Write requests completed.
+        write_count: Counter,
+        /// Times the device stopped and asked the driver for a reset (Palisade's).
+        needs_reset_count: Counter,
+    }
+}
+
+/// The per-drive groups, each serialised as a top-level `block_<drive_id>` key.
+#[derive(Debug, Default)]
+pub struct BlockMetricsRegistry(Mutex<BTreeMap<String, Arc<BlockDeviceMetrics>>>);
+
+impl BlockMetricsRegistry {
+    /// No drives.
+    pub const fn new() -> Self {
+        Self(Mutex::new(BTreeMap::new()))
+    }
+
+    /// The group of drive `id`, created on first use.
+    pub fn drive(&self, id: &str) -> Arc<BlockDeviceMetrics> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(id.to_string()).or_default().clone()
+    }
+}
+
+impl Serialize for BlockMetricsRegistry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let drives = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = serializer.serialize_map(Some(drives.len()))?;
+        for (id, metrics) in drives.iter() {
+            map.serialize_entry(&format!("block_{id}"), metrics.as_ref())?;
+        }
+        map.end()
+    }
+}
+
+metric_group! {
+    /// The entropy device (`entropy`), Firecracker's names plus the hostile-guest counters.
+    pub struct EntropyDeviceMetrics {
+        /// Activations that failed.
+        activate_fails: Counter,
+        /// Failures to read an event or to raise an interrupt.
+        entropy_event_fails: Counter,
+        /// Queue notifications.
+        entropy_event_count: Counter,
+        /// Random bytes given to the guest.
+        entropy_bytes: Counter,
+        /// getrandom(2) failures.
+        host_rng_fails: Counter,
+        /// Times a request waited for the rate limiter.
+        entropy_rate_limiter_throttled: Counter,
+        /// Rate limiter timer expirations.
+        rate_limiter_event_count: Counter,
+        /// Requests refused as malformed (Palisade's).
+        execute_fails: Counter,
+        /// Times the device asked the driver for a reset (Palisade's).
+        needs_reset_count: Counter,
+    }
+}
+
+metric_group! {
+    /// The virtio-mmio transports (`virtio`, Palisade's).
+    pub struct VirtioTransportMetrics {
+        /// Register accesses ignored: wrong width, wrong state, unknown register.
+        mmio_ignored_accesses: ExternalCounter =
+            ExternalCounter::new(crate::devices::virtio::mmio::ignored_accesses),
+        /// DRIVER_OK refused: queues outside guest memory or not ready; the device then
+        /// needs a reset.
+        activate_fails: ExternalCounter =
+            ExternalCounter::new(crate::devices::virtio::mmio::failed_activations),
+    }
+}
+
+metric_group! {
+    /// One network interface (`net_<iface_id>`): Firecracker's net metrics, plus the firewall's
+    /// drops by reason (Palisade's).
+    pub struct NetDeviceMetrics {
+        /// Activations that failed.
+        activate_fails: Counter,
+        /// Refused configuration space writes.
+        cfg_fails: Counter,
+        /// Failures to read an event or to raise an interrupt.
+        event_fails: Counter,
+        /// Frames from the tap while the guest had no RX buffer.
+        no_rx_avail_buffer: Counter,
+        /// Frames too large for the guest's RX buffer, dropped.
+        rx_fails: Counter,
+        /// Bytes delivered to the guest.
+        rx_bytes_count: Counter,
+        /// Frames delivered to the guest.
+        rx_packets_count: Counter,
+        /// Tap readiness events.
+        rx_tap_event_count: Counter,
+        /// RX queue notifications.
+        rx_queue_event_count: Counter,
+        /// Times a frame to the guest waited for the RX rate limiter.
+        rx_rate_limiter_throttled: Counter,
+        /// RX rate limiter timer expirations.
+        rx_event_rate_limiter_count: Counter,
+        /// Bytes sent by the guest to the tap.
+        tx_bytes_count: Counter,
+        /// Frames sent by the guest to the tap.
+        tx_packets_count: Counter,
+        /// Malformed TX chains and failed tap writes.
+        tx_fails: Counter,
+        /// TX queue notifications.
+        tx_queue_event_count: Counter,
+        /// Times a guest frame waited for the TX rate limiter.
+        tx_rate_limiter_throttled: Counter,
+        /// TX rate limiter timer expirations.
+        tx_rate_limiter_event_count: Counter,
+        /// Guest frames whose source MAC is not `guest_mac` (Firecracker's name; dropped here).
+        tx_spoofed_mac_count: Counter,
+        /// Frames the firewall dropped from the guest (Palisade's).
+        fw_egress_drops: Counter,
+        /// Frames the firewall dropped to the guest (Palisade's).
+        fw_ingress_drops: Counter,
+        /// Drops by reason, both directions (Palisade's).
+        fw_spoof_mac: Counter,
+        /// See `DropReason::SpoofIp`.
+        fw_spoof_ip: Counter,
+        /// See `DropReason::SpoofArp`.
+        fw_spoof_arp: Counter,
+        /// See `DropReason::RogueDhcpRa`.
+        fw_rogue_dhcp_ra: Counter,
+        /// See `DropReason::RuleDeny`.
+        fw_rule_deny: Counter,
+        /// See `DropReason::DefaultDeny`.
+        fw_default_deny: Counter,
+        /// See `DropReason::ConntrackFull`.
+        fw_conntrack_full: Counter,
+        /// See `DropReason::Fragment`.
+        fw_fragment: Counter,
+        /// See `DropReason::Malformed`.
+        fw_malformed: Counter,
+        /// Flow-log writes that failed (Palisade's).
+        flow_log_fails: Counter,
+        /// `PATCH /network-interfaces` updates applied.
+        update_count: Counter,
+        /// Times the device asked the driver for a reset (Palisade's).
+        needs_reset_count: Counter,
+    }
+}
+
+/// The per-interface groups, each serialised as a top-level `net_<iface_id>` key.
+#[derive(Debug, Default)]
+pub struct NetMetricsRegistry(Mutex<BTreeMap<String, Arc<NetDeviceMetrics>>>);
+
+impl NetMetricsRegistry {
+    /// No interfaces.
+    pub const fn new() -> Self {
+        Self(Mutex::new(BTreeMap::new()))
+    }
+
+    /// The group of interface `id`, created on first use.
+    pub fn iface(&self, id: &str) -> Arc<NetDeviceMetrics> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(id.to_string()).or_default().clone()
+    }
+}
+
+impl Serialize for NetMetricsRegistry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let ifaces = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = serializer.serialize_map(Some(ifaces.len()))?;
+        for (id, metrics) in ifaces.iter() {
+            map.serialize_entry(&format!("net_{id}"), metrics.as_ref())?;
+        }
+        map.end()
     }
 }
 

@@ -76,7 +76,10 @@ pub fn restrict_vmm(files: &[PathRule]) -> Result<String, SandboxError> {
         .map(|f| (f.path.clone(), if f.write { read_write } else { read }));
     for (path, access) in devices.chain(configured) {
         let fd = PathFd::new(&path).map_err(|e| SandboxError::Path(path.clone(), e))?;
-        ruleset = ruleset.add_rule(PathBeneath::new(fd, access & AccessFs::from_file(TARGET_ABI)))?;
+        ruleset = ruleset.add_rule(PathBeneath::new(
+            fd,
+            access & AccessFs::from_file(TARGET_ABI),
+        ))?;
     }
     let status = ruleset.restrict_self()?;
     Ok(describe(status.ruleset, status.landlock, files.len()))
@@ -98,7 +101,9 @@ fn describe(ruleset: RulesetStatus, landlock: LandlockStatus, files: usize) -> S
     }
     let abi = abi_number(effective.min(TARGET_ABI));
     let kernel = kernel.unwrap_or(abi);
-    let mut what = vec![format!("files: {files} configured plus /dev/kvm and /dev/net/tun")];
+    let mut what = vec![format!(
+        "files: {files} configured plus /dev/kvm and /dev/net/tun"
+    )];
     if abi >= 4 {
         what.push("TCP bind and connect denied".into());
     }
@@ -138,9 +143,16 @@ mod tests {
             },
             2,
         );
-        assert!(line.starts_with("VMM Landlock ABI 6 enforced (kernel ABI 6)"), "{line}");
+        assert!(
+            line.starts_with("VMM Landlock ABI 6 enforced (kernel ABI 6)"),
+            "{line}"
+        );
         assert!(line.contains("2 configured"));
-        let none = describe(RulesetStatus::NotEnforced, LandlockStatus::NotImplemented, 0);
+        let none = describe(
+            RulesetStatus::NotEnforced,
+            LandlockStatus::NotImplemented,
+            0,
+        );
         assert!(none.contains("not available"));
     }
 
@@ -155,7 +167,10 @@ mod tests {
         // A thread of its own: Landlock confines the calling thread only.
         let (a, b) = std::thread::spawn(move || {
             restrict_vmm(&rules).unwrap();
-            (std::fs::read(&allowed).is_ok(), std::fs::read(&other).is_ok())
+            (
+                std::fs::read(&allowed).is_ok(),
+                std::fs::read(&other).is_ok(),
+            )
         })
         .join()
         .unwrap();

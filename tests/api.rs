@@ -145,7 +145,12 @@ fn pre_boot_and_post_boot_rules_follow_firecracker() {
                                            "is_root_device": true, "is_read_only": false}),
     );
     assert_eq!(r.status, 400);
-    assert!(r.fault().contains("not supported yet"), "{}", r.body);
+    assert_eq!(
+        r.fault(),
+        "The requested operation is not supported after starting the microVM.",
+        "{}",
+        r.body
+    );
     vm.running.kill();
 }
 

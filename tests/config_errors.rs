@@ -84,13 +84,13 @@ fn unknown_fields_are_refused() {
 }
 
 #[test]
-fn drives_and_network_interfaces_are_refused_by_name() {
+fn a_missing_drive_file_and_network_interfaces_are_refused_by_name() {
     let mut config = probe_config();
     config["drives"] = json!([{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true, "is_read_only": false}]);
     assert_refused(
         &run_config(config),
         BAD_CONFIGURATION,
-        "'drives' is not supported yet",
+        "drive rootfs: cannot open /r",
     );
     let mut config = probe_config();
     config["network-interfaces"] = json!([{"iface_id": "eth0", "host_dev_name": "tap0"}]);
@@ -138,8 +138,11 @@ fn a_host_without_usable_kvm_is_reported() {
     if !kvm_available("a_host_without_usable_kvm_is_reported") {
         return;
     }
-    // Hide /dev/kvm behind /dev/null in a private mount namespace (needs root).
-    let vm = TestVm::new(probe_config());
+    // Hide /dev/kvm behind /dev/null in a private mount namespace (needs root). The kernel
+    // exists, so that the missing KVM is the only problem.
+    let mut config = probe_config();
+    config["boot-source"]["kernel_image_path"] = common::probe_path().to_string_lossy().into();
+    let vm = TestVm::new(config);
     let cmd = vm.command();
     let args: Vec<String> = cmd
         .get_args()

@@ -6,7 +6,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::http::{Request, Response};
-use crate::config::{BootSourceConfig, MachineConfig, MachineConfigUpdate};
+use crate::config::{
+    valid_resource_id, BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyConfig,
+    MachineConfig, MachineConfigUpdate,
+};
 use crate::logger::LoggerConfig;
 use crate::metrics::MetricsConfig;
 use crate::metrics::METRICS;
@@ -103,9 +106,21 @@ enum VmState {
     Resumed,
 }
 
-/// Firecracker's rule for resource ids in paths: alphanumeric and '_', 1 to 64 characters.
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+/// Firecracker's answer to a resource id it refuses.
+const INVALID_ID: &str =
+    "Invalid ID. It should contain only alphanumeric characters or '_' and be at most 64 characters long.";
+
+/// The id from the path, checked, and equal to the one in the body.
+fn checked_id<'a>(param: Option<&'a str>, body_id: &str) -> Result<&'a str, Routed> {
+    let id = param
+        .filter(|id| valid_resource_id(id))
+        .ok_or_else(|| bad_request(INVALID_ID))?;
+    if id != body_id {
+        return Err(bad_request(
+            "The id from the path does not match the id from the body!",
+        ));
+    }
+    Ok(id)
 }
 
 /// Counts a served request in Firecracker's per-route metrics.
@@ -237,11 +252,20 @@ fn route_body(
             VmState::Paused => VmmAction::Pause,
             VmState::Resumed => VmmAction::Resume,
         },
-        (_, "/drives/{drive_id}") => return not_yet(param, body, "Drives (virtio-blk)"),
+        ("PUT", "/drives/{drive_id}") => {
+            let drive: BlockDeviceConfig = parse_body(body)?;
+            checked_id(param, &drive.drive_id)?;
+            VmmAction::PutDrive(Box::new(drive))
+        }
+        ("PATCH", "/drives/{drive_id}") => {
+            let update: BlockDeviceUpdate = parse_body(body)?;
+            checked_id(param, &update.drive_id)?;
+            VmmAction::PatchDrive(Box::new(update))
+        }
         (_, "/network-interfaces/{iface_id}") | (_, "/network-interfaces/{iface_id}/firewall") => {
             return not_yet(param, body, "Network interfaces (virtio-net)")
         }
-        (_, "/entropy") => return not_yet(None, body, "The entropy device (virtio-rng)"),
+        ("PUT", "/entropy") => VmmAction::PutEntropy(parse_body::<EntropyConfig>(body)?),
         _ => return Err(bad_request("Invalid request method and/or path.")),
     };
     Ok(Routed::Action(action))
@@ -250,10 +274,8 @@ fn route_body(
 /// A clear refusal for devices that have not landed, after the usual input checks.
 fn not_yet(id: Option<&str>, body: &[u8], what: &str) -> Result<Routed, Routed> {
     if let Some(id) = id {
-        if !valid_id(id) {
-            return Err(bad_request(
-                "Invalid ID. It should contain only alphanumeric characters or '_' and be at most 64 characters long.",
-            ));
+        if !valid_resource_id(id) {
+            return Err(bad_request(INVALID_ID));
         }
     }
     if !body.is_empty() {
@@ -364,10 +386,48 @@ mod tests {
     }
 
     #[test]
-    fn devices_not_built_yet_are_refused_clearly() {
-        let body = r#"{"drive_id":"rootfs","path_on_host":"/r","is_root_device":true,"is_read_only":false}"#;
+    fn drive_and_entropy_bodies_become_typed_actions() {
+        let body = r#"{"drive_id":"rootfs","path_on_host":"/r","is_root_device":true,"is_read_only":false,
+                       "cache_type":"Writeback","rate_limiter":{"bandwidth":{"size":1000,"refill_time":100}}}"#;
+        match route(&req("PUT", "/drives/rootfs", Some(body))) {
+            Routed::Action(VmmAction::PutDrive(d)) => {
+                assert_eq!(d.drive_id, "rootfs");
+                assert!(d.is_root_device);
+                assert_eq!(d.cache_type, crate::config::CacheType::Writeback);
+                assert_eq!(d.rate_limiter.unwrap().bandwidth.unwrap().size, 1000);
+            }
+            other => panic!("{other:?}"),
+        }
+        let patch = r#"{"drive_id":"data","path_on_host":"/new"}"#;
+        assert!(matches!(
+            route(&req("PATCH", "/drives/data", Some(patch))),
+            Routed::Action(VmmAction::PatchDrive(_))
+        ));
+        assert!(matches!(
+            route(&req("PUT", "/entropy", Some("{}"))),
+            Routed::Action(VmmAction::PutEntropy(_))
+        ));
+    }
+
+    #[test]
+    fn drive_ids_are_checked_against_the_path() {
+        let body = r#"{"drive_id":"other","path_on_host":"/r","is_root_device":false,"is_read_only":false}"#;
         let msg = fault(route(&req("PUT", "/drives/rootfs", Some(body))));
-        assert!(msg.contains("not supported yet"), "{msg}");
+        assert_eq!(
+            msg,
+            "The id from the path does not match the id from the body!"
+        );
+        let body = r#"{"drive_id":"bad-id","path_on_host":"/r","is_root_device":false,"is_read_only":false}"#;
+        let msg = fault(route(&req("PUT", "/drives/bad-id", Some(body))));
+        assert!(msg.starts_with("Invalid ID"), "{msg}");
+        let msg = fault(route(&req("PUT", "/drives/d", Some(r#"{"drive_id":"d"}"#))));
+        assert!(msg.contains("missing field `path_on_host`"), "{msg}");
+        let msg = fault(route(&req("PUT", "/entropy", Some(r#"{"rate":1}"#))));
+        assert!(msg.contains("unknown field `rate`"), "{msg}");
+    }
+
+    #[test]
+    fn network_interfaces_are_still_refused_clearly() {
         let msg = fault(route(&req(
             "PUT",
             "/network-interfaces/bad-id!",
@@ -379,8 +439,6 @@ mod tests {
             "/network-interfaces/eth0/firewall",
             None,
         )));
-        assert!(msg.contains("not supported yet"), "{msg}");
-        let msg = fault(route(&req("PUT", "/entropy", Some("{}"))));
         assert!(msg.contains("not supported yet"), "{msg}");
     }
 

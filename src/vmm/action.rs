@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BootSourceConfig, MachineConfig, MachineConfigUpdate};
+use crate::config::{
+    BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyConfig, MachineConfig,
+    MachineConfigUpdate,
+};
 
 /// One request from the api thread to the VMM thread.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,6 +38,12 @@ pub enum VmmAction {
     Pause,
     /// `PATCH /vm` Resumed.
     Resume,
+    /// `PUT /drives/{drive_id}`, before boot.
+    PutDrive(Box<BlockDeviceConfig>),
+    /// `PATCH /drives/{drive_id}`, after boot: a new file and/or new limits.
+    PatchDrive(Box<BlockDeviceUpdate>),
+    /// `PUT /entropy`, before boot.
+    PutEntropy(EntropyConfig),
 }
 
 /// `GET /` answer, Firecracker's InstanceInfo.

@@ -16,6 +16,9 @@ use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{BusError, Buses};
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::{EventFdTrigger, SerialDevice};
+use crate::devices::virtio::attach::{
+    attach_devices, AttachContext, AttachError, Slots, VirtioDevices,
+};
 use crate::logger::RateLimitedLog;
 use crate::seccomp::SeccompFilters;
 use crate::vstate::exit::ExitRequest;
@@ -56,6 +59,18 @@ pub enum BuildError {
     /// vCPU creation failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// A virtio device could not be created or attached.
+    #[error(transparent)]
+    Virtio(#[from] AttachError),
+}
+
+/// A built VM and its virtio devices (which the controller keeps for run-time updates and
+/// hands to the event loop).
+pub struct BuiltVm {
+    /// The VM, vCPUs not started.
+    pub vmm: Vmm,
+    /// Drives and the entropy device.
+    pub devices: VirtioDevices,
 }
 
 /// Options of the build that come from the command line rather than the config.
@@ -67,11 +82,14 @@ pub struct BuildOptions {
     pub exit: Arc<ExitRequest>,
     /// Seccomp filters for the VMM and vCPU threads.
     pub seccomp: Arc<SeccompFilters>,
+    /// Confine the VMM thread with its Landlock layer before building.
+    pub landlock: bool,
 }
 
-/// Builds the VM: KVM VM, guest memory, kernel, initrd, command line, boot parameters,
-/// MP table, devices and configured vCPUs (not yet running).
-pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<Vmm, BuildError> {
+/// Builds the VM: KVM VM, guest memory, kernel, initrd, devices (the virtio ones add to the
+/// command line), command line, boot parameters, MP table and configured vCPUs (not yet
+/// running).
+pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<BuiltVm, BuildError> {
     // The boot timer counts from here: the start of building the VM.
     let boot_timer = opts
         .boot_timer
@@ -99,26 +117,6 @@ pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<Vmm, Bui
         .as_deref()
         .map(|p| kernel::load_initrd(&mem, p, kernel.end))
         .transpose()?;
-    let cmdline_len = kernel::load_command_line(&mem, boot.boot_args.as_deref())?;
-    write_boot_params(
-        &mem,
-        &BootInfo {
-            cmdline_len,
-            initrd,
-            setup_header: kernel.setup_header,
-            mode: kernel.entry.mode,
-        },
-    )?;
-    setup_mptable(&mem, machine.vcpu_count)?;
-    log::info!(
-        "Kernel {} loaded, entry {:#x} ({:?}), {} vCPU(s), {} MiB",
-        boot.kernel_image_path,
-        kernel.entry.address,
-        kernel.entry.mode,
-        machine.vcpu_count,
-        machine.mem_size_mib
-    );
-
     let exit = opts.exit.clone();
     let mut buses = Buses::default();
     let serial = SerialDevice::new(
@@ -143,6 +141,37 @@ pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<Vmm, Bui
             .mmio
             .insert(timer, BOOT_TIMER_START, BOOT_TIMER_SIZE)?;
     }
+    let mut cmdline = kernel::build_command_line(boot.boot_args.as_deref())?;
+    let devices = attach_devices(
+        &mut AttachContext {
+            vm: vm.fd(),
+            mem: &mem,
+            mmio: &mut buses.mmio,
+            cmdline: &mut cmdline,
+            slots: Slots::default(),
+        },
+        &resources.drives,
+        resources.entropy.as_ref(),
+    )?;
+    let cmdline_len = kernel::load_command_line(&mem, &cmdline)?;
+    write_boot_params(
+        &mem,
+        &BootInfo {
+            cmdline_len,
+            initrd,
+            setup_header: kernel.setup_header,
+            mode: kernel.entry.mode,
+        },
+    )?;
+    setup_mptable(&mem, machine.vcpu_count)?;
+    log::info!(
+        "Kernel {} loaded, entry {:#x} ({:?}), {} vCPU(s), {} MiB",
+        boot.kernel_image_path,
+        kernel.entry.address,
+        kernel.entry.mode,
+        machine.vcpu_count,
+        machine.mem_size_mib
+    );
 
     let supported = vm.supported_cpuid()?;
     let vcpus = (0..machine.vcpu_count)
@@ -167,12 +196,13 @@ pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<Vmm, Bui
         unknown_pio: RateLimitedLog::new(),
         unknown_mmio: RateLimitedLog::new(),
     });
-    Ok(Vmm {
+    let vmm = Vmm {
         vm,
         vcpus,
         shared,
         serial,
         i8042,
         seccomp: opts.seccomp.clone(),
-    })
+    };
+    Ok(BuiltVm { vmm, devices })
 }

@@ -4,11 +4,12 @@
 
 use std::time::Instant;
 
-use crate::config::{host_memory_mib, VmResources};
+use crate::config::{host_memory_mib, BlockDeviceUpdate, VmResources};
+use crate::devices::virtio::attach::{AttachError, Subscriber, VirtioDevices};
 use crate::vstate::exit::ExitCode;
 
 use super::action::{ActionError, ActionResult, InstanceInfo, VmmAction, VmmData};
-use super::builder::{build_vm, BuildError, BuildOptions};
+use super::builder::{build_vm, BuildError, BuildOptions, BuiltVm};
 use super::{RunError, RunningVm};
 
 /// Name in `GET /`.
@@ -22,6 +23,10 @@ pub struct Controller {
     resources: VmResources,
     opts: BuildOptions,
     running: Option<RunningVm>,
+    /// The running VM's virtio devices, for `PATCH /drives`.
+    devices: VirtioDevices,
+    /// Devices started but not yet given to the event loop.
+    new_subscribers: Vec<Subscriber>,
 }
 
 impl Controller {
@@ -32,7 +37,14 @@ impl Controller {
             resources: VmResources::default(),
             opts,
             running: None,
+            devices: VirtioDevices::default(),
+            new_subscribers: Vec::new(),
         }
+    }
+
+    /// Devices of a VM that just started, for the event loop to serve (once).
+    pub fn take_new_subscribers(&mut self) -> Vec<Subscriber> {
+        std::mem::take(&mut self.new_subscribers)
     }
 
     /// Replaces the resources (from a config file), before boot.
@@ -56,12 +68,20 @@ impl Controller {
             .machine_config
             .validate(host_memory_mib())
             .map_err(|e| StartError::Build(e.to_string(), ExitCode::BadConfiguration))?;
-        let vmm = build_vm(&self.resources, &self.opts).map_err(|e| {
+        if self.opts.landlock {
+            // Before the kernel image is parsed: the build runs confined too.
+            let line = crate::sandbox::restrict_vmm(&self.resources.landlock_rules())
+                .map_err(|e| StartError::Build(e.to_string(), ExitCode::BadConfiguration))?;
+            log::info!("{line}");
+        }
+        let BuiltVm { vmm, devices } = build_vm(&self.resources, &self.opts).map_err(|e| {
             let code = match e {
                 BuildError::Vm(_) => ExitCode::HostUnsupported,
-                BuildError::Kernel(_) | BuildError::MissingKernelConfig => {
-                    ExitCode::BadConfiguration
-                }
+                BuildError::Kernel(_)
+                | BuildError::MissingKernelConfig
+                | BuildError::Virtio(
+                    AttachError::Block(_) | AttachError::NoSlot | AttachError::Cmdline(_),
+                ) => ExitCode::BadConfiguration,
                 _ => ExitCode::VmmError,
             };
             StartError::Build(crate::error_chain(&e), code)
@@ -70,6 +90,8 @@ impl Controller {
             .start()
             .map_err(|e| StartError::Build(crate::error_chain(&e), ExitCode::VmmError))?;
         self.running = Some(running);
+        self.new_subscribers = devices.subscribers();
+        self.devices = devices;
         Ok(())
     }
 
@@ -124,6 +146,16 @@ impl Controller {
                 self.resources.boot_source = Some(boot);
                 Ok(VmmData::Empty)
             }
+            VmmAction::PutDrive(drive) => self
+                .resources
+                .drives
+                .insert(*drive)
+                .map(|_| VmmData::Empty)
+                .map_err(|e| ActionError::InvalidConfig(e.to_string())),
+            VmmAction::PutEntropy(entropy) => {
+                self.resources.entropy = Some(entropy);
+                Ok(VmmData::Empty)
+            }
             VmmAction::PutLogger(config) => crate::logger::configure(&config)
                 .map(|_| VmmData::Empty)
                 .map_err(|e| ActionError::InvalidConfig(e.to_string())),
@@ -143,7 +175,8 @@ impl Controller {
             VmmAction::SendCtrlAltDel
             | VmmAction::FlushMetrics
             | VmmAction::Pause
-            | VmmAction::Resume => Err(ActionError::NotSupportedPreBoot),
+            | VmmAction::Resume
+            | VmmAction::PatchDrive(_) => Err(ActionError::NotSupportedPreBoot),
             VmmAction::GetInstanceInfo
             | VmmAction::GetVersion
             | VmmAction::GetMachineConfig
@@ -183,9 +216,12 @@ impl Controller {
             VmmAction::FlushMetrics => crate::metrics::flush()
                 .map(|_| VmmData::Empty)
                 .map_err(|e| ActionError::Runtime(e.to_string())),
+            VmmAction::PatchDrive(update) => self.patch_drive(&update),
             VmmAction::PutMachineConfig(_)
             | VmmAction::PatchMachineConfig(_)
             | VmmAction::PutBootSource(_)
+            | VmmAction::PutDrive(_)
+            | VmmAction::PutEntropy(_)
             | VmmAction::PutLogger(_)
             | VmmAction::PutMetrics(_)
             | VmmAction::InstanceStart => Err(ActionError::NotSupportedPostBoot),
@@ -194,6 +230,36 @@ impl Controller {
             | VmmAction::GetMachineConfig
             | VmmAction::GetFullConfig => unreachable_query(),
         }
+    }
+}
+
+impl Controller {
+    /// `PATCH /drives/{id}` on a running VM: a new backing file and/or new limits.
+    fn patch_drive(&mut self, update: &BlockDeviceUpdate) -> ActionResult {
+        let id = &update.drive_id;
+        let block = self.devices.block(id).ok_or_else(|| {
+            ActionError::InvalidConfig(format!("No drive with id '{id}' is attached"))
+        })?;
+        let mut block = block.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = &update.path_on_host {
+            block.update_disk(path).map_err(|e| {
+                ActionError::InvalidConfig(format!(
+                    "Unable to patch the block device: {}",
+                    crate::error_chain(&e)
+                ))
+            })?;
+        }
+        if let Some(limits) = &update.rate_limiter {
+            block.update_rate_limiter(limits);
+        }
+        if let Some(drive) = self.resources.drives.get_mut(id) {
+            if let Some(path) = &update.path_on_host {
+                drive.path_on_host.clone_from(path);
+            }
+            let limits = block.rate_limiter_config();
+            drive.rate_limiter = (limits != Default::default()).then_some(limits);
+        }
+        Ok(VmmData::Empty)
     }
 }
 

@@ -129,6 +129,22 @@ fn metrics_timer() -> Option<TimerFd> {
     Some(timer)
 }
 
+/// Serves the devices of a VM that has just started (InstanceStart, or the boot from a config
+/// file): the controller hands them over once, and each subscriber registers its events.
+fn add_device_subscribers(
+    manager: &mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    events: &Arc<Mutex<VmmEvents>>,
+) {
+    let new = events
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .controller
+        .take_new_subscribers();
+    for subscriber in new {
+        manager.add_subscriber(subscriber);
+    }
+}
+
 /// Runs the event loop until the VM ends; stops the vCPUs and returns the exit code.
 ///
 /// With `boot`, the VM starts at once (from a config file), after the loop's own resources
@@ -158,8 +174,10 @@ pub fn run(
         log::warn!("Metrics flush failed: {e}");
     }
     manager.add_subscriber(events.clone());
+    add_device_subscribers(&mut manager, &events);
     while exit.code().is_none() {
         manager.run().map_err(RunError::EventLoop)?;
+        add_device_subscribers(&mut manager, &events);
     }
     let code = exit.code().unwrap_or(ExitCode::VmmError as i32);
     let mut events = events.lock().unwrap_or_else(|e| e.into_inner());

@@ -146,10 +146,16 @@ pub fn load_initrd(
     Ok(InitrdPlacement { address, size })
 }
 
-/// Writes `args` (or Firecracker's default) at CMDLINE_START; returns its length.
-pub fn load_command_line(mem: &GuestMemory, args: Option<&str>) -> Result<usize, KernelError> {
-    let text = args.unwrap_or(DEFAULT_KERNEL_CMDLINE);
-    let cmdline = Cmdline::try_from(text, CMDLINE_MAX_SIZE)?;
-    load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(KernelError::CmdlineCopy)?;
+/// The command line from `args` (or Firecracker's default), before devices add to it.
+pub fn build_command_line(args: Option<&str>) -> Result<Cmdline, KernelError> {
+    Ok(Cmdline::try_from(
+        args.unwrap_or(DEFAULT_KERNEL_CMDLINE),
+        CMDLINE_MAX_SIZE,
+    )?)
+}
+
+/// Writes `cmdline` at CMDLINE_START; returns its length.
+pub fn load_command_line(mem: &GuestMemory, cmdline: &Cmdline) -> Result<usize, KernelError> {
+    load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline).map_err(KernelError::CmdlineCopy)?;
     Ok(cmdline.as_cstring()?.as_bytes().len())
 }

@@ -249,12 +249,21 @@ impl ApiVm {
     }
 }
 
-/// A VMM process that is still running.
+/// A VMM process that is still running; it is killed if the test drops it.
 pub struct RunningVm {
     pub child: Child,
     stdout: Collected,
     stderr: Collected,
     start: Instant,
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl RunningVm {

@@ -8,6 +8,7 @@
 mod boot;
 mod cmdline;
 mod cpuid;
+mod crc32;
 mod e820;
 mod exception;
 mod mem_functions;
@@ -17,6 +18,7 @@ mod phys;
 mod platform;
 mod scenarios;
 mod serial;
+mod virtio;
 mod zero_page;
 
 use core::panic::PanicInfo;

@@ -10,7 +10,8 @@
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  EBDA: MP table; RAM below it is usable
 //! 0x0010_0000  high memory: kernel, initrd at the top of low RAM
-//! 0xc000_0000  32-bit MMIO gap (1 GiB): boot timer, virtio-mmio slots, IOAPIC, LAPIC
+//! 0xc000_0000  32-bit MMIO gap (1 GiB): boot timer, then 4 KiB virtio-mmio slots from
+//!              0xc000_1000 (IRQ 5 upwards), IOAPIC, LAPIC
 //! 0x1_0000_0000 RAM that does not fit below the gap
 //! ```
 
@@ -50,6 +51,14 @@ pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
 pub const BOOT_TIMER_START: u64 = MMIO_GAP_START;
 /// Size of the boot timer window.
 pub const BOOT_TIMER_SIZE: u64 = 0x1000;
+/// First virtio-mmio device slot, just after the boot timer.
+pub const VIRTIO_MMIO_START: u64 = BOOT_TIMER_START + BOOT_TIMER_SIZE;
+/// Size of one virtio-mmio slot (the `4K` of `virtio_mmio.device=4K@ADDR:IRQ`).
+pub const VIRTIO_MMIO_SLOT_SIZE: u64 = 0x1000;
+/// Interrupt line of the first virtio device (serial has 4, the i8042 keyboard 1).
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// Last interrupt line for virtio devices (the IOAPIC has 24 pins).
+pub const VIRTIO_IRQ_LAST: u32 = 23;
 /// IOAPIC base address.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC base address.

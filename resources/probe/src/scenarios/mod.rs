@@ -1,15 +1,21 @@
 //! The scenarios `probe.run=` can name. To add one: a file with `pub fn run(boot: &BootInfo)`
 //! that prints its `probe: NAME ok|fail ...` lines, and a row in `SCENARIOS`.
 
+mod blk;
+mod blk_bench;
+mod blk_hostile;
+mod blk_watch;
 mod cpus;
 mod hello;
 mod idle;
 mod kbd;
 mod mem;
+mod rng;
 mod pattern;
 mod ticker;
 mod triple_fault;
 mod unknown_io;
+mod virtio_list;
 
 use crate::serial::ResultLine;
 use crate::zero_page::BootInfo;
@@ -29,6 +35,12 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: ticker::NAME, run: ticker::run },
     Scenario { name: kbd::NAME, run: kbd::run },
     Scenario { name: pattern::NAME, run: pattern::run },
+    Scenario { name: virtio_list::NAME, run: virtio_list::run },
+    Scenario { name: blk::NAME, run: blk::run },
+    Scenario { name: blk_bench::NAME, run: blk_bench::run },
+    Scenario { name: blk_hostile::NAME, run: blk_hostile::run },
+    Scenario { name: blk_watch::NAME, run: blk_watch::run },
+    Scenario { name: rng::NAME, run: rng::run },
 ];
 
 pub fn run(name: &[u8], boot: &BootInfo) {

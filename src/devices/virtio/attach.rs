@@ -1,0 +1,260 @@
+//! Placing virtio devices on the machine: a 4 KiB MMIO slot and an interrupt line each, one
+//! ioeventfd per queue on the QueueNotify register (datamatch = queue index), one irqfd per
+//! device, and `virtio_mmio.device=4K@ADDR:IRQ` on the kernel command line. A root drive also
+//! adds `root=` and `ro`/`rw`, as Firecracker does.
+
+use std::sync::{Arc, Mutex};
+
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use linux_loader::cmdline::Cmdline;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
+use vm_memory::GuestAddress;
+
+use super::block::{Block, BlockError};
+use super::mmio::{MmioTransport, TransportError};
+use super::rng::{Rng, RngError};
+use super::VirtioDevice;
+use crate::arch::x86_64::layout::{
+    VIRTIO_IRQ_BASE, VIRTIO_IRQ_LAST, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START,
+};
+use crate::config::{DriveList, EntropyConfig};
+use crate::devices::bus::{Bus, BusError};
+use crate::metrics::METRICS;
+use crate::vstate::memory::GuestMemory;
+
+/// Errors of device attachment.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// More devices than interrupt lines.
+    #[error("No interrupt line left for another virtio device (IRQs {VIRTIO_IRQ_BASE}..={VIRTIO_IRQ_LAST})")]
+    NoSlot,
+    /// The MMIO bus refused the slot.
+    #[error("Cannot place a virtio device on the MMIO bus")]
+    Bus(#[from] BusError),
+    /// An ioeventfd or irqfd registration failed.
+    #[error("Cannot {0}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// The command line has no room for the device.
+    #[error("Cannot add a virtio device to the kernel command line")]
+    Cmdline(#[from] linux_loader::cmdline::Error),
+    /// The transport refused the device.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A drive cannot be created.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The entropy device cannot be created.
+    #[error(transparent)]
+    Rng(#[from] RngError),
+}
+
+/// Where one device lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Base of its register window.
+    pub addr: u64,
+    /// Its interrupt line.
+    pub irq: u32,
+}
+
+/// Hands out slots in order: 0xc000_1000 with IRQ 5, 0xc000_2000 with IRQ 6, ...
+#[derive(Debug)]
+pub struct Slots {
+    next: u32,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self {
+            next: VIRTIO_IRQ_BASE,
+        }
+    }
+}
+
+impl Slots {
+    /// The next free slot.
+    pub fn allocate(&mut self) -> Result<Slot, AttachError> {
+        if self.next > VIRTIO_IRQ_LAST {
+            return Err(AttachError::NoSlot);
+        }
+        let index = u64::from(self.next - VIRTIO_IRQ_BASE);
+        let slot = Slot {
+            addr: VIRTIO_MMIO_START + index * VIRTIO_MMIO_SLOT_SIZE,
+            irq: self.next,
+        };
+        self.next += 1;
+        Ok(slot)
+    }
+}
+
+/// What attachment needs from the VM being built.
+pub struct AttachContext<'a> {
+    /// The KVM VM, for ioeventfds and irqfds.
+    pub vm: &'a VmFd,
+    /// Guest memory, for the transports.
+    pub mem: &'a GuestMemory,
+    /// The MMIO bus of the vCPUs.
+    pub mmio: &'a mut Bus,
+    /// The kernel command line, before it is written to guest memory.
+    pub cmdline: &'a mut Cmdline,
+    /// The slot allocator.
+    pub slots: Slots,
+}
+
+impl AttachContext<'_> {
+    /// Puts `device` in the next slot; returns the slot.
+    pub fn attach(&mut self, device: Arc<Mutex<dyn VirtioDevice>>) -> Result<Slot, AttachError> {
+        let slot = self.slots.allocate()?;
+        let transport = MmioTransport::new(device.clone(), self.mem.clone())?;
+        {
+            let device = device.lock().unwrap_or_else(|e| e.into_inner());
+            let notify = IoEventAddress::Mmio(slot.addr + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY));
+            for (index, event) in device.queue_events().iter().enumerate() {
+                self.vm
+                    .register_ioevent(event, &notify, index as u32)
+                    .map_err(|e| AttachError::Kvm("register a queue notify ioeventfd", e))?;
+            }
+            self.vm
+                .register_irqfd(device.interrupt().event(), slot.irq)
+                .map_err(|e| AttachError::Kvm("register a virtio irqfd", e))?;
+            log::info!(
+                "virtio-mmio {} at {:#x}, IRQ {}",
+                device.name(),
+                slot.addr,
+                slot.irq
+            );
+        }
+        self.mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            slot.addr,
+            VIRTIO_MMIO_SLOT_SIZE,
+        )?;
+        self.cmdline.add_virtio_mmio_device(
+            VIRTIO_MMIO_SLOT_SIZE,
+            GuestAddress(slot.addr),
+            slot.irq,
+            None,
+        )?;
+        Ok(slot)
+    }
+}
+
+/// Subscriber handles for the event loop.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// The virtio devices of a VM, kept by the controller for run-time updates.
+#[derive(Default)]
+pub struct VirtioDevices {
+    blocks: Vec<Arc<Mutex<Block>>>,
+    rng: Option<Arc<Mutex<Rng>>>,
+}
+
+impl VirtioDevices {
+    /// Every device, as event-loop subscribers.
+    pub fn subscribers(&self) -> Vec<Subscriber> {
+        let mut subs: Vec<Subscriber> = Vec::new();
+        for block in &self.blocks {
+            subs.push(block.clone());
+        }
+        if let Some(rng) = &self.rng {
+            subs.push(rng.clone());
+        }
+        subs
+    }
+
+    /// The drive with this id.
+    pub fn block(&self, id: &str) -> Option<&Arc<Mutex<Block>>> {
+        self.blocks
+            .iter()
+            .find(|b| b.lock().unwrap_or_else(|e| e.into_inner()).id() == id)
+    }
+}
+
+/// `root=/dev/vda` (the root drive is attached first) or `root=PARTUUID=...`, then `ro` or
+/// `rw`, as Firecracker writes them.
+pub fn add_root_parameters(
+    cmdline: &mut Cmdline,
+    partuuid: Option<&str>,
+    read_only: bool,
+) -> Result<(), AttachError> {
+    match partuuid {
+        Some(partuuid) => cmdline.insert_str(format!("root=PARTUUID={partuuid}"))?,
+        None => cmdline.insert_str("root=/dev/vda")?,
+    }
+    cmdline.insert_str(if read_only { "ro" } else { "rw" })?;
+    Ok(())
+}
+
+/// Creates and attaches the drives (root first) and the entropy device.
+pub fn attach_devices(
+    ctx: &mut AttachContext<'_>,
+    drives: &DriveList,
+    entropy: Option<&EntropyConfig>,
+) -> Result<VirtioDevices, AttachError> {
+    let mut devices = VirtioDevices::default();
+    for config in drives.iter() {
+        let block = Block::new(config, METRICS.block.drive(&config.drive_id))?;
+        if block.is_root() {
+            add_root_parameters(ctx.cmdline, block.partuuid(), block.is_read_only())?;
+        }
+        let block = Arc::new(Mutex::new(block));
+        ctx.attach(block.clone())?;
+        devices.blocks.push(block);
+    }
+    if let Some(config) = entropy {
+        let rng = Arc::new(Mutex::new(Rng::new(config)?));
+        ctx.attach(rng.clone())?;
+        devices.rng = Some(rng);
+    }
+    Ok(devices)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_root_drive_adds_root_and_ro_or_rw_and_devices_their_slot() {
+        let mut cmdline = Cmdline::try_from("console=ttyS0", 2048).unwrap();
+        add_root_parameters(&mut cmdline, None, false).unwrap();
+        cmdline
+            .add_virtio_mmio_device(0x1000, GuestAddress(0xc000_1000), 5, None)
+            .unwrap();
+        assert_eq!(
+            cmdline.as_cstring().unwrap().to_str().unwrap(),
+            "console=ttyS0 root=/dev/vda rw virtio_mmio.device=4K@0xc0001000:5"
+        );
+        let mut cmdline = Cmdline::new(2048).unwrap();
+        add_root_parameters(&mut cmdline, Some("0eaa91a0-01"), true).unwrap();
+        assert_eq!(
+            cmdline.as_cstring().unwrap().to_str().unwrap(),
+            "root=PARTUUID=0eaa91a0-01 ro"
+        );
+    }
+
+    #[test]
+    fn slots_follow_the_boot_timer_with_one_irq_each_from_5() {
+        let mut slots = Slots::default();
+        assert_eq!(
+            slots.allocate().unwrap(),
+            Slot {
+                addr: 0xc000_1000,
+                irq: 5
+            }
+        );
+        assert_eq!(
+            slots.allocate().unwrap(),
+            Slot {
+                addr: 0xc000_2000,
+                irq: 6
+            }
+        );
+        for _ in 7..=23 {
+            slots.allocate().unwrap();
+        }
+        assert!(matches!(slots.allocate(), Err(AttachError::NoSlot)));
+    }
+}

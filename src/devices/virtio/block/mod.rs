@@ -1,0 +1,258 @@
+//! virtio-blk with a file backend, configured like Firecracker's `drives`.
+//!
+//! One queue of 256 entries. Features: VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, plus
+//! VIRTIO_BLK_F_FLUSH for `cache_type: Writeback` and VIRTIO_BLK_F_RO for read-only drives.
+//! The configuration space is the capacity in sectors. Requests run on the VMM thread
+//! ([`event_handler`]); the drive can change its file and its rate limiter at run time
+//! (`PATCH /drives/{id}`).
+
+pub mod disk;
+pub mod event_handler;
+pub mod exec;
+pub mod request;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use self::disk::{Disk, DiskError};
+use self::request::ID_BYTES;
+use super::chain::Segment;
+use super::interrupt::Interrupt;
+use super::queue::MAX_QUEUE_SIZE;
+use super::{
+    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+use crate::config::{BlockDeviceConfig, CacheType};
+use crate::logger::RateLimitedLog;
+use crate::metrics::BlockDeviceMetrics;
+use crate::rate_limiter::{BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError};
+use crate::vstate::memory::GuestMemory;
+
+/// The one queue's size.
+const QUEUE_SIZES: [u16; 1] = [MAX_QUEUE_SIZE];
+
+/// Errors of drive creation and update.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The backing file.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// An eventfd cannot be created.
+    #[error("Cannot create an event for drive {0}")]
+    Event(String, #[source] std::io::Error),
+    /// The rate limiter's timer cannot be created.
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
+}
+
+/// What the device holds between activation and reset.
+struct Active {
+    mem: GuestMemory,
+    queue: Queue,
+}
+
+/// Logs a guest can trigger, each rate limited.
+#[derive(Default)]
+struct GuestLogs {
+    bad_request: RateLimitedLog,
+    io_error: RateLimitedLog,
+    needs_reset: RateLimitedLog,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    id: String,
+    id_bytes: [u8; ID_BYTES],
+    disk: Disk,
+    read_only: bool,
+    is_root: bool,
+    partuuid: Option<String>,
+    cache: CacheType,
+    avail_features: u64,
+    queue_events: [EventFd; 1],
+    interrupt: Arc<Interrupt>,
+    limiter: RateLimiter,
+    active: Option<Active>,
+    /// Reused for every chain: never more than the queue size.
+    segments: Vec<Segment>,
+    metrics: Arc<BlockDeviceMetrics>,
+    logs: GuestLogs,
+}
+
+impl Block {
+    /// A drive from its configuration: opens the file and sets up the limiter.
+    pub fn new(
+        config: &BlockDeviceConfig,
+        metrics: Arc<BlockDeviceMetrics>,
+    ) -> Result<Self, BlockError> {
+        let disk = Disk::open(&config.path_on_host, config.is_read_only)?;
+        let event = || {
+            EventFd::new(EFD_NONBLOCK).map_err(|e| BlockError::Event(config.drive_id.clone(), e))
+        };
+        let mut features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
+        if config.cache_type == CacheType::Writeback {
+            features |= 1 << VIRTIO_BLK_F_FLUSH;
+        }
+        if config.is_read_only {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        let mut id_bytes = [0u8; ID_BYTES];
+        let n = config.drive_id.len().min(ID_BYTES);
+        id_bytes[..n].copy_from_slice(&config.drive_id.as_bytes()[..n]);
+        let limiter = RateLimiter::new(&config.rate_limiter.unwrap_or_default())?;
+        Ok(Self {
+            id: config.drive_id.clone(),
+            id_bytes,
+            disk,
+            read_only: config.is_read_only,
+            is_root: config.is_root_device,
+            partuuid: config.partuuid.clone(),
+            cache: config.cache_type,
+            avail_features: features,
+            queue_events: [event()?],
+            interrupt: Arc::new(
+                Interrupt::new().map_err(|e| BlockError::Event(config.drive_id.clone(), e))?,
+            ),
+            limiter,
+            active: None,
+            segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
+            metrics,
+            logs: GuestLogs::default(),
+        })
+    }
+
+    /// The drive id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// True for the root device.
+    pub fn is_root(&self) -> bool {
+        self.is_root
+    }
+
+    /// The root partition's PARTUUID, if configured.
+    pub fn partuuid(&self) -> Option<&str> {
+        self.partuuid.as_deref()
+    }
+
+    /// True when guest writes are refused.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The limits now in force.
+    pub fn rate_limiter_config(&self) -> RateLimiterConfig {
+        self.limiter.to_config()
+    }
+
+    /// `PATCH path_on_host`: switches to another file and tells the driver its capacity
+    /// may have changed.
+    pub fn update_disk(&mut self, path: &str) -> Result<(), BlockError> {
+        let disk =
+            Disk::open(path, self.read_only).inspect_err(|_| self.metrics.update_fails.inc())?;
+        log::info!(
+            "Drive {}: {} -> {} ({} sectors)",
+            self.id,
+            self.disk.path(),
+            path,
+            disk.sectors()
+        );
+        self.disk = disk;
+        self.metrics.update_count.inc();
+        if self.active.is_some() && self.interrupt.signal_config_change().is_err() {
+            self.metrics.event_fails.inc();
+        }
+        Ok(())
+    }
+
+    /// `PATCH rate_limiter`: each bucket kept, removed or replaced.
+    pub fn update_rate_limiter(&mut self, config: &RateLimiterConfig) {
+        self.limiter.update_buckets(
+            BucketUpdate::from_config(config.bandwidth.as_ref()),
+            BucketUpdate::from_config(config.ops.as_ref()),
+        );
+        self.metrics.update_count.inc();
+        // Requests that waited for the old limits get a chance under the new ones.
+        let _ = self.queue_events[0].write(1);
+    }
+
+    /// The device stops serving its queue until the driver resets it.
+    fn enter_needs_reset(&mut self, why: &dyn std::fmt::Display) {
+        self.metrics.needs_reset_count.inc();
+        if let Some(n) = self.logs.needs_reset.hit() {
+            log::warn!(
+                "Drive {}: the guest broke its queue ({why}); device needs a reset ({n} so far)",
+                self.id
+            );
+        }
+        self.interrupt.set_needs_reset();
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn name(&self) -> String {
+        format!("block {}", self.id)
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.disk.sectors().to_le_bytes(), offset, data);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        self.metrics.cfg_fails.inc();
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            self.metrics.activate_fails.inc();
+            return Err(ActivateError::AlreadyActive);
+        }
+        let got = ctx.queues.len();
+        let Ok([mut queue]) = <[Queue; 1]>::try_from(ctx.queues) else {
+            self.metrics.activate_fails.inc();
+            return Err(ActivateError::QueueCount { expected: 1, got });
+        };
+        queue.set_event_idx(ctx.features & VIRTIO_RING_F_EVENT_IDX != 0);
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queue,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Vec<Queue> {
+        self.active
+            .take()
+            .map(|a| vec![a.queue])
+            .unwrap_or_default()
+    }
+}

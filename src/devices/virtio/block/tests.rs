@@ -1,0 +1,473 @@
+//! The block device against virtio-queue's mock driver: good requests, and every malformed
+//! chain a hostile guest can build.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use super::*;
+use crate::rate_limiter::TokenBucketConfig;
+
+const SECTORS: u64 = 8;
+const HEADER: u64 = 0x10_0000;
+const DATA: u64 = 0x11_0000;
+const STATUS: u64 = 0x12_0000;
+const W: u16 = VRING_DESC_F_WRITE as u16;
+
+struct Fixture {
+    mem: GuestMemory,
+    file: tempfile::NamedTempFile,
+    next_desc: std::cell::Cell<u16>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let content: Vec<u8> = (0..SECTORS * 512).map(|i| (i % 251) as u8).collect();
+        file.write_all(&content).unwrap();
+        Self {
+            mem: GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap(),
+            file,
+            next_desc: std::cell::Cell::new(0),
+        }
+    }
+
+    fn config(&self) -> BlockDeviceConfig {
+        BlockDeviceConfig {
+            drive_id: "data".into(),
+            path_on_host: self.file.path().to_str().unwrap().into(),
+            is_root_device: false,
+            is_read_only: false,
+            partuuid: None,
+            cache_type: CacheType::Writeback,
+            rate_limiter: None,
+            io_engine: Default::default(),
+        }
+    }
+
+    fn block(&self, config: &BlockDeviceConfig, q: &MockSplitQueue<GuestMemory>) -> Block {
+        let mut block = Block::new(config, Arc::new(BlockDeviceMetrics::new())).unwrap();
+        block
+            .activate(ActivateContext {
+                mem: self.mem.clone(),
+                queues: vec![q.create_queue().unwrap()],
+                features: VIRTIO_F_VERSION_1,
+            })
+            .unwrap();
+        block
+    }
+
+    fn header(&self, kind: u32, sector: u64) {
+        self.mem.write_obj(kind, GuestAddress(HEADER)).unwrap();
+        self.mem.write_obj(0u32, GuestAddress(HEADER + 4)).unwrap();
+        self.mem
+            .write_obj(sector, GuestAddress(HEADER + 8))
+            .unwrap();
+        self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    }
+
+    /// Adds one chain of (addr, len, flags) buffers, linked in order.
+    fn submit(&self, q: &MockSplitQueue<GuestMemory>, bufs: &[(u64, u32, u16)]) {
+        // Chains are answered before the table wraps; a chain never straddles its end.
+        let base = match self.next_desc.get() {
+            b if usize::from(b) + bufs.len() > 16 => 0,
+            b => b,
+        };
+        let descs: Vec<RawDescriptor> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, flags))| {
+                let last = i + 1 == bufs.len();
+                let flags = if last {
+                    flags
+                } else {
+                    flags | VRING_DESC_F_NEXT as u16
+                };
+                RawDescriptor::from(Descriptor::new(addr, len, flags, base + i as u16 + 1))
+            })
+            .collect();
+        q.add_desc_chains(&descs, base).unwrap();
+        self.next_desc.set(base + bufs.len() as u16);
+    }
+
+    fn status(&self) -> u32 {
+        u32::from(self.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap())
+    }
+
+    fn used(&self, q: &MockSplitQueue<GuestMemory>, i: u64) -> (u32, u32) {
+        let addr = q.used_addr().unchecked_add(4 + 8 * i);
+        let id: u32 = self.mem.read_obj(addr).unwrap();
+        let len: u32 = self.mem.read_obj(addr.unchecked_add(4)).unwrap();
+        (id, len)
+    }
+}
+
+/// A read of `len` bytes at `sector` with header, data and status in three descriptors.
+fn read_chain(len: u32) -> [(u64, u32, u16); 3] {
+    [(HEADER, 16, 0), (DATA, len, W), (STATUS, 1, W)]
+}
+
+#[test]
+fn reads_writes_flushes_and_get_id_work() {
+    let f = Fixture::new();
+    let q = MockSplitQueue::new(&f.mem, 16);
+    let mut block = f.block(&f.config(), &q);
+
+    f.header(VIRTIO_BLK_T_IN, 2);
+    f.submit(&q, &read_chain(1024));
+    block.process_queue();
+    assert_eq!(f.status(), VIRTIO_BLK_S_OK);
+    assert_eq!(f.used(&q, 0), (0, 1025));
+    let mut data = vec![0u8; 1024];
+    f.mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+    let expected: Vec<u8> = (1024..2048u64).map(|i| (i % 251) as u8).collect();
+    assert_eq!(data, expected);
+
+    f.header(VIRTIO_BLK_T_OUT, 7);
+    f.mem.write_slice(&[b'p'; 512], GuestAddress(DATA)).unwrap();
+    f.submit(&q, &[(HEADER, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]);
+    block.process_queue();
+    assert_eq!(f.status(), VIRTIO_BLK_S_OK);
+    assert_eq!(f.used(&q, 1).1, 1);
+    let content = std::fs::read(f.file.path()).unwrap();
+    assert_eq!(&content[7 * 512..], &[b'p'; 512][..]);
+
+    f.header(VIRTIO_BLK_T_FLUSH, 0);
+    f.submit(&q, &[(HEADER, 16, 0), (STATUS, 1, W)]);
+    block.process_queue();
+    assert_eq!(f.status(), VIRTIO_BLK_S_OK);
+    assert_eq!(block.metrics.flush_count.count(), 1);
+
+    f.header(VIRTIO_BLK_T_GET_ID, 0);
+    f.submit(&q, &[(HEADER, 16, 0), (DATA, 20, W), (STATUS, 1, W)]);
+    block.process_queue();
+    assert_eq!(f.status(), VIRTIO_BLK_S_OK);
+    assert_eq!(f.used(&q, 3).1, 21);
+    let mut id = [0u8; 20];
+    f.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id[..5], b"data\0");
+    assert_eq!(block.metrics.read_bytes.count(), 1024);
+    assert_eq!(block.metrics.write_count.count(), 1);
+    assert!(!block.interrupt.needs_reset());
+}
+
+#[test]
+fn a_request_split_across_descriptors_any_way_is_served() {
+    let f = Fixture::new();
+    let q = MockSplitQueue::new(&f.mem, 16);
+    let mut block = f.block(&f.config(), &q);
+    // Header in two pieces; data and status in one writable buffer.
+    f.header(VIRTIO_BLK_T_IN, 1);
+    f.submit(
+        &q,
+        &[
+            (HEADER, 10, 0),
+            (HEADER + 10, 6, 0),
+            (DATA, 512, W),
+            (DATA + 512, 1, W),
+        ],
+    );
+    block.process_queue();
+    assert_eq!(
+        f.mem.read_obj::<u8>(GuestAddress(DATA + 512)).unwrap() as u32,
+        VIRTIO_BLK_S_OK
+    );
+    assert_eq!(
+        f.mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(),
+        (512 % 251) as u8
+    );
+}
+
+/// Submits one chain and returns the status byte and the used length.
+fn outcome(
+    f: &Fixture,
+    block: &mut Block,
+    q: &MockSplitQueue<GuestMemory>,
+    bufs: &[(u64, u32, u16)],
+) -> (u32, u32) {
+    let used_before = q.used().idx().load();
+    f.submit(q, bufs);
+    block.process_queue();
+    assert_eq!(
+        q.used().idx().load(),
+        used_before + 1,
+        "{bufs:x?} not answered"
+    );
+    (f.status(), f.used(q, u64::from(used_before)).1)
+}
+
+#[test]
+fn malformed_requests_get_ioerr_and_the_device_keeps_serving() {
+    let f = Fixture::new();
+    let q = MockSplitQueue::new(&f.mem, 16);
+    let mut block = f.block(&f.config(), &q);
+    let ioerr = (VIRTIO_BLK_S_IOERR, 1);
+
+    // Buffer outside guest memory (it ends past 2 MiB), and one whose end overflows.
+    f.header(VIRTIO_BLK_T_IN, 0);
+    assert_eq!(
+        outcome(
+            &f,
+            &mut block,
+            &q,
+            &[(HEADER, 16, 0), (0x1f_ff00, 0x1000, W), (STATUS, 1, W)]
+        ),
+        ioerr
+    );
+    f.header(VIRTIO_BLK_T_IN, 0);
+    assert_eq!(
+        outcome(
+            &f,
+            &mut block,
+            &q,
+            &[(HEADER, 16, 0), (u64::MAX - 511, 512, W), (STATUS, 1, W)]
+        ),
+        ioerr
+    );
+    // Zero-length data buffer.
+    f.header(VIRTIO_BLK_T_IN, 0);
+    assert_eq!(
+        outcome(
+            &f,
+            &mut block,
+            &q,
+            &[(HEADER, 16, 0), (DATA, 0, W), (STATUS, 1, W)]
+        ),
+        ioerr
+    );
+    // Wrong direction: a read whose data is device-readable, a write whose data is writable.
+    f.header(VIRTIO_BLK_T_IN, 0);
+    assert_eq!(
+        outcome(
+            &f,
+            &mut block,
+            &q,
+            &[(HEADER, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]
+        ),
+        ioerr
+    );
+    f.header(VIRTIO_BLK_T_OUT, 0);
+    assert_eq!(
+        outcome(
+            &f,
+            &mut block,
+            &q,
+            &[(HEADER, 16, 0), (DATA, 512, W), (STATUS, 1, W)]
+        ),
+        ioerr
+    );
+    // A readable buffer after a writable one.
+    f.header(VIRTIO_BLK_T_OUT, 0);
+    assert_eq!(
+        outcome(
+            &f,
+            &mut block,
+            &q,
+            &[
+                (HEADER, 16, 0),
+                (DATA, 512, W),
+                (DATA, 512, 0),
+                (STATUS, 1, W)
+            ]
+        ),
+        ioerr
+    );
+    // Header too short.
+    f.header(VIRTIO_BLK_T_IN, 0);
+    assert_eq!(
+        outcome(
+            &f,
+            &mut block,
+            &q,
+            &[(HEADER, 8, 0), (DATA, 512, W), (STATUS, 1, W)]
+        ),
+        ioerr
+    );
+    // Length not a multiple of 512.
+    f.header(VIRTIO_BLK_T_IN, 0);
+    assert_eq!(
+        outcome(
+            &f,
+            &mut block,
+            &q,
+            &[(HEADER, 16, 0), (DATA, 100, W), (STATUS, 1, W)]
+        ),
+        ioerr
+    );
+    // Sector past the end, and a range that crosses the end.
+    f.header(VIRTIO_BLK_T_IN, SECTORS);
+    assert_eq!(outcome(&f, &mut block, &q, &read_chain(512)), ioerr);
+    f.header(VIRTIO_BLK_T_OUT, SECTORS - 1);
+    assert_eq!(
+        outcome(
+            &f,
+            &mut block,
+            &q,
+            &[(HEADER, 16, 0), (DATA, 1024, 0), (STATUS, 1, W)]
+        ),
+        ioerr
+    );
+    // sector * 512 overflows 64 bits; sector + count wraps.
+    f.header(VIRTIO_BLK_T_IN, u64::MAX / 256);
+    assert_eq!(outcome(&f, &mut block, &q, &read_chain(512)), ioerr);
+    f.header(VIRTIO_BLK_T_IN, u64::MAX);
+    assert_eq!(outcome(&f, &mut block, &q, &read_chain(512)), ioerr);
+    // GET_ID with a buffer smaller than 20 bytes.
+    f.header(VIRTIO_BLK_T_GET_ID, 0);
+    assert_eq!(
+        outcome(
+            &f,
+            &mut block,
+            &q,
+            &[(HEADER, 16, 0), (DATA, 8, W), (STATUS, 1, W)]
+        ),
+        ioerr
+    );
+    // An unknown request type is unsupported, not an I/O error.
+    f.header(11, 0);
+    assert_eq!(
+        outcome(&f, &mut block, &q, &[(HEADER, 16, 0), (STATUS, 1, W)]),
+        (VIRTIO_BLK_S_UNSUPP, 1)
+    );
+
+    assert_eq!(block.metrics.execute_fails.count(), 13);
+    assert!(!block.interrupt.needs_reset());
+    // The file is untouched and a good request still works.
+    let content = std::fs::read(f.file.path()).unwrap();
+    assert_eq!(content[0], 0);
+    f.header(VIRTIO_BLK_T_IN, 0);
+    assert_eq!(
+        outcome(&f, &mut block, &q, &read_chain(512)),
+        (VIRTIO_BLK_S_OK, 513)
+    );
+}
+
+#[test]
+fn a_chain_longer_than_the_queue_needs_a_reset() {
+    let f = Fixture::new();
+    let q = MockSplitQueue::new(&f.mem, 16);
+    let mut block = f.block(&f.config(), &q);
+    // Descriptor 0 points to itself: an endless chain.
+    let desc = Descriptor::new(HEADER, 16, VRING_DESC_F_NEXT as u16, 0);
+    q.desc_table().store(0, RawDescriptor::from(desc)).unwrap();
+    q.avail().ring().ref_at(0).unwrap().store(0);
+    q.avail().idx().store(1);
+    block.process_queue();
+    assert!(block.interrupt.needs_reset());
+    assert_eq!(q.used().idx().load(), 0);
+    assert_eq!(block.metrics.needs_reset_count.count(), 1);
+    // Nothing more is served until the reset gives the queue back.
+    block.process_queue();
+    assert_eq!(block.reset().len(), 1);
+}
+
+#[test]
+fn a_chain_without_a_writable_status_byte_needs_a_reset() {
+    let f = Fixture::new();
+    let q = MockSplitQueue::new(&f.mem, 16);
+    let mut block = f.block(&f.config(), &q);
+    f.header(VIRTIO_BLK_T_IN, 0);
+    f.submit(&q, &[(HEADER, 16, 0), (DATA, 512, 0)]);
+    block.process_queue();
+    assert!(block.interrupt.needs_reset());
+    assert_eq!(q.used().idx().load(), 0);
+}
+
+#[test]
+fn a_read_only_drive_refuses_writes_with_ioerr() {
+    let f = Fixture::new();
+    let q = MockSplitQueue::new(&f.mem, 16);
+    let config = BlockDeviceConfig {
+        is_read_only: true,
+        ..f.config()
+    };
+    let mut block = f.block(&config, &q);
+    assert_ne!(block.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    f.header(VIRTIO_BLK_T_OUT, 0);
+    f.mem.write_slice(&[0xee; 512], GuestAddress(DATA)).unwrap();
+    assert_eq!(
+        outcome(
+            &f,
+            &mut block,
+            &q,
+            &[(HEADER, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]
+        ),
+        (VIRTIO_BLK_S_IOERR, 1)
+    );
+    assert_eq!(std::fs::read(f.file.path()).unwrap()[0], 0);
+    f.header(VIRTIO_BLK_T_IN, 0);
+    assert_eq!(
+        outcome(&f, &mut block, &q, &read_chain(512)),
+        (VIRTIO_BLK_S_OK, 513)
+    );
+}
+
+#[test]
+fn throttled_requests_wait_for_the_timer_and_are_not_dropped() {
+    let f = Fixture::new();
+    let q = MockSplitQueue::new(&f.mem, 16);
+    let bucket = TokenBucketConfig {
+        size: 1024,
+        one_time_burst: None,
+        refill_time: 100,
+    };
+    let config = BlockDeviceConfig {
+        rate_limiter: Some(RateLimiterConfig {
+            bandwidth: Some(bucket),
+            ops: None,
+        }),
+        ..f.config()
+    };
+    let mut block = f.block(&config, &q);
+    f.header(VIRTIO_BLK_T_IN, 0);
+    f.submit(&q, &read_chain(1024));
+    f.submit(&q, &read_chain(1024));
+    block.process_queue();
+    assert_eq!(q.used().idx().load(), 1, "the second read waits for tokens");
+    assert!(block.limiter.is_blocked());
+    assert_eq!(block.metrics.rate_limiter_throttled_events.count(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    block.limiter.on_timer().unwrap();
+    block.process_queue();
+    assert_eq!(q.used().idx().load(), 2);
+    // Lifting the limit through an update.
+    let off = TokenBucketConfig {
+        size: 0,
+        one_time_burst: None,
+        refill_time: 0,
+    };
+    block.update_rate_limiter(&RateLimiterConfig {
+        bandwidth: Some(off),
+        ops: None,
+    });
+    assert_eq!(block.rate_limiter_config(), RateLimiterConfig::default());
+}
+
+#[test]
+fn a_new_backing_file_changes_the_capacity_and_tells_the_driver() {
+    let f = Fixture::new();
+    let q = MockSplitQueue::new(&f.mem, 16);
+    let mut block = f.block(&f.config(), &q);
+    let mut capacity = [0u8; 8];
+    block.read_config(0, &mut capacity);
+    assert_eq!(u64::from_le_bytes(capacity), SECTORS);
+    let bigger = tempfile::NamedTempFile::new().unwrap();
+    bigger.as_file().set_len(64 * 512).unwrap();
+    let generation = block.interrupt.config_generation();
+    block.update_disk(bigger.path().to_str().unwrap()).unwrap();
+    block.read_config(0, &mut capacity);
+    assert_eq!(u64::from_le_bytes(capacity), 64);
+    assert_eq!(block.interrupt.config_generation(), generation + 1);
+    assert!(block.update_disk("/nonexistent/disk.img").is_err());
+    assert_eq!(block.metrics.update_fails.count(), 1);
+}

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::mptable::MAX_CPUS;
+use crate::devices::virtio::net::config::{InterfaceList, NetConfigError, NetworkInterfaceConfig};
 use crate::rate_limiter::RateLimiterConfig;
 use crate::sandbox::PathRule;
 
@@ -34,6 +35,9 @@ pub enum ConfigError {
     /// A drive is refused.
     #[error("Invalid drive: {0}")]
     Drive(String),
+    /// A network interface is refused.
+    #[error("Invalid network interface")]
+    Net(#[from] NetConfigError),
 }
 
 /// Most drives a VM may have.
@@ -311,10 +315,16 @@ pub struct VmConfig {
     /// The same, checked and ordered by `from_json`.
     #[serde(skip)]
     drive_list: DriveList,
+    /// virtio-net devices, as written.
     #[serde(rename = "network-interfaces", default)]
-    network_interfaces: Vec<serde_json::Value>,
-    logger: Option<serde_json::Value>,
-    metrics: Option<serde_json::Value>,
+    network_interfaces: Vec<NetworkInterfaceConfig>,
+    /// The same, checked by `from_json`.
+    #[serde(skip)]
+    interface_list: InterfaceList,
+    /// Firecracker's `logger` section, applied at start.
+    pub logger: Option<crate::logger::LoggerConfig>,
+    /// Firecracker's `metrics` section, applied at start.
+    pub metrics: Option<crate::metrics::MetricsConfig>,
     /// The virtio-rng device.
     pub entropy: Option<EntropyConfig>,
     balloon: Option<serde_json::Value>,
@@ -330,9 +340,6 @@ impl VmConfig {
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let mut config: VmConfig = serde_json::from_str(text)?;
         let unsupported = [
-            ("network-interfaces", !config.network_interfaces.is_empty()),
-            ("logger", config.logger.is_some()),
-            ("metrics", config.metrics.is_some()),
             ("balloon", config.balloon.is_some()),
             ("vsock", config.vsock.is_some()),
             ("mmds-config", config.mmds_config.is_some()),
@@ -343,6 +350,9 @@ impl VmConfig {
         }
         for drive in &config.drives {
             config.drive_list.insert(drive.clone())?;
+        }
+        for iface in &config.network_interfaces {
+            config.interface_list.insert(iface.clone())?;
         }
         if config.machine_config.track_dirty_pages {
             log::info!("machine-config.track_dirty_pages is accepted and ignored");
@@ -416,6 +426,8 @@ pub struct VmResources {
     pub drives: DriveList,
     /// The virtio-rng device.
     pub entropy: Option<EntropyConfig>,
+    /// virtio-net devices.
+    pub network_interfaces: InterfaceList,
 }
 
 impl From<VmConfig> for VmResources {
@@ -425,6 +437,7 @@ impl From<VmConfig> for VmResources {
             machine_config: c.machine_config,
             drives: c.drive_list,
             entropy: c.entropy,
+            network_interfaces: c.interface_list,
         }
     }
 }
@@ -449,10 +462,15 @@ impl VmResources {
                 PathRule::read_write(&d.path_on_host)
             }
         });
+        let flow_logs = self
+            .network_interfaces
+            .iter()
+            .flat_map(NetworkInterfaceConfig::landlock_rules);
         self.boot_source
             .iter()
             .flat_map(BootSourceConfig::landlock_rules)
             .chain(drives)
+            .chain(flow_logs)
             .collect()
     }
 
@@ -462,7 +480,7 @@ impl VmResources {
             "boot-source": self.boot_source,
             "machine-config": self.machine_config,
             "drives": self.drives.0,
-            "network-interfaces": [],
+            "network-interfaces": self.network_interfaces.as_slice(),
             "entropy": self.entropy,
         })
     }
@@ -638,6 +656,18 @@ mod tests {
             ..Default::default()
         };
         assert!(smt.validate(1024).is_err());
+    }
+
+    #[test]
+    fn logger_and_metrics_sections_parse_like_firecrackers() {
+        let text = r#"{"boot-source":{"kernel_image_path":"/k"},
+                       "logger":{"log_path":"/tmp/l","level":"Debug","show_level":true},
+                       "metrics":{"metrics_path":"/tmp/m"}}"#;
+        let c = VmConfig::from_json(text).unwrap();
+        assert_eq!(c.logger.unwrap().show_level, Some(true));
+        assert_eq!(c.metrics.unwrap().metrics_path.to_str(), Some("/tmp/m"));
+        let bad = r#"{"boot-source":{"kernel_image_path":"/k"},"logger":{"colour":true}}"#;
+        assert!(VmConfig::from_json(bad).is_err());
     }
 
     #[test]

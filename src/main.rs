@@ -165,7 +165,19 @@ fn run(cli: &Cli, start: Instant) -> i32 {
             Ok::<_, ConfigError>(c)
         });
         match loaded {
-            Ok(c) => controller.set_resources(VmResources::from(c)),
+            Ok(c) => {
+                if let Some(logger) = &c.logger {
+                    if let Err(e) = logger::configure(logger) {
+                        return fail(error_chain(&e), ExitCode::BadConfiguration);
+                    }
+                }
+                if let Some(metrics) = &c.metrics {
+                    if let Err(e) = metrics::init_from_config(metrics) {
+                        return fail(error_chain(&e), ExitCode::BadConfiguration);
+                    }
+                }
+                controller.set_resources(VmResources::from(c))
+            }
             Err(e) => return fail(e, ExitCode::BadConfiguration),
         }
     }

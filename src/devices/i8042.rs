@@ -103,7 +103,9 @@ impl I8042Device {
             CMD_KBD_ENABLE => self.control &= !CTR_KBD_DISABLED,
             CMD_RESET_CPU => {
                 METRICS.i8042.reset_count.inc();
-                log::info!("The guest asked for a reset through the i8042; ending the VM");
+                if self.reset.code().is_none() {
+                    log::info!("The guest asked for a reset through the i8042; ending the VM");
+                }
                 self.reset.request(ExitCode::Ok);
             }
             _ => log::debug!("Ignored i8042 command {cmd:#x}"),

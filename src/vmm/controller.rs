@@ -158,10 +158,10 @@ impl Controller {
             }
             VmmAction::PutLogger(config) => crate::logger::configure(&config)
                 .map(|_| VmmData::Empty)
-                .map_err(|e| ActionError::InvalidConfig(e.to_string())),
+                .map_err(|e| ActionError::InvalidConfig(crate::error_chain(&e))),
             VmmAction::PutMetrics(config) => crate::metrics::init_from_config(&config)
                 .map(|_| VmmData::Empty)
-                .map_err(|e| ActionError::InvalidConfig(e.to_string())),
+                .map_err(|e| ActionError::InvalidConfig(crate::error_chain(&e))),
             VmmAction::InstanceStart => {
                 if self.resources.boot_source.is_none() {
                     return Err(ActionError::MissingKernelConfig);

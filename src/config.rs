@@ -36,7 +36,7 @@ pub enum ConfigError {
     #[error("Invalid drive: {0}")]
     Drive(String),
     /// A network interface is refused.
-    #[error("Invalid network interface")]
+    #[error(transparent)]
     Net(#[from] NetConfigError),
 }
 
@@ -624,12 +624,25 @@ mod tests {
     }
 
     #[test]
-    fn network_interfaces_are_refused_by_name() {
+    fn network_interfaces_parse_and_incomplete_ones_are_refused() {
         let text = r#"{"boot-source":{"kernel_image_path":"/k"},"network-interfaces":[{}]}"#;
         assert!(VmConfig::from_json(text)
             .unwrap_err()
             .to_string()
-            .contains("network-interfaces"));
+            .contains("missing field `iface_id`"));
+        let text = r#"{"boot-source":{"kernel_image_path":"/k"},"network-interfaces":[
+            {"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:00:00:00:01",
+             "firewall":{"allowed_ips":["10.0.0.2/32"],"flow_log":"/tmp/f.jsonl"}}]}"#;
+        let resources = VmResources::from(VmConfig::from_json(text).unwrap());
+        assert_eq!(resources.network_interfaces.iter().count(), 1);
+        assert!(resources
+            .landlock_rules()
+            .iter()
+            .any(|r| r.write && r.path == std::path::Path::new("/tmp/f.jsonl")));
+        assert_eq!(
+            resources.to_full_config()["network-interfaces"][0]["iface_id"],
+            "eth0"
+        );
         let text = r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"rootfs"}]}"#;
         let err = VmConfig::from_json(text).unwrap_err();
         assert!(

@@ -322,6 +322,9 @@ metric_group! {
         /// One `block_<drive_id>` group per drive.
         #[serde(flatten)]
         block: BlockMetricsRegistry,
+        /// One `net_<iface_id>` group per network interface.
+        #[serde(flatten)]
+        net: NetMetricsRegistry,
         /// The entropy device (virtio-rng).
         entropy: EntropyDeviceMetrics,
         /// The virtio-mmio transports.

@@ -84,7 +84,7 @@ fn unknown_fields_are_refused() {
 }
 
 #[test]
-fn a_missing_drive_file_and_network_interfaces_are_refused_by_name() {
+fn a_missing_drive_file_and_a_bad_network_interface_are_refused_by_name() {
     let mut config = probe_config();
     config["drives"] = json!([{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true, "is_read_only": false}]);
     assert_refused(
@@ -93,11 +93,11 @@ fn a_missing_drive_file_and_network_interfaces_are_refused_by_name() {
         "drive rootfs: cannot open /r",
     );
     let mut config = probe_config();
-    config["network-interfaces"] = json!([{"iface_id": "eth0", "host_dev_name": "tap0"}]);
+    config["network-interfaces"] = json!([{"iface_id": "eth0", "host_dev_name": "a/b"}]);
     assert_refused(
         &run_config(config),
         BAD_CONFIGURATION,
-        "'network-interfaces' is not supported yet",
+        "Invalid host_dev_name 'a/b'",
     );
 }
 

@@ -10,6 +10,7 @@ use crate::config::{
     valid_resource_id, BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyConfig,
     MachineConfig, MachineConfigUpdate,
 };
+use crate::devices::virtio::net::config::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
 use crate::logger::LoggerConfig;
 use crate::metrics::MetricsConfig;
 use crate::metrics::METRICS;
@@ -262,28 +263,27 @@ fn route_body(
             checked_id(param, &update.drive_id)?;
             VmmAction::PatchDrive(Box::new(update))
         }
-        (_, "/network-interfaces/{iface_id}") | (_, "/network-interfaces/{iface_id}/firewall") => {
-            return not_yet(param, body, "Network interfaces (virtio-net)")
+        ("PUT", "/network-interfaces/{iface_id}") => {
+            let iface: NetworkInterfaceConfig = parse_body(body)?;
+            checked_id(param, &iface.iface_id)?;
+            VmmAction::PutNetworkInterface(Box::new(iface))
+        }
+        ("PATCH", "/network-interfaces/{iface_id}") => {
+            let update: NetworkInterfaceUpdate = parse_body(body)?;
+            checked_id(param, &update.iface_id)?;
+            VmmAction::PatchNetworkInterface(Box::new(update))
+        }
+        ("GET", "/network-interfaces/{iface_id}/firewall") => {
+            let id = param.unwrap_or_default();
+            if !valid_resource_id(id) {
+                return Err(bad_request(INVALID_ID));
+            }
+            VmmAction::GetFirewall(id.to_string())
         }
         ("PUT", "/entropy") => VmmAction::PutEntropy(parse_body::<EntropyConfig>(body)?),
         _ => return Err(bad_request("Invalid request method and/or path.")),
     };
     Ok(Routed::Action(action))
-}
-
-/// A clear refusal for devices that have not landed, after the usual input checks.
-fn not_yet(id: Option<&str>, body: &[u8], what: &str) -> Result<Routed, Routed> {
-    if let Some(id) = id {
-        if !valid_resource_id(id) {
-            return Err(bad_request(INVALID_ID));
-        }
-    }
-    if !body.is_empty() {
-        parse_body::<serde_json::Value>(body)?;
-    }
-    Err(bad_request(&format!(
-        "{what} are not supported yet by Palisade."
-    )))
 }
 
 #[cfg(test)]
@@ -427,19 +427,30 @@ mod tests {
     }
 
     #[test]
-    fn network_interfaces_are_still_refused_clearly() {
-        let msg = fault(route(&req(
-            "PUT",
-            "/network-interfaces/bad-id!",
-            Some("{}"),
-        )));
-        assert!(msg.starts_with("Invalid ID"), "{msg}");
+    fn network_interface_bodies_become_typed_actions() {
         let msg = fault(route(&req(
             "GET",
-            "/network-interfaces/eth0/firewall",
+            "/network-interfaces/bad-id!/firewall",
             None,
         )));
-        assert!(msg.contains("not supported yet"), "{msg}");
+        assert!(msg.starts_with("Invalid ID"), "{msg}");
+        let body = r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:00:00:00:02",
+                       "firewall": {"allowed_ips": ["10.0.0.2/32"]}}"#;
+        assert!(matches!(
+            route(&req("PUT", "/network-interfaces/eth0", Some(body))),
+            Routed::Action(VmmAction::PutNetworkInterface(_))
+        ));
+        let msg = fault(route(&req("PUT", "/network-interfaces/eth1", Some(body))));
+        assert!(msg.contains("does not match"), "{msg}");
+        let patch = r#"{"iface_id": "eth0", "firewall": {"default_egress": "deny"}}"#;
+        assert!(matches!(
+            route(&req("PATCH", "/network-interfaces/eth0", Some(patch))),
+            Routed::Action(VmmAction::PatchNetworkInterface(_))
+        ));
+        assert!(matches!(
+            route(&req("GET", "/network-interfaces/eth0/firewall", None)),
+            Routed::Action(VmmAction::GetFirewall(id)) if id == "eth0"
+        ));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::config::{
     BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyConfig, MachineConfig,
     MachineConfigUpdate,
 };
+use crate::devices::virtio::net::config::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
 
 /// One request from the api thread to the VMM thread.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +45,13 @@ pub enum VmmAction {
     PatchDrive(Box<BlockDeviceUpdate>),
     /// `PUT /entropy`, before boot.
     PutEntropy(EntropyConfig),
+    /// `PUT /network-interfaces/{iface_id}`, before boot.
+    PutNetworkInterface(Box<NetworkInterfaceConfig>),
+    /// `PATCH /network-interfaces/{iface_id}`, after boot: new limits and/or firewall.
+    PatchNetworkInterface(Box<NetworkInterfaceUpdate>),
+    /// `GET /network-interfaces/{iface_id}/firewall`: rules and counters (before boot: the
+    /// configuration only).
+    GetFirewall(String),
 }
 
 /// `GET /` answer, Firecracker's InstanceInfo.

@@ -17,7 +17,7 @@ use crate::devices::bus::{BusError, Buses};
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::{EventFdTrigger, SerialDevice};
 use crate::devices::virtio::attach::{
-    attach_devices, AttachContext, AttachError, Slots, VirtioDevices,
+    attach_devices, AttachContext, AttachError, DeviceConfigs, Slots, VirtioDevices,
 };
 use crate::logger::RateLimitedLog;
 use crate::seccomp::SeccompFilters;
@@ -150,8 +150,11 @@ pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<BuiltVm,
             cmdline: &mut cmdline,
             slots: Slots::default(),
         },
-        &resources.drives,
-        resources.entropy.as_ref(),
+        &DeviceConfigs {
+            drives: &resources.drives,
+            entropy: resources.entropy.as_ref(),
+            nets: &resources.network_interfaces,
+        },
     )?;
     let cmdline_len = kernel::load_command_line(&mem, &cmdline)?;
     write_boot_params(

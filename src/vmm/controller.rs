@@ -2,6 +2,8 @@
 //! the runtime controller handles what may change while it runs. The rules of which action
 //! is allowed when live here and nowhere else.
 
+mod net;
+
 use std::time::Instant;
 
 use crate::config::{host_memory_mib, BlockDeviceUpdate, VmResources};
@@ -69,6 +71,11 @@ impl Controller {
             .validate(host_memory_mib())
             .map_err(|e| StartError::Build(e.to_string(), ExitCode::BadConfiguration))?;
         if self.opts.landlock {
+            for iface in self.resources.network_interfaces.iter() {
+                iface
+                    .create_flow_log()
+                    .map_err(|e| StartError::Build(e.to_string(), ExitCode::BadConfiguration))?;
+            }
             // Before the kernel image is parsed: the build runs confined too.
             let line = crate::sandbox::restrict_vmm(&self.resources.landlock_rules())
                 .map_err(|e| StartError::Build(e.to_string(), ExitCode::BadConfiguration))?;
@@ -80,7 +87,10 @@ impl Controller {
                 BuildError::Kernel(_)
                 | BuildError::MissingKernelConfig
                 | BuildError::Virtio(
-                    AttachError::Block(_) | AttachError::NoSlot | AttachError::Cmdline(_),
+                    AttachError::Block(_)
+                    | AttachError::Net(_)
+                    | AttachError::NoSlot
+                    | AttachError::Cmdline(_),
                 ) => ExitCode::BadConfiguration,
                 _ => ExitCode::VmmError,
             };
@@ -106,6 +116,7 @@ impl Controller {
             }))),
             VmmAction::GetMachineConfig => Ok(json(&self.resources.machine_config)),
             VmmAction::GetFullConfig => Ok(VmmData::Json(self.resources.to_full_config())),
+            VmmAction::GetFirewall(id) => self.get_firewall(&id),
             action if self.running.is_none() => self.preboot(action),
             action => self.runtime(action),
         }
@@ -156,6 +167,7 @@ impl Controller {
                 self.resources.entropy = Some(entropy);
                 Ok(VmmData::Empty)
             }
+            VmmAction::PutNetworkInterface(iface) => self.put_network_interface(*iface),
             VmmAction::PutLogger(config) => crate::logger::configure(&config)
                 .map(|_| VmmData::Empty)
                 .map_err(|e| ActionError::InvalidConfig(crate::error_chain(&e))),
@@ -176,11 +188,13 @@ impl Controller {
             | VmmAction::FlushMetrics
             | VmmAction::Pause
             | VmmAction::Resume
-            | VmmAction::PatchDrive(_) => Err(ActionError::NotSupportedPreBoot),
+            | VmmAction::PatchDrive(_)
+            | VmmAction::PatchNetworkInterface(_) => Err(ActionError::NotSupportedPreBoot),
             VmmAction::GetInstanceInfo
             | VmmAction::GetVersion
             | VmmAction::GetMachineConfig
-            | VmmAction::GetFullConfig => unreachable_query(),
+            | VmmAction::GetFullConfig
+            | VmmAction::GetFirewall(_) => unreachable_query(),
         }
     }
 
@@ -217,18 +231,21 @@ impl Controller {
                 .map(|_| VmmData::Empty)
                 .map_err(|e| ActionError::Runtime(e.to_string())),
             VmmAction::PatchDrive(update) => self.patch_drive(&update),
+            VmmAction::PatchNetworkInterface(update) => self.patch_network_interface(&update),
             VmmAction::PutMachineConfig(_)
             | VmmAction::PatchMachineConfig(_)
             | VmmAction::PutBootSource(_)
             | VmmAction::PutDrive(_)
             | VmmAction::PutEntropy(_)
+            | VmmAction::PutNetworkInterface(_)
             | VmmAction::PutLogger(_)
             | VmmAction::PutMetrics(_)
             | VmmAction::InstanceStart => Err(ActionError::NotSupportedPostBoot),
             VmmAction::GetInstanceInfo
             | VmmAction::GetVersion
             | VmmAction::GetMachineConfig
-            | VmmAction::GetFullConfig => unreachable_query(),
+            | VmmAction::GetFullConfig
+            | VmmAction::GetFirewall(_) => unreachable_query(),
         }
     }
 }

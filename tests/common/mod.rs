@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod api;
+pub mod netns;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,8 @@ pub struct TestVm {
     pub dir: tempfile::TempDir,
     pub config: serde_json::Value,
     pub args: Vec<String>,
+    /// A network namespace (`ip netns` name) the VMM runs in, for tap devices.
+    pub netns: Option<String>,
 }
 
 /// The outcome of a VM that ran to its end.
@@ -136,6 +139,7 @@ impl TestVm {
             dir: tempfile::tempdir().expect("temp dir"),
             config,
             args: vec!["--no-api".into(), "--boot-timer".into()],
+            netns: None,
         }
     }
 
@@ -150,6 +154,9 @@ impl TestVm {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(name) = &self.netns {
+            netns::run_in(&mut cmd, name);
+        }
         cmd
     }
 

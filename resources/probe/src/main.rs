@@ -13,6 +13,7 @@ mod e820;
 mod exception;
 mod mem_functions;
 mod mptable;
+mod netstack;
 mod paging;
 mod phys;
 mod platform;

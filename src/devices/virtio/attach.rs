@@ -13,6 +13,8 @@ use vm_memory::GuestAddress;
 
 use super::block::{Block, BlockError};
 use super::mmio::{MmioTransport, TransportError};
+use super::net::config::InterfaceList;
+use super::net::{Net, NetError};
 use super::rng::{Rng, RngError};
 use super::VirtioDevice;
 use crate::arch::x86_64::layout::{
@@ -47,6 +49,9 @@ pub enum AttachError {
     /// The entropy device cannot be created.
     #[error(transparent)]
     Rng(#[from] RngError),
+    /// A network interface cannot be created.
+    #[error(transparent)]
+    Net(#[from] NetError),
 }
 
 /// Where one device lives.
@@ -148,6 +153,7 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 pub struct VirtioDevices {
     blocks: Vec<Arc<Mutex<Block>>>,
     rng: Option<Arc<Mutex<Rng>>>,
+    nets: Vec<Arc<Mutex<Net>>>,
 }
 
 impl VirtioDevices {
@@ -160,6 +166,9 @@ impl VirtioDevices {
         if let Some(rng) = &self.rng {
             subs.push(rng.clone());
         }
+        for net in &self.nets {
+            subs.push(net.clone());
+        }
         subs
     }
 
@@ -168,6 +177,15 @@ impl VirtioDevices {
         self.blocks
             .iter()
             .find(|b| b.lock().unwrap_or_else(|e| e.into_inner()).id() == id)
+    }
+}
+
+impl VirtioDevices {
+    /// The network interface with this id.
+    pub fn net(&self, id: &str) -> Option<&Arc<Mutex<Net>>> {
+        self.nets
+            .iter()
+            .find(|n| n.lock().unwrap_or_else(|e| e.into_inner()).id() == id)
     }
 }
 
@@ -186,12 +204,23 @@ pub fn add_root_parameters(
     Ok(())
 }
 
-/// Creates and attaches the drives (root first) and the entropy device.
+/// What [`attach_devices`] creates.
+pub struct DeviceConfigs<'a> {
+    /// The drives, root first.
+    pub drives: &'a DriveList,
+    /// The entropy device.
+    pub entropy: Option<&'a EntropyConfig>,
+    /// The network interfaces.
+    pub nets: &'a InterfaceList,
+}
+
+/// Creates and attaches the drives (root first), the entropy device and the network
+/// interfaces.
 pub fn attach_devices(
     ctx: &mut AttachContext<'_>,
-    drives: &DriveList,
-    entropy: Option<&EntropyConfig>,
+    configs: &DeviceConfigs<'_>,
 ) -> Result<VirtioDevices, AttachError> {
+    let (drives, entropy) = (configs.drives, configs.entropy);
     let mut devices = VirtioDevices::default();
     for config in drives.iter() {
         let block = Block::new(config, METRICS.block.drive(&config.drive_id))?;
@@ -206,6 +235,12 @@ pub fn attach_devices(
         let rng = Arc::new(Mutex::new(Rng::new(config)?));
         ctx.attach(rng.clone())?;
         devices.rng = Some(rng);
+    }
+    for config in configs.nets.iter() {
+        let net = Net::new(config, METRICS.net.iface(&config.iface_id))?;
+        let net = Arc::new(Mutex::new(net));
+        ctx.attach(net.clone())?;
+        devices.nets.push(net);
     }
     Ok(devices)
 }

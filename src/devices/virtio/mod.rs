@@ -17,6 +17,7 @@ pub mod buffers;
 pub mod chain;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 

@@ -10,6 +10,11 @@ mod hello;
 mod idle;
 mod kbd;
 mod mem;
+mod net_echo;
+mod net_flood;
+mod net_rx;
+mod net_spoof;
+mod net_tx;
 mod rng;
 mod pattern;
 mod ticker;
@@ -41,6 +46,11 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: blk_hostile::NAME, run: blk_hostile::run },
     Scenario { name: blk_watch::NAME, run: blk_watch::run },
     Scenario { name: rng::NAME, run: rng::run },
+    Scenario { name: net_tx::NAME, run: net_tx::run },
+    Scenario { name: net_rx::NAME, run: net_rx::run },
+    Scenario { name: net_echo::NAME, run: net_echo::run },
+    Scenario { name: net_spoof::NAME, run: net_spoof::run },
+    Scenario { name: net_flood::NAME, run: net_flood::run },
 ];
 
 pub fn run(name: &[u8], boot: &BootInfo) {

@@ -5,11 +5,13 @@
 
 pub mod blk;
 pub mod dma;
+pub mod net;
 pub mod queue;
 
 use crate::zero_page::BootInfo;
 
 pub const MAGIC_VALUE: u32 = 0x7472_6976;
+pub const DEVICE_ID_NET: u32 = 1;
 pub const DEVICE_ID_BLOCK: u32 = 2;
 pub const DEVICE_ID_RNG: u32 = 4;
 pub const F_VERSION_1: u64 = 1 << 32;
@@ -195,7 +197,13 @@ impl MmioDevice {
         if self.status() & STATUS_FEATURES_OK == 0 {
             return Err(InitError::FeaturesRefused);
         }
-        self.write32(REG_QUEUE_SEL, 0);
+        self.setup_queue(0, queue)?;
+        Ok(features)
+    }
+
+    /// Configures queue `index` at `queue` and sets it ready (after FEATURES_OK).
+    pub fn setup_queue(&self, index: u32, queue: QueueSetup) -> Result<(), InitError> {
+        self.write32(REG_QUEUE_SEL, index);
         let max = self.read32(REG_QUEUE_NUM_MAX);
         if max == 0 || u32::from(queue.size) > max {
             return Err(InitError::NoQueue);
@@ -205,7 +213,7 @@ impl MmioDevice {
         self.write64(REG_QUEUE_AVAIL, queue.avail);
         self.write64(REG_QUEUE_USED, queue.used);
         self.write32(REG_QUEUE_READY, 1);
-        Ok(features)
+        Ok(())
     }
 
     /// DRIVER_OK; the device now serves its queue (unless it reports NEEDS_RESET).

@@ -80,6 +80,18 @@ impl Virtqueue {
         read16(self.setup.used + 2)
     }
 
+    /// The next used element, if the device has put one there (no waiting).
+    pub fn try_used(&mut self) -> Option<(u32, u32)> {
+        if self.used_idx() == self.last_used {
+            return None;
+        }
+        fence(Ordering::SeqCst);
+        let slot = u64::from(self.last_used % self.setup.size);
+        let elem = self.setup.used + 4 + slot * 8;
+        self.last_used = self.last_used.wrapping_add(1);
+        Some((read32(elem), read32(elem + 4)))
+    }
+
     /// Waits for the next used element: (id, len); None after the timeout or when `give_up`
     /// says so (checked now and then, e.g. the device asking for a reset).
     pub fn wait_used(&mut self, mut give_up: impl FnMut() -> bool) -> Option<(u32, u32)> {

@@ -2,12 +2,11 @@
 //! `firewall` object, the body of `PATCH /network-interfaces/{iface_id}`, and the Landlock
 //! rule for the flow-log file this configuration names.
 
-use std::path::PathBuf;
-
 use palisade_firewall::{parse_mac, FirewallConfig, MacAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::rate_limiter::RateLimiterConfig;
+use crate::sandbox::PathRule;
 
 /// The most network interfaces one VM may have.
 pub const MAX_INTERFACES: usize = 8;
@@ -27,6 +26,15 @@ pub enum NetConfigError {
     /// The firewall object does not validate.
     #[error("Invalid firewall of interface {0}: {1}")]
     Firewall(String, String),
+    /// The flow-log file cannot be created.
+    #[error("Cannot create the flow log {0}: {1}")]
+    FlowLog(String, String),
+    /// A ninth interface.
+    #[error("At most {MAX_INTERFACES} network interfaces are supported")]
+    TooMany,
+    /// Two interfaces on one tap, or with one MAC.
+    #[error("The {0} '{1}' is already used by interface {2}")]
+    Duplicate(&'static str, String, String),
 }
 
 /// A `network-interfaces` entry and the body of `PUT /network-interfaces/{iface_id}`.
@@ -80,7 +88,10 @@ impl NetworkInterfaceConfig {
             return Err(NetConfigError::Id(self.iface_id.clone()));
         }
         let name = self.host_dev_name.as_bytes();
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) || name.contains(&b'/')
+        if name.is_empty()
+            || name.len() >= libc::IFNAMSIZ
+            || name.contains(&0)
+            || name.contains(&b'/')
         {
             return Err(NetConfigError::HostDevName(self.host_dev_name.clone()));
         }
@@ -116,19 +127,91 @@ impl NetworkInterfaceConfig {
         }
     }
 
-    /// Files the VMM writes after its Landlock layer is in force: the flow log.
-    pub fn landlock_write_paths(&self) -> Vec<PathBuf> {
+    /// Creates the flow-log file (mode 0600, append) if it is missing, so that the Landlock
+    /// layer can name it before the firewall opens it.
+    pub fn create_flow_log(&self) -> Result<(), NetConfigError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(path) = self.firewall.as_ref().and_then(|f| f.flow_log.as_ref()) else {
+            return Ok(());
+        };
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map(drop)
+            .map_err(|e| NetConfigError::FlowLog(path.display().to_string(), e.to_string()))
+    }
+
+    /// The VMM's Landlock rules for this interface: its flow log, written (and reopened on
+    /// PATCH) after the layer is in force. The tap is opened through /dev/net/tun, a device
+    /// every VMM layer allows.
+    pub fn landlock_rules(&self) -> Vec<PathRule> {
         self.firewall
             .as_ref()
-            .and_then(|f| f.flow_log.clone())
+            .and_then(|f| f.flow_log.as_ref())
+            .map(PathRule::read_write)
             .into_iter()
             .collect()
+    }
+}
+
+/// The network interfaces of a VM, in attachment order (eth0 first).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceList(Vec<NetworkInterfaceConfig>);
+
+impl InterfaceList {
+    /// Adds an interface, or replaces the one with the same id (Firecracker's `PUT`).
+    pub fn insert(&mut self, iface: NetworkInterfaceConfig) -> Result<(), NetConfigError> {
+        iface.validate()?;
+        let others = self.0.iter().filter(|i| i.iface_id != iface.iface_id);
+        for other in others {
+            if other.host_dev_name == iface.host_dev_name {
+                let name = iface.host_dev_name.clone();
+                return Err(NetConfigError::Duplicate(
+                    "host_dev_name",
+                    name,
+                    other.iface_id.clone(),
+                ));
+            }
+            if iface.guest_mac.is_some() && other.mac()? == iface.mac()? {
+                let mac = iface.guest_mac.clone().unwrap_or_default();
+                return Err(NetConfigError::Duplicate(
+                    "guest_mac",
+                    mac,
+                    other.iface_id.clone(),
+                ));
+            }
+        }
+        match self.0.iter().position(|i| i.iface_id == iface.iface_id) {
+            Some(i) => self.0[i] = iface,
+            None if self.0.len() >= MAX_INTERFACES => return Err(NetConfigError::TooMany),
+            None => self.0.push(iface),
+        }
+        Ok(())
+    }
+
+    /// The interfaces, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &NetworkInterfaceConfig> {
+        self.0.iter()
+    }
+
+    /// The interface with this id, to record a run-time update.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut NetworkInterfaceConfig> {
+        self.0.iter_mut().find(|i| i.iface_id == id)
+    }
+
+    /// Every interface, for `GET /vm/config`.
+    pub fn as_slice(&self) -> &[NetworkInterfaceConfig] {
+        &self.0
     }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::path::PathBuf;
 
     use super::*;
 
@@ -143,10 +226,10 @@ mod tests {
         .unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.mac().unwrap(), Some([6, 0, 0xac, 0x10, 0, 2]));
-        assert_eq!(
-            cfg.landlock_write_paths(),
-            vec![PathBuf::from("/flows.jsonl")]
-        );
+        let rules = cfg.landlock_rules();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].path, PathBuf::from("/flows.jsonl"));
+        assert!(rules[0].write);
         assert!(cfg.effective_firewall().is_some());
     }
 
@@ -166,7 +249,10 @@ mod tests {
             f(&mut c);
             c.validate()
         };
-        assert!(matches!(with(&|c| c.iface_id = "a/b".into()), Err(NetConfigError::Id(_))));
+        assert!(matches!(
+            with(&|c| c.iface_id = "a/b".into()),
+            Err(NetConfigError::Id(_))
+        ));
         assert!(matches!(
             with(&|c| c.host_dev_name = "a-name-longer-than-15".into()),
             Err(NetConfigError::HostDevName(_))
@@ -179,6 +265,22 @@ mod tests {
             with(&|c| c.guest_mac = Some("06:00:00:00:00".into())),
             Err(NetConfigError::GuestMac(_))
         ));
+        let mut list = InterfaceList::default();
+        list.insert(base.clone()).unwrap();
+        let mut second = base.clone();
+        second.iface_id = "eth1".into();
+        assert!(matches!(
+            list.insert(second.clone()),
+            Err(NetConfigError::Duplicate(..))
+        ));
+        for i in 1..MAX_INTERFACES {
+            second.host_dev_name = format!("tap{i}");
+            second.iface_id = format!("eth{i}");
+            list.insert(second.clone()).unwrap();
+        }
+        second.iface_id = "eth9".into();
+        second.host_dev_name = "tap9".into();
+        assert_eq!(list.insert(second), Err(NetConfigError::TooMany));
         assert!(serde_json::from_str::<NetworkInterfaceConfig>(
             r#"{"iface_id": "eth0", "host_dev_name": "tap0", "bogus": 1}"#
         )

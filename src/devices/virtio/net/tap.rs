@@ -7,7 +7,9 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+#[cfg(test)]
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// `TUNSETIFF`: `_IOW('T', 202, int)`.
@@ -26,8 +28,6 @@ pub const TUN_F_CSUM: u32 = 0x01;
 pub const TUN_F_TSO4: u32 = 0x02;
 /// TCPv6 segmentation offload.
 pub const TUN_F_TSO6: u32 = 0x04;
-/// TSO with ECN bits.
-pub const TUN_F_TSO_ECN: u32 = 0x08;
 
 /// The virtio-net header the tap reads and writes before every frame (virtio 1.x: with
 /// `num_buffers`).

@@ -1,0 +1,295 @@
+//! The device against mock queues and a packet socket standing in for the tap.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use palisade_firewall::FirewallConfig;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use super::config::NetworkInterfaceConfig;
+use super::tap::{socket_pair, VNET_HDR_LEN};
+use super::*;
+use crate::metrics::NetDeviceMetrics;
+use crate::rate_limiter::TokenBucketConfig;
+
+const MAC: [u8; 6] = [6, 0, 10, 0, 0, 2];
+const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+
+fn memory() -> GuestMemory {
+    GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
+}
+
+fn config(firewall: Option<FirewallConfig>) -> NetworkInterfaceConfig {
+    NetworkInterfaceConfig {
+        iface_id: "eth0".into(),
+        host_dev_name: "tap0".into(),
+        guest_mac: Some("06:00:0a:00:00:02".into()),
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
+        firewall,
+    }
+}
+
+struct Rig<'a> {
+    net: Net,
+    peer: OwnedFd,
+    rxq: MockSplitQueue<'a, GuestMemory>,
+    txq: MockSplitQueue<'a, GuestMemory>,
+}
+
+fn rig(mem: &GuestMemory, cfg: NetworkInterfaceConfig) -> Rig<'_> {
+    let (tap, peer) = socket_pair();
+    let mut net = Net::with_tap(&cfg, tap, Arc::new(NetDeviceMetrics::new())).unwrap();
+    let rxq = MockSplitQueue::create(mem, GuestAddress(0), 16);
+    let txq = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
+    net.activate(ActivateContext {
+        mem: mem.clone(),
+        queues: vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()],
+        features: net.avail_features(),
+    })
+    .unwrap();
+    Rig {
+        net,
+        peer,
+        rxq,
+        txq,
+    }
+}
+
+/// An Ethernet + IPv4 + UDP frame from `src_ip` (MAC `src_mac`) to 10.0.0.1:7000.
+fn udp_frame(src_mac: [u8; 6], src_ip: [u8; 4], dst_ip: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 8 + 4];
+    f[..6].copy_from_slice(&[0xaa; 6]);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&32u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src_ip);
+    ip[16..20].copy_from_slice(&dst_ip);
+    let mut sum = 0u32;
+    for c in ip.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&7000u16.to_be_bytes());
+    f[38..40].copy_from_slice(&12u16.to_be_bytes());
+    f[42..].copy_from_slice(b"ping");
+    f
+}
+
+/// Puts `frame` (after a zero virtio-net header) in guest memory at `addr`.
+fn put_tx(mem: &GuestMemory, addr: u64, frame: &[u8]) -> u32 {
+    mem.write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(addr))
+        .unwrap();
+    mem.write_slice(frame, GuestAddress(addr + VNET_HDR_LEN as u64))
+        .unwrap();
+    (VNET_HDR_LEN + frame.len()) as u32
+}
+
+fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+    RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+}
+
+fn peer_recv(peer: &OwnedFd) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 70_000];
+    // SAFETY: recv writes at most `buf.len()` bytes into `buf`, valid for the call.
+    let n = unsafe {
+        libc::recv(
+            peer.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+fn peer_send(peer: &OwnedFd, data: &[u8]) {
+    // SAFETY: send reads `data.len()` bytes from `data`, valid for the call.
+    let n = unsafe { libc::send(peer.as_raw_fd(), data.as_ptr().cast(), data.len(), 0) };
+    assert_eq!(n, data.len() as isize);
+}
+
+fn used_len(mem: &GuestMemory, q: &MockSplitQueue<GuestMemory>, i: u64) -> u32 {
+    mem.read_obj(q.used_addr().unchecked_add(8 + 8 * i))
+        .unwrap()
+}
+
+#[test]
+fn honest_frames_reach_the_tap_and_spoofed_ones_are_consumed_and_counted() {
+    let mem = memory();
+    let fw = FirewallConfig {
+        allowed_ips: vec!["10.0.0.2/32".parse().unwrap()],
+        ..FirewallConfig::default()
+    };
+    let mut r = rig(&mem, config(Some(fw)));
+    let honest = udp_frame(MAC, [10, 0, 0, 2], [10, 0, 0, 1]);
+    let spoofed_ip = udp_frame(MAC, [10, 0, 0, 9], [10, 0, 0, 1]);
+    let spoofed_mac = udp_frame([2, 2, 2, 2, 2, 2], [10, 0, 0, 2], [10, 0, 0, 1]);
+    let l0 = put_tx(&mem, 0x10_0000, &honest);
+    let l1 = put_tx(&mem, 0x10_1000, &spoofed_ip);
+    let l2 = put_tx(&mem, 0x10_2000, &spoofed_mac);
+    r.txq
+        .add_desc_chains(
+            &[
+                desc(0x10_0000, l0, 0, 0),
+                desc(0x10_1000, l1, 0, 0),
+                desc(0x10_2000, l2, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+    r.net.process_tx();
+    assert_eq!(r.txq.used().idx().load(), 3, "every chain is consumed");
+    let sent = peer_recv(&r.peer).unwrap();
+    assert_eq!(&sent[VNET_HDR_LEN..], &honest[..]);
+    assert_eq!(
+        peer_recv(&r.peer),
+        None,
+        "spoofed frames never reach the tap"
+    );
+    let m = &r.net.metrics;
+    assert_eq!(m.tx_packets_count.count(), 1);
+    assert_eq!(m.fw_spoof_ip.count(), 1);
+    assert_eq!(m.fw_spoof_mac.count(), 1);
+    assert_eq!(m.tx_spoofed_mac_count.count(), 1);
+}
+
+#[test]
+fn bad_tx_chains_are_refused_and_a_loop_needs_a_reset() {
+    let mem = memory();
+    let mut r = rig(&mem, config(None));
+    // A header shorter than 12 bytes, and a buffer outside guest memory.
+    r.txq
+        .add_desc_chains(&[desc(0x10_0000, 4, 0, 0), desc(0x50_0000, 64, 0, 0)], 0)
+        .unwrap();
+    r.net.process_tx();
+    assert_eq!(r.txq.used().idx().load(), 2);
+    assert_eq!(r.net.metrics.tx_fails.count(), 2);
+    assert_eq!(peer_recv(&r.peer), None);
+    r.txq
+        .desc_table()
+        .store(5, desc(0x10_0000, 64, NEXT, 5))
+        .unwrap();
+    r.txq.avail().ring().ref_at(2).unwrap().store(5);
+    r.txq.avail().idx().store(3);
+    r.net.process_tx();
+    assert!(r.net.interrupt.needs_reset());
+}
+
+#[test]
+fn frames_from_the_tap_fill_one_buffer_and_dropped_ones_never_touch_guest_memory() {
+    let mem = memory();
+    let mut r = rig(&mem, config(Some(FirewallConfig::default())));
+    r.rxq
+        .add_desc_chains(
+            &[
+                desc(0x20_0000, 2048, WRITE, 0),
+                desc(0x20_1000, 2048, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+    mem.write_slice(&[0xee; 2048], GuestAddress(0x20_0000))
+        .unwrap();
+    // Inbound UDP with no ingress rule: default deny. Then ARP to the guest: passes.
+    let denied = udp_frame([0xaa; 6], [10, 0, 0, 1], [10, 0, 0, 2]);
+    let mut arp = vec![0u8; 42];
+    arp[..6].copy_from_slice(&MAC);
+    arp[6..12].copy_from_slice(&[0xaa; 6]);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    arp[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    arp[22..28].copy_from_slice(&[0xaa; 6]);
+    arp[28..32].copy_from_slice(&[10, 0, 0, 1]);
+    arp[32..38].copy_from_slice(&MAC);
+    arp[38..42].copy_from_slice(&[10, 0, 0, 2]);
+    for frame in [&denied, &arp] {
+        let mut with_hdr = vec![0u8; VNET_HDR_LEN];
+        with_hdr.extend_from_slice(frame);
+        peer_send(&r.peer, &with_hdr);
+    }
+    r.net.process_rx();
+    assert_eq!(
+        r.rxq.used().idx().load(),
+        1,
+        "only the ARP reply is delivered"
+    );
+    assert_eq!(used_len(&mem, &r.rxq, 0), (VNET_HDR_LEN + 42) as u32);
+    let mut got = vec![0u8; VNET_HDR_LEN + 42];
+    mem.read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
+    assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers is 1");
+    assert_eq!(&got[VNET_HDR_LEN..], &arp[..]);
+    assert_eq!(r.net.metrics.fw_default_deny.count(), 1);
+    assert_eq!(r.net.metrics.fw_ingress_drops.count(), 1);
+}
+
+#[test]
+fn a_frame_larger_than_the_buffer_is_dropped_and_the_buffer_returned_empty() {
+    let mem = memory();
+    let mut r = rig(&mem, config(None));
+    r.rxq
+        .add_desc_chains(&[desc(0x20_0000, 32, WRITE, 0)], 0)
+        .unwrap();
+    let mut with_hdr = vec![0u8; VNET_HDR_LEN];
+    with_hdr.extend_from_slice(&udp_frame([0xaa; 6], [10, 0, 0, 1], [10, 0, 0, 2]));
+    peer_send(&r.peer, &with_hdr);
+    r.net.process_rx();
+    assert_eq!(r.rxq.used().idx().load(), 1);
+    assert_eq!(used_len(&mem, &r.rxq, 0), 0);
+    assert_eq!(r.net.metrics.rx_fails.count(), 1);
+    assert_eq!(r.net.rx_len, 0);
+}
+
+#[test]
+fn a_throttled_tx_frame_waits_in_the_ring_and_is_judged_once() {
+    let mem = memory();
+    let mut cfg = config(None);
+    cfg.tx_rate_limiter = Some(RateLimiterConfig {
+        bandwidth: None,
+        ops: Some(TokenBucketConfig {
+            size: 1,
+            one_time_burst: None,
+            refill_time: 100,
+        }),
+    });
+    let mut r = rig(&mem, cfg);
+    let frame = udp_frame(MAC, [10, 0, 0, 2], [10, 0, 0, 1]);
+    let l = put_tx(&mem, 0x10_0000, &frame);
+    r.txq
+        .add_desc_chains(&[desc(0x10_0000, l, 0, 0), desc(0x10_0000, l, 0, 0)], 0)
+        .unwrap();
+    r.net.process_tx();
+    assert_eq!(r.txq.used().idx().load(), 1, "the second frame waits");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    r.net.tx_limiter.on_timer().unwrap();
+    r.net.process_tx();
+    assert_eq!(r.txq.used().idx().load(), 2);
+    assert!(peer_recv(&r.peer).is_some() && peer_recv(&r.peer).is_some());
+    assert_eq!(r.net.metrics.tx_packets_count.count(), 2);
+}
+
+#[test]
+fn features_offer_offloads_and_the_mac_is_the_config_space() {
+    let mem = memory();
+    let r = rig(&mem, config(None));
+    let f = r.net.avail_features();
+    assert_ne!(f & (1 << VIRTIO_NET_F_HOST_TSO4), 0);
+    assert_ne!(f & (1 << VIRTIO_NET_F_GUEST_CSUM), 0);
+    assert_ne!(f & (1 << VIRTIO_NET_F_MAC), 0);
+    let mut mac = [0u8; 6];
+    r.net.read_config(0, &mut mac);
+    assert_eq!(mac, MAC);
+    assert_eq!(tap_offloads(f), TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
+    assert_eq!(tap_offloads(f & !(1 << VIRTIO_NET_F_GUEST_CSUM)), 0);
+}

@@ -1,0 +1,151 @@
+//! Transmit: each chain of the TX queue is one frame with its virtio-net header. It is copied
+//! out of guest memory (so the guest cannot change it after the firewall looked at it),
+//! charged to the TX limiter, judged by the firewall, and written to the tap. Every chain is
+//! consumed with used length 0, whatever happened to its frame.
+
+use std::time::Instant;
+
+use palisade_firewall::{Firewall, Verdict};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+
+use super::tap::{Tap, VNET_HDR_LEN};
+use super::{count_drop, GuestLogs, Net, TX};
+use crate::devices::virtio::buffers::{self, Layout};
+use crate::devices::virtio::chain::{self, Segment};
+use crate::devices::virtio::queue::{drain, needs_interrupt, ChainOutcome, DrainEnd};
+use crate::metrics::NetDeviceMetrics;
+use crate::rate_limiter::{RateLimiter, TokenType};
+use crate::vstate::memory::GuestMemory;
+
+/// How much of a GSO frame's start the firewall reads (`egress_headers`).
+pub const HEADER_PREFIX: usize = 256;
+/// Byte of the virtio-net header holding `gso_type`.
+const GSO_TYPE: usize = 1;
+
+/// What one chain needs of the device, borrowed while the queue is borrowed too.
+struct TxWorker<'a> {
+    iface: &'a str,
+    mem: &'a GuestMemory,
+    tap: &'a mut Tap,
+    limiter: &'a mut RateLimiter,
+    firewall: Option<&'a mut Firewall>,
+    segments: &'a mut Vec<Segment>,
+    frame: &'a mut [u8],
+    metrics: &'a NetDeviceMetrics,
+    logs: &'a GuestLogs,
+    now: Instant,
+}
+
+impl TxWorker<'_> {
+    fn refuse(&self, why: &dyn std::fmt::Display) -> ChainOutcome {
+        self.metrics.tx_fails.inc();
+        if let Some(n) = self.logs.bad_chain.hit() {
+            log::warn!(
+                "Interface {}: bad TX chain refused: {why} ({n} so far)",
+                self.iface
+            );
+        }
+        ChainOutcome::Used(0)
+    }
+
+    fn handle(&mut self, queue: &Queue, head: u16) -> ChainOutcome {
+        let desc_table = GuestAddress(queue.desc_table());
+        if let Err(e) = chain::read_chain(self.mem, desc_table, queue.size(), head, self.segments) {
+            return ChainOutcome::Broken(e.into());
+        }
+        let layout = match Layout::check(self.mem, self.segments) {
+            Ok(layout) => layout,
+            Err(e) => return self.refuse(&e),
+        };
+        let len = layout.readable as usize;
+        if len < VNET_HDR_LEN || len > self.frame.len() {
+            return self.refuse(&format_args!("frame of {len} bytes with its header"));
+        }
+        if let Err(e) = buffers::read_stream(self.mem, self.segments, 0, &mut self.frame[..len]) {
+            return self.refuse(&e);
+        }
+        let frame_len = (len - VNET_HDR_LEN) as u64;
+        // Charge first: a throttled frame stays in the ring and is judged once, when it goes.
+        if !self.limiter.consume(1, TokenType::Ops) {
+            self.metrics.tx_rate_limiter_throttled.inc();
+            return ChainOutcome::Throttled;
+        }
+        if !self.limiter.consume(frame_len, TokenType::Bytes) {
+            self.limiter.manual_replenish(1, TokenType::Ops);
+            self.metrics.tx_rate_limiter_throttled.inc();
+            return ChainOutcome::Throttled;
+        }
+        if let Some(firewall) = self.firewall.as_deref_mut() {
+            let eth = &self.frame[VNET_HDR_LEN..len];
+            let verdict = if self.frame[GSO_TYPE] != 0 {
+                let prefix = &eth[..eth.len().min(HEADER_PREFIX)];
+                firewall.egress_headers(prefix, eth.len(), self.now)
+            } else {
+                firewall.egress(eth, self.now)
+            };
+            if let Verdict::Drop(reason) = verdict {
+                self.limiter.manual_replenish(1, TokenType::Ops);
+                self.limiter.manual_replenish(frame_len, TokenType::Bytes);
+                count_drop(self.metrics, reason, true);
+                return ChainOutcome::Used(0);
+            }
+        }
+        match self.tap.write_frame(&self.frame[..len]) {
+            Ok(_) => {
+                self.metrics.tx_packets_count.inc();
+                self.metrics.tx_bytes_count.add(frame_len);
+            }
+            Err(e) => {
+                self.metrics.tx_fails.inc();
+                if let Some(n) = self.logs.tap_error.hit() {
+                    log::warn!(
+                        "Interface {}: tap write failed: {e} ({n} so far)",
+                        self.iface
+                    );
+                }
+            }
+        }
+        ChainOutcome::Used(0)
+    }
+}
+
+impl Net {
+    /// Sends what the TX queue holds: at most one queue's worth of chains, then yields.
+    pub fn process_tx(&mut self) {
+        if self.interrupt.needs_reset() || self.tx_limiter.is_blocked() {
+            return;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut worker = TxWorker {
+            iface: &self.id,
+            mem: &active.mem,
+            tap: &mut self.tap,
+            limiter: &mut self.tx_limiter,
+            firewall: self.firewall.as_mut(),
+            segments: &mut self.segments,
+            frame: &mut self.tx_frame,
+            metrics: &self.metrics,
+            logs: &self.logs,
+            now: Instant::now(),
+        };
+        let (end, used_any) = drain(&mut active.tx, &active.mem, |q, head| {
+            worker.handle(q, head)
+        });
+        let interrupt = used_any && needs_interrupt(&mut active.tx, &active.mem);
+        if interrupt {
+            self.signal_used();
+        }
+        match end {
+            DrainEnd::Empty | DrainEnd::Throttled => {}
+            DrainEnd::Budget => {
+                if self.queue_events[TX].write(1).is_err() {
+                    self.metrics.event_fails.inc();
+                }
+            }
+            DrainEnd::Broken(e) => self.enter_needs_reset(&e),
+        }
+    }
+}

@@ -6,12 +6,16 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-# Tools the API tests use as a client running under another uid.
+# Tools the tests use: curl as an API client under another uid (setpriv), ip for network
+# namespaces and taps, unshare/dmesg (util-linux), debugfs (e2fsprogs), python3 for benches.
 missing=()
-for tool in curl setpriv; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in curl setpriv unshare dmesg ip debugfs python3; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
 if ((${#missing[@]})); then
     apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl util-linux >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl util-linux iproute2 e2fsprogs \
+        python3 >&2
 fi
 
 echo "== probe guest" >&2

@@ -1,5 +1,10 @@
 //! A real Linux kernel (the slim test guest from resources/guest) boots under Palisade to
-//! user space and powers off. Slow on hosts without VMX/SVM: generous timeouts, few boots.
+//! user space, runs in-guest checks and powers off. Slow on hosts without VMX/SVM (the
+//! guest kernel runs emulated, ~13 s per boot on the dev host): generous timeouts, few
+//! boots, each running all the checks it can.
+//!
+//! The guest's init (resources/guest/init) runs the checks named by `palisade.test=a,b`
+//! on the command line and prints `palisade-result: NAME pass|fail DETAIL` for each.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -11,21 +16,23 @@ use common::{kvm_available, linux_guest_dir, GuestRun, TestVm};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(600);
+const MEM_MIB: u64 = 128;
 
-fn boot_linux(kernel: &str) -> GuestRun {
+/// Boots `kernel` from the guest build with its initramfs and runs `checks` in the guest.
+fn boot_linux(kernel: &str, vcpus: u8, checks: &str) -> GuestRun {
     let dir = linux_guest_dir();
     let boot_args = std::fs::read_to_string(dir.join("boot_args")).expect("boot_args");
     let vm = TestVm::new(json!({
         "boot-source": {
             "kernel_image_path": dir.join(kernel),
             "initrd_path": dir.join("initramfs.cpio"),
-            "boot_args": boot_args.trim(),
+            "boot_args": format!("{} palisade.test={checks}", boot_args.trim()),
         },
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        "machine-config": {"vcpu_count": vcpus, "mem_size_mib": MEM_MIB},
     }));
     let run = vm.run(TIMEOUT);
     println!(
-        "{kernel}: VMM exited after {:.1} s; {}",
+        "{kernel}, {vcpus} vCPU(s): VMM exited after {:.1} s; {}",
         run.elapsed.as_secs_f64(),
         run.stderr
             .lines()
@@ -35,7 +42,39 @@ fn boot_linux(kernel: &str) -> GuestRun {
     run
 }
 
-fn assert_reached_user_space(run: &GuestRun) {
+/// The guest's verdict on check `name`: (passed, detail), or None if it never reported.
+fn guest_result<'a>(run: &'a GuestRun, name: &str) -> Option<(bool, &'a str)> {
+    let prefix = format!("palisade-result: {name} ");
+    let rest = run
+        .stdout
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix(prefix.as_str()))?;
+    let (status, detail) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((status == "pass", detail))
+}
+
+/// The detail of check `name`, which must have passed.
+fn assert_guest_pass<'a>(run: &'a GuestRun, name: &str) -> &'a str {
+    match guest_result(run, name) {
+        Some((true, detail)) => detail,
+        other => panic!(
+            "guest check {name}: {other:?}\n--- stdout\n{}\n--- stderr\n{}",
+            run.stdout, run.stderr
+        ),
+    }
+}
+
+/// `key=value` from a check's detail.
+fn field<'a>(detail: &'a str, key: &str) -> &'a str {
+    detail
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {detail:?}"))
+}
+
+/// User space was reached, the boot timer fired, all checks ran and the guest powered
+/// off through the i8042 with the VMM exiting 0.
+fn assert_booted_and_powered_off(run: &GuestRun) {
     run.assert_success();
     assert!(
         run.stdout.contains("palisade-guest: ready"),
@@ -49,28 +88,60 @@ fn assert_reached_user_space(run: &GuestRun) {
         run.stderr
     );
     assert!(
+        run.stdout.contains("palisade-guest: done"),
+        "the guest's check runner did not finish:\n{}",
+        run.stdout
+    );
+    assert!(
         run.stderr.contains("reset through the i8042"),
         "the guest did not power off through the i8042:\n{}",
         run.stderr
     );
 }
 
-#[test]
-fn linux_vmlinux_boots_to_init_through_pvh_and_powers_off() {
-    if !kvm_available("linux_vmlinux_boots_to_init_through_pvh_and_powers_off") {
-        return;
-    }
-    let run = boot_linux("vmlinux");
-    assert!(run.stderr.contains("(Pvh)"), "{}", run.stderr);
-    assert_reached_user_space(&run);
+/// The `info` check: the guest sees `vcpus` CPUs, the configured memory less the
+/// kernel's own reservations, and the 6.1 kernel of the guest build.
+fn assert_info(run: &GuestRun, vcpus: u32) {
+    let detail = assert_guest_pass(run, "info");
+    let cpus: u32 = field(detail, "cpus").parse().unwrap();
+    assert_eq!(cpus, vcpus, "{detail}");
+    // MemTotal: all RAM minus what the kernel keeps (its image, memmap, reserved low
+    // memory): ~113 MiB of 128 here. At least 3/4 of the configured size, never more.
+    let mem_kib: u64 = field(detail, "mem_kib").parse().unwrap();
+    assert!(
+        (MEM_MIB * 1024 * 3 / 4..MEM_MIB * 1024).contains(&mem_kib),
+        "MemTotal {mem_kib} KiB for {MEM_MIB} MiB of guest memory: {detail}"
+    );
+    let kernel = field(detail, "kernel");
+    assert!(kernel.starts_with("6.1."), "{detail}");
 }
 
 #[test]
-fn linux_bzimage_boots_to_init_through_the_64_bit_protocol() {
-    if !kvm_available("linux_bzimage_boots_to_init_through_the_64_bit_protocol") {
+fn linux_vmlinux_boots_through_pvh_on_one_vcpu_and_runs_info() {
+    if !kvm_available("linux_vmlinux_boots_through_pvh_on_one_vcpu_and_runs_info") {
         return;
     }
-    let run = boot_linux("bzImage");
+    let run = boot_linux("vmlinux", 1, "info,no-such-check");
+    assert!(run.stderr.contains("(Pvh)"), "{}", run.stderr);
+    assert_booted_and_powered_off(&run);
+    assert_info(&run, 1);
+    // The runner reports an unknown check as failed and goes on.
+    assert_eq!(
+        guest_result(&run, "no-such-check"),
+        Some((false, "no such check"))
+    );
+}
+
+/// bzImage through the 64-bit boot protocol, on two vCPUs: AP bring-up through the MP
+/// table and the in-kernel local APIC (the guest build keeps off KVM's PV IPIs).
+#[test]
+fn linux_bzimage_boots_through_the_64_bit_protocol_on_two_vcpus_and_runs_info() {
+    if !kvm_available("linux_bzimage_boots_through_the_64_bit_protocol_on_two_vcpus_and_runs_info")
+    {
+        return;
+    }
+    let run = boot_linux("bzImage", 2, "info");
     assert!(run.stderr.contains("(Linux64)"), "{}", run.stderr);
-    assert_reached_user_space(&run);
+    assert_booted_and_powered_off(&run);
+    assert_info(&run, 2);
 }

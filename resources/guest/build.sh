@@ -31,7 +31,8 @@ linux_pkg=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 busybox_pkg=$(dpkg-query -W -f='${Version}' busybox-static)
 
 # --- 2. Inputs hash: reuse a finished output -----------------------------------------
-sums=$(cd "$here" && sha256sum build.sh config-fragment boot_args init fstab patches/*.patch)
+sums=$(cd "$here" && sha256sum build.sh config-fragment boot_args init fstab patches/*.patch \
+       checks/*)
 hash=$(printf '%s\nlinux-source-6.1 %s busybox-static %s\n' "$sums" "$linux_pkg" \
        "$busybox_pkg" | sha256sum | cut -c1-16)
 out=$cache/guest/$hash
@@ -118,7 +119,13 @@ file /bin/busybox /bin/busybox 755 0 0
 slink /bin/sh busybox 777 0 0
 file /etc/fstab $here/fstab 644 0 0
 file /init $here/init 755 0 0
+dir /lib 755 0 0
+dir /lib/palisade 755 0 0
+dir /lib/palisade/checks 755 0 0
 EOF
+for c in "$here"/checks/*; do
+    printf 'file /lib/palisade/checks/%s %s 644 0 0\n' "${c##*/}" "$c" >>"$tmp/initramfs.list"
+done
 "$tmp/gen_init_cpio" -t 0 "$tmp/initramfs.list" >"$tmp/initramfs.cpio"
 rm "$tmp/gen_init_cpio" "$tmp/initramfs.list"
 
@@ -129,6 +136,8 @@ cp /bin/busybox "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 cp "$here/init" "$root/sbin/init"
 cp "$here/fstab" "$root/etc/fstab"
+mkdir -p "$root/lib/palisade/checks"
+cp "$here"/checks/* "$root/lib/palisade/checks/"
 # Root on /dev/vda: the kernel mounts devtmpfs on /dev itself (DEVTMPFS_MOUNT).
 mkfs.ext4 -q -F -L palisade-root -d "$root" "$tmp/rootfs.ext4" 32M >/dev/null
 rm -rf "$root"

@@ -321,10 +321,10 @@ metric_group! {
         palisade: PalisadeMetrics,
         /// One `block_<drive_id>` group per drive.
         #[serde(flatten)]
-        block: BlockMetricsRegistry,
+        block: DeviceRegistry<BlockDeviceMetrics>,
         /// One `net_<iface_id>` group per network interface.
         #[serde(flatten)]
-        net: NetMetricsRegistry,
+        net: DeviceRegistry<NetDeviceMetrics>,
         /// The entropy device (virtio-rng).
         entropy: EntropyDeviceMetrics,
         /// The virtio-mmio transports.
@@ -587,29 +587,43 @@ metric_group! {
     }
 }
 
-/// The per-drive groups, each serialised as a top-level `block_<drive_id>` key.
-#[derive(Debug, Default)]
-pub struct BlockMetricsRegistry(Mutex<BTreeMap<String, Arc<BlockDeviceMetrics>>>);
+/// A device's metrics group that is reported once per device, as `<PREFIX><id>`.
+pub trait PerDeviceGroup: Default + Serialize {
+    /// Prefix of the top-level key, e.g. `block_`.
+    const PREFIX: &'static str;
+}
 
-impl BlockMetricsRegistry {
-    /// No drives.
+impl PerDeviceGroup for BlockDeviceMetrics {
+    const PREFIX: &'static str = "block_";
+}
+
+impl PerDeviceGroup for NetDeviceMetrics {
+    const PREFIX: &'static str = "net_";
+}
+
+/// The groups of every device of one kind, each serialised as a top-level `<PREFIX><id>` key.
+#[derive(Debug, Default)]
+pub struct DeviceRegistry<T>(Mutex<BTreeMap<String, Arc<T>>>);
+
+impl<T: PerDeviceGroup> DeviceRegistry<T> {
+    /// No devices.
     pub const fn new() -> Self {
         Self(Mutex::new(BTreeMap::new()))
     }
 
-    /// The group of drive `id`, created on first use.
-    pub fn drive(&self, id: &str) -> Arc<BlockDeviceMetrics> {
+    /// The group of device `id`, created on first use.
+    pub fn get(&self, id: &str) -> Arc<T> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(id.to_string()).or_default().clone()
     }
 }
 
-impl Serialize for BlockMetricsRegistry {
+impl<T: PerDeviceGroup> Serialize for DeviceRegistry<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let drives = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut map = serializer.serialize_map(Some(drives.len()))?;
-        for (id, metrics) in drives.iter() {
-            map.serialize_entry(&format!("block_{id}"), metrics.as_ref())?;
+        let devices = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = serializer.serialize_map(Some(devices.len()))?;
+        for (id, metrics) in devices.iter() {
+            map.serialize_entry(&format!("{}{id}", T::PREFIX), metrics.as_ref())?;
         }
         map.end()
     }
@@ -720,34 +734,6 @@ metric_group! {
         update_count: Counter,
         /// Times the device asked the driver for a reset (Palisade's).
         needs_reset_count: Counter,
-    }
-}
-
-/// The per-interface groups, each serialised as a top-level `net_<iface_id>` key.
-#[derive(Debug, Default)]
-pub struct NetMetricsRegistry(Mutex<BTreeMap<String, Arc<NetDeviceMetrics>>>);
-
-impl NetMetricsRegistry {
-    /// No interfaces.
-    pub const fn new() -> Self {
-        Self(Mutex::new(BTreeMap::new()))
-    }
-
-    /// The group of interface `id`, created on first use.
-    pub fn iface(&self, id: &str) -> Arc<NetDeviceMetrics> {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(id.to_string()).or_default().clone()
-    }
-}
-
-impl Serialize for NetMetricsRegistry {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let ifaces = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut map = serializer.serialize_map(Some(ifaces.len()))?;
-        for (id, metrics) in ifaces.iter() {
-            map.serialize_entry(&format!("net_{id}"), metrics.as_ref())?;
-        }
-        map.end()
     }
 }
 

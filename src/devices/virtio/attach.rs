@@ -223,7 +223,7 @@ pub fn attach_devices(
     let (drives, entropy) = (configs.drives, configs.entropy);
     let mut devices = VirtioDevices::default();
     for config in drives.iter() {
-        let block = Block::new(config, METRICS.block.drive(&config.drive_id))?;
+        let block = Block::new(config, METRICS.block.get(&config.drive_id))?;
         if block.is_root() {
             add_root_parameters(ctx.cmdline, block.partuuid(), block.is_read_only())?;
         }
@@ -237,7 +237,7 @@ pub fn attach_devices(
         devices.rng = Some(rng);
     }
     for config in configs.nets.iter() {
-        let net = Net::new(config, METRICS.net.iface(&config.iface_id))?;
+        let net = Net::new(config, METRICS.net.get(&config.iface_id))?;
         let net = Arc::new(Mutex::new(net));
         ctx.attach(net.clone())?;
         devices.nets.push(net);

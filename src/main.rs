@@ -74,6 +74,24 @@ struct Cli {
     /// Do not confine the VMM with its own Landlock layer at InstanceStart.
     #[arg(long)]
     no_landlock: bool,
+    /// Put the level in every log line.
+    #[arg(long)]
+    show_level: bool,
+    /// Put the source file and line in every log line.
+    #[arg(long)]
+    show_log_origin: bool,
+    /// Only log lines from modules whose path starts with this.
+    #[arg(long, value_name = "MODULE")]
+    module: Option<String>,
+    /// Firecracker's jailer passes its start time; accepted for compatibility, unused.
+    #[arg(long, value_name = "US", hide = true)]
+    start_time_us: Option<u64>,
+    /// Firecracker's jailer passes its CPU start time; accepted for compatibility, unused.
+    #[arg(long, value_name = "US", hide = true)]
+    start_time_cpu_us: Option<u64>,
+    /// Firecracker's jailer passes its parent's CPU time; accepted for compatibility, unused.
+    #[arg(long, value_name = "US", hide = true)]
+    parent_cpu_time_us: Option<u64>,
 }
 
 /// Firecracker's rule for instance ids: alphanumeric and '-', 1 to 64 characters.
@@ -122,6 +140,18 @@ fn run(cli: &Cli, start: Instant) -> i32 {
     }
     if cli.no_api && cli.config_file.is_none() {
         return fail("--no-api needs --config-file", ExitCode::ArgParsing);
+    }
+    if cli.show_level || cli.show_log_origin || cli.module.is_some() {
+        let format = logger::LoggerConfig {
+            level: Some(cli.level),
+            show_level: Some(cli.show_level),
+            show_log_origin: Some(cli.show_log_origin),
+            module: cli.module.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = logger::configure(&format) {
+            return fail(error_chain(&e), ExitCode::BadConfiguration);
+        }
     }
     if let Some(path) = &cli.log_path {
         if let Err(e) = logger::set_log_path(path) {

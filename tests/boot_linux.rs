@@ -42,28 +42,6 @@ fn boot_linux(kernel: &str, vcpus: u8, checks: &str) -> GuestRun {
     run
 }
 
-/// The guest's verdict on check `name`: (passed, detail), or None if it never reported.
-fn guest_result<'a>(run: &'a GuestRun, name: &str) -> Option<(bool, &'a str)> {
-    let prefix = format!("palisade-result: {name} ");
-    let rest = run
-        .stdout
-        .lines()
-        .find_map(|l| l.trim_end().strip_prefix(prefix.as_str()))?;
-    let (status, detail) = rest.split_once(' ').unwrap_or((rest, ""));
-    Some((status == "pass", detail))
-}
-
-/// The detail of check `name`, which must have passed.
-fn assert_guest_pass<'a>(run: &'a GuestRun, name: &str) -> &'a str {
-    match guest_result(run, name) {
-        Some((true, detail)) => detail,
-        other => panic!(
-            "guest check {name}: {other:?}\n--- stdout\n{}\n--- stderr\n{}",
-            run.stdout, run.stderr
-        ),
-    }
-}
-
 /// `key=value` from a check's detail.
 fn field<'a>(detail: &'a str, key: &str) -> &'a str {
     detail
@@ -102,7 +80,7 @@ fn assert_booted_and_powered_off(run: &GuestRun) {
 /// The `info` check: the guest sees `vcpus` CPUs, the configured memory less the
 /// kernel's own reservations, and the 6.1 kernel of the guest build.
 fn assert_info(run: &GuestRun, vcpus: u32) {
-    let detail = assert_guest_pass(run, "info");
+    let detail = run.assert_guest_pass("info");
     let cpus: u32 = field(detail, "cpus").parse().unwrap();
     assert_eq!(cpus, vcpus, "{detail}");
     // MemTotal: all RAM minus what the kernel keeps (its image, memmap, reserved low
@@ -127,7 +105,7 @@ fn linux_vmlinux_boots_through_pvh_on_one_vcpu_and_runs_info() {
     assert_info(&run, 1);
     // The runner reports an unknown check as failed and goes on.
     assert_eq!(
-        guest_result(&run, "no-such-check"),
+        run.guest_result("no-such-check"),
         Some((false, "no such check"))
     );
 }

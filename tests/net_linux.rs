@@ -66,28 +66,6 @@ fn linux_net_vm(ns: &TapNetns, checks: &str) -> TestVm {
     vm
 }
 
-/// The guest's verdict on check `name`: (passed, detail), or None if it never reported.
-fn guest_result<'a>(run: &'a GuestRun, name: &str) -> Option<(bool, &'a str)> {
-    let prefix = format!("palisade-result: {name} ");
-    let rest = run
-        .stdout
-        .lines()
-        .find_map(|l| l.trim_end().strip_prefix(prefix.as_str()))?;
-    let (status, detail) = rest.split_once(' ').unwrap_or((rest, ""));
-    Some((status == "pass", detail))
-}
-
-/// The detail of check `name`, which must have passed.
-fn assert_guest_pass<'a>(run: &'a GuestRun, name: &str) -> &'a str {
-    match guest_result(run, name) {
-        Some((true, detail)) => detail,
-        other => panic!(
-            "guest check {name}: {other:?}\n--- stdout\n{}\n--- stderr\n{}",
-            run.stdout, run.stderr
-        ),
-    }
-}
-
 /// The VMM exited 0 after the guest configured eth0 and ran all its checks.
 fn assert_ran_to_the_end(run: &GuestRun) {
     run.assert_success();
@@ -229,18 +207,18 @@ fn linux_guest_reaches_allowed_ports_and_not_denied_ones() {
     // Inbound: the SYN to the guest's port 9000 was dropped (not refused by the guest, not
     // accepted), and the listener saw nothing.
     assert_eq!(inbound, "timeout", "host -> guest:9000");
-    assert_guest_pass(&run, "inbound-listen");
-    let blocked = assert_guest_pass(&run, "inbound-blocked");
+    run.assert_guest_pass("inbound-listen");
+    let blocked = run.assert_guest_pass("inbound-blocked");
     assert_eq!(blocked, "listener=waiting received_bytes=0");
 
     // Outbound: ping and TCP 8000 work both ways, 8001 never connects.
-    let ping = assert_guest_pass(&run, "ping");
+    let ping = run.assert_guest_pass("ping");
     assert!(ping.contains("1 packets received"), "{ping}");
-    let reply = assert_guest_pass(&run, "tcp-allowed");
+    let reply = run.assert_guest_pass("tcp-allowed");
     assert_eq!(reply, "reply=host-got=hello-from-guest inbound=timeout");
     assert_eq!(allowed.len(), 1, "{allowed:?}");
     assert_eq!(allowed[0].first_line, "hello-from-guest");
-    let refused = assert_guest_pass(&run, "tcp-denied");
+    let refused = run.assert_guest_pass("tcp-denied");
     assert!(denied.is_empty(), "8001 accepted {denied:?} ({refused})");
 
     let m = net_totals(&vm);
@@ -277,9 +255,9 @@ fn linux_guest_spoofing_is_dropped_while_traffic_flows() {
     let allowed = allowed.join().unwrap();
     println!("VMM exited after {:.1} s", run.elapsed.as_secs_f64());
     assert_ran_to_the_end(&run);
-    assert_guest_pass(&run, "ping");
-    let spoof = assert_guest_pass(&run, "spoof");
-    let reply = assert_guest_pass(&run, "tcp-allowed");
+    run.assert_guest_pass("ping");
+    let spoof = run.assert_guest_pass("spoof");
+    let reply = run.assert_guest_pass("tcp-allowed");
     assert_eq!(reply, "reply=host-got=hello-from-guest");
     assert_eq!(allowed.len(), 1, "{allowed:?}");
 
@@ -312,7 +290,7 @@ fn linux_guest_tcp_throughput_to_host() {
     let conns = sink.join().unwrap();
     println!("host side: {conns:?}");
     assert_ran_to_the_end(&run);
-    let guest = assert_guest_pass(&run, "tcp-throughput");
+    let guest = run.assert_guest_pass("tcp-throughput");
     assert_eq!(conns.len(), 1, "{conns:?}");
     let c = &conns[0];
     assert_eq!(c.bytes, 2 << 20, "{c:?}");

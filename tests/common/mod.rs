@@ -97,6 +97,29 @@ impl GuestRun {
             .find(|rest| rest.starts_with("ok") || rest.starts_with("fail"))
     }
 
+    /// The Linux guest's verdict on check `name`: (passed, detail), or None if it never
+    /// reported.
+    pub fn guest_result(&self, name: &str) -> Option<(bool, &str)> {
+        let prefix = format!("palisade-result: {name} ");
+        let rest = self
+            .stdout
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix(prefix.as_str()))?;
+        let (status, detail) = rest.split_once(' ').unwrap_or((rest, ""));
+        Some((status == "pass", detail))
+    }
+
+    /// The detail of the Linux guest's check `name`, which must have passed.
+    pub fn assert_guest_pass(&self, name: &str) -> &str {
+        match self.guest_result(name) {
+            Some((true, detail)) => detail,
+            other => panic!(
+                "guest check {name}: {other:?}\n--- stdout\n{}\n--- stderr\n{}",
+                self.stdout, self.stderr
+            ),
+        }
+    }
+
     /// Panics with the whole output unless the VMM exited 0.
     pub fn assert_success(&self) {
         assert!(

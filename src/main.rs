@@ -1,17 +1,5 @@
 //! `palisade`: a KVM microVM monitor that draws the provider-side security boundary.
 
-mod api;
-mod arch;
-mod config;
-mod devices;
-mod logger;
-mod metrics;
-mod rate_limiter;
-mod sandbox;
-mod seccomp;
-mod vmm;
-mod vstate;
-
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -19,13 +7,14 @@ use std::time::Instant;
 use clap::Parser;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::api::{ServerConfig, VmmLink};
-use crate::config::{host_memory_mib, ConfigError, VmConfig, VmResources};
-use crate::vmm::builder::BuildOptions;
-use crate::vmm::controller::{Controller, StartError};
-use crate::vmm::event_loop::{self, ApiChannel};
-use crate::vmm::RunError;
-use crate::vstate::exit::{ExitCode, ExitRequest};
+use palisade::api::{ServerConfig, VmmLink};
+use palisade::config::{host_memory_mib, ConfigError, VmConfig, VmResources};
+use palisade::vmm::builder::BuildOptions;
+use palisade::vmm::controller::{Controller, StartError};
+use palisade::vmm::event_loop::{self, ApiChannel};
+use palisade::vmm::RunError;
+use palisade::vstate::exit::{ExitCode, ExitRequest};
+use palisade::{api, devices, error_chain, logger, metrics, seccomp};
 
 /// Command line. Flag names follow Firecracker's where Firecracker has the flag.
 #[derive(Debug, Parser)]
@@ -47,7 +36,7 @@ struct Cli {
     #[arg(long, default_value = "anonymous-instance", value_parser = parse_id)]
     id: String,
     /// Log level: Error, Warning, Info, Debug, Trace or Off.
-    #[arg(long, default_value = "Info", value_parser = logger::parse_level)]
+    #[arg(long, default_value = "Info", value_parser = palisade::logger::parse_level)]
     level: log::LevelFilter,
     /// Write the log to this file or named pipe instead of stderr.
     #[arg(long, value_name = "PATH")]
@@ -56,7 +45,7 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     metrics_path: Option<String>,
     /// Largest API request body in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = api::DEFAULT_MAX_PAYLOAD)]
+    #[arg(long, value_name = "BYTES", default_value_t = palisade::api::DEFAULT_MAX_PAYLOAD)]
     http_api_max_payload_size: usize,
     /// Append one JSON line per API request and refused connection to this file.
     #[arg(long, value_name = "PATH")]
@@ -270,19 +259,4 @@ fn start_api(cli: &Cli, seccomp: Arc<seccomp::SeccompFilters>) -> Result<ApiChan
         responses: response_tx,
         event,
     })
-}
-
-/// "outer: inner: innermost" on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }

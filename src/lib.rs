@@ -1,0 +1,31 @@
+//! Palisade as a library: the VMM's modules, so that the binary (`main.rs`), the fuzz
+//! targets and unit tests share one build of them. Imports go downward only (DESIGN.md):
+//! api -> vmm -> config -> devices / vstate / arch -> the ground (metrics, logger, rate
+//! limiter, sandbox).
+
+pub mod api;
+pub mod arch;
+pub mod config;
+pub mod devices;
+pub mod logger;
+pub mod metrics;
+pub mod rate_limiter;
+pub mod sandbox;
+pub mod seccomp;
+pub mod vmm;
+pub mod vstate;
+
+/// "outer: inner: innermost" on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -88,7 +88,7 @@ impl TxWorker<'_> {
                 self.limiter.manual_replenish(1, TokenType::Ops);
                 self.limiter.manual_replenish(frame_len, TokenType::Bytes);
                 count_drop(self.metrics, reason, true);
-                return ChainOutcome::Used(0);
+                return moved(len);
             }
         }
         match self.tap.write_frame(&self.frame[..len]) {
@@ -106,7 +106,16 @@ impl TxWorker<'_> {
                 }
             }
         }
-        ChainOutcome::Used(0)
+        moved(len)
+    }
+}
+
+/// A TX chain is used with length 0 (nothing written to the guest), its frame charged to
+/// the drain's byte budget.
+fn moved(len: usize) -> ChainOutcome {
+    ChainOutcome::Moved {
+        used_len: 0,
+        moved: len as u64,
     }
 }
 

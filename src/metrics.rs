@@ -508,6 +508,8 @@ metric_group! {
         read_count: Counter,
         /// Bytes written by the guest.
         write_count: Counter,
+        /// Output bytes dropped over the console's rate limit (Palisade's).
+        dropped_bytes: Counter,
     }
 }
 

@@ -245,22 +245,34 @@ fn an_inherited_writable_descriptor_is_closed_and_nothing_inherited_is_writable_
         .open(&host)
         .unwrap();
     let raw = file.as_raw_fd();
+    let targets = Targets::new(sandbox.uid);
     let mut cmd = sandbox.jailer(&id, &probe);
-    cmd.args(["--cgroup", "pids.max=32", "--", "--attack"]);
-    // SAFETY: dup2 is async-signal-safe; it runs in the forked child before exec.
-    unsafe {
-        cmd.pre_exec(move || match libc::dup2(raw, 7) {
+    cmd.args(["--new-pid-ns", "--cgroup", "pids.max=32", "--cgroup"]);
+    cmd.args(["memory.limit_in_bytes=64M", "--"]);
+    cmd.args(targets.probe_args(&sandbox.base.join("outside")));
+    let to_fd7 = move || {
+        // SAFETY: dup2 is async-signal-safe and only duplicates a descriptor.
+        match unsafe { libc::dup2(raw, 7) } {
             7 => Ok(()),
             _ => Err(std::io::Error::last_os_error()),
-        });
-    }
+        }
+    };
+    // SAFETY: the closure only calls dup2, which is safe between fork and exec.
+    unsafe { cmd.pre_exec(to_fd7) };
     let run = run(cmd, TIMEOUT);
     run.assert_success();
     let lines = run.probe_lines();
     assert_outcomes(&run, &lines, &[]);
     // Only the instance lock crosses exec, read-only.
-    assert_eq!(detail(&lines, "open_fds"), "open fds [3:r:file]");
-    assert!(detail(&lines, "write_inherited_fds").contains("fd 3 (file): write EBADF"));
+    let fds = detail(&lines, "open_fds");
+    let list: Vec<&str> = fds
+        .trim_start_matches("open fds [")
+        .trim_end_matches(']')
+        .split(',')
+        .collect();
+    assert!(list.len() == 1 && list[0].ends_with(":r:file"), "{fds}");
+    assert!(!list[0].starts_with("7:"), "{fds}");
+    assert!(detail(&lines, "write_inherited_fds").contains("(file): write EBADF, ftruncate EINVAL"));
     assert!(detail(&lines, "rewrite_pid_file").contains("EACCES"));
     assert_eq!(std::fs::read_to_string(&host).unwrap(), "host\n");
     let pid = std::fs::read_to_string(root.join("jail-probe.pid")).unwrap();

@@ -87,7 +87,11 @@ pub fn write_inherited(own: Option<RawFd>) -> Outcome {
     match written.is_empty() {
         true if details.is_empty() => Outcome::blocked("no descriptor above stderr"),
         true => Outcome::blocked(details.join("; ")),
-        false => Outcome::allowed(format!("wrote {}: {}", written.join(", "), details.join("; "))),
+        false => Outcome::allowed(format!(
+            "wrote {}: {}",
+            written.join(", "),
+            details.join("; ")
+        )),
     }
 }
 

@@ -155,7 +155,11 @@ fn attack(args: &Args, r: &mut Report) {
         "write_inherited_fds",
         fd_attempts::write_inherited(own),
     );
-    r.attempt("attack", "rewrite_pid_file", fd_attempts::rewrite_pid_file());
+    r.attempt(
+        "attack",
+        "rewrite_pid_file",
+        fd_attempts::rewrite_pid_file(),
+    );
 
     r.attempt(
         "attack",

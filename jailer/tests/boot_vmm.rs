@@ -101,13 +101,18 @@ fn descriptors(pid: u32) -> Vec<(u32, u32, std::fs::Metadata)> {
         if fd <= 2 {
             continue;
         }
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        // A descriptor closed since the listing (a connection that just ended) is skipped.
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else {
+            continue;
+        };
         let flags = info
             .lines()
             .find_map(|l| l.strip_prefix("flags:"))
             .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
             .unwrap();
-        let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
+            continue;
+        };
         fds.push((fd, flags, meta));
     }
     fds

@@ -174,7 +174,10 @@ fn cgroup_v2_jail_is_created_joined_and_removed() {
         .lines()
         .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
     else {
-        println!("SKIPPED: cgroup_v2_jail_is_created_joined_and_removed: no cgroup2 mount");
+        common::skip::skip(
+            "cgroup_v2_jail_is_created_joined_and_removed",
+            "no cgroup2 mount",
+        );
         return;
     };
     let unified = Path::new(unified.split_whitespace().nth(1).unwrap()).to_path_buf();

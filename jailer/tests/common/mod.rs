@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod probe;
+#[path = "../../../tests/common/skip.rs"]
+pub mod skip;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,7 @@ pub fn probe_bin() -> PathBuf {
 pub fn can_jail(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: {test}: the jailer needs root");
+        skip::skip(test, "the jailer needs root");
         return false;
     }
     let kvm = std::fs::OpenOptions::new()
@@ -32,7 +34,7 @@ pub fn can_jail(test: &str) -> bool {
         .write(true)
         .open("/dev/kvm");
     if kvm.is_err() {
-        println!("SKIPPED: {test}: /dev/kvm is not usable here");
+        skip::skip(test, "/dev/kvm is not usable here");
         return false;
     }
     true

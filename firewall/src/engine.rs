@@ -177,7 +177,9 @@ impl Firewall {
     pub fn expire_and_log(&mut self, now: Instant) -> Result<(), FirewallError> {
         let now_ms = self.clock_ms(now);
         self.expire_flows_and_report(now_ms);
-        self.flow_log.write_out().map_err(FirewallError::FlowLog)
+        self.flow_log
+            .write_out(now_ms)
+            .map_err(FirewallError::FlowLog)
     }
 
     /// The configuration in force.
@@ -208,6 +210,7 @@ impl Firewall {
                 "enabled": self.flow_log.is_enabled(),
                 "records_written": self.flow_log.records_written,
                 "records_lost": self.flow_log.records_lost,
+                "records_suppressed": self.flow_log.records_suppressed,
             },
         })
     }

@@ -158,6 +158,29 @@ impl Run {
     }
 }
 
+/// Exit status 1 and exactly one stderr line that starts with `palisade-jailer: <step>:` and
+/// contains `reason`.
+pub fn assert_refused(run: &Run, step: &str, reason: &str) {
+    assert_eq!(run.status.code(), Some(1), "{run:#?}");
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("Landlock ABI"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{run:#?}");
+    let prefix = format!("palisade-jailer: {step}: ");
+    assert!(
+        lines[0].starts_with(&prefix),
+        "expected {prefix:?}: {}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(reason),
+        "expected {reason:?}: {}",
+        lines[0]
+    );
+}
+
 pub fn parse_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .filter(|l| l.starts_with('{'))

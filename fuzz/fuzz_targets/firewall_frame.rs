@@ -115,7 +115,11 @@ fuzz_target!(|data: &[u8]| {
             Verdict::Drop(reason) => {
                 assert_eq!(after.0, before.0, "a drop is not counted as a pass");
                 let slot = reason_slot(direction, reason);
-                assert_eq!(after.1[slot], before.1[slot] + 1, "drop counted under its reason");
+                assert_eq!(
+                    after.1[slot],
+                    before.1[slot] + 1,
+                    "drop counted under its reason"
+                );
                 let others: u64 = after.1.iter().sum::<u64>() - before.1.iter().sum::<u64>();
                 assert_eq!(others, 1, "a drop is counted once");
             }

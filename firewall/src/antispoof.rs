@@ -1,28 +1,20 @@
 //! Anti-spoofing of guest frames (whenever the interface has a `guest_mac`): the source MAC,
 //! IP source addresses inside `allowed_ips` (plus the EUI-64 link-local address), ARP and
-//! neighbour-discovery claims, and no DHCP server or router role for the guest. Also which
-//! link-configuration traffic (DHCP, neighbour discovery, MLD) passes without rules.
+//! neighbour-discovery claims, and no DHCP server or router role for the guest. The unspecified
+//! source address only where an RFC requires it: a DHCP client without a lease broadcasting,
+//! duplicate address detection for an address the guest may take, MLD reports (RFC 3590).
 
 use crate::counters::DropReason;
 use crate::frame::{ArpView, IpPacket, Transport, PROTO_ICMPV6};
-use crate::net_types::{Addr, Cidr, Direction, MacAddr};
+use crate::link_control::{
+    is_link_mld, is_mld_report, solicited_node, DHCPV6_CLIENT_PORT, DHCPV6_SERVER_PORT,
+    DHCP_CLIENT_PORT, DHCP_SERVER_PORT, ND_HOP_LIMIT, NEIGHBOUR_ADVERTISEMENT,
+    NEIGHBOUR_SOLICITATION, REDIRECT, ROUTER_ADVERTISEMENT, ROUTER_SOLICITATION,
+};
+use crate::net_types::{Addr, Cidr, MacAddr};
 
 const ARP_REQUEST: u16 = 1;
-
-const DHCP_SERVER_PORT: u16 = 67;
-const DHCP_CLIENT_PORT: u16 = 68;
-const DHCPV6_CLIENT_PORT: u16 = 546;
-const DHCPV6_SERVER_PORT: u16 = 547;
-
-const MLD_QUERY: u8 = 130;
-const MLD_REPORT: u8 = 131;
-const MLD_DONE: u8 = 132;
-const ROUTER_SOLICITATION: u8 = 133;
-const ROUTER_ADVERTISEMENT: u8 = 134;
-const NEIGHBOUR_SOLICITATION: u8 = 135;
-const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
-const REDIRECT: u8 = 137;
-const MLD2_REPORT: u8 = 143;
+const IPV4_LIMITED_BROADCAST: u128 = 0xffff_ffff;
 
 const ND_OPTION_SOURCE_LINK_ADDR: u8 = 1;
 const ND_OPTION_TARGET_LINK_ADDR: u8 = 2;
@@ -69,47 +61,15 @@ impl AntiSpoof {
 
     /// An IP packet from the guest.
     pub fn check_ip(&self, ip: &IpPacket<'_>) -> Result<(), DropReason> {
-        match ip.transport {
-            Transport::Udp { src_port, .. }
-                if src_port
-                    == if ip.src.v6 {
-                        DHCPV6_SERVER_PORT
-                    } else {
-                        DHCP_SERVER_PORT
-                    } =>
-            {
-                return Err(DropReason::RogueDhcpRa);
-            }
-            Transport::Icmp {
-                icmp_type: ROUTER_ADVERTISEMENT | REDIRECT,
-                ..
-            } if ip.protocol == PROTO_ICMPV6 => {
-                return Err(DropReason::RogueDhcpRa);
-            }
-            _ => {}
+        if acts_as_server_or_router(ip) {
+            return Err(DropReason::RogueDhcpRa);
         }
         let icmpv6_type = match ip.transport {
             Transport::Icmp { icmp_type, .. } if ip.protocol == PROTO_ICMPV6 => Some(icmp_type),
             _ => None,
         };
         if ip.src.bits == 0 {
-            // The unspecified address: a DHCP client before it has a lease, or IPv6 duplicate
-            // address detection and its MLD reports.
-            let allowed = if ip.src.v6 {
-                matches!(
-                    icmpv6_type,
-                    Some(NEIGHBOUR_SOLICITATION | MLD_REPORT | MLD2_REPORT)
-                )
-            } else {
-                ip.transport
-                    == Transport::Udp {
-                        src_port: DHCP_CLIENT_PORT,
-                        dst_port: DHCP_SERVER_PORT,
-                    }
-            };
-            if !allowed {
-                return Err(DropReason::SpoofIp);
-            }
+            self.check_unspecified_source(ip, icmpv6_type)?;
         } else if !self.owns(ip.src) {
             return Err(DropReason::SpoofIp);
         }
@@ -117,17 +77,50 @@ impl AntiSpoof {
             Some(ROUTER_SOLICITATION) => self.check_nd_options(ip.l4, 8),
             Some(NEIGHBOUR_SOLICITATION) => self.check_nd_options(ip.l4, 24),
             Some(NEIGHBOUR_ADVERTISEMENT) => {
-                let target: [u8; 16] = ip
-                    .l4
-                    .get(8..24)
-                    .and_then(|bytes| bytes.try_into().ok())
-                    .ok_or(DropReason::Malformed)?;
-                if !self.owns(Addr::v6(target)) {
+                if !self.owns(nd_target(ip.l4)?) {
                     return Err(DropReason::SpoofArp);
                 }
                 self.check_nd_options(ip.l4, 24)
             }
             _ => Ok(()),
+        }
+    }
+
+    /// The unspecified source (0.0.0.0 or ::) is allowed only for the packets that need it:
+    /// a DHCP client without a lease (68 -> 67, to the limited broadcast), duplicate address
+    /// detection (a neighbour solicitation with hop limit 255 to the solicited-node group of
+    /// its target, which the guest must own) and MLD reports on the link (RFC 3590).
+    fn check_unspecified_source(
+        &self,
+        ip: &IpPacket<'_>,
+        icmpv6_type: Option<u8>,
+    ) -> Result<(), DropReason> {
+        if !ip.src.v6 {
+            let discover = ip.transport
+                == Transport::Udp {
+                    src_port: DHCP_CLIENT_PORT,
+                    dst_port: DHCP_SERVER_PORT,
+                }
+                && ip.dst.bits == IPV4_LIMITED_BROADCAST;
+            return if discover {
+                Ok(())
+            } else {
+                Err(DropReason::SpoofIp)
+            };
+        }
+        match icmpv6_type {
+            Some(NEIGHBOUR_SOLICITATION) => {
+                let target = nd_target(ip.l4)?;
+                if ip.hop_limit != ND_HOP_LIMIT || ip.dst != solicited_node(target) {
+                    return Err(DropReason::SpoofIp);
+                }
+                if !self.owns(target) {
+                    return Err(DropReason::SpoofArp);
+                }
+                Ok(())
+            }
+            Some(icmp_type) if is_mld_report(icmp_type) && is_link_mld(ip, icmp_type) => Ok(()),
+            _ => Err(DropReason::SpoofIp),
         }
     }
 
@@ -169,10 +162,18 @@ pub(crate) fn eui64_link_local(mac: MacAddr) -> Addr {
     Addr::v6(bytes)
 }
 
-/// Link configuration that passes without rules or tracking (after anti-spoofing): DHCP and
-/// DHCPv6 between client and server, neighbour discovery and MLD; router advertisements and
-/// redirects only towards the guest.
-pub(crate) fn is_link_control(direction: Direction, ip: &IpPacket<'_>) -> bool {
+/// The target address of a neighbour solicitation or advertisement.
+fn nd_target(message: &[u8]) -> Result<Addr, DropReason> {
+    let target: [u8; 16] = message
+        .get(8..24)
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or(DropReason::Malformed)?;
+    Ok(Addr::v6(target))
+}
+
+/// The guest answering as a DHCP(v6) server or relay (from the server port, or to the client
+/// port, whatever the other port), or sending router advertisements or redirects.
+fn acts_as_server_or_router(ip: &IpPacket<'_>) -> bool {
     match ip.transport {
         Transport::Udp { src_port, dst_port } => {
             let (client, server) = if ip.src.v6 {
@@ -180,23 +181,11 @@ pub(crate) fn is_link_control(direction: Direction, ip: &IpPacket<'_>) -> bool {
             } else {
                 (DHCP_CLIENT_PORT, DHCP_SERVER_PORT)
             };
-            match direction {
-                Direction::Egress => (src_port, dst_port) == (client, server),
-                Direction::Ingress => (src_port, dst_port) == (server, client),
-            }
+            src_port == server || dst_port == client
         }
-        Transport::Icmp { icmp_type, .. } if ip.protocol == PROTO_ICMPV6 => match direction {
-            Direction::Egress => matches!(
-                icmp_type,
-                MLD_QUERY
-                    ..=MLD_DONE
-                        | ROUTER_SOLICITATION
-                        | NEIGHBOUR_SOLICITATION
-                        | NEIGHBOUR_ADVERTISEMENT
-                        | MLD2_REPORT
-            ),
-            Direction::Ingress => matches!(icmp_type, MLD_QUERY..=REDIRECT | MLD2_REPORT),
-        },
+        Transport::Icmp { icmp_type, .. } => {
+            ip.protocol == PROTO_ICMPV6 && matches!(icmp_type, ROUTER_ADVERTISEMENT | REDIRECT)
+        }
         _ => false,
     }
 }

@@ -1,11 +1,12 @@
 //! The `firewall` object of a network interface (see DESIGN.md, "Config file and firewall"):
 //! serde types with unknown fields refused, and the checks that serde cannot express.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::net_types::{Cidr, PortRange};
+use crate::net_types::{Cidr, MacAddr, PortRange};
 
 /// `conntrack_max` when the field is absent.
 pub const DEFAULT_CONNTRACK_MAX: usize = 65_536;
@@ -19,6 +20,8 @@ pub const MAX_FLOW_LOG_INTERVAL_SECS: u64 = 86_400;
 pub const MAX_RULES_PER_DIRECTION: usize = 65_536;
 /// The most `allowed_ips` entries accepted.
 pub const MAX_ALLOWED_IPS: usize = 1_024;
+/// The most `dhcp_servers` entries accepted.
+pub const MAX_DHCP_SERVERS: usize = 16;
 
 /// Errors of [`FirewallConfig::validate`]; each message names the offending field.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -66,6 +69,16 @@ pub enum ConfigError {
     /// An empty `flow_log` path.
     #[error("\"flow_log\" is an empty path")]
     EmptyFlowLogPath,
+    /// Too many `dhcp_servers`.
+    #[error("\"dhcp_servers\" has {0} entries; at most {MAX_DHCP_SERVERS} are accepted")]
+    TooManyDhcpServers(usize),
+    /// A `dhcp_servers` entry that is not a unicast address.
+    #[error("\"dhcp_servers\" entry \"{0}\" is not a unicast address")]
+    DhcpServer(IpAddr),
+    /// `allowed_ips` on an interface without `guest_mac`: anti-spoofing needs the MAC, and
+    /// without it the list would be silently ignored.
+    #[error("\"allowed_ips\" needs \"guest_mac\" on the interface: anti-spoofing is keyed by the guest's MAC")]
+    AllowedIpsWithoutGuestMac,
 }
 
 /// What a rule or a default does with a matching new flow.
@@ -162,6 +175,11 @@ pub struct FirewallConfig {
     /// Capacity of the connection table, fixed when the interface is created.
     #[serde(default = "default_conntrack_max")]
     pub conntrack_max: usize,
+    /// DHCP and DHCPv6 servers on the link that may be reached (and answer) by unicast
+    /// without rules; broadcast DHCP, DHCPv6 to ff02::1:2 and link-local DHCPv6 replies need
+    /// no entry. None when absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dhcp_servers: Vec<IpAddr>,
 }
 
 fn default_ingress() -> Action {
@@ -193,6 +211,7 @@ impl Default for FirewallConfig {
             flow_log: None,
             flow_log_interval_secs: DEFAULT_FLOW_LOG_INTERVAL_SECS,
             conntrack_max: DEFAULT_CONNTRACK_MAX,
+            dhcp_servers: Vec::new(),
         }
     }
 }
@@ -231,7 +250,30 @@ impl FirewallConfig {
         {
             return Err(ConfigError::EmptyFlowLogPath);
         }
+        if self.dhcp_servers.len() > MAX_DHCP_SERVERS {
+            return Err(ConfigError::TooManyDhcpServers(self.dhcp_servers.len()));
+        }
+        if let Some(server) = self.dhcp_servers.iter().find(|ip| !is_unicast(ip)) {
+            return Err(ConfigError::DhcpServer(*server));
+        }
         Ok(())
+    }
+
+    /// [`FirewallConfig::validate`] plus the checks that depend on the interface: `allowed_ips`
+    /// needs a `guest_mac` (anti-spoofing is off without one).
+    pub fn validate_for_interface(&self, guest_mac: Option<MacAddr>) -> Result<(), ConfigError> {
+        self.validate()?;
+        if guest_mac.is_none() && !self.allowed_ips.is_empty() {
+            return Err(ConfigError::AllowedIpsWithoutGuestMac);
+        }
+        Ok(())
+    }
+}
+
+fn is_unicast(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
     }
 }
 

@@ -29,13 +29,20 @@ pub enum DropReason {
     ConntrackFull,
     /// A non-first IP fragment, while `allow_fragments` is false.
     Fragment,
-    /// A truncated or malformed frame, a VLAN-tagged frame, or too many IPv6 extension headers.
+    /// A truncated or malformed frame, a VLAN-tagged frame, too many IPv6 extension headers,
+    /// malformed IPv4 options, or a transport header running past the IP datagram.
     Malformed,
+    /// An IP datagram whose length (IPv4 total length, IPv6 payload length) disagrees with
+    /// the frame: longer than the frame, or followed by more than Ethernet minimum-size padding.
+    LengthMismatch,
+    /// IPv4 loose or strict source routing, an IPv6 type 0 routing header, or any IPv6 routing
+    /// header with segments left.
+    SourceRoute,
 }
 
 impl DropReason {
     /// Every reason, in the order of the counters.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::SpoofMac,
         DropReason::SpoofIp,
         DropReason::SpoofArp,
@@ -45,6 +52,8 @@ impl DropReason {
         DropReason::ConntrackFull,
         DropReason::Fragment,
         DropReason::Malformed,
+        DropReason::LengthMismatch,
+        DropReason::SourceRoute,
     ];
 
     /// The name used in metrics and in the API.
@@ -59,6 +68,8 @@ impl DropReason {
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::Fragment => "fragment",
             DropReason::Malformed => "malformed",
+            DropReason::LengthMismatch => "length_mismatch",
+            DropReason::SourceRoute => "source_route",
         }
     }
 

@@ -92,7 +92,9 @@ impl Firewall {
         guest_mac: Option<MacAddr>,
         now: Instant,
     ) -> Result<Firewall, FirewallError> {
-        config.validate().map_err(FirewallError::Config)?;
+        config
+            .validate_for_interface(guest_mac)
+            .map_err(FirewallError::Config)?;
         let unix_now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64);
@@ -143,7 +145,9 @@ impl Firewall {
     /// the tracked flows the new configuration would not allow (their next packets are judged
     /// as new flows). On error nothing has changed. `conntrack_max` cannot change.
     pub fn update(&mut self, config: &FirewallConfig) -> Result<(), FirewallError> {
-        config.validate().map_err(FirewallError::Config)?;
+        config
+            .validate_for_interface(self.guest_mac)
+            .map_err(FirewallError::Config)?;
         if config.conntrack_max != self.config.conntrack_max {
             return Err(FirewallError::ConntrackMaxChanged {
                 current: self.config.conntrack_max,
@@ -173,7 +177,9 @@ impl Firewall {
     pub fn expire_and_log(&mut self, now: Instant) -> Result<(), FirewallError> {
         let now_ms = self.clock_ms(now);
         self.expire_flows_and_report(now_ms);
-        self.flow_log.write_out().map_err(FirewallError::FlowLog)
+        self.flow_log
+            .write_out(now_ms)
+            .map_err(FirewallError::FlowLog)
     }
 
     /// The configuration in force.
@@ -204,6 +210,7 @@ impl Firewall {
                 "enabled": self.flow_log.is_enabled(),
                 "records_written": self.flow_log.records_written,
                 "records_lost": self.flow_log.records_lost,
+                "records_suppressed": self.flow_log.records_suppressed,
             },
         })
     }

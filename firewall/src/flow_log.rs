@@ -3,7 +3,9 @@
 //! (a full ring counts the record as lost); `write_out`, called from the VMM's timer, drains the
 //! ring into a bounded byte buffer and writes it with non-blocking writes. Nothing waits on the
 //! file: what cannot be written stays buffered, and records beyond the buffer are lost and
-//! counted.
+//! counted. The guest drives how many flows there are, so the volume written is bounded too:
+//! at most `BUDGET_BYTES` and `BUDGET_RECORDS` per `BUDGET_WINDOW_MS`; records beyond the
+//! budget are suppressed and counted (`records_suppressed`).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -19,6 +21,54 @@ use crate::net_types::{Addr, Direction};
 pub(crate) const RING_CAPACITY: usize = 8_192;
 /// Bytes of formatted lines kept while the file does not accept them.
 const PENDING_LIMIT: usize = 1 << 20;
+/// The window over which the flow-log volume is bounded.
+const BUDGET_WINDOW_MS: u64 = 60_000;
+/// Bytes of flow-log lines per window (8 MiB a minute: at most ~11 GiB a day).
+const BUDGET_BYTES: u64 = 8 << 20;
+/// Flow-log lines per window.
+const BUDGET_RECORDS: u64 = 32_768;
+
+/// How much may still be written in the current window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Budget {
+    bytes_per_window: u64,
+    records_per_window: u64,
+    window_start_ms: u64,
+    bytes_used: u64,
+    records_used: u64,
+}
+
+impl Budget {
+    fn new(bytes_per_window: u64, records_per_window: u64) -> Budget {
+        Budget {
+            bytes_per_window,
+            records_per_window,
+            window_start_ms: 0,
+            bytes_used: 0,
+            records_used: 0,
+        }
+    }
+
+    /// Opens a new window when the current one is over.
+    fn refill(&mut self, now_ms: u64) {
+        if now_ms.saturating_sub(self.window_start_ms) >= BUDGET_WINDOW_MS {
+            self.window_start_ms = now_ms;
+            self.bytes_used = 0;
+            self.records_used = 0;
+        }
+    }
+
+    /// Takes one line of `len` bytes from the budget, if it fits.
+    fn take(&mut self, len: usize) -> bool {
+        let bytes = self.bytes_used + len as u64;
+        if self.records_used >= self.records_per_window || bytes > self.bytes_per_window {
+            return false;
+        }
+        self.bytes_used = bytes;
+        self.records_used += 1;
+        true
+    }
+}
 
 /// Errors of the flow-log file.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +138,11 @@ pub(crate) struct FlowLog {
     pending_records: u64,
     /// Unix time of the clock epoch, in milliseconds.
     unix_epoch_offset_ms: u64,
+    budget: Budget,
     pub records_written: u64,
     pub records_lost: u64,
+    /// Records dropped because the window's byte or record budget was spent.
+    pub records_suppressed: u64,
 }
 
 fn open_append(path: &Path) -> Result<File, FlowLogError> {
@@ -121,8 +174,10 @@ impl FlowLog {
             pending: Vec::with_capacity(if enabled { PENDING_LIMIT } else { 0 }),
             pending_records: 0,
             unix_epoch_offset_ms,
+            budget: Budget::new(BUDGET_BYTES, BUDGET_RECORDS),
             records_written: 0,
             records_lost: 0,
+            records_suppressed: 0,
         })
     }
 
@@ -187,17 +242,26 @@ impl FlowLog {
             end: (self.unix_epoch_offset_ms + record.end_ms) / 1_000,
             action: record.action,
         };
-        if serde_json::to_writer(&mut self.pending, &line).is_ok() {
-            self.pending.push(b'\n');
+        let start = self.pending.len();
+        if serde_json::to_writer(&mut self.pending, &line).is_err() {
+            self.pending.truncate(start);
+            self.records_lost += 1;
+            return;
+        }
+        self.pending.push(b'\n');
+        if self.budget.take(self.pending.len() - start) {
             self.pending_records += 1;
         } else {
-            self.records_lost += 1;
+            self.pending.truncate(start);
+            self.records_suppressed += 1;
         }
     }
 
     /// Drains the ring and writes what the file accepts without blocking. Records stay in the
-    /// ring while the buffer of formatted lines is full and the file does not take it.
-    pub fn write_out(&mut self) -> Result<(), FlowLogError> {
+    /// ring while the buffer of formatted lines is full and the file does not take it; records
+    /// beyond the budget of the window `now_ms` falls in are suppressed and counted.
+    pub fn write_out(&mut self, now_ms: u64) -> Result<(), FlowLogError> {
+        self.budget.refill(now_ms);
         loop {
             while self.pending.len() < PENDING_LIMIT {
                 let Some(record) = self.ring.pop_front() else {
@@ -280,7 +344,7 @@ mod tests {
             action: FlowAction::Reject,
             ..record(1)
         });
-        log.write_out().unwrap();
+        log.write_out(0).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -309,7 +373,7 @@ mod tests {
         }
         assert_eq!(log.records_lost, 5);
         assert_eq!(log.ring.capacity(), reserved);
-        log.write_out().unwrap();
+        log.write_out(0).unwrap();
         assert_eq!(log.records_written, RING_CAPACITY as u64);
     }
 
@@ -323,11 +387,40 @@ mod tests {
             for _ in 0..RING_CAPACITY {
                 log.push(record(1));
             }
-            log.write_out().unwrap();
+            log.write_out(0).unwrap();
         }
         assert!(
             log.records_lost > 0,
             "the pipe filled and records were counted as lost"
         );
+    }
+
+    #[test]
+    fn volume_beyond_the_window_budget_is_suppressed_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.jsonl");
+        let mut log = FlowLog::open("eth0", Some(&path), 0).unwrap();
+        log.budget = Budget::new(100_000, 300);
+        for _ in 0..1_000 {
+            log.push(record(1));
+        }
+        log.write_out(0).unwrap();
+        let written = std::fs::metadata(&path).unwrap().len();
+        assert!(written <= 100_000, "{written} bytes");
+        assert_eq!(log.records_written, 300);
+        assert_eq!(log.records_suppressed, 700);
+        // The same window: nothing more is written.
+        log.push(record(1));
+        log.write_out(BUDGET_WINDOW_MS - 1).unwrap();
+        assert_eq!((log.records_written, log.records_suppressed), (300, 701));
+        // Bytes bound the window too.
+        log.budget = Budget::new(1_000, 300);
+        for _ in 0..100 {
+            log.push(record(1));
+        }
+        log.write_out(BUDGET_WINDOW_MS).unwrap();
+        let lines = log.records_written - 300;
+        assert!(lines > 0 && lines < 10, "{lines} lines in 1000 bytes");
+        assert_eq!(log.records_suppressed, 701 + 100 - lines);
     }
 }

@@ -1,6 +1,10 @@
 //! Header views of an Ethernet frame (Ethernet, ARP, IPv4, IPv6 and its extension headers,
-//! TCP, UDP, ICMP, ICMPv6), parsed with `etherparse`. Only headers are read, never lengths
-//! beyond them, so offloaded (GSO) frames and header-only prefixes parse like small frames.
+//! TCP, UDP, ICMP, ICMPv6), parsed with `etherparse`. Only headers are read, so offloaded (GSO)
+//! frames and header-only prefixes parse like small frames; but every header is read within
+//! the IP datagram (IPv4 total length, IPv6 payload length), and that length must agree with the
+//! frame's full length: no more than the frame, and no less except for Ethernet padding up to
+//! the 60-byte minimum frame. IPv4 options are walked (source routes refused) and IPv6 routing
+//! headers that would route (type 0, or segments left) are refused.
 
 use etherparse::{
     ArpHardwareId, ArpPacketSlice, EtherType, Ethernet2HeaderSlice, IcmpEchoHeader, Icmpv4Slice,
@@ -8,10 +12,21 @@ use etherparse::{
     Ipv6HeaderSlice, Ipv6RawExtHeaderSlice, TcpHeaderSlice, UdpHeaderSlice,
 };
 
+use crate::counters::DropReason;
 use crate::net_types::{Addr, MacAddr};
 
 /// The most IPv6 extension headers walked before a packet is called malformed.
 pub(crate) const MAX_IPV6_EXTENSION_HEADERS: usize = 8;
+
+const ETHERNET_HEADER_LEN: usize = 14;
+/// The shortest Ethernet frame without its FCS: shorter frames are padded up to it.
+const ETHERNET_MIN_FRAME: usize = 60;
+const IPV6_HEADER_LEN: usize = 40;
+
+const IPV4_OPTION_END: u8 = 0;
+const IPV4_OPTION_NOP: u8 = 1;
+const IPV4_OPTION_LSRR: u8 = 131;
+const IPV4_OPTION_SSRR: u8 = 137;
 
 pub(crate) const TCP_FIN: u8 = 0x01;
 pub(crate) const TCP_SYN: u8 = 0x02;
@@ -46,6 +61,26 @@ pub(crate) enum FrameError {
     Udp,
     #[error("Truncated ICMP header")]
     Icmp,
+    #[error("Malformed IPv4 options")]
+    Ipv4Options,
+    #[error("IP length disagrees with the frame length")]
+    LengthMismatch,
+    #[error("Source-routed packet")]
+    SourceRoute,
+    #[error("TCP fragment overlapping the first fragment's header (RFC 1858)")]
+    OverlappingFragment,
+}
+
+impl FrameError {
+    /// The drop counter a frame that fails to parse goes to.
+    pub fn drop_reason(self) -> DropReason {
+        match self {
+            FrameError::LengthMismatch => DropReason::LengthMismatch,
+            FrameError::SourceRoute => DropReason::SourceRoute,
+            FrameError::OverlappingFragment => DropReason::Fragment,
+            _ => DropReason::Malformed,
+        }
+    }
 }
 
 /// An Ethernet frame's addresses and what it carries.
@@ -101,11 +136,16 @@ pub(crate) enum Transport {
     Other,
 }
 
-/// The IP layer and transport header of a packet; `l4` starts at the transport header.
+/// The IP layer and transport header of a packet; `l4` starts at the transport header and
+/// ends with the datagram (or with the bytes given, for a header prefix).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct IpPacket<'a> {
     pub src: Addr,
     pub dst: Addr,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
+    /// The datagram's length as its header declares it (IPv6: 40 + payload length).
+    pub ip_len: usize,
     pub protocol: u8,
     pub fragment: Fragment,
     pub transport: Transport,
@@ -127,15 +167,17 @@ impl IpPacket<'_> {
     }
 }
 
-/// Parses the headers of an Ethernet frame.
-pub(crate) fn parse_frame(frame: &[u8]) -> Result<ParsedFrame<'_>, FrameError> {
+/// Parses the headers of an Ethernet frame: `frame` is the frame or a prefix of it,
+/// `frame_len` the full frame's length.
+pub(crate) fn parse_frame(frame: &[u8], frame_len: usize) -> Result<ParsedFrame<'_>, FrameError> {
     let ethernet =
         Ethernet2HeaderSlice::from_slice(frame).map_err(|_| FrameError::TruncatedEthernet)?;
     let rest = &frame[ethernet.slice().len()..];
+    let wire = WireLen(frame_len.max(frame.len()));
     let payload = match ethernet.ether_type() {
         EtherType::ARP => Payload::Arp(parse_arp(rest)?),
-        EtherType::IPV4 => Payload::Ip(parse_ipv4(rest)?),
-        EtherType::IPV6 => Payload::Ip(parse_ipv6(rest)?),
+        EtherType::IPV4 => Payload::Ip(parse_ipv4(rest, wire)?),
+        EtherType::IPV6 => Payload::Ip(parse_ipv6(rest, wire)?),
         EtherType::VLAN_TAGGED_FRAME
         | EtherType::PROVIDER_BRIDGING
         | EtherType::VLAN_DOUBLE_TAGGED_FRAME => return Err(FrameError::VlanTagged),
@@ -145,6 +187,22 @@ pub(crate) fn parse_frame(frame: &[u8]) -> Result<ParsedFrame<'_>, FrameError> {
         src_mac: ethernet.source(),
         payload,
     })
+}
+
+/// The full length of the frame on the wire, Ethernet header included.
+#[derive(Clone, Copy, Debug)]
+struct WireLen(usize);
+
+impl WireLen {
+    /// Checks a datagram's declared length against the frame: it must fit, and only Ethernet
+    /// padding (up to the minimum frame) may follow it.
+    fn check(self, ip_len: usize) -> Result<(), FrameError> {
+        let ip_end = ETHERNET_HEADER_LEN + ip_len;
+        if ip_end > self.0 || (ip_end < self.0 && self.0 > ETHERNET_MIN_FRAME) {
+            return Err(FrameError::LengthMismatch);
+        }
+        Ok(())
+    }
 }
 
 fn parse_arp(bytes: &[u8]) -> Result<ArpView, FrameError> {
@@ -171,13 +229,16 @@ fn parse_arp(bytes: &[u8]) -> Result<ArpView, FrameError> {
     })
 }
 
-fn parse_ipv4(bytes: &[u8]) -> Result<IpPacket<'_>, FrameError> {
+fn parse_ipv4(bytes: &[u8], wire: WireLen) -> Result<IpPacket<'_>, FrameError> {
     let header = Ipv4HeaderSlice::from_slice(bytes).map_err(|_| FrameError::Ipv4Header)?;
     let header_len = header.slice().len();
-    if usize::from(header.total_len()) < header_len && header.total_len() != 0 {
+    let total_len = usize::from(header.total_len());
+    if total_len < header_len {
         return Err(FrameError::Ipv4Header);
     }
-    let fragment = if header.fragments_offset().value() != 0 {
+    check_ipv4_options(&header.slice()[20..])?;
+    let offset = header.fragments_offset().value();
+    let fragment = if offset != 0 {
         Fragment::Later
     } else if header.more_fragments() {
         Fragment::First
@@ -185,19 +246,14 @@ fn parse_ipv4(bytes: &[u8]) -> Result<IpPacket<'_>, FrameError> {
         Fragment::Whole
     };
     let protocol = header.protocol().0;
-    let l4 = &bytes[header_len..];
-    // ICMP messages are sized exactly by etherparse (timestamps): trim Ethernet padding using
-    // the total length when it is consistent. GSO never applies to ICMP.
-    let total_len = usize::from(header.total_len());
-    let icmp_bytes = if (header_len..=bytes.len()).contains(&total_len) {
-        &bytes[header_len..total_len]
-    } else {
-        l4
-    };
+    if offset == 1 && protocol == PROTO_TCP {
+        return Err(FrameError::OverlappingFragment);
+    }
+    let l4 = &bytes[header_len..total_len.min(bytes.len())];
     let transport = match (fragment, protocol) {
         (Fragment::Later, _) => Transport::Other,
         (_, PROTO_ICMP) => {
-            let icmp = Icmpv4Slice::from_slice(icmp_bytes).map_err(|_| FrameError::Icmp)?;
+            let icmp = Icmpv4Slice::from_slice(l4).map_err(|_| FrameError::Icmp)?;
             Transport::Icmp {
                 icmp_type: icmp.type_u8(),
                 rest: icmp.bytes5to8(),
@@ -205,9 +261,13 @@ fn parse_ipv4(bytes: &[u8]) -> Result<IpPacket<'_>, FrameError> {
         }
         _ => parse_transport(protocol, l4)?,
     };
+    // After the headers: a truncated header is malformed, whatever the lengths say.
+    wire.check(total_len)?;
     Ok(IpPacket {
         src: Addr::v4(header.source()),
         dst: Addr::v4(header.destination()),
+        hop_limit: header.ttl(),
+        ip_len: total_len,
         protocol,
         fragment,
         transport,
@@ -215,10 +275,33 @@ fn parse_ipv4(bytes: &[u8]) -> Result<IpPacket<'_>, FrameError> {
     })
 }
 
-fn parse_ipv6(bytes: &[u8]) -> Result<IpPacket<'_>, FrameError> {
+/// Walks IPv4 options: malformed ones and source routes (loose or strict) are refused; record
+/// route and timestamps do not change the path and pass.
+fn check_ipv4_options(mut options: &[u8]) -> Result<(), FrameError> {
+    while let Some(&kind) = options.first() {
+        match kind {
+            IPV4_OPTION_END => return Ok(()),
+            IPV4_OPTION_NOP => {
+                options = &options[1..];
+                continue;
+            }
+            IPV4_OPTION_LSRR | IPV4_OPTION_SSRR => return Err(FrameError::SourceRoute),
+            _ => {}
+        }
+        let len = usize::from(*options.get(1).ok_or(FrameError::Ipv4Options)?);
+        if len < 2 || len > options.len() {
+            return Err(FrameError::Ipv4Options);
+        }
+        options = &options[len..];
+    }
+    Ok(())
+}
+
+fn parse_ipv6(bytes: &[u8], wire: WireLen) -> Result<IpPacket<'_>, FrameError> {
     let header = Ipv6HeaderSlice::from_slice(bytes).map_err(|_| FrameError::Ipv6Header)?;
+    let ip_len = IPV6_HEADER_LEN + usize::from(header.payload_length());
     let mut next = header.next_header();
-    let mut rest = &bytes[header.slice().len()..];
+    let mut rest = &bytes[IPV6_HEADER_LEN..ip_len.min(bytes.len())];
     let mut fragment = Fragment::Whole;
     let mut walked = 0;
     while is_ipv6_extension(next) && fragment != Fragment::Later {
@@ -243,6 +326,9 @@ fn parse_ipv6(bytes: &[u8]) -> Result<IpPacket<'_>, FrameError> {
             auth.slice().len()
         } else {
             let ext = Ipv6RawExtHeaderSlice::from_slice(rest).map_err(bad)?;
+            if next == IpNumber::IPV6_ROUTE_HEADER && routes(ext.slice()) {
+                return Err(FrameError::SourceRoute);
+            }
             next = ext.next_header();
             ext.slice().len()
         };
@@ -260,14 +346,26 @@ fn parse_ipv6(bytes: &[u8]) -> Result<IpPacket<'_>, FrameError> {
         }
         _ => parse_transport(protocol, rest)?,
     };
+    wire.check(ip_len)?;
     Ok(IpPacket {
         src: Addr::v6(header.source()),
         dst: Addr::v6(header.destination()),
+        hop_limit: header.hop_limit(),
+        ip_len,
         protocol,
         fragment,
         transport,
         l4: rest,
     })
+}
+
+/// Whether an IPv6 routing header would send the packet elsewhere than its destination: the
+/// deprecated type 0 (RFC 5095) always, any other type while segments are left.
+fn routes(routing_header: &[u8]) -> bool {
+    const ROUTING_TYPE_0: u8 = 0;
+    let routing_type = routing_header.get(2).copied().unwrap_or(ROUTING_TYPE_0);
+    let segments_left = routing_header.get(3).copied().unwrap_or(0);
+    routing_type == ROUTING_TYPE_0 || segments_left > 0
 }
 
 fn is_ipv6_extension(next: IpNumber) -> bool {
@@ -317,7 +415,11 @@ pub(crate) fn is_icmp_error(v6: bool, icmp_type: u8) -> bool {
     }
 }
 
-/// Reads the packet quoted by an ICMP error (`l4` starts at the ICMP header).
+/// The first bytes of the quoted packet's transport header an error must carry (RFC 792).
+const QUOTED_TRANSPORT_LEN: usize = 8;
+
+/// Reads the packet quoted by an ICMP error (`l4` starts at the ICMP header). `None` unless the
+/// quoted IP header and the first 8 bytes of its transport header are complete.
 pub(crate) fn parse_quoted_packet(v6: bool, l4: &[u8]) -> Option<QuotedPacket> {
     let quoted = l4.get(8..)?;
     let (src, dst, protocol, transport) = if v6 {
@@ -339,6 +441,7 @@ pub(crate) fn parse_quoted_packet(v6: bool, l4: &[u8]) -> Option<QuotedPacket> {
             transport,
         )
     };
+    let transport = transport.get(..QUOTED_TRANSPORT_LEN)?;
     let word = |at: usize| {
         Some(u16::from_be_bytes([
             *transport.get(at)?,
@@ -369,6 +472,7 @@ mod tests {
         frame[12..14].copy_from_slice(&[0x86, 0xdd]);
         let mut header = [0u8; 40];
         header[0] = 0x60;
+        header[5] = 8;
         header[6] = PROTO_ICMPV6;
         frame.extend_from_slice(&header);
         frame.extend_from_slice(&[icmp_type, 0, 0, 0, 0x12, 0x34, 0, 1]);
@@ -384,7 +488,7 @@ mod tests {
             (135, None),
         ] {
             let frame = ipv6_icmp(icmp_type);
-            let Payload::Ip(ip) = parse_frame(&frame).unwrap().payload else {
+            let Payload::Ip(ip) = parse_frame(&frame, frame.len()).unwrap().payload else {
                 panic!("not IP")
             };
             assert_eq!(ip.echo_id(), id, "type {icmp_type}");
@@ -395,7 +499,7 @@ mod tests {
     fn unknown_ipv6_payloads_are_other_protocols() {
         let mut frame = ipv6_icmp(128);
         frame[14 + 6] = 50; // ESP: opaque, no ports
-        let Payload::Ip(ip) = parse_frame(&frame).unwrap().payload else {
+        let Payload::Ip(ip) = parse_frame(&frame, frame.len()).unwrap().payload else {
             panic!("not IP")
         };
         assert_eq!((ip.protocol, ip.transport), (50, Transport::Other));

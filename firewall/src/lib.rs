@@ -22,6 +22,7 @@ mod engine;
 mod flow_log;
 mod flow_table;
 mod frame;
+mod link_control;
 mod net_types;
 mod prefix_index;
 mod rules;

@@ -79,6 +79,9 @@ struct KeyIndex {
     interval_prefix_indexes: Vec<Option<Box<PrefixIndex>>>,
     wide_rules: Vec<u32>,
     wide_prefix_index: Option<Box<PrefixIndex>>,
+    /// The rules that cover every key, for packets without one (non-first fragments).
+    keyless_rules: Vec<u32>,
+    keyless_prefix_index: Option<Box<PrefixIndex>>,
 }
 
 impl KeyIndex {
@@ -132,7 +135,13 @@ impl KeyIndex {
             })
             .collect();
         let wide_prefix_index = prefix_index_for(&wide_rules, &rules);
+        let keyless_rules: Vec<u32> = (0..rules.len() as u32)
+            .filter(|index| rules[*index as usize].covers_every_key())
+            .collect();
+        let keyless_prefix_index = prefix_index_for(&keyless_rules, &rules);
         KeyIndex {
+            keyless_rules,
+            keyless_prefix_index,
             rules,
             interval_starts: starts,
             interval_offsets: offsets,
@@ -164,6 +173,19 @@ impl KeyIndex {
             narrow.unwrap_or(u32::MAX),
         );
         wide.or(narrow).map(|number| &self.rules[number as usize])
+    }
+
+    /// The first rule, in configured order, matching `remote` among the rules that cover
+    /// every key.
+    fn first_keyless_match(&self, remote: Addr) -> Option<&CompiledRule> {
+        first_match_in(
+            &self.keyless_rules,
+            self.keyless_prefix_index.as_deref(),
+            &self.rules,
+            (remote.bits, 0),
+            u32::MAX,
+        )
+        .map(|number| &self.rules[number as usize])
     }
 }
 
@@ -239,12 +261,23 @@ impl DirectionRules {
         }
     }
 
-    fn evaluate(&self, query: &RuleQuery) -> RuleMatch {
-        let index = &self.buckets[bucket(
+    fn bucket(&self, query: &RuleQuery) -> &KeyIndex {
+        &self.buckets[bucket(
             query.remote.v6,
             packet_class(query.remote.v6, query.protocol),
-        )];
-        match index.first_match(query.remote, query.key) {
+        )]
+    }
+
+    fn evaluate(&self, query: &RuleQuery) -> RuleMatch {
+        self.decision(self.bucket(query).first_match(query.remote, query.key))
+    }
+
+    fn evaluate_without_key(&self, query: &RuleQuery) -> RuleMatch {
+        self.decision(self.bucket(query).first_keyless_match(query.remote))
+    }
+
+    fn decision(&self, rule: Option<&CompiledRule>) -> RuleMatch {
+        match rule {
             Some(rule) => RuleMatch {
                 allow: rule.allow,
                 rule: Some(rule.position as usize),
@@ -273,9 +306,19 @@ impl CompiledRules {
     }
 
     pub fn evaluate(&self, direction: Direction, query: &RuleQuery) -> RuleMatch {
+        self.direction(direction).evaluate(query)
+    }
+
+    /// The decision for a packet without a key (a non-first fragment): only the rules that
+    /// name no ports or ICMP type can match it; `query.key` is ignored.
+    pub fn evaluate_without_key(&self, direction: Direction, query: &RuleQuery) -> RuleMatch {
+        self.direction(direction).evaluate_without_key(query)
+    }
+
+    fn direction(&self, direction: Direction) -> &DirectionRules {
         match direction {
-            Direction::Ingress => self.ingress.evaluate(query),
-            Direction::Egress => self.egress.evaluate(query),
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
         }
     }
 }

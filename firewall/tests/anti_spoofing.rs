@@ -163,7 +163,7 @@ fn eui64_link_local_source_and_neighbour_discovery_pass() {
     // Duplicate address detection: from the unspecified address, without a link-layer option.
     let dad = icmp_v6(
         (GUEST_MAC, HOST_MAC),
-        ([0; 16], solicited),
+        ([0; 16], solicited_node(GUEST_IP6)),
         (135, 0),
         [0; 4],
         &GUEST_IP6,
@@ -210,9 +210,10 @@ fn neighbour_advertisement_for_a_foreign_address_is_dropped() {
     let mut own = GUEST_IP6.to_vec();
     own.extend_from_slice(&[2, 1]);
     own.extend_from_slice(&GUEST_MAC);
+    // To the neighbour's link-local address: link control, whatever the rules.
     let truth = icmp_v6(
         (GUEST_MAC, HOST_MAC),
-        (GUEST_IP6, REMOTE_IP6),
+        (GUEST_IP6, HOST_LINK_LOCAL),
         (136, 0),
         [0x60, 0, 0, 0],
         &own,

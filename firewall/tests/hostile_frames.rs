@@ -114,6 +114,8 @@ fn tcp_v6_with_extensions(extensions: &[(u8, [u8; 8])]) -> Vec<u8> {
         frame.extend_from_slice(&header);
     }
     frame.extend_from_slice(&plain[transport_at..]);
+    let payload_len = (frame.len() - transport_at) as u16;
+    set_ipv6_payload_len(&mut frame, payload_len);
     frame
 }
 
@@ -128,7 +130,8 @@ fn ipv6_extension_headers_are_walked_with_a_bound() {
     let mut fw = firewall(OPEN, now);
     let common = tcp_v6_with_extensions(&[
         (HOP_BY_HOP, [0; 8]),
-        (ROUTING, [0; 8]),
+        // A segment routing header with no segments left: it routes nowhere.
+        (ROUTING, [0, 0, 4, 0, 0, 0, 0, 0]),
         (DEST_OPTIONS, [0; 8]),
     ]);
     assert_eq!(fw.egress(&common, now), Verdict::Pass);

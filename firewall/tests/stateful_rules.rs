@@ -234,6 +234,8 @@ fn offloaded_frames_are_judged_on_headers_and_counted_whole() {
     let mut big = guest_tcp(REMOTE_IP, (50_000, 443), ACK);
     let header_len = big.len();
     big.resize(header_len + 65_000, 0xab);
+    let total_len = (big.len() - ETH_LEN) as u16;
+    set_ipv4_total_len(&mut big, total_len);
     assert_eq!(fw.egress(&big, now), Verdict::Pass);
     assert_eq!(
         fw.egress_headers(&big[..header_len], 65_000 + header_len, now),
@@ -247,6 +249,8 @@ fn offloaded_frames_are_judged_on_headers_and_counted_whole() {
     // An inbound GSO frame for a flow that is not allowed is still refused.
     let mut inbound = to_guest_tcp(REMOTE_IP, (1, 3389), ACK);
     inbound.resize(inbound.len() + 60_000, 0);
+    let total_len = (inbound.len() - ETH_LEN) as u16;
+    set_ipv4_total_len(&mut inbound, total_len);
     assert_eq!(
         fw.ingress(&inbound, now),
         Verdict::Drop(DropReason::DefaultDeny)
@@ -300,7 +304,8 @@ fn full_table_drops_new_flows_while_established_ones_keep_working() {
         Verdict::Pass
     );
     let mut refused = 0;
-    for port in 1..=1_000u16 {
+    // Ports above the DHCP ones: a guest never sends to port 68.
+    for port in 1_001..=2_000u16 {
         let verdict = fw.egress(&guest_udp(REMOTE_IP, (6000, port)), now);
         if verdict == Verdict::Drop(DropReason::ConntrackFull) {
             refused += 1;

@@ -117,7 +117,7 @@ impl Firewall {
         conntrack.retain(|key, flow| {
             if logging && !flow_log.has_room(1) {
                 // Off the packet path: make room rather than lose records.
-                let _ = flow_log.write_out();
+                let _ = flow_log.write_out(now_ms);
             }
             if flow.is_expired(key.protocol, now_ms) {
                 report_flow_end(flow_log, counters, key, flow);
@@ -135,7 +135,7 @@ impl Firewall {
             } = self;
             rejects.retain(|key, tally| {
                 if !flow_log.has_room(1) {
-                    let _ = flow_log.write_out();
+                    let _ = flow_log.write_out(now_ms);
                 }
                 let window = Window {
                     packets: tally.packets,

@@ -1,13 +1,14 @@
-//! The decision on one frame. Order: parse (malformed) -> guest source MAC -> ARP / other
-//! ether types -> guest IP anti-spoofing -> non-first fragments -> link configuration
-//! (DHCP, neighbour discovery, MLD) -> ICMP errors about a tracked flow -> the flow's entry in
-//! the connection table -> for a new flow, the compiled rules, then a new entry.
+//! The decision on one frame. Order: parse (malformed, length mismatch, source route) -> guest
+//! source MAC -> ARP / other ether types -> guest IP anti-spoofing -> non-first fragments
+//! (judged by the rules on their IP header alone) -> link configuration that stays on the link
+//! (DHCP, neighbour discovery, MLD; see `link_control`) -> ICMP errors about a tracked flow,
+//! sent to the quoted packet's sender -> the flow's entry in the connection table -> for a new
+//! flow, the compiled rules, then a new entry.
 
 use std::time::Instant;
 
 use super::flow_report::{packet_key, report_flow_end};
 use super::{Firewall, Verdict};
-use crate::antispoof::is_link_control;
 use crate::conntrack::FlowState;
 use crate::counters::DropReason;
 use crate::flow_table::FlowKey;
@@ -15,11 +16,16 @@ use crate::frame::{
     is_icmp_error, parse_frame, parse_quoted_packet, Fragment, IpPacket, Payload, Transport,
     PROTO_ICMP, PROTO_ICMPV6, TCP_ACK, TCP_RST, TCP_SYN,
 };
+use crate::link_control::{is_link_control, DhcpServers};
 use crate::net_types::Direction;
 use crate::rules::RuleQuery;
 
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REQUEST_V6: u8 = 128;
+/// The longest ICMP error a router sends (RFC 1812 4.3.2.3).
+const MAX_ICMP_ERROR_LEN: usize = 576;
+/// The longest ICMPv6 error (RFC 4443 2.4 (c): the IPv6 minimum MTU).
+const MAX_ICMPV6_ERROR_LEN: usize = 1280;
 
 /// The ports a flow is tracked by: transport ports, or the echo identifier for ICMP echo.
 /// `None` for ICMP other than echo, which is judged packet by packet.
@@ -100,7 +106,7 @@ impl Firewall {
         frame_len: usize,
         now_ms: u64,
     ) -> Result<(), DropReason> {
-        let frame = parse_frame(headers).map_err(|_| DropReason::Malformed)?;
+        let frame = parse_frame(headers, frame_len).map_err(|e| e.drop_reason())?;
         let guard = match direction {
             Direction::Egress => self.antispoof.as_ref(),
             Direction::Ingress => None,
@@ -128,13 +134,9 @@ impl Firewall {
         now_ms: u64,
     ) -> Result<(), DropReason> {
         if ip.fragment == Fragment::Later {
-            return if self.config.allow_fragments {
-                Ok(())
-            } else {
-                Err(DropReason::Fragment)
-            };
+            return self.decide_later_fragment(direction, ip);
         }
-        if is_link_control(direction, ip) {
+        if is_link_control(direction, ip, DhcpServers(&self.config.dhcp_servers)) {
             return Ok(());
         }
         if let Transport::Icmp { icmp_type, .. } = ip.transport {
@@ -206,13 +208,49 @@ impl Firewall {
         Ok(())
     }
 
-    /// Whether an ICMP error quotes a packet of a tracked flow (as a PMTU or unreachable
-    /// message about a connection does); such errors pass both ways.
+    /// A fragment other than the first carries no ports: with `allow_fragments` it is judged
+    /// by the rules of its direction that do not name ports or ICMP types, on its remote
+    /// address and protocol (a port rule cannot match it; the first fragment, which has the
+    /// ports, was judged by every rule). Not tracked, not logged.
+    fn decide_later_fragment(
+        &mut self,
+        direction: Direction,
+        ip: &IpPacket<'_>,
+    ) -> Result<(), DropReason> {
+        if !self.config.allow_fragments {
+            return Err(DropReason::Fragment);
+        }
+        let decision = self
+            .rules
+            .evaluate_without_key(direction, &rule_query(direction, ip));
+        if let Some(rule) = decision.rule {
+            self.rule_hits[direction.index()][rule] += 1;
+        }
+        match (decision.allow, decision.rule) {
+            (true, _) => Ok(()),
+            (false, Some(_)) => Err(DropReason::RuleDeny),
+            (false, None) => Err(DropReason::DefaultDeny),
+        }
+    }
+
+    /// Whether an ICMP error is about a packet of a tracked flow (as a PMTU or unreachable
+    /// message about a connection is); such errors pass both ways. The error must go back to
+    /// the quoted packet's sender (its source was checked by anti-spoofing when it is the
+    /// guest's), quote a complete IP header and 8 bytes of transport header, be unfragmented
+    /// and no longer than RFC 1812 (576 bytes) or RFC 4443 (1280 bytes) allow.
     fn is_about_tracked_flow(&self, direction: Direction, ip: &IpPacket<'_>) -> bool {
+        let max_len = if ip.src.v6 {
+            MAX_ICMPV6_ERROR_LEN
+        } else {
+            MAX_ICMP_ERROR_LEN
+        };
+        if ip.fragment != Fragment::Whole || ip.ip_len > max_len {
+            return false;
+        }
         let Some(quoted) = parse_quoted_packet(ip.src.v6, ip.l4) else {
             return false;
         };
-        if quoted.src.v6 != ip.src.v6 {
+        if quoted.src.v6 != ip.src.v6 || ip.dst != quoted.src {
             return false;
         }
         // The quoted packet travelled the other way: from the guest for an ingress error.

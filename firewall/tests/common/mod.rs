@@ -162,3 +162,38 @@ pub fn set_ipv4_fragment(frame: &mut [u8], offset_units: u16, more: bool) {
     let value = offset_units | if more { 0x2000 } else { 0 };
     frame[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&value.to_be_bytes());
 }
+
+/// Sets the IPv4 total length (the firewall does not check the header checksum).
+pub fn set_ipv4_total_len(frame: &mut [u8], total_len: u16) {
+    frame[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total_len.to_be_bytes());
+}
+
+/// Sets the IPv6 payload length.
+pub fn set_ipv6_payload_len(frame: &mut [u8], payload_len: u16) {
+    frame[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&payload_len.to_be_bytes());
+}
+
+/// Sets the IPv4 TTL or the IPv6 hop limit.
+pub fn set_hop_limit(frame: &mut [u8], hops: u8) {
+    if frame[12..14] == [0x86, 0xdd] {
+        frame[ETH_LEN + 7] = hops;
+    } else {
+        frame[ETH_LEN + 8] = hops;
+    }
+}
+
+/// fe80::1, the host's link-local address.
+pub const HOST_LINK_LOCAL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// ff02::1, all nodes on the link.
+pub const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// ff02::16, all MLDv2-capable routers.
+pub const MLD2_ROUTERS: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+/// ff02::1:2, all DHCPv6 relay agents and servers.
+pub const DHCPV6_SERVERS: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2];
+
+/// The solicited-node multicast address of `target` (ff02::1:ffXX:XXXX).
+pub fn solicited_node(target: [u8; 16]) -> [u8; 16] {
+    let mut group = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+    group[13..].copy_from_slice(&target[13..]);
+    group
+}

@@ -733,6 +733,10 @@ metric_group! {
         fw_fragment: Counter,
         /// See `DropReason::Malformed`.
         fw_malformed: Counter,
+        /// See `DropReason::LengthMismatch`.
+        fw_length_mismatch: Counter,
+        /// See `DropReason::SourceRoute`.
+        fw_source_route: Counter,
         /// Flow-log writes that failed (Palisade's).
         flow_log_fails: Counter,
         /// `PATCH /network-interfaces` updates applied.

@@ -95,10 +95,10 @@ impl NetworkInterfaceConfig {
         {
             return Err(NetConfigError::HostDevName(self.host_dev_name.clone()));
         }
-        self.mac()?;
+        let mac = self.mac()?;
         if let Some(firewall) = &self.firewall {
             firewall
-                .validate()
+                .validate_for_interface(mac)
                 .map_err(|e| NetConfigError::Firewall(self.iface_id.clone(), e.to_string()))?;
         }
         Ok(())

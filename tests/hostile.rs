@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::netns::tsc_mhz;
+use common::netns::{tsc_mhz, TapNetns, GUEST_MAC};
 use common::{api, RunningVm, TestVm};
 use host::{can_attack, vm_rss_kib, ApiWatch, Latency};
 use table::Table;
@@ -208,6 +208,100 @@ fn blk_flood_of_one_head_256_times_is_bounded_and_the_vmm_and_a_second_guest_sta
         counted,
     );
     if !ok {
+        println!("--- probe stdout\n{}\n--- stderr\n{}", run.stdout, run.stderr);
+    }
+    table.finish();
+}
+
+/// A probe VM with one drive, one network interface on `ns`'s tap0 and the entropy device.
+fn three_device_probe(ns: &TapNetns, scenarios: &str, params: &str, fw: Value) -> TestVm {
+    let mut vm = api_probe(
+        scenarios,
+        &format!("probe.ip=10.0.0.2/24 probe.peer=10.0.0.1:7000 {params}"),
+    );
+    zero_disk(&mut vm, 1);
+    vm.config["network-interfaces"] = json!([{"iface_id": "eth0", "host_dev_name": "tap0",
+        "guest_mac": GUEST_MAC, "firewall": fw}]);
+    vm.config["entropy"] = json!({});
+    vm.netns = Some(ns.name.clone());
+    vm
+}
+
+/// Runs `scenario` (then `idle`) with the API watched and the VMM's memory read before and
+/// after; records the latency and memory rows and returns the run (after FlushMetrics).
+fn watched_run(table: &mut Table, vm: &TestVm, scenario: &str) -> common::GuestRun {
+    let mut running = spawn_with_api(vm);
+    running.wait_for_output("probe: ready", TIMEOUT);
+    let pid = running.child.id();
+    let rss_before = vm_rss_kib(pid);
+    let watch = ApiWatch::start(vm.dir.path().join("api.sock"));
+    running.wait_for_output("probe: idle ok", TIMEOUT);
+    let seen = watch.stop();
+    let rss_after = vm_rss_kib(pid);
+    let flushed = flush_metrics(vm);
+    let run = running.kill();
+    latency_row(table, &format!("{scenario}: API GET /"), seen);
+    table.record(
+        &format!("{scenario}: VMM VmRSS"),
+        "grows < 64 MiB, still serving",
+        &format!("before {rss_before} KiB, after {rss_after} KiB, FlushMetrics -> {flushed}"),
+        rss_after < rss_before + RSS_GROWTH_KIB && flushed == 204,
+    );
+    run
+}
+
+#[test]
+fn transport_abuse_of_blk_net_and_rng_is_refused_or_harmless() {
+    let test = "transport_abuse_of_blk_net_and_rng_is_refused_or_harmless";
+    if !can_attack(test) {
+        return;
+    }
+    let Some(ns) = TapNetns::create(test) else {
+        panic!("{test}: root is there but no network namespace could be made");
+    };
+    let mut table = Table::default();
+    let vm = three_device_probe(&ns, "virtio-hostile,idle", "", json!({"allowed_ips": ["10.0.0.2/32"]}));
+    let run = watched_run(&mut table, &vm, "virtio-hostile");
+    let mut cases = 0;
+    for line in run.stdout.lines() {
+        let Some(rest) = line.strip_prefix("probe: virtio-hostile case ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let (dev, case, verdict, saw) = (
+            words.next().unwrap_or("?"),
+            words.next().unwrap_or("?"),
+            words.next().unwrap_or("?"),
+            words.next().unwrap_or("?"),
+        );
+        let expected = if case.starts_with("features-ok") || case.starts_with("driver-ok") {
+            "bit refused, works after re-init"
+        } else {
+            "device keeps working"
+        };
+        table.record(&format!("virtio-hostile: {dev} {case}"), expected, saw, verdict == "pass");
+        cases += 1;
+    }
+    table.record(
+        "virtio-hostile: every device attacked",
+        "27 cases (9 per device), probe ok",
+        &format!("{cases} cases, probe {:?}", run.probe_result("virtio-hostile")),
+        cases == 27 && run.probe_result("virtio-hostile").is_some_and(|r| r.starts_with("ok")),
+    );
+    let virtio = metric_totals(vm.dir.path(), "virtio");
+    let blk = metric_totals(vm.dir.path(), "block_data");
+    table.record(
+        "virtio-hostile: metrics",
+        "notifies of a missing queue ignored and counted (>= 300000), no activation refused",
+        &format!(
+            "virtio.mmio_ignored_accesses={:?} virtio.activate_fails={:?} block_data.needs_reset_count={:?}",
+            virtio.get("mmio_ignored_accesses"),
+            virtio.get("activate_fails"),
+            blk.get("needs_reset_count")
+        ),
+        virtio.get("mmio_ignored_accesses").is_some_and(|&n| n >= 300_000),
+    );
+    if cases != 27 {
         println!("--- probe stdout\n{}\n--- stderr\n{}", run.stdout, run.stderr);
     }
     table.finish();

@@ -8,9 +8,9 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
-mod common;
 #[path = "hostile/capture.rs"]
 mod capture;
+mod common;
 #[path = "hostile/host.rs"]
 mod host;
 #[path = "hostile/table.rs"]
@@ -86,7 +86,8 @@ fn metric_totals(dir: &Path, group: &str) -> std::collections::BTreeMap<String, 
 /// `PUT /actions FlushMetrics`: its status.
 fn flush_metrics(vm: &TestVm) -> u16 {
     let mut c = api::ApiClient::connect(vm.dir.path().join("api.sock"));
-    c.put("/actions", json!({"action_type": "FlushMetrics"})).status
+    c.put("/actions", json!({"action_type": "FlushMetrics"}))
+        .status
 }
 
 /// The value of `key=` in a result detail.
@@ -100,7 +101,11 @@ fn field(detail: &str, key: &str) -> u64 {
 
 fn latency_row(table: &mut Table, attack: &str, seen: Latency) {
     let pass = seen.failures == 0 && seen.max < LATENCY_BOUND;
-    let note = if seen.max_ms() < LATENCY_TARGET_MS { "" } else { " (over the 100 ms target)" };
+    let note = if seen.max_ms() < LATENCY_TARGET_MS {
+        ""
+    } else {
+        " (over the 100 ms target)"
+    };
     table.record(
         attack,
         "GET / < 100 ms (asserted < 1 s), all 200",
@@ -116,7 +121,8 @@ fn latency_row(table: &mut Table, attack: &str, seen: Latency) {
 
 #[test]
 fn blk_flood_of_one_head_256_times_is_bounded_and_the_vmm_and_a_second_guest_stay_responsive() {
-    let test = "blk_flood_of_one_head_256_times_is_bounded_and_the_vmm_and_a_second_guest_stay_responsive";
+    let test =
+        "blk_flood_of_one_head_256_times_is_bounded_and_the_vmm_and_a_second_guest_stay_responsive";
     if !can_attack(test) {
         return;
     }
@@ -151,10 +157,24 @@ fn blk_flood_of_one_head_256_times_is_bounded_and_the_vmm_and_a_second_guest_sta
     let run = running.kill();
     drop(other_vm);
 
-    let detail = run.probe_result("blk-flood").unwrap_or("no result").to_string();
+    let detail = run
+        .probe_result("blk-flood")
+        .unwrap_or("no result")
+        .to_string();
     let ok = detail.starts_with("ok ");
-    let (max_answered, max_ok) = if ok { (field(&detail, "max_answered"), field(&detail, "max_ok")) } else { (0, 0) };
-    let (over_answered, over_ioerr) = if ok { (field(&detail, "over_answered"), field(&detail, "over_ioerr")) } else { (0, 0) };
+    let (max_answered, max_ok) = if ok {
+        (field(&detail, "max_answered"), field(&detail, "max_ok"))
+    } else {
+        (0, 0)
+    };
+    let (over_answered, over_ioerr) = if ok {
+        (
+            field(&detail, "over_answered"),
+            field(&detail, "over_ioerr"),
+        )
+    } else {
+        (0, 0)
+    };
     table.record(
         "blk-flood: head 0 x256, 254 x 64 KiB T_IN (the advertised maximum)",
         "every request answered S_OK",
@@ -174,7 +194,11 @@ fn blk_flood_of_one_head_256_times_is_bounded_and_the_vmm_and_a_second_guest_sta
         &format!("FlushMetrics -> {flushed}"),
         flushed == 204,
     );
-    latency_row(&mut table, "blk-flood: API GET / of the flooded VMM", during);
+    latency_row(
+        &mut table,
+        "blk-flood: API GET / of the flooded VMM",
+        during,
+    );
     table.record(
         "blk-flood: a second guest's API GET /",
         "< 1 s during the flood",
@@ -210,7 +234,10 @@ fn blk_flood_of_one_head_256_times_is_bounded_and_the_vmm_and_a_second_guest_sta
         counted,
     );
     if !ok {
-        println!("--- probe stdout\n{}\n--- stderr\n{}", run.stdout, run.stderr);
+        println!(
+            "--- probe stdout\n{}\n--- stderr\n{}",
+            run.stdout, run.stderr
+        );
     }
     table.finish();
 }
@@ -262,7 +289,12 @@ fn transport_abuse_of_blk_net_and_rng_is_refused_or_harmless() {
         panic!("{test}: root is there but no network namespace could be made");
     };
     let mut table = Table::default();
-    let vm = three_device_probe(&ns, "virtio-hostile,idle", "", json!({"allowed_ips": ["10.0.0.2/32"]}));
+    let vm = three_device_probe(
+        &ns,
+        "virtio-hostile,idle",
+        "",
+        json!({"allowed_ips": ["10.0.0.2/32"]}),
+    );
     let run = watched_run(&mut table, &vm, "virtio-hostile");
     let mut cases = 0;
     for line in run.stdout.lines() {
@@ -281,14 +313,25 @@ fn transport_abuse_of_blk_net_and_rng_is_refused_or_harmless() {
         } else {
             "device keeps working"
         };
-        table.record(&format!("virtio-hostile: {dev} {case}"), expected, saw, verdict == "pass");
+        table.record(
+            &format!("virtio-hostile: {dev} {case}"),
+            expected,
+            saw,
+            verdict == "pass",
+        );
         cases += 1;
     }
     table.record(
         "virtio-hostile: every device attacked",
         "27 cases (9 per device), probe ok",
-        &format!("{cases} cases, probe {:?}", run.probe_result("virtio-hostile")),
-        cases == 27 && run.probe_result("virtio-hostile").is_some_and(|r| r.starts_with("ok")),
+        &format!(
+            "{cases} cases, probe {:?}",
+            run.probe_result("virtio-hostile")
+        ),
+        cases == 27
+            && run
+                .probe_result("virtio-hostile")
+                .is_some_and(|r| r.starts_with("ok")),
     );
     let virtio = metric_totals(vm.dir.path(), "virtio");
     let blk = metric_totals(vm.dir.path(), "block_data");
@@ -304,7 +347,10 @@ fn transport_abuse_of_blk_net_and_rng_is_refused_or_harmless() {
         virtio.get("mmio_ignored_accesses").is_some_and(|&n| n >= 300_000),
     );
     if cases != 27 {
-        println!("--- probe stdout\n{}\n--- stderr\n{}", run.stdout, run.stderr);
+        println!(
+            "--- probe stdout\n{}\n--- stderr\n{}",
+            run.stdout, run.stderr
+        );
     }
     table.finish();
 }
@@ -340,13 +386,17 @@ fn classify(frame: &[u8]) -> Option<(usize, String)> {
     let frag = u16::from_be_bytes([frame[20], frame[21]]) & 0x3fff;
     let src = format!("{}.{}.{}.{}", frame[26], frame[27], frame[28], frame[29]);
     let l4 = 14 + ihl;
-    let dport = frame.get(l4 + 2..l4 + 4).map(|p| u16::from_be_bytes([p[0], p[1]]));
+    let dport = frame
+        .get(l4 + 2..l4 + 4)
+        .map(|p| u16::from_be_bytes([p[0], p[1]]));
     let what = format!("src {src} dst port {dport:?} frag {frag:#x}");
     if frag != 0 {
         return Some((11, what));
     }
     let by_port = dport.and_then(|p| p.checked_sub(7100)).map(usize::from);
-    marker.or(by_port.filter(|&i| i < NET_CASES.len())).map(|i| (i, what))
+    marker
+        .or(by_port.filter(|&i| i < NET_CASES.len()))
+        .map(|i| (i, what))
 }
 
 #[test]
@@ -376,7 +426,10 @@ fn guest_tx_header_tricks_and_malformed_frames_never_reach_the_tap_altered() {
     let frames = frames.join().unwrap();
     let mut seen: Vec<Vec<String>> = vec![Vec::new(); NET_CASES.len()];
     let guest_mac = [0x06, 0x00, 0x0a, 0x00, 0x00, 0x02];
-    for frame in frames.iter().filter(|f| f.len() >= 14 && f[6..12] == guest_mac) {
+    for frame in frames
+        .iter()
+        .filter(|f| f.len() >= 14 && f[6..12] == guest_mac)
+    {
         if let Some((i, what)) = classify(frame) {
             seen[i].push(what);
         }

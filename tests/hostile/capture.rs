@@ -1,7 +1,7 @@
 //! Frames the VMM writes to a tap, captured inside the test's network namespace with an
 //! AF_PACKET socket (every frame, whatever the host stack then makes of it).
 
-use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,11 @@ pub fn capture(ns: &TapNetns, secs: u64, until: &'static [u8]) -> JoinHandle<Vec
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2) call; the result is checked before use.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: fd is a fresh descriptor this thread owns from here on.
         let sock = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: the name is a NUL-terminated C string.
@@ -35,7 +39,10 @@ pub fn capture(ns: &TapNetns, secs: u64, until: &'static [u8]) -> JoinHandle<Vec
             )
         };
         assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
         // SAFETY: SO_RCVTIMEO with a timeval of the size given.
         unsafe {
             libc::setsockopt(

@@ -57,8 +57,17 @@ impl Table {
             .rows
             .iter()
             .filter(|r| !r.pass)
-            .map(|r| format!("{}: expected {}, observed {}", r.attack, r.expected, r.observed))
+            .map(|r| {
+                format!(
+                    "{}: expected {}, observed {}",
+                    r.attack, r.expected, r.observed
+                )
+            })
             .collect();
-        assert!(failed.is_empty(), "attacks that got through:\n{}", failed.join("\n"));
+        assert!(
+            failed.is_empty(),
+            "attacks that got through:\n{}",
+            failed.join("\n")
+        );
     }
 }

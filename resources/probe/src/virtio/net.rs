@@ -93,8 +93,9 @@ impl Net {
         }
     }
 
-    /// Queues one descriptor of `len` bytes at `addr`, header included: for hostile sizes
-    /// and headers built by the caller.
+    /// Sends one descriptor of `len` bytes at `addr`, header included (hostile sizes and
+    /// headers built by the caller), and waits until the device took it: `addr` may then be
+    /// reused.
     pub fn send_at(&mut self, addr: u64, len: u32) {
         let _ = self.tx_buffer();
         let index = self.tx_next % QUEUE_SIZE;
@@ -102,12 +103,8 @@ impl Net {
         self.tx.push(index);
         self.tx_next = self.tx_next.wrapping_add(1);
         self.tx_in_flight += 1;
-        self.flush_now();
-    }
-
-    fn flush_now(&mut self) {
         self.tx_unnotified += 1;
-        self.flush();
+        self.drain_tx();
     }
 
     /// Tells the device about queued frames.

@@ -3,6 +3,7 @@
 
 mod blk;
 mod blk_bench;
+mod blk_flood;
 mod blk_hostile;
 mod blk_watch;
 mod cpus;
@@ -12,6 +13,7 @@ mod kbd;
 mod mem;
 mod net_echo;
 mod net_flood;
+mod net_hostile;
 mod net_rx;
 mod net_spoof;
 mod net_tx;
@@ -20,6 +22,7 @@ mod pattern;
 mod ticker;
 mod triple_fault;
 mod unknown_io;
+mod virtio_hostile;
 mod virtio_list;
 
 use crate::serial::ResultLine;
@@ -44,6 +47,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: blk::NAME, run: blk::run },
     Scenario { name: blk_bench::NAME, run: blk_bench::run },
     Scenario { name: blk_hostile::NAME, run: blk_hostile::run },
+    Scenario { name: blk_flood::NAME, run: blk_flood::run },
     Scenario { name: blk_watch::NAME, run: blk_watch::run },
     Scenario { name: rng::NAME, run: rng::run },
     Scenario { name: net_tx::NAME, run: net_tx::run },
@@ -51,6 +55,8 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: net_echo::NAME, run: net_echo::run },
     Scenario { name: net_spoof::NAME, run: net_spoof::run },
     Scenario { name: net_flood::NAME, run: net_flood::run },
+    Scenario { name: net_hostile::NAME, run: net_hostile::run },
+    Scenario { name: virtio_hostile::NAME, run: virtio_hostile::run },
 ];
 
 pub fn run(name: &[u8], boot: &BootInfo) {

@@ -45,8 +45,13 @@ impl BlkError {
 impl Blk {
     /// Brings `dev` up with queue size 16, offering RO and FLUSH.
     pub fn open(dev: MmioDevice) -> Result<Self, BlkError> {
+        Self::open_sized(dev, QUEUE_SIZE)
+    }
+
+    /// As `open`, with a queue of `size` entries (at most 256: the rings fit the queue area).
+    pub fn open_sized(dev: MmioDevice, size: u16) -> Result<Self, BlkError> {
         let area: QueueArea = dma::queue_area(dev.index);
-        let queue = Virtqueue::new(&area, QUEUE_SIZE);
+        let queue = Virtqueue::new(&area, size);
         let features = dev.negotiate(F_RO | F_FLUSH, queue.setup).map_err(BlkError::Init)?;
         dev.start().map_err(BlkError::Init)?;
         Ok(Self { dev, queue, features, sectors: dev.config_u64(0), request: area.request })

@@ -33,11 +33,16 @@ pub struct Net {
 
 impl Net {
     pub fn open(dev: MmioDevice) -> Result<Self, InitError> {
+        Self::open_with(dev, 0)
+    }
+
+    /// As `open`, also accepting the offload features in `wanted` (if offered).
+    pub fn open_with(dev: MmioDevice, wanted: u64) -> Result<Self, InitError> {
         let rx_area: QueueArea = dma::queue_area(dev.index);
         let tx_area = QueueArea { desc: DATA_START, avail: DATA_START + 0x1000, used: DATA_START + 0x2000, request: 0 };
         let mut rx = Virtqueue::new(&rx_area, QUEUE_SIZE);
         let tx = Virtqueue::new(&tx_area, QUEUE_SIZE);
-        let features = dev.negotiate(F_MAC, rx.setup)?;
+        let features = dev.negotiate(F_MAC | wanted, rx.setup)?;
         dev.setup_queue(1, tx.setup)?;
         let mut mac = [0u8; 6];
         if features & F_MAC != 0 {
@@ -86,6 +91,20 @@ impl Net {
         if self.tx_unnotified >= 16 {
             self.flush();
         }
+    }
+
+    /// Sends one descriptor of `len` bytes at `addr`, header included (hostile sizes and
+    /// headers built by the caller), and waits until the device took it: `addr` may then be
+    /// reused.
+    pub fn send_at(&mut self, addr: u64, len: u32) {
+        let _ = self.tx_buffer();
+        let index = self.tx_next % QUEUE_SIZE;
+        self.tx.set_desc(index, addr, len, 0, 0);
+        self.tx.push(index);
+        self.tx_next = self.tx_next.wrapping_add(1);
+        self.tx_in_flight += 1;
+        self.tx_unnotified += 1;
+        self.drain_tx();
     }
 
     /// Tells the device about queued frames.

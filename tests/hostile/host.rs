@@ -1,0 +1,94 @@
+//! What the hostile suite needs from the host, and the measurements it takes there: the
+//! run-or-skip decision (root and /dev/kvm; under `CI` a missing one is a failure, never a
+//! skip), an API latency watcher polling `GET /` every 20 ms, and the VMM's resident memory.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::common::api::ApiClient;
+use crate::common::kvm_available;
+
+/// True when this host can run the attacks. Otherwise prints `SKIPPED: ...` and returns
+/// false, or fails the test when the environment variable `CI` is set.
+pub fn can_attack(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let kvm = kvm_available(test);
+    let missing = match (root, kvm) {
+        (true, true) => return true,
+        (false, true) => "root",
+        (true, false) => "/dev/kvm",
+        (false, false) => "root and /dev/kvm",
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: cannot run without {missing}; under CI that is a failure, not a skip");
+    }
+    println!("SKIPPED: {test}: needs {missing}");
+    false
+}
+
+/// `VmRSS` of process `pid` in KiB.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+}
+
+/// What a latency watcher saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub polls: u64,
+    pub max: Duration,
+    pub failures: u64,
+}
+
+impl Latency {
+    pub fn max_ms(&self) -> f64 {
+        self.max.as_secs_f64() * 1000.0
+    }
+}
+
+/// Polls `GET /` on an API socket every 20 ms on its own thread until stopped.
+pub struct ApiWatch {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Latency>,
+}
+
+impl ApiWatch {
+    pub fn start(sock: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut client = ApiClient::connect(sock);
+            let mut seen = Latency {
+                polls: 0,
+                max: Duration::ZERO,
+                failures: 0,
+            };
+            while !flag.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let status = client.get("/").status;
+                let took = start.elapsed();
+                seen.polls += 1;
+                seen.max = seen.max.max(took);
+                if status != 200 {
+                    seen.failures += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20).saturating_sub(took));
+            }
+            seen
+        });
+        Self { stop, handle }
+    }
+
+    pub fn stop(self) -> Latency {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("latency watcher panicked")
+    }
+}

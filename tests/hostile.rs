@@ -176,14 +176,14 @@ fn blk_flood_of_one_head_256_times_is_bounded_and_the_vmm_and_a_second_guest_sta
         (0, 0)
     };
     table.record(
-        "blk-flood: head 0 x256, 254 x 64 KiB T_IN (the advertised maximum)",
+        "blk-flood: head 0 x256, 254 x size_max T_IN (the advertised maximum)",
         "every request answered S_OK",
         &format!("answered={max_answered} ok={max_ok}"),
         ok && max_answered > 0 && max_ok == max_answered,
     );
     let untouched = std::fs::read(&disk).unwrap().iter().all(|&b| b == 0);
     table.record(
-        "blk-flood: head 0 x256, 254 x 128 KiB T_OUT (twice the maximum)",
+        "blk-flood: head 0 x256, 254 x 2 size_max T_OUT (twice the maximum)",
         "every request S_IOERR, disk unchanged",
         &format!("answered={over_answered} ioerr={over_ioerr} disk_unchanged={untouched}"),
         ok && over_answered > 0 && over_ioerr == over_answered && untouched,

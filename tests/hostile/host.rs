@@ -1,6 +1,6 @@
 //! What the hostile suite needs from the host, and the measurements it takes there: the
-//! run-or-skip decision (root and /dev/kvm; under `CI` a missing one is a failure, never a
-//! skip), an API latency watcher polling `GET /` every 20 ms, and the VMM's resident memory.
+//! run-or-skip decision (root and /dev/kvm; under `PALISADE_NO_SKIP` a missing one is a
+//! failure, never a skip), an API latency watcher polling `GET /` every 20 ms, and the VMM's resident memory.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,23 +11,15 @@ use std::time::{Duration, Instant};
 use crate::common::api::ApiClient;
 use crate::common::kvm_available;
 
-/// True when this host can run the attacks. Otherwise prints `SKIPPED: ...` and returns
-/// false, or fails the test when the environment variable `CI` is set.
+/// True when this host can run the attacks. Otherwise skips through `common::skip` (a
+/// failure under `PALISADE_NO_SKIP`, which .ci/run and resources/hostile.sh set).
 pub fn can_attack(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let kvm = kvm_available(test);
-    let missing = match (root, kvm) {
-        (true, true) => return true,
-        (false, true) => "root",
-        (true, false) => "/dev/kvm",
-        (false, false) => "root and /dev/kvm",
-    };
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: cannot run without {missing}; under CI that is a failure, not a skip");
+    if unsafe { libc::geteuid() } != 0 {
+        crate::common::skip::skip(test, "needs root");
+        return false;
     }
-    println!("SKIPPED: {test}: needs {missing}");
-    false
+    kvm_available(test)
 }
 
 /// `VmRSS` of process `pid` in KiB.

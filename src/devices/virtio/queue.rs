@@ -14,7 +14,27 @@ pub const MAX_QUEUE_SIZE: u16 = 256;
 
 /// Guest data bytes one drain moves before it yields to the event loop (the chain that
 /// crosses the line is finished first; a device caps its own largest chain).
-pub const BYTE_BUDGET: u64 = 4 << 20;
+pub const BYTE_BUDGET: u64 = 1 << 20;
+/// What walking and checking one descriptor costs, in bytes of [`BYTE_BUDGET`]: a chain of
+/// 254 descriptors refused at once still costs a quarter of a drain, so a driver cannot make
+/// the thread walk 256 such chains (65,000 descriptors) before the API is served again.
+pub const DESCRIPTOR_COST: u64 = 1024;
+
+/// `outcome` with the walk of `descriptors` descriptors added to what it moved.
+pub fn charge_descriptors(outcome: ChainOutcome, descriptors: usize) -> ChainOutcome {
+    let walk = (descriptors.max(1) as u64).saturating_mul(DESCRIPTOR_COST);
+    match outcome {
+        ChainOutcome::Used(len) => ChainOutcome::Moved {
+            used_len: len,
+            moved: u64::from(len).saturating_add(walk),
+        },
+        ChainOutcome::Moved { used_len, moved } => ChainOutcome::Moved {
+            used_len,
+            moved: moved.saturating_add(walk),
+        },
+        other => other,
+    }
+}
 
 /// A queue the device cannot serve any more: the device needs a reset.
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +310,23 @@ mod tests {
         assert_eq!(seen, 3);
         assert!(matches!(end, DrainEnd::Budget));
         assert_eq!(q.used().idx().load(), 3);
+    }
+
+    #[test]
+    fn long_chains_refused_at_once_still_use_up_the_budget() {
+        let mem = memory();
+        let q = MockSplitQueue::new(&mem, 16);
+        let mut queue: Queue = q.create_queue().unwrap();
+        one_descriptor_chains(&q, 16);
+        // Each chain "walks" 400 descriptors and moves nothing (a refused request): the
+        // drain yields after three of them instead of walking 16 x 400.
+        let mut seen = 0;
+        let (end, _) = drain(&mut queue, &mem, |_, _| {
+            seen += 1;
+            charge_descriptors(ChainOutcome::Used(1), 400)
+        });
+        assert_eq!(seen, 3);
+        assert!(matches!(end, DrainEnd::Budget));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::buffers::{self, Layout};
 use super::chain::{self, Segment};
 use super::interrupt::Interrupt;
-use super::queue::{drain, needs_interrupt, ChainOutcome, DrainEnd, MAX_QUEUE_SIZE};
+use super::queue::{
+    charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd, MAX_QUEUE_SIZE,
+};
 use super::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::config::EntropyConfig;
 use crate::logger::RateLimitedLog;
@@ -107,7 +109,8 @@ impl Rng {
         };
         let (limiter, segments, mem) = (&mut self.limiter, &mut self.segments, &active.mem);
         let (end, used_any) = drain(&mut active.queue, mem, |queue, head| {
-            fill_chain(mem, queue, head, segments, limiter)
+            let outcome = fill_chain(mem, queue, head, segments, limiter);
+            charge_descriptors(outcome, segments.len())
         });
         if used_any
             && needs_interrupt(&mut active.queue, &active.mem)

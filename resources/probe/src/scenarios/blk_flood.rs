@@ -1,10 +1,11 @@
 //! `blk-flood`: the "same head 256 times" attack on the first virtio-blk device. One chain
-//! (header, then as many data descriptors as the queue allows, all over the same 64 or
-//! 128 KiB of guest RAM, then the status byte) is put in every slot of a 256-entry available
+//! (header, then as many data descriptors as the queue allows, all over the same `size_max`
+//! or twice `size_max` bytes of guest RAM (from the device's config space), then the status
+//! byte) is put in every slot of a 256-entry available
 //! ring, notified, and refilled as the device answers, for `probe.secs=` seconds (TSC time,
 //! `probe.tsc_mhz=`). Two phases of half the time each:
-//! - `max`: T_IN, 254 x 64 KiB = the largest request the device advertises: answered S_OK;
-//! - `over`: T_OUT, 254 x 128 KiB, twice that: answered S_IOERR (and nothing written).
+//! - `max`: T_IN, 254 x size_max = the largest request the device advertises: answered S_OK;
+//! - `over`: T_OUT, 254 x 2 size_max, twice that: answered S_IOERR (and nothing written).
 //! Prints `probe: blk-flood flood-start` and `probe: blk-flood flood-done` around the flood
 //! (the host measures in between), then
 //! `probe: blk-flood ok max_answered=N max_ok=N over_answered=M over_ioerr=M`, or `fail ...`.
@@ -98,13 +99,18 @@ pub fn run(boot: &BootInfo) {
         Ok(blk) => blk,
         Err(e) => return ResultLine::fail(NAME.as_bytes()).text(e.as_str()).end(),
     };
+    // virtio_blk_config.size_max (le32 at 8; seg_max follows), 64 KiB when not offered.
+    let size_max = match blk.dev.config_u64(8) as u32 {
+        0 => 64 * 1024,
+        n => n.min(1 << 20),
+    };
     put_str("probe: blk-flood flood-start\n");
-    build_chain(&blk, T_IN, 64 * 1024);
+    build_chain(&blk, T_IN, size_max);
     let max = match flood(&mut blk, half) {
         Ok(t) => t,
         Err(e) => return fail("max", e),
     };
-    build_chain(&blk, T_OUT, 128 * 1024);
+    build_chain(&blk, T_OUT, 2 * size_max);
     let over = match flood(&mut blk, half) {
         Ok(t) => t,
         Err(e) => return fail("over", e),

@@ -14,7 +14,9 @@ use super::{Block, GuestLogs};
 use crate::config::CacheType;
 use crate::devices::virtio::buffers;
 use crate::devices::virtio::chain::{self, Segment};
-use crate::devices::virtio::queue::{drain, needs_interrupt, ChainOutcome, DrainEnd, QueueError};
+use crate::devices::virtio::queue::{
+    charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd, QueueError,
+};
 use crate::metrics::BlockDeviceMetrics;
 use crate::rate_limiter::{RateLimiter, TokenType};
 use crate::vstate::memory::GuestMemory;
@@ -152,7 +154,8 @@ impl Block {
             logs: &self.logs,
         };
         let (end, used_any) = drain(&mut active.queue, &active.mem, |q, head| {
-            worker.handle(q, head)
+            let outcome = worker.handle(q, head);
+            charge_descriptors(outcome, worker.segments.len())
         });
         if used_any
             && needs_interrupt(&mut active.queue, &active.mem)

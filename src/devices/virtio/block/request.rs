@@ -26,7 +26,7 @@ pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// and status descriptors).
 pub const SEG_MAX: u32 = 254;
 /// Bytes per data buffer the device advertises (`size_max`).
-pub const SIZE_MAX: u32 = 64 * 1024;
+pub const SIZE_MAX: u32 = 16 * 1024;
 /// The largest data length of one request: a request runs on the VMM thread whole, so this
 /// bounds how long one request can keep the thread (and the API) waiting.
 pub const MAX_DATA_BYTES: u32 = SEG_MAX * SIZE_MAX;

@@ -20,7 +20,9 @@ use super::tx::HEADER_PREFIX;
 use super::{count_drop, GuestLogs, Net, RX};
 use crate::devices::virtio::buffers::{self, Layout};
 use crate::devices::virtio::chain::{self, Segment};
-use crate::devices::virtio::queue::{drain, needs_interrupt, ChainOutcome, DrainEnd};
+use crate::devices::virtio::queue::{
+    charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd,
+};
 use crate::metrics::NetDeviceMetrics;
 use crate::rate_limiter::{RateLimiter, TokenType};
 use crate::vstate::memory::GuestMemory;
@@ -184,7 +186,8 @@ impl Net {
             now: Instant::now(),
         };
         let (end, used_any) = drain(&mut active.rx, &active.mem, |q, head| {
-            worker.handle(q, head)
+            let outcome = worker.handle(q, head);
+            charge_descriptors(outcome, worker.segments.len())
         });
         let wait = worker.wait;
         if used_any && needs_interrupt(&mut active.rx, &active.mem) {

@@ -14,7 +14,9 @@ use super::vnet_hdr::{self, TxOffloads};
 use super::{count_drop, GuestLogs, Net, TX};
 use crate::devices::virtio::buffers::{self, Layout};
 use crate::devices::virtio::chain::{self, Segment};
-use crate::devices::virtio::queue::{drain, needs_interrupt, ChainOutcome, DrainEnd};
+use crate::devices::virtio::queue::{
+    charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd,
+};
 use crate::metrics::NetDeviceMetrics;
 use crate::rate_limiter::{RateLimiter, TokenType};
 use crate::vstate::memory::GuestMemory;
@@ -155,7 +157,8 @@ impl Net {
             now: Instant::now(),
         };
         let (end, used_any) = drain(&mut active.tx, &active.mem, |q, head| {
-            worker.handle(q, head)
+            let outcome = worker.handle(q, head);
+            charge_descriptors(outcome, worker.segments.len())
         });
         let interrupt = used_any && needs_interrupt(&mut active.tx, &active.mem);
         if interrupt {

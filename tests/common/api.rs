@@ -56,6 +56,30 @@ impl ApiClient {
         }
     }
 
+    /// Sets how long one read may wait for the server.
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .unwrap();
+    }
+
+    /// Reads until the server closes the connection (what was left after the last answer).
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.reader.read(&mut chunk) {
+                Ok(0) => return rest,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                // A server that closes with our unread bytes in its queue resets the stream.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return rest,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("read until close: {e}"),
+            }
+        }
+    }
+
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.reader

@@ -32,11 +32,34 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests" >&2
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+skips=$(mktemp)
+trap 'rm -f "$log" "$skips"' EXIT
+# Every skipped test appends its `SKIPPED:` line here (tests/common/skip.rs); with
+# PALISADE_NO_SKIP set (.ci/run sets it) a test that cannot run fails instead.
+export PALISADE_SKIP_LOG=$skips
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+
+# Fuzz targets: a short smoke run of each over its seed corpus (resources/fuzz.sh; longer
+# runs by hand). Skipped when arguments select particular tests.
+fuzz_line=""
+if (($# == 0)); then
+    echo "== fuzz smoke run" >&2
+    fuzz_log=$(mktemp)
+    bash resources/fuzz.sh "${PALISADE_FUZZ_SECONDS:-15}" 2>&1 | tee "$fuzz_log" || status=1
+    fuzz_line=$(grep '^fuzz: [0-9]* passed' "$fuzz_log" || true)
+    rm -f "$fuzz_log"
+fi
+
 # One closing line for the whole run (the last test binary may be a doc-test run of 0).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1);
+skipped=$(wc -l <"$skips")
+if ((skipped > 0)); then
+    echo "skipped tests:" >&2
+    cat "$skips" >&2
+fi
+awk -v s="$skipped" -v fz="$fuzz_line" '
+     /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1);
                                                    if ($(i) ~ /^failed/) f += $(i-1) } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+     END { if (fz != "") { split(fz, w, " "); p += w[2]; f += w[4] }
+           printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit "$status"

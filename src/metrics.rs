@@ -508,6 +508,8 @@ metric_group! {
         read_count: Counter,
         /// Bytes written by the guest.
         write_count: Counter,
+        /// Output bytes dropped over the console's rate limit (Palisade's).
+        dropped_bytes: Counter,
     }
 }
 
@@ -706,6 +708,9 @@ metric_group! {
         tx_rate_limiter_event_count: Counter,
         /// Guest frames whose source MAC is not `guest_mac` (Firecracker's name; dropped here).
         tx_spoofed_mac_count: Counter,
+        /// Guest frames dropped for a virtio-net header that does not match the frame or the
+        /// accepted offloads (Palisade's).
+        tx_bad_vnet_hdr: Counter,
         /// Frames the firewall dropped from the guest (Palisade's).
         fw_egress_drops: Counter,
         /// Frames the firewall dropped to the guest (Palisade's).

@@ -160,7 +160,10 @@ fn a_host_without_usable_kvm_is_reported() {
     if !out.status.success() && out.status.code() != Some(HOST_UNSUPPORTED) {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("mount") || stderr.contains("unshare") {
-            println!("SKIPPED: a_host_without_usable_kvm_is_reported: needs root ({stderr})");
+            common::skip::skip(
+                "a_host_without_usable_kvm_is_reported",
+                &format!("needs root ({stderr})"),
+            );
             return;
         }
     }

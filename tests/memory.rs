@@ -199,9 +199,8 @@ fn two_guests_never_see_each_others_memory() {
         .collect();
     let mut running: Vec<RunningVm> = Vec::new();
     for (vm, mut r) in vms {
-        r.wait_for_output("probe: pattern ", TIMEOUT);
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(r.stdout().contains("probe: pattern ok"), "{}", r.stdout());
+        // The whole result line (a failing pattern times out with the output shown).
+        r.wait_for_output("probe: pattern ok", TIMEOUT);
         std::mem::forget(vm);
         running.push(r);
     }

@@ -1,5 +1,10 @@
 //! Step 13: exec the VMM inside the jail with an empty environment, as Firecracker's jailer
 //! does: `/<exec-name> --id <id> <VMM args...>`.
+//!
+//! The descriptors that cross exec are listed, and nothing else does: stdin, stdout and
+//! stderr (the caller's, or /dev/null with `--daemonize`) and the instance lock, a read-only
+//! descriptor of the pid file inside the jail. Every other descriptor is marked close-on-exec
+//! right before the exec, whoever opened it.
 
 use std::ffi::{CString, NulError};
 use std::io::Read;
@@ -15,6 +20,8 @@ pub enum ExecError {
     Nul(#[from] NulError),
     #[error("Cannot keep the instance lock open across exec")]
     KeepLock(#[source] nix::Error),
+    #[error("Cannot mark descriptors close-on-exec")]
+    CloseOnExec(#[source] std::io::Error),
     #[error("Cannot execute {0}")]
     Exec(PathBuf, #[source] nix::Error),
 }
@@ -39,9 +46,45 @@ fn try_exec(
     for a in args {
         argv.push(CString::new(a.as_str())?);
     }
+    close_on_exec_all_but(keep_fd)?;
     fcntl(keep_fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(ExecError::KeepLock)?;
     let env: [CString; 0] = [];
     execve(&path, &argv, &env).map_err(|e| ExecError::Exec(exec_file.to_path_buf(), e))
+}
+
+/// Marks every descriptor above stderr close-on-exec, except `keep`.
+fn close_on_exec_all_but(keep: RawFd) -> Result<(), ExecError> {
+    let keep = u32::try_from(keep).unwrap_or(u32::MAX);
+    let ranges = [
+        (3, keep.saturating_sub(1)),
+        (keep.saturating_add(1), u32::MAX),
+    ];
+    for (first, last) in ranges.into_iter().filter(|(f, l)| f <= l && *f >= 3) {
+        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first,
+                last,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if rc != 0 {
+            // Kernels before 5.11: one by one up to the descriptor limit.
+            let err = std::io::Error::last_os_error();
+            let (soft, _) =
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                    .map_err(|_| ExecError::CloseOnExec(err))?;
+            let end = u32::try_from(soft)
+                .unwrap_or(u32::MAX)
+                .min(last.saturating_add(1));
+            for fd in first..end {
+                // SAFETY: F_SETFD only sets a flag (EBADF for numbers not in use).
+                unsafe { libc::fcntl(fd as libc::c_int, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The ELF interpreter (PT_INTERP) a dynamically linked 64-bit little-endian executable asks

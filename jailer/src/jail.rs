@@ -95,7 +95,7 @@ fn confine(p: &Prepared, status: &StatusWriter) -> Result<(), JailerError> {
         netns::join(path)?;
     }
     namespaces::unshare_all()?;
-    pivot::enter_root(p.jail_dir.root())?;
+    pivot::enter_root(p.jail_dir.root(), p.jail_dir.root_identity())?;
     mknod::create_devices(spec.uid, spec.gid)?;
     privileges::drop_all(spec.uid, spec.gid)?;
     if !spec.daemonize {

@@ -2,37 +2,44 @@
 //! file), the directories the VMM needs and the copy of the exec file.
 //!
 //! Files already in `root/` (a kernel or config staged by the caller, as with Firecracker) are
-//! kept. A failed start removes what this start created.
+//! kept. A failed start removes what this start created. The jailed uid can write in `root/`
+//! and in the directories below it, so every name there is reached through directory
+//! descriptors opened without following links, and every file the jailer opens there as root
+//! must be a regular file with one link (staged.rs): a planted symbolic link, hard link or
+//! FIFO is refused before the instance lock is taken.
 
-use std::fs::{File, OpenOptions, Permissions};
-use std::io::{Seek, SeekFrom, Write};
+use std::fs::{File, Permissions};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::fs::{fchown, DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{fchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::spec::JailSpec;
+use crate::staged::{Access, Dir, StagedError};
 
-/// Directories inside the jail owned by the jailed uid (Firecracker's set).
+/// Directories inside the jail owned by the jailed uid (Firecracker's set), in creation order.
 const JAIL_DIRS: [&str; 3] = ["dev", "dev/net", "run"];
 /// Device nodes the mknod step creates; removed again by a failed start.
 pub const DEVICE_NODES: [&str; 3] = ["dev/kvm", "dev/net/tun", "dev/urandom"];
+/// The jail's root: owned by root, group the jailed gid, sticky and group-writable. The VMM
+/// may create files in `/`, but neither rename nor remove what it does not own: the pid file
+/// and the files the caller staged.
+const ROOT_MODE: u32 = 0o1770;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailDirError {
-    #[error("Cannot create {0}")]
-    CreateDir(PathBuf, #[source] std::io::Error),
-    #[error("{0} exists and is not a directory (symbolic links are refused)")]
-    NotADirectory(PathBuf),
-    #[error("Cannot open {0}")]
-    Open(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Staged(#[from] StagedError),
     #[error("Instance {0} is already running (its pid file {1} is locked)")]
     AlreadyRunning(String, PathBuf),
     #[error("Cannot lock {0}")]
     Lock(PathBuf, #[source] std::io::Error),
     #[error("Cannot set owner or mode of {0}")]
     Own(PathBuf, #[source] std::io::Error),
-    #[error("{0} is not a plain file with a single link")]
-    UnsafeTarget(PathBuf),
+    #[error("Cannot open exec file {0}")]
+    OpenExec(PathBuf, #[source] std::io::Error),
+    #[error("Exec file {0} is not a regular file")]
+    ExecNotAFile(PathBuf),
     #[error("Cannot copy {0} to {1}")]
     Copy(PathBuf, PathBuf, #[source] std::io::Error),
     #[error("Cannot write pid file {0}")]
@@ -42,17 +49,19 @@ pub enum JailDirError {
 /// A prepared and locked jail directory.
 #[derive(Debug)]
 pub struct JailDir {
-    root: PathBuf,
+    root: Dir,
+    root_identity: (u64, u64),
     exec_name: String,
     /// `<base>/<exec-name>`, when this start created it.
     created_exec_dir: Option<PathBuf>,
     /// The highest of `<base>/<exec-name>/<id>` and its `root` that this start created.
     created_top: Option<PathBuf>,
-    /// Directories inside a pre-existing `root` that this start created.
-    created_dirs: Vec<PathBuf>,
-    pid_path: PathBuf,
-    /// Locked exclusively for as long as this instance (then its VMM) runs.
-    pid_file: File,
+    /// Directories inside a pre-existing `root` that this start created (relative to it).
+    created_dirs: Vec<&'static str>,
+    pid_name: String,
+    /// The pid file, opened read-only and locked exclusively for as long as this instance
+    /// (then its VMM, which inherits it) runs. Read-only: the VMM cannot rewrite it.
+    lock: File,
 }
 
 impl JailDir {
@@ -60,33 +69,35 @@ impl JailDir {
     pub fn prepare(spec: &JailSpec) -> Result<Self, JailDirError> {
         // `<base>/<exec-name>` is shared by every instance of that exec file: removed again
         // only when empty. The instance's own directories go with everything in them.
-        let exec_dir = spec.chroot_base.join(&spec.exec_name);
-        let created_exec_dir = make_dir(&exec_dir, 0o755)?.then_some(exec_dir);
+        let base = Dir::open_trusted(&spec.chroot_base)?;
+        let (exec_dir, created) = base.make_dir(&spec.exec_name, 0o755)?;
+        let created_exec_dir = created.then(|| exec_dir.path.clone());
         let mut created_top = None;
-        for dir in [spec.instance_dir(), spec.root()] {
-            match make_dir(&dir, 0o755) {
-                Ok(true) if created_top.is_none() => created_top = Some(dir),
-                Ok(_) => {}
-                Err(e) => {
-                    remove_created(created_top.as_deref(), created_exec_dir.as_deref());
-                    return Err(e);
-                }
-            }
-        }
-        let root = spec.root();
-        let pid_path = root.join(format!("{}.pid", spec.exec_name));
-        let pid_file = lock_pid_file(&pid_path, &spec.id).inspect_err(|_| {
+        let root = open_instance_root(&exec_dir, &spec.id, &mut created_top);
+        let undo = |top: Option<&Path>| remove_created(top, created_exec_dir.as_deref());
+        let root = root.inspect_err(|_| undo(created_top.as_deref()))?;
+        let pid_name = format!("{}.pid", spec.exec_name);
+        // Refuse what was planted at the names the jailer opens before taking anything.
+        let lock = root
+            .inspect(&pid_name)
+            .and_then(|_| root.inspect(&spec.exec_name))
+            .map_err(JailDirError::from)
+            .and_then(|_| lock_pid_file(&root, &pid_name, &spec.id))
             // Only what this start created: a running instance keeps its files.
-            remove_created(created_top.as_deref(), created_exec_dir.as_deref());
-        })?;
+            .inspect_err(|_| undo(created_top.as_deref()))?;
+        let meta = root
+            .file
+            .metadata()
+            .map_err(|e| StagedError::Open(root.path.clone(), e))?;
         let mut jail = JailDir {
+            root_identity: (meta.dev(), meta.ino()),
             root,
             exec_name: spec.exec_name.clone(),
             created_exec_dir,
             created_top,
             created_dirs: Vec::new(),
-            pid_path,
-            pid_file,
+            pid_name,
+            lock,
         };
         if let Err(e) = jail.fill(spec) {
             jail.remove();
@@ -96,33 +107,41 @@ impl JailDir {
     }
 
     fn fill(&mut self, spec: &JailSpec) -> Result<(), JailDirError> {
-        own_dir(&self.root, spec.uid, spec.gid)?;
+        own(&self.root, 0, spec.gid, ROOT_MODE)?;
         for name in JAIL_DIRS {
-            let dir = self.root.join(name);
-            if make_dir(&dir, 0o700)? {
-                self.created_dirs.push(dir.clone());
+            let (parent, last) = self.root.walk(name)?;
+            let (dir, created) = parent.make_dir(last, 0o700)?;
+            if created {
+                self.created_dirs.push(name);
             }
-            own_dir(&dir, spec.uid, spec.gid)?;
+            own(&dir, spec.uid, spec.gid, 0o700)?;
         }
-        copy_exec_file(&spec.exec_file, &self.root.join(&spec.exec_name), spec)
+        copy_exec_file(&spec.exec_file, &self.root, &spec.exec_name, spec)
     }
 
     /// The jail's root directory on the host.
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.root.path
     }
 
-    /// The lock's descriptor, to be inherited by the VMM so the lock lives as long as it does.
+    /// Device and inode of the jail's root, to check that a later lookup by path found it.
+    pub fn root_identity(&self) -> (u64, u64) {
+        self.root_identity
+    }
+
+    /// The lock's descriptor (read-only), to be inherited by the VMM so the lock lives as
+    /// long as it does.
     pub fn lock_fd(&self) -> RawFd {
-        self.pid_file.as_raw_fd()
+        self.lock.as_raw_fd()
     }
 
-    /// Records the VMM's pid (as the host sees it) in `<exec-name>.pid`.
+    /// Records the VMM's pid (as the host sees it) in `<exec-name>.pid`, through a descriptor
+    /// opened here and closed before this returns (the VMM never holds a writable one).
     pub fn write_pid(&self, pid: i32) -> Result<(), JailDirError> {
-        let err = |e| JailDirError::WritePid(self.pid_path.clone(), e);
-        let mut f = &self.pid_file;
+        let path = self.root.path.join(&self.pid_name);
+        let mut f = self.root.reopen_for_writing(&self.pid_name, &self.lock)?;
+        let err = |e| JailDirError::WritePid(path.clone(), e);
         f.set_len(0).map_err(err)?;
-        f.seek(SeekFrom::Start(0)).map_err(err)?;
         f.write_all(pid.to_string().as_bytes()).map_err(err)
     }
 
@@ -137,15 +156,37 @@ impl JailDir {
         }
         let files = DEVICE_NODES
             .iter()
-            .map(|n| self.root.join(n))
-            .chain([self.root.join(&self.exec_name), self.pid_path.clone()]);
+            .copied()
+            .chain([self.exec_name.as_str(), self.pid_name.as_str()]);
         for file in files {
-            let _ = std::fs::remove_file(file);
+            if let Ok((dir, name)) = self.root.walk(file) {
+                dir.remove(name, false);
+            }
         }
-        for dir in self.created_dirs.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
+        for created in self.created_dirs.iter().rev() {
+            if let Ok((dir, name)) = self.root.walk(created) {
+                dir.remove(name, true);
+            }
         }
     }
+}
+
+/// `<id>` and `<id>/root` below `<base>/<exec-name>`, each created when missing and opened
+/// without following links; records the highest one this start created.
+fn open_instance_root(
+    exec_dir: &Dir,
+    id: &str,
+    created_top: &mut Option<PathBuf>,
+) -> Result<Dir, JailDirError> {
+    let (id_dir, created) = exec_dir.make_dir(id, 0o755)?;
+    if created {
+        *created_top = Some(id_dir.path.clone());
+    }
+    let (root, created) = id_dir.make_dir("root", 0o755)?;
+    if created && created_top.is_none() {
+        *created_top = Some(root.path.clone());
+    }
+    Ok(root)
 }
 
 /// Removes the instance directory this start created, then the exec-name directory if this
@@ -159,43 +200,19 @@ fn remove_created(top: Option<&Path>, exec_dir: Option<&Path>) {
     }
 }
 
-/// Creates `dir` (not its parents); `Ok(true)` when this call created it. An existing entry
-/// must be a real directory.
-fn make_dir(dir: &Path, mode: u32) -> Result<bool, JailDirError> {
-    match std::fs::DirBuilder::new().mode(mode).create(dir) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            match std::fs::symlink_metadata(dir) {
-                Ok(m) if m.is_dir() => Ok(false),
-                _ => Err(JailDirError::NotADirectory(dir.to_path_buf())),
-            }
-        }
-        Err(e) => Err(JailDirError::CreateDir(dir.to_path_buf(), e)),
-    }
-}
-
-/// chown uid:gid and chmod 0700 through a descriptor opened without following links.
-fn own_dir(dir: &Path, uid: u32, gid: u32) -> Result<(), JailDirError> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(dir)
-        .map_err(|e| JailDirError::Open(dir.to_path_buf(), e))?;
-    let err = |e| JailDirError::Own(dir.to_path_buf(), e);
-    fchown(f.as_fd(), Some(uid), Some(gid)).map_err(err)?;
-    f.set_permissions(Permissions::from_mode(0o700))
+/// chown and chmod through the directory's own descriptor (opened without following links).
+fn own(dir: &Dir, uid: u32, gid: u32, mode: u32) -> Result<(), JailDirError> {
+    let err = |e| JailDirError::Own(dir.path.clone(), e);
+    fchown(dir.file.as_fd(), Some(uid), Some(gid)).map_err(err)?;
+    dir.file
+        .set_permissions(Permissions::from_mode(mode))
         .map_err(err)
 }
 
-fn lock_pid_file(path: &Path, id: &str) -> Result<File, JailDirError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| JailDirError::Open(path.to_path_buf(), e))?;
+/// Opens (creating it if missing) and locks the pid file, read-only.
+fn lock_pid_file(root: &Dir, name: &str, id: &str) -> Result<File, JailDirError> {
+    let path = root.path.join(name);
+    let file = root.open_file(name, Access::Read, Some(0o644))?;
     // A plain flock (not nix's guard, whose drop would unlock the description the VMM
     // inherits): the lock goes away only when the last holder closes it.
     // SAFETY: flock on a descriptor this function owns; no memory is involved.
@@ -203,35 +220,32 @@ fn lock_pid_file(path: &Path, id: &str) -> Result<File, JailDirError> {
         return Ok(file);
     }
     match std::io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Err(JailDirError::AlreadyRunning(
-            id.to_string(),
-            path.to_path_buf(),
-        )),
-        e => Err(JailDirError::Lock(path.to_path_buf(), e)),
+        e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+            Err(JailDirError::AlreadyRunning(id.to_string(), path))
+        }
+        e => Err(JailDirError::Lock(path, e)),
     }
 }
 
 /// Copies (never links: two VMMs must not share pages of their binary) the exec file into
 /// the jail, owned by the jailed uid, without set-id bits.
-fn copy_exec_file(src: &Path, dst: &Path, spec: &JailSpec) -> Result<(), JailDirError> {
-    let copy_err = |e| JailDirError::Copy(src.to_path_buf(), dst.to_path_buf(), e);
-    let mut input = File::open(src).map_err(|e| JailDirError::Open(src.to_path_buf(), e))?;
-    let mode = input.metadata().map_err(copy_err)?.mode() & 0o777;
-    let mut output = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dst)
-        .map_err(|e| JailDirError::Open(dst.to_path_buf(), e))?;
-    // A stale copy hard-linked to a file outside the jail must not be overwritten.
-    let meta = output.metadata().map_err(copy_err)?;
-    if !meta.is_file() || meta.nlink() > 1 {
-        return Err(JailDirError::UnsafeTarget(dst.to_path_buf()));
+fn copy_exec_file(src: &Path, root: &Dir, name: &str, spec: &JailSpec) -> Result<(), JailDirError> {
+    let dst = root.path.join(name);
+    let copy_err = |e| JailDirError::Copy(src.to_path_buf(), dst.clone(), e);
+    let mut input = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(src)
+        .map_err(|e| JailDirError::OpenExec(src.to_path_buf(), e))?;
+    let meta = input.metadata().map_err(copy_err)?;
+    if !meta.is_file() {
+        return Err(JailDirError::ExecNotAFile(src.to_path_buf()));
     }
+    let mode = meta.mode() & 0o777;
+    let mut output = root.open_file(name, Access::Write, Some(mode))?;
     output.set_len(0).map_err(copy_err)?;
     std::io::copy(&mut input, &mut output).map_err(copy_err)?;
-    let own_err = |e| JailDirError::Own(dst.to_path_buf(), e);
+    let own_err = |e| JailDirError::Own(dst.clone(), e);
     fchown(output.as_fd(), Some(spec.uid), Some(spec.gid)).map_err(own_err)?;
     output
         .set_permissions(Permissions::from_mode(mode))

@@ -18,6 +18,7 @@ mod privileges;
 mod rlimits;
 mod seccomp_layer;
 mod spec;
+mod staged;
 mod supervisor;
 mod validate;
 

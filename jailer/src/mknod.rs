@@ -1,16 +1,20 @@
 //! Step 8: the device nodes the VMM needs, created inside the jail and owned by its uid/gid.
 
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chown, Gid, Uid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MknodError {
     #[error("Cannot create device node {0}")]
     Mknod(PathBuf, #[source] nix::Error),
     #[error("Cannot give {0} to the jailed uid/gid")]
-    Chown(PathBuf, #[source] nix::Error),
+    Chown(PathBuf, #[source] std::io::Error),
+    #[error("{0} was replaced after it was created")]
+    Replaced(PathBuf),
 }
 
 /// A character device the jail gets: path inside the jail, major, minor, required.
@@ -65,6 +69,41 @@ fn create(dev: &Device, uid: u32, gid: u32) -> Result<(), MknodError> {
         makedev(dev.major, dev.minor),
     )
     .map_err(|e| MknodError::Mknod(path.clone(), e))?;
-    chown(dev.path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-        .map_err(|e| MknodError::Chown(path, e))
+    chown_node(dev, uid, gid).map_err(|e| match e {
+        None => MknodError::Replaced(path.clone()),
+        Some(e) => MknodError::Chown(path.clone(), e),
+    })
+}
+
+/// chown of the node just made, never of what a link there points at: `/dev` belongs to the
+/// jailed uid, which may swap the name for a link to a root-owned file in the jail (the pid
+/// file). Opened with O_PATH|O_NOFOLLOW, checked to be the device, chowned through that
+/// descriptor. `Err(None)`: something else is there now.
+fn chown_node(dev: &Device, uid: u32, gid: u32) -> Result<(), Option<std::io::Error>> {
+    let node = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(dev.path)
+        .map_err(Some)?;
+    let meta = node.metadata().map_err(Some)?;
+    let rdev = makedev(dev.major, dev.minor);
+    if !meta.file_type().is_char_device() || meta.rdev() != rdev || meta.nlink() != 1 {
+        return Err(None);
+    }
+    let empty = CString::default();
+    // SAFETY: fchownat with AT_EMPTY_PATH acts on the O_PATH descriptor itself; `empty` is a
+    // NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::fchownat(
+            node.as_raw_fd(),
+            empty.as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(Some(std::io::Error::last_os_error())),
+    }
 }

@@ -14,6 +14,12 @@ pub enum NetnsError {
 
 /// setns(CLONE_NEWNET) on the file at `path` (e.g. /var/run/netns/NAME).
 pub fn join(path: &Path) -> Result<(), NetnsError> {
-    let ns = std::fs::File::open(path).map_err(|e| NetnsError::Open(path.to_path_buf(), e))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: a FIFO given as --netns fails at setns instead of hanging the start.
+    let ns = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| NetnsError::Open(path.to_path_buf(), e))?;
     setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Join(path.to_path_buf(), e))
 }

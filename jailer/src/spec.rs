@@ -71,15 +71,3 @@ pub struct JailSpec {
     pub landlock_rules: Option<Vec<LandlockRule>>,
     pub exec_args: Vec<String>,
 }
-
-impl JailSpec {
-    /// `<chroot-base>/<exec-name>/<id>`.
-    pub fn instance_dir(&self) -> PathBuf {
-        self.chroot_base.join(&self.exec_name).join(&self.id)
-    }
-
-    /// `<chroot-base>/<exec-name>/<id>/root`: the jail's `/`.
-    pub fn root(&self) -> PathBuf {
-        self.instance_dir().join("root")
-    }
-}

@@ -86,3 +86,80 @@ fn jailed_vmm_boots_the_probe_guest_over_the_api_socket_in_the_jail() {
     run.assert_success();
     assert!(run.stdout.contains("probe: hello ok"), "{run:#?}");
 }
+
+/// The descriptors of a running process above stderr: (fd, open flags, what it refers to).
+fn descriptors(pid: u32) -> Vec<(u32, u32, std::fs::Metadata)> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let fd: u32 = entry
+            .unwrap()
+            .file_name()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if fd <= 2 {
+            continue;
+        }
+        // A descriptor closed since the listing (a connection that just ended) is skipped.
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+            .unwrap();
+        let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
+            continue;
+        };
+        fds.push((fd, flags, meta));
+    }
+    fds
+}
+
+#[test]
+fn the_jailed_vmm_holds_no_writable_descriptor_of_a_file_and_cannot_rewrite_its_pid_file() {
+    if !can_jail(
+        "the_jailed_vmm_holds_no_writable_descriptor_of_a_file_and_cannot_rewrite_its_pid_file",
+    ) {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let vmm = vmm_bin();
+    let sandbox = Sandbox::new("vmmfds");
+    let id = unique("vmmfds");
+    let root = stage(&sandbox, &vmm, &id);
+    let mut cmd = sandbox.jailer(&id, &vmm);
+    cmd.args(["--new-pid-ns", "--cgroup", "pids.max=64"]);
+    cmd.args(["--", "--api-sock", "/run/api.sock"]);
+    let mut child = common::spawn(cmd);
+    wait_for_socket(&root.join("run/api.sock"), TIMEOUT);
+    let pid_file = root.join("palisade.pid");
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    let fds = descriptors(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let pid_meta = std::fs::metadata(&pid_file).unwrap();
+    let (mut lock, mut writable) = (Vec::new(), Vec::new());
+    for (fd, flags, meta) in &fds {
+        let file_or_dir = meta.is_file() || meta.is_dir();
+        let access = (*flags as i32) & libc::O_ACCMODE;
+        if (meta.dev(), meta.ino()) == (pid_meta.dev(), pid_meta.ino()) {
+            lock.push((*fd, access));
+        }
+        if file_or_dir && access != libc::O_RDONLY {
+            writable.push(*fd);
+        }
+        // Directories (a way out of the jail through openat) never cross exec.
+        assert!(!meta.is_dir(), "fd {fd} is a directory: {fds:?}");
+    }
+    assert_eq!(writable, Vec::<u32>::new(), "{fds:?}");
+    assert_eq!(lock.len(), 1, "{fds:?}");
+    assert_eq!(lock[0].1, libc::O_RDONLY, "{fds:?}");
+    assert_eq!((pid_meta.uid(), pid_meta.nlink()), (0, 1));
+    // Root owns the jail's root: the VMM may add files there but not replace the pid file.
+    let root_meta = std::fs::metadata(&root).unwrap();
+    assert_eq!(root_meta.uid(), 0);
+    assert_eq!(root_meta.mode() & 0o7777, 0o1770);
+}

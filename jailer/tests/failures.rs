@@ -10,31 +10,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{can_jail, probe_bin, run, unique, Run, Sandbox};
+use common::{assert_refused, can_jail, probe_bin, run, unique, Sandbox};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Exit status 1 and exactly one stderr line that starts with `palisade-jailer: <step>:`.
-fn assert_refused(run: &Run, step: &str, reason: &str) {
-    assert_eq!(run.status.code(), Some(1), "{run:#?}");
-    let lines: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| !l.contains("Landlock ABI"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{run:#?}");
-    let prefix = format!("palisade-jailer: {step}: ");
-    assert!(
-        lines[0].starts_with(&prefix),
-        "expected {prefix:?}: {}",
-        lines[0]
-    );
-    assert!(
-        lines[0].contains(reason),
-        "expected {reason:?}: {}",
-        lines[0]
-    );
-}
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

@@ -174,7 +174,10 @@ fn cgroup_v2_jail_is_created_joined_and_removed() {
         .lines()
         .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
     else {
-        println!("SKIPPED: cgroup_v2_jail_is_created_joined_and_removed: no cgroup2 mount");
+        common::skip::skip(
+            "cgroup_v2_jail_is_created_joined_and_removed",
+            "no cgroup2 mount",
+        );
         return;
     };
     let unified = Path::new(unified.split_whitespace().nth(1).unwrap()).to_path_buf();
@@ -221,4 +224,60 @@ fn cgroup_v2_jail_is_created_joined_and_removed() {
     let run = common::finish(child, TIMEOUT);
     run.assert_success();
     assert!(!jail_cgroup.exists(), "{jail_cgroup:?} left behind");
+}
+
+#[test]
+fn an_inherited_writable_descriptor_is_closed_and_nothing_inherited_is_writable_in_the_jail() {
+    if !can_jail(
+        "an_inherited_writable_descriptor_is_closed_and_nothing_inherited_is_writable_in_the_jail",
+    ) {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let sandbox = Sandbox::new("fds");
+    let id = unique("fds");
+    let probe = probe_bin();
+    let root = sandbox.stage_libraries(&probe, &id);
+    // A host file the caller has open read-write, without close-on-exec, as fd 7.
+    let host = sandbox.base.join("host-file");
+    std::fs::write(&host, "host\n").unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&host)
+        .unwrap();
+    let raw = file.as_raw_fd();
+    let targets = Targets::new(sandbox.uid);
+    let mut cmd = sandbox.jailer(&id, &probe);
+    cmd.args(["--new-pid-ns", "--cgroup", "pids.max=32", "--cgroup"]);
+    cmd.args(["memory.limit_in_bytes=64M", "--"]);
+    cmd.args(targets.probe_args(&sandbox.base.join("outside")));
+    let to_fd7 = move || {
+        // SAFETY: dup2 is async-signal-safe and only duplicates a descriptor.
+        match unsafe { libc::dup2(raw, 7) } {
+            7 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    // SAFETY: the closure only calls dup2, which is safe between fork and exec.
+    unsafe { cmd.pre_exec(to_fd7) };
+    let run = run(cmd, TIMEOUT);
+    run.assert_success();
+    let lines = run.probe_lines();
+    assert_outcomes(&run, &lines, &[]);
+    // Only the instance lock crosses exec, read-only.
+    let fds = detail(&lines, "open_fds");
+    let list: Vec<&str> = fds
+        .trim_start_matches("open fds [")
+        .trim_end_matches(']')
+        .split(',')
+        .collect();
+    assert!(list.len() == 1 && list[0].ends_with(":r:file"), "{fds}");
+    assert!(!list[0].starts_with("7:"), "{fds}");
+    assert!(detail(&lines, "write_inherited_fds").contains("(file): write EBADF, ftruncate EINVAL"));
+    assert!(detail(&lines, "rewrite_pid_file").contains("EACCES"));
+    assert_eq!(std::fs::read_to_string(&host).unwrap(), "host\n");
+    let pid = std::fs::read_to_string(root.join("jail-probe.pid")).unwrap();
+    assert!(pid.trim().parse::<u32>().is_ok(), "{pid:?}");
 }

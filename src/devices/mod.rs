@@ -4,4 +4,5 @@ pub mod boot_timer;
 pub mod bus;
 pub mod i8042;
 pub mod serial;
+pub mod serial_output;
 pub mod virtio;

@@ -16,6 +16,7 @@ use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{BusError, Buses};
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::{EventFdTrigger, SerialDevice};
+use crate::devices::serial_output::BoundedOutput;
 use crate::devices::virtio::attach::{
     attach_devices, AttachContext, AttachError, DeviceConfigs, Slots, VirtioDevices,
 };
@@ -121,7 +122,7 @@ pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<BuiltVm,
     let mut buses = Buses::default();
     let serial = SerialDevice::new(
         EventFdTrigger::new().map_err(BuildError::Event)?,
-        Box::new(std::io::stdout()),
+        Box::new(BoundedOutput::new(std::io::stdout())),
     );
     vm.register_irqfd(serial.interrupt_event(), SERIAL_IRQ)?;
     let serial = Arc::new(Mutex::new(serial));

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod netns;
+pub mod skip;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ pub fn kvm_available(test: &str) -> bool {
         .open("/dev/kvm")
         .is_ok();
     if !ok {
-        println!("SKIPPED: {test}: /dev/kvm is not usable here");
+        skip::skip(test, "/dev/kvm is not usable here");
     }
     ok
 }

@@ -39,8 +39,9 @@ impl TapNetns {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         if !ip(&["netns", "add", &name]) {
-            println!(
-                "SKIPPED: {test}: cannot create a network namespace (root and iproute2 needed)"
+            super::skip::skip(
+                test,
+                "cannot create a network namespace (root and iproute2 needed)",
             );
             return None;
         }
@@ -55,7 +56,7 @@ impl TapNetns {
             let mut args = vec!["netns", "exec", &ns.name, "ip"];
             args.extend_from_slice(step);
             if !ip(&args) {
-                println!("SKIPPED: {test}: cannot set up tap0 in {}", ns.name);
+                super::skip::skip(test, &format!("cannot set up tap0 in {}", ns.name));
                 return None;
             }
         }

@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod probe;
+#[path = "../../../tests/common/skip.rs"]
+pub mod skip;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,7 @@ pub fn probe_bin() -> PathBuf {
 pub fn can_jail(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: {test}: the jailer needs root");
+        skip::skip(test, "the jailer needs root");
         return false;
     }
     let kvm = std::fs::OpenOptions::new()
@@ -32,7 +34,7 @@ pub fn can_jail(test: &str) -> bool {
         .write(true)
         .open("/dev/kvm");
     if kvm.is_err() {
-        println!("SKIPPED: {test}: /dev/kvm is not usable here");
+        skip::skip(test, "/dev/kvm is not usable here");
         return false;
     }
     true
@@ -156,6 +158,29 @@ impl Run {
     pub fn assert_success(&self) {
         assert!(self.status.success(), "{self:#?}");
     }
+}
+
+/// Exit status 1 and exactly one stderr line that starts with `palisade-jailer: <step>:` and
+/// contains `reason`.
+pub fn assert_refused(run: &Run, step: &str, reason: &str) {
+    assert_eq!(run.status.code(), Some(1), "{run:#?}");
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("Landlock ABI"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{run:#?}");
+    let prefix = format!("palisade-jailer: {step}: ");
+    assert!(
+        lines[0].starts_with(&prefix),
+        "expected {prefix:?}: {}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(reason),
+        "expected {reason:?}: {}",
+        lines[0]
+    );
 }
 
 pub fn parse_lines(text: &str) -> Vec<serde_json::Value> {

@@ -1,6 +1,8 @@
 //! Queue handling shared by the devices: the checks at activation, and the drain loop that
-//! pops chains, lets the device handle each, and stops after `queue size` chains so that a
-//! driver that keeps refilling its queue cannot keep the VMM thread busy forever.
+//! pops chains, lets the device handle each, and stops after `queue size` chains or
+//! [`BYTE_BUDGET`] bytes of guest data, whichever comes first, so that a driver that keeps
+//! refilling its queue (or queues the same huge chain many times) cannot keep the VMM thread,
+//! and with it the API and every other device, busy for more than one slice at a time.
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
@@ -9,6 +11,10 @@ use crate::vstate::memory::GuestMemory as Memory;
 
 /// The largest queue our devices offer.
 pub const MAX_QUEUE_SIZE: u16 = 256;
+
+/// Guest data bytes one drain moves before it yields to the event loop (the chain that
+/// crosses the line is finished first; a device caps its own largest chain).
+pub const BYTE_BUDGET: u64 = 4 << 20;
 
 /// A queue the device cannot serve any more: the device needs a reset.
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +98,16 @@ pub fn check_queue(index: usize, queue: &Queue, mem: &Memory) -> Result<(), Queu
 /// What the device did with one chain.
 #[derive(Debug)]
 pub enum ChainOutcome {
-    /// Done: add it to the used ring with this many bytes written.
+    /// Done: add it to the used ring with this many bytes written (and as many moved).
     Used(u32),
+    /// Done: add it to the used ring with `used_len` bytes written, after moving `moved`
+    /// bytes of guest data (charged to the drain's byte budget).
+    Moved {
+        /// The used ring's length field.
+        used_len: u32,
+        /// Bytes copied to or from guest memory for this chain.
+        moved: u64,
+    },
     /// The rate limiter said "not now": leave it in the ring for later.
     Throttled,
     /// The queue cannot be trusted any more.
@@ -105,7 +119,8 @@ pub enum ChainOutcome {
 pub enum DrainEnd {
     /// The ring is empty and notifications are enabled again.
     Empty,
-    /// `queue size` chains were handled and more wait: the caller kicks itself to continue.
+    /// `queue size` chains or [`BYTE_BUDGET`] bytes were handled and more may wait: the
+    /// caller kicks itself to continue after the event loop served everything else.
     Budget,
     /// The rate limiter blocked.
     Throttled,
@@ -128,7 +143,8 @@ fn pop_head(queue: &mut Queue, mem: &Memory) -> Result<Option<u16>, QueueError> 
 }
 
 /// Hands every available chain to `handle`, at most `queue size` of them (and as many looks
-/// at the ring); returns why it stopped and whether any chain went to the used ring.
+/// at the ring) and about [`BYTE_BUDGET`] bytes; returns why it stopped and whether any chain
+/// went to the used ring.
 pub fn drain(
     queue: &mut Queue,
     mem: &Memory,
@@ -136,8 +152,9 @@ pub fn drain(
 ) -> (DrainEnd, bool) {
     let mut used_any = false;
     let mut handled = 0u16;
+    let mut moved_total = 0u64;
     loop {
-        if handled >= queue.size() {
+        if handled >= queue.size() || moved_total >= BYTE_BUDGET {
             return (DrainEnd::Budget, used_any);
         }
         let head = match pop_head(queue, mem) {
@@ -156,19 +173,20 @@ pub fn drain(
             Err(e) => return (DrainEnd::Broken(e), used_any),
         };
         handled += 1;
-        match handle(queue, head) {
-            ChainOutcome::Used(len) => {
-                if let Err(e) = queue.add_used(mem, head, len) {
-                    return (DrainEnd::Broken(QueueError::Used(e)), used_any);
-                }
-                used_any = true;
-            }
+        let (used_len, moved) = match handle(queue, head) {
+            ChainOutcome::Used(len) => (len, u64::from(len)),
+            ChainOutcome::Moved { used_len, moved } => (used_len, moved),
             ChainOutcome::Throttled => {
                 queue.go_to_previous_position();
                 return (DrainEnd::Throttled, used_any);
             }
             ChainOutcome::Broken(e) => return (DrainEnd::Broken(e), used_any),
+        };
+        if let Err(e) = queue.add_used(mem, head, used_len) {
+            return (DrainEnd::Broken(QueueError::Used(e)), used_any);
         }
+        used_any = true;
+        moved_total = moved_total.saturating_add(moved);
     }
 }
 
@@ -250,6 +268,28 @@ mod tests {
         assert_eq!(q.used().idx().load(), 16);
         let (end, _) = drain(&mut queue, &mem, |_, _| ChainOutcome::Used(0));
         assert!(matches!(end, DrainEnd::Empty));
+    }
+
+    #[test]
+    fn a_drain_yields_after_the_byte_budget() {
+        let mem = memory();
+        let q = MockSplitQueue::new(&mem, 16);
+        let mut queue: Queue = q.create_queue().unwrap();
+        one_descriptor_chains(&q, 16);
+        // Chains that each move a third of the budget (the same guest pages queued again and
+        // again): the drain stops after the chain that crosses the budget.
+        let mut seen = 0;
+        let (end, used) = drain(&mut queue, &mem, |_, _| {
+            seen += 1;
+            ChainOutcome::Moved {
+                used_len: 0,
+                moved: BYTE_BUDGET / 3 + 1,
+            }
+        });
+        assert!(used);
+        assert_eq!(seen, 3);
+        assert!(matches!(end, DrainEnd::Budget));
+        assert_eq!(q.used().idx().load(), 3);
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! `kind` is `attack` (must be blocked), `control` (must be allowed: the jail still lets a VMM
 //! work) or `info`. Never run it outside a jail: the attacks are real.
 
+mod fd_attempts;
 mod fs_attempts;
 mod limit_attempts;
 mod net_attempts;
 mod priv_attempts;
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -145,6 +147,19 @@ fn attack(args: &Args, r: &mut Report) {
     r.attempt("info", "identity", priv_attempts::identity());
     r.attempt("control", "open_dev_kvm", fs_attempts::open_dev_kvm());
     r.attempt("control", "write_inside_jail", fs_attempts::write_inside());
+    // The probe's own --out file is the one descriptor it opened itself.
+    let own = r.out.as_ref().map(|f| f.as_raw_fd());
+    r.attempt("info", "open_fds", fd_attempts::list(own));
+    r.attempt(
+        "attack",
+        "write_inherited_fds",
+        fd_attempts::write_inherited(own),
+    );
+    r.attempt(
+        "attack",
+        "rewrite_pid_file",
+        fd_attempts::rewrite_pid_file(),
+    );
 
     r.attempt(
         "attack",

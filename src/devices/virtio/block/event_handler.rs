@@ -96,7 +96,13 @@ impl Worker<'_> {
                     RequestType::Flush => self.metrics.flush_count.inc(),
                     _ => {}
                 }
-                self.finish(status, VIRTIO_BLK_S_OK, written)
+                match self.finish(status, VIRTIO_BLK_S_OK, written) {
+                    ChainOutcome::Used(used_len) => ChainOutcome::Moved {
+                        used_len,
+                        moved: bytes,
+                    },
+                    other => other,
+                }
             }
             (kind, Err(e)) => {
                 self.metrics.invalid_reqs_count.inc();

@@ -1,8 +1,10 @@
 //! virtio-blk with a file backend, configured like Firecracker's `drives`.
 //!
 //! One queue of 256 entries. Features: VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, plus
-//! VIRTIO_BLK_F_FLUSH for `cache_type: Writeback` and VIRTIO_BLK_F_RO for read-only drives.
-//! The configuration space is the capacity in sectors. Requests run on the VMM thread
+//! VIRTIO_BLK_F_FLUSH for `cache_type: Writeback` and VIRTIO_BLK_F_RO for read-only drives,
+//! VIRTIO_BLK_F_SEG_MAX and VIRTIO_BLK_F_SIZE_MAX always: they bound an honest driver's
+//! request to [`request::MAX_DATA_BYTES`], and larger ones are refused. The configuration
+//! space is the capacity in sectors, `size_max` and `seg_max`. Requests run on the VMM thread
 //! ([`event_handler`]); the drive can change its file and its rate limiter at run time
 //! (`PATCH /drives/{id}`).
 
@@ -16,13 +18,15 @@ mod tests;
 
 use std::sync::Arc;
 
-use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::disk::{Disk, DiskError};
-use self::request::ID_BYTES;
+use self::request::{ID_BYTES, SEG_MAX, SIZE_MAX};
 use super::chain::Segment;
 use super::interrupt::Interrupt;
 use super::queue::MAX_QUEUE_SIZE;
@@ -97,7 +101,10 @@ impl Block {
         let event = || {
             EventFd::new(EFD_NONBLOCK).map_err(|e| BlockError::Event(config.drive_id.clone(), e))
         };
-        let mut features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
+        let mut features = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_SIZE_MAX;
         if config.cache_type == CacheType::Writeback {
             features |= 1 << VIRTIO_BLK_F_FLUSH;
         }
@@ -224,7 +231,12 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.disk.sectors().to_le_bytes(), offset, data);
+        // struct virtio_blk_config: capacity (le64), size_max (le32), seg_max (le32).
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&self.disk.sectors().to_le_bytes());
+        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        config[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
+        read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {

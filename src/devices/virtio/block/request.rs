@@ -4,8 +4,10 @@
 //! A request is a 16-byte header (type, reserved, sector) at the start of the readable stream,
 //! the data (readable for writes, writable for reads and GET_ID) and a status byte at the end
 //! of the writable stream. Anything else is refused with VIRTIO_BLK_S_IOERR: a short header,
-//! data in the wrong direction, a length that is not a positive multiple of 512, a sector whose
-//! byte offset overflows, a range past the end of the disk, a write to a read-only drive.
+//! data in the wrong direction, a length that is not a positive multiple of 512 or more than
+//! [`MAX_DATA_BYTES`] (the most an honest driver sends under the `seg_max` and `size_max` the
+//! device advertises), a sector whose byte offset overflows, a range past the end of the disk,
+//! a write to a read-only drive.
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -20,6 +22,14 @@ use crate::vstate::memory::GuestMemory;
 pub const HEADER_SIZE: u32 = 16;
 /// Size of the GET_ID answer.
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
+/// Data buffers per request the device advertises (`seg_max`: the queue size less the header
+/// and status descriptors).
+pub const SEG_MAX: u32 = 254;
+/// Bytes per data buffer the device advertises (`size_max`).
+pub const SIZE_MAX: u32 = 64 * 1024;
+/// The largest data length of one request: a request runs on the VMM thread whole, so this
+/// bounds how long one request can keep the thread (and the API) waiting.
+pub const MAX_DATA_BYTES: u32 = SEG_MAX * SIZE_MAX;
 
 /// The operation a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +76,9 @@ pub enum RequestError {
     /// Data length 0 or not a multiple of 512.
     #[error("Data length {0} is not a positive multiple of 512")]
     DataLength(u32),
+    /// More data than `seg_max * size_max`.
+    #[error("Data length {0} is over the device's limit of {MAX_DATA_BYTES} bytes")]
+    TooLarge(u32),
     /// `sector * 512` does not fit in 64 bits.
     #[error("Sector {0} overflows as a byte offset")]
     SectorOverflow(u64),
@@ -134,6 +147,9 @@ impl Request {
         if matches!(kind, RequestType::In | RequestType::Out) {
             if data_len == 0 || u64::from(data_len) % SECTOR_SIZE != 0 {
                 return Err(RequestError::DataLength(data_len));
+            }
+            if data_len > MAX_DATA_BYTES {
+                return Err(RequestError::TooLarge(data_len));
             }
             sector
                 .checked_mul(SECTOR_SIZE)

@@ -471,3 +471,43 @@ fn a_new_backing_file_changes_the_capacity_and_tells_the_driver() {
     assert!(block.update_disk("/nonexistent/disk.img").is_err());
     assert_eq!(block.metrics.update_fails.count(), 1);
 }
+
+#[test]
+fn the_config_space_advertises_seg_max_and_size_max() {
+    let f = Fixture::new();
+    let q = MockSplitQueue::new(&f.mem, 16);
+    let block = f.block(&f.config(), &q);
+    assert_ne!(block.avail_features & (1 << VIRTIO_BLK_F_SEG_MAX), 0);
+    assert_ne!(block.avail_features & (1 << VIRTIO_BLK_F_SIZE_MAX), 0);
+    let mut word = [0u8; 4];
+    block.read_config(8, &mut word);
+    assert_eq!(u32::from_le_bytes(word), request::SIZE_MAX);
+    block.read_config(12, &mut word);
+    assert_eq!(u32::from_le_bytes(word), request::SEG_MAX);
+}
+
+#[test]
+fn a_request_larger_than_seg_max_times_size_max_is_refused_before_any_io() {
+    let f = Fixture::new();
+    // A disk large enough that only the size limit can refuse the request.
+    f.file.as_file().set_len(64 << 20).unwrap();
+    let q = MockSplitQueue::new(&f.mem, 16);
+    let mut block = f.block(&f.config(), &q);
+    let before = std::fs::read(f.file.path()).unwrap();
+    // The attack: many descriptors over the same guest pages, adding up to more than the
+    // device's limit (here 12 x 1.5 MiB = 18 MiB from a 2 MiB guest).
+    f.header(VIRTIO_BLK_T_OUT, 0);
+    let mut chain = vec![(HEADER, 16, 0)];
+    chain.extend(std::iter::repeat_n((0u64, 0x18_0000u32, 0u16), 12));
+    chain.push((STATUS, 1, W));
+    assert_eq!(outcome(&f, &mut block, &q, &chain), (VIRTIO_BLK_S_IOERR, 1));
+    assert_eq!(block.metrics.invalid_reqs_count.count(), 1);
+    assert_eq!(block.metrics.write_count.count(), 0);
+    assert_eq!(std::fs::read(f.file.path()).unwrap(), before);
+    // The device keeps serving.
+    f.header(VIRTIO_BLK_T_IN, 0);
+    assert_eq!(
+        outcome(&f, &mut block, &q, &read_chain(512)).0,
+        VIRTIO_BLK_S_OK
+    );
+}

@@ -17,6 +17,7 @@ pub mod event_handler;
 pub mod rx;
 pub mod tap;
 pub mod tx;
+pub mod vnet_hdr;
 
 #[cfg(test)]
 mod tests;
@@ -81,6 +82,8 @@ pub enum NetError {
 /// What the device holds between activation and reset.
 struct Active {
     mem: GuestMemory,
+    /// The features the driver accepted.
+    features: u64,
     rx: Queue,
     tx: Queue,
 }
@@ -354,6 +357,7 @@ impl VirtioDevice for Net {
         }
         self.active = Some(Active {
             mem: ctx.mem,
+            features: ctx.features,
             rx,
             tx,
         });

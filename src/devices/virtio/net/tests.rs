@@ -293,3 +293,48 @@ fn features_offer_offloads_and_the_mac_is_the_config_space() {
     assert_eq!(tap_offloads(f), TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
     assert_eq!(tap_offloads(f & !(1 << VIRTIO_NET_F_GUEST_CSUM)), 0);
 }
+
+#[test]
+fn an_offload_header_that_would_rewrite_the_judged_frame_never_reaches_the_tap() {
+    let mem = memory();
+    let fw = FirewallConfig {
+        allowed_ips: vec!["10.0.0.2/32".parse().unwrap()],
+        ..FirewallConfig::default()
+    };
+    let mut r = rig(&mem, config(Some(fw)));
+    let frame = udp_frame(MAC, [10, 0, 0, 2], [10, 0, 0, 1]);
+    // The attack: NEEDS_CSUM with the host's checksum write aimed at the UDP destination port
+    // (L4 start 34 + 2), then at the IPv4 source address (26 + 0).
+    let aimed = |start: u16, offset: u16, at: u64| {
+        let len = put_tx(&mem, at, &frame);
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        hdr[0] = 1;
+        hdr[6..8].copy_from_slice(&start.to_le_bytes());
+        hdr[8..10].copy_from_slice(&offset.to_le_bytes());
+        hdr[10] = 0x7f; // num_buffers: never passed on
+        mem.write_slice(&hdr, GuestAddress(at)).unwrap();
+        len
+    };
+    let l0 = aimed(34, 2, 0x10_0000);
+    let l1 = aimed(26, 0, 0x10_1000);
+    let l2 = aimed(34, 6, 0x10_2000);
+    r.txq
+        .add_desc_chains(
+            &[
+                desc(0x10_0000, l0, 0, 0),
+                desc(0x10_1000, l1, 0, 0),
+                desc(0x10_2000, l2, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+    r.net.process_tx();
+    assert_eq!(r.txq.used().idx().load(), 3, "every chain is consumed");
+    // Only the honest checksum placement goes out, with the header rebuilt.
+    let sent = peer_recv(&r.peer).unwrap();
+    assert_eq!(&sent[VNET_HDR_LEN..], &frame[..]);
+    assert_eq!(sent[..VNET_HDR_LEN], [1, 0, 0, 0, 0, 0, 34, 0, 6, 0, 0, 0]);
+    assert_eq!(peer_recv(&r.peer), None);
+    assert_eq!(r.net.metrics.tx_bad_vnet_hdr.count(), 2);
+    assert_eq!(r.net.metrics.tx_packets_count.count(), 1);
+}

@@ -10,6 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
 use super::tap::{Tap, VNET_HDR_LEN};
+use super::vnet_hdr::{self, TxOffloads};
 use super::{count_drop, GuestLogs, Net, TX};
 use crate::devices::virtio::buffers::{self, Layout};
 use crate::devices::virtio::chain::{self, Segment};
@@ -20,8 +21,6 @@ use crate::vstate::memory::GuestMemory;
 
 /// How much of a GSO frame's start the firewall reads (`egress_headers`).
 pub const HEADER_PREFIX: usize = 256;
-/// Byte of the virtio-net header holding `gso_type`.
-const GSO_TYPE: usize = 1;
 
 /// What one chain needs of the device, borrowed while the queue is borrowed too.
 struct TxWorker<'a> {
@@ -30,6 +29,7 @@ struct TxWorker<'a> {
     tap: &'a mut Tap,
     limiter: &'a mut RateLimiter,
     firewall: Option<&'a mut Firewall>,
+    offloads: TxOffloads,
     segments: &'a mut Vec<Segment>,
     frame: &'a mut [u8],
     metrics: &'a NetDeviceMetrics,
@@ -66,6 +66,17 @@ impl TxWorker<'_> {
             return self.refuse(&e);
         }
         let frame_len = (len - VNET_HDR_LEN) as u64;
+        let (hdr, eth) = self.frame[..len].split_at(VNET_HDR_LEN);
+        let header = match vnet_hdr::check_tx(hdr, eth, self.offloads) {
+            Ok(header) => header,
+            Err(e) => {
+                self.metrics.tx_bad_vnet_hdr.inc();
+                if let Some(n) = self.logs.bad_chain.hit() {
+                    log::warn!("Interface {}: frame dropped: {e} ({n} so far)", self.iface);
+                }
+                return moved(len);
+            }
+        };
         // Charge first: a throttled frame stays in the ring and is judged once, when it goes.
         if !self.limiter.consume(1, TokenType::Ops) {
             self.metrics.tx_rate_limiter_throttled.inc();
@@ -78,7 +89,7 @@ impl TxWorker<'_> {
         }
         if let Some(firewall) = self.firewall.as_deref_mut() {
             let eth = &self.frame[VNET_HDR_LEN..len];
-            let verdict = if self.frame[GSO_TYPE] != 0 {
+            let verdict = if header.is_gso() {
                 let prefix = &eth[..eth.len().min(HEADER_PREFIX)];
                 firewall.egress_headers(prefix, eth.len(), self.now)
             } else {
@@ -88,9 +99,11 @@ impl TxWorker<'_> {
                 self.limiter.manual_replenish(1, TokenType::Ops);
                 self.limiter.manual_replenish(frame_len, TokenType::Bytes);
                 count_drop(self.metrics, reason, true);
-                return ChainOutcome::Used(0);
+                return moved(len);
             }
         }
+        // The tap gets the checked header, never the guest's bytes.
+        self.frame[..VNET_HDR_LEN].copy_from_slice(&header.to_bytes());
         match self.tap.write_frame(&self.frame[..len]) {
             Ok(_) => {
                 self.metrics.tx_packets_count.inc();
@@ -106,7 +119,16 @@ impl TxWorker<'_> {
                 }
             }
         }
-        ChainOutcome::Used(0)
+        moved(len)
+    }
+}
+
+/// A TX chain is used with length 0 (nothing written to the guest), its frame charged to
+/// the drain's byte budget.
+fn moved(len: usize) -> ChainOutcome {
+    ChainOutcome::Moved {
+        used_len: 0,
+        moved: len as u64,
     }
 }
 
@@ -125,6 +147,7 @@ impl Net {
             tap: &mut self.tap,
             limiter: &mut self.tx_limiter,
             firewall: self.firewall.as_mut(),
+            offloads: TxOffloads::from_features(active.features),
             segments: &mut self.segments,
             frame: &mut self.tx_frame,
             metrics: &self.metrics,

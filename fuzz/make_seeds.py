@@ -1,0 +1,61 @@
+"""Writes the seed inputs of the vnet_hdr, block_request and virtqueue_chain targets into
+corpus/ (they are committed; run this again only to change them)."""
+import struct
+
+
+def udp4(dport):
+    eth = bytes([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]) + b'\x08\x00'
+    payload = b'\0' * 32
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + 8 + len(payload), 0, 0, 64, 17, 0,
+                     bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1]))
+    return eth + ip + struct.pack('!HHHH', 40000, dport, 8 + len(payload), 0) + payload
+
+
+def tcp4(payload=1000):
+    eth = bytes([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]) + b'\x08\x00'
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + 20 + payload, 0, 0, 64, 6, 0,
+                     bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1]))
+    tcp = struct.pack('!HHIIBBHHH', 40000, 443, 1, 0, 0x50, 0x18, 65535, 0, 0)
+    return eth + ip + tcp + b'\0' * payload
+
+
+def hdr(flags, gso, hdr_len, gso_size, csum_start, csum_offset):
+    return struct.pack('<BBHHHHH', flags, gso, hdr_len, gso_size, csum_start, csum_offset, 0)
+
+
+def put(path, data):
+    with open(path, 'wb') as f:
+        f.write(data)
+
+
+put('corpus/vnet_hdr/udp_csum_ok', b'\x07' + hdr(1, 0, 0, 0, 34, 6) + udp4(53))
+put('corpus/vnet_hdr/udp_csum_aimed_at_port', b'\x07' + hdr(1, 0, 0, 0, 34, 2) + udp4(53))
+put('corpus/vnet_hdr/tcp4_tso', b'\x07' + hdr(1, 1, 54, 1400, 34, 16) + tcp4(3000))
+put('corpus/vnet_hdr/plain', b'\x00' + hdr(0, 0, 0, 0, 0, 0) + udp4(53))
+
+
+# block_request: a count, that many 9-byte descriptors (addr le32, len le32, flags), memory.
+def desc(addr, length, writable):
+    return struct.pack('<IIB', addr, length, writable)
+
+
+mem = bytearray(0x3000)
+mem[0x1000:0x1010] = struct.pack('<IIQ', 0, 0, 2)  # IN at sector 2
+put('corpus/block_request/read',
+    bytes([3]) + desc(0x1000, 16, 0) + desc(0x2000, 512, 1) + desc(0x2200, 1, 1) + bytes(mem))
+mem[0x1000:0x1010] = struct.pack('<IIQ', 1, 0, 0)  # OUT at sector 0
+put('corpus/block_request/write',
+    bytes([3]) + desc(0x1000, 16, 0) + desc(0x2000, 1024, 0) + desc(0x2200, 1, 1) + bytes(mem))
+put('corpus/block_request/same_pages_many_times',
+    bytes([15]) + desc(0x1000, 16, 0) + desc(0, 0x10000, 0) * 13 + desc(0x2200, 1, 1)
+    + bytes(mem))
+
+# virtqueue_chain: a size selector, then memory (descriptors at 0, avail 0x1000, used 0x2000).
+ring = bytearray(0x2100)
+for i in range(4):
+    ring[i * 16:(i + 1) * 16] = struct.pack('<QIHH', 0x3000, 64, 1 if i < 3 else 0, (i + 1) % 4)
+ring[0x1000:0x1004] = struct.pack('<HH', 0, 4)
+put('corpus/virtqueue_chain/same_head_four_times', bytes([4]) + bytes(ring))
+for i in range(4):
+    ring[i * 16:(i + 1) * 16] = struct.pack('<QIHH', 0x3000, 64, 1, (i + 1) % 4)  # a loop
+put('corpus/virtqueue_chain/loop', bytes([2]) + bytes(ring))

@@ -897,3 +897,63 @@ fn raw_clock_gettime(clock: libc::clockid_t) {
     // SAFETY: the kernel writes one timespec into `ts`.
     unsafe { libc::syscall(libc::SYS_clock_gettime, clock, &mut ts) };
 }
+
+#[test]
+fn pause_resume_storms_and_requests_during_instance_start_are_all_answered() {
+    if !kvm_available("pause_resume_storms_and_requests_during_instance_start_are_all_answered") {
+        return;
+    }
+    let mut vm = ApiVm::start(&[]);
+    let mut c = vm.client();
+    configure_probe(&mut c, "ticker", 2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Readers on their own connections, from before InstanceStart until the storm is over.
+    let readers: Vec<_> = (0..3)
+        .map(|t| {
+            let (sock, stop) = (vm.sock(), stop.clone());
+            std::thread::spawn(move || {
+                let mut r = ApiClient::connect(sock);
+                let mut states = std::collections::BTreeSet::new();
+                let mut sent = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let answer = if t == 0 {
+                        r.get("/machine-config")
+                    } else {
+                        r.get("/")
+                    };
+                    sent += 1;
+                    assert_eq!(answer.status, 200, "{}", answer.body);
+                    if t != 0 {
+                        states.insert(answer.json()["state"].as_str().unwrap().to_string());
+                    }
+                }
+                (sent, states)
+            })
+        })
+        .collect();
+    start(&mut c);
+    vm.running.wait_for_output("probe: tick 1\n", TIMEOUT);
+    for i in 0..100 {
+        let r = c.patch("/vm", json!({"state": "Paused"}));
+        assert_eq!(r.status, 204, "pause {i}: {}", r.body);
+        let r = c.patch("/vm", json!({"state": "Resumed"}));
+        assert_eq!(r.status, 204, "resume {i}: {}", r.body);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    let mut states = std::collections::BTreeSet::new();
+    for reader in readers {
+        let (n, s) = reader.join().unwrap();
+        sent += n;
+        states.extend(s);
+    }
+    assert!(states.contains("Running"), "{states:?}");
+    assert_eq!(c.get("/").json()["state"], "Running");
+    // The guest still runs after the storm.
+    let ticks = vm.running.stdout().matches("probe: tick").count();
+    vm.running
+        .wait_for_output(&format!("probe: tick {}\n", ticks + 1), TIMEOUT);
+    // One audit line per request: 2 configuration, 1 start, 200 storm, 1 state, the readers'.
+    wait_for_audit_lines(&vm, 2 + 1 + 200 + 1 + sent);
+    vm.running.kill();
+}

@@ -80,6 +80,14 @@ impl ApiClient {
         }
     }
 
+    /// Shuts the sending side down: the server reads end-of-file after what was sent.
+    pub fn shutdown_write(&mut self) {
+        self.reader
+            .get_ref()
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
+    }
+
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.reader
@@ -116,7 +124,9 @@ impl ApiClient {
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+            .unwrap_or_else(|| {
+                panic!("bad status line {status_line:?} (empty: the server closed the connection)")
+            });
         let mut length = 0usize;
         loop {
             let mut line = String::new();

@@ -186,6 +186,6 @@ mod tests {
     }
 
     const EXPECTED_VMM: usize = 24;
-    const EXPECTED_API: usize = 16;
+    const EXPECTED_API: usize = 18;
     const EXPECTED_VCPU: usize = 15;
 }

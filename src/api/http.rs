@@ -1,9 +1,21 @@
-//! HTTP/1.1 framing for the API: requests parsed with `httparse` from a connection's buffer,
-//! responses serialised with Firecracker's `{"fault_message": ...}` error shape.
+//! A strict HTTP/1.1 request parser for the API: one request from the start of a connection's
+//! buffer, or "need more bytes", or the 4xx/5xx that ends the connection.
+//!
+//! Strict means that two parsers can never disagree on where a request ends: lines end in
+//! CRLF only (a bare CR or LF is refused), no obs-fold, exactly one `Content-Length` made of
+//! digits only (no sign, no leading zeros), no `Transfer-Encoding` at all (Firecracker's
+//! micro-http does not decode chunked bodies either; its parse errors are 400s), bounded
+//! request line, header count and head size. The result depends on the bytes only.
 
-/// Largest request head (request line and headers) accepted.
+/// Largest request head (request line, headers and the blank line) accepted.
 pub const MAX_HEAD_SIZE: usize = 8192;
-const MAX_HEADERS: usize = 32;
+/// Largest request line (without its CRLF) accepted.
+pub const MAX_REQUEST_LINE: usize = 2048;
+/// Most header lines accepted.
+pub const MAX_HEADERS: usize = 32;
+const MAX_METHOD: usize = 16;
+/// A `Content-Length` of more digits than this is refused (it fits a u64).
+const MAX_LENGTH_DIGITS: usize = 19;
 
 /// A complete request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,7 +26,7 @@ pub struct Request {
     pub path: String,
     /// The body, if a non-empty one was sent.
     pub body: Option<Vec<u8>>,
-    /// The client asked to close after this request.
+    /// The client asked to close after this request (or spoke HTTP/1.0 without keep-alive).
     pub close: bool,
 }
 
@@ -30,239 +42,415 @@ pub enum Parsed {
 }
 
 /// Why a request cannot be served; the connection is closed after the answer.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HttpError {
     /// Bad request line or headers.
     #[error("Malformed HTTP request: {0}.")]
-    Malformed(String),
+    Malformed(&'static str),
+    /// The request line is longer than [`MAX_REQUEST_LINE`].
+    #[error("The request line is longer than {MAX_REQUEST_LINE} bytes.")]
+    RequestLineTooLong,
     /// The head is longer than [`MAX_HEAD_SIZE`].
     #[error("The request head is larger than {MAX_HEAD_SIZE} bytes.")]
     HeadTooLarge,
+    /// More than [`MAX_HEADERS`] header lines.
+    #[error("The request has more than {MAX_HEADERS} headers.")]
+    TooManyHeaders,
     /// The body is larger than the configured limit (Firecracker's message).
     #[error(
         "Request payload with size {size} is larger than the limit of {limit} allowed by server."
     )]
     PayloadTooLarge {
         /// Content-Length given.
-        size: usize,
+        size: u64,
         /// The limit.
         limit: usize,
     },
     /// Chunked or other transfer encodings.
     #[error("Transfer-Encoding is not supported; send a Content-Length.")]
     TransferEncoding,
-    /// Not HTTP/1.x.
-    #[error("Unsupported HTTP version.")]
+    /// HTTP/x.y other than 1.0 and 1.1.
+    #[error("Unsupported HTTP version; use HTTP/1.1.")]
     Version,
+}
+
+impl HttpError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Malformed(_) | Self::TransferEncoding => 400,
+            Self::PayloadTooLarge { .. } => 413,
+            Self::RequestLineTooLong => 414,
+            Self::HeadTooLarge | Self::TooManyHeaders => 431,
+            Self::Version => 505,
+        }
+    }
+}
+
+/// Where the next line of `buf` from `start` ends.
+enum Line {
+    /// The line is `buf[start..end]`; the next one starts at `next`.
+    Complete { end: usize, next: usize },
+    /// No CRLF yet; the line is at least this long.
+    Incomplete { len: usize },
+}
+
+fn next_line(buf: &[u8], start: usize) -> Result<Line, HttpError> {
+    let rest = buf.get(start..).unwrap_or_default();
+    match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+        None => Ok(Line::Incomplete { len: rest.len() }),
+        Some(i) if rest[i] == b'\n' => Err(HttpError::Malformed("bare LF in the request head")),
+        Some(i) => match rest.get(i + 1) {
+            None => Ok(Line::Incomplete { len: i }),
+            Some(b'\n') => Ok(Line::Complete {
+                end: start + i,
+                next: start + i + 2,
+            }),
+            Some(_) => Err(HttpError::Malformed("bare CR in the request head")),
+        },
+    }
+}
+
+/// RFC 9110 `tchar`: the characters of methods and header names.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+struct RequestLine<'a> {
+    method: &'a str,
+    path: &'a str,
+    http10: bool,
+}
+
+fn parse_request_line(line: &[u8]) -> Result<RequestLine<'_>, HttpError> {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HttpError::Malformed(
+            "the request line is not METHOD SP TARGET SP VERSION",
+        ));
+    };
+    if method.is_empty() || method.len() > MAX_METHOD || !method.iter().all(|&b| is_tchar(b)) {
+        return Err(HttpError::Malformed("invalid method"));
+    }
+    if target.is_empty() || !target.iter().all(|&b| b.is_ascii_graphic()) {
+        return Err(HttpError::Malformed("invalid request target"));
+    }
+    let http10 = match version {
+        b"HTTP/1.1" => false,
+        b"HTTP/1.0" => true,
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            return Err(HttpError::Version)
+        }
+        _ => return Err(HttpError::Malformed("invalid HTTP version")),
+    };
+    // Both are ASCII (checked above), so these conversions cannot fail.
+    let method = std::str::from_utf8(method).map_err(|_| HttpError::Malformed("invalid method"))?;
+    let target =
+        std::str::from_utf8(target).map_err(|_| HttpError::Malformed("invalid request target"))?;
+    // Absolute-form targets ("http://localhost/actions") as some clients send them.
+    let path = match target.strip_prefix("http://") {
+        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None if target.starts_with('/') => target,
+        None => return Err(HttpError::Malformed("the request target is not a path")),
+    };
+    let path = path.split('?').next().unwrap_or("/");
+    Ok(RequestLine {
+        method,
+        path,
+        http10,
+    })
+}
+
+/// What the headers say about framing and the connection.
+#[derive(Default)]
+struct Framing {
+    content_length: Option<u64>,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+    let digits_only = !value.is_empty() && value.iter().all(u8::is_ascii_digit);
+    if !digits_only || value.len() > MAX_LENGTH_DIGITS || (value.len() > 1 && value[0] == b'0') {
+        return Err(HttpError::Malformed("invalid Content-Length"));
+    }
+    value.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or(HttpError::Malformed("invalid Content-Length"))
+    })
+}
+
+fn parse_header(line: &[u8], framing: &mut Framing) -> Result<(), HttpError> {
+    if matches!(line.first(), Some(b' ' | b'\t')) {
+        return Err(HttpError::Malformed("obsolete line folding in a header"));
+    }
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(HttpError::Malformed("a header line without ':'"))?;
+    let name = &line[..colon];
+    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        return Err(HttpError::Malformed("invalid header name"));
+    }
+    let value = line[colon + 1..].trim_ascii();
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(HttpError::Malformed(
+            "a control character in a header value",
+        ));
+    }
+    if name.eq_ignore_ascii_case(b"content-length") {
+        if framing.content_length.is_some() {
+            return Err(HttpError::Malformed("more than one Content-Length"));
+        }
+        framing.content_length = Some(parse_content_length(value)?);
+    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        return Err(HttpError::TransferEncoding);
+    } else if name.eq_ignore_ascii_case(b"connection") {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            framing.close |= token.eq_ignore_ascii_case(b"close");
+            framing.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    } else if name.eq_ignore_ascii_case(b"expect") {
+        framing.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+    }
+    Ok(())
 }
 
 /// Parses one request from the start of `buf`. `continue_sent` says whether a 100 Continue
 /// was already sent for this request.
 pub fn parse(buf: &[u8], max_payload: usize, continue_sent: bool) -> Result<Parsed, HttpError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > MAX_HEAD_SIZE {
-                Err(HttpError::HeadTooLarge)
-            } else {
-                Ok(Parsed::Partial)
-            };
+    let (line_end, mut pos) = match next_line(buf, 0)? {
+        Line::Incomplete { len } if len > MAX_REQUEST_LINE => {
+            return Err(HttpError::RequestLineTooLong)
         }
-        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+        Line::Incomplete { .. } => return Ok(Parsed::Partial),
+        Line::Complete { end, .. } if end > MAX_REQUEST_LINE => {
+            return Err(HttpError::RequestLineTooLong)
+        }
+        Line::Complete { end, next } => (end, next),
     };
-    if head_len > MAX_HEAD_SIZE {
-        return Err(HttpError::HeadTooLarge);
-    }
-    if req.version != Some(1) && req.version != Some(0) {
-        return Err(HttpError::Version);
-    }
-    let mut content_length = 0usize;
-    let mut close = req.version == Some(0);
-    let mut expect_continue = false;
-    for h in req.headers.iter() {
-        let value = std::str::from_utf8(h.value)
-            .map_err(|_| HttpError::Malformed(format!("header {} is not UTF-8", h.name)))?
-            .trim();
-        if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = value
-                .parse()
-                .map_err(|_| HttpError::Malformed(format!("invalid Content-Length '{value}'")))?;
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::TransferEncoding);
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            close = value.eq_ignore_ascii_case("close");
-        } else if h.name.eq_ignore_ascii_case("expect") {
-            expect_continue = value.eq_ignore_ascii_case("100-continue");
+    let request_line = parse_request_line(&buf[..line_end])?;
+    let mut framing = Framing::default();
+    let mut headers = 0;
+    let head_len = loop {
+        match next_line(buf, pos)? {
+            Line::Incomplete { len } => {
+                return if pos + len >= MAX_HEAD_SIZE {
+                    Err(HttpError::HeadTooLarge)
+                } else {
+                    Ok(Parsed::Partial)
+                };
+            }
+            Line::Complete { next, .. } if next > MAX_HEAD_SIZE => {
+                return Err(HttpError::HeadTooLarge)
+            }
+            Line::Complete { end, next } if end == pos => break next,
+            Line::Complete { end, next } => {
+                headers += 1;
+                if headers > MAX_HEADERS {
+                    return Err(HttpError::TooManyHeaders);
+                }
+                parse_header(&buf[pos..end], &mut framing)?;
+                pos = next;
+            }
         }
-    }
-    if content_length > max_payload {
+    };
+    let content_length = framing.content_length.unwrap_or(0);
+    if content_length > max_payload as u64 {
         return Err(HttpError::PayloadTooLarge {
             size: content_length,
             limit: max_payload,
         });
     }
-    let total = head_len + content_length;
+    // Bounded by max_payload just above.
+    let total = head_len + content_length as usize;
     if buf.len() < total {
-        return Ok(
-            if expect_continue && !continue_sent && buf.len() == head_len {
-                Parsed::ExpectContinue
-            } else {
-                Parsed::Partial
-            },
-        );
+        let waits = framing.expect_continue && !continue_sent && buf.len() == head_len;
+        return Ok(if waits {
+            Parsed::ExpectContinue
+        } else {
+            Parsed::Partial
+        });
     }
-    let target = req.path.unwrap_or("/");
-    let path = target.split('?').next().unwrap_or("/");
-    // Absolute-form targets ("http://localhost/actions") as some clients send them.
-    let path = match path.strip_prefix("http://") {
-        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None => path,
-    };
-    let body = (content_length > 0).then(|| buf[head_len..total].to_vec());
+    let close = framing.close || (request_line.http10 && !framing.keep_alive);
     Ok(Parsed::Complete(
         Request {
-            method: req.method.unwrap_or("").to_string(),
-            path: path.to_string(),
-            body,
+            method: request_line.method.to_string(),
+            path: request_line.path.to_string(),
+            body: (content_length > 0).then(|| buf[head_len..total].to_vec()),
             close,
         },
         total,
     ))
 }
 
-/// An answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Response {
-    /// Status code.
-    pub status: u16,
-    /// JSON body, if any.
-    pub body: Option<String>,
-}
-
-impl Response {
-    /// 204 No Content.
-    pub fn no_content() -> Self {
-        Self {
-            status: 204,
-            body: None,
-        }
-    }
-
-    /// 200 with a JSON body.
-    pub fn json(body: String) -> Self {
-        Self {
-            status: 200,
-            body: Some(body),
-        }
-    }
-
-    /// An error with Firecracker's fault message body.
-    pub fn fault(status: u16, message: &str) -> Self {
-        Self {
-            status,
-            body: Some(serde_json::json!({ "fault_message": message }).to_string()),
-        }
-    }
-
-    /// The bytes on the wire.
-    pub fn to_bytes(&self, close: bool) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nServer: Palisade API\r\nConnection: {}\r\n",
-            self.status,
-            reason(self.status),
-            if close { "close" } else { "keep-alive" }
-        );
-        match &self.body {
-            Some(body) => {
-                out.push_str("Content-Type: application/json\r\n");
-                out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-                out.push_str(body);
-            }
-            None if self.status == 204 => out.push_str("\r\n"),
-            None => out.push_str("Content-Length: 0\r\n\r\n"),
-        }
-        out.into_bytes()
-    }
-}
-
-/// The interim answer to `Expect: 100-continue`.
-pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Payload Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn complete_request_with_body() {
-        let raw = b"PUT /actions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET";
-        match parse(raw, 100, false).unwrap() {
-            Parsed::Complete(r, used) => {
-                assert_eq!((r.method.as_str(), r.path.as_str()), ("PUT", "/actions"));
-                assert_eq!(r.body.as_deref(), Some(&b"{}"[..]));
-                assert_eq!(used, raw.len() - 3);
-                assert!(!r.close);
-            }
-            other => panic!("{other:?}"),
+    fn complete(raw: &[u8], limit: usize) -> (Request, usize) {
+        match parse(raw, limit, false) {
+            Ok(Parsed::Complete(r, used)) => (r, used),
+            other => panic!("{other:?} for {:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    fn error(raw: &[u8]) -> HttpError {
+        match parse(raw, 100, false) {
+            Err(e) => e,
+            other => panic!("{other:?} for {:?}", String::from_utf8_lossy(raw)),
         }
     }
 
     #[test]
-    fn partial_head_and_partial_body_wait_for_more() {
-        assert_eq!(parse(b"GET / HT", 100, false).unwrap(), Parsed::Partial);
-        let raw = b"PUT /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nab";
-        assert_eq!(parse(raw, 100, false).unwrap(), Parsed::Partial);
+    fn complete_request_with_body() {
+        let raw = b"PUT /actions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET";
+        let (r, used) = complete(raw, 100);
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("PUT", "/actions"));
+        assert_eq!(r.body.as_deref(), Some(&b"{}"[..]));
+        assert_eq!(used, raw.len() - 3);
+        assert!(!r.close);
+    }
+
+    #[test]
+    fn every_prefix_of_a_request_is_partial() {
+        let raw = b"PUT /x HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde";
+        for n in 0..raw.len() {
+            assert_eq!(parse(&raw[..n], 100, false), Ok(Parsed::Partial), "{n}");
+        }
+        assert!(complete(raw, 100).0.close);
+    }
+
+    #[test]
+    fn content_length_must_be_one_plain_decimal() {
+        for bad in [
+            &b"PUT /x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}"[..],
+            b"PUT /x HTTP/1.1\r\ncontent-length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            b"PUT /x HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            b"PUT /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"PUT /x HTTP/1.1\r\nContent-Length: 0005\r\n\r\n",
+            b"PUT /x HTTP/1.1\r\nContent-Length: 00\r\n\r\n",
+            b"PUT /x HTTP/1.1\r\nContent-Length: 5 5\r\n\r\n",
+            b"PUT /x HTTP/1.1\r\nContent-Length: 5,5\r\n\r\n",
+            b"PUT /x HTTP/1.1\r\nContent-Length: 0x5\r\n\r\n",
+            b"PUT /x HTTP/1.1\r\nContent-Length: \r\n\r\n",
+            b"PUT /x HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        ] {
+            assert!(matches!(error(bad), HttpError::Malformed(_)), "{bad:?}");
+        }
+        let (r, _) = complete(b"PUT /x HTTP/1.1\r\nContent-Length:  0 \r\n\r\n", 100);
+        assert_eq!(r.body, None);
+        let (r, _) = complete(b"PUT /x HTTP/1.1\r\nContent-Length:\t3\r\n\r\nabc", 100);
+        assert_eq!(r.body.as_deref(), Some(&b"abc"[..]));
     }
 
     #[test]
     fn oversized_payload_is_refused_before_reading_it() {
         let raw = b"PUT /x HTTP/1.1\r\nContent-Length: 50000\r\n\r\n";
+        let e = parse(raw, 51, false).unwrap_err();
         assert_eq!(
-            parse(raw, 51, false).unwrap_err(),
+            e,
             HttpError::PayloadTooLarge {
                 size: 50000,
                 limit: 51
             }
         );
+        assert_eq!(e.status(), 413);
+        let huge = b"PUT /x HTTP/1.1\r\nContent-Length: 9999999999999999999\r\n\r\n";
+        assert_eq!(parse(huge, 51, false).unwrap_err().status(), 413);
     }
 
     #[test]
-    fn garbage_and_huge_heads_are_errors() {
-        assert!(matches!(
-            parse(b"\x01\x02 nonsense\r\n\r\n", 10, false),
-            Err(HttpError::Malformed(_))
-        ));
-        let long = vec![b'a'; MAX_HEAD_SIZE + 10];
-        assert_eq!(
-            parse(&long, 10, false).unwrap_err(),
-            HttpError::HeadTooLarge
-        );
-        let chunked = b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(
-            parse(chunked, 10, false).unwrap_err(),
-            HttpError::TransferEncoding
-        );
-        let bad_len = b"PUT /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
-        assert!(matches!(
-            parse(bad_len, 10, false),
-            Err(HttpError::Malformed(_))
-        ));
+    fn transfer_encoding_is_refused_whatever_its_value() {
+        for te in ["chunked", "identity", "gzip, chunked", ""] {
+            let raw = format!("PUT /x HTTP/1.1\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(error(raw.as_bytes()), HttpError::TransferEncoding);
+        }
+        let both = b"PUT /x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(error(both).status(), 400);
+    }
+
+    #[test]
+    fn bare_cr_bare_lf_and_obs_fold_are_refused() {
+        for bad in [
+            &b"GET / HTTP/1.1\nHost: x\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\ry\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\tfolded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\n: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+            b"\r\nGET / HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(error(bad), HttpError::Malformed(_)), "{bad:?}");
+        }
+        // A bare CR is refused even before the head is complete.
+        assert!(parse(b"GET / HTTP/1.1\r\nX: a\rb", 10, false).is_err());
+    }
+
+    #[test]
+    fn request_line_must_have_three_clean_parts() {
+        for bad in [
+            &b"GET  / HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1 \r\n\r\n",
+            b"GET /\r\n\r\n",
+            b"G(T / HTTP/1.1\r\n\r\n",
+            b"GET x HTTP/1.1\r\n\r\n",
+            b"GET /\x7f HTTP/1.1\r\n\r\n",
+            b"GET / http/1.1\r\n\r\n",
+            b"GET / HTTP/11\r\n\r\n",
+            b"\x01\x02 nonsense\r\n\r\n",
+        ] {
+            assert!(matches!(error(bad), HttpError::Malformed(_)), "{bad:?}");
+        }
+        for version in ["HTTP/2.0", "HTTP/0.9", "HTTP/1.2"] {
+            let raw = format!("GET / {version}\r\n\r\n");
+            assert_eq!(error(raw.as_bytes()).status(), 505, "{version}");
+        }
+    }
+
+    #[test]
+    fn limits_answer_414_and_431() {
+        let long_target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_REQUEST_LINE));
+        assert_eq!(error(long_target.as_bytes()).status(), 414);
+        // Known before the line ends.
+        let partial = format!("GET /{}", "a".repeat(MAX_REQUEST_LINE));
+        assert_eq!(error(partial.as_bytes()).status(), 414);
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(error(raw.as_bytes()), HttpError::TooManyHeaders);
+        let fits: String = (0..MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        complete(format!("GET / HTTP/1.1\r\n{fits}\r\n").as_bytes(), 0);
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(MAX_HEAD_SIZE));
+        assert_eq!(error(big.as_bytes()), HttpError::HeadTooLarge);
+        let unfinished = format!("GET / HTTP/1.1\r\nX: {}", "v".repeat(MAX_HEAD_SIZE));
+        assert_eq!(error(unfinished.as_bytes()), HttpError::HeadTooLarge);
+    }
+
+    #[test]
+    fn a_full_buffer_never_stays_partial() {
+        // The server reads at most MAX_HEAD_SIZE + max_payload + 1 bytes: whatever they are,
+        // a request or an error comes out, so no byte ever has to be dropped.
+        let max_payload = 10;
+        for filler in [b'a', b'\r', b' '] {
+            let mut buf = b"PUT /x HTTP/1.1\r\n".to_vec();
+            buf.resize(MAX_HEAD_SIZE + max_payload + 1, filler);
+            assert_ne!(parse(&buf, max_payload, false), Ok(Parsed::Partial));
+        }
+        let mut buf = b"GET / HTTP/1.1\r\n".to_vec();
+        while buf.len() < MAX_HEAD_SIZE + 1 {
+            buf.extend_from_slice(b"X: y\r\n");
+        }
+        assert_ne!(parse(&buf, 0, false), Ok(Parsed::Partial));
     }
 
     #[test]
@@ -273,22 +461,24 @@ mod tests {
     }
 
     #[test]
-    fn absolute_form_and_query_are_reduced_to_the_path() {
-        let raw = b"GET http://localhost/machine-config?x=1 HTTP/1.1\r\nConnection: close\r\n\r\n";
-        match parse(raw, 10, false).unwrap() {
-            Parsed::Complete(r, _) => {
-                assert_eq!(r.path, "/machine-config");
-                assert!(r.close);
-            }
-            other => panic!("{other:?}"),
-        }
+    fn connection_tokens_and_http10_decide_closing() {
+        let (r, _) = complete(b"GET / HTTP/1.0\r\n\r\n", 0);
+        assert!(r.close);
+        let (r, _) = complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", 0);
+        assert!(!r.close);
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nConnection: TE, close\r\n\r\n", 0);
+        assert!(r.close);
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", 0);
+        assert!(!r.close);
     }
 
     #[test]
-    fn fault_responses_have_firecrackers_shape() {
-        let bytes = Response::fault(400, "bad").to_bytes(false);
-        let text = String::from_utf8(bytes).unwrap();
-        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"));
-        assert!(text.ends_with("{\"fault_message\":\"bad\"}"));
+    fn absolute_form_and_query_are_reduced_to_the_path() {
+        let raw = b"GET http://localhost/machine-config?x=1 HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let (r, _) = complete(raw, 10);
+        assert_eq!(r.path, "/machine-config");
+        assert!(r.close);
+        let (r, _) = complete(b"GET http://localhost HTTP/1.1\r\n\r\n", 10);
+        assert_eq!(r.path, "/");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod http;
+pub mod response;
 pub mod router;
 pub mod server;
 

@@ -5,7 +5,8 @@
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::http::{Request, Response};
+use super::http::Request;
+use super::response::Response;
 use crate::config::{
     valid_resource_id, BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyConfig,
     MachineConfig, MachineConfigUpdate,

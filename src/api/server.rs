@@ -1,6 +1,10 @@
 //! The api thread: a non-blocking epoll loop over the listening socket and its connections.
-//! A slow, silent or malicious client holds only its own connection; every complete request
-//! is routed, sent to the VMM thread, answered and audited.
+//!
+//! A slow, silent or malicious client holds only its own connection, and only until its
+//! deadline. After every read, every complete request in a connection's buffer is answered,
+//! in order; a buffer never holds more than one maximal request, and bytes beyond it stay in
+//! the socket until there is room, so none is ever dropped. Peers whose uid is not allowed are
+//! answered 403 and closed at accept: they never take a connection slot.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,17 +18,26 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::audit::{loggable_path, utc_now, AuditLog, AuditRecord, Peer};
-use super::http::{self, HttpError, Parsed, Request, Response};
+use super::http::{self, HttpError, Parsed, Request};
+use super::response::{self, Response};
 use super::router::{self, route, Routed};
 use crate::metrics::METRICS;
 use crate::vmm::action::{ActionResult, VmmAction, VmmData};
 
-/// Most connections served at once; more are closed at accept.
+/// Most connections of allowed peers served at once; more are answered 503 at accept.
 const MAX_CONNECTIONS: usize = 64;
-/// A request must be complete this long after its first byte.
+/// A request must be complete this long after its first byte arrived, and a client must
+/// take its answers within this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle keep-alive connection is closed after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Requests stop being answered while this many answer bytes wait for the client to read
+/// them; they are answered once it does.
+const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+/// An empty input buffer larger than this is given back to the allocator.
+const KEPT_BUFFER: usize = 16 * 1024;
+/// Buffers read from one connection before the others get their turn.
+const READS_PER_TURN: usize = 4;
 const LISTENER: u64 = u64::MAX;
 
 /// The api thread's end of the VMM channel.
@@ -50,15 +63,59 @@ pub struct ServerConfig {
 struct Connection {
     stream: UnixStream,
     peer: Peer,
-    /// False for a peer whose uid is not allowed: its request gets a 403 and the connection
-    /// closes.
-    allowed: bool,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     continue_sent: bool,
+    /// When the first byte of the request now in `inbuf` arrived.
     request_started: Option<Instant>,
+    /// The last read or write.
     last_active: Instant,
+    /// The peer shut its side down: answer what is complete, then close.
+    peer_closed: bool,
+    /// The last answer is queued: close once it is written.
     closing: bool,
+}
+
+impl Connection {
+    fn new(stream: UnixStream, peer: Peer, now: Instant) -> Self {
+        Self {
+            stream,
+            peer,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            continue_sent: false,
+            request_started: None,
+            last_active: now,
+            peer_closed: false,
+            closing: false,
+        }
+    }
+
+    /// When this connection must be cut if nothing changes.
+    fn deadline(&self) -> Instant {
+        match self.request_started {
+            Some(started) => started + REQUEST_TIMEOUT,
+            None if !self.outbuf.is_empty() => self.last_active + REQUEST_TIMEOUT,
+            None => self.last_active + IDLE_TIMEOUT,
+        }
+    }
+
+    /// Whether the connection is over: nothing more will be read and all is written.
+    fn finished(&self) -> bool {
+        (self.closing || self.peer_closed) && self.outbuf.is_empty()
+    }
+
+    /// The events to wait for.
+    fn interest(&self) -> EventSet {
+        let mut set = EventSet::empty();
+        if !self.closing && !self.peer_closed && self.outbuf.len() < OUTPUT_HIGH_WATER {
+            set |= EventSet::IN | EventSet::READ_HANG_UP;
+        }
+        if !self.outbuf.is_empty() {
+            set |= EventSet::OUT;
+        }
+        set
+    }
 }
 
 /// The server state of the api thread.
@@ -114,7 +171,7 @@ impl ApiServer {
     fn serve_all(&mut self) {
         let mut events = vec![EpollEvent::default(); 32];
         loop {
-            let n = match self.epoll.wait(1000, &mut events) {
+            let n = match self.epoll.wait(self.wait_ms(), &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -133,6 +190,16 @@ impl ApiServer {
         }
     }
 
+    /// Milliseconds until the nearest connection deadline (at most a second).
+    fn wait_ms(&self) -> i32 {
+        let now = Instant::now();
+        self.connections
+            .values()
+            .map(|c| c.deadline().saturating_duration_since(now))
+            .min()
+            .map_or(1000, |d| d.as_millis().clamp(1, 1000) as i32)
+    }
+
     fn accept_all(&mut self) {
         loop {
             let stream = match self.listener.accept() {
@@ -148,11 +215,17 @@ impl ApiServer {
                 log::warn!("API connection without peer credentials refused");
                 continue;
             };
+            if !self.config.allowed_uids.contains(&peer.uid) {
+                self.refuse(stream, &peer);
+                continue;
+            }
             if self.connections.len() >= MAX_CONNECTIONS {
                 log::warn!("API connection limit reached; closing a new connection");
-                let mut stream = stream;
-                let _ =
-                    stream.write(&Response::fault(503, "Too many API connections.").to_bytes(true));
+                let answer = Response::fault(503, "Too many API connections.");
+                if stream.set_nonblocking(true).is_ok() {
+                    let _ = (&stream).write(&answer.to_bytes(true));
+                }
+                self.audit(&peer, "refused", "", "", 503, 0);
                 continue;
             }
             if let Err(e) = self.add_connection(stream, peer) {
@@ -161,38 +234,39 @@ impl ApiServer {
         }
     }
 
+    /// Answers a peer whose uid is not allowed with 403, at once, and closes it.
+    fn refuse(&mut self, stream: UnixStream, peer: &Peer) {
+        METRICS.palisade.api_refused_peers.inc();
+        log::warn!(
+            "API connection from pid {} uid {} gid {} refused: uid not allowed",
+            peer.pid,
+            peer.uid,
+            peer.gid
+        );
+        let answer = Response::fault(
+            403,
+            &format!(
+                "The caller's uid {} is not allowed to use this API.",
+                peer.uid
+            ),
+        );
+        // A fresh socket's send buffer holds the whole answer: one write, never blocking.
+        if stream.set_nonblocking(true).is_ok() {
+            let _ = (&stream).write(&answer.to_bytes(true));
+        }
+        self.audit(peer, "refused", "", "", 403, 0);
+    }
+
     fn add_connection(&mut self, stream: UnixStream, peer: Peer) -> std::io::Result<()> {
         stream.set_nonblocking(true)?;
         let fd = stream.as_raw_fd();
-        let allowed = self.config.allowed_uids.contains(&peer.uid);
-        if !allowed {
-            METRICS.palisade.api_refused_peers.inc();
-            log::warn!(
-                "API connection from pid {} uid {} gid {} refused: uid not allowed",
-                peer.pid,
-                peer.uid,
-                peer.gid
-            );
-        }
+        let conn = Connection::new(stream, peer, Instant::now());
         self.epoll.ctl(
             ControlOperation::Add,
             fd,
-            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, fd as u64),
+            EpollEvent::new(conn.interest(), fd as u64),
         )?;
-        self.connections.insert(
-            fd,
-            Connection {
-                stream,
-                peer,
-                allowed,
-                inbuf: Vec::new(),
-                outbuf: Vec::new(),
-                continue_sent: false,
-                request_started: None,
-                last_active: Instant::now(),
-                closing: false,
-            },
-        );
+        self.connections.insert(fd, conn);
         Ok(())
     }
 
@@ -218,104 +292,122 @@ impl ApiServer {
         }
     }
 
-    /// Reads, answers and writes for one connection. False when the VMM is gone.
+    /// Reads, answers and writes for one connection until none of them makes progress.
+    /// False when the VMM is gone.
     fn serve(&mut self, fd: RawFd) -> bool {
         let Some(mut conn) = self.connections.remove(&fd) else {
             return true;
         };
-        let mut alive = true;
-        if !conn.closing && conn.outbuf.is_empty() {
-            alive = read_available(&mut conn, self.config.max_payload);
+        let limit = http::MAX_HEAD_SIZE + self.config.max_payload + 1;
+        let mut reads = 0;
+        let vmm_ok = loop {
+            // A client that never stops sending gets a few buffers per turn, not the thread;
+            // what it sent after them is read on its next turn (epoll is level-triggered).
+            let read = if reads < READS_PER_TURN {
+                reads += 1;
+                read_available(&mut conn, limit)
+            } else {
+                0
+            };
+            let Some(answered) = self.answer_complete_requests(&mut conn) else {
+                break false;
+            };
+            let written = flush(&mut conn);
+            if read == 0 && answered == 0 && written == 0 {
+                break true;
+            }
+        };
+        if conn.inbuf.is_empty() && conn.inbuf.capacity() > KEPT_BUFFER {
+            conn.inbuf = Vec::new();
         }
-        let vmm_ok = self.answer_complete_requests(&mut conn);
-        flush(&mut conn);
-        if (!alive || conn.closing) && conn.outbuf.is_empty() {
+        if conn.finished() {
             let _ = self
                 .epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         } else {
-            let set = if conn.outbuf.is_empty() {
-                EventSet::IN | EventSet::READ_HANG_UP
-            } else {
-                EventSet::OUT
-            };
             let _ = self.epoll.ctl(
                 ControlOperation::Modify,
                 fd,
-                EpollEvent::new(set, fd as u64),
+                EpollEvent::new(conn.interest(), fd as u64),
             );
             self.connections.insert(fd, conn);
         }
         vmm_ok
     }
 
-    fn answer_complete_requests(&mut self, conn: &mut Connection) -> bool {
-        while !conn.closing && conn.outbuf.is_empty() && !conn.inbuf.is_empty() {
-            if conn.request_started.is_none() {
-                conn.request_started = Some(Instant::now());
-            }
+    /// Answers every complete request in the buffer, in order, unless the client is not
+    /// reading its answers. The number answered, or None when the VMM is gone.
+    fn answer_complete_requests(&mut self, conn: &mut Connection) -> Option<usize> {
+        let mut answered = 0;
+        while !conn.closing && !conn.inbuf.is_empty() && conn.outbuf.len() < OUTPUT_HIGH_WATER {
             match http::parse(&conn.inbuf, self.config.max_payload, conn.continue_sent) {
+                Ok(Parsed::Partial)
+                    if conn.inbuf.len() > http::MAX_HEAD_SIZE + self.config.max_payload =>
+                {
+                    // Unreachable by construction (see http.rs); never wait on a full buffer.
+                    self.reject(conn, &HttpError::HeadTooLarge);
+                }
                 Ok(Parsed::Partial) => break,
                 Ok(Parsed::ExpectContinue) => {
-                    conn.outbuf.extend_from_slice(http::CONTINUE);
+                    conn.outbuf.extend_from_slice(response::CONTINUE);
                     conn.continue_sent = true;
+                    break;
                 }
                 Ok(Parsed::Complete(request, used)) => {
                     conn.inbuf.drain(..used);
                     conn.continue_sent = false;
-                    conn.request_started = None;
-                    let started = Instant::now();
-                    if !conn.allowed {
-                        // Read the request before answering, so the client reads the answer.
-                        let response = Response::fault(
-                            403,
-                            &format!(
-                                "The caller's uid {} is not allowed to use this API.",
-                                conn.peer.uid
-                            ),
-                        );
-                        conn.outbuf.extend_from_slice(&response.to_bytes(true));
-                        conn.closing = true;
-                        let peer = conn.peer;
-                        self.audit(&peer, "refused", &request.method, &request.path, 403, 0);
-                        break;
-                    }
-                    let Some(response) = self.respond(&request) else {
-                        return false;
-                    };
-                    let us = started.elapsed().as_micros() as u64;
-                    router::count_request(&request.method, &request.path, response.status < 300);
-                    conn.closing = request.close;
-                    conn.outbuf
-                        .extend_from_slice(&response.to_bytes(request.close));
-                    let peer = conn.peer;
-                    self.audit(
-                        &peer,
-                        "request",
-                        &request.method,
-                        &request.path,
-                        response.status,
-                        us,
-                    );
+                    // The next request's bytes, if any, are already here.
+                    conn.request_started = (!conn.inbuf.is_empty()).then(Instant::now);
+                    self.answer(conn, &request)?;
+                    answered += 1;
                 }
                 Err(e) => {
                     self.reject(conn, &e);
+                    answered += 1;
                 }
             }
         }
-        true
+        if conn.peer_closed && !conn.closing && conn.outbuf.is_empty() && !conn.inbuf.is_empty() {
+            // The peer hung up in the middle of a request: nothing can complete it.
+            conn.inbuf.clear();
+            conn.request_started = None;
+        }
+        Some(answered)
     }
 
-    /// Answers a request that cannot be parsed, and closes the connection after it.
+    /// Answers one request. None when the VMM is gone.
+    fn answer(&mut self, conn: &mut Connection, request: &Request) -> Option<()> {
+        let started = Instant::now();
+        let response = self.respond(request)?;
+        let us = started.elapsed().as_micros() as u64;
+        router::count_request(&request.method, &request.path, response.status < 300);
+        conn.closing = request.close;
+        conn.outbuf
+            .extend_from_slice(&response.to_bytes(request.close));
+        let peer = conn.peer;
+        self.audit(
+            &peer,
+            "request",
+            &request.method,
+            &request.path,
+            response.status,
+            us,
+        );
+        Some(())
+    }
+
+    /// Answers a request that cannot be parsed, and closes the connection after it. The
+    /// bytes after it cannot be framed, so they are not read.
     fn reject(&mut self, conn: &mut Connection, e: &HttpError) {
         METRICS.palisade.api_bad_requests.inc();
         log::warn!("Bad API request from pid {}: {e}", conn.peer.pid);
-        let response = Response::fault(400, &e.to_string());
+        let response = Response::fault(e.status(), &e.to_string());
         conn.outbuf.extend_from_slice(&response.to_bytes(true));
         conn.inbuf.clear();
+        conn.request_started = None;
         conn.closing = true;
         let peer = conn.peer;
-        self.audit(&peer, "request", "", "", 400, 0);
+        self.audit(&peer, "request", "", "", response.status, 0);
     }
 
     /// Routes a request and, for actions, asks the VMM thread. None when the VMM is gone.
@@ -342,74 +434,92 @@ impl ApiServer {
         })
     }
 
-    /// Closes connections whose request takes too long to arrive, and long-idle ones.
+    /// Closes connections past their deadline: a request not complete in time (answered
+    /// 408), answers not taken in time, long idleness.
     fn expire_connections(&mut self) {
         let now = Instant::now();
         let expired: Vec<RawFd> = self
             .connections
             .iter()
-            .filter(|(_, c)| {
-                c.request_started
-                    .is_some_and(|t| now.duration_since(t) > REQUEST_TIMEOUT)
-                    || now.duration_since(c.last_active) > IDLE_TIMEOUT
-            })
+            .filter(|(_, c)| c.deadline() <= now)
             .map(|(fd, _)| *fd)
             .collect();
         for fd in expired {
-            if let Some(mut conn) = self.connections.remove(&fd) {
+            let Some(mut conn) = self.connections.remove(&fd) else {
+                continue;
+            };
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            if conn.request_started.is_some() && conn.outbuf.is_empty() {
+                log::warn!("API request from pid {} timed out", conn.peer.pid);
+                let answer = Response::fault(408, "Request timed out.");
+                let _ = conn.stream.write(&answer.to_bytes(true));
+                let peer = conn.peer;
+                self.audit(&peer, "request", "", "", 408, 0);
+            } else {
                 log::warn!("API connection from pid {} timed out", conn.peer.pid);
-                let _ = conn
-                    .stream
-                    .write(&Response::fault(400, "Request timed out.").to_bytes(true));
-                let _ = self
-                    .epoll
-                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             }
         }
     }
 }
 
-/// Reads what the socket has; false when the peer closed or failed.
-fn read_available(conn: &mut Connection, max_payload: usize) -> bool {
-    let limit = http::MAX_HEAD_SIZE + max_payload + 1;
+/// Reads what the socket has, as long as the buffer has room; the rest stays in the socket.
+/// Returns the number of bytes read; a closed or failed peer sets `peer_closed`.
+fn read_available(conn: &mut Connection, limit: usize) -> usize {
+    if conn.closing || conn.peer_closed || conn.outbuf.len() >= OUTPUT_HIGH_WATER {
+        return 0;
+    }
+    let mut total = 0;
     let mut chunk = [0u8; 4096];
     loop {
-        match conn.stream.read(&mut chunk) {
-            Ok(0) => return false,
+        let room = limit.saturating_sub(conn.inbuf.len()).min(chunk.len());
+        if room == 0 {
+            return total;
+        }
+        match conn.stream.read(&mut chunk[..room]) {
+            Ok(0) => {
+                conn.peer_closed = true;
+                return total;
+            }
             Ok(n) => {
                 conn.last_active = Instant::now();
                 if conn.request_started.is_none() {
                     conn.request_started = Some(conn.last_active);
                 }
-                // Never hold more than one maximal request per connection.
-                let room = limit.saturating_sub(conn.inbuf.len());
-                conn.inbuf.extend_from_slice(&chunk[..n.min(room)]);
-                if conn.inbuf.len() >= limit {
-                    return true;
-                }
+                conn.inbuf.extend_from_slice(&chunk[..n]);
+                total += n;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return total,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return false,
+            Err(_) => {
+                conn.peer_closed = true;
+                return total;
+            }
         }
     }
 }
 
-/// Writes what is pending without blocking.
-fn flush(conn: &mut Connection) {
+/// Writes what is pending without blocking; returns the number of bytes written.
+fn flush(conn: &mut Connection) -> usize {
+    let mut total = 0;
     while !conn.outbuf.is_empty() {
         match conn.stream.write(&conn.outbuf) {
             Ok(0) => break,
             Ok(n) => {
                 conn.outbuf.drain(..n);
                 conn.last_active = Instant::now();
+                total += n;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(_) => {
                 conn.outbuf.clear();
+                conn.inbuf.clear();
+                conn.request_started = None;
                 conn.closing = true;
             }
         }
     }
+    total
 }

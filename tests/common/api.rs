@@ -56,6 +56,38 @@ impl ApiClient {
         }
     }
 
+    /// Sets how long one read may wait for the server.
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .unwrap();
+    }
+
+    /// Reads until the server closes the connection (what was left after the last answer).
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.reader.read(&mut chunk) {
+                Ok(0) => return rest,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                // A server that closes with our unread bytes in its queue resets the stream.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return rest,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("read until close: {e}"),
+            }
+        }
+    }
+
+    /// Shuts the sending side down: the server reads end-of-file after what was sent.
+    pub fn shutdown_write(&mut self) {
+        self.reader
+            .get_ref()
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
+    }
+
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.reader
@@ -92,7 +124,9 @@ impl ApiClient {
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+            .unwrap_or_else(|| {
+                panic!("bad status line {status_line:?} (empty: the server closed the connection)")
+            });
         let mut length = 0usize;
         loop {
             let mut line = String::new();

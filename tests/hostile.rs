@@ -13,6 +13,10 @@ mod capture;
 mod common;
 #[path = "hostile/host.rs"]
 mod host;
+#[path = "hostile/net_flood.rs"]
+mod net_flood;
+#[path = "hostile/net_forge.rs"]
+mod net_forge;
 #[path = "hostile/table.rs"]
 mod table;
 

@@ -15,17 +15,61 @@ use super::{api_probe, can_attack, capture, flush_metrics, spawn_with_api, Table
 /// The cases in the probe's order: name, what it forges, the counter that must count it
 /// (empty: the honest control, which must be delivered).
 const CASES: &[(&str, &str, &str)] = &[
-    ("mac", "UDP from foreign source MAC 02:ba:d0:ba:d0:01", "fw_spoof_mac"),
-    ("ipv4-src", "UDP from foreign IPv4 source 192.0.2.66", "fw_spoof_ip"),
-    ("arp-sender", "ARP reply claiming the host's 10.0.0.1", "fw_spoof_arp"),
-    ("ipv6-src", "UDP from foreign IPv6 source fd00::66 to an allowed port", "fw_spoof_ip"),
-    ("dhcp-offer-67", "DHCP OFFER 67 -> 255.255.255.255:68", "fw_rogue_dhcp_ra"),
-    ("dhcp-ack-other-port", "DHCP ACK 40067 -> 255.255.255.255:68", "fw_rogue_dhcp_ra"),
-    ("router-advert", "router advertisement to ff02::1", "fw_rogue_dhcp_ra"),
-    ("dhcp-to-internet", "DHCP DISCOVER 68 -> 198.51.100.7:67 (default_egress deny)", "fw_default_deny"),
-    ("ns-global-hop64", "neighbour solicitation to global fd00::1, hop limit 64", "fw_default_deny"),
-    ("dad-foreign", "DAD probe from :: for fd00::1 (not the guest's)", "fw_spoof_arp"),
-    ("honest", "control: UDP 10.0.0.2 -> 10.0.0.1:7210 (allowed)", ""),
+    (
+        "mac",
+        "UDP from foreign source MAC 02:ba:d0:ba:d0:01",
+        "fw_spoof_mac",
+    ),
+    (
+        "ipv4-src",
+        "UDP from foreign IPv4 source 192.0.2.66",
+        "fw_spoof_ip",
+    ),
+    (
+        "arp-sender",
+        "ARP reply claiming the host's 10.0.0.1",
+        "fw_spoof_arp",
+    ),
+    (
+        "ipv6-src",
+        "UDP from foreign IPv6 source fd00::66 to an allowed port",
+        "fw_spoof_ip",
+    ),
+    (
+        "dhcp-offer-67",
+        "DHCP OFFER 67 -> 255.255.255.255:68",
+        "fw_rogue_dhcp_ra",
+    ),
+    (
+        "dhcp-ack-other-port",
+        "DHCP ACK 40067 -> 255.255.255.255:68",
+        "fw_rogue_dhcp_ra",
+    ),
+    (
+        "router-advert",
+        "router advertisement to ff02::1",
+        "fw_rogue_dhcp_ra",
+    ),
+    (
+        "dhcp-to-internet",
+        "DHCP DISCOVER 68 -> 198.51.100.7:67 (default_egress deny)",
+        "fw_default_deny",
+    ),
+    (
+        "ns-global-hop64",
+        "neighbour solicitation to global fd00::1, hop limit 64",
+        "fw_default_deny",
+    ),
+    (
+        "dad-foreign",
+        "DAD probe from :: for fd00::1 (not the guest's)",
+        "fw_spoof_arp",
+    ),
+    (
+        "honest",
+        "control: UDP 10.0.0.2 -> 10.0.0.1:7210 (allowed)",
+        "",
+    ),
 ];
 
 const GUEST_MAC_BYTES: [u8; 6] = [0x06, 0x00, 0x0a, 0x00, 0x00, 0x02];
@@ -147,9 +191,17 @@ fn forged_frames_from_the_guest_never_reach_the_tap_and_are_counted_by_reason() 
                 delivered[i] == 0 && counted >= 1 && drops == 1,
             )
         };
-        table.record(&format!("net-forge {name}: {what}"), &expected, &observed, pass);
+        table.record(
+            &format!("net-forge {name}: {what}"),
+            &expected,
+            &observed,
+            pass,
+        );
     }
-    let result = run.probe_result("net-forge").unwrap_or("no result").to_string();
+    let result = run
+        .probe_result("net-forge")
+        .unwrap_or("no result")
+        .to_string();
     table.record(
         "net-forge: every case sent",
         &format!("probe ok sent={}", CASES.len()),

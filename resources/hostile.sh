@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The hostile suite (issue 11): attacks a running Palisade from inside its guests (the probe
-# guest's blk-flood, virtio-hostile and net-hostile scenarios) while measuring the API socket's
-# latency, the VMM's memory and its metrics, then prints one table:
+# guest's blk-flood, virtio-hostile, net-hostile, net-forge and net-flood scenarios) while
+# measuring the API socket's latency, the VMM's memory and its metrics, then prints one table:
 #   attack | expected | observed | pass/fail
 # Needs root (network namespaces, taps) and /dev/kvm; when either is missing it fails, it never
 # passes. Builds the debug profile (what `cargo test` builds; latencies in release are lower).

@@ -1,7 +1,10 @@
 //! The hostile suite (issue 11): attacks from inside the probe guest on the devices of a
 //! running Palisade while the host measures the API's latency, the VMM's memory and its
 //! metrics. Every attack adds a row to a table (see hostile/table.rs);
-//! `bash resources/hostile.sh` runs this file and prints the table.
+//! `bash resources/hostile.sh` runs this file and prints the table. The network attacks from
+//! the guest beyond the TX header tricks below live in hostile/net_forge.rs (forged sources,
+//! rogue DHCP and RA, link control aimed off the link) and hostile/net_flood.rs (SYN and UDP
+//! floods against a small connection table, with a second guest as bystander).
 //!
 //! Latency: the target is `GET /` under 100 ms throughout an attack; the tests assert 1 s
 //! because CI machines are loaded, and the table reports the measured maximum.
@@ -13,6 +16,10 @@ mod capture;
 mod common;
 #[path = "hostile/host.rs"]
 mod host;
+#[path = "hostile/net_flood.rs"]
+mod net_flood;
+#[path = "hostile/net_forge.rs"]
+mod net_forge;
 #[path = "hostile/table.rs"]
 mod table;
 

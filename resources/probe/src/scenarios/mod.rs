@@ -13,6 +13,7 @@ mod kbd;
 mod mem;
 mod net_echo;
 mod net_flood;
+mod net_forge;
 mod net_hostile;
 mod net_rx;
 mod net_spoof;
@@ -55,6 +56,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: net_echo::NAME, run: net_echo::run },
     Scenario { name: net_spoof::NAME, run: net_spoof::run },
     Scenario { name: net_flood::NAME, run: net_flood::run },
+    Scenario { name: net_forge::NAME, run: net_forge::run },
     Scenario { name: net_hostile::NAME, run: net_hostile::run },
     Scenario { name: virtio_hostile::NAME, run: virtio_hostile::run },
 ];

@@ -12,7 +12,7 @@ const FOREIGN_MAC: [u8; 6] = [0x02, 0xba, 0xd0, 0xba, 0xd0, 0x01];
 const FOREIGN_IP: [u8; 4] = [192, 0, 2, 66];
 
 /// An IPv6 router advertisement from the probe's link-local address to all nodes.
-fn router_advertisement(buf: &mut [u8], mac: [u8; 6]) -> usize {
+pub(super) fn router_advertisement(buf: &mut [u8], mac: [u8; 6]) -> usize {
     let mut src = [0u8; 16];
     src[0] = 0xfe;
     src[1] = 0x80;

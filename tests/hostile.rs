@@ -15,6 +15,8 @@
 
 #[path = "hostile/capture.rs"]
 mod capture;
+#[path = "hostile/chains.rs"]
+mod chains;
 mod common;
 #[path = "hostile/host.rs"]
 mod host;

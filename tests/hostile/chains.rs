@@ -6,7 +6,7 @@
 //! request works after it; the host keeps frames coming into the tap (for the RX queue),
 //! captures what leaves it (good frames must, refused ones must not) and checks the counters.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,44 +25,24 @@ const RNG_CASES: usize = 10;
 const TX_CASES: usize = 12;
 const RX_CASES: usize = 11;
 
-/// Sends a UDP frame to the guest's MAC on `ns`'s tap0 every 5 ms until `stop`.
-fn inject(ns: &TapNetns, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+/// Sends a UDP datagram 10.0.0.1 -> 10.0.0.2:7401 (the guest's MAC as a static neighbour)
+/// every 5 ms until `stop`; returns (sent, refused by the host stack).
+fn inject(ns: &TapNetns, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+    ns.exec(&[
+        "ip", "neigh", "replace", "10.0.0.2", "lladdr", GUEST_MAC, "dev", "tap0",
+    ]);
     ns.run(move || {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-        // SAFETY: fd is a fresh descriptor this thread owns from here on.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: the name is a NUL-terminated C string.
-        let index = unsafe { libc::if_nametoindex(c"tap0".as_ptr()) };
-        assert!(index != 0, "no tap0");
-        // SAFETY: zeroed sockaddr_ll is a valid value; the fields set below complete it.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = proto;
-        addr.sll_ifindex = index as i32;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&[6, 0, 10, 0, 0, 2]);
-        let mut frame = vec![6, 0, 10, 0, 0, 2, 6, 0, 10, 0, 0, 1, 0x88, 0xb5];
-        frame.extend_from_slice(b"chains-rx-from-the-host-chains-rx-from-the-host!!");
-        let mut sent = 0;
+        let sock = UdpSocket::bind("10.0.0.1:7401").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let (mut sent, mut refused) = (0, 0);
         while !stop.load(Ordering::Relaxed) {
-            // SAFETY: frame and addr are valid for the lengths given.
-            let n = unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    std::ptr::from_ref(&addr).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            sent += u64::from(n > 0);
+            match sock.send_to(b"chains-rx-from-the-host", ("10.0.0.2", 7401)) {
+                Ok(_) => sent += 1,
+                Err(_) => refused += 1,
+            }
             std::thread::sleep(Duration::from_millis(5)); // A frame rate, not synchronisation.
         }
-        sent
+        (sent, refused)
     })
 }
 
@@ -70,8 +50,12 @@ fn inject(ns: &TapNetns, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> 
 fn expected(case: &str) -> &'static str {
     match case {
         "same-head-16x" => "16 used entries, works after",
-        "chain-loop" | "chain-longer-than-queue" | "next-out-of-range" | "indirect"
-        | "avail-idx-jump" | "head-out-of-range" => "DEVICE_NEEDS_RESET, works after a reset",
+        "chain-loop"
+        | "chain-longer-than-queue"
+        | "next-out-of-range"
+        | "indirect"
+        | "avail-idx-jump"
+        | "head-out-of-range" => "DEVICE_NEEDS_RESET, works after a reset",
         _ => "used with length 0, buffer untouched, works after",
     }
 }
@@ -145,7 +129,7 @@ fn malformed_chains_to_rng_and_net_are_refused_or_reset_and_the_devices_work_aft
         "chains: every case run",
         &format!("rng {RNG_CASES}, net-tx {TX_CASES}, net-rx {RX_CASES}, probe ok"),
         &format!(
-            "rng {}, net-tx {}, net-rx {}, probe {result:?}, host frames injected {injected}",
+            "rng {}, net-tx {}, net-rx {}, probe {result:?}, host frames injected {injected:?} (sent, refused)",
             cases[0], cases[1], cases[2]
         ),
         cases == [RNG_CASES, TX_CASES, RX_CASES] && result.starts_with("ok"),
@@ -182,7 +166,10 @@ fn malformed_chains_to_rng_and_net_are_refused_or_reset_and_the_devices_work_aft
         rss_after < rss_before + RSS_GROWTH_KIB && flushed == 204,
     );
     if cases != [RNG_CASES, TX_CASES, RX_CASES] {
-        println!("--- probe stdout\n{}\n--- stderr\n{}", run.stdout, run.stderr);
+        println!(
+            "--- probe stdout\n{}\n--- stderr\n{}",
+            run.stdout, run.stderr
+        );
     }
     table.finish();
 }

@@ -4,7 +4,8 @@
 //! `bash resources/hostile.sh` runs this file and prints the table. The network attacks from
 //! the guest beyond the TX header tricks below live in hostile/net_forge.rs (forged sources,
 //! rogue DHCP and RA, link control aimed off the link) and hostile/net_flood.rs (SYN and UDP
-//! floods against a small connection table, with a second guest as bystander).
+//! floods against a small connection table, with a second guest as bystander). The malformed
+//! chains of blk-hostile, sent to virtio-rng and to both virtio-net queues, are hostile/chains.rs.
 //!
 //! Latency: the target is `GET /` under 100 ms throughout an attack, and the table reports
 //! the measured maximum against it. The tests assert 5 s: what they guard against is the
@@ -15,6 +16,8 @@
 
 #[path = "hostile/capture.rs"]
 mod capture;
+#[path = "hostile/chains.rs"]
+mod chains;
 mod common;
 #[path = "hostile/host.rs"]
 mod host;

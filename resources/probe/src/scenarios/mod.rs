@@ -6,6 +6,7 @@ mod blk_bench;
 mod blk_flood;
 mod blk_hostile;
 mod blk_watch;
+mod chain_hostile;
 mod cpus;
 mod hello;
 mod idle;
@@ -59,6 +60,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: net_forge::NAME, run: net_forge::run },
     Scenario { name: net_hostile::NAME, run: net_hostile::run },
     Scenario { name: virtio_hostile::NAME, run: virtio_hostile::run },
+    Scenario { name: chain_hostile::NAME, run: chain_hostile::run },
 ];
 
 pub fn run(name: &[u8], boot: &BootInfo) {

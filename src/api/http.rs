@@ -95,6 +95,7 @@ enum Line {
     Incomplete { len: usize },
 }
 
+/// httparse also takes a bare LF as a line end, so line ends are checked here first.
 fn next_line(buf: &[u8], start: usize) -> Result<Line, HttpError> {
     let rest = buf.get(start..).unwrap_or_default();
     match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
@@ -111,66 +112,51 @@ fn next_line(buf: &[u8], start: usize) -> Result<Line, HttpError> {
     }
 }
 
-/// RFC 9110 `tchar`: the characters of methods and header names.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// Scans the head line by line for what httparse does not check: line ends and the size
+/// limits. Returns the length of the clean complete lines, then whether they are the whole
+/// head, or the fault that follows them.
+fn scan_head(buf: &[u8]) -> (usize, Result<bool, HttpError>) {
+    let mut pos = 0;
+    for line in 0..=MAX_HEADERS + 1 {
+        let (end, next) = match next_line(buf, pos) {
+            Err(e) => return (pos, Err(e)),
+            Ok(Line::Incomplete { len }) if line == 0 && len > MAX_REQUEST_LINE => {
+                return (pos, Err(HttpError::RequestLineTooLong))
+            }
+            Ok(Line::Incomplete { len }) if pos + len >= MAX_HEAD_SIZE => {
+                return (pos, Err(HttpError::HeadTooLarge))
+            }
+            Ok(Line::Incomplete { .. }) => return (pos, Ok(false)),
+            Ok(Line::Complete { end, next }) => (end, next),
+        };
+        if line == 0 && end > MAX_REQUEST_LINE {
+            return (pos, Err(HttpError::RequestLineTooLong));
+        }
+        // httparse skips empty lines before the request line.
+        if line == 0 && end == 0 {
+            return (pos, Err(HttpError::Malformed("empty request line")));
+        }
+        if next > MAX_HEAD_SIZE {
+            return (pos, Err(HttpError::HeadTooLarge));
+        }
+        if line > 0 && end == pos {
+            return (next, Ok(true));
+        }
+        if line > MAX_HEADERS {
+            break;
+        }
+        pos = next;
+    }
+    (pos, Err(HttpError::TooManyHeaders))
 }
 
-struct RequestLine<'a> {
+/// What the head says.
+#[derive(Default)]
+struct Head<'a> {
     method: &'a str,
     path: &'a str,
-    http10: bool,
-}
-
-fn parse_request_line(line: &[u8]) -> Result<RequestLine<'_>, HttpError> {
-    let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HttpError::Malformed(
-            "the request line is not METHOD SP TARGET SP VERSION",
-        ));
-    };
-    if method.is_empty() || method.len() > MAX_METHOD || !method.iter().all(|&b| is_tchar(b)) {
-        return Err(HttpError::Malformed("invalid method"));
-    }
-    if target.is_empty() || !target.iter().all(|&b| b.is_ascii_graphic()) {
-        return Err(HttpError::Malformed("invalid request target"));
-    }
-    let http10 = match version {
-        b"HTTP/1.1" => false,
-        b"HTTP/1.0" => true,
-        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-            if major.is_ascii_digit() && minor.is_ascii_digit() =>
-        {
-            return Err(HttpError::Version)
-        }
-        _ => return Err(HttpError::Malformed("invalid HTTP version")),
-    };
-    // Both are ASCII (checked above), so these conversions cannot fail.
-    let method = std::str::from_utf8(method).map_err(|_| HttpError::Malformed("invalid method"))?;
-    let target =
-        std::str::from_utf8(target).map_err(|_| HttpError::Malformed("invalid request target"))?;
-    // Absolute-form targets ("http://localhost/actions") as some clients send them.
-    let path = match target.strip_prefix("http://") {
-        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
-        None if target.starts_with('/') => target,
-        None => return Err(HttpError::Malformed("the request target is not a path")),
-    };
-    let path = path.split('?').next().unwrap_or("/");
-    Ok(RequestLine {
-        method,
-        path,
-        http10,
-    })
-}
-
-/// What the headers say about framing and the connection.
-#[derive(Default)]
-struct Framing {
     content_length: Option<u64>,
     close: bool,
-    keep_alive: bool,
     expect_continue: bool,
 }
 
@@ -186,82 +172,94 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     })
 }
 
-fn parse_header(line: &[u8], framing: &mut Framing) -> Result<(), HttpError> {
-    if matches!(line.first(), Some(b' ' | b'\t')) {
-        return Err(HttpError::Malformed("obsolete line folding in a header"));
-    }
-    let colon = line
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or(HttpError::Malformed("a header line without ':'"))?;
-    let name = &line[..colon];
-    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-        return Err(HttpError::Malformed("invalid header name"));
-    }
-    let value = line[colon + 1..].trim_ascii();
-    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err(HttpError::Malformed(
-            "a control character in a header value",
-        ));
-    }
-    if name.eq_ignore_ascii_case(b"content-length") {
-        if framing.content_length.is_some() {
-            return Err(HttpError::Malformed("more than one Content-Length"));
+/// httparse takes exactly HTTP/1.0 and HTTP/1.1; another well-formed version is a 505.
+fn version_error(head: &[u8]) -> HttpError {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    match line.splitn(3, |&b| b == b' ').nth(2) {
+        Some([b'H', b'T', b'T', b'P', b'/', major, b'.', minor])
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            HttpError::Version
         }
-        framing.content_length = Some(parse_content_length(value)?);
-    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-        return Err(HttpError::TransferEncoding);
-    } else if name.eq_ignore_ascii_case(b"connection") {
-        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            framing.close |= token.eq_ignore_ascii_case(b"close");
-            framing.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    } else if name.eq_ignore_ascii_case(b"expect") {
-        framing.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        _ => HttpError::Malformed("invalid HTTP version"),
     }
-    Ok(())
+}
+
+/// Tokenises a complete head (lines checked by [`scan_head`]) with httparse, then reads it.
+fn read_head(head: &[u8]) -> Result<Head<'_>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = httparse::ParserConfig::default()
+        .allow_multiple_spaces_in_request_line_delimiters(false)
+        .allow_space_before_first_header_name(false)
+        .ignore_invalid_headers_in_requests(false)
+        .parse_request(&mut request, head);
+    match parsed {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HttpError::Malformed("incomplete head")),
+        Err(httparse::Error::Version) => return Err(version_error(head)),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
+        Err(_) => return Err(HttpError::Malformed("invalid request line or header")),
+    }
+    let method = request.method.unwrap_or_default();
+    if method.len() > MAX_METHOD {
+        return Err(HttpError::Malformed("invalid method"));
+    }
+    let target = request.path.unwrap_or_default();
+    if !target.is_ascii() {
+        return Err(HttpError::Malformed("invalid request target"));
+    }
+    // Absolute-form targets ("http://localhost/actions") as some clients send them.
+    let path = match target.strip_prefix("http://") {
+        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None if target.starts_with('/') => target,
+        None => return Err(HttpError::Malformed("the request target is not a path")),
+    };
+    let mut head = Head {
+        method,
+        path: path.split('?').next().unwrap_or("/"),
+        ..Head::default()
+    };
+    let mut keep_alive = false;
+    for header in request.headers.iter() {
+        let (name, value) = (header.name, header.value.trim_ascii());
+        if name.eq_ignore_ascii_case("content-length") {
+            if head.content_length.is_some() {
+                return Err(HttpError::Malformed("more than one Content-Length"));
+            }
+            head.content_length = Some(parse_content_length(value)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::TransferEncoding);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                head.close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            head.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+    head.close |= request.version == Some(0) && !keep_alive;
+    Ok(head)
 }
 
 /// Parses one request from the start of `buf`. `continue_sent` says whether a 100 Continue
 /// was already sent for this request.
 pub fn parse(buf: &[u8], max_payload: usize, continue_sent: bool) -> Result<Parsed, HttpError> {
-    let (line_end, mut pos) = match next_line(buf, 0)? {
-        Line::Incomplete { len } if len > MAX_REQUEST_LINE => {
-            return Err(HttpError::RequestLineTooLong)
+    let (lines_end, scanned) = scan_head(buf);
+    if scanned != Ok(true) {
+        // The complete lines so far are checked now, as if the head ended after them, so that
+        // faults are answered in the order of the bytes and without waiting for the rest.
+        if lines_end > 0 {
+            let mut lines = buf[..lines_end].to_vec();
+            lines.extend_from_slice(b"\r\n");
+            read_head(&lines)?;
         }
-        Line::Incomplete { .. } => return Ok(Parsed::Partial),
-        Line::Complete { end, .. } if end > MAX_REQUEST_LINE => {
-            return Err(HttpError::RequestLineTooLong)
-        }
-        Line::Complete { end, next } => (end, next),
-    };
-    let request_line = parse_request_line(&buf[..line_end])?;
-    let mut framing = Framing::default();
-    let mut headers = 0;
-    let head_len = loop {
-        match next_line(buf, pos)? {
-            Line::Incomplete { len } => {
-                return if pos + len >= MAX_HEAD_SIZE {
-                    Err(HttpError::HeadTooLarge)
-                } else {
-                    Ok(Parsed::Partial)
-                };
-            }
-            Line::Complete { next, .. } if next > MAX_HEAD_SIZE => {
-                return Err(HttpError::HeadTooLarge)
-            }
-            Line::Complete { end, next } if end == pos => break next,
-            Line::Complete { end, next } => {
-                headers += 1;
-                if headers > MAX_HEADERS {
-                    return Err(HttpError::TooManyHeaders);
-                }
-                parse_header(&buf[pos..end], &mut framing)?;
-                pos = next;
-            }
-        }
-    };
-    let content_length = framing.content_length.unwrap_or(0);
+        return scanned.map(|_| Parsed::Partial);
+    }
+    let head_len = lines_end;
+    let head = read_head(&buf[..head_len])?;
+    let content_length = head.content_length.unwrap_or(0);
     if content_length > max_payload as u64 {
         return Err(HttpError::PayloadTooLarge {
             size: content_length,
@@ -271,20 +269,19 @@ pub fn parse(buf: &[u8], max_payload: usize, continue_sent: bool) -> Result<Pars
     // Bounded by max_payload just above.
     let total = head_len + content_length as usize;
     if buf.len() < total {
-        let waits = framing.expect_continue && !continue_sent && buf.len() == head_len;
+        let waits = head.expect_continue && !continue_sent && buf.len() == head_len;
         return Ok(if waits {
             Parsed::ExpectContinue
         } else {
             Parsed::Partial
         });
     }
-    let close = framing.close || (request_line.http10 && !framing.keep_alive);
     Ok(Parsed::Complete(
         Request {
-            method: request_line.method.to_string(),
-            path: request_line.path.to_string(),
+            method: head.method.to_string(),
+            path: head.path.to_string(),
             body: (content_length > 0).then(|| buf[head_len..total].to_vec()),
-            close,
+            close: head.close,
         },
         total,
     ))

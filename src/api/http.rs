@@ -87,63 +87,39 @@ impl HttpError {
     }
 }
 
-/// Where the next line of `buf` from `start` ends.
-enum Line {
-    /// The line is `buf[start..end]`; the next one starts at `next`.
-    Complete { end: usize, next: usize },
-    /// No CRLF yet; the line is at least this long.
-    Incomplete { len: usize },
-}
-
-/// httparse also takes a bare LF as a line end, so line ends are checked here first.
-fn next_line(buf: &[u8], start: usize) -> Result<Line, HttpError> {
-    let rest = buf.get(start..).unwrap_or_default();
-    match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
-        None => Ok(Line::Incomplete { len: rest.len() }),
-        Some(i) if rest[i] == b'\n' => Err(HttpError::Malformed("bare LF in the request head")),
-        Some(i) => match rest.get(i + 1) {
-            None => Ok(Line::Incomplete { len: i }),
-            Some(b'\n') => Ok(Line::Complete {
-                end: start + i,
-                next: start + i + 2,
-            }),
-            Some(_) => Err(HttpError::Malformed("bare CR in the request head")),
-        },
-    }
-}
-
-/// Scans the head line by line for what httparse does not check: line ends and the size
-/// limits. Returns the length of the clean complete lines, then whether they are the whole
-/// head, or the fault that follows them.
+/// Scans the head line by line for what httparse does not check: line ends (it also takes a
+/// bare LF) and the size limits. Returns the length of the clean complete lines, then whether
+/// they are the whole head, or the fault that follows them.
 fn scan_head(buf: &[u8]) -> (usize, Result<bool, HttpError>) {
     let mut pos = 0;
     for line in 0..=MAX_HEADERS + 1 {
-        let (end, next) = match next_line(buf, pos) {
-            Err(e) => return (pos, Err(e)),
-            Ok(Line::Incomplete { len }) if line == 0 && len > MAX_REQUEST_LINE => {
-                return (pos, Err(HttpError::RequestLineTooLong))
-            }
-            Ok(Line::Incomplete { len }) if pos + len >= MAX_HEAD_SIZE => {
-                return (pos, Err(HttpError::HeadTooLarge))
-            }
-            Ok(Line::Incomplete { .. }) => return (pos, Ok(false)),
-            Ok(Line::Complete { end, next }) => (end, next),
+        let rest = &buf[pos..];
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .unwrap_or(rest.len());
+        let fault = match (rest.get(len), rest.get(len + 1)) {
+            (Some(b'\n'), _) => Some(HttpError::Malformed("bare LF in the request head")),
+            (Some(_), Some(b'\n')) => None,
+            (Some(_), Some(_)) => Some(HttpError::Malformed("bare CR in the request head")),
+            _ if line == 0 && len > MAX_REQUEST_LINE => Some(HttpError::RequestLineTooLong),
+            _ if pos + len >= MAX_HEAD_SIZE => Some(HttpError::HeadTooLarge),
+            _ => return (pos, Ok(false)),
         };
-        if line == 0 && end > MAX_REQUEST_LINE {
-            return (pos, Err(HttpError::RequestLineTooLong));
+        let next = pos + len + 2;
+        let fault = fault.or_else(|| match line {
+            0 if len > MAX_REQUEST_LINE => Some(HttpError::RequestLineTooLong),
+            // httparse would skip empty lines before the request line.
+            0 if len == 0 => Some(HttpError::Malformed("empty request line")),
+            _ if next > MAX_HEAD_SIZE => Some(HttpError::HeadTooLarge),
+            _ if line > MAX_HEADERS && len > 0 => Some(HttpError::TooManyHeaders),
+            _ => None,
+        });
+        if let Some(fault) = fault {
+            return (pos, Err(fault));
         }
-        // httparse skips empty lines before the request line.
-        if line == 0 && end == 0 {
-            return (pos, Err(HttpError::Malformed("empty request line")));
-        }
-        if next > MAX_HEAD_SIZE {
-            return (pos, Err(HttpError::HeadTooLarge));
-        }
-        if line > 0 && end == pos {
+        if line > 0 && len == 0 {
             return (next, Ok(true));
-        }
-        if line > MAX_HEADERS {
-            break;
         }
         pos = next;
     }
@@ -172,19 +148,6 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     })
 }
 
-/// httparse takes exactly HTTP/1.0 and HTTP/1.1; another well-formed version is a 505.
-fn version_error(head: &[u8]) -> HttpError {
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    match line.splitn(3, |&b| b == b' ').nth(2) {
-        Some([b'H', b'T', b'T', b'P', b'/', major, b'.', minor])
-            if major.is_ascii_digit() && minor.is_ascii_digit() =>
-        {
-            HttpError::Version
-        }
-        _ => HttpError::Malformed("invalid HTTP version"),
-    }
-}
-
 /// Tokenises a complete head (lines checked by [`scan_head`]) with httparse, then reads it.
 fn read_head(head: &[u8]) -> Result<Head<'_>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -194,12 +157,23 @@ fn read_head(head: &[u8]) -> Result<Head<'_>, HttpError> {
         .allow_space_before_first_header_name(false)
         .ignore_invalid_headers_in_requests(false)
         .parse_request(&mut request, head);
-    match parsed {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(HttpError::Malformed("incomplete head")),
-        Err(httparse::Error::Version) => return Err(version_error(head)),
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(_) => return Err(HttpError::Malformed("invalid request line or header")),
+    let complete = parsed.map_err(|e| match e {
+        // httparse takes HTTP/1.0 and HTTP/1.1 only; another well-formed version is a 505.
+        httparse::Error::Version => match head.split(|&b| b == b' ').nth(2) {
+            Some([b'H', b'T', b'T', b'P', b'/', major, b'.', minor, b'\r', b'\n', ..])
+                if major.is_ascii_digit() && minor.is_ascii_digit() =>
+            {
+                HttpError::Version
+            }
+            _ => HttpError::Malformed("invalid HTTP version"),
+        },
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders,
+        httparse::Error::HeaderName => HttpError::Malformed("invalid header name"),
+        httparse::Error::HeaderValue => HttpError::Malformed("invalid header value"),
+        _ => HttpError::Malformed("invalid request line"),
+    })?;
+    if complete.is_partial() {
+        return Err(HttpError::Malformed("incomplete head"));
     }
     let method = request.method.unwrap_or_default();
     if method.len() > MAX_METHOD {
@@ -477,5 +451,84 @@ mod tests {
         assert!(r.close);
         let (r, _) = complete(b"GET http://localhost HTTP/1.1\r\n\r\n", 10);
         assert_eq!(r.path, "/");
+    }
+
+    #[test]
+    fn a_bad_line_is_answered_before_the_head_ends() {
+        assert_eq!(
+            parse(
+                b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n",
+                10,
+                false
+            ),
+            Err(HttpError::TransferEncoding)
+        );
+        assert_eq!(error(b"GET / HTTP/2.0\r\nHost: x\r\n").status(), 505);
+        assert!(matches!(
+            error(b"GET x HTTP/1.1\r\n"),
+            HttpError::Malformed(_)
+        ));
+        assert!(matches!(
+            error(b"GET / HTTP/1.1\r\nHo st: x\r\nY"),
+            HttpError::Malformed(_)
+        ));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\nHo st", 10, false),
+            Ok(Parsed::Partial)
+        );
+    }
+
+    #[test]
+    fn the_first_fault_in_byte_order_is_answered() {
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n{many}\r\n");
+        assert_eq!(error(raw.as_bytes()), HttpError::TransferEncoding);
+        let raw = format!(
+            "GET / HTTP/1.1\r\nContent-Length: x\r\nX: {}",
+            "v".repeat(MAX_HEAD_SIZE)
+        );
+        assert!(matches!(error(raw.as_bytes()), HttpError::Malformed(_)));
+        assert_eq!(
+            error(b"GET / HTTP/1.2\r\nX: a\nb\r\n\r\n"),
+            HttpError::Version
+        );
+        let raw = format!("GET / HTTP/1.1\r\n{many}X: a\rb\r\n\r\n");
+        assert_eq!(error(raw.as_bytes()), HttpError::TooManyHeaders);
+    }
+
+    #[test]
+    fn header_values_are_ascii_or_obs_text_with_space_and_tab_only() {
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nX: caf\xc3\xa9\xff\r\n\r\n", 0);
+        assert_eq!(r.path, "/");
+        for bad in [
+            &b"GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nX: \x0cb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 2\x0c\r\n\r\n{}",
+            b"GET / HTTP/1.1\r\nX: a\x1bb\r\n\r\n",
+        ] {
+            assert!(matches!(error(bad), HttpError::Malformed(_)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_non_ascii_request_target_is_refused() {
+        for bad in [
+            &b"GET /caf\xc3\xa9 HTTP/1.1\r\n\r\n"[..],
+            b"GET /\xff HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(error(bad), HttpError::Malformed(_)), "{bad:?}");
+        }
+        assert!(matches!(
+            error(b"GET /\x00 HTTP/1.1\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn methods_are_short_tokens() {
+        let (r, _) = complete(b"M-SEARCH! / HTTP/1.1\r\n\r\n", 0);
+        assert_eq!(r.method, "M-SEARCH!");
+        let long = format!("{} / HTTP/1.1\r\n\r\n", "A".repeat(MAX_METHOD + 1));
+        assert!(matches!(error(long.as_bytes()), HttpError::Malformed(_)));
     }
 }

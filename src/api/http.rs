@@ -6,6 +6,10 @@
 //! digits only (no sign, no leading zeros), no `Transfer-Encoding` at all (Firecracker's
 //! micro-http does not decode chunked bodies either; its parse errors are 400s), bounded
 //! request line, header count and head size. The result depends on the bytes only.
+//!
+//! httparse tokenises the request line and the headers; this module adds what it does not
+//! check (line ends, limits, framing headers) and answers faults in the order of the bytes,
+//! as soon as the line holding one is complete.
 
 /// Largest request head (request line, headers and the blank line) accepted.
 pub const MAX_HEAD_SIZE: usize = 8192;
@@ -107,7 +111,7 @@ fn scan_head(buf: &[u8]) -> (usize, Result<bool, HttpError>) {
             _ => return (pos, Ok(false)),
         };
         let next = pos + len + 2;
-        let fault = fault.or_else(|| match line {
+        let fault = fault.or(match line {
             0 if len > MAX_REQUEST_LINE => Some(HttpError::RequestLineTooLong),
             // httparse would skip empty lines before the request line.
             0 if len == 0 => Some(HttpError::Malformed("empty request line")),
@@ -137,15 +141,14 @@ struct Head<'a> {
 }
 
 fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
-    let digits_only = !value.is_empty() && value.iter().all(u8::is_ascii_digit);
-    if !digits_only || value.len() > MAX_LENGTH_DIGITS || (value.len() > 1 && value[0] == b'0') {
-        return Err(HttpError::Malformed("invalid Content-Length"));
-    }
-    value.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(d - b'0')))
-            .ok_or(HttpError::Malformed("invalid Content-Length"))
-    })
+    // Digits only, no leading zero: at most 19 of them always fit a u64.
+    let plain = matches!(value, [b'1'..=b'9', ..] | [b'0'])
+        && value.len() <= MAX_LENGTH_DIGITS
+        && value.iter().all(u8::is_ascii_digit);
+    let value = std::str::from_utf8(value).ok().filter(|_| plain);
+    value
+        .and_then(|v| v.parse().ok())
+        .ok_or(HttpError::Malformed("invalid Content-Length"))
 }
 
 /// Tokenises a complete head (lines checked by [`scan_head`]) with httparse, then reads it.

@@ -6,6 +6,10 @@
 //! digits only (no sign, no leading zeros), no `Transfer-Encoding` at all (Firecracker's
 //! micro-http does not decode chunked bodies either; its parse errors are 400s), bounded
 //! request line, header count and head size. The result depends on the bytes only.
+//!
+//! httparse tokenises the request line and the headers; this module adds what it does not
+//! check (line ends, limits, framing headers) and answers faults in the order of the bytes,
+//! as soon as the line holding one is complete.
 
 /// Largest request head (request line, headers and the blank line) accepted.
 pub const MAX_HEAD_SIZE: usize = 8192;
@@ -87,181 +91,152 @@ impl HttpError {
     }
 }
 
-/// Where the next line of `buf` from `start` ends.
-enum Line {
-    /// The line is `buf[start..end]`; the next one starts at `next`.
-    Complete { end: usize, next: usize },
-    /// No CRLF yet; the line is at least this long.
-    Incomplete { len: usize },
-}
-
-fn next_line(buf: &[u8], start: usize) -> Result<Line, HttpError> {
-    let rest = buf.get(start..).unwrap_or_default();
-    match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
-        None => Ok(Line::Incomplete { len: rest.len() }),
-        Some(i) if rest[i] == b'\n' => Err(HttpError::Malformed("bare LF in the request head")),
-        Some(i) => match rest.get(i + 1) {
-            None => Ok(Line::Incomplete { len: i }),
-            Some(b'\n') => Ok(Line::Complete {
-                end: start + i,
-                next: start + i + 2,
-            }),
-            Some(_) => Err(HttpError::Malformed("bare CR in the request head")),
-        },
+/// Scans the head line by line for what httparse does not check: line ends (it also takes a
+/// bare LF) and the size limits. Returns the length of the clean complete lines, then whether
+/// they are the whole head, or the fault that follows them.
+fn scan_head(buf: &[u8]) -> (usize, Result<bool, HttpError>) {
+    let mut pos = 0;
+    for line in 0..=MAX_HEADERS + 1 {
+        let rest = &buf[pos..];
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .unwrap_or(rest.len());
+        let fault = match (rest.get(len), rest.get(len + 1)) {
+            (Some(b'\n'), _) => Some(HttpError::Malformed("bare LF in the request head")),
+            (Some(_), Some(b'\n')) => None,
+            (Some(_), Some(_)) => Some(HttpError::Malformed("bare CR in the request head")),
+            _ if line == 0 && len > MAX_REQUEST_LINE => Some(HttpError::RequestLineTooLong),
+            _ if pos + len >= MAX_HEAD_SIZE => Some(HttpError::HeadTooLarge),
+            _ => return (pos, Ok(false)),
+        };
+        let next = pos + len + 2;
+        let fault = fault.or(match line {
+            0 if len > MAX_REQUEST_LINE => Some(HttpError::RequestLineTooLong),
+            // httparse would skip empty lines before the request line.
+            0 if len == 0 => Some(HttpError::Malformed("empty request line")),
+            _ if next > MAX_HEAD_SIZE => Some(HttpError::HeadTooLarge),
+            _ if line > MAX_HEADERS && len > 0 => Some(HttpError::TooManyHeaders),
+            _ => None,
+        });
+        if let Some(fault) = fault {
+            return (pos, Err(fault));
+        }
+        if line > 0 && len == 0 {
+            return (next, Ok(true));
+        }
+        pos = next;
     }
+    (pos, Err(HttpError::TooManyHeaders))
 }
 
-/// RFC 9110 `tchar`: the characters of methods and header names.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-struct RequestLine<'a> {
+/// What the head says.
+#[derive(Default)]
+struct Head<'a> {
     method: &'a str,
     path: &'a str,
-    http10: bool,
+    content_length: Option<u64>,
+    close: bool,
+    expect_continue: bool,
 }
 
-fn parse_request_line(line: &[u8]) -> Result<RequestLine<'_>, HttpError> {
-    let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HttpError::Malformed(
-            "the request line is not METHOD SP TARGET SP VERSION",
-        ));
-    };
-    if method.is_empty() || method.len() > MAX_METHOD || !method.iter().all(|&b| is_tchar(b)) {
+fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+    // Digits only, no leading zero: at most 19 of them always fit a u64.
+    let plain = matches!(value, [b'1'..=b'9', ..] | [b'0'])
+        && value.len() <= MAX_LENGTH_DIGITS
+        && value.iter().all(u8::is_ascii_digit);
+    let value = std::str::from_utf8(value).ok().filter(|_| plain);
+    value
+        .and_then(|v| v.parse().ok())
+        .ok_or(HttpError::Malformed("invalid Content-Length"))
+}
+
+/// Tokenises a complete head (lines checked by [`scan_head`]) with httparse, then reads it.
+fn read_head(head: &[u8]) -> Result<Head<'_>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = httparse::ParserConfig::default()
+        .allow_multiple_spaces_in_request_line_delimiters(false)
+        .allow_space_before_first_header_name(false)
+        .ignore_invalid_headers_in_requests(false)
+        .parse_request(&mut request, head);
+    let complete = parsed.map_err(|e| match e {
+        // httparse takes HTTP/1.0 and HTTP/1.1 only; another well-formed version is a 505.
+        httparse::Error::Version => match head.split(|&b| b == b' ').nth(2) {
+            Some([b'H', b'T', b'T', b'P', b'/', major, b'.', minor, b'\r', b'\n', ..])
+                if major.is_ascii_digit() && minor.is_ascii_digit() =>
+            {
+                HttpError::Version
+            }
+            _ => HttpError::Malformed("invalid HTTP version"),
+        },
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders,
+        httparse::Error::HeaderName => HttpError::Malformed("invalid header name"),
+        httparse::Error::HeaderValue => HttpError::Malformed("invalid header value"),
+        _ => HttpError::Malformed("invalid request line"),
+    })?;
+    if complete.is_partial() {
+        return Err(HttpError::Malformed("incomplete head"));
+    }
+    let method = request.method.unwrap_or_default();
+    if method.len() > MAX_METHOD {
         return Err(HttpError::Malformed("invalid method"));
     }
-    if target.is_empty() || !target.iter().all(|&b| b.is_ascii_graphic()) {
+    let target = request.path.unwrap_or_default();
+    if !target.is_ascii() {
         return Err(HttpError::Malformed("invalid request target"));
     }
-    let http10 = match version {
-        b"HTTP/1.1" => false,
-        b"HTTP/1.0" => true,
-        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-            if major.is_ascii_digit() && minor.is_ascii_digit() =>
-        {
-            return Err(HttpError::Version)
-        }
-        _ => return Err(HttpError::Malformed("invalid HTTP version")),
-    };
-    // Both are ASCII (checked above), so these conversions cannot fail.
-    let method = std::str::from_utf8(method).map_err(|_| HttpError::Malformed("invalid method"))?;
-    let target =
-        std::str::from_utf8(target).map_err(|_| HttpError::Malformed("invalid request target"))?;
     // Absolute-form targets ("http://localhost/actions") as some clients send them.
     let path = match target.strip_prefix("http://") {
         Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
         None if target.starts_with('/') => target,
         None => return Err(HttpError::Malformed("the request target is not a path")),
     };
-    let path = path.split('?').next().unwrap_or("/");
-    Ok(RequestLine {
+    let mut head = Head {
         method,
-        path,
-        http10,
-    })
-}
-
-/// What the headers say about framing and the connection.
-#[derive(Default)]
-struct Framing {
-    content_length: Option<u64>,
-    close: bool,
-    keep_alive: bool,
-    expect_continue: bool,
-}
-
-fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
-    let digits_only = !value.is_empty() && value.iter().all(u8::is_ascii_digit);
-    if !digits_only || value.len() > MAX_LENGTH_DIGITS || (value.len() > 1 && value[0] == b'0') {
-        return Err(HttpError::Malformed("invalid Content-Length"));
-    }
-    value.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(d - b'0')))
-            .ok_or(HttpError::Malformed("invalid Content-Length"))
-    })
-}
-
-fn parse_header(line: &[u8], framing: &mut Framing) -> Result<(), HttpError> {
-    if matches!(line.first(), Some(b' ' | b'\t')) {
-        return Err(HttpError::Malformed("obsolete line folding in a header"));
-    }
-    let colon = line
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or(HttpError::Malformed("a header line without ':'"))?;
-    let name = &line[..colon];
-    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-        return Err(HttpError::Malformed("invalid header name"));
-    }
-    let value = line[colon + 1..].trim_ascii();
-    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err(HttpError::Malformed(
-            "a control character in a header value",
-        ));
-    }
-    if name.eq_ignore_ascii_case(b"content-length") {
-        if framing.content_length.is_some() {
-            return Err(HttpError::Malformed("more than one Content-Length"));
+        path: path.split('?').next().unwrap_or("/"),
+        ..Head::default()
+    };
+    let mut keep_alive = false;
+    for header in request.headers.iter() {
+        let (name, value) = (header.name, header.value.trim_ascii());
+        if name.eq_ignore_ascii_case("content-length") {
+            if head.content_length.is_some() {
+                return Err(HttpError::Malformed("more than one Content-Length"));
+            }
+            head.content_length = Some(parse_content_length(value)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::TransferEncoding);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                head.close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            head.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
-        framing.content_length = Some(parse_content_length(value)?);
-    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-        return Err(HttpError::TransferEncoding);
-    } else if name.eq_ignore_ascii_case(b"connection") {
-        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            framing.close |= token.eq_ignore_ascii_case(b"close");
-            framing.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    } else if name.eq_ignore_ascii_case(b"expect") {
-        framing.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
     }
-    Ok(())
+    head.close |= request.version == Some(0) && !keep_alive;
+    Ok(head)
 }
 
 /// Parses one request from the start of `buf`. `continue_sent` says whether a 100 Continue
 /// was already sent for this request.
 pub fn parse(buf: &[u8], max_payload: usize, continue_sent: bool) -> Result<Parsed, HttpError> {
-    let (line_end, mut pos) = match next_line(buf, 0)? {
-        Line::Incomplete { len } if len > MAX_REQUEST_LINE => {
-            return Err(HttpError::RequestLineTooLong)
+    let (lines_end, scanned) = scan_head(buf);
+    if scanned != Ok(true) {
+        // The complete lines so far are checked now, as if the head ended after them, so that
+        // faults are answered in the order of the bytes and without waiting for the rest.
+        if lines_end > 0 {
+            let mut lines = buf[..lines_end].to_vec();
+            lines.extend_from_slice(b"\r\n");
+            read_head(&lines)?;
         }
-        Line::Incomplete { .. } => return Ok(Parsed::Partial),
-        Line::Complete { end, .. } if end > MAX_REQUEST_LINE => {
-            return Err(HttpError::RequestLineTooLong)
-        }
-        Line::Complete { end, next } => (end, next),
-    };
-    let request_line = parse_request_line(&buf[..line_end])?;
-    let mut framing = Framing::default();
-    let mut headers = 0;
-    let head_len = loop {
-        match next_line(buf, pos)? {
-            Line::Incomplete { len } => {
-                return if pos + len >= MAX_HEAD_SIZE {
-                    Err(HttpError::HeadTooLarge)
-                } else {
-                    Ok(Parsed::Partial)
-                };
-            }
-            Line::Complete { next, .. } if next > MAX_HEAD_SIZE => {
-                return Err(HttpError::HeadTooLarge)
-            }
-            Line::Complete { end, next } if end == pos => break next,
-            Line::Complete { end, next } => {
-                headers += 1;
-                if headers > MAX_HEADERS {
-                    return Err(HttpError::TooManyHeaders);
-                }
-                parse_header(&buf[pos..end], &mut framing)?;
-                pos = next;
-            }
-        }
-    };
-    let content_length = framing.content_length.unwrap_or(0);
+        return scanned.map(|_| Parsed::Partial);
+    }
+    let head_len = lines_end;
+    let head = read_head(&buf[..head_len])?;
+    let content_length = head.content_length.unwrap_or(0);
     if content_length > max_payload as u64 {
         return Err(HttpError::PayloadTooLarge {
             size: content_length,
@@ -271,20 +246,19 @@ pub fn parse(buf: &[u8], max_payload: usize, continue_sent: bool) -> Result<Pars
     // Bounded by max_payload just above.
     let total = head_len + content_length as usize;
     if buf.len() < total {
-        let waits = framing.expect_continue && !continue_sent && buf.len() == head_len;
+        let waits = head.expect_continue && !continue_sent && buf.len() == head_len;
         return Ok(if waits {
             Parsed::ExpectContinue
         } else {
             Parsed::Partial
         });
     }
-    let close = framing.close || (request_line.http10 && !framing.keep_alive);
     Ok(Parsed::Complete(
         Request {
-            method: request_line.method.to_string(),
-            path: request_line.path.to_string(),
+            method: head.method.to_string(),
+            path: head.path.to_string(),
             body: (content_length > 0).then(|| buf[head_len..total].to_vec()),
-            close,
+            close: head.close,
         },
         total,
     ))
@@ -480,5 +454,84 @@ mod tests {
         assert!(r.close);
         let (r, _) = complete(b"GET http://localhost HTTP/1.1\r\n\r\n", 10);
         assert_eq!(r.path, "/");
+    }
+
+    #[test]
+    fn a_bad_line_is_answered_before_the_head_ends() {
+        assert_eq!(
+            parse(
+                b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n",
+                10,
+                false
+            ),
+            Err(HttpError::TransferEncoding)
+        );
+        assert_eq!(error(b"GET / HTTP/2.0\r\nHost: x\r\n").status(), 505);
+        assert!(matches!(
+            error(b"GET x HTTP/1.1\r\n"),
+            HttpError::Malformed(_)
+        ));
+        assert!(matches!(
+            error(b"GET / HTTP/1.1\r\nHo st: x\r\nY"),
+            HttpError::Malformed(_)
+        ));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\nHo st", 10, false),
+            Ok(Parsed::Partial)
+        );
+    }
+
+    #[test]
+    fn the_first_fault_in_byte_order_is_answered() {
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n{many}\r\n");
+        assert_eq!(error(raw.as_bytes()), HttpError::TransferEncoding);
+        let raw = format!(
+            "GET / HTTP/1.1\r\nContent-Length: x\r\nX: {}",
+            "v".repeat(MAX_HEAD_SIZE)
+        );
+        assert!(matches!(error(raw.as_bytes()), HttpError::Malformed(_)));
+        assert_eq!(
+            error(b"GET / HTTP/1.2\r\nX: a\nb\r\n\r\n"),
+            HttpError::Version
+        );
+        let raw = format!("GET / HTTP/1.1\r\n{many}X: a\rb\r\n\r\n");
+        assert_eq!(error(raw.as_bytes()), HttpError::TooManyHeaders);
+    }
+
+    #[test]
+    fn header_values_are_ascii_or_obs_text_with_space_and_tab_only() {
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nX: caf\xc3\xa9\xff\r\n\r\n", 0);
+        assert_eq!(r.path, "/");
+        for bad in [
+            &b"GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nX: \x0cb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 2\x0c\r\n\r\n{}",
+            b"GET / HTTP/1.1\r\nX: a\x1bb\r\n\r\n",
+        ] {
+            assert!(matches!(error(bad), HttpError::Malformed(_)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_non_ascii_request_target_is_refused() {
+        for bad in [
+            &b"GET /caf\xc3\xa9 HTTP/1.1\r\n\r\n"[..],
+            b"GET /\xff HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(error(bad), HttpError::Malformed(_)), "{bad:?}");
+        }
+        assert!(matches!(
+            error(b"GET /\x00 HTTP/1.1\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn methods_are_short_tokens() {
+        let (r, _) = complete(b"M-SEARCH! / HTTP/1.1\r\n\r\n", 0);
+        assert_eq!(r.method, "M-SEARCH!");
+        let long = format!("{} / HTTP/1.1\r\n\r\n", "A".repeat(MAX_METHOD + 1));
+        assert!(matches!(error(long.as_bytes()), HttpError::Malformed(_)));
     }
 }

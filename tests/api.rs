@@ -271,10 +271,10 @@ fn bad_requests_get_a_clear_4xx_and_the_vmm_keeps_serving() {
             r.fault()
         );
     }
-    // A body over the limit: 413 with Firecracker's message, and the connection closes.
+    // A body over the limit: 400 with Firecracker's message, and the connection closes.
     let mut big = vm.client();
     let r = big.request("PUT", "/boot-source", Some(&"x".repeat(500)));
-    assert_eq!(r.status, 413);
+    assert_eq!(r.status, 400);
     assert_eq!(
         r.fault(),
         "Request payload with size 500 is larger than the limit of 100 allowed by server."
@@ -599,7 +599,7 @@ fn ambiguous_framing_is_refused_with_400() {
 }
 
 #[test]
-fn a_body_over_the_limit_gets_413_and_nothing_before_it_is_lost() {
+fn a_body_over_the_limit_gets_400_and_nothing_before_it_is_lost() {
     let vm = ApiVm::start(&["--http-api-max-payload-size", "100"]);
     let mut c = vm.client();
     c.set_read_timeout(ANSWER_WAIT);
@@ -610,7 +610,7 @@ fn a_body_over_the_limit_gets_413_and_nothing_before_it_is_lost() {
     let r = c.read_response();
     assert_eq!(r.status, 200, "{}", r.body);
     let r = c.read_response();
-    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(
         r.fault(),
         "Request payload with size 60000 is larger than the limit of 100 allowed by server."
@@ -619,7 +619,7 @@ fn a_body_over_the_limit_gets_413_and_nothing_before_it_is_lost() {
     let mut next = vm.client();
     assert_eq!(next.get("/").status, 200);
     let lines = wait_for_audit_lines(&vm, 3);
-    assert_eq!(lines[1]["status"], 413);
+    assert_eq!(lines[1]["status"], 400);
 }
 
 #[test]

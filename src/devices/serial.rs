@@ -123,6 +123,73 @@ mod tests {
         assert_eq!(b[0], b'x');
     }
 
+    const IER: u64 = 1;
+    const IIR: u64 = 2;
+    const IER_RDI: u8 = 0x01;
+    const IER_THRI: u8 = 0x02;
+    const IIR_NO_INT: u8 = 0x01;
+    const IIR_THRI: u8 = 0x02;
+
+    /// Interrupts raised (irqfd writes) since the last call.
+    fn raised(dev: &SerialDevice) -> u64 {
+        dev.interrupt_event().read().unwrap_or(0)
+    }
+
+    fn reg(dev: &mut SerialDevice, offset: u64) -> u8 {
+        let mut b = [0u8];
+        dev.read(offset, &mut b);
+        b[0]
+    }
+
+    /// Linux's 8250 `start_tx` only sets IER.THRI and waits for the interrupt (with this
+    /// UART its start-up probe does not flag UART_BUG_TXEN, so nothing else sends the first
+    /// byte): that write must raise THRE, or userspace output stays in the guest's tty
+    /// buffer while polled printk output still gets out.
+    #[test]
+    fn enabling_the_thre_interrupt_raises_it_at_once() {
+        let mut dev = SerialDevice::new(EventFdTrigger::new().unwrap(), Box::new(Sink::default()));
+        dev.write(IER, &[IER_RDI]);
+        assert_eq!(raised(&dev), 0);
+        dev.write(IER, &[IER_RDI | IER_THRI]);
+        assert_eq!(raised(&dev), 1, "start_tx's IER write raises THRE");
+        assert_eq!(reg(&mut dev, IIR) & 0x0f, IIR_THRI);
+        assert_eq!(
+            reg(&mut dev, IIR) & 0x0f,
+            IIR_NO_INT,
+            "reading IIR acknowledges"
+        );
+        // The handler writes a FIFO's worth; THRE comes back for the next batch.
+        for b in b"0123456789abcdef" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(raised(&dev), 1);
+        assert_eq!(reg(&mut dev, IIR) & 0x0f, IIR_THRI);
+    }
+
+    /// The 8250 console masks IER around each printk and restores it: with a transmission
+    /// in progress (THRI enabled, THRE already acknowledged) the restore must raise THRE
+    /// again, as a real 16550's level interrupt output does on an edge-triggered line.
+    #[test]
+    fn restoring_ier_after_a_console_write_raises_thre_again() {
+        let mut dev = SerialDevice::new(EventFdTrigger::new().unwrap(), Box::new(Sink::default()));
+        dev.write(IER, &[IER_RDI | IER_THRI]);
+        assert_eq!(reg(&mut dev, IIR) & 0x0f, IIR_THRI);
+        let _ = raised(&dev);
+        let saved = reg(&mut dev, IER);
+        dev.write(IER, &[0]);
+        for b in b"[    1.0] printk\r\n" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(
+            raised(&dev),
+            0,
+            "masked: no interrupt while printk polls LSR"
+        );
+        dev.write(IER, &[saved]);
+        assert_eq!(raised(&dev), 1);
+        assert_eq!(reg(&mut dev, IIR) & 0x0f, IIR_THRI);
+    }
+
     #[test]
     fn wide_accesses_are_ignored() {
         let mut dev = SerialDevice::new(EventFdTrigger::new().unwrap(), Box::new(Sink::default()));

@@ -1,7 +1,6 @@
 //! Turns a validated configuration into a VM ready to run.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::arch::x86_64::boot_params::{write_boot_params, BootInfo};
@@ -20,7 +19,6 @@ use crate::devices::serial_output::BoundedOutput;
 use crate::devices::virtio::attach::{
     attach_devices, AttachContext, AttachError, DeviceConfigs, Slots, VirtioDevices,
 };
-use crate::logger::RateLimitedLog;
 use crate::seccomp::SeccompFilters;
 use crate::vstate::exit::ExitRequest;
 use crate::vstate::memory::{create_guest_memory, Backing, MemoryError, MemoryOptions};
@@ -189,21 +187,12 @@ pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<BuiltVm,
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let shared = Arc::new(VcpuShared {
-        buses: Arc::new(buses),
-        mem,
-        exit,
-        stop: AtomicBool::new(false),
-        pause_requested: AtomicBool::new(false),
-        parked: Mutex::new(0),
-        park_changed: Condvar::new(),
-        unknown_pio: RateLimitedLog::new(),
-        unknown_mmio: RateLimitedLog::new(),
-    });
+    let shared = Arc::new(VcpuShared::new(Arc::new(buses), mem, exit.clone()));
     let vmm = Vmm {
         vm,
         vcpus,
         shared,
+        exit,
         serial,
         i8042,
         seccomp: opts.seccomp.clone(),

@@ -193,5 +193,11 @@ pub fn run(
         log::warn!("Final metrics flush failed: {e}");
     }
     log::info!("VM ended; exit code {code}");
+    if let Some(at) = exit.requested_at() {
+        log::debug!(
+            "VMM time from the exit request to the end of the VM: {} us",
+            at.elapsed().as_micros()
+        );
+    }
     Ok(code)
 }

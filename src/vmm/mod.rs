@@ -8,14 +8,13 @@ pub mod event_loop;
 pub mod kernel;
 
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::SerialDevice;
 use crate::seccomp::{SeccompFilters, ThreadKind};
-use crate::vstate::exit::ExitCode;
-use crate::vstate::vcpu::{self, StartGate, Vcpu, VcpuShared};
+use crate::vstate::exit::{ExitCode, ExitRequest};
+use crate::vstate::vcpu::{self, Vcpu, VcpuShared, Vcpus};
 use crate::vstate::vm::Vm;
 
 /// How long the VMM waits for vCPU threads to stop or park.
@@ -49,6 +48,7 @@ pub struct Vmm {
     vm: Vm,
     vcpus: Vec<Vcpu>,
     shared: Arc<VcpuShared>,
+    exit: Arc<ExitRequest>,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     seccomp: Arc<SeccompFilters>,
@@ -58,29 +58,24 @@ pub struct Vmm {
 pub struct RunningVm {
     /// Kept open for the life of the VM.
     _vm: Vm,
-    handles: Vec<JoinHandle<()>>,
-    shared: Arc<VcpuShared>,
+    vcpus: Vcpus,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     paused: bool,
 }
 
 impl Vmm {
-    /// Starts the vCPU threads (each installs its own filter and waits at a barrier), then
-    /// installs the VMM thread's filter, then releases the vCPUs together. Threads exist
-    /// before the VMM thread is filtered, so its filter needs no thread-creation syscalls.
+    /// Starts the vCPU threads (each installs its own filter and is held), then installs
+    /// the VMM thread's filter, then releases the vCPUs together. Threads exist before the
+    /// VMM thread is filtered, so its filter needs no thread-creation syscalls.
     pub fn start(self) -> Result<RunningVm, RunError> {
         vcpu::install_kick_handler()?;
-        let gate = Arc::new(StartGate::default());
-        let mut handles = Vec::with_capacity(self.vcpus.len());
+        let mut vcpus = Vcpus::new();
         let mut failure = None;
         for vcpu in self.vcpus {
-            match vcpu.start(self.shared.clone(), gate.clone(), self.seccomp.clone()) {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    failure = Some(RunError::from(e));
-                    break;
-                }
+            if let Err(e) = vcpu.spawn(&mut vcpus, self.shared.clone(), self.seccomp.clone()) {
+                failure = Some(RunError::from(e));
+                break;
             }
         }
         // INVARIANT: the VMM thread is filtered before any vCPU runs guest code.
@@ -92,18 +87,16 @@ impl Vmm {
                 .map(RunError::from);
         }
         if let Some(e) = failure {
-            // Release the threads already waiting without running the guest.
-            self.shared.exit.request(ExitCode::VmmError);
-            gate.open(false);
-            vcpu::stop_vcpus(&self.shared, handles, VCPU_STOP_TIMEOUT);
+            // End the threads already held without running the guest.
+            self.exit.request(ExitCode::VmmError);
+            vcpus.stop(VCPU_STOP_TIMEOUT);
             return Err(e);
         }
-        log::info!("Starting {} vCPU(s)", handles.len());
-        gate.open(true);
+        log::info!("Starting {} vCPU(s)", vcpus.len());
+        vcpus.resume();
         Ok(RunningVm {
             _vm: self.vm,
-            handles,
-            shared: self.shared,
+            vcpus,
             serial: self.serial,
             i8042: self.i8042,
             paused: false,
@@ -124,8 +117,8 @@ impl RunningVm {
 
     /// Takes every vCPU out of KVM_RUN and holds it there.
     pub fn pause(&mut self) -> Result<(), RunError> {
-        if !vcpu::pause_vcpus(&self.shared, &self.handles, VCPU_STOP_TIMEOUT) {
-            vcpu::resume_vcpus(&self.shared);
+        if !self.vcpus.pause(VCPU_STOP_TIMEOUT) {
+            self.vcpus.resume();
             return Err(RunError::PauseTimeout(VCPU_STOP_TIMEOUT));
         }
         self.paused = true;
@@ -134,7 +127,7 @@ impl RunningVm {
 
     /// Lets the vCPUs run again.
     pub fn resume(&mut self) {
-        vcpu::resume_vcpus(&self.shared);
+        self.vcpus.resume();
         self.paused = false;
     }
 
@@ -149,6 +142,6 @@ impl RunningVm {
 
     /// Stops every vCPU thread; returns how many did not stop in time.
     pub fn stop(self) -> usize {
-        vcpu::stop_vcpus(&self.shared, self.handles, VCPU_STOP_TIMEOUT)
+        self.vcpus.stop(VCPU_STOP_TIMEOUT)
     }
 }

@@ -1,6 +1,8 @@
 //! How any thread asks the VMM to end the VM: the first request's exit code wins.
 
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -25,6 +27,8 @@ pub enum ExitCode {
 /// A shared "end the VM" request with the code to exit with.
 pub struct ExitRequest {
     code: AtomicI32,
+    /// When the first request was made, for the exit latency in the log.
+    at: OnceLock<Instant>,
     evt: EventFd,
 }
 
@@ -35,15 +39,20 @@ impl ExitRequest {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             code: AtomicI32::new(UNSET),
+            at: OnceLock::new(),
             evt: EventFd::new(EFD_NONBLOCK)?,
         })
     }
 
     /// Asks for the VM to end with `code`; later requests keep the first code.
     pub fn request(&self, code: ExitCode) {
-        let _ = self
+        if self
             .code
-            .compare_exchange(UNSET, code as i32, Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(UNSET, code as i32, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let _ = self.at.set(Instant::now());
+        }
         if let Err(e) = self.evt.write(1) {
             log::error!("Cannot signal the VM exit request: {e}");
         }
@@ -55,6 +64,11 @@ impl ExitRequest {
             UNSET => None,
             c => Some(c),
         }
+    }
+
+    /// When the first request was made.
+    pub fn requested_at(&self) -> Option<Instant> {
+        self.at.get().copied()
     }
 
     /// The event that becomes readable when a request is made.
@@ -71,9 +85,13 @@ mod tests {
     fn first_request_wins() {
         let r = ExitRequest::new().unwrap();
         assert_eq!(r.code(), None);
+        assert_eq!(r.requested_at(), None);
         r.request(ExitCode::GuestError);
+        let first = r.requested_at();
         r.request(ExitCode::Ok);
         assert_eq!(r.code(), Some(2));
+        assert!(first.is_some());
+        assert_eq!(r.requested_at(), first);
         assert_eq!(r.event().read().unwrap(), 2);
     }
 }

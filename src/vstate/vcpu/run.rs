@@ -1,0 +1,198 @@
+//! A running vCPU: KVM_RUN and the handling of each exit.
+
+use std::sync::Arc;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::control::GuestRun;
+use super::VcpuShared;
+use crate::metrics::METRICS;
+use crate::seccomp::SeccompError;
+use crate::vstate::exit::ExitCode;
+
+/// KVM_SYSTEM_EVENT types.
+const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const SYSTEM_EVENT_RESET: u32 = 2;
+
+/// A vCPU on its own thread.
+pub(super) struct RunningVcpu {
+    pub(super) index: u8,
+    pub(super) fd: VcpuFd,
+    pub(super) shared: Arc<VcpuShared>,
+    /// The outcome of installing the thread's seccomp filter, reported at the first run
+    /// (a VM stopped before it runs ends silently).
+    pub(super) filtered: Option<Result<(), SeccompError>>,
+}
+
+impl GuestRun for RunningVcpu {
+    fn immediate_exit(&mut self) -> *mut u8 {
+        &mut self.fd.get_kvm_run().immediate_exit
+    }
+
+    fn run_once(&mut self) -> bool {
+        if let Some(Err(e)) = self.filtered.take() {
+            log::error!("vCPU {}: {e}", self.index);
+            self.shared.exit.request(ExitCode::VmmError);
+            return false;
+        }
+        match self.step() {
+            Ok(go_on) => go_on,
+            Err(code) => {
+                METRICS.vcpu.failures.inc();
+                self.shared.exit.request(code);
+                false
+            }
+        }
+    }
+}
+
+impl Drop for RunningVcpu {
+    fn drop(&mut self) {
+        log::debug!("vCPU {} stopped", self.index);
+    }
+}
+
+impl RunningVcpu {
+    /// Runs the guest until its next exit and handles it. Ok(false) ends this vCPU.
+    fn step(&mut self) -> Result<bool, ExitCode> {
+        let shared = &*self.shared;
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Ok(true);
+            }
+            Err(e) => {
+                METRICS.vcpu.failures.inc();
+                log::error!("KVM_RUN failed on vCPU {}: {e}", self.index);
+                return Err(ExitCode::VmmError);
+            }
+        };
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                METRICS.vcpu.exit_io_in.inc();
+                if !shared.buses.pio.read(u64::from(port), data) {
+                    data.fill(0xff);
+                    if let Some(n) = shared.unknown_pio.hit() {
+                        log::debug!("Unhandled port read at {port:#x} (#{n})");
+                    }
+                }
+            }
+            VcpuExit::IoOut(port, data) => {
+                METRICS.vcpu.exit_io_out.inc();
+                if !shared.buses.pio.write(u64::from(port), data) {
+                    if let Some(n) = shared.unknown_pio.hit() {
+                        log::debug!("Unhandled port write at {port:#x} (#{n})");
+                    }
+                }
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                METRICS.vcpu.exit_mmio_read.inc();
+                if !shared.buses.mmio.read(addr, data) {
+                    data.fill(0xff);
+                    if let Some(n) = shared.unknown_mmio.hit() {
+                        log::debug!("Unhandled MMIO read at {addr:#x} (#{n})");
+                    }
+                }
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                METRICS.vcpu.exit_mmio_write.inc();
+                if !shared.buses.mmio.write(addr, data) {
+                    if let Some(n) = shared.unknown_mmio.hit() {
+                        log::debug!("Unhandled MMIO write at {addr:#x} (#{n})");
+                    }
+                }
+            }
+            VcpuExit::Hlt => {
+                log::info!("vCPU {} halted; ending the VM", self.index);
+                shared.exit.request(ExitCode::Ok);
+                return Ok(false);
+            }
+            VcpuExit::Shutdown => {
+                log::info!(
+                    "vCPU {} shut down (triple fault); ending the VM",
+                    self.index
+                );
+                shared.exit.request(ExitCode::Ok);
+                return Ok(false);
+            }
+            VcpuExit::SystemEvent(kind, _) => {
+                let what = match kind {
+                    SYSTEM_EVENT_SHUTDOWN => "shutdown",
+                    SYSTEM_EVENT_RESET => "reset",
+                    _ => "system event",
+                };
+                log::info!(
+                    "vCPU {} reported a {what} ({kind}); ending the VM",
+                    self.index
+                );
+                shared.exit.request(ExitCode::Ok);
+                return Ok(false);
+            }
+            VcpuExit::FailEntry(reason, cpu) => {
+                log::error!(
+                    "KVM_EXIT_FAIL_ENTRY on vCPU {}: hardware entry failure reason {reason:#x} \
+                     on host CPU {cpu}; {}",
+                    self.index,
+                    self.describe_rip()
+                );
+                return Err(ExitCode::GuestError);
+            }
+            VcpuExit::InternalError => {
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                // union member KVM filled in.
+                let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+                let ndata = (internal.ndata as usize).min(internal.data.len());
+                log::error!(
+                    "KVM_EXIT_INTERNAL_ERROR on vCPU {}: suberror {} ({}), data {:x?}; {}",
+                    self.index,
+                    internal.suberror,
+                    suberror_name(internal.suberror),
+                    &internal.data[..ndata],
+                    self.describe_rip()
+                );
+                return Err(ExitCode::GuestError);
+            }
+            VcpuExit::Intr => {}
+            other => {
+                let what = format!("{other:?}");
+                log::error!(
+                    "Unexpected exit {what} on vCPU {}; {}",
+                    self.index,
+                    self.describe_rip()
+                );
+                return Err(ExitCode::GuestError);
+            }
+        }
+        Ok(true)
+    }
+
+    /// "RIP 0x.. (guest physical 0x..), instruction bytes [..]" for error reports.
+    fn describe_rip(&self) -> String {
+        let rip = match self.fd.get_regs() {
+            Ok(r) => r.rip,
+            Err(e) => return format!("registers unavailable: {e}"),
+        };
+        let gpa = match self.fd.translate_gva(rip) {
+            Ok(t) if t.valid != 0 => t.physical_address,
+            _ => return format!("RIP {rip:#x} (not mapped)"),
+        };
+        let mut bytes = [0u8; 16];
+        match self.shared.mem.read_slice(&mut bytes, GuestAddress(gpa)) {
+            Ok(()) => {
+                format!("RIP {rip:#x} (guest physical {gpa:#x}), instruction bytes {bytes:02x?}")
+            }
+            Err(_) => format!("RIP {rip:#x} (guest physical {gpa:#x}, outside RAM)"),
+        }
+    }
+}
+
+fn suberror_name(suberror: u32) -> &'static str {
+    match suberror {
+        1 => "emulation failure",
+        2 => "simultaneous exceptions",
+        3 => "delivery event via an event-delivery fault",
+        4 => "unexpected exit during event delivery",
+        _ => "unknown",
+    }
+}

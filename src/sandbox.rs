@@ -118,9 +118,10 @@ mod tests {
         std::fs::write(&other, b"o").unwrap();
         let rules = vec![PathRule::read(&allowed)];
         // A thread of its own: Landlock confines the calling thread only.
-        let (a, b) = std::thread::spawn(move || {
-            restrict_vmm(&rules).unwrap();
+        let (line, a, b) = std::thread::spawn(move || {
+            let line = restrict_vmm(&rules).unwrap();
             (
+                line,
                 std::fs::read(&allowed).is_ok(),
                 std::fs::read(&other).is_ok(),
             )
@@ -129,5 +130,10 @@ mod tests {
         .unwrap();
         assert!(a, "the configured file is readable");
         assert!(!b, "another file is not");
+        let kernel = palisade_sandbox::landlock_abi::kernel_abi();
+        assert!(
+            line.contains(&format!("(kernel ABI {kernel})")),
+            "the line names this kernel's ABI {kernel}: {line}"
+        );
     }
 }

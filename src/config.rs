@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::devices::virtio::net::config::{InterfaceList, NetConfigError, NetworkInterfaceConfig};
 use crate::rate_limiter::RateLimiterConfig;
@@ -38,6 +39,15 @@ pub enum ConfigError {
     /// A network interface is refused.
     #[error(transparent)]
     Net(#[from] NetConfigError),
+    /// `boot-source.kernel_image_path` cannot be opened (Firecracker's message).
+    #[error("The kernel file cannot be opened: {0}")]
+    KernelFile(std::io::Error),
+    /// `boot-source.initrd_path` cannot be opened (Firecracker's message).
+    #[error("The initrd file cannot be opened due to invalid path or invalid permissions. {0}")]
+    InitrdFile(std::io::Error),
+    /// `boot-source.boot_args` is not a valid command line (Firecracker's message).
+    #[error("The kernel command line is invalid: {0}")]
+    KernelCmdline(linux_loader::cmdline::Error),
 }
 
 /// Most drives a VM may have.
@@ -443,6 +453,21 @@ impl From<VmConfig> for VmResources {
 }
 
 impl BootSourceConfig {
+    /// Checks the boot source as Firecracker does when it is PUT: the kernel and the initrd
+    /// open for reading and the command line is valid. The files are opened again, by path,
+    /// when the VM is built.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        std::fs::File::open(&self.kernel_image_path).map_err(ConfigError::KernelFile)?;
+        if let Some(initrd) = &self.initrd_path {
+            std::fs::File::open(initrd).map_err(ConfigError::InitrdFile)?;
+        }
+        if let Some(args) = &self.boot_args {
+            linux_loader::cmdline::Cmdline::try_from(args, CMDLINE_MAX_SIZE)
+                .map_err(ConfigError::KernelCmdline)?;
+        }
+        Ok(())
+    }
+
     /// The files the VMM reads to boot, for its Landlock layer.
     pub fn landlock_rules(&self) -> Vec<PathRule> {
         std::iter::once(&self.kernel_image_path)
@@ -647,6 +672,44 @@ mod tests {
         let err = VmConfig::from_json(text).unwrap_err();
         assert!(
             err.to_string().contains("missing field `path_on_host`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn boot_source_files_and_command_line_are_checked_with_firecrackers_messages() {
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        let boot = |initrd: Option<&str>, args: Option<String>| BootSourceConfig {
+            kernel_image_path: kernel.path().to_str().unwrap().into(),
+            initrd_path: initrd.map(Into::into),
+            boot_args: args,
+        };
+        boot(None, None).validate().unwrap();
+        boot(kernel.path().to_str(), Some("console=ttyS0".into()))
+            .validate()
+            .unwrap();
+        let missing = BootSourceConfig {
+            kernel_image_path: "/nonexistent/vmlinux".into(),
+            ..boot(None, None)
+        };
+        assert_eq!(
+            missing.validate().unwrap_err().to_string(),
+            "The kernel file cannot be opened: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            boot(Some("/nonexistent/initrd"), None)
+                .validate()
+                .unwrap_err()
+                .to_string(),
+            "The initrd file cannot be opened due to invalid path or invalid permissions. \
+             No such file or directory (os error 2)"
+        );
+        let err = boot(None, Some("x".repeat(CMDLINE_MAX_SIZE + 1)))
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("The kernel command line is invalid: "),
             "{err}"
         );
     }

@@ -82,7 +82,7 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl NetworkInterfaceConfig {
-    /// Checks the interface on its own (the tap is opened when the VM is built).
+    /// Checks the interface on its own (`open_tap` then opens its tap).
     pub fn validate(&self) -> Result<(), NetConfigError> {
         if !valid_id(&self.iface_id) {
             return Err(NetConfigError::Id(self.iface_id.clone()));

@@ -10,7 +10,7 @@ mod tests;
 use std::time::Instant;
 
 use crate::config::{host_memory_mib, BlockDeviceUpdate, VmResources};
-use crate::devices::virtio::attach::{AttachError, Subscriber, VirtioDevices};
+use crate::vmm::device_manager::{AttachError, Subscriber, VirtioDevices};
 use crate::vstate::exit::ExitCode;
 
 use self::net::OpenTaps;

@@ -1,7 +1,7 @@
-//! The device manager: placing virtio devices on the machine: a 4 KiB MMIO slot and an interrupt line each, one
-//! ioeventfd per queue on the QueueNotify register (datamatch = queue index), one irqfd per
-//! device, and `virtio_mmio.device=4K@ADDR:IRQ` on the kernel command line. A root drive also
-//! adds `root=` and `ro`/`rw`, as Firecracker does.
+//! The device manager: places virtio devices on the machine, each with a 4 KiB MMIO slot and
+//! an interrupt line, one ioeventfd per queue on the QueueNotify register (datamatch = queue
+//! index), one irqfd per device, and `virtio_mmio.device=4K@ADDR:IRQ` on the kernel command
+//! line. A root drive also adds `root=` and `ro`/`rw`, as Firecracker does.
 
 use std::sync::{Arc, Mutex};
 

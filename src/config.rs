@@ -1,10 +1,16 @@
 //! The Firecracker-format VM configuration (`--config-file`), with Palisade's checks.
 
 use serde::{Deserialize, Serialize};
+// Each device's configuration lives beside the device; the whole file's sections are here.
+pub use crate::devices::valid_resource_id;
+pub use crate::devices::virtio::block::config::{
+    BlockConfigError, BlockDeviceConfig, BlockDeviceUpdate, CacheType, IoEngine,
+};
+pub use crate::devices::virtio::rng::EntropyConfig;
 
+use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::devices::virtio::net::config::{InterfaceList, NetConfigError, NetworkInterfaceConfig};
-use crate::rate_limiter::RateLimiterConfig;
 use crate::sandbox::PathRule;
 
 /// Smallest guest RAM accepted, in MiB.
@@ -32,118 +38,28 @@ pub enum ConfigError {
     /// A value out of range.
     #[error("Invalid machine-config: {0}")]
     Machine(String),
-    /// A drive is refused.
+    /// The drive list is refused (duplicates, two roots, too many).
     #[error("Invalid drive: {0}")]
     Drive(String),
+    /// A drive is refused on its own.
+    #[error("Invalid drive: {0}")]
+    Block(#[from] BlockConfigError),
     /// A network interface is refused.
     #[error(transparent)]
     Net(#[from] NetConfigError),
+    /// `boot-source.kernel_image_path` cannot be opened (Firecracker's message).
+    #[error("The kernel file cannot be opened: {0}")]
+    KernelFile(std::io::Error),
+    /// `boot-source.initrd_path` cannot be opened (Firecracker's message).
+    #[error("The initrd file cannot be opened due to invalid path or invalid permissions. {0}")]
+    InitrdFile(std::io::Error),
+    /// `boot-source.boot_args` is not a valid command line (Firecracker's message).
+    #[error("The kernel command line is invalid: {0}")]
+    KernelCmdline(linux_loader::cmdline::Error),
 }
 
 /// Most drives a VM may have.
 pub const MAX_DRIVES: usize = 8;
-
-/// `drives[].cache_type`: whether guest flushes reach the disk.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-pub enum CacheType {
-    /// Flushes are not offered; writes stay in the host page cache.
-    #[default]
-    Unsafe,
-    /// The device offers VIRTIO_BLK_F_FLUSH and a flush is an fdatasync.
-    Writeback,
-}
-
-/// `drives[].io_engine`: only the synchronous engine exists here.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-pub enum IoEngine {
-    /// Reads and writes on the VMM thread.
-    #[default]
-    Sync,
-}
-
-/// A `drives` entry and the body of `PUT /drives/{drive_id}` (Firecracker's
-/// `BlockDeviceConfig`, virtio-blk with a file backend).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct BlockDeviceConfig {
-    /// Unique id, also the virtio-blk serial (GET_ID).
-    pub drive_id: String,
-    /// The backing file or block device.
-    pub path_on_host: String,
-    /// The guest's root file system: `root=` and `ro`/`rw` go on the command line.
-    #[serde(default)]
-    pub is_root_device: bool,
-    /// Refuse guest writes (the file is opened read-only).
-    #[serde(default)]
-    pub is_read_only: bool,
-    /// `root=PARTUUID=...` instead of `root=/dev/vda` for a root device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partuuid: Option<String>,
-    /// Flush semantics.
-    #[serde(default)]
-    pub cache_type: CacheType,
-    /// I/O limits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<RateLimiterConfig>,
-    /// Accepted for compatibility: "Sync" only.
-    #[serde(default)]
-    pub io_engine: IoEngine,
-}
-
-/// `PATCH /drives/{drive_id}` after boot (Firecracker's `BlockDeviceUpdateConfig`).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct BlockDeviceUpdate {
-    /// Which drive.
-    pub drive_id: String,
-    /// A new backing file.
-    pub path_on_host: Option<String>,
-    /// New limits; an absent bucket is kept.
-    pub rate_limiter: Option<RateLimiterConfig>,
-}
-
-/// The `entropy` section and the body of `PUT /entropy` (virtio-rng).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct EntropyConfig {
-    /// Limits on the entropy the guest may take.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<RateLimiterConfig>,
-}
-
-/// Firecracker's rule for resource ids: alphanumeric and '_', 1 to 64 characters.
-pub fn valid_resource_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-impl BlockDeviceConfig {
-    /// Checks the drive on its own: its id, and that its file opens with the access it needs.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !valid_resource_id(&self.drive_id) {
-            return Err(ConfigError::Drive(format!(
-                "invalid drive_id '{}': 1 to 64 characters of [A-Za-z0-9_]",
-                self.drive_id
-            )));
-        }
-        if self.partuuid.is_some() && !self.is_root_device {
-            log::info!(
-                "drive {}: partuuid is used only for a root device",
-                self.drive_id
-            );
-        }
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(!self.is_read_only)
-            .open(&self.path_on_host)
-            .map(drop)
-            .map_err(|e| {
-                ConfigError::Drive(format!(
-                    "drive {}: cannot open {}: {e}",
-                    self.drive_id, self.path_on_host
-                ))
-            })
-    }
-}
 
 /// `boot-source`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -443,6 +359,21 @@ impl From<VmConfig> for VmResources {
 }
 
 impl BootSourceConfig {
+    /// Checks the boot source as Firecracker does when it is PUT: the kernel and the initrd
+    /// open for reading and the command line is valid. The files are opened again, by path,
+    /// when the VM is built.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        std::fs::File::open(&self.kernel_image_path).map_err(ConfigError::KernelFile)?;
+        if let Some(initrd) = &self.initrd_path {
+            std::fs::File::open(initrd).map_err(ConfigError::InitrdFile)?;
+        }
+        if let Some(args) = &self.boot_args {
+            linux_loader::cmdline::Cmdline::try_from(args, CMDLINE_MAX_SIZE)
+                .map_err(ConfigError::KernelCmdline)?;
+        }
+        Ok(())
+    }
+
     /// The files the VMM reads to boot, for its Landlock layer.
     pub fn landlock_rules(&self) -> Vec<PathRule> {
         std::iter::once(&self.kernel_image_path)
@@ -647,6 +578,44 @@ mod tests {
         let err = VmConfig::from_json(text).unwrap_err();
         assert!(
             err.to_string().contains("missing field `path_on_host`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn boot_source_files_and_command_line_are_checked_with_firecrackers_messages() {
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        let boot = |initrd: Option<&str>, args: Option<String>| BootSourceConfig {
+            kernel_image_path: kernel.path().to_str().unwrap().into(),
+            initrd_path: initrd.map(Into::into),
+            boot_args: args,
+        };
+        boot(None, None).validate().unwrap();
+        boot(kernel.path().to_str(), Some("console=ttyS0".into()))
+            .validate()
+            .unwrap();
+        let missing = BootSourceConfig {
+            kernel_image_path: "/nonexistent/vmlinux".into(),
+            ..boot(None, None)
+        };
+        assert_eq!(
+            missing.validate().unwrap_err().to_string(),
+            "The kernel file cannot be opened: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            boot(Some("/nonexistent/initrd"), None)
+                .validate()
+                .unwrap_err()
+                .to_string(),
+            "The initrd file cannot be opened due to invalid path or invalid permissions. \
+             No such file or directory (os error 2)"
+        );
+        let err = boot(None, Some("x".repeat(CMDLINE_MAX_SIZE + 1)))
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("The kernel command line is invalid: "),
             "{err}"
         );
     }

@@ -15,17 +15,5 @@ pub mod seccomp;
 pub mod vmm;
 pub mod vstate;
 
-/// "outer: inner: innermost" on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
-}
+/// "outer: inner: innermost" on one line (shared with the jailer).
+pub use palisade_sandbox::error_chain;

@@ -659,12 +659,10 @@ metric_group! {
     /// The virtio-mmio transports (`virtio`, Palisade's).
     pub struct VirtioTransportMetrics {
         /// Register accesses ignored: wrong width, wrong state, unknown register.
-        mmio_ignored_accesses: ExternalCounter =
-            ExternalCounter::new(crate::devices::virtio::mmio::ignored_accesses),
+        mmio_ignored_accesses: Counter,
         /// DRIVER_OK refused: queues outside guest memory or not ready; the device then
         /// needs a reset.
-        activate_fails: ExternalCounter =
-            ExternalCounter::new(crate::devices::virtio::mmio::failed_activations),
+        activate_fails: Counter,
     }
 }
 

@@ -3,17 +3,16 @@
 //! starts later, to exactly those: the kernel and initrd (read), the drives (as configured),
 //! /dev/kvm and /dev/net/tun. Files already open (API socket, log, metrics) stay usable.
 //! TCP bind/connect are denied (ABI 4); abstract Unix sockets and signals are scoped (ABI 6).
-//! Best effort down the ABIs: an older kernel enforces what it has, and the log says which.
+//! Best effort down the ABIs: an older kernel enforces what it has, and the log says which
+//! (the ABI table and the log line are palisade-sandbox's, shared with the jailer).
 
 use std::path::PathBuf;
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, LandlockStatus, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, Scope,
 };
-
-/// The newest ABI whose rights this layer asks for.
-const TARGET_ABI: ABI = ABI::V6;
+use palisade_sandbox::landlock_abi::{Enforcement, TARGET_ABI};
 
 /// Errors of the Landlock layer.
 #[derive(Debug, thiserror::Error)]
@@ -82,51 +81,15 @@ pub fn restrict_vmm(files: &[PathRule]) -> Result<String, SandboxError> {
         ))?;
     }
     let status = ruleset.restrict_self()?;
-    Ok(describe(status.ruleset, status.landlock, files.len()))
+    Ok(describe(Enforcement::of(&status), files.len()))
 }
 
-fn describe(ruleset: RulesetStatus, landlock: LandlockStatus, files: usize) -> String {
-    let (effective, kernel) = match landlock {
-        LandlockStatus::Available {
-            effective_abi,
-            kernel_abi,
-        } => (effective_abi, kernel_abi),
-        LandlockStatus::NotEnabled | LandlockStatus::NotImplemented => {
-            return "Landlock is not available on this kernel: the VMM's layer is not enforced"
-                .into()
-        }
-    };
-    if ruleset == RulesetStatus::NotEnforced {
-        return "The VMM's Landlock ruleset is not enforced".into();
-    }
-    let abi = abi_number(effective.min(TARGET_ABI));
-    let kernel = kernel.unwrap_or(abi);
-    let mut what = vec![format!(
-        "files: {files} configured plus /dev/kvm and /dev/net/tun"
-    )];
-    if abi >= 4 {
-        what.push("TCP bind and connect denied".into());
-    }
-    if abi >= 6 {
-        what.push("abstract Unix sockets and signals scoped".into());
-    }
-    format!(
-        "VMM Landlock ABI {abi} enforced (kernel ABI {kernel}): {}",
-        what.join(", ")
+/// "VMM Landlock ABI 7 enforced (kernel ABI 7): files: ..." or why nothing is enforced.
+fn describe(enforcement: Enforcement, files: usize) -> String {
+    enforcement.line(
+        "VMM Landlock",
+        &format!("files: {files} configured plus /dev/kvm and /dev/net/tun"),
     )
-}
-
-fn abi_number(abi: ABI) -> i32 {
-    match abi {
-        ABI::Unsupported => 0,
-        ABI::V1 => 1,
-        ABI::V2 => 2,
-        ABI::V3 => 3,
-        ABI::V4 => 4,
-        ABI::V5 => 5,
-        ABI::V6 => 6,
-        _ => 7,
-    }
 }
 
 #[cfg(test)]
@@ -134,26 +97,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_log_line_names_the_abi() {
-        let line = describe(
-            RulesetStatus::FullyEnforced,
-            LandlockStatus::Available {
-                effective_abi: ABI::V7,
-                kernel_abi: None,
-            },
-            2,
-        );
+    fn the_log_line_names_the_enforced_and_the_kernel_abi() {
+        // An ABI 7 kernel: this line once said "kernel ABI 6".
+        let line = describe(Enforcement::Enforced { abi: 7, kernel: 7 }, 2);
         assert!(
-            line.starts_with("VMM Landlock ABI 6 enforced (kernel ABI 6)"),
+            line.starts_with("VMM Landlock ABI 7 enforced (kernel ABI 7): files: 2 configured"),
             "{line}"
         );
-        assert!(line.contains("2 configured"));
-        let none = describe(
-            RulesetStatus::NotEnforced,
-            LandlockStatus::NotImplemented,
-            0,
-        );
-        assert!(none.contains("not available"));
+        assert!(line.contains("signals scoped"), "{line}");
+        let none = describe(Enforcement::NotImplemented, 0);
+        assert!(none.contains("no Landlock"), "{none}");
     }
 
     #[test]
@@ -165,9 +118,10 @@ mod tests {
         std::fs::write(&other, b"o").unwrap();
         let rules = vec![PathRule::read(&allowed)];
         // A thread of its own: Landlock confines the calling thread only.
-        let (a, b) = std::thread::spawn(move || {
-            restrict_vmm(&rules).unwrap();
+        let (line, a, b) = std::thread::spawn(move || {
+            let line = restrict_vmm(&rules).unwrap();
             (
+                line,
                 std::fs::read(&allowed).is_ok(),
                 std::fs::read(&other).is_ok(),
             )
@@ -176,5 +130,10 @@ mod tests {
         .unwrap();
         assert!(a, "the configured file is readable");
         assert!(!b, "another file is not");
+        let kernel = palisade_sandbox::landlock_abi::kernel_abi();
+        assert!(
+            line.contains(&format!("(kernel ABI {kernel})")),
+            "the line names this kernel's ABI {kernel}: {line}"
+        );
     }
 }

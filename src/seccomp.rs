@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 
-use seccompiler::{BpfProgram, TargetArch};
+use palisade_sandbox::seccomp_target::target_arch;
+use seccompiler::BpfProgram;
 
 include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
 
@@ -94,7 +95,7 @@ impl SeccompFilters {
             path: path.to_string(),
             source,
         })?;
-        let programs = seccompiler::compile_from_json(file, TargetArch::x86_64).map_err(|e| {
+        let programs = seccompiler::compile_from_json(file, target_arch()).map_err(|e| {
             SeccompError::Compile {
                 path: path.to_string(),
                 message: e.to_string(),

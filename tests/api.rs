@@ -158,6 +158,74 @@ fn pre_boot_and_post_boot_rules_follow_firecracker() {
     vm.running.kill();
 }
 
+/// Firecracker opens the kernel, the initrd and the tap when they are PUT, and refuses them
+/// there; nothing refused is recorded, so InstanceStart still lacks a kernel.
+#[test]
+fn a_missing_kernel_initrd_or_unopenable_tap_is_refused_at_put_like_firecracker() {
+    let vm = ApiVm::start(&[]);
+    let mut c = vm.client();
+    let r = c.put(
+        "/boot-source",
+        json!({"kernel_image_path": "/nonexistent/vmlinux"}),
+    );
+    assert_eq!(
+        (r.status, r.fault()),
+        (
+            400,
+            "The kernel file cannot be opened: No such file or directory (os error 2)".into()
+        )
+    );
+    let kernel = std::env::current_exe().unwrap();
+    let r = c.put(
+        "/boot-source",
+        json!({"kernel_image_path": kernel, "initrd_path": "/nonexistent/initrd"}),
+    );
+    assert_eq!(
+        (r.status, r.fault()),
+        (
+            400,
+            "The initrd file cannot be opened due to invalid path or invalid permissions. \
+             No such file or directory (os error 2)"
+                .into()
+        )
+    );
+    let r = c.put(
+        "/boot-source",
+        json!({"kernel_image_path": kernel, "boot_args": "x".repeat(5000)}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.fault()
+            .starts_with("The kernel command line is invalid: "),
+        "{}",
+        r.body
+    );
+    assert_eq!(c.get("/vm/config").json()["boot-source"], json!(null));
+    // `lo` exists and is not a tap: TUNSETIFF refuses it, root or not.
+    let r = c.put(
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0", "host_dev_name": "lo"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let fault = r.fault();
+    assert!(
+        fault.starts_with("Could not create the network device: Open tap device failed: ")
+            && fault.contains("lo"),
+        "{fault}"
+    );
+    assert_eq!(c.get("/vm/config").json()["network-interfaces"], json!([]));
+    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(
+        (r.status, r.fault()),
+        (
+            400,
+            "Cannot start microvm without kernel configuration.".into()
+        )
+    );
+    let r = c.put("/boot-source", json!({"kernel_image_path": kernel}));
+    assert_eq!(r.status, 204, "{}", r.body);
+}
+
 #[test]
 fn pause_really_stops_the_guest_and_resume_restarts_it() {
     if !kvm_available("pause_really_stops_the_guest_and_resume_restarts_it") {

@@ -48,6 +48,39 @@ fn missing_kernel_is_refused() {
 }
 
 #[test]
+fn a_missing_kernel_or_initrd_gets_firecrackers_message_as_through_the_api() {
+    let run = run_config(json!({"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}));
+    assert_refused(
+        &run,
+        BAD_CONFIGURATION,
+        "The kernel file cannot be opened: No such file or directory (os error 2)",
+    );
+    let kernel = std::env::current_exe().unwrap();
+    let run = run_config(json!({"boot-source": {"kernel_image_path": kernel,
+                                                "initrd_path": "/nonexistent/initrd"}}));
+    assert_refused(
+        &run,
+        BAD_CONFIGURATION,
+        "The initrd file cannot be opened due to invalid path or invalid permissions.",
+    );
+}
+
+/// The tap is opened before the kernel is loaded, as at `PUT /network-interfaces`: the kernel
+/// here is not loadable, so only the early check names the tap.
+#[test]
+fn a_tap_that_cannot_be_opened_is_refused_before_the_kernel_is_loaded() {
+    let kernel = std::env::current_exe().unwrap();
+    let mut config = probe_config();
+    config["boot-source"]["kernel_image_path"] = json!(kernel);
+    config["network-interfaces"] = json!([{"iface_id": "eth0", "host_dev_name": "lo"}]);
+    assert_refused(
+        &run_config(config),
+        BAD_CONFIGURATION,
+        "Could not create the network device: Open tap device failed: ",
+    );
+}
+
+#[test]
 fn a_kernel_that_is_not_elf_or_bzimage_is_refused() {
     let vm = TestVm::new(json!({}));
     let junk = vm.dir.path().join("junk");

@@ -123,3 +123,91 @@ fn patch_removing_an_allow_rule_cuts_the_flow_and_flow_logs_record_it() {
         "the datagram after the PATCH is logged as rejected: {lines:?}"
     );
 }
+
+/// Kills the VMM when the test ends, whatever happens.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A tap given through `PUT /network-interfaces` is opened there (a second PUT of the same
+/// interface and tap still succeeds, a tap that cannot be opened is refused at once) and the
+/// booted guest's traffic crosses it.
+#[test]
+fn a_tap_put_through_the_api_is_opened_at_put_and_carries_the_guests_traffic() {
+    let test = "a_tap_put_through_the_api_is_opened_at_put_and_carries_the_guests_traffic";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some(ns) = TapNetns::create(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut cmd = std::process::Command::new(common::palisade_bin());
+    cmd.arg("--api-sock")
+        .arg(&sock)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    common::netns::run_in(&mut cmd, &ns.name);
+    let mut child = Child(cmd.spawn().unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for_socket(&sock, TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    let r = api.put(
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = api.put(
+        "/boot-source",
+        json!({"kernel_image_path": common::probe_path(), "boot_args": format!(
+            "console=ttyS0 probe.run=net-echo probe.ip=10.0.0.2/24 probe.peer=10.0.0.1:9 \
+             probe.port=5000 probe.secs=8 probe.tsc_mhz={}",
+            tsc_mhz()
+        )}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let eth0 = json!({"iface_id": "eth0", "host_dev_name": "tap0",
+                      "guest_mac": "06:00:0a:00:00:02"});
+    for attempt in ["first", "replacing"] {
+        let r = api.put("/network-interfaces/eth0", eth0.clone());
+        assert_eq!(r.status, 204, "{attempt} PUT: {}", r.body);
+    }
+    let r = api.put(
+        "/network-interfaces/eth1",
+        json!({"iface_id": "eth1", "host_dev_name": "lo"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.fault().contains("Open tap device failed"), "{}", r.body);
+    let r = api.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(line) if line.contains("probe: net-echo ready") => break,
+            Ok(_) => {}
+            Err(e) => panic!("no 'probe: net-echo ready' line: {e}"),
+        }
+    }
+    assert_eq!(ask(&ns, 5000).as_deref(), Some(&b"hello"[..]));
+    assert_eq!(
+        api.get("/vm/config").json()["network-interfaces"][0]["host_dev_name"],
+        "tap0"
+    );
+}

@@ -203,10 +203,12 @@ fn a_throttled_drive_never_reads_faster_than_its_bandwidth() {
     run.assert_success();
     let mib_per_s = 24.0 / elapsed;
     println!("throttled read: {mib_per_s:.2} MiB/s over {elapsed:.2} s (configured 10 MiB/s)");
-    // Never faster than configured (the first 1 MiB bucket is free: 24 MiB take at least
-    // 2.3 s); a loaded machine only makes it slower, and closeness is the benchmark's figure.
+    // Never faster than configured: the first 1 MiB bucket is free, so 24 MiB take at least
+    // 2.3 s (10.4 MiB/s); the host starts its stopwatch when it reads "read-start", late by
+    // up to a scheduling delay, hence 11.5. A loaded machine only makes it slower, and
+    // closeness is the benchmark's figure.
     assert!(
-        (2.5..=10.5).contains(&mib_per_s),
+        (2.5..=11.5).contains(&mib_per_s),
         "{mib_per_s:.2} MiB/s over {elapsed:.2} s, configured 10 MiB/s"
     );
 }

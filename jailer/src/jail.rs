@@ -113,21 +113,10 @@ fn confine(p: &Prepared, status: &StatusWriter) -> Result<(), JailerError> {
     Ok(())
 }
 
-/// "step: reason: cause" on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text.replace('\n', " ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_sandbox::error_chain;
 
     #[test]
     fn errors_read_step_then_reason_on_one_line() {

@@ -5,18 +5,18 @@
 //!   /dev/net/tun (ABI 5), plus the `--landlock-rule` paths;
 //! - network: TCP bind and connect denied (ABI 4);
 //! - scopes: abstract Unix sockets and signals to processes outside the sandbox (ABI 6).
+//!
+//! The ABI table and the log line are palisade-sandbox's, shared with the VMM's layer.
 
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, LandlockStatus, PathBeneath, PathFd, PathFdError,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, PathFdError, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetError, Scope,
 };
+use palisade_sandbox::landlock_abi::{Enforcement, TARGET_ABI};
 
 use crate::spec::LandlockRule;
-
-/// The newest ABI whose rights this layer asks for (ABI 7 adds logging controls only).
-const TARGET_ABI: ABI = ABI::V7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LandlockError {
@@ -72,58 +72,13 @@ pub fn apply(exec_file: &Path, extra: &[LandlockRule]) -> Result<String, Landloc
             .map_err(LandlockError::Ruleset)?;
     }
     let status = ruleset.restrict_self().map_err(LandlockError::Ruleset)?;
-    Ok(describe(status.ruleset, status.landlock))
+    Ok(describe(Enforcement::of(&status)))
 }
 
-/// "Landlock ABI 7 enforced (kernel ABI 7): ..." or why nothing is enforced.
-fn describe(ruleset: RulesetStatus, landlock: LandlockStatus) -> String {
-    let (effective, kernel) = match landlock {
-        LandlockStatus::Available {
-            effective_abi,
-            kernel_abi,
-        } => (effective_abi, kernel_abi),
-        LandlockStatus::NotEnabled => {
-            return "warning: Landlock is not enabled on this kernel: not enforced".into()
-        }
-        LandlockStatus::NotImplemented => {
-            return "warning: this kernel has no Landlock: not enforced".into()
-        }
-    };
-    if ruleset == RulesetStatus::NotEnforced {
-        return "warning: Landlock ruleset not enforced".into();
-    }
-    let abi = abi_number(effective.min(TARGET_ABI));
-    let kernel = kernel.unwrap_or(abi_number(effective));
-    let mut what = vec!["files only inside the jail"];
-    if abi >= 4 {
-        what.push("TCP bind and connect denied");
-    }
-    if abi >= 5 {
-        what.push("device ioctls only on /dev/kvm and /dev/net/tun");
-    }
-    if abi >= 6 {
-        what.push("abstract Unix sockets and signals scoped");
-    }
-    format!(
-        "Landlock ABI {abi} enforced (kernel ABI {kernel}): {}",
-        what.join(", ")
-    )
-}
-
-fn abi_number(abi: ABI) -> i32 {
-    match abi {
-        ABI::Unsupported => 0,
-        ABI::V1 => 1,
-        ABI::V2 => 2,
-        ABI::V3 => 3,
-        ABI::V4 => 4,
-        ABI::V5 => 5,
-        ABI::V6 => 6,
-        ABI::V7 => 7,
-        ABI::V8 => 8,
-        ABI::V9 => 9,
-        _ => 10,
-    }
+/// "Landlock ABI 7 enforced (kernel ABI 7): files only inside the jail, ..." or why nothing
+/// is enforced.
+fn describe(enforcement: Enforcement) -> String {
+    enforcement.line("Landlock", "files only inside the jail")
 }
 
 #[cfg(test)]
@@ -132,29 +87,17 @@ mod tests {
 
     #[test]
     fn the_log_line_names_the_enforced_abi_and_kernel_abi() {
-        let line = describe(
-            RulesetStatus::FullyEnforced,
-            LandlockStatus::Available {
-                effective_abi: ABI::V9,
-                kernel_abi: None,
-            },
+        let line = describe(Enforcement::Enforced { abi: 7, kernel: 9 });
+        assert_eq!(
+            line,
+            "Landlock ABI 7 enforced (kernel ABI 9): files only inside the jail, TCP bind and \
+             connect denied, device ioctls only on /dev/kvm and /dev/net/tun, abstract Unix \
+             sockets and signals scoped"
         );
-        assert!(
-            line.starts_with("Landlock ABI 7 enforced (kernel ABI 9)"),
-            "{line}"
+        let old = describe(Enforcement::Enforced { abi: 3, kernel: 3 });
+        assert_eq!(
+            old,
+            "Landlock ABI 3 enforced (kernel ABI 3): files only inside the jail"
         );
-        assert!(line.contains("signals scoped"), "{line}");
-        let old = describe(
-            RulesetStatus::PartiallyEnforced,
-            LandlockStatus::Available {
-                effective_abi: ABI::V3,
-                kernel_abi: None,
-            },
-        );
-        assert!(
-            old.starts_with("Landlock ABI 3 enforced (kernel ABI 3)"),
-            "{old}"
-        );
-        assert!(!old.contains("TCP"), "{old}");
     }
 }

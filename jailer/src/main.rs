@@ -23,8 +23,9 @@ mod supervisor;
 mod validate;
 
 use cgroups::JailCgroups;
-use jail::{error_chain, JailerError, Prepared};
+use jail::{JailerError, Prepared};
 use jail_dir::JailDir;
+use palisade_sandbox::error_chain;
 use supervisor::Split;
 
 fn main() {

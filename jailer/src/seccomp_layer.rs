@@ -10,9 +10,10 @@
 
 use std::collections::BTreeMap;
 
+use palisade_sandbox::seccomp_target::target_arch;
 use seccompiler::{
     apply_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-    SeccompFilter, SeccompRule, TargetArch,
+    SeccompFilter, SeccompRule,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +43,6 @@ pub fn apply() -> Result<(), SeccompError> {
         apply_filter(&program).map_err(SeccompError::Install)?;
     }
     Ok(())
-}
-
-fn target() -> TargetArch {
-    if cfg!(target_arch = "aarch64") {
-        TargetArch::aarch64
-    } else {
-        TargetArch::x86_64
-    }
 }
 
 /// One rule per flag: `(arg0 & flag) == flag`.
@@ -95,7 +88,7 @@ fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<BpfProg
         rules,
         SeccompAction::Allow,
         SeccompAction::Errno(errno as u32),
-        target(),
+        target_arch(),
     )
     .map_err(SeccompError::Build)?;
     BpfProgram::try_from(filter).map_err(SeccompError::Build)

@@ -16,10 +16,10 @@ use crate::devices::bus::{BusError, Buses};
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::{EventFdTrigger, SerialDevice};
 use crate::devices::serial_output::BoundedOutput;
-use crate::devices::virtio::attach::{
+use crate::seccomp::SeccompFilters;
+use crate::vmm::device_manager::{
     attach_devices, AttachContext, AttachError, DeviceConfigs, Slots, VirtioDevices,
 };
-use crate::seccomp::SeccompFilters;
 use crate::vstate::exit::ExitRequest;
 use crate::vstate::memory::{create_guest_memory, Backing, MemoryError, MemoryOptions};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared};

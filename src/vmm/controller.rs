@@ -1,15 +1,20 @@
 //! Applies API actions: the pre-boot controller fills the VM resources and starts the VM;
 //! the runtime controller handles what may change while it runs. The rules of which action
-//! is allowed when live here and nowhere else.
+//! is allowed when live in [`rules`] and nowhere else.
 
 mod net;
+pub mod rules;
+#[cfg(test)]
+mod tests;
 
 use std::time::Instant;
 
 use crate::config::{host_memory_mib, BlockDeviceUpdate, VmResources};
-use crate::devices::virtio::attach::{AttachError, Subscriber, VirtioDevices};
+use crate::vmm::device_manager::{AttachError, Subscriber, VirtioDevices};
 use crate::vstate::exit::ExitCode;
 
+use self::net::OpenTaps;
+use self::rules::{ActionKind, VmState};
 use super::action::{ActionError, ActionResult, InstanceInfo, VmmAction, VmmData};
 use super::builder::{build_vm, BuildError, BuildOptions, BuiltVm};
 use super::{RunError, RunningVm};
@@ -29,6 +34,8 @@ pub struct Controller {
     devices: VirtioDevices,
     /// Devices started but not yet given to the event loop.
     new_subscribers: Vec<Subscriber>,
+    /// The taps opened by `PUT /network-interfaces`, held until the VM is built.
+    taps: OpenTaps,
 }
 
 impl Controller {
@@ -41,6 +48,7 @@ impl Controller {
             running: None,
             devices: VirtioDevices::default(),
             new_subscribers: Vec::new(),
+            taps: OpenTaps::default(),
         }
     }
 
@@ -64,12 +72,31 @@ impl Controller {
         self.running.take()
     }
 
-    /// Builds and starts the VM from the resources.
+    /// The VM's state, for the rules and `GET /`.
+    pub fn state(&self) -> VmState {
+        match &self.running {
+            None => VmState::NotStarted,
+            Some(vm) if vm.is_paused() => VmState::Paused,
+            Some(_) => VmState::Running,
+        }
+    }
+
+    /// Builds and starts the VM from the resources. The boot source and the taps get the
+    /// checks of their PUTs first (a config file's resources had none), so both paths refuse
+    /// them with the same message before anything is built.
     pub fn start_vm(&mut self) -> Result<(), StartError> {
+        let bad = |message: String| StartError::Build(message, ExitCode::BadConfiguration);
         self.resources
             .machine_config
             .validate(host_memory_mib())
-            .map_err(|e| StartError::Build(e.to_string(), ExitCode::BadConfiguration))?;
+            .map_err(|e| bad(e.to_string()))?;
+        if let Some(boot) = &self.resources.boot_source {
+            boot.validate()
+                .map_err(|e| bad(format!("{e} (boot-source {})", boot_files(boot))))?;
+        }
+        self.taps
+            .open_missing(&self.resources.network_interfaces)
+            .map_err(|e| bad(e.to_string()))?;
         if self.opts.landlock {
             for iface in self.resources.network_interfaces.iter() {
                 iface
@@ -81,6 +108,8 @@ impl Controller {
                 .map_err(|e| StartError::Build(e.to_string(), ExitCode::BadConfiguration))?;
             log::info!("{line}");
         }
+        // A tap is attached to one file at a time: the builder reopens what is released here.
+        self.taps.release();
         let BuiltVm { vmm, devices } = build_vm(&self.resources, &self.opts).map_err(|e| {
             let code = match e {
                 BuildError::Vm(_) => ExitCode::HostUnsupported,
@@ -105,9 +134,17 @@ impl Controller {
         Ok(())
     }
 
-    /// Handles one action from the API.
+    /// Handles one action from the API: refused by the [`rules`] in this state, or done.
     pub fn handle(&mut self, action: VmmAction) -> ActionResult {
         log::debug!("API action {action:?}");
+        match rules::allowed(self.state(), &action)? {
+            ActionKind::Query => self.query(action),
+            ActionKind::PreBoot => self.preboot(action),
+            ActionKind::Runtime => self.runtime(action),
+        }
+    }
+
+    fn query(&self, action: VmmAction) -> ActionResult {
         match action {
             VmmAction::GetInstanceInfo => Ok(json(&self.instance_info())),
             VmmAction::GetVersion => Ok(VmmData::Json(serde_json::json!({
@@ -117,21 +154,15 @@ impl Controller {
             VmmAction::GetMachineConfig => Ok(json(&self.resources.machine_config)),
             VmmAction::GetFullConfig => Ok(VmmData::Json(self.resources.to_full_config())),
             VmmAction::GetFirewall(id) => self.get_firewall(&id),
-            action if self.running.is_none() => self.preboot(action),
-            action => self.runtime(action),
+            other => misrouted(&other),
         }
     }
 
     fn instance_info(&self) -> InstanceInfo {
-        let state = match &self.running {
-            None => "Not started",
-            Some(vm) if vm.is_paused() => "Paused",
-            Some(_) => "Running",
-        };
         InstanceInfo {
             app_name: APP_NAME.to_string(),
             id: self.id.clone(),
-            state: state.to_string(),
+            state: self.state().name().to_string(),
             vmm_version: VERSION.to_string(),
         }
     }
@@ -154,6 +185,8 @@ impl Controller {
                 Ok(VmmData::Empty)
             }
             VmmAction::PutBootSource(boot) => {
+                boot.validate()
+                    .map_err(|e| ActionError::InvalidConfig(e.to_string()))?;
                 self.resources.boot_source = Some(boot);
                 Ok(VmmData::Empty)
             }
@@ -184,17 +217,7 @@ impl Controller {
                 log::info!("InstanceStart took {} us", started.elapsed().as_micros());
                 Ok(VmmData::Empty)
             }
-            VmmAction::SendCtrlAltDel
-            | VmmAction::FlushMetrics
-            | VmmAction::Pause
-            | VmmAction::Resume
-            | VmmAction::PatchDrive(_)
-            | VmmAction::PatchNetworkInterface(_) => Err(ActionError::NotSupportedPreBoot),
-            VmmAction::GetInstanceInfo
-            | VmmAction::GetVersion
-            | VmmAction::GetMachineConfig
-            | VmmAction::GetFullConfig
-            | VmmAction::GetFirewall(_) => unreachable_query(),
+            other => misrouted(&other),
         }
     }
 
@@ -232,20 +255,7 @@ impl Controller {
                 .map_err(|e| ActionError::Runtime(e.to_string())),
             VmmAction::PatchDrive(update) => self.patch_drive(&update),
             VmmAction::PatchNetworkInterface(update) => self.patch_network_interface(&update),
-            VmmAction::PutMachineConfig(_)
-            | VmmAction::PatchMachineConfig(_)
-            | VmmAction::PutBootSource(_)
-            | VmmAction::PutDrive(_)
-            | VmmAction::PutEntropy(_)
-            | VmmAction::PutNetworkInterface(_)
-            | VmmAction::PutLogger(_)
-            | VmmAction::PutMetrics(_)
-            | VmmAction::InstanceStart => Err(ActionError::NotSupportedPostBoot),
-            VmmAction::GetInstanceInfo
-            | VmmAction::GetVersion
-            | VmmAction::GetMachineConfig
-            | VmmAction::GetFullConfig
-            | VmmAction::GetFirewall(_) => unreachable_query(),
+            other => misrouted(&other),
         }
     }
 }
@@ -280,9 +290,23 @@ impl Controller {
     }
 }
 
-/// Queries are answered in `handle` before the pre-boot/runtime split.
-fn unreachable_query() -> ActionResult {
-    Err(ActionError::Runtime("query routed to a controller".into()))
+/// An action handed to the handler of another kind; `rules::kind` makes this unreachable.
+fn misrouted(action: &VmmAction) -> ActionResult {
+    Err(ActionError::Runtime(format!(
+        "{:?} action routed to the wrong handler",
+        rules::kind(action)
+    )))
+}
+
+/// The files of a boot source, for a config file's error line.
+fn boot_files(boot: &crate::config::BootSourceConfig) -> String {
+    match &boot.initrd_path {
+        Some(initrd) => format!(
+            "kernel_image_path {}, initrd_path {initrd}",
+            boot.kernel_image_path
+        ),
+        None => format!("kernel_image_path {}", boot.kernel_image_path),
+    }
 }
 
 fn runtime_error(e: RunError) -> ActionError {

@@ -4,6 +4,7 @@ pub mod action;
 pub mod builder;
 pub mod console;
 pub mod controller;
+pub mod device_manager;
 pub mod event_loop;
 pub mod kernel;
 

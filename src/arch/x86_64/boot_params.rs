@@ -15,7 +15,8 @@ use super::layout::{
     ZERO_PAGE_START,
 };
 use super::regs::EntryMode;
-use crate::vstate::memory::GuestMemory;
+// The guest memory type itself, not vstate's alias: arch sits below vstate.
+use vm_memory::GuestMemoryMmap as GuestMemory;
 
 const E820_RAM: u32 = 1;
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
@@ -193,12 +194,11 @@ fn write_pvh_start_info(mem: &GuestMemory, info: &BootInfo) -> Result<(), BootPa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vstate::memory::create_guest_memory;
     use vm_memory::Bytes;
 
     #[test]
     fn ram_map_skips_the_bios_hole() {
-        let mem = create_guest_memory(128 << 20, Default::default()).unwrap();
+        let mem = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 128 << 20)]).unwrap();
         assert_eq!(
             ram_map(&mem),
             vec![(0, EBDA_START), (HIMEM_START, (128 << 20) - HIMEM_START)]
@@ -207,14 +207,14 @@ mod tests {
 
     #[test]
     fn initrd_goes_to_the_top_of_low_ram_page_aligned() {
-        let mem = create_guest_memory(64 << 20, Default::default()).unwrap();
+        let mem = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 20)]).unwrap();
         assert_eq!(initrd_load_address(&mem, 0x1800), Some((64 << 20) - 0x2000));
         assert_eq!(initrd_load_address(&mem, 64 << 20), None);
     }
 
     #[test]
     fn zero_page_carries_cmdline_initrd_and_e820() {
-        let mem = create_guest_memory(64 << 20, Default::default()).unwrap();
+        let mem = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 20)]).unwrap();
         let info = BootInfo {
             cmdline_len: 10,
             initrd: Some(InitrdPlacement {
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn pvh_start_info_has_the_magic_and_memmap() {
-        let mem = create_guest_memory(64 << 20, Default::default()).unwrap();
+        let mem = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 20)]).unwrap();
         let info = BootInfo {
             cmdline_len: 1,
             initrd: None,

@@ -4,7 +4,8 @@
 use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{APIC_START, EBDA_START, IOAPIC_START};
-use crate::vstate::memory::GuestMemory;
+// The guest memory type itself, not vstate's alias: arch sits below vstate.
+use vm_memory::GuestMemoryMmap as GuestMemory;
 
 const MPC_SPEC: u8 = 4;
 const APIC_VERSION: u8 = 0x14;

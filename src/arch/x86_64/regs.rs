@@ -10,7 +10,8 @@ use super::layout::{
     BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
     PVH_INFO_START, ZERO_PAGE_START,
 };
-use crate::vstate::memory::GuestMemory;
+// The guest memory type itself, not vstate's alias: arch sits below vstate.
+use vm_memory::GuestMemoryMmap as GuestMemory;
 
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_ET: u64 = 0x10;
@@ -130,11 +131,10 @@ fn write_identity_page_tables(mem: &GuestMemory) -> Result<(), RegsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vstate::memory::create_guest_memory;
 
     #[test]
     fn identity_tables_map_the_first_gigabyte() {
-        let mem = create_guest_memory(16 << 20, Default::default()).unwrap();
+        let mem = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 16 << 20)]).unwrap();
         write_identity_page_tables(&mem).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
         assert_eq!(pml4, PDPTE_START | 3);

@@ -6,7 +6,6 @@
 //! them back. Accesses that break the protocol (wrong width, wrong state, unknown register)
 //! are ignored, counted and logged at a limited rate: a guest cannot make the VMM fail here.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_bindings::virtio_config::{
@@ -23,6 +22,7 @@ use super::queue::check_queue;
 use super::{ActivateContext, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
 use crate::logger::RateLimitedLog;
+use crate::metrics::METRICS;
 use crate::vstate::memory::GuestMemory;
 
 /// "virt" in little endian.
@@ -36,21 +36,6 @@ const VENDOR_ID: u32 = 0;
 static BAD_ACCESS_LOG: RateLimitedLog = RateLimitedLog::new();
 /// Failed activations of all transports.
 static ACTIVATE_LOG: RateLimitedLog = RateLimitedLog::new();
-/// Every ignored access, all transports together (Palisade's `virtio` metrics read it).
-static IGNORED_ACCESSES: AtomicU64 = AtomicU64::new(0);
-
-/// Activations refused (queues outside memory or not ready, or the device refused).
-static FAILED_ACTIVATIONS: AtomicU64 = AtomicU64::new(0);
-
-/// Accesses the transports ignored since the start.
-pub fn ignored_accesses() -> u64 {
-    IGNORED_ACCESSES.load(Ordering::Relaxed)
-}
-
-/// Activations the transports refused since the start.
-pub fn failed_activations() -> u64 {
-    FAILED_ACTIVATIONS.load(Ordering::Relaxed)
-}
 
 /// Errors of transport creation.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +114,7 @@ impl MmioTransport {
     }
 
     fn ignore(&self, what: &str, offset: u64) {
-        IGNORED_ACCESSES.fetch_add(1, Ordering::Relaxed);
+        METRICS.virtio.mmio_ignored_accesses.inc();
         if let Some(n) = BAD_ACCESS_LOG.hit() {
             log::warn!(
                 "virtio-mmio {}: {what} at {offset:#x} ignored (status {:#x}; {n} so far)",
@@ -311,7 +296,7 @@ impl MmioTransport {
             Ok(()) => self.active = true,
             Err(e) => {
                 // Queues a failed activation consumed come back fresh at the next reset.
-                FAILED_ACTIVATIONS.fetch_add(1, Ordering::Relaxed);
+                METRICS.virtio.activate_fails.inc();
                 self.interrupt.set_needs_reset();
                 if let Some(n) = ACTIVATE_LOG.hit() {
                     log::warn!(

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
@@ -21,11 +22,19 @@ use super::queue::{
     charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd, MAX_QUEUE_SIZE,
 };
 use super::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::config::EntropyConfig;
 use crate::logger::RateLimitedLog;
 use crate::metrics::METRICS;
-use crate::rate_limiter::{RateLimiter, RateLimiterError, TokenType};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError, TokenType};
 use crate::vstate::memory::GuestMemory;
+
+/// The `entropy` section and the body of `PUT /entropy` (virtio-rng).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {
+    /// Limits on the entropy the guest may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
 
 /// The most entropy one request receives.
 pub const MAX_BYTES_PER_REQUEST: u32 = 64 * 1024;

@@ -1,18 +1,61 @@
-//! The controller's network-interface actions: PUT before boot, PATCH (limits and firewall,
-//! live) after it, and the firewall's status.
+//! The controller's network-interface actions: PUT before boot (the tap is opened there, as
+//! Firecracker does, and held until the VM is built), PATCH (limits and firewall, live) after
+//! it, and the firewall's status.
+
+use std::collections::HashMap;
 
 use super::{json, Controller};
-use crate::devices::virtio::net::config::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
+use crate::devices::virtio::net::config::{
+    InterfaceList, NetworkInterfaceConfig, NetworkInterfaceUpdate,
+};
+use crate::devices::virtio::net::tap::Tap;
+use crate::devices::virtio::net::{open_tap, NetError};
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
 
+/// Taps opened before boot, by interface id.
+#[derive(Debug, Default)]
+pub(super) struct OpenTaps(HashMap<String, Tap>);
+
+impl OpenTaps {
+    /// Opens the tap of `iface`, or keeps the one already open for it under the same name
+    /// (a second TUNSETIFF on a tap we hold would answer EBUSY). On failure the interface's
+    /// previous tap stays open.
+    fn open(&mut self, iface: &NetworkInterfaceConfig) -> Result<(), NetError> {
+        let id = &iface.iface_id;
+        match self.0.get(id) {
+            Some(tap) if tap.name() == iface.host_dev_name => {}
+            _ => {
+                let tap = open_tap(iface)?;
+                self.0.insert(id.clone(), tap);
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the taps of the interfaces that have none open (those of a config file).
+    pub(super) fn open_missing(&mut self, interfaces: &InterfaceList) -> Result<(), NetError> {
+        interfaces.iter().try_for_each(|iface| self.open(iface))
+    }
+
+    /// Closes every tap, for the builder to open them again.
+    pub(super) fn release(&mut self) {
+        self.0.clear();
+    }
+}
+
 impl Controller {
-    /// `PUT /network-interfaces/{id}` before boot.
+    /// `PUT /network-interfaces/{id}` before boot: the interface is checked against the
+    /// others, then its tap is opened; only then is it recorded.
     pub(super) fn put_network_interface(&mut self, iface: NetworkInterfaceConfig) -> ActionResult {
-        self.resources
-            .network_interfaces
-            .insert(iface)
-            .map(|_| VmmData::Empty)
-            .map_err(|e| ActionError::InvalidConfig(e.to_string()))
+        let mut interfaces = self.resources.network_interfaces.clone();
+        interfaces
+            .insert(iface.clone())
+            .map_err(|e| ActionError::InvalidConfig(e.to_string()))?;
+        self.taps
+            .open(&iface)
+            .map_err(|e| ActionError::InvalidConfig(e.to_string()))?;
+        self.resources.network_interfaces = interfaces;
+        Ok(VmmData::Empty)
     }
 
     /// `PATCH /network-interfaces/{id}` on a running VM: new limits and/or a new firewall,

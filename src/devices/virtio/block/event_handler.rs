@@ -7,11 +7,11 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
 
+use super::config::CacheType;
 use super::disk::Disk;
 use super::exec::{self, ExecContext};
 use super::request::{Request, RequestType, ID_BYTES};
 use super::{Block, GuestLogs};
-use crate::config::CacheType;
 use crate::devices::virtio::buffers;
 use crate::devices::virtio::chain::{self, Segment};
 use crate::devices::virtio::queue::{

@@ -2,9 +2,9 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
+use super::config::CacheType;
 use super::disk::{Disk, DiskError, SECTOR_SIZE};
 use super::request::{Request, RequestType, HEADER_SIZE, ID_BYTES};
-use crate::config::CacheType;
 use crate::devices::virtio::buffers;
 use crate::devices::virtio::chain::Segment;
 use crate::vstate::memory::GuestMemory;

@@ -8,6 +8,7 @@
 //! ([`event_handler`]); the drive can change its file and its rate limiter at run time
 //! (`PATCH /drives/{id}`).
 
+pub mod config;
 pub mod disk;
 pub mod event_handler;
 pub mod exec;
@@ -25,6 +26,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use self::config::{BlockDeviceConfig, CacheType};
 use self::disk::{Disk, DiskError};
 use self::request::{ID_BYTES, SEG_MAX, SIZE_MAX};
 use super::chain::Segment;
@@ -34,7 +36,6 @@ use super::{
     read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::config::{BlockDeviceConfig, CacheType};
 use crate::logger::RateLimitedLog;
 use crate::metrics::BlockDeviceMetrics;
 use crate::rate_limiter::{BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError};

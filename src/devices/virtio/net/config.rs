@@ -5,6 +5,7 @@
 use palisade_firewall::{parse_mac, FirewallConfig, MacAddr};
 use serde::{Deserialize, Serialize};
 
+use crate::devices::valid_resource_id;
 use crate::rate_limiter::RateLimiterConfig;
 use crate::sandbox::PathRule;
 
@@ -77,14 +78,10 @@ pub struct NetworkInterfaceUpdate {
     pub firewall: Option<FirewallConfig>,
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 impl NetworkInterfaceConfig {
-    /// Checks the interface on its own (the tap is opened when the VM is built).
+    /// Checks the interface on its own (`open_tap` then opens its tap).
     pub fn validate(&self) -> Result<(), NetConfigError> {
-        if !valid_id(&self.iface_id) {
+        if !valid_resource_id(&self.iface_id) {
             return Err(NetConfigError::Id(self.iface_id.clone()));
         }
         let name = self.host_dev_name.as_bytes();

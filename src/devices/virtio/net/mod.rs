@@ -62,9 +62,12 @@ pub enum NetError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] NetConfigError),
-    /// The tap cannot be opened or configured.
+    /// The tap cannot be configured.
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// The tap cannot be opened (Firecracker's message, at PUT and at start alike).
+    #[error("Could not create the network device: Open tap device failed: {0}")]
+    OpenTap(TapError),
     /// An eventfd or timerfd cannot be created.
     #[error("Cannot create an event for interface {0}")]
     Event(String, #[source] std::io::Error),
@@ -154,14 +157,20 @@ fn tap_offloads(features: u64) -> u32 {
     flags
 }
 
+/// Checks an interface's configuration and opens its tap (`TUNSETIFF`), as
+/// `PUT /network-interfaces` does before boot and the build does at start.
+pub fn open_tap(config: &NetworkInterfaceConfig) -> Result<Tap, NetError> {
+    config.validate()?;
+    Tap::open(&config.host_dev_name).map_err(NetError::OpenTap)
+}
+
 impl Net {
     /// An interface from its configuration: opens the tap, the limiters and the firewall.
     pub fn new(
         config: &NetworkInterfaceConfig,
         metrics: Arc<NetDeviceMetrics>,
     ) -> Result<Self, NetError> {
-        config.validate()?;
-        let tap = Tap::open(&config.host_dev_name)?;
+        let tap = open_tap(config)?;
         Self::with_tap(config, tap, metrics)
     }
 

@@ -39,9 +39,16 @@ pub enum TapError {
     /// The interface name does not fit `IFNAMSIZ`.
     #[error("Invalid tap name '{0}': 1 to 15 bytes, no NUL")]
     Name(String),
-    /// /dev/net/tun cannot be opened.
-    #[error("Cannot open /dev/net/tun")]
-    Open(#[source] io::Error),
+    /// /dev/net/tun cannot be opened (Firecracker's message).
+    #[error("Couldn't open /dev/net/tun: {0}")]
+    Open(io::Error),
+    /// TUNSETIFF refused the name: not a tap, busy, or not ours to create (Firecracker's
+    /// message).
+    #[error(
+        "Error while creating ifreq structure: {1}. Invalid TUN/TAP Backend provided by {0}. \
+         Check our documentation on setting up the network devices."
+    )]
+    Attach(String, io::Error),
     /// An ioctl on the tap failed.
     #[error("Cannot {0} on tap {1}")]
     Ioctl(&'static str, String, #[source] io::Error),
@@ -88,7 +95,12 @@ impl Tap {
         // SAFETY: TUNSETIFF reads (and writes back the name into) a `struct ifreq`, which
         // `req` is, laid out as the kernel expects and alive for the call.
         let r = unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETIFF, &mut req) };
-        tap.check(r, "attach (TUNSETIFF)")?;
+        if r < 0 {
+            return Err(TapError::Attach(
+                tap.name.clone(),
+                io::Error::last_os_error(),
+            ));
+        }
         let size: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, valid for the call.
         let r = unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETVNETHDRSZ, &size) };
@@ -199,5 +211,23 @@ mod tests {
             Err(TapError::Name(_))
         ));
         assert!(matches!(Tap::open("nul\0"), Err(TapError::Name(_))));
+    }
+
+    #[test]
+    fn a_device_that_is_not_a_tap_is_refused_with_firecrackers_message() {
+        // `lo` always exists and is no tap: TUNSETIFF answers EINVAL (or EPERM unprivileged).
+        let err = Tap::open("lo").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, TapError::Attach(..) | TapError::Open(_)),
+            "{text}"
+        );
+        if matches!(err, TapError::Attach(..)) {
+            assert!(
+                text.starts_with("Error while creating ifreq structure: ")
+                    && text.contains("Invalid TUN/TAP Backend provided by lo."),
+                "{text}"
+            );
+        }
     }
 }

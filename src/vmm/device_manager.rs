@@ -1,7 +1,7 @@
-//! Placing virtio devices on the machine: a 4 KiB MMIO slot and an interrupt line each, one
-//! ioeventfd per queue on the QueueNotify register (datamatch = queue index), one irqfd per
-//! device, and `virtio_mmio.device=4K@ADDR:IRQ` on the kernel command line. A root drive also
-//! adds `root=` and `ro`/`rw`, as Firecracker does.
+//! The device manager: places virtio devices on the machine, each with a 4 KiB MMIO slot and
+//! an interrupt line, one ioeventfd per queue on the QueueNotify register (datamatch = queue
+//! index), one irqfd per device, and `virtio_mmio.device=4K@ADDR:IRQ` on the kernel command
+//! line. A root drive also adds `root=` and `ro`/`rw`, as Firecracker does.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,17 +11,17 @@ use linux_loader::cmdline::Cmdline;
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use vm_memory::GuestAddress;
 
-use super::block::{Block, BlockError};
-use super::mmio::{MmioTransport, TransportError};
-use super::net::config::InterfaceList;
-use super::net::{Net, NetError};
-use super::rng::{Rng, RngError};
-use super::VirtioDevice;
 use crate::arch::x86_64::layout::{
     VIRTIO_IRQ_BASE, VIRTIO_IRQ_LAST, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START,
 };
 use crate::config::{DriveList, EntropyConfig};
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{MmioTransport, TransportError};
+use crate::devices::virtio::net::config::InterfaceList;
+use crate::devices::virtio::net::{Net, NetError};
+use crate::devices::virtio::rng::{Rng, RngError};
+use crate::devices::virtio::VirtioDevice;
 use crate::metrics::METRICS;
 use crate::vstate::memory::GuestMemory;
 

@@ -1,0 +1,109 @@
+//! The configuration of a drive (`drives[]`, `PUT|PATCH /drives/{drive_id}`), beside the
+//! device it configures; `crate::config` gathers it into the whole VM's configuration.
+
+use serde::{Deserialize, Serialize};
+
+use crate::devices::valid_resource_id;
+use crate::rate_limiter::RateLimiterConfig;
+
+/// Why a drive is refused on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockConfigError {
+    /// `drive_id` breaks Firecracker's rule for resource ids.
+    #[error("invalid drive_id '{0}': 1 to 64 characters of [A-Za-z0-9_]")]
+    InvalidId(String),
+    /// The backing file does not open with the access the drive needs.
+    #[error("drive {drive_id}: cannot open {path}: {source}")]
+    Open {
+        /// The drive.
+        drive_id: String,
+        /// Its `path_on_host`.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// `drives[].cache_type`: whether guest flushes reach the disk.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum CacheType {
+    /// Flushes are not offered; writes stay in the host page cache.
+    #[default]
+    Unsafe,
+    /// The device offers VIRTIO_BLK_F_FLUSH and a flush is an fdatasync.
+    Writeback,
+}
+
+/// `drives[].io_engine`: only the synchronous engine exists here.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum IoEngine {
+    /// Reads and writes on the VMM thread.
+    #[default]
+    Sync,
+}
+
+/// A `drives` entry and the body of `PUT /drives/{drive_id}` (Firecracker's
+/// `BlockDeviceConfig`, virtio-blk with a file backend).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDeviceConfig {
+    /// Unique id, also the virtio-blk serial (GET_ID).
+    pub drive_id: String,
+    /// The backing file or block device.
+    pub path_on_host: String,
+    /// The guest's root file system: `root=` and `ro`/`rw` go on the command line.
+    #[serde(default)]
+    pub is_root_device: bool,
+    /// Refuse guest writes (the file is opened read-only).
+    #[serde(default)]
+    pub is_read_only: bool,
+    /// `root=PARTUUID=...` instead of `root=/dev/vda` for a root device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    /// Flush semantics.
+    #[serde(default)]
+    pub cache_type: CacheType,
+    /// I/O limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+    /// Accepted for compatibility: "Sync" only.
+    #[serde(default)]
+    pub io_engine: IoEngine,
+}
+
+/// `PATCH /drives/{drive_id}` after boot (Firecracker's `BlockDeviceUpdateConfig`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDeviceUpdate {
+    /// Which drive.
+    pub drive_id: String,
+    /// A new backing file.
+    pub path_on_host: Option<String>,
+    /// New limits; an absent bucket is kept.
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl BlockDeviceConfig {
+    /// Checks the drive on its own: its id, and that its file opens with the access it needs.
+    pub fn validate(&self) -> Result<(), BlockConfigError> {
+        if !valid_resource_id(&self.drive_id) {
+            return Err(BlockConfigError::InvalidId(self.drive_id.clone()));
+        }
+        if self.partuuid.is_some() && !self.is_root_device {
+            log::info!(
+                "drive {}: partuuid is used only for a root device",
+                self.drive_id
+            );
+        }
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(!self.is_read_only)
+            .open(&self.path_on_host)
+            .map(drop)
+            .map_err(|source| BlockConfigError::Open {
+                drive_id: self.drive_id.clone(),
+                path: self.path_on_host.clone(),
+                source,
+            })
+    }
+}

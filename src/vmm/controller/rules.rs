@@ -1,0 +1,224 @@
+//! Which action may run in which state of the VM, as Firecracker rules it: queries always;
+//! configuration and InstanceStart only before boot; pause, resume, Ctrl+Alt+Del, metrics
+//! flushes and live PATCHes only after it. The controller asks [`allowed`] before it acts,
+//! so the rules are one pure function, tested here without KVM.
+
+use crate::vmm::action::{ActionError, VmmAction};
+
+/// The VM's state as the rules (and `GET /`) see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// Before InstanceStart (or after one that failed).
+    NotStarted,
+    /// vCPUs running.
+    Running,
+    /// vCPUs held by `PATCH /vm` Paused.
+    Paused,
+}
+
+impl VmState {
+    /// Firecracker's `state` in `GET /`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NotStarted => "Not started",
+            Self::Running => "Running",
+            Self::Paused => "Paused",
+        }
+    }
+}
+
+/// When an action may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionKind {
+    /// Reads state; allowed in every state.
+    Query,
+    /// Configures the VM to be built, or builds it; only before boot.
+    PreBoot,
+    /// Acts on the running VM; only after boot (paused or not).
+    Runtime,
+}
+
+/// The kind of `action`. Exhaustive on purpose: a new action must be given its place here.
+pub fn kind(action: &VmmAction) -> ActionKind {
+    match action {
+        VmmAction::GetInstanceInfo
+        | VmmAction::GetVersion
+        | VmmAction::GetMachineConfig
+        | VmmAction::GetFullConfig
+        | VmmAction::GetFirewall(_) => ActionKind::Query,
+        VmmAction::PutMachineConfig(_)
+        | VmmAction::PatchMachineConfig(_)
+        | VmmAction::PutBootSource(_)
+        | VmmAction::PutDrive(_)
+        | VmmAction::PutEntropy(_)
+        | VmmAction::PutNetworkInterface(_)
+        | VmmAction::PutLogger(_)
+        | VmmAction::PutMetrics(_)
+        | VmmAction::InstanceStart => ActionKind::PreBoot,
+        VmmAction::SendCtrlAltDel
+        | VmmAction::FlushMetrics
+        | VmmAction::Pause
+        | VmmAction::Resume
+        | VmmAction::PatchDrive(_)
+        | VmmAction::PatchNetworkInterface(_) => ActionKind::Runtime,
+    }
+}
+
+/// Whether `action` may run in `state`: its kind when it may, Firecracker's refusal when not.
+/// Pausing a paused VM and resuming a running one are allowed and change nothing.
+pub fn allowed(state: VmState, action: &VmmAction) -> Result<ActionKind, ActionError> {
+    let kind = kind(action);
+    match (kind, state) {
+        (ActionKind::Query, _)
+        | (ActionKind::PreBoot, VmState::NotStarted)
+        | (ActionKind::Runtime, VmState::Running | VmState::Paused) => Ok(kind),
+        (ActionKind::PreBoot, VmState::Running | VmState::Paused) => {
+            Err(ActionError::NotSupportedPostBoot)
+        }
+        (ActionKind::Runtime, VmState::NotStarted) => Err(ActionError::NotSupportedPreBoot),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::{EntropyConfig, MachineConfig, MachineConfigUpdate};
+
+    fn from<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// One action of every variant (the match in `kind` keeps this list honest: a variant
+    /// missing here fails `the_table_lists_every_variant_once`).
+    fn every_action() -> Vec<VmmAction> {
+        vec![
+            VmmAction::GetInstanceInfo,
+            VmmAction::GetVersion,
+            VmmAction::GetMachineConfig,
+            VmmAction::GetFullConfig,
+            VmmAction::GetFirewall("eth0".into()),
+            VmmAction::PutMachineConfig(MachineConfig::default()),
+            VmmAction::PatchMachineConfig(MachineConfigUpdate::default()),
+            VmmAction::PutBootSource(from(json!({"kernel_image_path": "/k"}))),
+            VmmAction::PutDrive(Box::new(from(
+                json!({"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true}),
+            ))),
+            VmmAction::PutEntropy(EntropyConfig::default()),
+            VmmAction::PutNetworkInterface(Box::new(from(
+                json!({"iface_id": "eth0", "host_dev_name": "tap0"}),
+            ))),
+            VmmAction::PutLogger(crate::logger::LoggerConfig::default()),
+            VmmAction::PutMetrics(from(json!({"metrics_path": "/m"}))),
+            VmmAction::InstanceStart,
+            VmmAction::SendCtrlAltDel,
+            VmmAction::FlushMetrics,
+            VmmAction::Pause,
+            VmmAction::Resume,
+            VmmAction::PatchDrive(Box::new(from(json!({"drive_id": "rootfs"})))),
+            VmmAction::PatchNetworkInterface(Box::new(from(json!({"iface_id": "eth0"})))),
+        ]
+    }
+
+    /// The variant's name, from its Debug text.
+    fn name(action: &VmmAction) -> String {
+        let text = format!("{action:?}");
+        text.split(['(', ' '])
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    const PRE: Result<(), ActionError> = Err(ActionError::NotSupportedPreBoot);
+    const POST: Result<(), ActionError> = Err(ActionError::NotSupportedPostBoot);
+    const OK: Result<(), ActionError> = Ok(());
+
+    /// Firecracker's answers, per action: (not started, running, paused).
+    fn expected(name: &str) -> [Result<(), ActionError>; 3] {
+        match name {
+            "GetInstanceInfo" | "GetVersion" | "GetMachineConfig" | "GetFullConfig"
+            | "GetFirewall" => [OK, OK, OK],
+            "PutMachineConfig"
+            | "PatchMachineConfig"
+            | "PutBootSource"
+            | "PutDrive"
+            | "PutEntropy"
+            | "PutNetworkInterface"
+            | "PutLogger"
+            | "PutMetrics"
+            | "InstanceStart" => [OK, POST, POST],
+            "SendCtrlAltDel"
+            | "FlushMetrics"
+            | "Pause"
+            | "Resume"
+            | "PatchDrive"
+            | "PatchNetworkInterface" => [PRE, OK, OK],
+            other => panic!("{other} has no row in the table"),
+        }
+    }
+
+    #[test]
+    fn every_action_in_every_state_is_allowed_or_refused_as_firecracker_does() {
+        let states = [VmState::NotStarted, VmState::Running, VmState::Paused];
+        for action in every_action() {
+            let rows = expected(&name(&action));
+            for (state, want) in states.into_iter().zip(rows) {
+                let got = allowed(state, &action).map(drop);
+                assert_eq!(got, want, "{} in {state:?}", name(&action));
+            }
+        }
+    }
+
+    /// The variant's place in `every_action`; exhaustive, so a new variant does not compile
+    /// until it is listed (and given a row in `expected`).
+    fn place(action: &VmmAction) -> usize {
+        match action {
+            VmmAction::GetInstanceInfo => 0,
+            VmmAction::GetVersion => 1,
+            VmmAction::GetMachineConfig => 2,
+            VmmAction::GetFullConfig => 3,
+            VmmAction::GetFirewall(_) => 4,
+            VmmAction::PutMachineConfig(_) => 5,
+            VmmAction::PatchMachineConfig(_) => 6,
+            VmmAction::PutBootSource(_) => 7,
+            VmmAction::PutDrive(_) => 8,
+            VmmAction::PutEntropy(_) => 9,
+            VmmAction::PutNetworkInterface(_) => 10,
+            VmmAction::PutLogger(_) => 11,
+            VmmAction::PutMetrics(_) => 12,
+            VmmAction::InstanceStart => 13,
+            VmmAction::SendCtrlAltDel => 14,
+            VmmAction::FlushMetrics => 15,
+            VmmAction::Pause => 16,
+            VmmAction::Resume => 17,
+            VmmAction::PatchDrive(_) => 18,
+            VmmAction::PatchNetworkInterface(_) => 19,
+        }
+    }
+
+    #[test]
+    fn the_table_lists_every_variant_once() {
+        let places: Vec<usize> = every_action().iter().map(place).collect();
+        assert_eq!(places, (0..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn refusals_carry_firecrackers_messages() {
+        assert_eq!(
+            allowed(VmState::Running, &VmmAction::InstanceStart)
+                .unwrap_err()
+                .to_string(),
+            "The requested operation is not supported after starting the microVM."
+        );
+        assert_eq!(
+            allowed(VmState::NotStarted, &VmmAction::Pause)
+                .unwrap_err()
+                .to_string(),
+            "The requested operation is not supported before starting the microVM."
+        );
+        assert_eq!(VmState::NotStarted.name(), "Not started");
+    }
+}

@@ -14,6 +14,7 @@
 pub mod block;
 pub mod buffers;
 pub mod chain;
+pub mod device_core;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;

@@ -17,19 +17,21 @@ pub mod request;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
 
 use self::config::{BlockDeviceConfig, CacheType};
 use self::disk::{Disk, DiskError};
 use self::request::{ID_BYTES, SEG_MAX, SIZE_MAX};
 use super::chain::Segment;
+use super::device_core::DeviceCore;
 use super::interrupt::Interrupt;
 use super::queue::MAX_QUEUE_SIZE;
 use super::{
@@ -39,10 +41,6 @@ use super::{
 use crate::logger::RateLimitedLog;
 use crate::metrics::BlockDeviceMetrics;
 use crate::rate_limiter::{BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError};
-use crate::vstate::memory::GuestMemory;
-
-/// The one queue's size.
-const QUEUE_SIZES: [u16; 1] = [MAX_QUEUE_SIZE];
 
 /// Errors of drive creation and update.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +54,6 @@ pub enum BlockError {
     /// The rate limiter's timer cannot be created.
     #[error(transparent)]
     RateLimiter(#[from] RateLimiterError),
-}
-
-/// What the device holds between activation and reset.
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
 }
 
 /// Logs a guest can trigger, each rate limited.
@@ -81,11 +73,8 @@ pub struct Block {
     is_root: bool,
     partuuid: Option<String>,
     cache: CacheType,
-    avail_features: u64,
-    queue_events: [EventFd; 1],
-    interrupt: Arc<Interrupt>,
+    core: DeviceCore<1>,
     limiter: RateLimiter,
-    active: Option<Active>,
     /// Reused for every chain: never more than the queue size.
     segments: Vec<Segment>,
     metrics: Arc<BlockDeviceMetrics>,
@@ -99,9 +88,6 @@ impl Block {
         metrics: Arc<BlockDeviceMetrics>,
     ) -> Result<Self, BlockError> {
         let disk = Disk::open(&config.path_on_host, config.is_read_only)?;
-        let event = || {
-            EventFd::new(EFD_NONBLOCK).map_err(|e| BlockError::Event(config.drive_id.clone(), e))
-        };
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
             | 1 << VIRTIO_BLK_F_SEG_MAX
@@ -124,13 +110,9 @@ impl Block {
             is_root: config.is_root_device,
             partuuid: config.partuuid.clone(),
             cache: config.cache_type,
-            avail_features: features,
-            queue_events: [event()?],
-            interrupt: Arc::new(
-                Interrupt::new().map_err(|e| BlockError::Event(config.drive_id.clone(), e))?,
-            ),
+            core: DeviceCore::new(features)
+                .map_err(|e| BlockError::Event(config.drive_id.clone(), e))?,
             limiter,
-            active: None,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
             metrics,
             logs: GuestLogs::default(),
@@ -176,7 +158,7 @@ impl Block {
         );
         self.disk = disk;
         self.metrics.update_count.inc();
-        if self.active.is_some() && self.interrupt.signal_config_change().is_err() {
+        if self.core.active.is_some() && self.core.interrupt.signal_config_change().is_err() {
             self.metrics.event_fails.inc();
         }
         Ok(())
@@ -190,7 +172,7 @@ impl Block {
         );
         self.metrics.update_count.inc();
         // Requests that waited for the old limits get a chance under the new ones.
-        let _ = self.queue_events[0].write(1);
+        let _ = self.core.queue_events[0].write(1);
     }
 
     /// The device stops serving its queue until the driver resets it.
@@ -202,7 +184,16 @@ impl Block {
                 self.id
             );
         }
-        self.interrupt.set_needs_reset();
+        self.core.interrupt.set_needs_reset();
+    }
+}
+
+/// The shared device state reads through the drive (`block.interrupt`, `block.active`).
+impl Deref for Block {
+    type Target = DeviceCore<1>;
+
+    fn deref(&self) -> &DeviceCore<1> {
+        &self.core
     }
 }
 
@@ -216,19 +207,19 @@ impl VirtioDevice for Block {
     }
 
     fn avail_features(&self) -> u64 {
-        self.avail_features
+        self.core.avail_features
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+        self.core.queue_max_sizes()
     }
 
     fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+        &self.core.queue_events
     }
 
     fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.interrupt
+        &self.core.interrupt
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -245,27 +236,10 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            self.metrics.activate_fails.inc();
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Ok([mut queue]) = <[Queue; 1]>::try_from(ctx.queues) else {
-            self.metrics.activate_fails.inc();
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        queue.set_event_idx(ctx.features & VIRTIO_RING_F_EVENT_IDX != 0);
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-        });
-        Ok(())
+        self.core.activate(ctx, &self.metrics.activate_fails)
     }
 
     fn reset(&mut self) -> Vec<Queue> {
-        self.active
-            .take()
-            .map(|a| vec![a.queue])
-            .unwrap_or_default()
+        self.core.reset()
     }
 }

@@ -22,6 +22,7 @@ pub mod vnet_hdr;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,13 +32,14 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
 };
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use self::config::{NetConfigError, NetworkInterfaceConfig, NetworkInterfaceUpdate};
 use self::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::chain::Segment;
+use super::device_core::DeviceCore;
 use super::interrupt::Interrupt;
 use super::queue::MAX_QUEUE_SIZE;
 use super::{
@@ -47,12 +49,10 @@ use super::{
 use crate::logger::RateLimitedLog;
 use crate::metrics::NetDeviceMetrics;
 use crate::rate_limiter::{BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError};
-use crate::vstate::memory::GuestMemory;
 
 /// The largest frame either way, virtio-net header included (Firecracker's 65,562: a 64 KiB
 /// GSO frame, its Ethernet header and a VLAN tag).
 pub const MAX_FRAME: usize = 65_562;
-const QUEUE_SIZES: [u16; 2] = [MAX_QUEUE_SIZE, MAX_QUEUE_SIZE];
 const RX: usize = 0;
 const TX: usize = 1;
 
@@ -82,15 +82,6 @@ pub enum NetError {
     NoFirewall(String),
 }
 
-/// What the device holds between activation and reset.
-struct Active {
-    mem: GuestMemory,
-    /// The features the driver accepted.
-    features: u64,
-    rx: Queue,
-    tx: Queue,
-}
-
 /// Logs a guest can trigger, each rate limited.
 #[derive(Default)]
 struct GuestLogs {
@@ -104,14 +95,11 @@ pub struct Net {
     id: String,
     tap: Tap,
     mac: Option<MacAddr>,
-    avail_features: u64,
-    queue_events: [EventFd; 2],
-    interrupt: Arc<Interrupt>,
+    core: DeviceCore<2>,
     rx_limiter: RateLimiter,
     tx_limiter: RateLimiter,
     firewall: Option<Firewall>,
     maintenance: TimerFd,
-    active: Option<Active>,
     /// Reused for every chain: never more than the queue size.
     segments: Vec<Segment>,
     /// The frame read from the tap and not yet delivered (`rx_len` bytes, 0: none).
@@ -191,17 +179,11 @@ impl Net {
         Ok(Self {
             tap,
             mac,
-            avail_features: offered_features(mac.is_some()),
-            queue_events: [
-                EventFd::new(EFD_NONBLOCK).map_err(event_err)?,
-                EventFd::new(EFD_NONBLOCK).map_err(event_err)?,
-            ],
-            interrupt: Arc::new(Interrupt::new().map_err(event_err)?),
+            core: DeviceCore::new(offered_features(mac.is_some())).map_err(event_err)?,
             rx_limiter: RateLimiter::new(&config.rx_rate_limiter.unwrap_or_default())?,
             tx_limiter: RateLimiter::new(&config.tx_rate_limiter.unwrap_or_default())?,
             firewall,
             maintenance: TimerFd::new().map_err(|e| event_err(e.into()))?,
-            active: None,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
             rx_frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
             rx_len: 0,
@@ -260,8 +242,8 @@ impl Net {
         }
         self.metrics.update_count.inc();
         // Frames that waited for the old limits get a chance under the new ones.
-        let _ = self.queue_events[TX].write(1);
-        let _ = self.queue_events[RX].write(1);
+        let _ = self.core.queue_events[TX].write(1);
+        let _ = self.core.queue_events[RX].write(1);
         Ok(())
     }
 }
@@ -304,14 +286,16 @@ impl Net {
                 self.id
             );
         }
-        self.interrupt.set_needs_reset();
+        self.core.interrupt.set_needs_reset();
     }
+}
 
-    /// Raises the interrupt; counts a failure.
-    fn signal_used(&self) {
-        if self.interrupt.signal_used_queue().is_err() {
-            self.metrics.event_fails.inc();
-        }
+/// The shared device state reads through the interface (`net.interrupt`, `net.active`).
+impl Deref for Net {
+    type Target = DeviceCore<2>;
+
+    fn deref(&self) -> &DeviceCore<2> {
+        &self.core
     }
 }
 
@@ -325,19 +309,19 @@ impl VirtioDevice for Net {
     }
 
     fn avail_features(&self) -> u64 {
-        self.avail_features
+        self.core.avail_features
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+        self.core.queue_max_sizes()
     }
 
     fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+        &self.core.queue_events
     }
 
     fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.interrupt
+        &self.core.interrupt
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -350,40 +334,21 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            self.metrics.activate_fails.inc();
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Ok([mut rx, mut tx]) = <[Queue; 2]>::try_from(ctx.queues) else {
-            self.metrics.activate_fails.inc();
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        };
-        let event_idx = ctx.features & VIRTIO_RING_F_EVENT_IDX != 0;
-        rx.set_event_idx(event_idx);
-        tx.set_event_idx(event_idx);
-        if let Err(e) = self.tap.set_offload(tap_offloads(ctx.features)) {
+        let features = ctx.features;
+        self.core.activate(ctx, &self.metrics.activate_fails)?;
+        if let Err(e) = self.tap.set_offload(tap_offloads(features)) {
             // Without the offloads the tap sends plain frames, which every driver accepts.
             log::warn!("Interface {}: {e}", self.id);
         }
-        self.active = Some(Active {
-            mem: ctx.mem,
-            features: ctx.features,
-            rx,
-            tx,
-        });
         // Frames may already wait in the tap (edge-triggered: look now), and the driver may
         // have queued frames before DRIVER_OK.
-        let _ = self.queue_events[RX].write(1);
-        let _ = self.queue_events[TX].write(1);
+        let _ = self.core.queue_events[RX].write(1);
+        let _ = self.core.queue_events[TX].write(1);
         Ok(())
     }
 
     fn reset(&mut self) -> Vec<Queue> {
         self.rx_len = 0;
-        self.active
-            .take()
-            .map(|a| vec![a.rx, a.tx])
-            .unwrap_or_default()
+        self.core.reset()
     }
 }

@@ -99,7 +99,11 @@ impl<const N: usize> DeviceCore<N> {
 
     /// Consumes queue `index`'s notification; counts a failure in `fails`.
     pub fn read_queue_event(&self, index: usize, fails: &Counter) {
-        if self.queue_events.get(index).is_none_or(|e| e.read().is_err()) {
+        if self
+            .queue_events
+            .get(index)
+            .is_none_or(|e| e.read().is_err())
+        {
             fails.inc();
         }
     }
@@ -107,7 +111,11 @@ impl<const N: usize> DeviceCore<N> {
     /// Notifies queue `index` from the device itself (to come back to it after the other
     /// events); counts a failure in `fails`.
     pub fn kick(&self, index: usize, fails: &Counter) {
-        if self.queue_events.get(index).is_none_or(|e| e.write(1).is_err()) {
+        if self
+            .queue_events
+            .get(index)
+            .is_none_or(|e| e.write(1).is_err())
+        {
             fails.inc();
         }
     }

@@ -5,6 +5,7 @@
 //! [`MAX_BYTES_PER_REQUEST`] bytes go into one chain whatever its size, so a huge buffer cannot
 //! keep the VMM thread busy; the used length tells the driver how much it got.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -13,10 +14,11 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::buffers::{self, Layout};
 use super::chain::{self, Segment};
+use super::device_core::{limiter_timer_event, DeviceCore};
 use super::interrupt::Interrupt;
 use super::queue::{
     charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd, MAX_QUEUE_SIZE,
@@ -40,7 +42,6 @@ pub struct EntropyConfig {
 pub const MAX_BYTES_PER_REQUEST: u32 = 64 * 1024;
 /// Bytes asked of getrandom at once.
 const CHUNK: usize = 4096;
-const QUEUE_SIZES: [u16; 1] = [MAX_QUEUE_SIZE];
 const EVENT_QUEUE: u32 = 0;
 const EVENT_LIMITER: u32 = 1;
 
@@ -58,17 +59,10 @@ pub enum RngError {
     RateLimiter(#[from] RateLimiterError),
 }
 
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
-}
-
 /// The entropy device.
 pub struct Rng {
-    queue_events: [EventFd; 1],
-    interrupt: Arc<Interrupt>,
+    core: DeviceCore<1>,
     limiter: RateLimiter,
-    active: Option<Active>,
     segments: Vec<Segment>,
 }
 
@@ -96,50 +90,55 @@ impl Rng {
     /// An entropy device from its configuration.
     pub fn new(config: &EntropyConfig) -> Result<Self, RngError> {
         Ok(Self {
-            queue_events: [EventFd::new(EFD_NONBLOCK).map_err(RngError::Event)?],
-            interrupt: Arc::new(Interrupt::new().map_err(RngError::Event)?),
+            core: DeviceCore::new(VIRTIO_F_VERSION_1).map_err(RngError::Event)?,
             limiter: RateLimiter::new(&config.rate_limiter.unwrap_or_default())?,
-            active: None,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
         })
     }
 
     /// Serves the queue: at most one queue's worth of chains, then yields to the event loop.
     pub fn process_queue(&mut self) {
-        if self.interrupt.needs_reset() {
+        if self.core.interrupt.needs_reset() {
             return;
         }
         if self.limiter.is_blocked() {
             METRICS.entropy.entropy_rate_limiter_throttled.inc();
             return;
         }
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.core.active.as_mut() else {
             return;
         };
         let (limiter, segments, mem) = (&mut self.limiter, &mut self.segments, &active.mem);
-        let (end, used_any) = drain(&mut active.queue, mem, |queue, head| {
+        let [queue] = &mut active.queues;
+        let (end, used_any) = drain(queue, mem, |queue, head| {
             let outcome = fill_chain(mem, queue, head, segments, limiter);
             charge_descriptors(outcome, segments.len())
         });
-        if used_any
-            && needs_interrupt(&mut active.queue, &active.mem)
-            && self.interrupt.signal_used_queue().is_err()
-        {
-            METRICS.entropy.entropy_event_fails.inc();
+        if used_any && needs_interrupt(queue, mem) {
+            self.core.signal_used(&METRICS.entropy.entropy_event_fails);
         }
         match end {
             DrainEnd::Empty | DrainEnd::Throttled => {}
             DrainEnd::Budget => {
-                let _ = self.queue_events[0].write(1);
+                let _ = self.core.queue_events[0].write(1);
             }
             DrainEnd::Broken(e) => {
                 METRICS.entropy.needs_reset_count.inc();
                 if let Some(n) = NEEDS_RESET_LOG.hit() {
                     log::warn!("Entropy device: the guest broke its queue ({e}); device needs a reset ({n} so far)");
                 }
-                self.interrupt.set_needs_reset();
+                self.core.interrupt.set_needs_reset();
             }
         }
+    }
+}
+
+/// The shared device state reads through the device (`rng.interrupt`, `rng.active`).
+impl Deref for Rng {
+    type Target = DeviceCore<1>;
+
+    fn deref(&self) -> &DeviceCore<1> {
+        &self.core
     }
 }
 
@@ -212,19 +211,19 @@ impl VirtioDevice for Rng {
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        self.core.avail_features
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+        self.core.queue_max_sizes()
     }
 
     fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+        &self.core.queue_events
     }
 
     fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.interrupt
+        &self.core.interrupt
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
@@ -234,27 +233,11 @@ impl VirtioDevice for Rng {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            METRICS.entropy.activate_fails.inc();
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Ok([queue]) = <[Queue; 1]>::try_from(ctx.queues) else {
-            METRICS.entropy.activate_fails.inc();
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-        });
-        Ok(())
+        self.core.activate(ctx, &METRICS.entropy.activate_fails)
     }
 
     fn reset(&mut self) -> Vec<Queue> {
-        self.active
-            .take()
-            .map(|a| vec![a.queue])
-            .unwrap_or_default()
+        self.core.reset()
     }
 }
 
@@ -263,16 +246,14 @@ impl MutEventSubscriber for Rng {
         match events.data() {
             EVENT_QUEUE => {
                 METRICS.entropy.entropy_event_count.inc();
-                if self.queue_events[0].read().is_err() {
-                    METRICS.entropy.entropy_event_fails.inc();
-                }
+                self.core
+                    .read_queue_event(0, &METRICS.entropy.entropy_event_fails);
                 self.process_queue();
             }
             EVENT_LIMITER => {
-                METRICS.entropy.rate_limiter_event_count.inc();
-                if self.limiter.on_timer().is_err() {
-                    METRICS.entropy.entropy_event_fails.inc();
-                }
+                let m = &METRICS.entropy;
+                let (events, fails) = (&m.rate_limiter_event_count, &m.entropy_event_fails);
+                limiter_timer_event(&mut self.limiter, events, fails, &"Entropy device");
                 self.process_queue();
             }
             other => log::warn!("Entropy device: unexpected event {other}"),
@@ -280,7 +261,7 @@ impl MutEventSubscriber for Rng {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        let queue = Events::with_data(&self.queue_events[0], EVENT_QUEUE, EventSet::IN);
+        let queue = Events::with_data(&self.core.queue_events[0], EVENT_QUEUE, EventSet::IN);
         let limiter = Events::with_data(&self.limiter, EVENT_LIMITER, EventSet::IN);
         for events in [queue, limiter] {
             if let Err(e) = ops.add(events) {

@@ -17,6 +17,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::*;
 use crate::rate_limiter::TokenBucketConfig;
+use crate::vstate::memory::GuestMemory;
 
 const SECTORS: u64 = 8;
 const HEADER: u64 = 0x10_0000;

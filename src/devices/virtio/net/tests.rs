@@ -16,6 +16,7 @@ use super::tap::{socket_pair, VNET_HDR_LEN};
 use super::*;
 use crate::metrics::NetDeviceMetrics;
 use crate::rate_limiter::TokenBucketConfig;
+use crate::vstate::memory::GuestMemory;
 
 const MAC: [u8; 6] = [6, 0, 10, 0, 0, 2];
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;

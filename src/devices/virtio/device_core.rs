@@ -142,3 +142,78 @@ pub fn limiter_timer_event(
         log::error!("{who}: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::devices::virtio::VIRTIO_F_VERSION_1;
+
+    fn ctx(queues: usize, features: u64) -> ActivateContext {
+        ActivateContext {
+            mem: GuestMemory::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap(),
+            queues: (0..queues).map(|_| Queue::new(16).unwrap()).collect(),
+            features,
+        }
+    }
+
+    #[test]
+    fn activation_refuses_a_second_activation_and_a_wrong_queue_count() {
+        let mut core = DeviceCore::<2>::new(VIRTIO_F_VERSION_1).unwrap();
+        let fails = Counter::new();
+        assert!(matches!(
+            core.activate(ctx(1, VIRTIO_F_VERSION_1), &fails),
+            Err(ActivateError::QueueCount {
+                expected: 2,
+                got: 1
+            })
+        ));
+        assert!(core.active.is_none());
+        core.activate(ctx(2, VIRTIO_F_VERSION_1), &fails).unwrap();
+        assert!(matches!(
+            core.activate(ctx(2, VIRTIO_F_VERSION_1), &fails),
+            Err(ActivateError::AlreadyActive)
+        ));
+        assert_eq!(fails.count(), 2);
+        assert_eq!(core.reset().len(), 2);
+        assert!(core.reset().is_empty());
+        assert_eq!(core.queue_max_sizes(), &[MAX_QUEUE_SIZE; 2]);
+    }
+
+    #[test]
+    fn event_suppression_follows_the_features_both_sides_agreed_on() {
+        let both = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
+        let fails = Counter::new();
+        let mut offered = DeviceCore::<1>::new(both).unwrap();
+        offered.activate(ctx(1, both), &fails).unwrap();
+        assert!(offered.active.as_ref().unwrap().queues[0].event_idx_enabled());
+        let mut plain = DeviceCore::<1>::new(VIRTIO_F_VERSION_1).unwrap();
+        plain.activate(ctx(1, both), &fails).unwrap();
+        assert!(!plain.active.as_ref().unwrap().queues[0].event_idx_enabled());
+        let mut declined = DeviceCore::<1>::new(both).unwrap();
+        declined
+            .activate(ctx(1, VIRTIO_F_VERSION_1), &fails)
+            .unwrap();
+        assert!(!declined.active.as_ref().unwrap().queues[0].event_idx_enabled());
+        assert_eq!(fails.count(), 0);
+    }
+
+    #[test]
+    fn queue_events_are_consumed_and_kicked_per_queue() {
+        let core = DeviceCore::<2>::new(VIRTIO_F_VERSION_1).unwrap();
+        let fails = Counter::new();
+        core.kick(1, &fails);
+        assert_eq!(core.queue_events[1].read().unwrap(), 1);
+        core.kick(0, &fails);
+        core.read_queue_event(0, &fails);
+        assert_eq!(fails.count(), 0);
+        // Nothing pending (non-blocking read fails) and an index past the queues both count.
+        core.read_queue_event(0, &fails);
+        core.read_queue_event(2, &fails);
+        core.kick(2, &fails);
+        assert_eq!(fails.count(), 3);
+    }
+}

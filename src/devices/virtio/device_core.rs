@@ -1,10 +1,11 @@
 //! The part every virtio device shares: its offered features, its queue notification events,
 //! its interrupt, and the guest memory and queues it holds between activation and reset.
 //!
-//! A device embeds one [`DeviceCore`] and delegates the plumbing of [`super::VirtioDevice`] to
-//! it (accessors, [`DeviceCore::activate`], [`DeviceCore::reset`]), and the event-loop chores
-//! (reading a queue event, a rate limiter's timer) to [`DeviceCore::read_queue_event`] and
-//! [`limiter_timer_event`], so a new device writes only its own logic.
+//! A device embeds one [`DeviceCore`] and implements [`CoreDevice`] (its id, name, config
+//! space and the hooks it needs); [`VirtioDevice`] follows from that (accessors, activation
+//! checks, reset). The event-loop chores (reading or kicking a queue event, the used-buffer
+//! interrupt, needs-reset, a rate limiter's timer) are helpers here too, so a new device
+//! writes only its own logic.
 
 use std::sync::Arc;
 
@@ -13,7 +14,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::interrupt::Interrupt;
 use super::queue::MAX_QUEUE_SIZE;
-use super::{ActivateContext, ActivateError, VIRTIO_RING_F_EVENT_IDX};
+use super::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_RING_F_EVENT_IDX};
+use crate::logger::RateLimitedLog;
 use crate::metrics::Counter;
 use crate::rate_limiter::RateLimiter;
 use crate::vstate::memory::GuestMemory;
@@ -60,43 +62,6 @@ impl<const N: usize> DeviceCore<N> {
         })
     }
 
-    /// The largest size of each queue.
-    pub fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    /// Takes the queues: refused (and `fails` counted) when active already or when the driver
-    /// set up another number of queues. Event suppression follows the accepted features.
-    pub fn activate(&mut self, ctx: ActivateContext, fails: &Counter) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            fails.inc();
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Ok(mut queues) = <[Queue; N]>::try_from(ctx.queues) else {
-            fails.inc();
-            return Err(ActivateError::QueueCount { expected: N, got });
-        };
-        let event_idx = ctx.features & self.avail_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        for queue in &mut queues {
-            queue.set_event_idx(event_idx);
-        }
-        self.active = Some(Active {
-            mem: ctx.mem,
-            features: ctx.features,
-            queues,
-        });
-        Ok(())
-    }
-
-    /// Stops serving and gives the queues back (empty when it was not active).
-    pub fn reset(&mut self) -> Vec<Queue> {
-        self.active
-            .take()
-            .map(|a| Vec::from(a.queues))
-            .unwrap_or_default()
-    }
-
     /// Consumes queue `index`'s notification; counts a failure in `fails`.
     pub fn read_queue_event(&self, index: usize, fails: &Counter) {
         if self
@@ -125,6 +90,158 @@ impl<const N: usize> DeviceCore<N> {
         if self.interrupt.signal_used_queue().is_err() {
             fails.inc();
         }
+    }
+
+    /// The guest broke a queue: the device stops serving until the driver resets it. Counts
+    /// it in `count` and logs it (as `who`, rate limited by `log`).
+    pub fn enter_needs_reset(
+        &self,
+        count: &Counter,
+        log: &RateLimitedLog,
+        who: &dyn std::fmt::Display,
+        why: &dyn std::fmt::Display,
+    ) {
+        count.inc();
+        if let Some(n) = log.hit() {
+            let queue = if N == 1 { "its queue" } else { "a queue" };
+            log::warn!("{who}: the guest broke {queue} ({why}); device needs a reset ({n} so far)");
+        }
+        self.interrupt.set_needs_reset();
+    }
+}
+
+/// The [`VirtioDevice`] plumbing of a [`DeviceCore`], whatever its number of queues.
+pub trait SharedCore: Send {
+    /// Features offered to the driver.
+    fn avail_features(&self) -> u64;
+    /// The largest size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// One eventfd per queue.
+    fn queue_events(&self) -> &[EventFd];
+    /// The interrupt line and status bits, shared with the transport.
+    fn interrupt(&self) -> &Arc<Interrupt>;
+    /// Takes the queues: refused when active already or when the driver set up another number
+    /// of queues. Event suppression follows the accepted features.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// Stops serving and gives the queues back (empty when it was not active).
+    fn reset(&mut self) -> Vec<Queue>;
+}
+
+impl<const N: usize> SharedCore for DeviceCore<N> {
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let got = ctx.queues.len();
+        let Ok(mut queues) = <[Queue; N]>::try_from(ctx.queues) else {
+            return Err(ActivateError::QueueCount { expected: N, got });
+        };
+        let event_idx = ctx.features & self.avail_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        for queue in &mut queues {
+            queue.set_event_idx(event_idx);
+        }
+        self.active = Some(Active {
+            mem: ctx.mem,
+            features: ctx.features,
+            queues,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Vec<Queue> {
+        self.active
+            .take()
+            .map(|a| Vec::from(a.queues))
+            .unwrap_or_default()
+    }
+}
+
+/// A device on a [`DeviceCore`]: what it writes itself. Every such device is a
+/// [`VirtioDevice`].
+pub trait CoreDevice: Send {
+    /// The virtio device id.
+    const DEVICE_TYPE: u32;
+    /// Its core (a [`DeviceCore`] with its number of queues).
+    type Core: SharedCore;
+    /// Short name for logs ([`VirtioDevice::name`]).
+    fn label(&self) -> String;
+    /// The shared state.
+    fn core(&self) -> &Self::Core;
+    /// The shared state, to activate and reset.
+    fn core_mut(&mut self) -> &mut Self::Core;
+    /// Counts refused activations.
+    fn activate_fails(&self) -> &Counter;
+    /// Reads the device-specific configuration space at `offset`.
+    fn config_read(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space.
+    fn config_write(&mut self, offset: u64, data: &[u8]);
+    /// Runs after a successful activation (the queues are in `core().active`).
+    fn activated(&mut self) {}
+    /// Runs before the queues are given back at reset.
+    fn resetting(&mut self) {}
+}
+
+impl<T: CoreDevice> VirtioDevice for T {
+    fn device_type(&self) -> u32 {
+        T::DEVICE_TYPE
+    }
+
+    fn name(&self) -> String {
+        self.label()
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.core().avail_features()
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.core().queue_max_sizes()
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        self.core().queue_events()
+    }
+
+    fn interrupt(&self) -> &Arc<Interrupt> {
+        self.core().interrupt()
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.config_read(offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.config_write(offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let result = self.core_mut().activate(ctx);
+        match result {
+            Ok(()) => self.activated(),
+            Err(_) => self.activate_fails().inc(),
+        }
+        result
+    }
+
+    fn reset(&mut self) -> Vec<Queue> {
+        self.resetting();
+        self.core_mut().reset()
     }
 }
 
@@ -163,21 +280,19 @@ mod tests {
     #[test]
     fn activation_refuses_a_second_activation_and_a_wrong_queue_count() {
         let mut core = DeviceCore::<2>::new(VIRTIO_F_VERSION_1).unwrap();
-        let fails = Counter::new();
         assert!(matches!(
-            core.activate(ctx(1, VIRTIO_F_VERSION_1), &fails),
+            core.activate(ctx(1, VIRTIO_F_VERSION_1)),
             Err(ActivateError::QueueCount {
                 expected: 2,
                 got: 1
             })
         ));
         assert!(core.active.is_none());
-        core.activate(ctx(2, VIRTIO_F_VERSION_1), &fails).unwrap();
+        core.activate(ctx(2, VIRTIO_F_VERSION_1)).unwrap();
         assert!(matches!(
-            core.activate(ctx(2, VIRTIO_F_VERSION_1), &fails),
+            core.activate(ctx(2, VIRTIO_F_VERSION_1)),
             Err(ActivateError::AlreadyActive)
         ));
-        assert_eq!(fails.count(), 2);
         assert_eq!(core.reset().len(), 2);
         assert!(core.reset().is_empty());
         assert_eq!(core.queue_max_sizes(), &[MAX_QUEUE_SIZE; 2]);
@@ -186,19 +301,15 @@ mod tests {
     #[test]
     fn event_suppression_follows_the_features_both_sides_agreed_on() {
         let both = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
-        let fails = Counter::new();
         let mut offered = DeviceCore::<1>::new(both).unwrap();
-        offered.activate(ctx(1, both), &fails).unwrap();
+        offered.activate(ctx(1, both)).unwrap();
         assert!(offered.active.as_ref().unwrap().queues[0].event_idx_enabled());
         let mut plain = DeviceCore::<1>::new(VIRTIO_F_VERSION_1).unwrap();
-        plain.activate(ctx(1, both), &fails).unwrap();
+        plain.activate(ctx(1, both)).unwrap();
         assert!(!plain.active.as_ref().unwrap().queues[0].event_idx_enabled());
         let mut declined = DeviceCore::<1>::new(both).unwrap();
-        declined
-            .activate(ctx(1, VIRTIO_F_VERSION_1), &fails)
-            .unwrap();
+        declined.activate(ctx(1, VIRTIO_F_VERSION_1)).unwrap();
         assert!(!declined.active.as_ref().unwrap().queues[0].event_idx_enabled());
-        assert_eq!(fails.count(), 0);
     }
 
     #[test]
@@ -215,5 +326,73 @@ mod tests {
         core.read_queue_event(2, &fails);
         core.kick(2, &fails);
         assert_eq!(fails.count(), 3);
+    }
+
+    /// The least a device writes: its core, its counter and its config space.
+    struct Probe {
+        core: DeviceCore<2>,
+        fails: Counter,
+        activated: u32,
+        resets: u32,
+    }
+
+    impl CoreDevice for Probe {
+        const DEVICE_TYPE: u32 = 99;
+        type Core = DeviceCore<2>;
+
+        fn label(&self) -> String {
+            "probe".into()
+        }
+
+        fn core(&self) -> &Self::Core {
+            &self.core
+        }
+
+        fn core_mut(&mut self) -> &mut Self::Core {
+            &mut self.core
+        }
+
+        fn activate_fails(&self) -> &Counter {
+            &self.fails
+        }
+
+        fn config_read(&self, offset: u64, data: &mut [u8]) {
+            crate::devices::virtio::read_config_bytes(&[7], offset, data);
+        }
+
+        fn config_write(&mut self, _offset: u64, _data: &[u8]) {}
+
+        fn activated(&mut self) {
+            self.activated += 1;
+        }
+
+        fn resetting(&mut self) {
+            self.resets += 1;
+        }
+    }
+
+    #[test]
+    fn a_device_on_the_core_is_a_virtio_device_that_counts_refused_activations() {
+        let mut probe = Probe {
+            core: DeviceCore::new(VIRTIO_F_VERSION_1).unwrap(),
+            fails: Counter::new(),
+            activated: 0,
+            resets: 0,
+        };
+        let device: &mut dyn VirtioDevice = &mut probe;
+        assert_eq!(device.device_type(), 99);
+        assert_eq!(device.name(), "probe");
+        assert_eq!(device.avail_features(), VIRTIO_F_VERSION_1);
+        assert_eq!(device.queue_max_sizes().len(), 2);
+        assert_eq!(device.queue_events().len(), 2);
+        let mut byte = [0u8; 2];
+        device.read_config(0, &mut byte);
+        assert_eq!(byte, [7, 0]);
+        assert!(device.activate(ctx(3, VIRTIO_F_VERSION_1)).is_err());
+        device.activate(ctx(2, VIRTIO_F_VERSION_1)).unwrap();
+        assert!(device.activate(ctx(2, VIRTIO_F_VERSION_1)).is_err());
+        assert_eq!(device.reset().len(), 2);
+        assert_eq!(probe.fails.count(), 2);
+        assert_eq!((probe.activated, probe.resets), (1, 1));
     }
 }

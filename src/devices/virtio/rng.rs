@@ -6,7 +6,6 @@
 //! keep the VMM thread busy; the used length tells the driver how much it got.
 
 use std::ops::Deref;
-use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::{Deserialize, Serialize};
@@ -14,18 +13,16 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::buffers::{self, Layout};
 use super::chain::{self, Segment};
-use super::device_core::{limiter_timer_event, DeviceCore};
-use super::interrupt::Interrupt;
+use super::device_core::{limiter_timer_event, CoreDevice, DeviceCore};
 use super::queue::{
     charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd, MAX_QUEUE_SIZE,
 };
-use super::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::VIRTIO_F_VERSION_1;
 use crate::logger::RateLimitedLog;
-use crate::metrics::METRICS;
+use crate::metrics::{Counter, METRICS};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError, TokenType};
 use crate::vstate::memory::GuestMemory;
 
@@ -123,11 +120,10 @@ impl Rng {
                 let _ = self.core.queue_events[0].write(1);
             }
             DrainEnd::Broken(e) => {
-                METRICS.entropy.needs_reset_count.inc();
-                if let Some(n) = NEEDS_RESET_LOG.hit() {
-                    log::warn!("Entropy device: the guest broke its queue ({e}); device needs a reset ({n} so far)");
-                }
-                self.core.interrupt.set_needs_reset();
+                let count = &METRICS.entropy.needs_reset_count;
+                let who = "Entropy device";
+                self.core
+                    .enter_needs_reset(count, &NEEDS_RESET_LOG, &who, &e);
             }
         }
     }
@@ -201,44 +197,31 @@ fn refuse(why: &str) -> ChainOutcome {
     ChainOutcome::Used(0)
 }
 
-impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_RNG
-    }
+impl CoreDevice for Rng {
+    const DEVICE_TYPE: u32 = VIRTIO_ID_RNG;
+    type Core = DeviceCore<1>;
 
-    fn name(&self) -> String {
+    fn label(&self) -> String {
         "entropy".to_string()
     }
 
-    fn avail_features(&self) -> u64 {
-        self.core.avail_features
+    fn core(&self) -> &Self::Core {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        self.core.queue_max_sizes()
+    fn core_mut(&mut self) -> &mut Self::Core {
+        &mut self.core
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.core.queue_events
+    fn activate_fails(&self) -> &Counter {
+        &METRICS.entropy.activate_fails
     }
 
-    fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.core.interrupt
-    }
-
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+    fn config_read(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        self.core.activate(ctx, &METRICS.entropy.activate_fails)
-    }
-
-    fn reset(&mut self) -> Vec<Queue> {
-        self.core.reset()
-    }
+    fn config_write(&mut self, _offset: u64, _data: &[u8]) {}
 }
 
 impl MutEventSubscriber for Rng {
@@ -280,6 +263,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
+    use crate::devices::virtio::{ActivateContext, VirtioDevice};
     use crate::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 
     fn memory() -> GuestMemory {

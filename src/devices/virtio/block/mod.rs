@@ -24,22 +24,16 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::Queue;
-use vmm_sys_util::eventfd::EventFd;
 
 use self::config::{BlockDeviceConfig, CacheType};
 use self::disk::{Disk, DiskError};
 use self::request::{ID_BYTES, SEG_MAX, SIZE_MAX};
 use super::chain::Segment;
-use super::device_core::DeviceCore;
-use super::interrupt::Interrupt;
+use super::device_core::{CoreDevice, DeviceCore};
 use super::queue::MAX_QUEUE_SIZE;
-use super::{
-    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
-};
+use super::{read_config_bytes, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::logger::RateLimitedLog;
-use crate::metrics::BlockDeviceMetrics;
+use crate::metrics::{BlockDeviceMetrics, Counter};
 use crate::rate_limiter::{BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError};
 
 /// Errors of drive creation and update.
@@ -177,14 +171,9 @@ impl Block {
 
     /// The device stops serving its queue until the driver resets it.
     fn enter_needs_reset(&mut self, why: &dyn std::fmt::Display) {
-        self.metrics.needs_reset_count.inc();
-        if let Some(n) = self.logs.needs_reset.hit() {
-            log::warn!(
-                "Drive {}: the guest broke its queue ({why}); device needs a reset ({n} so far)",
-                self.id
-            );
-        }
-        self.core.interrupt.set_needs_reset();
+        let (count, log) = (&self.metrics.needs_reset_count, &self.logs.needs_reset);
+        let who = format_args!("Drive {}", self.id);
+        self.core.enter_needs_reset(count, log, &who, why);
     }
 }
 
@@ -197,32 +186,27 @@ impl Deref for Block {
     }
 }
 
-impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
-    }
+impl CoreDevice for Block {
+    const DEVICE_TYPE: u32 = VIRTIO_ID_BLOCK;
+    type Core = DeviceCore<1>;
 
-    fn name(&self) -> String {
+    fn label(&self) -> String {
         format!("block {}", self.id)
     }
 
-    fn avail_features(&self) -> u64 {
-        self.core.avail_features
+    fn core(&self) -> &Self::Core {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        self.core.queue_max_sizes()
+    fn core_mut(&mut self) -> &mut Self::Core {
+        &mut self.core
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.core.queue_events
+    fn activate_fails(&self) -> &Counter {
+        &self.metrics.activate_fails
     }
 
-    fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.core.interrupt
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
+    fn config_read(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_blk_config: capacity (le64), size_max (le32), seg_max (le32).
         let mut config = [0u8; 16];
         config[..8].copy_from_slice(&self.disk.sectors().to_le_bytes());
@@ -231,15 +215,7 @@ impl VirtioDevice for Block {
         read_config_bytes(&config, offset, data);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+    fn config_write(&mut self, _offset: u64, _data: &[u8]) {
         self.metrics.cfg_fails.inc();
-    }
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        self.core.activate(ctx, &self.metrics.activate_fails)
-    }
-
-    fn reset(&mut self) -> Vec<Queue> {
-        self.core.reset()
     }
 }

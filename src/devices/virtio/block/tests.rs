@@ -16,6 +16,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::*;
+use crate::devices::virtio::{ActivateContext, VirtioDevice};
 use crate::rate_limiter::TokenBucketConfig;
 use crate::vstate::memory::GuestMemory;
 

@@ -32,22 +32,16 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
 };
-use virtio_queue::Queue;
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use self::config::{NetConfigError, NetworkInterfaceConfig, NetworkInterfaceUpdate};
 use self::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::chain::Segment;
-use super::device_core::DeviceCore;
-use super::interrupt::Interrupt;
+use super::device_core::{CoreDevice, DeviceCore};
 use super::queue::MAX_QUEUE_SIZE;
-use super::{
-    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
-};
+use super::{read_config_bytes, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::logger::RateLimitedLog;
-use crate::metrics::NetDeviceMetrics;
+use crate::metrics::{Counter, NetDeviceMetrics};
 use crate::rate_limiter::{BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError};
 
 /// The largest frame either way, virtio-net header included (Firecracker's 65,562: a 64 KiB
@@ -279,14 +273,9 @@ fn count_drop(m: &NetDeviceMetrics, reason: DropReason, egress: bool) {
 impl Net {
     /// The device stops serving its queues until the driver resets it.
     fn enter_needs_reset(&mut self, why: &dyn std::fmt::Display) {
-        self.metrics.needs_reset_count.inc();
-        if let Some(n) = self.logs.needs_reset.hit() {
-            log::warn!(
-                "Interface {}: the guest broke a queue ({why}); device needs a reset ({n} so far)",
-                self.id
-            );
-        }
-        self.core.interrupt.set_needs_reset();
+        let (count, log) = (&self.metrics.needs_reset_count, &self.logs.needs_reset);
+        let who = format_args!("Interface {}", self.id);
+        self.core.enter_needs_reset(count, log, &who, why);
     }
 }
 
@@ -299,43 +288,37 @@ impl Deref for Net {
     }
 }
 
-impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_NET
-    }
+impl CoreDevice for Net {
+    const DEVICE_TYPE: u32 = VIRTIO_ID_NET;
+    type Core = DeviceCore<2>;
 
-    fn name(&self) -> String {
+    fn label(&self) -> String {
         format!("net {} ({})", self.id, self.tap.name())
     }
 
-    fn avail_features(&self) -> u64 {
-        self.core.avail_features
+    fn core(&self) -> &Self::Core {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        self.core.queue_max_sizes()
+    fn core_mut(&mut self) -> &mut Self::Core {
+        &mut self.core
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.core.queue_events
+    fn activate_fails(&self) -> &Counter {
+        &self.metrics.activate_fails
     }
 
-    fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.core.interrupt
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
+    fn config_read(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.mac.unwrap_or_default(), offset, data);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+    fn config_write(&mut self, _offset: u64, _data: &[u8]) {
         // The MAC is read-only in virtio 1.x (the legacy writable MAC is not offered).
         self.metrics.cfg_fails.inc();
     }
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let features = ctx.features;
-        self.core.activate(ctx, &self.metrics.activate_fails)?;
+    fn activated(&mut self) {
+        let features = self.core.active.as_ref().map_or(0, |a| a.features);
         if let Err(e) = self.tap.set_offload(tap_offloads(features)) {
             // Without the offloads the tap sends plain frames, which every driver accepts.
             log::warn!("Interface {}: {e}", self.id);
@@ -344,11 +327,9 @@ impl VirtioDevice for Net {
         // have queued frames before DRIVER_OK.
         let _ = self.core.queue_events[RX].write(1);
         let _ = self.core.queue_events[TX].write(1);
-        Ok(())
     }
 
-    fn reset(&mut self) -> Vec<Queue> {
+    fn resetting(&mut self) {
         self.rx_len = 0;
-        self.core.reset()
     }
 }

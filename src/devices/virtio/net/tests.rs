@@ -14,6 +14,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use super::config::NetworkInterfaceConfig;
 use super::tap::{socket_pair, VNET_HDR_LEN};
 use super::*;
+use crate::devices::virtio::{ActivateContext, VirtioDevice};
 use crate::metrics::NetDeviceMetrics;
 use crate::rate_limiter::TokenBucketConfig;
 use crate::vstate::memory::GuestMemory;

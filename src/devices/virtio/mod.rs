@@ -5,7 +5,10 @@
 //! takes them back ([`VirtioDevice::reset`]). A device owns its notification endpoints: one
 //! eventfd per queue (registered with KVM as an ioeventfd on the QueueNotify register) and one
 //! [`interrupt::Interrupt`] (an irqfd). Devices run on the VMM thread's event loop, each as an
-//! event-manager subscriber; the transport runs on the vCPU threads.
+//! event-manager subscriber; the transport runs on the vCPU threads. What every device shares
+//! (offered features, queue events, interrupt, activation checks, reset, needs-reset, rate
+//! limiter timers) is [`device_core`]: a device embeds a [`device_core::DeviceCore`] and
+//! implements [`device_core::CoreDevice`], and is a [`VirtioDevice`] by that.
 //!
 //! Everything a guest writes into a queue is untrusted: [`chain`] walks descriptor chains with
 //! every index checked, [`buffers`] checks every length and address against guest memory, and
@@ -14,6 +17,7 @@
 pub mod block;
 pub mod buffers;
 pub mod chain;
+pub mod device_core;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;

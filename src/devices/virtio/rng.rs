@@ -5,7 +5,7 @@
 //! [`MAX_BYTES_PER_REQUEST`] bytes go into one chain whatever its size, so a huge buffer cannot
 //! keep the VMM thread busy; the used length tells the driver how much it got.
 
-use std::sync::Arc;
+use std::ops::Deref;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::{Deserialize, Serialize};
@@ -13,17 +13,16 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::buffers::{self, Layout};
 use super::chain::{self, Segment};
-use super::interrupt::Interrupt;
+use super::device_core::{limiter_timer_event, CoreDevice, DeviceCore};
 use super::queue::{
     charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd, MAX_QUEUE_SIZE,
 };
-use super::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::VIRTIO_F_VERSION_1;
 use crate::logger::RateLimitedLog;
-use crate::metrics::METRICS;
+use crate::metrics::{Counter, METRICS};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError, TokenType};
 use crate::vstate::memory::GuestMemory;
 
@@ -40,7 +39,6 @@ pub struct EntropyConfig {
 pub const MAX_BYTES_PER_REQUEST: u32 = 64 * 1024;
 /// Bytes asked of getrandom at once.
 const CHUNK: usize = 4096;
-const QUEUE_SIZES: [u16; 1] = [MAX_QUEUE_SIZE];
 const EVENT_QUEUE: u32 = 0;
 const EVENT_LIMITER: u32 = 1;
 
@@ -58,17 +56,10 @@ pub enum RngError {
     RateLimiter(#[from] RateLimiterError),
 }
 
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
-}
-
 /// The entropy device.
 pub struct Rng {
-    queue_events: [EventFd; 1],
-    interrupt: Arc<Interrupt>,
+    core: DeviceCore<1>,
     limiter: RateLimiter,
-    active: Option<Active>,
     segments: Vec<Segment>,
 }
 
@@ -96,50 +87,54 @@ impl Rng {
     /// An entropy device from its configuration.
     pub fn new(config: &EntropyConfig) -> Result<Self, RngError> {
         Ok(Self {
-            queue_events: [EventFd::new(EFD_NONBLOCK).map_err(RngError::Event)?],
-            interrupt: Arc::new(Interrupt::new().map_err(RngError::Event)?),
+            core: DeviceCore::new(VIRTIO_F_VERSION_1).map_err(RngError::Event)?,
             limiter: RateLimiter::new(&config.rate_limiter.unwrap_or_default())?,
-            active: None,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
         })
     }
 
     /// Serves the queue: at most one queue's worth of chains, then yields to the event loop.
     pub fn process_queue(&mut self) {
-        if self.interrupt.needs_reset() {
+        if self.core.interrupt.needs_reset() {
             return;
         }
         if self.limiter.is_blocked() {
             METRICS.entropy.entropy_rate_limiter_throttled.inc();
             return;
         }
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.core.active.as_mut() else {
             return;
         };
         let (limiter, segments, mem) = (&mut self.limiter, &mut self.segments, &active.mem);
-        let (end, used_any) = drain(&mut active.queue, mem, |queue, head| {
+        let [queue] = &mut active.queues;
+        let (end, used_any) = drain(queue, mem, |queue, head| {
             let outcome = fill_chain(mem, queue, head, segments, limiter);
             charge_descriptors(outcome, segments.len())
         });
-        if used_any
-            && needs_interrupt(&mut active.queue, &active.mem)
-            && self.interrupt.signal_used_queue().is_err()
-        {
-            METRICS.entropy.entropy_event_fails.inc();
+        if used_any && needs_interrupt(queue, mem) {
+            self.core.signal_used(&METRICS.entropy.entropy_event_fails);
         }
         match end {
             DrainEnd::Empty | DrainEnd::Throttled => {}
             DrainEnd::Budget => {
-                let _ = self.queue_events[0].write(1);
+                let _ = self.core.queue_events[0].write(1);
             }
             DrainEnd::Broken(e) => {
-                METRICS.entropy.needs_reset_count.inc();
-                if let Some(n) = NEEDS_RESET_LOG.hit() {
-                    log::warn!("Entropy device: the guest broke its queue ({e}); device needs a reset ({n} so far)");
-                }
-                self.interrupt.set_needs_reset();
+                let count = &METRICS.entropy.needs_reset_count;
+                let who = "Entropy device";
+                self.core
+                    .enter_needs_reset(count, &NEEDS_RESET_LOG, &who, &e);
             }
         }
+    }
+}
+
+/// The shared device state reads through the device (`rng.interrupt`, `rng.active`).
+impl Deref for Rng {
+    type Target = DeviceCore<1>;
+
+    fn deref(&self) -> &DeviceCore<1> {
+        &self.core
     }
 }
 
@@ -202,60 +197,31 @@ fn refuse(why: &str) -> ChainOutcome {
     ChainOutcome::Used(0)
 }
 
-impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_RNG
-    }
+impl CoreDevice for Rng {
+    const DEVICE_TYPE: u32 = VIRTIO_ID_RNG;
+    type Core = DeviceCore<1>;
 
-    fn name(&self) -> String {
+    fn label(&self) -> String {
         "entropy".to_string()
     }
 
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+    fn core(&self) -> &Self::Core {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+    fn core_mut(&mut self) -> &mut Self::Core {
+        &mut self.core
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+    fn activate_fails(&self) -> &Counter {
+        &METRICS.entropy.activate_fails
     }
 
-    fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.interrupt
-    }
-
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+    fn config_read(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            METRICS.entropy.activate_fails.inc();
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Ok([queue]) = <[Queue; 1]>::try_from(ctx.queues) else {
-            METRICS.entropy.activate_fails.inc();
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-        });
-        Ok(())
-    }
-
-    fn reset(&mut self) -> Vec<Queue> {
-        self.active
-            .take()
-            .map(|a| vec![a.queue])
-            .unwrap_or_default()
-    }
+    fn config_write(&mut self, _offset: u64, _data: &[u8]) {}
 }
 
 impl MutEventSubscriber for Rng {
@@ -263,16 +229,14 @@ impl MutEventSubscriber for Rng {
         match events.data() {
             EVENT_QUEUE => {
                 METRICS.entropy.entropy_event_count.inc();
-                if self.queue_events[0].read().is_err() {
-                    METRICS.entropy.entropy_event_fails.inc();
-                }
+                self.core
+                    .read_queue_event(0, &METRICS.entropy.entropy_event_fails);
                 self.process_queue();
             }
             EVENT_LIMITER => {
-                METRICS.entropy.rate_limiter_event_count.inc();
-                if self.limiter.on_timer().is_err() {
-                    METRICS.entropy.entropy_event_fails.inc();
-                }
+                let m = &METRICS.entropy;
+                let (events, fails) = (&m.rate_limiter_event_count, &m.entropy_event_fails);
+                limiter_timer_event(&mut self.limiter, events, fails, &"Entropy device");
                 self.process_queue();
             }
             other => log::warn!("Entropy device: unexpected event {other}"),
@@ -280,7 +244,7 @@ impl MutEventSubscriber for Rng {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        let queue = Events::with_data(&self.queue_events[0], EVENT_QUEUE, EventSet::IN);
+        let queue = Events::with_data(&self.core.queue_events[0], EVENT_QUEUE, EventSet::IN);
         let limiter = Events::with_data(&self.limiter, EVENT_LIMITER, EventSet::IN);
         for events in [queue, limiter] {
             if let Err(e) = ops.add(events) {
@@ -299,6 +263,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
+    use crate::devices::virtio::{ActivateContext, VirtioDevice};
     use crate::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 
     fn memory() -> GuestMemory {

@@ -14,6 +14,7 @@ use super::request::{Request, RequestType, ID_BYTES};
 use super::{Block, GuestLogs};
 use crate::devices::virtio::buffers;
 use crate::devices::virtio::chain::{self, Segment};
+use crate::devices::virtio::device_core::limiter_timer_event;
 use crate::devices::virtio::queue::{
     charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd, QueueError,
 };
@@ -131,14 +132,14 @@ impl Worker<'_> {
 impl Block {
     /// Serves the queue: at most one queue's worth of chains, then yields to the event loop.
     pub fn process_queue(&mut self) {
-        if self.interrupt.needs_reset() {
+        if self.core.interrupt.needs_reset() {
             return;
         }
         if self.limiter.is_blocked() {
             self.metrics.rate_limiter_throttled_events.inc();
             return;
         }
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.core.active.as_mut() else {
             return;
         };
         let mut worker = Worker {
@@ -153,15 +154,13 @@ impl Block {
             metrics: &self.metrics,
             logs: &self.logs,
         };
-        let (end, used_any) = drain(&mut active.queue, &active.mem, |q, head| {
+        let [queue] = &mut active.queues;
+        let (end, used_any) = drain(queue, &active.mem, |q, head| {
             let outcome = worker.handle(q, head);
             charge_descriptors(outcome, worker.segments.len())
         });
-        if used_any
-            && needs_interrupt(&mut active.queue, &active.mem)
-            && self.interrupt.signal_used_queue().is_err()
-        {
-            self.metrics.event_fails.inc();
+        if used_any && needs_interrupt(queue, &active.mem) {
+            self.core.signal_used(&self.metrics.event_fails);
         }
         match end {
             DrainEnd::Empty | DrainEnd::Throttled => {
@@ -170,11 +169,7 @@ impl Block {
                 }
             }
             // Come back after the other events: the driver keeps the ring full.
-            DrainEnd::Budget => {
-                if self.queue_events[0].write(1).is_err() {
-                    self.metrics.event_fails.inc();
-                }
-            }
+            DrainEnd::Budget => self.core.kick(0, &self.metrics.event_fails),
             DrainEnd::Broken(e) => self.enter_needs_reset(&e),
         }
     }
@@ -185,17 +180,14 @@ impl MutEventSubscriber for Block {
         match events.data() {
             EVENT_QUEUE => {
                 self.metrics.queue_event_count.inc();
-                if self.queue_events[0].read().is_err() {
-                    self.metrics.event_fails.inc();
-                }
+                self.core.read_queue_event(0, &self.metrics.event_fails);
                 self.process_queue();
             }
             EVENT_LIMITER => {
-                self.metrics.rate_limiter_event_count.inc();
-                if let Err(e) = self.limiter.on_timer() {
-                    self.metrics.event_fails.inc();
-                    log::error!("Drive {}: {e}", self.id);
-                }
+                let m = &self.metrics;
+                let (events, fails) = (&m.rate_limiter_event_count, &m.event_fails);
+                let who = format_args!("Drive {}", self.id);
+                limiter_timer_event(&mut self.limiter, events, fails, &who);
                 self.process_queue();
             }
             other => log::warn!("Drive {}: unexpected event {other}", self.id),
@@ -203,7 +195,7 @@ impl MutEventSubscriber for Block {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        let queue = Events::with_data(&self.queue_events[0], EVENT_QUEUE, EventSet::IN);
+        let queue = Events::with_data(&self.core.queue_events[0], EVENT_QUEUE, EventSet::IN);
         let limiter = Events::with_data(&self.limiter, EVENT_LIMITER, EventSet::IN);
         for events in [queue, limiter] {
             if let Err(e) = ops.add(events) {

@@ -17,32 +17,24 @@ pub mod request;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::config::{BlockDeviceConfig, CacheType};
 use self::disk::{Disk, DiskError};
 use self::request::{ID_BYTES, SEG_MAX, SIZE_MAX};
 use super::chain::Segment;
-use super::interrupt::Interrupt;
+use super::device_core::{CoreDevice, DeviceCore};
 use super::queue::MAX_QUEUE_SIZE;
-use super::{
-    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
-};
+use super::{read_config_bytes, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::logger::RateLimitedLog;
-use crate::metrics::BlockDeviceMetrics;
+use crate::metrics::{BlockDeviceMetrics, Counter};
 use crate::rate_limiter::{BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError};
-use crate::vstate::memory::GuestMemory;
-
-/// The one queue's size.
-const QUEUE_SIZES: [u16; 1] = [MAX_QUEUE_SIZE];
 
 /// Errors of drive creation and update.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +48,6 @@ pub enum BlockError {
     /// The rate limiter's timer cannot be created.
     #[error(transparent)]
     RateLimiter(#[from] RateLimiterError),
-}
-
-/// What the device holds between activation and reset.
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
 }
 
 /// Logs a guest can trigger, each rate limited.
@@ -81,11 +67,8 @@ pub struct Block {
     is_root: bool,
     partuuid: Option<String>,
     cache: CacheType,
-    avail_features: u64,
-    queue_events: [EventFd; 1],
-    interrupt: Arc<Interrupt>,
+    core: DeviceCore<1>,
     limiter: RateLimiter,
-    active: Option<Active>,
     /// Reused for every chain: never more than the queue size.
     segments: Vec<Segment>,
     metrics: Arc<BlockDeviceMetrics>,
@@ -99,9 +82,6 @@ impl Block {
         metrics: Arc<BlockDeviceMetrics>,
     ) -> Result<Self, BlockError> {
         let disk = Disk::open(&config.path_on_host, config.is_read_only)?;
-        let event = || {
-            EventFd::new(EFD_NONBLOCK).map_err(|e| BlockError::Event(config.drive_id.clone(), e))
-        };
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
             | 1 << VIRTIO_BLK_F_SEG_MAX
@@ -124,13 +104,9 @@ impl Block {
             is_root: config.is_root_device,
             partuuid: config.partuuid.clone(),
             cache: config.cache_type,
-            avail_features: features,
-            queue_events: [event()?],
-            interrupt: Arc::new(
-                Interrupt::new().map_err(|e| BlockError::Event(config.drive_id.clone(), e))?,
-            ),
+            core: DeviceCore::new(features)
+                .map_err(|e| BlockError::Event(config.drive_id.clone(), e))?,
             limiter,
-            active: None,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
             metrics,
             logs: GuestLogs::default(),
@@ -176,7 +152,7 @@ impl Block {
         );
         self.disk = disk;
         self.metrics.update_count.inc();
-        if self.active.is_some() && self.interrupt.signal_config_change().is_err() {
+        if self.core.active.is_some() && self.core.interrupt.signal_config_change().is_err() {
             self.metrics.event_fails.inc();
         }
         Ok(())
@@ -190,48 +166,47 @@ impl Block {
         );
         self.metrics.update_count.inc();
         // Requests that waited for the old limits get a chance under the new ones.
-        let _ = self.queue_events[0].write(1);
+        let _ = self.core.queue_events[0].write(1);
     }
 
     /// The device stops serving its queue until the driver resets it.
     fn enter_needs_reset(&mut self, why: &dyn std::fmt::Display) {
-        self.metrics.needs_reset_count.inc();
-        if let Some(n) = self.logs.needs_reset.hit() {
-            log::warn!(
-                "Drive {}: the guest broke its queue ({why}); device needs a reset ({n} so far)",
-                self.id
-            );
-        }
-        self.interrupt.set_needs_reset();
+        let (count, log) = (&self.metrics.needs_reset_count, &self.logs.needs_reset);
+        let who = format_args!("Drive {}", self.id);
+        self.core.enter_needs_reset(count, log, &who, why);
     }
 }
 
-impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
-    }
+/// The shared device state reads through the drive (`block.interrupt`, `block.active`).
+impl Deref for Block {
+    type Target = DeviceCore<1>;
 
-    fn name(&self) -> String {
+    fn deref(&self) -> &DeviceCore<1> {
+        &self.core
+    }
+}
+
+impl CoreDevice for Block {
+    const DEVICE_TYPE: u32 = VIRTIO_ID_BLOCK;
+    type Core = DeviceCore<1>;
+
+    fn label(&self) -> String {
         format!("block {}", self.id)
     }
 
-    fn avail_features(&self) -> u64 {
-        self.avail_features
+    fn core(&self) -> &Self::Core {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+    fn core_mut(&mut self) -> &mut Self::Core {
+        &mut self.core
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+    fn activate_fails(&self) -> &Counter {
+        &self.metrics.activate_fails
     }
 
-    fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.interrupt
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
+    fn config_read(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_blk_config: capacity (le64), size_max (le32), seg_max (le32).
         let mut config = [0u8; 16];
         config[..8].copy_from_slice(&self.disk.sectors().to_le_bytes());
@@ -240,32 +215,7 @@ impl VirtioDevice for Block {
         read_config_bytes(&config, offset, data);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+    fn config_write(&mut self, _offset: u64, _data: &[u8]) {
         self.metrics.cfg_fails.inc();
-    }
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            self.metrics.activate_fails.inc();
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Ok([mut queue]) = <[Queue; 1]>::try_from(ctx.queues) else {
-            self.metrics.activate_fails.inc();
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        queue.set_event_idx(ctx.features & VIRTIO_RING_F_EVENT_IDX != 0);
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-        });
-        Ok(())
-    }
-
-    fn reset(&mut self) -> Vec<Queue> {
-        self.active
-            .take()
-            .map(|a| vec![a.queue])
-            .unwrap_or_default()
     }
 }

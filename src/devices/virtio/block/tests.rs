@@ -16,7 +16,9 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::*;
+use crate::devices::virtio::{ActivateContext, VirtioDevice};
 use crate::rate_limiter::TokenBucketConfig;
+use crate::vstate::memory::GuestMemory;
 
 const SECTORS: u64 = 8;
 const HEADER: u64 = 0x10_0000;

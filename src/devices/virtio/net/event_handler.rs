@@ -9,6 +9,7 @@ use palisade_firewall::MAINTENANCE_PERIOD;
 use vmm_sys_util::epoll::EventSet;
 
 use super::{Net, RX, TX};
+use crate::devices::virtio::device_core::limiter_timer_event;
 
 const EVENT_RX_QUEUE: u32 = 0;
 const EVENT_TX_QUEUE: u32 = 1;
@@ -31,12 +32,6 @@ impl Net {
             }
         }
     }
-
-    fn read_queue_event(&self, index: usize) {
-        if self.queue_events[index].read().is_err() {
-            self.metrics.event_fails.inc();
-        }
-    }
 }
 
 impl MutEventSubscriber for Net {
@@ -44,12 +39,12 @@ impl MutEventSubscriber for Net {
         match events.data() {
             EVENT_RX_QUEUE => {
                 self.metrics.rx_queue_event_count.inc();
-                self.read_queue_event(RX);
+                self.core.read_queue_event(RX, &self.metrics.event_fails);
                 self.process_rx();
             }
             EVENT_TX_QUEUE => {
                 self.metrics.tx_queue_event_count.inc();
-                self.read_queue_event(TX);
+                self.core.read_queue_event(TX, &self.metrics.event_fails);
                 self.process_tx();
                 // Replies to what was just sent are often already in the tap.
                 self.process_rx();
@@ -59,19 +54,17 @@ impl MutEventSubscriber for Net {
                 self.process_rx();
             }
             EVENT_RX_LIMITER => {
-                self.metrics.rx_event_rate_limiter_count.inc();
-                if let Err(e) = self.rx_limiter.on_timer() {
-                    self.metrics.event_fails.inc();
-                    log::error!("Interface {}: {e}", self.id);
-                }
+                let m = &self.metrics;
+                let (events, fails) = (&m.rx_event_rate_limiter_count, &m.event_fails);
+                let who = format_args!("Interface {}", self.id);
+                limiter_timer_event(&mut self.rx_limiter, events, fails, &who);
                 self.process_rx();
             }
             EVENT_TX_LIMITER => {
-                self.metrics.tx_rate_limiter_event_count.inc();
-                if let Err(e) = self.tx_limiter.on_timer() {
-                    self.metrics.event_fails.inc();
-                    log::error!("Interface {}: {e}", self.id);
-                }
+                let m = &self.metrics;
+                let (events, fails) = (&m.tx_rate_limiter_event_count, &m.event_fails);
+                let who = format_args!("Interface {}", self.id);
+                limiter_timer_event(&mut self.tx_limiter, events, fails, &who);
                 self.process_tx();
             }
             EVENT_MAINTENANCE => self.run_maintenance(),
@@ -89,8 +82,8 @@ impl MutEventSubscriber for Net {
             }
         }
         let list = [
-            Events::with_data(&self.queue_events[RX], EVENT_RX_QUEUE, EventSet::IN),
-            Events::with_data(&self.queue_events[TX], EVENT_TX_QUEUE, EventSet::IN),
+            Events::with_data(&self.core.queue_events[RX], EVENT_RX_QUEUE, EventSet::IN),
+            Events::with_data(&self.core.queue_events[TX], EVENT_TX_QUEUE, EventSet::IN),
             Events::with_data(
                 &self.tap,
                 EVENT_TAP,

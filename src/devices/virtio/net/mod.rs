@@ -22,6 +22,7 @@ pub mod vnet_hdr;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,28 +32,21 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
 };
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use self::config::{NetConfigError, NetworkInterfaceConfig, NetworkInterfaceUpdate};
 use self::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::chain::Segment;
-use super::interrupt::Interrupt;
+use super::device_core::{CoreDevice, DeviceCore};
 use super::queue::MAX_QUEUE_SIZE;
-use super::{
-    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
-};
+use super::{read_config_bytes, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::logger::RateLimitedLog;
-use crate::metrics::NetDeviceMetrics;
+use crate::metrics::{Counter, NetDeviceMetrics};
 use crate::rate_limiter::{BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError};
-use crate::vstate::memory::GuestMemory;
 
 /// The largest frame either way, virtio-net header included (Firecracker's 65,562: a 64 KiB
 /// GSO frame, its Ethernet header and a VLAN tag).
 pub const MAX_FRAME: usize = 65_562;
-const QUEUE_SIZES: [u16; 2] = [MAX_QUEUE_SIZE, MAX_QUEUE_SIZE];
 const RX: usize = 0;
 const TX: usize = 1;
 
@@ -82,15 +76,6 @@ pub enum NetError {
     NoFirewall(String),
 }
 
-/// What the device holds between activation and reset.
-struct Active {
-    mem: GuestMemory,
-    /// The features the driver accepted.
-    features: u64,
-    rx: Queue,
-    tx: Queue,
-}
-
 /// Logs a guest can trigger, each rate limited.
 #[derive(Default)]
 struct GuestLogs {
@@ -104,14 +89,11 @@ pub struct Net {
     id: String,
     tap: Tap,
     mac: Option<MacAddr>,
-    avail_features: u64,
-    queue_events: [EventFd; 2],
-    interrupt: Arc<Interrupt>,
+    core: DeviceCore<2>,
     rx_limiter: RateLimiter,
     tx_limiter: RateLimiter,
     firewall: Option<Firewall>,
     maintenance: TimerFd,
-    active: Option<Active>,
     /// Reused for every chain: never more than the queue size.
     segments: Vec<Segment>,
     /// The frame read from the tap and not yet delivered (`rx_len` bytes, 0: none).
@@ -191,17 +173,11 @@ impl Net {
         Ok(Self {
             tap,
             mac,
-            avail_features: offered_features(mac.is_some()),
-            queue_events: [
-                EventFd::new(EFD_NONBLOCK).map_err(event_err)?,
-                EventFd::new(EFD_NONBLOCK).map_err(event_err)?,
-            ],
-            interrupt: Arc::new(Interrupt::new().map_err(event_err)?),
+            core: DeviceCore::new(offered_features(mac.is_some())).map_err(event_err)?,
             rx_limiter: RateLimiter::new(&config.rx_rate_limiter.unwrap_or_default())?,
             tx_limiter: RateLimiter::new(&config.tx_rate_limiter.unwrap_or_default())?,
             firewall,
             maintenance: TimerFd::new().map_err(|e| event_err(e.into()))?,
-            active: None,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
             rx_frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
             rx_len: 0,
@@ -260,8 +236,8 @@ impl Net {
         }
         self.metrics.update_count.inc();
         // Frames that waited for the old limits get a chance under the new ones.
-        let _ = self.queue_events[TX].write(1);
-        let _ = self.queue_events[RX].write(1);
+        let _ = self.core.queue_events[TX].write(1);
+        let _ = self.core.queue_events[RX].write(1);
         Ok(())
     }
 }
@@ -297,93 +273,63 @@ fn count_drop(m: &NetDeviceMetrics, reason: DropReason, egress: bool) {
 impl Net {
     /// The device stops serving its queues until the driver resets it.
     fn enter_needs_reset(&mut self, why: &dyn std::fmt::Display) {
-        self.metrics.needs_reset_count.inc();
-        if let Some(n) = self.logs.needs_reset.hit() {
-            log::warn!(
-                "Interface {}: the guest broke a queue ({why}); device needs a reset ({n} so far)",
-                self.id
-            );
-        }
-        self.interrupt.set_needs_reset();
-    }
-
-    /// Raises the interrupt; counts a failure.
-    fn signal_used(&self) {
-        if self.interrupt.signal_used_queue().is_err() {
-            self.metrics.event_fails.inc();
-        }
+        let (count, log) = (&self.metrics.needs_reset_count, &self.logs.needs_reset);
+        let who = format_args!("Interface {}", self.id);
+        self.core.enter_needs_reset(count, log, &who, why);
     }
 }
 
-impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_NET
-    }
+/// The shared device state reads through the interface (`net.interrupt`, `net.active`).
+impl Deref for Net {
+    type Target = DeviceCore<2>;
 
-    fn name(&self) -> String {
+    fn deref(&self) -> &DeviceCore<2> {
+        &self.core
+    }
+}
+
+impl CoreDevice for Net {
+    const DEVICE_TYPE: u32 = VIRTIO_ID_NET;
+    type Core = DeviceCore<2>;
+
+    fn label(&self) -> String {
         format!("net {} ({})", self.id, self.tap.name())
     }
 
-    fn avail_features(&self) -> u64 {
-        self.avail_features
+    fn core(&self) -> &Self::Core {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+    fn core_mut(&mut self) -> &mut Self::Core {
+        &mut self.core
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+    fn activate_fails(&self) -> &Counter {
+        &self.metrics.activate_fails
     }
 
-    fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.interrupt
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
+    fn config_read(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.mac.unwrap_or_default(), offset, data);
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+    fn config_write(&mut self, _offset: u64, _data: &[u8]) {
         // The MAC is read-only in virtio 1.x (the legacy writable MAC is not offered).
         self.metrics.cfg_fails.inc();
     }
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            self.metrics.activate_fails.inc();
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Ok([mut rx, mut tx]) = <[Queue; 2]>::try_from(ctx.queues) else {
-            self.metrics.activate_fails.inc();
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        };
-        let event_idx = ctx.features & VIRTIO_RING_F_EVENT_IDX != 0;
-        rx.set_event_idx(event_idx);
-        tx.set_event_idx(event_idx);
-        if let Err(e) = self.tap.set_offload(tap_offloads(ctx.features)) {
+    fn activated(&mut self) {
+        let features = self.core.active.as_ref().map_or(0, |a| a.features);
+        if let Err(e) = self.tap.set_offload(tap_offloads(features)) {
             // Without the offloads the tap sends plain frames, which every driver accepts.
             log::warn!("Interface {}: {e}", self.id);
         }
-        self.active = Some(Active {
-            mem: ctx.mem,
-            features: ctx.features,
-            rx,
-            tx,
-        });
         // Frames may already wait in the tap (edge-triggered: look now), and the driver may
         // have queued frames before DRIVER_OK.
-        let _ = self.queue_events[RX].write(1);
-        let _ = self.queue_events[TX].write(1);
-        Ok(())
+        let _ = self.core.queue_events[RX].write(1);
+        let _ = self.core.queue_events[TX].write(1);
     }
 
-    fn reset(&mut self) -> Vec<Queue> {
+    fn resetting(&mut self) {
         self.rx_len = 0;
-        self.active
-            .take()
-            .map(|a| vec![a.rx, a.tx])
-            .unwrap_or_default()
     }
 }

@@ -165,10 +165,10 @@ impl RxWorker<'_> {
 impl Net {
     /// Moves frames from the tap to the guest: at most one queue's worth, then yields.
     pub fn process_rx(&mut self) {
-        if self.interrupt.needs_reset() || self.rx_limiter.is_blocked() {
+        if self.core.interrupt.needs_reset() || self.rx_limiter.is_blocked() {
             return;
         }
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.core.active.as_mut() else {
             return;
         };
         let mut worker = RxWorker {
@@ -185,13 +185,14 @@ impl Net {
             wait: None,
             now: Instant::now(),
         };
-        let (end, used_any) = drain(&mut active.rx, &active.mem, |q, head| {
+        let rx = &mut active.queues[RX];
+        let (end, used_any) = drain(rx, &active.mem, |q, head| {
             let outcome = worker.handle(q, head);
             charge_descriptors(outcome, worker.segments.len())
         });
         let wait = worker.wait;
-        if used_any && needs_interrupt(&mut active.rx, &active.mem) {
-            self.signal_used();
+        if used_any && needs_interrupt(rx, &active.mem) {
+            self.core.signal_used(&self.metrics.event_fails);
         }
         match end {
             // The ring is empty: a waiting frame waits for the driver's next buffers.
@@ -200,17 +201,12 @@ impl Net {
                     self.metrics.no_rx_avail_buffer.inc();
                 }
             }
-            DrainEnd::Throttled if wait == Some(Wait::Yield) => self.kick_rx(),
+            DrainEnd::Throttled if wait == Some(Wait::Yield) => {
+                self.core.kick(RX, &self.metrics.event_fails);
+            }
             DrainEnd::Throttled => {}
-            DrainEnd::Budget => self.kick_rx(),
+            DrainEnd::Budget => self.core.kick(RX, &self.metrics.event_fails),
             DrainEnd::Broken(e) => self.enter_needs_reset(&e),
-        }
-    }
-
-    /// Comes back to RX after the other events.
-    fn kick_rx(&self) {
-        if self.queue_events[RX].write(1).is_err() {
-            self.metrics.event_fails.inc();
         }
     }
 }

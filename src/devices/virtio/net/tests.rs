@@ -14,8 +14,10 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use super::config::NetworkInterfaceConfig;
 use super::tap::{socket_pair, VNET_HDR_LEN};
 use super::*;
+use crate::devices::virtio::{ActivateContext, VirtioDevice};
 use crate::metrics::NetDeviceMetrics;
 use crate::rate_limiter::TokenBucketConfig;
+use crate::vstate::memory::GuestMemory;
 
 const MAC: [u8; 6] = [6, 0, 10, 0, 0, 2];
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;

@@ -137,10 +137,10 @@ fn moved(len: usize) -> ChainOutcome {
 impl Net {
     /// Sends what the TX queue holds: at most one queue's worth of chains, then yields.
     pub fn process_tx(&mut self) {
-        if self.interrupt.needs_reset() || self.tx_limiter.is_blocked() {
+        if self.core.interrupt.needs_reset() || self.tx_limiter.is_blocked() {
             return;
         }
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.core.active.as_mut() else {
             return;
         };
         let mut worker = TxWorker {
@@ -156,21 +156,17 @@ impl Net {
             logs: &self.logs,
             now: Instant::now(),
         };
-        let (end, used_any) = drain(&mut active.tx, &active.mem, |q, head| {
+        let tx = &mut active.queues[TX];
+        let (end, used_any) = drain(tx, &active.mem, |q, head| {
             let outcome = worker.handle(q, head);
             charge_descriptors(outcome, worker.segments.len())
         });
-        let interrupt = used_any && needs_interrupt(&mut active.tx, &active.mem);
-        if interrupt {
-            self.signal_used();
+        if used_any && needs_interrupt(tx, &active.mem) {
+            self.core.signal_used(&self.metrics.event_fails);
         }
         match end {
             DrainEnd::Empty | DrainEnd::Throttled => {}
-            DrainEnd::Budget => {
-                if self.queue_events[TX].write(1).is_err() {
-                    self.metrics.event_fails.inc();
-                }
-            }
+            DrainEnd::Budget => self.core.kick(TX, &self.metrics.event_fails),
             DrainEnd::Broken(e) => self.enter_needs_reset(&e),
         }
     }

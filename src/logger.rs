@@ -6,7 +6,8 @@
 //! shown when `show_level` / `show_log_origin` are set; the time is UTC, in Firecracker's
 //! `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn` shape. Each line is one write(2), so lines of different threads
 //! never interleave. A file or pipe is opened non-blocking: a line that does not fit into a full
-//! pipe, or whose write fails, is dropped and counted ([`lost_lines`]), never waited for.
+//! pipe, or whose write fails, is dropped and counted by the logger itself in `METRICS.logger`
+//! (`missed_log_count`; `log_fails` when the write failed), never waited for.
 //!
 //! [`Output`] is also the metrics module's way to open and write its destination.
 
@@ -20,6 +21,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::METRICS;
 
 /// The instance id in log lines when `--id` is not given (Firecracker's default).
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
@@ -283,9 +286,9 @@ impl State {
         let thread = std::thread::current();
         let mut line = self.format(record, thread.name().unwrap_or("-"), SystemTime::now());
         if let Err(lost) = self.target.write_line(&mut line) {
-            LOST_LINES.fetch_add(1, Ordering::Relaxed);
+            METRICS.logger.missed_log_count.inc();
             if matches!(lost, LineLost::Failed) {
-                FAILED_WRITES.fetch_add(1, Ordering::Relaxed);
+                METRICS.logger.log_fails.inc();
             }
         }
     }
@@ -294,8 +297,6 @@ impl State {
 /// Log lines take the read lock; only [`configure`] (pre-boot) takes the write lock.
 static STATE: RwLock<State> = RwLock::new(State::new());
 static INSTANCE_ID: OnceLock<String> = OnceLock::new();
-static LOST_LINES: AtomicU64 = AtomicU64::new(0);
-static FAILED_WRITES: AtomicU64 = AtomicU64::new(0);
 
 struct Logger;
 
@@ -376,17 +377,6 @@ pub fn instance_id() -> &'static str {
     INSTANCE_ID
         .get()
         .map_or(DEFAULT_INSTANCE_ID, String::as_str)
-}
-
-/// Log lines not written since the start, for any reason (metrics: `logger.missed_log_count`).
-pub fn lost_lines() -> u64 {
-    LOST_LINES.load(Ordering::Relaxed)
-}
-
-/// The part of [`lost_lines`] lost to a write error rather than to a full pipe
-/// (metrics: `logger.log_fails`).
-pub fn failed_writes() -> u64 {
-    FAILED_WRITES.load(Ordering::Relaxed)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn` in UTC: Firecracker's timestamp shape, without reading the
@@ -602,12 +592,15 @@ mod tests {
             .unwrap();
         let state = state_writing_to(&path);
         let long = "x".repeat(3 * PIPE_BUF);
-        let before = lost_lines();
+        let before = METRICS.logger.missed_log_count.count();
         // Far more than a 64 KiB pipe holds; none of these may block.
         for _ in 0..100 {
             log_one(&state, "palisade::vmm", &long);
         }
-        assert!(lost_lines() > before, "nothing was dropped");
+        assert!(
+            METRICS.logger.missed_log_count.count() > before,
+            "nothing was dropped"
+        );
 
         // What did get through is whole lines, each cut to PIPE_BUF.
         let mut buf = vec![0; 1 << 20];

@@ -22,7 +22,7 @@ use crate::devices::virtio::net::config::InterfaceList;
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::VirtioDevice;
-use crate::metrics::METRICS;
+use crate::metrics::{BlockDeviceMetrics, EntropyDeviceMetrics, NetDeviceMetrics, METRICS};
 use crate::vstate::memory::GuestMemory;
 
 /// Errors of device attachment.
@@ -223,7 +223,10 @@ pub fn attach_devices(
     let (drives, entropy) = (configs.drives, configs.entropy);
     let mut devices = VirtioDevices::default();
     for config in drives.iter() {
-        let block = Block::new(config, METRICS.block.get(&config.drive_id))?;
+        let metrics = Arc::new(BlockDeviceMetrics::new());
+        let key = BlockDeviceMetrics::key(&config.drive_id);
+        METRICS.devices.register(key, metrics.clone());
+        let block = Block::new(config, metrics)?;
         if block.is_root() {
             add_root_parameters(ctx.cmdline, block.partuuid(), block.is_read_only())?;
         }
@@ -232,12 +235,18 @@ pub fn attach_devices(
         devices.blocks.push(block);
     }
     if let Some(config) = entropy {
-        let rng = Arc::new(Mutex::new(Rng::new(config)?));
+        let metrics = Arc::new(EntropyDeviceMetrics::new());
+        let key = EntropyDeviceMetrics::KEY.to_string();
+        METRICS.devices.register(key, metrics.clone());
+        let rng = Arc::new(Mutex::new(Rng::new(config, metrics)?));
         ctx.attach(rng.clone())?;
         devices.rng = Some(rng);
     }
     for config in configs.nets.iter() {
-        let net = Net::new(config, METRICS.net.get(&config.iface_id))?;
+        let metrics = Arc::new(NetDeviceMetrics::new());
+        let key = NetDeviceMetrics::key(&config.iface_id);
+        METRICS.devices.register(key, metrics.clone());
+        let net = Net::new(config, metrics)?;
         let net = Arc::new(Mutex::new(net));
         ctx.attach(net.clone())?;
         devices.nets.push(net);

@@ -6,6 +6,7 @@
 //! keep the VMM thread busy; the used length tells the driver how much it got.
 
 use std::ops::Deref;
+use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ use super::queue::{
 };
 use super::VIRTIO_F_VERSION_1;
 use crate::logger::RateLimitedLog;
-use crate::metrics::{Counter, METRICS};
+use crate::metrics::{Counter, EntropyDeviceMetrics};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError, TokenType};
 use crate::vstate::memory::GuestMemory;
 
@@ -61,6 +62,7 @@ pub struct Rng {
     core: DeviceCore<1>,
     limiter: RateLimiter,
     segments: Vec<Segment>,
+    metrics: Arc<EntropyDeviceMetrics>,
 }
 
 /// Fills `buf` from the host's getrandom(2).
@@ -84,12 +86,17 @@ fn host_random(buf: &mut [u8]) -> std::io::Result<()> {
 }
 
 impl Rng {
-    /// An entropy device from its configuration.
-    pub fn new(config: &EntropyConfig) -> Result<Self, RngError> {
+    /// An entropy device from its configuration, counting into `metrics` (which the caller
+    /// registers as `entropy`).
+    pub fn new(
+        config: &EntropyConfig,
+        metrics: Arc<EntropyDeviceMetrics>,
+    ) -> Result<Self, RngError> {
         Ok(Self {
             core: DeviceCore::new(VIRTIO_F_VERSION_1).map_err(RngError::Event)?,
             limiter: RateLimiter::new(&config.rate_limiter.unwrap_or_default())?,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
+            metrics,
         })
     }
 
@@ -99,20 +106,21 @@ impl Rng {
             return;
         }
         if self.limiter.is_blocked() {
-            METRICS.entropy.entropy_rate_limiter_throttled.inc();
+            self.metrics.entropy_rate_limiter_throttled.inc();
             return;
         }
         let Some(active) = self.core.active.as_mut() else {
             return;
         };
         let (limiter, segments, mem) = (&mut self.limiter, &mut self.segments, &active.mem);
+        let metrics = &*self.metrics;
         let [queue] = &mut active.queues;
         let (end, used_any) = drain(queue, mem, |queue, head| {
-            let outcome = fill_chain(mem, queue, head, segments, limiter);
+            let outcome = fill_chain(mem, queue, head, segments, limiter, metrics);
             charge_descriptors(outcome, segments.len())
         });
         if used_any && needs_interrupt(queue, mem) {
-            self.core.signal_used(&METRICS.entropy.entropy_event_fails);
+            self.core.signal_used(&self.metrics.entropy_event_fails);
         }
         match end {
             DrainEnd::Empty | DrainEnd::Throttled => {}
@@ -120,7 +128,7 @@ impl Rng {
                 let _ = self.core.queue_events[0].write(1);
             }
             DrainEnd::Broken(e) => {
-                let count = &METRICS.entropy.needs_reset_count;
+                let count = &self.metrics.needs_reset_count;
                 let who = "Entropy device";
                 self.core
                     .enter_needs_reset(count, &NEEDS_RESET_LOG, &who, &e);
@@ -145,6 +153,7 @@ fn fill_chain(
     head: u16,
     segments: &mut Vec<Segment>,
     limiter: &mut RateLimiter,
+    metrics: &EntropyDeviceMetrics,
 ) -> ChainOutcome {
     let desc_table = GuestAddress(queue.desc_table());
     if let Err(e) = chain::read_chain(mem, desc_table, queue.size(), head, segments) {
@@ -152,17 +161,17 @@ fn fill_chain(
     }
     let layout = match Layout::check(mem, segments) {
         Ok(layout) if layout.readable == 0 => layout,
-        Ok(_) => return refuse("device-readable buffer in an entropy request"),
-        Err(e) => return refuse(&e.to_string()),
+        Ok(_) => return refuse(metrics, "device-readable buffer in an entropy request"),
+        Err(e) => return refuse(metrics, &e.to_string()),
     };
     let len = layout.writable.min(MAX_BYTES_PER_REQUEST);
     if !limiter.consume(1, TokenType::Ops) {
-        METRICS.entropy.entropy_rate_limiter_throttled.inc();
+        metrics.entropy_rate_limiter_throttled.inc();
         return ChainOutcome::Throttled;
     }
     if !limiter.consume(u64::from(len), TokenType::Bytes) {
         limiter.manual_replenish(1, TokenType::Ops);
-        METRICS.entropy.entropy_rate_limiter_throttled.inc();
+        metrics.entropy_rate_limiter_throttled.inc();
         return ChainOutcome::Throttled;
     }
     let mut buf = [0u8; CHUNK];
@@ -172,7 +181,7 @@ fn fill_chain(
         while done < n {
             let part = (n - done).min(CHUNK);
             if host_random(&mut buf[..part]).is_err() {
-                METRICS.entropy.host_rng_fails.inc();
+                metrics.host_rng_fails.inc();
                 return ChainOutcome::Used(written);
             }
             if mem
@@ -185,12 +194,12 @@ fn fill_chain(
             written += part as u32;
         }
     }
-    METRICS.entropy.entropy_bytes.add(u64::from(written));
+    metrics.entropy_bytes.add(u64::from(written));
     ChainOutcome::Used(written)
 }
 
-fn refuse(why: &str) -> ChainOutcome {
-    METRICS.entropy.execute_fails.inc();
+fn refuse(metrics: &EntropyDeviceMetrics, why: &str) -> ChainOutcome {
+    metrics.execute_fails.inc();
     if let Some(n) = BAD_REQUEST_LOG.hit() {
         log::warn!("Entropy device: bad request refused: {why} ({n} so far)");
     }
@@ -214,7 +223,7 @@ impl CoreDevice for Rng {
     }
 
     fn activate_fails(&self) -> &Counter {
-        &METRICS.entropy.activate_fails
+        &self.metrics.activate_fails
     }
 
     fn config_read(&self, _offset: u64, data: &mut [u8]) {
@@ -228,13 +237,13 @@ impl MutEventSubscriber for Rng {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         match events.data() {
             EVENT_QUEUE => {
-                METRICS.entropy.entropy_event_count.inc();
+                self.metrics.entropy_event_count.inc();
                 self.core
-                    .read_queue_event(0, &METRICS.entropy.entropy_event_fails);
+                    .read_queue_event(0, &self.metrics.entropy_event_fails);
                 self.process_queue();
             }
             EVENT_LIMITER => {
-                let m = &METRICS.entropy;
+                let m = &self.metrics;
                 let (events, fails) = (&m.rate_limiter_event_count, &m.entropy_event_fails);
                 limiter_timer_event(&mut self.limiter, events, fails, &"Entropy device");
                 self.process_queue();
@@ -275,7 +284,7 @@ mod tests {
         q: &MockSplitQueue<GuestMemory>,
         config: EntropyConfig,
     ) -> Rng {
-        let mut rng = Rng::new(&config).unwrap();
+        let mut rng = Rng::new(&config, Arc::new(EntropyDeviceMetrics::new())).unwrap();
         rng.activate(ActivateContext {
             mem: mem.clone(),
             queues: vec![q.create_queue().unwrap()],

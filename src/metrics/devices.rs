@@ -1,0 +1,168 @@
+//! The per-device groups: whoever creates a device creates its group as an `Arc`, gives the
+//! device a clone and registers the group in `METRICS.devices` ([`super::DeviceRegistry`])
+//! under the device's key.
+
+use super::counter::Counter;
+
+metric_group! {
+    /// One drive (`block_<drive_id>`): Firecracker's block metrics, plus the hostile-guest
+    /// counters.
+    pub struct BlockDeviceMetrics {
+        /// Activations that failed (the device then needs a reset).
+        activate_fails: Counter,
+        /// Refused configuration space writes.
+        cfg_fails: Counter,
+        /// Queue events that found nothing to do.
+        no_avail_buffer: Counter,
+        /// Failures to read an event or to raise an interrupt.
+        event_fails: Counter,
+        /// Requests refused as malformed: bad descriptors, short header, wrong direction,
+        /// sectors past the end, lengths not a multiple of 512.
+        execute_fails: Counter,
+        /// Requests answered with an error status (IOERR or UNSUPP), malformed ones included.
+        invalid_reqs_count: Counter,
+        /// Flush requests.
+        flush_count: Counter,
+        /// Queue notifications.
+        queue_event_count: Counter,
+        /// Rate limiter timer expirations.
+        rate_limiter_event_count: Counter,
+        /// Times a request waited for the rate limiter.
+        rate_limiter_throttled_events: Counter,
+        /// `PATCH /drives` updates applied.
+        update_count: Counter,
+        /// `PATCH /drives` updates that failed.
+        update_fails: Counter,
+        /// Bytes read by the guest.
+        read_bytes: Counter,
+        /// Bytes written by the guest.
+        write_bytes: Counter,
+        /// Read requests completed.
+        read_count: Counter,
+        /// Write requests completed.
+        write_count: Counter,
+        /// Times the device stopped and asked the driver for a reset (Palisade's).
+        needs_reset_count: Counter,
+    }
+}
+
+metric_group! {
+    /// One network interface (`net_<iface_id>`): Firecracker's net metrics, plus the firewall's
+    /// drops by reason (Palisade's).
+    pub struct NetDeviceMetrics {
+        /// Activations that failed.
+        activate_fails: Counter,
+        /// Refused configuration space writes.
+        cfg_fails: Counter,
+        /// Failures to read an event or to raise an interrupt.
+        event_fails: Counter,
+        /// Frames from the tap while the guest had no RX buffer.
+        no_rx_avail_buffer: Counter,
+        /// Frames too large for the guest's RX buffer, dropped.
+        rx_fails: Counter,
+        /// Bytes delivered to the guest.
+        rx_bytes_count: Counter,
+        /// Frames delivered to the guest.
+        rx_packets_count: Counter,
+        /// Tap readiness events.
+        rx_tap_event_count: Counter,
+        /// RX queue notifications.
+        rx_queue_event_count: Counter,
+        /// Times a frame to the guest waited for the RX rate limiter.
+        rx_rate_limiter_throttled: Counter,
+        /// RX rate limiter timer expirations.
+        rx_event_rate_limiter_count: Counter,
+        /// Bytes sent by the guest to the tap.
+        tx_bytes_count: Counter,
+        /// Frames sent by the guest to the tap.
+        tx_packets_count: Counter,
+        /// Malformed TX chains and failed tap writes.
+        tx_fails: Counter,
+        /// TX queue notifications.
+        tx_queue_event_count: Counter,
+        /// Times a guest frame waited for the TX rate limiter.
+        tx_rate_limiter_throttled: Counter,
+        /// TX rate limiter timer expirations.
+        tx_rate_limiter_event_count: Counter,
+        /// Guest frames whose source MAC is not `guest_mac` (Firecracker's name; dropped here).
+        tx_spoofed_mac_count: Counter,
+        /// Guest frames dropped for a virtio-net header that does not match the frame or the
+        /// accepted offloads (Palisade's).
+        tx_bad_vnet_hdr: Counter,
+        /// Frames the firewall dropped from the guest (Palisade's).
+        fw_egress_drops: Counter,
+        /// Frames the firewall dropped to the guest (Palisade's).
+        fw_ingress_drops: Counter,
+        /// Drops by reason, both directions (Palisade's).
+        fw_spoof_mac: Counter,
+        /// See `DropReason::SpoofIp`.
+        fw_spoof_ip: Counter,
+        /// See `DropReason::SpoofArp`.
+        fw_spoof_arp: Counter,
+        /// See `DropReason::RogueDhcpRa`.
+        fw_rogue_dhcp_ra: Counter,
+        /// See `DropReason::RuleDeny`.
+        fw_rule_deny: Counter,
+        /// See `DropReason::DefaultDeny`.
+        fw_default_deny: Counter,
+        /// See `DropReason::ConntrackFull`.
+        fw_conntrack_full: Counter,
+        /// See `DropReason::Fragment`.
+        fw_fragment: Counter,
+        /// See `DropReason::Malformed`.
+        fw_malformed: Counter,
+        /// See `DropReason::LengthMismatch`.
+        fw_length_mismatch: Counter,
+        /// See `DropReason::SourceRoute`.
+        fw_source_route: Counter,
+        /// Flow-log writes that failed (Palisade's).
+        flow_log_fails: Counter,
+        /// `PATCH /network-interfaces` updates applied.
+        update_count: Counter,
+        /// Times the device asked the driver for a reset (Palisade's).
+        needs_reset_count: Counter,
+    }
+}
+
+metric_group! {
+    /// The entropy device (`entropy`), Firecracker's names plus the hostile-guest counters.
+    pub struct EntropyDeviceMetrics {
+        /// Activations that failed.
+        activate_fails: Counter,
+        /// Failures to read an event or to raise an interrupt.
+        entropy_event_fails: Counter,
+        /// Queue notifications.
+        entropy_event_count: Counter,
+        /// Random bytes given to the guest.
+        entropy_bytes: Counter,
+        /// getrandom(2) failures.
+        host_rng_fails: Counter,
+        /// Times a request waited for the rate limiter.
+        entropy_rate_limiter_throttled: Counter,
+        /// Rate limiter timer expirations.
+        rate_limiter_event_count: Counter,
+        /// Requests refused as malformed (Palisade's).
+        execute_fails: Counter,
+        /// Times the device asked the driver for a reset (Palisade's).
+        needs_reset_count: Counter,
+    }
+}
+
+impl BlockDeviceMetrics {
+    /// The top-level key of drive `drive_id`'s group.
+    pub fn key(drive_id: &str) -> String {
+        format!("block_{drive_id}")
+    }
+}
+
+impl NetDeviceMetrics {
+    /// The top-level key of interface `iface_id`'s group.
+    pub fn key(iface_id: &str) -> String {
+        format!("net_{iface_id}")
+    }
+}
+
+impl EntropyDeviceMetrics {
+    /// The top-level key of the entropy device's group (a VM has at most one).
+    pub const KEY: &'static str = "entropy";
+}

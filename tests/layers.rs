@@ -31,7 +31,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The top-level module a file under src/ belongs to (`src/devices/virtio/mmio.rs` ->
-/// `devices`, `src/metrics.rs` -> `metrics`).
+/// `devices`, `src/logger.rs` -> `logger`).
 fn module_of(src: &Path, file: &Path) -> String {
     let rel = file.strip_prefix(src).expect("under src");
     let first = rel.components().next().expect("a component");

@@ -112,9 +112,7 @@ impl Controller {
         self.taps.release();
         let BuiltVm { vmm, devices } =
             build_vm(&self.resources, &self.opts).map_err(StartError::Build)?;
-        let running = vmm
-            .start()
-            .map_err(|e| StartError::Start(Box::new(e)))?;
+        let running = vmm.start().map_err(|e| StartError::Start(Box::new(e)))?;
         self.running = Some(running);
         self.new_subscribers = devices.subscribers();
         self.devices = devices;
@@ -159,15 +157,13 @@ impl Controller {
     fn preboot(&mut self, action: VmmAction) -> ActionResult {
         match action {
             VmmAction::PutMachineConfig(config) => {
-                config
-                    .validate(host_memory_mib())?;
+                config.validate(host_memory_mib())?;
                 self.resources.machine_config = config;
                 Ok(VmmData::Empty)
             }
             VmmAction::PatchMachineConfig(update) => {
                 let config = update.apply(&self.resources.machine_config);
-                config
-                    .validate(host_memory_mib())?;
+                config.validate(host_memory_mib())?;
                 self.resources.machine_config = config;
                 Ok(VmmData::Empty)
             }

@@ -12,7 +12,7 @@ use super::Controller;
 use crate::seccomp::SeccompFilters;
 use crate::vmm::action::{ActionError, VmmAction, VmmData};
 use crate::vmm::builder::BuildOptions;
-use crate::vstate::exit::ExitRequest;
+use crate::vstate::exit::{ExitCode, ExitRequest};
 
 fn controller() -> Controller {
     Controller::new(
@@ -93,4 +93,55 @@ fn a_network_interface_whose_tap_does_not_open_is_refused_and_not_recorded() {
         "{message}"
     );
     assert_eq!(full_config(&mut c)["network-interfaces"], json!([]));
+}
+
+#[test]
+fn a_config_file_boot_source_that_does_not_open_fails_start_as_a_bad_configuration() {
+    let mut c = controller();
+    let mut resources = crate::config::VmResources::default();
+    resources.boot_source = Some(from(json!({"kernel_image_path": "/nonexistent/vmlinux"})));
+    c.set_resources(resources);
+    let e = c.start_vm().unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::BadConfiguration);
+    let e = c.handle(VmmAction::InstanceStart).unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert_eq!(
+        e.fault_message(),
+        "Start microvm error: The kernel file cannot be opened: No such file or directory \
+         (os error 2) (boot-source kernel_image_path /nonexistent/vmlinux)"
+    );
+}
+
+#[test]
+fn answers_serialise_to_firecrackers_bodies() {
+    let mut c = controller();
+    let version = c.handle(VmmAction::GetVersion).unwrap();
+    let body: serde_json::Value = serde_json::to_value(&version).unwrap();
+    assert_eq!(body["firecracker_version"], body["palisade_version"]);
+    assert!(body["firecracker_version"].is_string());
+    let info = serde_json::to_value(c.handle(VmmAction::GetInstanceInfo).unwrap()).unwrap();
+    assert_eq!(info["app_name"], "Palisade");
+    assert_eq!(info["state"], "Not started");
+    let machine = serde_json::to_value(c.handle(VmmAction::GetMachineConfig).unwrap()).unwrap();
+    assert!(machine["vcpu_count"].is_u64(), "{machine}");
+}
+
+#[test]
+fn a_machine_config_out_of_range_is_refused_with_its_reason() {
+    let mut c = controller();
+    let e = c
+        .handle(VmmAction::PatchMachineConfig(from(
+            json!({"vcpu_count": 0}),
+        )))
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        ActionError::Config(crate::config::ConfigError::Machine(_))
+    ));
+    assert!(
+        e.fault_message()
+            .starts_with("Invalid machine-config: vcpu_count must be between 1 and "),
+        "{}",
+        e.fault_message()
+    );
 }

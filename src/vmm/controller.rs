@@ -93,7 +93,7 @@ impl Controller {
         if let Some(boot) = &self.resources.boot_source {
             boot.validate().map_err(|source| StartError::BootSource {
                 source,
-                boot: boot.clone(),
+                boot: Box::new(boot.clone()),
             })?;
         }
         self.taps

@@ -22,7 +22,7 @@ pub enum StartError {
         /// Why it was refused.
         source: ConfigError,
         /// The boot source refused.
-        boot: BootSourceConfig,
+        boot: Box<BootSourceConfig>,
     },
     /// A network interface's tap does not open.
     #[error(transparent)]

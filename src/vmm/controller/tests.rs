@@ -98,9 +98,10 @@ fn a_network_interface_whose_tap_does_not_open_is_refused_and_not_recorded() {
 #[test]
 fn a_config_file_boot_source_that_does_not_open_fails_start_as_a_bad_configuration() {
     let mut c = controller();
-    let mut resources = crate::config::VmResources::default();
-    resources.boot_source = Some(from(json!({"kernel_image_path": "/nonexistent/vmlinux"})));
-    c.set_resources(resources);
+    c.set_resources(crate::config::VmResources {
+        boot_source: Some(from(json!({"kernel_image_path": "/nonexistent/vmlinux"}))),
+        ..Default::default()
+    });
     let e = c.start_vm().unwrap_err();
     assert_eq!(e.exit_code(), ExitCode::BadConfiguration);
     let e = c.handle(VmmAction::InstanceStart).unwrap_err();

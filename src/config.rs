@@ -37,10 +37,13 @@ pub enum ConfigError {
     Unsupported(&'static str),
     /// A value out of range.
     #[error("Invalid machine-config: {0}")]
-    Machine(String),
-    /// The drive list is refused (duplicates, two roots, too many).
-    #[error("Invalid drive: {0}")]
-    Drive(String),
+    Machine(#[from] MachineConfigError),
+    /// A second root drive.
+    #[error("Invalid drive: A root block device already exists!")]
+    SecondRootDrive,
+    /// More drives than the VMM supports.
+    #[error("Invalid drive: at most {MAX_DRIVES} drives are supported")]
+    TooManyDrives,
     /// A drive is refused on its own.
     #[error("Invalid drive: {0}")]
     Block(#[from] BlockConfigError),
@@ -56,6 +59,34 @@ pub enum ConfigError {
     /// `boot-source.boot_args` is not a valid command line (Firecracker's message).
     #[error("The kernel command line is invalid: {0}")]
     KernelCmdline(linux_loader::cmdline::Error),
+}
+
+/// Why a machine config does not fit the VMM or the host.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MachineConfigError {
+    /// vCPUs out of range.
+    #[error("vcpu_count must be between 1 and {MAX_CPUS}, not {0}")]
+    VcpuCount(u8),
+    /// SMT with an odd number of vCPUs.
+    #[error("with smt, vcpu_count must be 1 or even, not {0}")]
+    OddSmt(u8),
+    /// Too little memory.
+    #[error("mem_size_mib must be at least {MIN_MEM_MIB}, not {0}")]
+    TooLittleMemory(usize),
+    /// More memory than the host has.
+    #[error("mem_size_mib {mem} is more than the host's memory ({host} MiB)")]
+    MoreThanHost {
+        /// Asked for, MiB.
+        mem: usize,
+        /// The host's, MiB.
+        host: usize,
+    },
+    /// A CPU template other than None.
+    #[error("cpu_template '{0}' is not supported")]
+    CpuTemplate(String),
+    /// 2M huge pages with an odd memory size.
+    #[error("with 2M huge pages, mem_size_mib must be a multiple of 2, not {0}")]
+    OddHugePages(usize),
 }
 
 /// Most drives a VM may have.
@@ -175,40 +206,28 @@ impl MachineConfigUpdate {
 impl MachineConfig {
     /// Checks the values against the VMM's and the host's limits (`host_mem_mib`).
     pub fn validate(&self, host_mem_mib: usize) -> Result<(), ConfigError> {
+        use MachineConfigError as E;
         if self.vcpu_count == 0 || self.vcpu_count > MAX_CPUS {
-            return Err(ConfigError::Machine(format!(
-                "vcpu_count must be between 1 and {MAX_CPUS}, not {}",
-                self.vcpu_count
-            )));
+            return Err(E::VcpuCount(self.vcpu_count).into());
         }
         if self.smt && self.vcpu_count > 1 && self.vcpu_count % 2 == 1 {
-            return Err(ConfigError::Machine(format!(
-                "with smt, vcpu_count must be 1 or even, not {}",
-                self.vcpu_count
-            )));
+            return Err(E::OddSmt(self.vcpu_count).into());
         }
         if self.mem_size_mib < MIN_MEM_MIB {
-            return Err(ConfigError::Machine(format!(
-                "mem_size_mib must be at least {MIN_MEM_MIB}, not {}",
-                self.mem_size_mib
-            )));
+            return Err(E::TooLittleMemory(self.mem_size_mib).into());
         }
         if self.mem_size_mib > host_mem_mib {
-            return Err(ConfigError::Machine(format!(
-                "mem_size_mib {} is more than the host's memory ({host_mem_mib} MiB)",
-                self.mem_size_mib
-            )));
+            return Err(E::MoreThanHost {
+                mem: self.mem_size_mib,
+                host: host_mem_mib,
+            }
+            .into());
         }
         if let Some(t) = self.cpu_template.as_deref().filter(|t| *t != "None") {
-            return Err(ConfigError::Machine(format!(
-                "cpu_template '{t}' is not supported"
-            )));
+            return Err(E::CpuTemplate(t.to_string()).into());
         }
         if self.huge_pages == HugePages::Hugetlbfs2M && !self.mem_size_mib.is_multiple_of(2) {
-            return Err(ConfigError::Machine(format!(
-                "with 2M huge pages, mem_size_mib must be a multiple of 2, not {}",
-                self.mem_size_mib
-            )));
+            return Err(E::OddHugePages(self.mem_size_mib).into());
         }
         Ok(())
     }
@@ -300,14 +319,10 @@ impl DriveList {
             .iter()
             .any(|d| d.is_root_device && d.drive_id != drive.drive_id);
         if drive.is_root_device && other_root {
-            return Err(ConfigError::Drive(
-                "A root block device already exists!".into(),
-            ));
+            return Err(ConfigError::SecondRootDrive);
         }
         if existing.is_none() && self.0.len() >= MAX_DRIVES {
-            return Err(ConfigError::Drive(format!(
-                "at most {MAX_DRIVES} drives are supported"
-            )));
+            return Err(ConfigError::TooManyDrives);
         }
         if let Some(i) = existing {
             self.0.remove(i);

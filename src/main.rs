@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use palisade::api::{ServerConfig, VmmLink};
 use palisade::config::{host_memory_mib, ConfigError, VmConfig, VmResources};
 use palisade::vmm::builder::BuildOptions;
-use palisade::vmm::controller::{Controller, StartError};
+use palisade::vmm::controller::Controller;
 use palisade::vmm::event_loop::{self, ApiChannel};
 use palisade::vmm::RunError;
 use palisade::vstate::exit::{ExitCode, ExitRequest};
@@ -219,7 +219,7 @@ fn run(cli: &Cli, start: Instant) -> i32 {
     };
     match event_loop::run(controller, exit, api, cli.config_file.is_some()) {
         Ok(code) => code,
-        Err(RunError::Start(StartError::Build(message, code))) => fail(message, code),
+        Err(RunError::Start(e)) => fail(error_chain(&e), e.exit_code()),
         Err(e) => fail(error_chain(&e), ExitCode::VmmError),
     }
 }

@@ -426,10 +426,14 @@ impl ApiServer {
         let result = self.link.responses.recv().ok()?;
         Some(match result {
             Ok(VmmData::Empty) => Response::no_content(),
-            Ok(VmmData::Json(value)) => Response::json(value.to_string()),
+            Ok(data) => match serde_json::to_string(&data) {
+                Ok(body) => Response::json(body),
+                Err(e) => Response::fault(500, &format!("Cannot serialise the answer: {e}")),
+            },
             Err(e) => {
-                log::warn!("API {} {} failed: {e}", request.method, request.path);
-                Response::fault(400, &e.to_string())
+                let message = e.fault_message();
+                log::warn!("API {} {} failed: {message}", request.method, request.path);
+                Response::fault(e.status(), &message)
             }
         })
     }

@@ -3,10 +3,19 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyConfig, MachineConfig,
-    MachineConfigUpdate,
+    BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, ConfigError, EntropyConfig,
+    MachineConfig, MachineConfigUpdate,
 };
-use crate::devices::virtio::net::config::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
+use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::net::config::{
+    NetConfigError, NetworkInterfaceConfig, NetworkInterfaceUpdate,
+};
+use crate::devices::virtio::net::NetError;
+use crate::logger::LoggerError;
+use crate::metrics::MetricsError;
+use crate::vmm::controller::rules::ActionKind;
+use crate::vmm::controller::StartError;
+use crate::vmm::RunError;
 
 /// One request from the api thread to the VMM thread.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,17 +76,36 @@ pub struct InstanceInfo {
     pub vmm_version: String,
 }
 
-/// A successful answer.
-#[derive(Clone, Debug, PartialEq)]
+/// `GET /version` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The version, under Firecracker's key.
+    pub firecracker_version: String,
+    /// The version, under Palisade's key.
+    pub palisade_version: String,
+}
+
+/// A successful answer: nothing, or a typed body the api thread serialises once.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum VmmData {
     /// 204 No Content.
     Empty,
-    /// 200 with this JSON body.
-    Json(serde_json::Value),
+    /// `GET /`.
+    InstanceInfo(InstanceInfo),
+    /// `GET /version`.
+    Version(VersionInfo),
+    /// `GET /machine-config`.
+    MachineConfig(MachineConfig),
+    /// `GET /vm/config`: the configuration in the config file's shape.
+    FullConfig(serde_json::Value),
+    /// `GET /network-interfaces/{id}/firewall`: rules and counters.
+    FirewallStatus(serde_json::Value),
 }
 
-/// Why an action failed; every variant is a 400 with this message as `fault_message`.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why an action failed. Each variant keeps its typed cause; [`ActionError::status`] and
+/// [`ActionError::fault_message`] are the one place an error becomes an HTTP answer.
+#[derive(Debug, thiserror::Error)]
 pub enum ActionError {
     /// Only allowed before InstanceStart.
     #[error("The requested operation is not supported after starting the microVM.")]
@@ -88,15 +116,75 @@ pub enum ActionError {
     /// InstanceStart without a kernel.
     #[error("Cannot start microvm without kernel configuration.")]
     MissingKernelConfig,
-    /// A configuration value was refused.
-    #[error("{0}")]
-    InvalidConfig(String),
+    /// A machine config, boot source or drive was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A network interface was refused against the others.
+    #[error(transparent)]
+    Interface(#[from] NetConfigError),
+    /// A network interface's tap could not be opened.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// `PUT /logger` was refused.
+    #[error(transparent)]
+    Logger(#[from] LoggerError),
+    /// `PUT /metrics` was refused.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// Building or starting the VM failed.
-    #[error("Start microvm error: {0}")]
-    StartMicrovm(String),
-    /// Pausing or resuming failed, or another runtime operation.
-    #[error("Internal VMM error: {0}")]
-    Runtime(String),
+    #[error("Start microvm error")]
+    StartMicrovm(#[source] StartError),
+    /// Pausing or another runtime operation of the VM failed.
+    #[error("Internal VMM error")]
+    Runtime(#[source] RunError),
+    /// `FlushMetrics` could not write.
+    #[error("Internal VMM error")]
+    FlushMetrics(#[source] MetricsError),
+    /// `PATCH /drives/{id}` names no attached drive.
+    #[error("No drive with id '{id}' is attached")]
+    NoSuchDrive {
+        /// The drive id asked for.
+        id: String,
+    },
+    /// `PATCH /drives/{id}`: the new backing file was refused.
+    #[error("Unable to patch the block device")]
+    PatchDrive(#[source] BlockError),
+    /// `PATCH /network-interfaces/{id}` names no attached interface.
+    #[error("No network interface with id '{id}' is attached")]
+    NoSuchAttachedInterface {
+        /// The interface id asked for.
+        id: String,
+    },
+    /// `PATCH /network-interfaces/{id}`: the new limits or firewall were refused.
+    #[error("Unable to patch the network interface")]
+    PatchNetworkInterface(#[source] NetError),
+    /// `GET /network-interfaces/{id}/firewall` names no interface.
+    #[error("No network interface with id '{id}'")]
+    NoSuchInterface {
+        /// The interface id asked for.
+        id: String,
+    },
+    /// `GET /network-interfaces/{id}/firewall` on an interface without one.
+    #[error("Network interface '{id}' has no firewall")]
+    NoFirewall {
+        /// The interface id asked for.
+        id: String,
+    },
+    /// An action reached the handler of another kind; the rules make this unreachable.
+    #[error("Internal VMM error: {0:?} action routed to the wrong handler")]
+    Misrouted(ActionKind),
+}
+
+impl ActionError {
+    /// The HTTP status of this refusal: Firecracker answers every action error with 400.
+    pub fn status(&self) -> u16 {
+        400
+    }
+
+    /// The `fault_message` of the answer: the error and its causes, on one line.
+    pub fn fault_message(&self) -> String {
+        crate::error_chain(self)
+    }
 }
 
 /// The VMM's answer to one action.

@@ -4,20 +4,21 @@
 
 mod net;
 pub mod rules;
+mod start;
 #[cfg(test)]
 mod tests;
 
 use std::time::Instant;
 
 use crate::config::{host_memory_mib, BlockDeviceUpdate, VmResources};
-use crate::vmm::device_manager::{AttachError, Subscriber, VirtioDevices};
-use crate::vstate::exit::ExitCode;
+use crate::vmm::device_manager::{Subscriber, VirtioDevices};
 
 use self::net::OpenTaps;
 use self::rules::{ActionKind, VmState};
-use super::action::{ActionError, ActionResult, InstanceInfo, VmmAction, VmmData};
-use super::builder::{build_vm, BuildError, BuildOptions, BuiltVm};
-use super::{RunError, RunningVm};
+pub use self::start::StartError;
+use super::action::{ActionError, ActionResult, InstanceInfo, VersionInfo, VmmAction, VmmData};
+use super::builder::{build_vm, BuildOptions, BuiltVm};
+use super::RunningVm;
 
 /// Name in `GET /`.
 pub const APP_NAME: &str = "Palisade";
@@ -85,49 +86,33 @@ impl Controller {
     /// checks of their PUTs first (a config file's resources had none), so both paths refuse
     /// them with the same message before anything is built.
     pub fn start_vm(&mut self) -> Result<(), StartError> {
-        let bad = |message: String| StartError::Build(message, ExitCode::BadConfiguration);
         self.resources
             .machine_config
             .validate(host_memory_mib())
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(StartError::MachineConfig)?;
         if let Some(boot) = &self.resources.boot_source {
-            boot.validate()
-                .map_err(|e| bad(format!("{e} (boot-source {})", boot_files(boot))))?;
+            boot.validate().map_err(|source| StartError::BootSource {
+                source,
+                boot: Box::new(boot.clone()),
+            })?;
         }
         self.taps
             .open_missing(&self.resources.network_interfaces)
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(StartError::Taps)?;
         if self.opts.landlock {
             for iface in self.resources.network_interfaces.iter() {
-                iface
-                    .create_flow_log()
-                    .map_err(|e| StartError::Build(e.to_string(), ExitCode::BadConfiguration))?;
+                iface.create_flow_log().map_err(StartError::FlowLog)?;
             }
             // Before the kernel image is parsed: the build runs confined too.
             let line = crate::sandbox::restrict_vmm(&self.resources.landlock_rules())
-                .map_err(|e| StartError::Build(e.to_string(), ExitCode::BadConfiguration))?;
+                .map_err(StartError::Landlock)?;
             log::info!("{line}");
         }
         // A tap is attached to one file at a time: the builder reopens what is released here.
         self.taps.release();
-        let BuiltVm { vmm, devices } = build_vm(&self.resources, &self.opts).map_err(|e| {
-            let code = match e {
-                BuildError::Vm(_) => ExitCode::HostUnsupported,
-                BuildError::Kernel(_)
-                | BuildError::MissingKernelConfig
-                | BuildError::Virtio(
-                    AttachError::Block(_)
-                    | AttachError::Net(_)
-                    | AttachError::NoSlot
-                    | AttachError::Cmdline(_),
-                ) => ExitCode::BadConfiguration,
-                _ => ExitCode::VmmError,
-            };
-            StartError::Build(crate::error_chain(&e), code)
-        })?;
-        let running = vmm
-            .start()
-            .map_err(|e| StartError::Build(crate::error_chain(&e), ExitCode::VmmError))?;
+        let BuiltVm { vmm, devices } =
+            build_vm(&self.resources, &self.opts).map_err(StartError::Build)?;
+        let running = vmm.start().map_err(|e| StartError::Start(Box::new(e)))?;
         self.running = Some(running);
         self.new_subscribers = devices.subscribers();
         self.devices = devices;
@@ -146,13 +131,15 @@ impl Controller {
 
     fn query(&self, action: VmmAction) -> ActionResult {
         match action {
-            VmmAction::GetInstanceInfo => Ok(json(&self.instance_info())),
-            VmmAction::GetVersion => Ok(VmmData::Json(serde_json::json!({
-                "firecracker_version": VERSION,
-                "palisade_version": VERSION,
-            }))),
-            VmmAction::GetMachineConfig => Ok(json(&self.resources.machine_config)),
-            VmmAction::GetFullConfig => Ok(VmmData::Json(self.resources.to_full_config())),
+            VmmAction::GetInstanceInfo => Ok(VmmData::InstanceInfo(self.instance_info())),
+            VmmAction::GetVersion => Ok(VmmData::Version(VersionInfo {
+                firecracker_version: VERSION.to_string(),
+                palisade_version: VERSION.to_string(),
+            })),
+            VmmAction::GetMachineConfig => Ok(VmmData::MachineConfig(
+                self.resources.machine_config.clone(),
+            )),
+            VmmAction::GetFullConfig => Ok(VmmData::FullConfig(self.resources.to_full_config())),
             VmmAction::GetFirewall(id) => self.get_firewall(&id),
             other => misrouted(&other),
         }
@@ -170,23 +157,18 @@ impl Controller {
     fn preboot(&mut self, action: VmmAction) -> ActionResult {
         match action {
             VmmAction::PutMachineConfig(config) => {
-                config
-                    .validate(host_memory_mib())
-                    .map_err(|e| ActionError::InvalidConfig(e.to_string()))?;
+                config.validate(host_memory_mib())?;
                 self.resources.machine_config = config;
                 Ok(VmmData::Empty)
             }
             VmmAction::PatchMachineConfig(update) => {
                 let config = update.apply(&self.resources.machine_config);
-                config
-                    .validate(host_memory_mib())
-                    .map_err(|e| ActionError::InvalidConfig(e.to_string()))?;
+                config.validate(host_memory_mib())?;
                 self.resources.machine_config = config;
                 Ok(VmmData::Empty)
             }
             VmmAction::PutBootSource(boot) => {
-                boot.validate()
-                    .map_err(|e| ActionError::InvalidConfig(e.to_string()))?;
+                boot.validate()?;
                 self.resources.boot_source = Some(boot);
                 Ok(VmmData::Empty)
             }
@@ -195,7 +177,7 @@ impl Controller {
                 .drives
                 .insert(*drive)
                 .map(|_| VmmData::Empty)
-                .map_err(|e| ActionError::InvalidConfig(e.to_string())),
+                .map_err(ActionError::from),
             VmmAction::PutEntropy(entropy) => {
                 self.resources.entropy = Some(entropy);
                 Ok(VmmData::Empty)
@@ -203,17 +185,16 @@ impl Controller {
             VmmAction::PutNetworkInterface(iface) => self.put_network_interface(*iface),
             VmmAction::PutLogger(config) => crate::logger::configure(&config)
                 .map(|_| VmmData::Empty)
-                .map_err(|e| ActionError::InvalidConfig(crate::error_chain(&e))),
+                .map_err(ActionError::from),
             VmmAction::PutMetrics(config) => crate::metrics::init_from_config(&config)
                 .map(|_| VmmData::Empty)
-                .map_err(|e| ActionError::InvalidConfig(crate::error_chain(&e))),
+                .map_err(ActionError::from),
             VmmAction::InstanceStart => {
                 if self.resources.boot_source.is_none() {
                     return Err(ActionError::MissingKernelConfig);
                 }
                 let started = Instant::now();
-                self.start_vm()
-                    .map_err(|StartError::Build(msg, _)| ActionError::StartMicrovm(msg))?;
+                self.start_vm().map_err(ActionError::StartMicrovm)?;
                 log::info!("InstanceStart took {} us", started.elapsed().as_micros());
                 Ok(VmmData::Empty)
             }
@@ -229,7 +210,7 @@ impl Controller {
             VmmAction::Pause => {
                 let started = Instant::now();
                 if !vm.is_paused() {
-                    vm.pause().map_err(runtime_error)?;
+                    vm.pause().map_err(ActionError::Runtime)?;
                 }
                 crate::metrics::METRICS
                     .latencies_us
@@ -249,10 +230,10 @@ impl Controller {
             VmmAction::SendCtrlAltDel => vm
                 .send_ctrl_alt_del()
                 .map(|_| VmmData::Empty)
-                .map_err(runtime_error),
+                .map_err(ActionError::Runtime),
             VmmAction::FlushMetrics => crate::metrics::flush()
                 .map(|_| VmmData::Empty)
-                .map_err(|e| ActionError::Runtime(e.to_string())),
+                .map_err(ActionError::FlushMetrics),
             VmmAction::PatchDrive(update) => self.patch_drive(&update),
             VmmAction::PatchNetworkInterface(update) => self.patch_network_interface(&update),
             other => misrouted(&other),
@@ -264,17 +245,13 @@ impl Controller {
     /// `PATCH /drives/{id}` on a running VM: a new backing file and/or new limits.
     fn patch_drive(&mut self, update: &BlockDeviceUpdate) -> ActionResult {
         let id = &update.drive_id;
-        let block = self.devices.block(id).ok_or_else(|| {
-            ActionError::InvalidConfig(format!("No drive with id '{id}' is attached"))
-        })?;
+        let block = self
+            .devices
+            .block(id)
+            .ok_or_else(|| ActionError::NoSuchDrive { id: id.clone() })?;
         let mut block = block.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(path) = &update.path_on_host {
-            block.update_disk(path).map_err(|e| {
-                ActionError::InvalidConfig(format!(
-                    "Unable to patch the block device: {}",
-                    crate::error_chain(&e)
-                ))
-            })?;
+            block.update_disk(path).map_err(ActionError::PatchDrive)?;
         }
         if let Some(limits) = &update.rate_limiter {
             block.update_rate_limiter(limits);
@@ -292,35 +269,5 @@ impl Controller {
 
 /// An action handed to the handler of another kind; `rules::kind` makes this unreachable.
 fn misrouted(action: &VmmAction) -> ActionResult {
-    Err(ActionError::Runtime(format!(
-        "{:?} action routed to the wrong handler",
-        rules::kind(action)
-    )))
-}
-
-/// The files of a boot source, for a config file's error line.
-fn boot_files(boot: &crate::config::BootSourceConfig) -> String {
-    match &boot.initrd_path {
-        Some(initrd) => format!(
-            "kernel_image_path {}, initrd_path {initrd}",
-            boot.kernel_image_path
-        ),
-        None => format!("kernel_image_path {}", boot.kernel_image_path),
-    }
-}
-
-fn runtime_error(e: RunError) -> ActionError {
-    ActionError::Runtime(crate::error_chain(&e))
-}
-
-fn json<T: serde::Serialize>(value: &T) -> VmmData {
-    VmmData::Json(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
-}
-
-/// Why the VM could not start: the message and the exit code for `--no-api` runs.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Building or starting failed.
-    #[error("{0}")]
-    Build(String, ExitCode),
+    Err(ActionError::Misrouted(rules::kind(action)))
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{json, Controller};
+use super::Controller;
 use crate::devices::virtio::net::config::{
     InterfaceList, NetworkInterfaceConfig, NetworkInterfaceUpdate,
 };
@@ -48,12 +48,8 @@ impl Controller {
     /// others, then its tap is opened; only then is it recorded.
     pub(super) fn put_network_interface(&mut self, iface: NetworkInterfaceConfig) -> ActionResult {
         let mut interfaces = self.resources.network_interfaces.clone();
-        interfaces
-            .insert(iface.clone())
-            .map_err(|e| ActionError::InvalidConfig(e.to_string()))?;
-        self.taps
-            .open(&iface)
-            .map_err(|e| ActionError::InvalidConfig(e.to_string()))?;
+        interfaces.insert(iface.clone())?;
+        self.taps.open(&iface)?;
         self.resources.network_interfaces = interfaces;
         Ok(VmmData::Empty)
     }
@@ -65,16 +61,13 @@ impl Controller {
         update: &NetworkInterfaceUpdate,
     ) -> ActionResult {
         let id = &update.iface_id;
-        let net = self.devices.net(id).ok_or_else(|| {
-            ActionError::InvalidConfig(format!("No network interface with id '{id}' is attached"))
-        })?;
+        let net = self
+            .devices
+            .net(id)
+            .ok_or_else(|| ActionError::NoSuchAttachedInterface { id: id.clone() })?;
         let mut net = net.lock().unwrap_or_else(|e| e.into_inner());
-        net.update(update).map_err(|e| {
-            ActionError::InvalidConfig(format!(
-                "Unable to patch the network interface: {}",
-                crate::error_chain(&e)
-            ))
-        })?;
+        net.update(update)
+            .map_err(ActionError::PatchNetworkInterface)?;
         if let Some(iface) = self.resources.network_interfaces.get_mut(id) {
             let (rx, tx) = net.rate_limiter_configs();
             iface.rx_rate_limiter = (rx != Default::default()).then_some(rx);
@@ -89,14 +82,14 @@ impl Controller {
     /// `GET /network-interfaces/{id}/firewall`: the live status after boot, the configured
     /// firewall before it.
     pub(super) fn get_firewall(&self, id: &str) -> ActionResult {
-        let missing = || ActionError::InvalidConfig(format!("No network interface with id '{id}'"));
+        let missing = || ActionError::NoSuchInterface { id: id.to_string() };
         if self.running.is_some() {
             let net = self.devices.net(id).ok_or_else(missing)?;
             let net = net.lock().unwrap_or_else(|e| e.into_inner());
-            let status = net.firewall_status().ok_or_else(|| {
-                ActionError::InvalidConfig(format!("Network interface '{id}' has no firewall"))
-            })?;
-            return Ok(VmmData::Json(status));
+            let status = net
+                .firewall_status()
+                .ok_or_else(|| ActionError::NoFirewall { id: id.to_string() })?;
+            return Ok(VmmData::FirewallStatus(status));
         }
         let iface = self
             .resources
@@ -104,7 +97,7 @@ impl Controller {
             .iter()
             .find(|i| i.iface_id == id)
             .ok_or_else(missing)?;
-        Ok(json(&serde_json::json!({
+        Ok(VmmData::FirewallStatus(serde_json::json!({
             "iface_id": id,
             "rules": iface.effective_firewall(),
         })))

@@ -160,6 +160,15 @@ mod tests {
         }
     }
 
+    /// The same answer: both allowed, or both refused for the same reason.
+    fn same(a: &Result<(), ActionError>, b: &Result<(), ActionError>) -> bool {
+        match (a, b) {
+            (Ok(()), Ok(())) => true,
+            (Err(a), Err(b)) => std::mem::discriminant(a) == std::mem::discriminant(b),
+            _ => false,
+        }
+    }
+
     #[test]
     fn every_action_in_every_state_is_allowed_or_refused_as_firecracker_does() {
         let states = [VmState::NotStarted, VmState::Running, VmState::Paused];
@@ -167,7 +176,11 @@ mod tests {
             let rows = expected(&name(&action));
             for (state, want) in states.into_iter().zip(rows) {
                 let got = allowed(state, &action).map(drop);
-                assert_eq!(got, want, "{} in {state:?}", name(&action));
+                assert!(
+                    same(&got, &want),
+                    "{} in {state:?}: {got:?}, not {want:?}",
+                    name(&action)
+                );
             }
         }
     }

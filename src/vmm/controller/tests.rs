@@ -12,7 +12,7 @@ use super::Controller;
 use crate::seccomp::SeccompFilters;
 use crate::vmm::action::{ActionError, VmmAction, VmmData};
 use crate::vmm::builder::BuildOptions;
-use crate::vstate::exit::ExitRequest;
+use crate::vstate::exit::{ExitCode, ExitRequest};
 
 fn controller() -> Controller {
     Controller::new(
@@ -32,8 +32,8 @@ fn from<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
 
 fn full_config(c: &mut Controller) -> serde_json::Value {
     match c.handle(VmmAction::GetFullConfig).unwrap() {
-        VmmData::Json(v) => v,
-        VmmData::Empty => panic!("GET /vm/config answered nothing"),
+        VmmData::FullConfig(v) => v,
+        other => panic!("GET /vm/config answered {other:?}"),
     }
 }
 
@@ -47,16 +47,19 @@ fn before_boot_runtime_actions_are_refused_and_queries_answered() {
         VmmAction::SendCtrlAltDel,
         VmmAction::FlushMetrics,
     ] {
-        assert_eq!(c.handle(action), Err(ActionError::NotSupportedPreBoot));
+        assert!(matches!(
+            c.handle(action),
+            Err(ActionError::NotSupportedPreBoot)
+        ));
     }
-    let VmmData::Json(info) = c.handle(VmmAction::GetInstanceInfo).unwrap() else {
-        panic!("GET / answered nothing");
+    let VmmData::InstanceInfo(info) = c.handle(VmmAction::GetInstanceInfo).unwrap() else {
+        panic!("GET / answered no InstanceInfo");
     };
-    assert_eq!(info["state"], "Not started");
-    assert_eq!(
+    assert_eq!(info.state, "Not started");
+    assert!(matches!(
         c.handle(VmmAction::InstanceStart),
         Err(ActionError::MissingKernelConfig)
-    );
+    ));
 }
 
 #[test]
@@ -66,7 +69,7 @@ fn a_boot_source_whose_kernel_does_not_open_is_refused_and_not_recorded() {
         json!({"kernel_image_path": "/nonexistent/vmlinux"}),
     )));
     assert_eq!(
-        r.unwrap_err().to_string(),
+        r.unwrap_err().fault_message(),
         "The kernel file cannot be opened: No such file or directory (os error 2)"
     );
     assert_eq!(full_config(&mut c)["boot-source"], json!(null));
@@ -74,7 +77,7 @@ fn a_boot_source_whose_kernel_does_not_open_is_refused_and_not_recorded() {
     let r = c.handle(VmmAction::PutBootSource(from(
         json!({"kernel_image_path": kernel.path()}),
     )));
-    assert_eq!(r, Ok(VmmData::Empty));
+    assert!(matches!(r, Ok(VmmData::Empty)));
     assert!(full_config(&mut c)["boot-source"]["kernel_image_path"].is_string());
 }
 
@@ -84,10 +87,62 @@ fn a_network_interface_whose_tap_does_not_open_is_refused_and_not_recorded() {
     let r = c.handle(VmmAction::PutNetworkInterface(Box::new(from(
         json!({"iface_id": "eth0", "host_dev_name": "lo"}),
     ))));
-    let message = r.unwrap_err().to_string();
+    let message = r.unwrap_err().fault_message();
     assert!(
         message.starts_with("Could not create the network device: Open tap device failed: "),
         "{message}"
     );
     assert_eq!(full_config(&mut c)["network-interfaces"], json!([]));
+}
+
+#[test]
+fn a_config_file_boot_source_that_does_not_open_fails_start_as_a_bad_configuration() {
+    let mut c = controller();
+    c.set_resources(crate::config::VmResources {
+        boot_source: Some(from(json!({"kernel_image_path": "/nonexistent/vmlinux"}))),
+        ..Default::default()
+    });
+    let e = c.start_vm().unwrap_err();
+    assert_eq!(e.exit_code(), ExitCode::BadConfiguration);
+    let e = c.handle(VmmAction::InstanceStart).unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert_eq!(
+        e.fault_message(),
+        "Start microvm error: The kernel file cannot be opened: No such file or directory \
+         (os error 2) (boot-source kernel_image_path /nonexistent/vmlinux)"
+    );
+}
+
+#[test]
+fn answers_serialise_to_firecrackers_bodies() {
+    let mut c = controller();
+    let version = c.handle(VmmAction::GetVersion).unwrap();
+    let body: serde_json::Value = serde_json::to_value(&version).unwrap();
+    assert_eq!(body["firecracker_version"], body["palisade_version"]);
+    assert!(body["firecracker_version"].is_string());
+    let info = serde_json::to_value(c.handle(VmmAction::GetInstanceInfo).unwrap()).unwrap();
+    assert_eq!(info["app_name"], "Palisade");
+    assert_eq!(info["state"], "Not started");
+    let machine = serde_json::to_value(c.handle(VmmAction::GetMachineConfig).unwrap()).unwrap();
+    assert!(machine["vcpu_count"].is_u64(), "{machine}");
+}
+
+#[test]
+fn a_machine_config_out_of_range_is_refused_with_its_reason() {
+    let mut c = controller();
+    let e = c
+        .handle(VmmAction::PatchMachineConfig(from(
+            json!({"vcpu_count": 0}),
+        )))
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        ActionError::Config(crate::config::ConfigError::Machine(_))
+    ));
+    assert!(
+        e.fault_message()
+            .starts_with("Invalid machine-config: vcpu_count must be between 1 and "),
+        "{}",
+        e.fault_message()
+    );
 }

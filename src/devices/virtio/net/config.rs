@@ -2,7 +2,7 @@
 //! `firewall` object, the body of `PATCH /network-interfaces/{iface_id}`, and the Landlock
 //! rule for the flow-log file this configuration names.
 
-use palisade_firewall::{parse_mac, FirewallConfig, MacAddr};
+use palisade_firewall::{parse_mac, ConfigError as FirewallConfigError, FirewallConfig, MacAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::devices::valid_resource_id;
@@ -13,7 +13,7 @@ use crate::sandbox::PathRule;
 pub const MAX_INTERFACES: usize = 8;
 
 /// Errors of a network interface's configuration.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum NetConfigError {
     /// `iface_id` is empty, too long or has other characters than `[A-Za-z0-9_]`.
     #[error("Invalid iface_id '{0}': 1 to 64 characters of [A-Za-z0-9_]")]
@@ -25,11 +25,21 @@ pub enum NetConfigError {
     #[error("Invalid guest_mac '{0}': six hexadecimal bytes separated by ':', unicast")]
     GuestMac(String),
     /// The firewall object does not validate.
-    #[error("Invalid firewall of interface {0}: {1}")]
-    Firewall(String, String),
+    #[error("Invalid firewall of interface {iface}: {source}")]
+    Firewall {
+        /// The interface.
+        iface: String,
+        /// What the firewall refused.
+        source: FirewallConfigError,
+    },
     /// The flow-log file cannot be created.
-    #[error("Cannot create the flow log {0}: {1}")]
-    FlowLog(String, String),
+    #[error("Cannot create the flow log {path}: {source}")]
+    FlowLog {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A ninth interface.
     #[error("At most {MAX_INTERFACES} network interfaces are supported")]
     TooMany,
@@ -96,7 +106,10 @@ impl NetworkInterfaceConfig {
         if let Some(firewall) = &self.firewall {
             firewall
                 .validate_for_interface(mac)
-                .map_err(|e| NetConfigError::Firewall(self.iface_id.clone(), e.to_string()))?;
+                .map_err(|source| NetConfigError::Firewall {
+                    iface: self.iface_id.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -137,7 +150,10 @@ impl NetworkInterfaceConfig {
             .mode(0o600)
             .open(path)
             .map(drop)
-            .map_err(|e| NetConfigError::FlowLog(path.display().to_string(), e.to_string()))
+            .map_err(|source| NetConfigError::FlowLog {
+                path: path.display().to_string(),
+                source,
+            })
     }
 
     /// The VMM's Landlock rules for this interface: its flow log, written (and reopened on
@@ -277,7 +293,7 @@ mod tests {
         }
         second.iface_id = "eth9".into();
         second.host_dev_name = "tap9".into();
-        assert_eq!(list.insert(second), Err(NetConfigError::TooMany));
+        assert!(matches!(list.insert(second), Err(NetConfigError::TooMany)));
         assert!(serde_json::from_str::<NetworkInterfaceConfig>(
             r#"{"iface_id": "eth0", "host_dev_name": "tap0", "bogus": 1}"#
         )

@@ -214,7 +214,10 @@ impl Net {
         if let Some(config) = &update.firewall {
             config
                 .validate()
-                .map_err(|e| NetConfigError::Firewall(self.id.clone(), e.to_string()))?;
+                .map_err(|source| NetConfigError::Firewall {
+                    iface: self.id.clone(),
+                    source,
+                })?;
             let firewall = self
                 .firewall
                 .as_mut()

@@ -421,15 +421,34 @@ impl VmResources {
     }
 
     /// Firecracker's full VM configuration document (`GET /vm/config`).
-    pub fn to_full_config(&self) -> serde_json::Value {
-        serde_json::json!({
-            "boot-source": self.boot_source,
-            "machine-config": self.machine_config,
-            "drives": self.drives.0,
-            "network-interfaces": self.network_interfaces.as_slice(),
-            "entropy": self.entropy,
-        })
+    pub fn to_full_config(&self) -> FullVmConfig {
+        FullVmConfig {
+            boot_source: self.boot_source.clone(),
+            drives: self.drives.0.clone(),
+            entropy: self.entropy.clone(),
+            machine_config: self.machine_config.clone(),
+            network_interfaces: self.network_interfaces.as_slice().to_vec(),
+        }
     }
+}
+
+/// `GET /vm/config`: the whole configuration in the config file's format (fields in the
+/// order Firecracker's clients have always seen them: alphabetical).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FullVmConfig {
+    /// `boot-source`.
+    #[serde(rename = "boot-source")]
+    pub boot_source: Option<BootSourceConfig>,
+    /// `drives`, root first.
+    pub drives: Vec<BlockDeviceConfig>,
+    /// `entropy`.
+    pub entropy: Option<EntropyConfig>,
+    /// `machine-config`.
+    #[serde(rename = "machine-config")]
+    pub machine_config: MachineConfig,
+    /// `network-interfaces`.
+    #[serde(rename = "network-interfaces")]
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
 }
 
 /// Total RAM of the host in MiB, from sysinfo(2).
@@ -526,7 +545,7 @@ mod tests {
                 .one_time_burst,
             Some(10)
         );
-        let full = resources.to_full_config();
+        let full = serde_json::to_value(resources.to_full_config()).unwrap();
         assert_eq!(full["drives"][0]["drive_id"], "rootfs");
         assert_eq!(full["entropy"]["rate_limiter"]["bandwidth"]["size"], 1000);
     }
@@ -586,7 +605,8 @@ mod tests {
             .iter()
             .any(|r| r.write && r.path == std::path::Path::new("/tmp/f.jsonl")));
         assert_eq!(
-            resources.to_full_config()["network-interfaces"][0]["iface_id"],
+            serde_json::to_value(resources.to_full_config()).unwrap()["network-interfaces"][0]
+                ["iface_id"],
             "eth0"
         );
         let text = r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"rootfs"}]}"#;

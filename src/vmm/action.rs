@@ -98,7 +98,7 @@ pub enum VmmData {
     /// `GET /machine-config`.
     MachineConfig(MachineConfig),
     /// `GET /vm/config`: the configuration in the config file's shape.
-    FullConfig(serde_json::Value),
+    FullConfig(Box<crate::config::FullVmConfig>),
     /// `GET /network-interfaces/{id}/firewall`: rules and counters.
     FirewallStatus(serde_json::Value),
 }

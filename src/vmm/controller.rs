@@ -139,7 +139,9 @@ impl Controller {
             VmmAction::GetMachineConfig => Ok(VmmData::MachineConfig(
                 self.resources.machine_config.clone(),
             )),
-            VmmAction::GetFullConfig => Ok(VmmData::FullConfig(self.resources.to_full_config())),
+            VmmAction::GetFullConfig => Ok(VmmData::FullConfig(Box::new(
+                self.resources.to_full_config(),
+            ))),
             VmmAction::GetFirewall(id) => self.get_firewall(&id),
             other => misrouted(&other),
         }

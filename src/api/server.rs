@@ -21,6 +21,7 @@ use super::audit::{loggable_path, utc_now, AuditLog, AuditRecord, Peer};
 use super::http::{self, HttpError, Parsed, Request};
 use super::response::{self, Response};
 use super::router::{self, route, Routed};
+use crate::logger::RateLimitedLog;
 use crate::metrics::METRICS;
 use crate::vmm::action::{ActionResult, VmmAction, VmmData};
 
@@ -38,6 +39,11 @@ const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 const KEPT_BUFFER: usize = 16 * 1024;
 /// Buffers read from one connection before the others get their turn.
 const READS_PER_TURN: usize = 4;
+/// New connections accepted in one turn: the rest wait for the next (the listener is
+/// level-triggered), so a peer connecting in a loop cannot keep the thread from its clients.
+const ACCEPTS_PER_TURN: usize = 16;
+/// Refused peers are all counted and audited; the log gets a bounded share of them.
+static REFUSED_LOG: RateLimitedLog = RateLimitedLog::new();
 const LISTENER: u64 = u64::MAX;
 
 /// The api thread's end of the VMM channel.
@@ -200,8 +206,9 @@ impl ApiServer {
             .map_or(1000, |d| d.as_millis().clamp(1, 1000) as i32)
     }
 
+    /// Accepts the connections that wait, at most [`ACCEPTS_PER_TURN`] of them.
     fn accept_all(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -237,12 +244,14 @@ impl ApiServer {
     /// Answers a peer whose uid is not allowed with 403, at once, and closes it.
     fn refuse(&mut self, stream: UnixStream, peer: &Peer) {
         METRICS.palisade.api_refused_peers.inc();
-        log::warn!(
-            "API connection from pid {} uid {} gid {} refused: uid not allowed",
-            peer.pid,
-            peer.uid,
-            peer.gid
-        );
+        if let Some(n) = REFUSED_LOG.hit() {
+            log::warn!(
+                "API connection from pid {} uid {} gid {} refused: uid not allowed ({n} so far)",
+                peer.pid,
+                peer.uid,
+                peer.gid
+            );
+        }
         let answer = Response::fault(
             403,
             &format!(
@@ -432,7 +441,11 @@ impl ApiServer {
             },
             Err(e) => {
                 let message = e.fault_message();
-                log::warn!("API {} {} failed: {message}", request.method, request.path);
+                log::warn!(
+                    "API {} {} failed: {message}",
+                    request.method,
+                    loggable_path(&request.path)
+                );
                 Response::fault(e.status(), &message)
             }
         })

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
-pub fn kick_signal() -> i32 {
+fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
@@ -48,7 +48,12 @@ pub(super) fn register_kick_handler() -> Result<(), vmm_sys_util::errno::Error> 
 }
 
 /// What a vCPU thread runs, one guest exit at a time.
-pub trait GuestRun {
+///
+/// # Safety
+/// The kick signal handler writes through the pointer [`GuestRun::immediate_exit`] returns,
+/// from this thread, at any moment while the guest runs: it must point at one writable byte
+/// that stays valid (and at the same address) for as long as `self` lives.
+pub unsafe trait GuestRun {
     /// The `kvm_run.immediate_exit` byte; valid, at a fixed address, while `self` lives.
     fn immediate_exit(&mut self) -> *mut u8;
     /// Runs the guest until its next exit (a kick is one) and handles it; false ends this
@@ -321,7 +326,9 @@ mod tests {
         count: usize,
     }
 
-    impl GuestRun for FakeGuest {
+    // SAFETY: `immediate_exit` points into `self.immediate_exit`, a field of the guest that
+    // lives (and does not move) while the thread runs it.
+    unsafe impl GuestRun for FakeGuest {
         fn immediate_exit(&mut self) -> *mut u8 {
             self.immediate_exit.as_ptr()
         }

@@ -25,7 +25,9 @@ pub(super) struct RunningVcpu {
     pub(super) filtered: Option<Result<(), SeccompError>>,
 }
 
-impl GuestRun for RunningVcpu {
+// SAFETY: `immediate_exit` is a byte of the vCPU's kvm_run mapping, which the VcpuFd owns:
+// mapped at a fixed address from the vCPU's creation until the fd is dropped with `self`.
+unsafe impl GuestRun for RunningVcpu {
     fn immediate_exit(&mut self) -> *mut u8 {
         &mut self.fd.get_kvm_run().immediate_exit
     }

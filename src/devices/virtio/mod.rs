@@ -23,6 +23,7 @@ pub mod mmio;
 pub mod net;
 pub mod queue;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::Arc;
 

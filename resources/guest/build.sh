@@ -5,7 +5,8 @@
 #   $HOME/.cache/palisade/guest/<inputs hash>/{vmlinux,bzImage,initramfs.cpio,
 #   rootfs.ext4,boot_args,manifest.json}
 # An existing output with a manifest is reused. Progress goes to stderr; the last line
-# on stdout is the output directory. Env: PALISADE_CACHE (default ~/.cache/palisade),
+# on stdout is the output directory. The agent (agent/, Rust) is built static with the
+# installed toolchain (cargo, x86_64-unknown-linux-gnu, Debian's libc6-dev static libs). Env: PALISADE_CACHE (default ~/.cache/palisade),
 # PALISADE_JOBS (default 2).
 set -euo pipefail
 
@@ -17,7 +18,7 @@ die() { log "error: $*"; exit 1; }
 
 # --- 1. Packages -------------------------------------------------------------------
 packages=(linux-source-6.1 busybox-static build-essential bc bison flex libelf-dev
-          libssl-dev cpio e2fsprogs lz4)
+          libssl-dev cpio e2fsprogs lz4 libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing+=("$p")
@@ -29,12 +30,15 @@ if ((${#missing[@]})); then
 fi
 linux_pkg=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 busybox_pkg=$(dpkg-query -W -f='${Version}' busybox-static)
+libc_pkg=$(dpkg-query -W -f='${Version}' libc6-dev)
+command -v cargo >/dev/null || die "cargo not found: the agent (agent/) is Rust"
+rustc_version=$(rustc -V)
 
 # --- 2. Inputs hash: reuse a finished output -----------------------------------------
 sums=$(cd "$here" && sha256sum build.sh config-fragment boot_args init fstab patches/*.patch \
-       checks/*)
-hash=$(printf '%s\nlinux-source-6.1 %s busybox-static %s\n' "$sums" "$linux_pkg" \
-       "$busybox_pkg" | sha256sum | cut -c1-16)
+       checks/* agent/Cargo.toml agent/Cargo.lock agent/src/*.rs)
+hash=$(printf '%s\nlinux-source-6.1 %s busybox-static %s libc6-dev %s %s\n' "$sums" \
+       "$linux_pkg" "$busybox_pkg" "$libc_pkg" "$rustc_version" | sha256sum | cut -c1-16)
 out=$cache/guest/$hash
 # One build at a time per cache (tests may call this script in parallel).
 mkdir -p "$cache"
@@ -46,6 +50,18 @@ if [[ -s $out/manifest.json ]]; then
     exit 0
 fi
 start=$SECONDS
+
+# --- 2b. The agent: static, no ELF interpreter (the guest has no dynamic loader) -------
+agent_target=$cache/build/agent-target
+log "building the agent (agent/, log: $agent_target.log)"
+RUSTFLAGS="-C target-feature=+crt-static" nice -n 10 cargo build --release --locked \
+    --manifest-path "$here/agent/Cargo.toml" --target x86_64-unknown-linux-gnu \
+    --target-dir "$agent_target" >"$agent_target.log" 2>&1 ||
+    { tail -n 40 "$agent_target.log" >&2; die "agent build failed"; }
+agent=$agent_target/x86_64-unknown-linux-gnu/release/palisade-agent
+if LC_ALL=C readelf -l "$agent" | grep -q 'INTERP'; then
+    die "$agent is dynamically linked"
+fi
 
 # --- 3. Kernel tree: unpacked and patched once per (package, patch set) ------------
 patches_hash=$(cat "$here"/patches/*.patch | sha256sum | cut -c1-12)
@@ -116,6 +132,7 @@ dir /tmp 1777 0 0
 dir /root 700 0 0
 nod /dev/console 600 0 0 c 5 1
 file /bin/busybox /bin/busybox 755 0 0
+file /bin/palisade-agent $agent 755 0 0
 slink /bin/sh busybox 777 0 0
 file /etc/fstab $here/fstab 644 0 0
 file /init $here/init 755 0 0
@@ -133,6 +150,7 @@ root=$tmp/rootfs
 mkdir -p "$root"/{bin,sbin,etc,dev,proc,sys,tmp,root}
 chmod 1777 "$root/tmp"
 cp /bin/busybox "$root/bin/busybox"
+cp "$agent" "$root/bin/palisade-agent"
 ln -s busybox "$root/bin/sh"
 cp "$here/init" "$root/sbin/init"
 cp "$here/fstab" "$root/etc/fstab"
@@ -152,6 +170,8 @@ files=(vmlinux bzImage initramfs.cpio rootfs.ext4 boot_args config)
     printf '{\n  "kernel_release": "%s",\n' "$release"
     printf '  "linux_source_package": "linux-source-6.1 %s",\n' "$linux_pkg"
     printf '  "busybox_package": "busybox-static %s",\n' "$busybox_pkg"
+    printf '  "agent": {"rustc": "%s", "libc6_dev": "%s", "size": %d},\n' \
+        "$rustc_version" "$libc_pkg" "$(stat -c %s "$agent")"
     printf '  "inputs_hash": "%s",\n' "$hash"
     printf '  "config_sha256": "%s",\n' "$(sha256sum <"$tmp/config" | cut -d' ' -f1)"
     printf '  "boot_args": "%s",\n' "$boot_args"

@@ -101,9 +101,3 @@ pub fn set_timeouts(stream: &File, secs: i64) -> io::Result<()> {
     }
     Ok(())
 }
-
-/// Half-closes the sending side (the peer reads EOF).
-pub fn shutdown_write(stream: &File) -> io::Result<()> {
-    // SAFETY: plain system call on a socket we own.
-    cvt(unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) }).map(|_| ())
-}

@@ -78,6 +78,7 @@ pub fn exchange(stream: File, bytes: usize) -> io::Result<Echo> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;

@@ -109,7 +109,10 @@ fn connect(cid: u32, port: u32, bytes: usize) -> ExitCode {
                 .first_mismatch
                 .map(|o| format!(" first_mismatch={o}"))
                 .unwrap_or_default();
-            println!("sent={} received={} match={verdict}{at}", e.sent, e.received);
+            println!(
+                "sent={} received={} match={verdict}{at}",
+                e.sent, e.received
+            );
             if e.ok() {
                 ExitCode::SUCCESS
             } else {
@@ -152,7 +155,9 @@ fn serve_forever(listener: &OwnedFd) -> ExitCode {
         };
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
-            let _ = protocol::write_error(&mut stream, "busy: too many connections");
+            // The accept loop must not wait on a peer that gives no credit: 1 s at most.
+            let _ = vsock::set_timeouts(&stream, 1)
+                .and_then(|()| protocol::write_error(&mut stream, "busy: too many connections"));
             log(&format!("{cid}:{peer_port} refused: busy"));
             continue;
         }

@@ -229,6 +229,7 @@ pub fn write_data(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 mod tests {
     use super::*;
 
@@ -279,7 +280,10 @@ mod tests {
         req.extend_from_slice(&0u32.to_le_bytes());
         req.extend_from_slice(&(MAX_DATA + 1).to_le_bytes());
         let err = read_request(&mut req.as_slice()).unwrap_err();
-        assert!(matches!(err, ProtocolError::TooLarge { what: "data", .. }), "{err}");
+        assert!(
+            matches!(err, ProtocolError::TooLarge { what: "data", .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -302,7 +306,16 @@ mod tests {
         frame(&mut req, &half);
         frame(&mut req, b"x");
         let err = read_request(&mut req.as_slice()).unwrap_err();
-        assert!(matches!(err, ProtocolError::TooLarge { what: "arguments", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ProtocolError::TooLarge {
+                    what: "arguments",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
@@ -50,13 +51,16 @@ pub fn serve(stream: &mut (impl Read + Write)) -> Result<Served, ServeError> {
     };
     let op = request.op();
     let sent = match run(request) {
-        Ok(Reply::Exec(out)) => protocol::write_exec(stream, &out)
-            .map(|()| format!("exit {}", out.exit)),
+        Ok(Reply::Exec(out)) => {
+            protocol::write_exec(stream, &out).map(|()| format!("exit {}", out.exit))
+        }
         Ok(Reply::Written(n)) => protocol::write_written(stream, n).map(|()| format!("{n} bytes")),
         Ok(Reply::Data(data)) => {
             protocol::write_data(stream, &data).map(|()| format!("{} bytes", data.len()))
         }
-        Err(message) => protocol::write_error(stream, &message).map(|()| format!("error: {message}")),
+        Err(message) => {
+            protocol::write_error(stream, &message).map(|()| format!("error: {message}"))
+        }
     };
     sent.map(|outcome| Served { op, outcome })
         .map_err(ServeError::Reply)
@@ -80,16 +84,36 @@ fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
 }
 
+/// Opens without blocking (a FIFO without a peer would hold this connection's thread
+/// forever: a write-only open fails with ENXIO instead, a read-only one reads EOF), then
+/// makes the descriptor blocking again for the transfer.
+fn open_nonblocking(options: &mut OpenOptions, path: &OsStr) -> io::Result<fs::File> {
+    let file = options.custom_flags(libc::O_NONBLOCK).open(path)?;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; F_GETFL takes no argument, returns an int.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl on a descriptor we own; F_SETFL takes a plain int.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
 fn write_file(path: &[u8], mode: u32, data: &[u8]) -> Result<u64, String> {
     let path = os(path);
     let show = || path.to_string_lossy().into_owned();
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| format!("open {}: {e}", show()))?;
+    let mut file = open_nonblocking(
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode),
+        path,
+    )
+    .map_err(|e| format!("open {}: {e}", show()))?;
     file.write_all(data)
         .map_err(|e| format!("write {}: {e}", show()))?;
     // An existing file keeps its mode through open(): set it (not for FIFOs and devices).
@@ -103,7 +127,8 @@ fn write_file(path: &[u8], mode: u32, data: &[u8]) -> Result<u64, String> {
 fn read_file(path: &[u8]) -> Result<Vec<u8>, String> {
     let path = os(path);
     let show = || path.to_string_lossy().into_owned();
-    let file = fs::File::open(path).map_err(|e| format!("open {}: {e}", show()))?;
+    let file = open_nonblocking(OpenOptions::new().read(true), path)
+        .map_err(|e| format!("open {}: {e}", show()))?;
     let mut data = Vec::new();
     file.take(u64::from(MAX_DATA) + 1)
         .read_to_end(&mut data)
@@ -153,7 +178,10 @@ fn exec(argv: &[Vec<u8>], stdin: Vec<u8>) -> Result<ExecOutput, String> {
             let _ = pipe.write_all(&stdin);
         })
     });
-    let err_reader = child.stderr.take().map(|pipe| thread::spawn(move || capture(pipe)));
+    let err_reader = child
+        .stderr
+        .take()
+        .map(|pipe| thread::spawn(move || capture(pipe)));
     let (stdout, stdout_truncated) = match child.stdout.take() {
         Some(pipe) => capture(pipe),
         None => (Vec::new(), false),
@@ -179,6 +207,7 @@ fn exec(argv: &[Vec<u8>], stdin: Vec<u8>) -> Result<ExecOutput, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
@@ -278,6 +307,20 @@ mod tests {
         assert_eq!(resp[0], protocol::STATUS_OK);
         let mut r = &resp[1..];
         assert_eq!(take_frame(&mut r), data);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fifo_without_peer_neither_blocks_write_nor_read() {
+        let dir = std::env::temp_dir().join(format!("palisade-agent-fifo-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = write_file(fifo.as_os_str().as_bytes(), 0o600, b"x").unwrap_err();
+        assert!(err.contains("open"), "{err}");
+        assert_eq!(read_file(fifo.as_os_str().as_bytes()).unwrap(), b"");
         fs::remove_dir_all(&dir).unwrap();
     }
 

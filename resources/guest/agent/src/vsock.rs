@@ -25,7 +25,8 @@ fn addr(cid: u32, port: u32) -> libc::sockaddr_vm {
 
 fn socket() -> io::Result<OwnedFd> {
     // SAFETY: plain system call with constant arguments; the result is checked.
-    let fd = cvt(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: fd is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -60,6 +60,7 @@ def main():
             "boot_args": f"{boot_args} palisade.test=vsock palisade.vsock_port={HOST_PORT}",
         },
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        "drives": [],  # Firecracker's config file requires the field
         "vsock": {"guest_cid": 3, "uds_path": uds},
     }
     with open(os.path.join(d, "vm.json"), "w") as f:

@@ -14,15 +14,16 @@
 mod echo;
 mod protocol;
 mod serve;
+mod slots;
 mod vsock;
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+
+use slots::Slots;
 
 /// The default listening port.
 const DEFAULT_PORT: u32 = 52;
@@ -139,7 +140,7 @@ fn listen(port: u32) -> ExitCode {
 }
 
 fn serve_forever(listener: &OwnedFd) -> ExitCode {
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Slots::new(MAX_CONNECTIONS);
     loop {
         let (mut stream, cid, peer_port) = match vsock::accept(listener) {
             Ok(c) => c,
@@ -153,28 +154,22 @@ fn serve_forever(listener: &OwnedFd) -> ExitCode {
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
+        let Some(slot) = slots.try_acquire() else {
             // The accept loop must not wait on a peer that gives no credit: 1 s at most.
             let _ = vsock::set_timeouts(&stream, 1)
                 .and_then(|()| protocol::write_error(&mut stream, "busy: too many connections"));
             log(&format!("{cid}:{peer_port} refused: busy"));
             continue;
-        }
-        let done = Arc::clone(&active);
+        };
         let spawned = thread::Builder::new().spawn(move || {
-            let line = match vsock::set_timeouts(&stream, IO_TIMEOUT_SECS)
-                .map_err(serve::ServeError::Reply)
-                .and_then(|()| serve::serve(&mut stream))
-            {
+            let line = match serve::serve_connection(&mut stream, IO_TIMEOUT_SECS) {
                 Ok(s) => format!("{cid}:{peer_port} {} {}", s.op, s.outcome),
                 Err(e) => format!("{cid}:{peer_port} {e}"),
             };
             log(&line);
-            done.fetch_sub(1, Ordering::SeqCst);
+            drop(slot);
         });
         if let Err(e) = spawned {
-            active.fetch_sub(1, Ordering::SeqCst);
             log(&format!("cannot start a thread: {e}"));
         }
     }

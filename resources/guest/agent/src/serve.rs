@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 
 use crate::protocol::{self, ExecOutput, ProtocolError, Request, MAX_DATA};
+use crate::vsock;
 
 /// Why a connection ended without a complete exchange.
 #[derive(Debug)]
@@ -37,6 +38,13 @@ pub struct Served {
     pub op: &'static str,
     /// "exit N", "N bytes" or "error: ...".
     pub outcome: String,
+}
+
+/// Serves one vsock connection: a read or write that makes no progress for
+/// `timeout_secs` fails (a peer that stalls or gives no credit frees its slot).
+pub fn serve_connection(stream: &mut fs::File, timeout_secs: i64) -> Result<Served, ServeError> {
+    vsock::set_timeouts(stream, timeout_secs).map_err(ServeError::Reply)?;
+    serve(stream)
 }
 
 /// Reads one request from `stream`, runs it and answers.
@@ -343,6 +351,24 @@ mod tests {
         let mut r = &resp[1..];
         let msg = String::from_utf8(take_frame(&mut r)).unwrap();
         assert!(msg.contains("argument count too large"), "{msg}");
+    }
+
+    #[test]
+    fn a_peer_that_stalls_mid_request_is_dropped_after_the_timeout() {
+        let (mut host, agent) = UnixStream::pair().unwrap();
+        let mut req = Vec::new();
+        frame(&mut req, b"WRITE");
+        req.extend_from_slice(&100u32.to_le_bytes()); // a path of 100 bytes, never sent
+        host.write_all(&req).unwrap();
+        let mut agent = fs::File::from(std::os::fd::OwnedFd::from(agent));
+        let start = std::time::Instant::now();
+        let err = serve_connection(&mut agent, 1).err().unwrap();
+        assert!(
+            matches!(err, ServeError::Protocol(ProtocolError::Io(_))),
+            "{err}"
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        drop(host);
     }
 
     #[test]

@@ -22,7 +22,10 @@ use crate::devices::virtio::net::config::InterfaceList;
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::VirtioDevice;
-use crate::metrics::{BlockDeviceMetrics, EntropyDeviceMetrics, NetDeviceMetrics, METRICS};
+use crate::metrics::{
+    BlockDeviceMetrics, DeviceMetrics, EntropyDeviceMetrics, NetDeviceMetrics, METRICS,
+};
+use crate::vmm::taps::OpenTaps;
 use crate::vstate::memory::GuestMemory;
 
 /// Errors of device attachment.
@@ -212,20 +215,20 @@ pub struct DeviceConfigs<'a> {
     pub entropy: Option<&'a EntropyConfig>,
     /// The network interfaces.
     pub nets: &'a InterfaceList,
+    /// The interfaces' taps, opened before the build (an interface without one opens its
+    /// own).
+    pub taps: OpenTaps,
 }
 
 /// Creates and attaches the drives (root first), the entropy device and the network
 /// interfaces.
 pub fn attach_devices(
     ctx: &mut AttachContext<'_>,
-    configs: &DeviceConfigs<'_>,
+    mut configs: DeviceConfigs<'_>,
 ) -> Result<VirtioDevices, AttachError> {
-    let (drives, entropy) = (configs.drives, configs.entropy);
     let mut devices = VirtioDevices::default();
-    for config in drives.iter() {
-        let metrics = Arc::new(BlockDeviceMetrics::new());
-        let key = BlockDeviceMetrics::key(&config.drive_id);
-        METRICS.devices.register(key, metrics.clone());
+    for config in configs.drives.iter() {
+        let metrics = registered_metrics(BlockDeviceMetrics::key(&config.drive_id));
         let block = Block::new(config, metrics)?;
         if block.is_root() {
             add_root_parameters(ctx.cmdline, block.partuuid(), block.is_read_only())?;
@@ -234,24 +237,33 @@ pub fn attach_devices(
         ctx.attach(block.clone())?;
         devices.blocks.push(block);
     }
-    if let Some(config) = entropy {
-        let metrics = Arc::new(EntropyDeviceMetrics::new());
-        let key = EntropyDeviceMetrics::KEY.to_string();
-        METRICS.devices.register(key, metrics.clone());
+    if let Some(config) = configs.entropy {
+        let metrics = registered_metrics(EntropyDeviceMetrics::KEY.to_string());
         let rng = Arc::new(Mutex::new(Rng::new(config, metrics)?));
         ctx.attach(rng.clone())?;
         devices.rng = Some(rng);
     }
     for config in configs.nets.iter() {
-        let metrics = Arc::new(NetDeviceMetrics::new());
-        let key = NetDeviceMetrics::key(&config.iface_id);
-        METRICS.devices.register(key, metrics.clone());
-        let net = Net::new(config, metrics)?;
+        let metrics = registered_metrics(NetDeviceMetrics::key(&config.iface_id));
+        let net = match configs.taps.take(config) {
+            Some(tap) => Net::with_tap(config, tap, metrics)?,
+            None => Net::new(config, metrics)?,
+        };
         let net = Arc::new(Mutex::new(net));
         ctx.attach(net.clone())?;
         devices.nets.push(net);
     }
     Ok(devices)
+}
+
+/// A device's metrics group, reported under `key` from the next flush on.
+fn registered_metrics<M: Default>(key: String) -> Arc<M>
+where
+    Arc<M>: Into<DeviceMetrics>,
+{
+    let metrics = Arc::new(M::default());
+    METRICS.devices.register(key, metrics.clone());
+    metrics
 }
 
 #[cfg(test)]

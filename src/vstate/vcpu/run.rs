@@ -35,14 +35,14 @@ unsafe impl GuestRun for RunningVcpu {
     fn run_once(&mut self) -> bool {
         if let Some(Err(e)) = self.filtered.take() {
             log::error!("vCPU {}: {e}", self.index);
-            self.shared.exit.request(ExitCode::VmmError);
+            self.shared.request_exit(ExitCode::VmmError);
             return false;
         }
         match self.step() {
             Ok(go_on) => go_on,
             Err(code) => {
                 METRICS.vcpu.failures.inc();
-                self.shared.exit.request(code);
+                self.shared.request_exit(code);
                 false
             }
         }

@@ -26,7 +26,9 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
-use palisade_firewall::{DropReason, Firewall, FirewallConfig, FirewallError, MacAddr};
+use palisade_firewall::{
+    DropReason, Firewall, FirewallConfig, FirewallError, FirewallStatus, MacAddr,
+};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
@@ -199,7 +201,7 @@ impl Net {
     }
 
     /// `GET /network-interfaces/{id}/firewall`.
-    pub fn firewall_status(&self) -> Option<serde_json::Value> {
+    pub fn firewall_status(&self) -> Option<FirewallStatus> {
         self.firewall.as_ref().map(Firewall::status)
     }
 

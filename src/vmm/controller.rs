@@ -264,11 +264,10 @@ impl Controller {
     /// `PATCH /drives/{id}` on a running VM: a new backing file and/or new limits.
     fn patch_drive(&mut self, update: &BlockDeviceUpdate) -> ActionResult {
         let id = &update.drive_id;
-        let block = self
+        let mut block = self
             .devices
             .block(id)
             .ok_or_else(|| ActionError::NoSuchDrive { id: id.clone() })?;
-        let mut block = block.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(path) = &update.path_on_host {
             block.update_disk(path).map_err(ActionError::PatchDrive)?;
         }

@@ -3,7 +3,7 @@
 //! index), one irqfd per device, and `virtio_mmio.device=4K@ADDR:IRQ` on the kernel command
 //! line. A root drive also adds `root=` and `ro`/`rw`, as Firecracker does.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -175,21 +175,27 @@ impl VirtioDevices {
         subs
     }
 
-    /// The drive with this id.
-    pub fn block(&self, id: &str) -> Option<&Arc<Mutex<Block>>> {
-        self.blocks
-            .iter()
-            .find(|b| b.lock().unwrap_or_else(|e| e.into_inner()).id() == id)
+    /// The drive with this id, locked.
+    pub fn block(&self, id: &str) -> Option<MutexGuard<'_, Block>> {
+        find_locked(&self.blocks, |b| b.id() == id)
+    }
+
+    /// The network interface with this id, locked.
+    pub fn net(&self, id: &str) -> Option<MutexGuard<'_, Net>> {
+        find_locked(&self.nets, |n| n.id() == id)
     }
 }
 
-impl VirtioDevices {
-    /// The network interface with this id.
-    pub fn net(&self, id: &str) -> Option<&Arc<Mutex<Net>>> {
-        self.nets
-            .iter()
-            .find(|n| n.lock().unwrap_or_else(|e| e.into_inner()).id() == id)
-    }
+/// The first device `is_it` picks, locked (a poisoned lock is taken over, as the VMM does
+/// everywhere).
+fn find_locked<D>(
+    devices: &[Arc<Mutex<D>>],
+    is_it: impl Fn(&D) -> bool,
+) -> Option<MutexGuard<'_, D>> {
+    devices
+        .iter()
+        .map(|d| d.lock().unwrap_or_else(PoisonError::into_inner))
+        .find(|d| is_it(d))
 }
 
 /// `root=/dev/vda` (the root drive is attached first) or `root=PARTUUID=...`, then `ro` or

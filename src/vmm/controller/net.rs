@@ -24,11 +24,10 @@ impl Controller {
         update: &NetworkInterfaceUpdate,
     ) -> ActionResult {
         let id = &update.iface_id;
-        let net = self
+        let mut net = self
             .devices
             .net(id)
             .ok_or_else(|| ActionError::NoSuchAttachedInterface { id: id.clone() })?;
-        let mut net = net.lock().unwrap_or_else(|e| e.into_inner());
         net.update(update)
             .map_err(ActionError::PatchNetworkInterface)?;
         if let Some(iface) = self.resources.network_interfaces.get_mut(id) {
@@ -48,7 +47,6 @@ impl Controller {
         let missing = || ActionError::NoSuchInterface { id: id.to_string() };
         if self.running.is_some() {
             let net = self.devices.net(id).ok_or_else(missing)?;
-            let net = net.lock().unwrap_or_else(|e| e.into_inner());
             let status = net
                 .firewall_status()
                 .ok_or_else(|| ActionError::NoFirewall { id: id.to_string() })?;

@@ -74,8 +74,8 @@ pub enum Event {
     Idle,
     /// A host connection to our listening port was accepted.
     Accepted(usize),
-    /// Our REQUEST was answered.
-    Opened(usize),
+    /// Our REQUEST was answered (`connect_wait` waits for it).
+    Opened,
     /// Data for a connection, valid until the next poll; `consumed` it when done.
     Data(usize, &'static [u8]),
     /// The connection ended (state Reset or Closed).
@@ -299,7 +299,7 @@ impl Stack {
         match h.op {
             OP_RESPONSE if c.state == State::Connecting => {
                 c.state = State::Open;
-                Event::Opened(i)
+                Event::Opened
             }
             OP_RST => {
                 c.state = if c.state == State::Closed { State::Closed } else { State::Reset };

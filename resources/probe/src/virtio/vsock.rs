@@ -23,7 +23,6 @@ pub const OP_SHUTDOWN: u16 = 4;
 pub const OP_RW: u16 = 5;
 pub const OP_CREDIT_UPDATE: u16 = 6;
 pub const OP_CREDIT_REQUEST: u16 = 7;
-pub const SHUTDOWN_RCV: u32 = 1;
 pub const SHUTDOWN_SEND: u32 = 2;
 pub const HOST_CID: u64 = 2;
 
@@ -39,9 +38,8 @@ const RX_HDRS: u64 = DATA_START + 0x7000;
 const TX_HDRS: u64 = DATA_START + 0x8000;
 const RX_DATA: u64 = DATA_START + 0x1_0000;
 const TX_DATA: u64 = DATA_START + 0x4_0000;
-/// Free DMA memory for the scenarios (echo buffers, hand-made packets).
+/// Free DMA memory for the scenarios (echo buffers, hand-made packets), 2 MiB.
 pub const SCRATCH: u64 = DATA_START + 0x10_0000;
-pub const SCRATCH_LEN: u64 = 0x20_0000;
 
 /// `struct virtio_vsock_hdr`, decoded.
 #[derive(Clone, Copy, Default)]
@@ -107,8 +105,6 @@ impl Hdr {
 pub struct Packet {
     pub hdr: Hdr,
     pub data: &'static [u8],
-    /// The length the device put in the used ring (header included).
-    pub used_len: u32,
 }
 
 pub struct Vsock {
@@ -281,7 +277,7 @@ impl Vsock {
         }
         let len = (hdr.len as usize).min(used_len as usize - HDR).min(RX_BUF as usize);
         let data = dma::slice(RX_DATA + u64::from(slot) * u64::from(RX_BUF), len);
-        Some(Packet { hdr, data, used_len })
+        Some(Packet { hdr, data })
     }
 
     /// Counts and re-posts event buffers (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET re-reads the CID).

@@ -224,7 +224,7 @@ SCENARIOS = {"vsock-echo": run_echo, "vsock-connect": run_connect, "vsock-many":
 def main():
     if len(sys.argv) < 5 or sys.argv[1] != "firecracker":
         sys.exit(__doc__)
-    fc, elf, scenario = sys.argv[2], sys.argv[3], sys.argv[4]
+    fc, elf, scenario = os.path.abspath(sys.argv[2]), os.path.abspath(sys.argv[3]), sys.argv[4]
     opts = dict(a.split("=", 1) for a in sys.argv[5:])
     args = [f"probe.run={scenario}"] + [f"probe.{k}={v}" for k, v in opts.items()]
     with tempfile.TemporaryDirectory() as d:

@@ -4,14 +4,15 @@
 //! queue for 300 ms for packets to the case's local port. One row per case:
 //! `probe: vsock-hostile case CASE saw=OBSERVED good=ok|fail`, where OBSERVED is `rst`
 //! (the device reset the connection), `nothing`, `response`, `rw`, `shutdown`,
-//! `credit-update`, `credit-request`, `op-N`, `no-connection` (the case's own connection was
+//! `credit-update`, `credit-request`, `op-other`, `needs-reset` (the device asked for a reset;
+//! the probe re-initialises it), `no-connection` (the case's own connection was
 //! refused) or `stuck` (the device never used the chain, ~10 s); the flood case adds
 //! `flood_packets=N`. Then `probe: vsock-hostile ok cases=N` or
 //! `probe: vsock-hostile fail failed=N cases=N` (failed: good=fail).
 
 use crate::serial::{put_str, ResultLine};
-use crate::virtio::dma;
-use crate::virtio::vsock::{Hdr, HDR, HOST_CID, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RW, SCRATCH, TYPE_STREAM};
+use crate::virtio::{dma, STATUS_NEEDS_RESET};
+use crate::virtio::vsock::{Hdr, HDR, HOST_CID, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, SCRATCH, TYPE_STREAM};
 use crate::vsock_stream::{self, passed, Params, Stack};
 use crate::zero_page::BootInfo;
 
@@ -82,7 +83,14 @@ fn loose_case(ctx: &mut Ctx, port: u32, edit: fn(&mut Hdr), data: Option<u32>) -
     if !raw(ctx, &h, data) {
         return "stuck";
     }
-    observe(ctx, port)
+    let saw = observe(ctx, port);
+    if saw == "response" {
+        // The device took the bad REQUEST: end that connection cleanly.
+        let rst = Hdr { op: OP_RST, ..loose(ctx, port, OP_RST) };
+        ctx.s.vs.send(&rst, &[]);
+        ctx.s.vs.flush();
+    }
+    saw
 }
 
 /// Opens a real connection (with `buf_alloc`), sends the edited header with `data` bytes.
@@ -201,7 +209,14 @@ pub fn run(boot: &BootInfo) {
     let (mut cases, mut failed) = (0u64, 0u64);
     for (n, case) in CASES.iter().enumerate() {
         ctx.extra = 0;
-        let saw = (case.run)(&mut ctx, FIRST_CASE_PORT + n as u32);
+        let mut saw = (case.run)(&mut ctx, FIRST_CASE_PORT + n as u32);
+        if ctx.s.vs.dev.status() & STATUS_NEEDS_RESET != 0 {
+            saw = "needs-reset";
+            match vsock_stream::open(boot) {
+                Ok(s) => ctx.s = s,
+                Err(e) => return ResultLine::fail(NAME.as_bytes()).text("reopen").text(e).end(),
+            }
+        }
         let good = match ctx.s.connect_wait(ctx.p.port, ctx.p.deadline_ms(2000)) {
             Ok(i) => {
                 ctx.s.close(i);

@@ -139,6 +139,8 @@ def run_echo(guest, opts):
     port, size = int(opts.get("port", 5000)), int(opts.get("bytes", 1 << 20))
     conns = int(opts.get("count", 1))
     at, _ = guest.wait_for("probe: vsock-echo ready")
+    if int(opts.get("parallel", 0)):
+        return echo_parallel(guest, port, size, conns, at)
     for n in range(conns):
         s = host_connect(guest, port)
         data = pattern(size)
@@ -164,6 +166,35 @@ def run_echo(guest, opts):
     _, line = guest.wait_for("probe: vsock-echo ")
     _, line = guest.wait_for("probe: vsock-echo ok")
     return True
+
+
+def echo_parallel(guest, port, size, conns, at):
+    """All `conns` connections at once, each echoing `size` bytes."""
+    results = [None] * conns
+
+    def one(n):
+        s = host_connect(guest, port)
+        data = pattern(size, n)
+        t = threading.Thread(target=s.sendall, args=(data,))
+        t.start()
+        got = bytearray()
+        while len(got) < size:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        t.join()
+        results[n] = bytes(got) == data
+        s.close()
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _, line = guest.wait_for("probe: vsock-echo ok", at)
+    print(f"host: {conns} parallel echo connections identical: {results}")
+    return all(results) and f"conns={conns}" in line
 
 
 def run_connect(guest, opts):

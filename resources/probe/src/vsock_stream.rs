@@ -188,7 +188,13 @@ impl Stack {
     /// Event::Opened. None when the table is full.
     pub fn connect(&mut self, port: u32) -> Option<usize> {
         let i = self.free_slot()?;
-        self.conns[i] = Conn { state: State::Connecting, local_port: self.next_port, peer_port: port, buf_alloc: self.buf_alloc, ..FREE };
+        self.conns[i] = Conn {
+            state: State::Connecting,
+            local_port: self.next_port,
+            peer_port: port,
+            buf_alloc: self.buf_alloc,
+            ..FREE
+        };
         self.next_port = self.next_port.wrapping_add(1).max(FIRST_LOCAL_PORT);
         self.send_ctl(i, OP_REQUEST, 0);
         Some(i)
@@ -265,9 +271,9 @@ impl Stack {
     }
 
     fn find(&self, h: &Hdr) -> Option<usize> {
-        self.conns.iter().position(|c| {
-            c.state != State::Free && c.local_port == h.dst_port && c.peer_port == h.src_port
-        })
+        self.conns
+            .iter()
+            .position(|c| c.state != State::Free && c.local_port == h.dst_port && c.peer_port == h.src_port)
     }
 
     /// An RST answering `h` (for packets that match nothing).

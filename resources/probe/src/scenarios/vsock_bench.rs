@@ -3,7 +3,7 @@
 //! then it receives `probe.reply` bytes (default as many; timed from the first byte to the
 //! last), which the host sends once it has read everything. Then it closes. Times from the
 //! TSC (`probe.tsc_mhz`); cycles are raw TSC ticks.
-//! `probe: vsock-bench connected cid=N port=P`, `probe: vsock-bench tx-start`,
+//! `probe: vsock-bench connected cid=N port=P connect_usecs=U` (REQUEST to RESPONSE), `probe: vsock-bench tx-start`,
 //! `probe: vsock-bench tx-done bytes=N usecs=U cycles=C`,
 //! `probe: vsock-bench rx-done bytes=M usecs=U cycles=C`, then
 //! `probe: vsock-bench ok tx_bytes=N tx_kib_s=K rx_bytes=M rx_kib_s=K` or
@@ -36,12 +36,14 @@ pub fn run(boot: &BootInfo) {
         Err(e) => return ResultLine::fail(NAME.as_bytes()).text(e).end(),
     };
     let deadline = p.deadline_ms(p.secs * 1000);
+    let connect_start = tsc();
     let i = match s.connect_wait(p.port, deadline) {
         Ok(i) => i,
         Err(state) => return fail("connect=", connect_failure(state)),
     };
+    let connect_usecs = p.usecs_since(connect_start);
     put_str("probe: vsock-bench connected");
-    ResultLine.dec("cid", s.vs.cid).dec("port", u64::from(p.port)).end();
+    ResultLine.dec("cid", s.vs.cid).dec("port", u64::from(p.port)).dec("connect_usecs", connect_usecs).end();
     put_str("probe: vsock-bench tx-start\n");
     let chunk = [0x5au8; TX_BUF as usize];
     let start = tsc();
@@ -60,7 +62,7 @@ pub fn run(boot: &BootInfo) {
         if done == 0 {
             s.vs.flush();
             spins = spins.wrapping_add(1);
-            if spins % 100_000 == 0 && s.conns[i].credit() == 0 {
+            if spins.is_multiple_of(100_000) && s.conns[i].credit() == 0 {
                 s.credit_request(i);
             }
             if let Event::Data(_, data) = s.poll() {

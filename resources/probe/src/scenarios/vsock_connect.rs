@@ -74,7 +74,7 @@ pub fn run(boot: &BootInfo) {
             } else {
                 s.vs.flush();
                 idle_spins += 1;
-                if idle_spins % 100_000 == 0 && s.conns[i].credit() == 0 {
+                if idle_spins.is_multiple_of(100_000) && s.conns[i].credit() == 0 {
                     s.credit_request(i);
                 }
             }

@@ -115,7 +115,7 @@ pub fn run(boot: &BootInfo) {
             if s.conns[i].state != State::Open {
                 continue;
             }
-            if rings.len[i] > 0 && !rings.pump(&mut s, i) && spins % 65536 == 0 && s.conns[i].credit() == 0 {
+            if rings.len[i] > 0 && !rings.pump(&mut s, i) && spins.is_multiple_of(65536) && s.conns[i].credit() == 0 {
                 s.credit_request(i);
             }
             if rings.len[i] == 0 && s.conns[i].peer_shutdown & SHUTDOWN_SEND != 0 {

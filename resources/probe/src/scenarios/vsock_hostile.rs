@@ -11,8 +11,10 @@
 //! `probe: vsock-hostile fail failed=N cases=N` (failed: good=fail).
 
 use crate::serial::{put_str, ResultLine};
+use crate::virtio::vsock::{
+    Hdr, HDR, HOST_CID, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, SCRATCH, TYPE_STREAM,
+};
 use crate::virtio::{dma, STATUS_NEEDS_RESET};
-use crate::virtio::vsock::{Hdr, HDR, HOST_CID, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, SCRATCH, TYPE_STREAM};
 use crate::vsock_stream::{self, passed, Params, Stack};
 use crate::zero_page::BootInfo;
 

@@ -270,7 +270,7 @@ impl Vsock {
         }
         let slot = (id / 2) as u16;
         self.rx_held = Some(slot);
-        let Some(hdr) = Hdr::decode(dma::slice(RX_HDRS + u64::from(slot) * 64, HDR)) else { return None };
+        let hdr = Hdr::decode(dma::slice(RX_HDRS + u64::from(slot) * 64, HDR))?;
         if (used_len as usize) < HDR {
             self.bad_used += 1;
             return None;

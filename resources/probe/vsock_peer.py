@@ -7,7 +7,7 @@ Firecracker's vsock contract (host-initiated: `CONNECT <port>\\n` on uds_path, a
 
 boots PROBE_ELF under Firecracker (--no-api, a config file with a vsock section, CID 3),
 plays the host's part of SCENARIO (vsock-echo, vsock-connect, vsock-many, vsock-hostile,
-vsock-bench), prints the guest's serial output and checks the result line. The extra
+vsock-bench, vsock-stall), prints the guest's serial output and checks the result line. The extra
 key=value words go on the guest command line as probe.KEY=VALUE.
 """
 import json
@@ -248,8 +248,26 @@ def run_bench(guest, opts):
     return True
 
 
+def run_stall(guest, opts):
+    port, size = int(opts.get("port", 5000)), int(opts.get("bytes", 1 << 20))
+    guest.wait_for("probe: vsock-stall ready")
+    s = host_connect(guest, port)
+    t0 = time.time()
+
+    def writer():
+        s.sendall(pattern(size))
+        print(f"host: stall: all {size} bytes written after {time.time() - t0:.1f}s")
+        s.shutdown(socket.SHUT_WR)
+
+    threading.Thread(target=writer, daemon=True).start()
+    _, line = guest.wait_for("probe: vsock-stall ok")
+    s.close()
+    f = fields(line)
+    return int(f["received"]) == size and int(f["held"]) <= 65536
+
+
 SCENARIOS = {"vsock-echo": run_echo, "vsock-connect": run_connect, "vsock-many": run_many,
-             "vsock-hostile": run_hostile, "vsock-bench": run_bench}
+             "vsock-hostile": run_hostile, "vsock-bench": run_bench, "vsock-stall": run_stall}
 
 
 def main():

@@ -31,6 +31,7 @@ mod vsock_connect;
 mod vsock_echo;
 mod vsock_hostile;
 mod vsock_many;
+mod vsock_stall;
 
 use crate::serial::ResultLine;
 use crate::zero_page::BootInfo;
@@ -71,6 +72,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: vsock_many::NAME, run: vsock_many::run },
     Scenario { name: vsock_hostile::NAME, run: vsock_hostile::run },
     Scenario { name: vsock_bench::NAME, run: vsock_bench::run },
+    Scenario { name: vsock_stall::NAME, run: vsock_stall::run },
 ];
 
 pub fn run(name: &[u8], boot: &BootInfo) {

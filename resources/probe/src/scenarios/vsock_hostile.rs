@@ -4,7 +4,9 @@
 //! queue for 300 ms for packets to the case's local port. One row per case:
 //! `probe: vsock-hostile case CASE saw=OBSERVED good=ok|fail`, where OBSERVED is `rst`
 //! (the device reset the connection), `nothing`, `response`, `rw`, `shutdown`,
-//! `credit-update`, `credit-request`, `op-other`, `needs-reset` (the device asked for a reset;
+//! `credit-update`, `credit-request`, `op-other`, `short-rx-len-0`,
+//! `short-rx-len-le-20`, `short-rx-len-over-20`, `short-rx-overflow`, `short-rx-kept` (the
+//! 20-byte RX buffer case), `needs-reset` (the device asked for a reset;
 //! the probe re-initialises it), `no-connection` (the case's own connection was
 //! refused) or `stuck` (the device never used the chain, ~10 s); the flood case adds
 //! `flood_packets=N`. Then `probe: vsock-hostile ok cases=N` or
@@ -137,6 +139,34 @@ fn flood(ctx: &mut Ctx) -> &'static str {
     saw
 }
 
+/// An RX buffer of 20 bytes (shorter than a header) between good ones, with a canary after
+/// it; 48 CREDIT_REQUESTs make the device write 48 CREDIT_UPDATEs, so it reaches the buffer.
+/// Observed: `short-rx-len-N` (returned with used length N), `short-rx-overflow` (the canary
+/// was written), `short-rx-kept` (not returned).
+fn rx_buffer_short(ctx: &mut Ctx) -> &'static str {
+    let Ok(i) = ctx.s.connect_wait(ctx.p.port, ctx.p.deadline_ms(2000)) else { return "no-connection" };
+    let buf = DATA_AT + 0x10_0000;
+    dma::write_bytes(buf, &[0xaa; 256]);
+    ctx.s.vs.post_rx_raw(buf, 20);
+    for _ in 0..48 {
+        ctx.s.credit_request(i);
+    }
+    let until = ctx.p.deadline_ms(300);
+    while !passed(until) {
+        let _ = ctx.s.poll();
+    }
+    ctx.s.close(i);
+    if dma::slice(buf + 20, 236).iter().any(|&b| b != 0xaa) {
+        return "short-rx-overflow";
+    }
+    match ctx.s.vs.raw_rx_used {
+        None => "short-rx-kept",
+        Some(0) => "short-rx-len-0",
+        Some(n) if n <= 20 => "short-rx-len-le-20",
+        Some(_) => "short-rx-len-over-20",
+    }
+}
+
 struct Case {
     name: &'static str,
     run: fn(&mut Ctx, u32) -> &'static str,
@@ -198,6 +228,7 @@ const CASES: &[Case] = &[
         },
     },
     Case { name: "buf-alloc-zero-flood", run: |c, _| flood(c) },
+    Case { name: "rx-buffer-short", run: |c, _| rx_buffer_short(c) },
 ];
 
 pub fn run(boot: &BootInfo) {

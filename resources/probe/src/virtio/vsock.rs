@@ -27,6 +27,11 @@ pub const SHUTDOWN_SEND: u32 = 2;
 pub const HOST_CID: u64 = 2;
 
 const RX_SLOTS: u16 = 32;
+/// The RX queue has twice the descriptors the slots need: the second half is for hand-made
+/// buffers (`post_rx_raw`).
+const RX_QUEUE_SIZE: u16 = RX_SLOTS * 4;
+/// The descriptor of the hand-made RX buffer.
+const RX_RAW_DESC: u16 = RX_SLOTS * 2;
 const TX_SLOTS: u16 = 32;
 const EVENT_SLOTS: u16 = 8;
 pub const RX_BUF: u32 = 4096;
@@ -122,6 +127,8 @@ pub struct Vsock {
     pub events: u64,
     /// Used RX entries with an id or a length that makes no sense.
     pub bad_used: u64,
+    /// The used length of the hand-made RX buffer, once the device returned it.
+    pub raw_rx_used: Option<u32>,
 }
 
 impl Vsock {
@@ -130,7 +137,7 @@ impl Vsock {
         let tx_area = QueueArea { desc: TX_RINGS, avail: TX_RINGS + 0x1000, used: TX_RINGS + 0x2000, request: 0 };
         let ev_area =
             QueueArea { desc: EVENT_RINGS, avail: EVENT_RINGS + 0x1000, used: EVENT_RINGS + 0x2000, request: 0 };
-        let mut rx = Virtqueue::new(&rx_area, RX_SLOTS * 2);
+        let mut rx = Virtqueue::new(&rx_area, RX_QUEUE_SIZE);
         let tx = Virtqueue::new(&tx_area, TX_SLOTS * 2);
         let mut event = Virtqueue::new(&ev_area, EVENT_SLOTS);
         dev.negotiate(0, rx.setup)?;
@@ -161,6 +168,7 @@ impl Vsock {
             rx_unnotified: 0,
             events: 0,
             bad_used: 0,
+            raw_rx_used: None,
         })
     }
 
@@ -264,6 +272,10 @@ impl Vsock {
             }
             return None;
         };
+        if id == u32::from(RX_RAW_DESC) {
+            self.raw_rx_used = Some(used_len);
+            return None;
+        }
         if id % 2 != 0 || id >= u32::from(RX_SLOTS) * 2 {
             self.bad_used += 1;
             return None;
@@ -278,6 +290,15 @@ impl Vsock {
         let len = (hdr.len as usize).min(used_len as usize - HDR).min(RX_BUF as usize);
         let data = dma::slice(RX_DATA + u64::from(slot) * u64::from(RX_BUF), len);
         Some(Packet { hdr, data })
+    }
+
+    /// Posts one hand-made device-writable RX buffer (after the ones already posted); its
+    /// return shows in `raw_rx_used`.
+    pub fn post_rx_raw(&mut self, addr: u64, len: u32) {
+        self.raw_rx_used = None;
+        self.rx.set_desc(RX_RAW_DESC, addr, len, DESC_F_WRITE, 0);
+        self.rx.push(RX_RAW_DESC);
+        self.dev.notify(0);
     }
 
     /// Counts and re-posts event buffers (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET re-reads the CID).

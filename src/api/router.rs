@@ -485,6 +485,36 @@ mod tests {
     }
 
     #[test]
+    fn the_openapi_firewall_status_names_every_key_the_answer_has() {
+        let doc: serde_yaml::Value = serde_yaml::from_str(include_str!("openapi.yaml")).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let keys = |schema: &str| -> Vec<String> {
+            let mut keys: Vec<String> = schemas[schema]["properties"]
+                .as_mapping()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str().unwrap().to_string())
+                .collect();
+            keys.sort();
+            keys
+        };
+        let config = serde_json::from_str("{}").unwrap();
+        let firewall =
+            palisade_firewall::Firewall::new("eth0", &config, None, std::time::Instant::now())
+                .unwrap();
+        let answer = serde_json::to_value(firewall.status()).unwrap();
+        let answered = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        assert_eq!(keys("FirewallStatus"), answered(&answer));
+        assert_eq!(keys("FirewallCounters"), answered(&answer["counters"]));
+        assert_eq!(
+            keys("FirewallDirectionCounters"),
+            answered(&answer["counters"]["ingress"])
+        );
+    }
+
+    #[test]
     fn every_route_is_reachable() {
         for (method, template) in ROUTES {
             let path = template

@@ -160,7 +160,7 @@ fn reads_writes_flushes_and_get_id_work() {
     assert_eq!(&id[..5], b"data\0");
     assert_eq!(block.metrics.read_bytes.count(), 1024);
     assert_eq!(block.metrics.write_count.count(), 1);
-    assert!(!block.interrupt.needs_reset());
+    assert!(!block.core.interrupt.needs_reset());
 }
 
 #[test]
@@ -343,7 +343,7 @@ fn malformed_requests_get_ioerr_and_the_device_keeps_serving() {
     );
 
     assert_eq!(block.metrics.execute_fails.count(), 13);
-    assert!(!block.interrupt.needs_reset());
+    assert!(!block.core.interrupt.needs_reset());
     // The file is untouched and a good request still works.
     let content = std::fs::read(f.file.path()).unwrap();
     assert_eq!(content[0], 0);
@@ -365,7 +365,7 @@ fn a_chain_longer_than_the_queue_needs_a_reset() {
     q.avail().ring().ref_at(0).unwrap().store(0);
     q.avail().idx().store(1);
     block.process_queue();
-    assert!(block.interrupt.needs_reset());
+    assert!(block.core.interrupt.needs_reset());
     assert_eq!(q.used().idx().load(), 0);
     assert_eq!(block.metrics.needs_reset_count.count(), 1);
     // Nothing more is served until the reset gives the queue back.
@@ -381,7 +381,7 @@ fn a_chain_without_a_writable_status_byte_needs_a_reset() {
     f.header(VIRTIO_BLK_T_IN, 0);
     f.submit(&q, &[(HEADER, 16, 0), (DATA, 512, 0)]);
     block.process_queue();
-    assert!(block.interrupt.needs_reset());
+    assert!(block.core.interrupt.needs_reset());
     assert_eq!(q.used().idx().load(), 0);
 }
 
@@ -465,11 +465,11 @@ fn a_new_backing_file_changes_the_capacity_and_tells_the_driver() {
     assert_eq!(u64::from_le_bytes(capacity), SECTORS);
     let bigger = tempfile::NamedTempFile::new().unwrap();
     bigger.as_file().set_len(64 * 512).unwrap();
-    let generation = block.interrupt.config_generation();
+    let generation = block.core.interrupt.config_generation();
     block.update_disk(bigger.path().to_str().unwrap()).unwrap();
     block.read_config(0, &mut capacity);
     assert_eq!(u64::from_le_bytes(capacity), 64);
-    assert_eq!(block.interrupt.config_generation(), generation + 1);
+    assert_eq!(block.core.interrupt.config_generation(), generation + 1);
     assert!(block.update_disk("/nonexistent/disk.img").is_err());
     assert_eq!(block.metrics.update_fails.count(), 1);
 }
@@ -479,8 +479,8 @@ fn the_config_space_advertises_seg_max_and_size_max() {
     let f = Fixture::new();
     let q = MockSplitQueue::new(&f.mem, 16);
     let block = f.block(&f.config(), &q);
-    assert_ne!(block.avail_features & (1 << VIRTIO_BLK_F_SEG_MAX), 0);
-    assert_ne!(block.avail_features & (1 << VIRTIO_BLK_F_SIZE_MAX), 0);
+    assert_ne!(block.core.avail_features & (1 << VIRTIO_BLK_F_SEG_MAX), 0);
+    assert_ne!(block.core.avail_features & (1 << VIRTIO_BLK_F_SIZE_MAX), 0);
     let mut word = [0u8; 4];
     block.read_config(8, &mut word);
     assert_eq!(u32::from_le_bytes(word), request::SIZE_MAX);

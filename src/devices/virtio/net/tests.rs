@@ -187,7 +187,7 @@ fn bad_tx_chains_are_refused_and_a_loop_needs_a_reset() {
     r.txq.avail().ring().ref_at(2).unwrap().store(5);
     r.txq.avail().idx().store(3);
     r.net.process_tx();
-    assert!(r.net.interrupt.needs_reset());
+    assert!(r.net.core.interrupt.needs_reset());
 }
 
 #[test]
@@ -250,7 +250,7 @@ fn a_frame_larger_than_the_buffer_is_dropped_and_the_buffer_returned_empty() {
     assert_eq!(r.rxq.used().idx().load(), 1);
     assert_eq!(used_len(&mem, &r.rxq, 0), 0);
     assert_eq!(r.net.metrics.rx_fails.count(), 1);
-    assert_eq!(r.net.rx_len, 0);
+    assert_eq!(r.net.rx_frame.len, 0);
 }
 
 #[test]

@@ -230,6 +230,34 @@ impl DeviceCore<1> {
     }
 }
 
+/// Implements `MutEventSubscriber` for a device with one queue under one rate limiter (fields
+/// `core: DeviceCore<1>`, `limiter` and `metrics`, a `process_queue` method), given the names
+/// of its counters of queue notifications and of timer expirations:
+/// `queue_and_limiter_events!(Rng, entropy_event_count, rate_limiter_event_count);`.
+macro_rules! queue_and_limiter_events {
+    ($device:ty, $queue_count:ident, $timer_count:ident) => {
+        impl ::event_manager::MutEventSubscriber for $device {
+            fn process(
+                &mut self,
+                events: ::event_manager::Events,
+                _ops: &mut ::event_manager::EventOps,
+            ) {
+                let (queue, timer) = (&self.metrics.$queue_count, &self.metrics.$timer_count);
+                let data = events.data();
+                let core = &self.core;
+                if core.on_queue_or_limiter_event(data, &mut self.limiter, queue, timer) {
+                    self.process_queue();
+                }
+            }
+
+            fn init(&mut self, ops: &mut ::event_manager::EventOps) {
+                self.core.watch_queue_and_limiter(ops, &self.limiter);
+            }
+        }
+    };
+}
+pub(crate) use queue_and_limiter_events;
+
 /// The [`VirtioDevice`] plumbing of a [`DeviceCore`], whatever its number of queues.
 pub trait SharedCore: Send {
     /// The device's short name.

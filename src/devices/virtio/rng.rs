@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{Queue, QueueT};
@@ -15,7 +14,9 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::buffers::{self, Layout};
 use super::chain::{self, Segment};
-use super::device_core::{core_accessors, CoreDevice, DeviceCore, DeviceLabel};
+use super::device_core::{
+    core_accessors, queue_and_limiter_events, CoreDevice, DeviceCore, DeviceLabel,
+};
 use super::queue::{charge_descriptors, drain, ChainOutcome, MAX_QUEUE_SIZE};
 use super::VIRTIO_F_VERSION_1;
 use crate::logger::RateLimitedLog;
@@ -186,25 +187,7 @@ impl CoreDevice for Rng {
     fn config_write(&mut self, _offset: u64, _data: &[u8]) {}
 }
 
-impl MutEventSubscriber for Rng {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let (queue, timer) = (
-            &self.metrics.entropy_event_count,
-            &self.metrics.rate_limiter_event_count,
-        );
-        let data = events.data();
-        if self
-            .core
-            .on_queue_or_limiter_event(data, &mut self.limiter, queue, timer)
-        {
-            self.process_queue();
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        self.core.watch_queue_and_limiter(ops, &self.limiter);
-    }
-}
+queue_and_limiter_events!(Rng, entropy_event_count, rate_limiter_event_count);
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,6 @@
 //! The drive on the VMM thread's event loop: queue notifications and rate limiter timer
 //! expirations drain the queue; each chain is checked, parsed, charged to the limiter and run.
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
@@ -13,6 +12,7 @@ use super::request::{Request, RequestType, ID_BYTES};
 use super::{Block, GuestLogs};
 use crate::devices::virtio::buffers;
 use crate::devices::virtio::chain::{self, Segment};
+use crate::devices::virtio::device_core::queue_and_limiter_events;
 use crate::devices::virtio::queue::{
     charge_descriptors, drain, ChainOutcome, DrainEnd, QueueError,
 };
@@ -158,22 +158,4 @@ impl Block {
     }
 }
 
-impl MutEventSubscriber for Block {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let (queue, timer) = (
-            &self.metrics.queue_event_count,
-            &self.metrics.rate_limiter_event_count,
-        );
-        let data = events.data();
-        if self
-            .core
-            .on_queue_or_limiter_event(data, &mut self.limiter, queue, timer)
-        {
-            self.process_queue();
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        self.core.watch_queue_and_limiter(ops, &self.limiter);
-    }
-}
+queue_and_limiter_events!(Block, queue_event_count, rate_limiter_event_count);

@@ -26,6 +26,9 @@ const DATA: u64 = 0x11_0000;
 const STATUS: u64 = 0x12_0000;
 const W: u16 = VRING_DESC_F_WRITE as u16;
 
+/// A chain's buffers: (address, length, flags).
+type Bufs = [(u64, u32, u16)];
+
 struct Fixture {
     mem: GuestMemory,
     file: tempfile::NamedTempFile,
@@ -216,7 +219,7 @@ fn malformed_requests_get_ioerr_and_the_device_keeps_serving() {
     let (i, o) = (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT);
     let read_512 = read_chain(512);
     // (what is wrong, request type, sector, chain): each is answered IOERR with used length 1.
-    let cases: [(&str, u32, u64, &[(u64, u32, u16)]); 13] = [
+    let cases: [(&str, u32, u64, &Bufs); 13] = [
         (
             "buffer outside guest memory (it ends past 2 MiB)",
             i,

@@ -5,9 +5,10 @@
 use vm_memory::GuestAddress;
 
 use super::*;
-use crate::devices::virtio::queue::QueueError;
+use crate::devices::virtio::queue::{DrainEnd, QueueError};
 use crate::devices::virtio::VIRTIO_F_VERSION_1;
-use crate::metrics::EntropyDeviceMetrics;
+use crate::metrics::{Counter, EntropyDeviceMetrics};
+use crate::rate_limiter::RateLimiter;
 
 /// A core counting into a fresh group (any device's group has the core's counters).
 fn core<const N: usize>(features: u64) -> (DeviceCore<N>, Arc<EntropyDeviceMetrics>) {

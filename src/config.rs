@@ -1,5 +1,7 @@
 //! The Firecracker-format VM configuration (`--config-file`), with Palisade's checks.
 
+use std::fs::File;
+
 use serde::{Deserialize, Serialize};
 // Each device's configuration lives beside the device; the whole file's sections are here.
 pub use crate::devices::valid_resource_id;
@@ -104,6 +106,15 @@ pub struct BootSourceConfig {
     /// Kernel command line; Firecracker's default when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_args: Option<String>,
+}
+
+/// The files of a checked boot source, open for reading until the VM is built.
+#[derive(Debug)]
+pub struct BootFiles {
+    /// `kernel_image_path`.
+    pub kernel: File,
+    /// `initrd_path`.
+    pub initrd: Option<File>,
 }
 
 /// `machine-config.huge_pages` as Firecracker names it.
@@ -375,18 +386,20 @@ impl From<VmConfig> for VmResources {
 
 impl BootSourceConfig {
     /// Checks the boot source as Firecracker does when it is PUT: the kernel and the initrd
-    /// open for reading and the command line is valid. The files are opened again, by path,
-    /// when the VM is built.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        std::fs::File::open(&self.kernel_image_path).map_err(ConfigError::KernelFile)?;
-        if let Some(initrd) = &self.initrd_path {
-            std::fs::File::open(initrd).map_err(ConfigError::InitrdFile)?;
-        }
+    /// open for reading and the command line is valid. The files stay open: the VM is built
+    /// from them, not from the paths again.
+    pub fn open(&self) -> Result<BootFiles, ConfigError> {
+        let kernel = File::open(&self.kernel_image_path).map_err(ConfigError::KernelFile)?;
+        let initrd = self
+            .initrd_path
+            .as_ref()
+            .map(|initrd| File::open(initrd).map_err(ConfigError::InitrdFile))
+            .transpose()?;
         if let Some(args) = &self.boot_args {
             linux_loader::cmdline::Cmdline::try_from(args, CMDLINE_MAX_SIZE)
                 .map_err(ConfigError::KernelCmdline)?;
         }
-        Ok(())
+        Ok(BootFiles { kernel, initrd })
     }
 
     /// The files the VMM reads to boot, for its Landlock layer.
@@ -625,28 +638,28 @@ mod tests {
             initrd_path: initrd.map(Into::into),
             boot_args: args,
         };
-        boot(None, None).validate().unwrap();
+        boot(None, None).open().unwrap();
         boot(kernel.path().to_str(), Some("console=ttyS0".into()))
-            .validate()
+            .open()
             .unwrap();
         let missing = BootSourceConfig {
             kernel_image_path: "/nonexistent/vmlinux".into(),
             ..boot(None, None)
         };
         assert_eq!(
-            missing.validate().unwrap_err().to_string(),
+            missing.open().unwrap_err().to_string(),
             "The kernel file cannot be opened: No such file or directory (os error 2)"
         );
         assert_eq!(
             boot(Some("/nonexistent/initrd"), None)
-                .validate()
+                .open()
                 .unwrap_err()
                 .to_string(),
             "The initrd file cannot be opened due to invalid path or invalid permissions. \
              No such file or directory (os error 2)"
         );
         let err = boot(None, Some("x".repeat(CMDLINE_MAX_SIZE + 1)))
-            .validate()
+            .open()
             .unwrap_err();
         assert!(
             err.to_string()

@@ -1,9 +1,10 @@
 //! Why frames are dropped, and the counters the firewall keeps (reported by `status` and
 //! copied into the VMM's metrics by the net device).
 
-use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 
 use crate::net_types::Direction;
+use crate::status::{CounterStatus, DirectionCounters};
 
 /// Why the firewall dropped a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -118,32 +119,30 @@ impl Counters {
         self.dropped(Direction::Ingress, reason) + self.dropped(Direction::Egress, reason)
     }
 
-    /// `{"ingress": {...}, "egress": {...}, "dropped": {reason: total}}`.
-    pub fn to_json(&self) -> Value {
-        let side = |direction: Direction| {
-            let mut dropped = Map::new();
-            for reason in DropReason::ALL {
-                dropped.insert(reason.name().into(), self.dropped(direction, reason).into());
-            }
-            json!({
-                "passed_frames": self.passed_frames[direction.index()],
-                "passed_bytes": self.passed_bytes[direction.index()],
-                "dropped": dropped,
-            })
+    /// The counters as `GET /network-interfaces/{id}/firewall` reports them.
+    pub fn status(&self) -> CounterStatus {
+        let side = |direction: Direction| DirectionCounters {
+            passed_frames: self.passed_frames[direction.index()],
+            passed_bytes: self.passed_bytes[direction.index()],
+            dropped: by_reason(|reason| self.dropped(direction, reason)),
         };
-        let mut totals = Map::new();
-        for reason in DropReason::ALL {
-            totals.insert(reason.name().into(), self.dropped_total(reason).into());
+        CounterStatus {
+            ingress: side(Direction::Ingress),
+            egress: side(Direction::Egress),
+            dropped: by_reason(|reason| self.dropped_total(reason)),
+            flows_created: self.flows_created,
+            flows_ended: self.flows_ended,
+            flows_cut_by_update: self.flows_cut_by_update,
         }
-        json!({
-            "ingress": side(Direction::Ingress),
-            "egress": side(Direction::Egress),
-            "dropped": totals,
-            "flows_created": self.flows_created,
-            "flows_ended": self.flows_ended,
-            "flows_cut_by_update": self.flows_cut_by_update,
-        })
     }
+}
+
+/// One count per drop reason, by name.
+fn by_reason(count: impl Fn(DropReason) -> u64) -> BTreeMap<&'static str, u64> {
+    DropReason::ALL
+        .iter()
+        .map(|&reason| (reason.name(), count(reason)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -165,7 +164,7 @@ mod tests {
         counters.count_pass(Direction::Egress, 100);
         assert_eq!(counters.dropped(Direction::Egress, DropReason::SpoofMac), 1);
         assert_eq!(counters.dropped_total(DropReason::SpoofMac), 2);
-        let json = counters.to_json();
+        let json = serde_json::to_value(counters.status()).unwrap();
         assert_eq!(json["dropped"]["spoof_mac"], 2);
         assert_eq!(json["egress"]["passed_bytes"], 100);
         assert_eq!(json["ingress"]["dropped"]["malformed"], 0);

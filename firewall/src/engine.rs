@@ -7,8 +7,6 @@ mod packet_path;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
-
 use crate::antispoof::AntiSpoof;
 use crate::config::{ConfigError, FirewallConfig};
 use crate::conntrack::Conntrack;
@@ -17,6 +15,7 @@ use crate::flow_log::{FlowLog, FlowLogError};
 use crate::flow_table::{FlowTable, HashSeed};
 use crate::net_types::{Direction, MacAddr};
 use crate::rules::CompiledRules;
+use crate::status::{ConntrackStatus, FirewallStatus, FlowLogStatus, RuleHits};
 
 use flow_report::RejectTally;
 
@@ -198,21 +197,27 @@ impl Firewall {
     }
 
     /// `GET /network-interfaces/{id}/firewall`: the rules, per-rule hits and every counter.
-    pub fn status(&self) -> Value {
-        json!({
-            "iface_id": self.iface_id,
-            "anti_spoofing": self.antispoof.is_some(),
-            "rules": self.config,
-            "rule_hits": {"ingress": self.rule_hits[0], "egress": self.rule_hits[1]},
-            "counters": self.counters.to_json(),
-            "conntrack": {"flows": self.conntrack.len(), "max": self.conntrack.capacity()},
-            "flow_log": {
-                "enabled": self.flow_log.is_enabled(),
-                "records_written": self.flow_log.records_written,
-                "records_lost": self.flow_log.records_lost,
-                "records_suppressed": self.flow_log.records_suppressed,
+    pub fn status(&self) -> FirewallStatus {
+        FirewallStatus {
+            iface_id: self.iface_id.clone(),
+            anti_spoofing: self.antispoof.is_some(),
+            rules: self.config.clone(),
+            rule_hits: RuleHits {
+                ingress: self.rule_hits[0].clone(),
+                egress: self.rule_hits[1].clone(),
             },
-        })
+            counters: self.counters.status(),
+            conntrack: ConntrackStatus {
+                flows: self.conntrack.len(),
+                max: self.conntrack.capacity(),
+            },
+            flow_log: FlowLogStatus {
+                enabled: self.flow_log.is_enabled(),
+                records_written: self.flow_log.records_written,
+                records_lost: self.flow_log.records_lost,
+                records_suppressed: self.flow_log.records_suppressed,
+            },
+        }
     }
 
     fn clock_ms(&self, now: Instant) -> u64 {

@@ -26,6 +26,7 @@ mod link_control;
 mod net_types;
 mod prefix_index;
 mod rules;
+mod status;
 
 pub use config::{
     Action, ConfigError, FirewallConfig, Proto, RuleConfig, DEFAULT_CONNTRACK_MAX,
@@ -35,3 +36,6 @@ pub use counters::{Counters, DropReason};
 pub use engine::{Firewall, FirewallError, Verdict, MAINTENANCE_PERIOD};
 pub use flow_log::FlowLogError;
 pub use net_types::{parse_mac, Cidr, Direction, MacAddr, NetTypeError, PortRange};
+pub use status::{
+    ConntrackStatus, CounterStatus, DirectionCounters, FirewallStatus, FlowLogStatus, RuleHits,
+};

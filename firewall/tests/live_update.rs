@@ -100,7 +100,7 @@ fn status_reports_rules_hits_and_every_counter() {
         now,
     );
     fw.egress(&[0u8; 5], now);
-    let status = fw.status();
+    let status = serde_json::to_value(fw.status()).unwrap();
     assert_eq!(status["iface_id"], "eth0");
     assert_eq!(status["rules"]["ingress"][1]["ports"], "80");
     assert_eq!(status["rules"]["default_ingress"], "deny");

@@ -8,7 +8,7 @@ pub mod router;
 pub mod server;
 
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -24,13 +24,16 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 51_200;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The socket path is taken.
-    #[error("The API socket path {0} already exists")]
-    SocketExists(String),
+    #[error("The API socket path {} already exists", path.display())]
+    SocketExists {
+        /// Path given.
+        path: PathBuf,
+    },
     /// bind(2) failed.
-    #[error("Cannot bind the API socket {path}: {source}")]
+    #[error("Cannot bind the API socket {}: {source}", path.display())]
     Bind {
         /// Path given.
-        path: String,
+        path: PathBuf,
         /// Cause.
         source: std::io::Error,
     },
@@ -42,7 +45,9 @@ pub enum ApiError {
 /// Binds the API socket with mode 0600: only its owner (and root) can connect.
 pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     if path.symlink_metadata().is_ok() {
-        return Err(ApiError::SocketExists(path.display().to_string()));
+        return Err(ApiError::SocketExists {
+            path: path.to_path_buf(),
+        });
     }
     // SAFETY: umask only changes this process's file creation mask; no memory is involved.
     let old = unsafe { libc::umask(0o177) };
@@ -50,7 +55,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     // SAFETY: as above; restores the previous mask.
     unsafe { libc::umask(old) };
     bound.map_err(|source| ApiError::Bind {
-        path: path.display().to_string(),
+        path: path.to_path_buf(),
         source,
     })
 }

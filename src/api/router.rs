@@ -112,17 +112,27 @@ enum VmState {
 const INVALID_ID: &str =
     "Invalid ID. It should contain only alphanumeric characters or '_' and be at most 64 characters long.";
 
-/// The id from the path, checked, and equal to the one in the body.
-fn checked_id<'a>(param: Option<&'a str>, body_id: &str) -> Result<&'a str, Routed> {
-    let id = param
+/// The id from the path, checked.
+fn path_id(param: Option<&str>) -> Result<&str, Routed> {
+    param
         .filter(|id| valid_resource_id(id))
-        .ok_or_else(|| bad_request(INVALID_ID))?;
-    if id != body_id {
+        .ok_or_else(|| bad_request(INVALID_ID))
+}
+
+/// The body of a request on `/{kind}/{id}`: parsed, and the id it names (`body_id`) equal to
+/// the path's.
+fn parse_body_for<T: DeserializeOwned>(
+    body: &[u8],
+    param: Option<&str>,
+    body_id: fn(&T) -> &str,
+) -> Result<Box<T>, Routed> {
+    let parsed: T = parse_body(body)?;
+    if path_id(param)? != body_id(&parsed) {
         return Err(bad_request(
             "The id from the path does not match the id from the body!",
         ));
     }
-    Ok(id)
+    Ok(Box::new(parsed))
 }
 
 /// Counts a served request in Firecracker's per-route metrics.
@@ -255,31 +265,23 @@ fn route_body(
             VmState::Resumed => VmmAction::Resume,
         },
         ("PUT", "/drives/{drive_id}") => {
-            let drive: BlockDeviceConfig = parse_body(body)?;
-            checked_id(param, &drive.drive_id)?;
-            VmmAction::PutDrive(Box::new(drive))
+            VmmAction::PutDrive(parse_body_for(body, param, |d: &BlockDeviceConfig| {
+                &d.drive_id
+            })?)
         }
         ("PATCH", "/drives/{drive_id}") => {
-            let update: BlockDeviceUpdate = parse_body(body)?;
-            checked_id(param, &update.drive_id)?;
-            VmmAction::PatchDrive(Box::new(update))
+            VmmAction::PatchDrive(parse_body_for(body, param, |u: &BlockDeviceUpdate| {
+                &u.drive_id
+            })?)
         }
-        ("PUT", "/network-interfaces/{iface_id}") => {
-            let iface: NetworkInterfaceConfig = parse_body(body)?;
-            checked_id(param, &iface.iface_id)?;
-            VmmAction::PutNetworkInterface(Box::new(iface))
-        }
-        ("PATCH", "/network-interfaces/{iface_id}") => {
-            let update: NetworkInterfaceUpdate = parse_body(body)?;
-            checked_id(param, &update.iface_id)?;
-            VmmAction::PatchNetworkInterface(Box::new(update))
-        }
+        ("PUT", "/network-interfaces/{iface_id}") => VmmAction::PutNetworkInterface(
+            parse_body_for(body, param, |i: &NetworkInterfaceConfig| &i.iface_id)?,
+        ),
+        ("PATCH", "/network-interfaces/{iface_id}") => VmmAction::PatchNetworkInterface(
+            parse_body_for(body, param, |u: &NetworkInterfaceUpdate| &u.iface_id)?,
+        ),
         ("GET", "/network-interfaces/{iface_id}/firewall") => {
-            let id = param.unwrap_or_default();
-            if !valid_resource_id(id) {
-                return Err(bad_request(INVALID_ID));
-            }
-            VmmAction::GetFirewall(id.to_string())
+            VmmAction::GetFirewall(path_id(param)?.to_string())
         }
         ("PUT", "/entropy") => VmmAction::PutEntropy(parse_body::<EntropyConfig>(body)?),
         _ => return Err(bad_request("Invalid request method and/or path.")),
@@ -479,6 +481,36 @@ mod tests {
         assert!(
             extra.is_empty(),
             "openapi.yaml paths the router lacks: {extra:?}"
+        );
+    }
+
+    #[test]
+    fn the_openapi_firewall_status_names_every_key_the_answer_has() {
+        let doc: serde_yaml::Value = serde_yaml::from_str(include_str!("openapi.yaml")).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let keys = |schema: &str| -> Vec<String> {
+            let mut keys: Vec<String> = schemas[schema]["properties"]
+                .as_mapping()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str().unwrap().to_string())
+                .collect();
+            keys.sort();
+            keys
+        };
+        let config = serde_json::from_str("{}").unwrap();
+        let firewall =
+            palisade_firewall::Firewall::new("eth0", &config, None, std::time::Instant::now())
+                .unwrap();
+        let answer = serde_json::to_value(firewall.status()).unwrap();
+        let answered = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        assert_eq!(keys("FirewallStatus"), answered(&answer));
+        assert_eq!(keys("FirewallCounters"), answered(&answer["counters"]));
+        assert_eq!(
+            keys("FirewallDirectionCounters"),
+            answered(&answer["counters"]["ingress"])
         );
     }
 

@@ -1,5 +1,6 @@
 //! What the API asks of the VMM thread, and what it answers: typed, loggable, testable.
 
+use palisade_firewall::{FirewallConfig, FirewallStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
@@ -99,8 +100,20 @@ pub enum VmmData {
     MachineConfig(MachineConfig),
     /// `GET /vm/config`: the configuration in the config file's shape.
     FullConfig(Box<crate::config::FullVmConfig>),
-    /// `GET /network-interfaces/{id}/firewall`: rules and counters.
-    FirewallStatus(serde_json::Value),
+    /// `GET /network-interfaces/{id}/firewall` after boot: rules and counters.
+    FirewallStatus(Box<FirewallStatus>),
+    /// `GET /network-interfaces/{id}/firewall` before boot: the configured rules.
+    ConfiguredFirewall(ConfiguredFirewall),
+}
+
+/// `GET /network-interfaces/{id}/firewall` before boot: the firewall the interface will get
+/// (`null` when it gets none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfiguredFirewall {
+    /// The interface.
+    pub iface_id: String,
+    /// Its firewall's configuration.
+    pub rules: Option<FirewallConfig>,
 }
 
 /// Why an action failed. Each variant keeps its typed cause; [`ActionError::status`] and

@@ -10,7 +10,7 @@ use crate::arch::x86_64::layout::{
     SERIAL_PORT,
 };
 use crate::arch::x86_64::mptable::{self, setup_mptable};
-use crate::config::{HugePages, VmResources};
+use crate::config::{BootFiles, HugePages, VmResources};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{BusError, Buses};
 use crate::devices::i8042::I8042Device;
@@ -26,6 +26,7 @@ use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
 
 use super::kernel::{self, KernelError};
+use super::taps::OpenTaps;
 use super::Vmm;
 
 /// Errors of VM building.
@@ -85,10 +86,23 @@ pub struct BuildOptions {
     pub landlock: bool,
 }
 
+/// What was opened while the resources were checked, for the build to use rather than open
+/// again.
+pub struct OpenedFiles {
+    /// The boot source's kernel and initrd.
+    pub boot: BootFiles,
+    /// The network interfaces' taps.
+    pub taps: OpenTaps,
+}
+
 /// Builds the VM: KVM VM, guest memory, kernel, initrd, devices (the virtio ones add to the
 /// command line), command line, boot parameters, MP table and configured vCPUs (not yet
 /// running).
-pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<BuiltVm, BuildError> {
+pub fn build_vm(
+    resources: &VmResources,
+    opts: &BuildOptions,
+    opened: OpenedFiles,
+) -> Result<BuiltVm, BuildError> {
     // The boot timer counts from here: the start of building the VM.
     let boot_timer = opts
         .boot_timer
@@ -110,11 +124,15 @@ pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<BuiltVm,
     let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
     vm.register_memory(&mem)?;
 
-    let kernel = kernel::load_kernel(&mem, &boot.kernel_image_path)?;
-    let initrd = boot
-        .initrd_path
-        .as_deref()
-        .map(|p| kernel::load_initrd(&mem, p, kernel.end))
+    let OpenedFiles { boot: files, taps } = opened;
+    let BootFiles {
+        kernel: mut kernel_file,
+        initrd: initrd_file,
+    } = files;
+    let kernel = kernel::load_kernel(&mem, &mut kernel_file, &boot.kernel_image_path)?;
+    let initrd_path = boot.initrd_path.as_deref().unwrap_or_default();
+    let initrd = initrd_file
+        .map(|mut file| kernel::load_initrd(&mem, &mut file, initrd_path, kernel.end))
         .transpose()?;
     let exit = opts.exit.clone();
     let mut buses = Buses::default();
@@ -149,10 +167,11 @@ pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<BuiltVm,
             cmdline: &mut cmdline,
             slots: Slots::default(),
         },
-        &DeviceConfigs {
+        DeviceConfigs {
             drives: &resources.drives,
             entropy: resources.entropy.as_ref(),
             nets: &resources.network_interfaces,
+            taps,
         },
     )?;
     let cmdline_len = kernel::load_command_line(&mem, &cmdline)?;
@@ -187,12 +206,11 @@ pub fn build_vm(resources: &VmResources, opts: &BuildOptions) -> Result<BuiltVm,
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let shared = Arc::new(VcpuShared::new(Arc::new(buses), mem, exit.clone()));
+    let shared = Arc::new(VcpuShared::new(Arc::new(buses), mem, exit));
     let vmm = Vmm {
         vm,
         vcpus,
         shared,
-        exit,
         serial,
         i8042,
         seccomp: opts.seccomp.clone(),

@@ -10,14 +10,14 @@ mod tests;
 
 use std::time::Instant;
 
-use crate::config::{host_memory_mib, BlockDeviceUpdate, VmResources};
+use crate::config::{host_memory_mib, BlockDeviceUpdate, BootFiles, VmResources};
 use crate::vmm::device_manager::{Subscriber, VirtioDevices};
 
-use self::net::OpenTaps;
 use self::rules::{ActionKind, VmState};
 pub use self::start::StartError;
 use super::action::{ActionError, ActionResult, InstanceInfo, VersionInfo, VmmAction, VmmData};
-use super::builder::{build_vm, BuildOptions, BuiltVm};
+use super::builder::{build_vm, BuildError, BuildOptions, BuiltVm, OpenedFiles};
+use super::taps::OpenTaps;
 use super::RunningVm;
 
 /// Name in `GET /`.
@@ -35,8 +35,11 @@ pub struct Controller {
     devices: VirtioDevices,
     /// Devices started but not yet given to the event loop.
     new_subscribers: Vec<Subscriber>,
-    /// The taps opened by `PUT /network-interfaces`, held until the VM is built.
+    /// The taps opened by `PUT /network-interfaces`, held until the VM is built on them.
     taps: OpenTaps,
+    /// The kernel and initrd opened by `PUT /boot-source`, held until the VM is built from
+    /// them.
+    boot_files: Option<BootFiles>,
 }
 
 impl Controller {
@@ -50,6 +53,7 @@ impl Controller {
             devices: VirtioDevices::default(),
             new_subscribers: Vec::new(),
             taps: OpenTaps::default(),
+            boot_files: None,
         }
     }
 
@@ -58,9 +62,11 @@ impl Controller {
         std::mem::take(&mut self.new_subscribers)
     }
 
-    /// Replaces the resources (from a config file), before boot.
+    /// Replaces the resources (from a config file), before boot; their files are opened
+    /// when the VM starts.
     pub fn set_resources(&mut self, resources: VmResources) {
         self.resources = resources;
+        self.boot_files = None;
     }
 
     /// The running VM, if started.
@@ -82,20 +88,29 @@ impl Controller {
         }
     }
 
-    /// Builds and starts the VM from the resources. The boot source and the taps get the
-    /// checks of their PUTs first (a config file's resources had none), so both paths refuse
-    /// them with the same message before anything is built.
+    /// Builds and starts the VM from the resources. A boot source and taps not yet opened
+    /// (a config file's resources had no PUTs) get the checks of their PUTs first, so both
+    /// paths refuse them with the same message before anything is built; the VM is built
+    /// from the files and taps opened by those checks.
     pub fn start_vm(&mut self) -> Result<(), StartError> {
         self.resources
             .machine_config
             .validate(host_memory_mib())
             .map_err(StartError::MachineConfig)?;
-        if let Some(boot) = &self.resources.boot_source {
-            boot.validate().map_err(|source| StartError::BootSource {
-                source,
-                boot: Box::new(boot.clone()),
-            })?;
-        }
+        let boot = match self.boot_files.take() {
+            Some(files) => Some(files),
+            None => self
+                .resources
+                .boot_source
+                .as_ref()
+                .map(|boot| {
+                    boot.open().map_err(|source| StartError::BootSource {
+                        source,
+                        boot: Box::new(boot.clone()),
+                    })
+                })
+                .transpose()?,
+        };
         self.taps
             .open_missing(&self.resources.network_interfaces)
             .map_err(StartError::Taps)?;
@@ -108,10 +123,12 @@ impl Controller {
                 .map_err(StartError::Landlock)?;
             log::info!("{line}");
         }
-        // A tap is attached to one file at a time: the builder reopens what is released here.
-        self.taps.release();
+        let opened = OpenedFiles {
+            boot: boot.ok_or(StartError::Build(BuildError::MissingKernelConfig))?,
+            taps: std::mem::take(&mut self.taps),
+        };
         let BuiltVm { vmm, devices } =
-            build_vm(&self.resources, &self.opts).map_err(StartError::Build)?;
+            build_vm(&self.resources, &self.opts, opened).map_err(StartError::Build)?;
         let running = vmm.start().map_err(|e| StartError::Start(Box::new(e)))?;
         self.running = Some(running);
         self.new_subscribers = devices.subscribers();
@@ -170,7 +187,7 @@ impl Controller {
                 Ok(VmmData::Empty)
             }
             VmmAction::PutBootSource(boot) => {
-                boot.validate()?;
+                self.boot_files = Some(boot.open()?);
                 self.resources.boot_source = Some(boot);
                 Ok(VmmData::Empty)
             }
@@ -247,11 +264,10 @@ impl Controller {
     /// `PATCH /drives/{id}` on a running VM: a new backing file and/or new limits.
     fn patch_drive(&mut self, update: &BlockDeviceUpdate) -> ActionResult {
         let id = &update.drive_id;
-        let block = self
+        let mut block = self
             .devices
             .block(id)
             .ok_or_else(|| ActionError::NoSuchDrive { id: id.clone() })?;
-        let mut block = block.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(path) = &update.path_on_host {
             block.update_disk(path).map_err(ActionError::PatchDrive)?;
         }

@@ -3,7 +3,7 @@
 //! index), one irqfd per device, and `virtio_mmio.device=4K@ADDR:IRQ` on the kernel command
 //! line. A root drive also adds `root=` and `ro`/`rw`, as Firecracker does.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -22,7 +22,10 @@ use crate::devices::virtio::net::config::InterfaceList;
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::VirtioDevice;
-use crate::metrics::{BlockDeviceMetrics, EntropyDeviceMetrics, NetDeviceMetrics, METRICS};
+use crate::metrics::{
+    BlockDeviceMetrics, DeviceMetrics, EntropyDeviceMetrics, NetDeviceMetrics, METRICS,
+};
+use crate::vmm::taps::OpenTaps;
 use crate::vstate::memory::GuestMemory;
 
 /// Errors of device attachment.
@@ -172,21 +175,27 @@ impl VirtioDevices {
         subs
     }
 
-    /// The drive with this id.
-    pub fn block(&self, id: &str) -> Option<&Arc<Mutex<Block>>> {
-        self.blocks
-            .iter()
-            .find(|b| b.lock().unwrap_or_else(|e| e.into_inner()).id() == id)
+    /// The drive with this id, locked.
+    pub fn block(&self, id: &str) -> Option<MutexGuard<'_, Block>> {
+        find_locked(&self.blocks, |b| b.id() == id)
+    }
+
+    /// The network interface with this id, locked.
+    pub fn net(&self, id: &str) -> Option<MutexGuard<'_, Net>> {
+        find_locked(&self.nets, |n| n.id() == id)
     }
 }
 
-impl VirtioDevices {
-    /// The network interface with this id.
-    pub fn net(&self, id: &str) -> Option<&Arc<Mutex<Net>>> {
-        self.nets
-            .iter()
-            .find(|n| n.lock().unwrap_or_else(|e| e.into_inner()).id() == id)
-    }
+/// The first device `is_it` picks, locked (a poisoned lock is taken over, as the VMM does
+/// everywhere).
+fn find_locked<D>(
+    devices: &[Arc<Mutex<D>>],
+    is_it: impl Fn(&D) -> bool,
+) -> Option<MutexGuard<'_, D>> {
+    devices
+        .iter()
+        .map(|d| d.lock().unwrap_or_else(PoisonError::into_inner))
+        .find(|d| is_it(d))
 }
 
 /// `root=/dev/vda` (the root drive is attached first) or `root=PARTUUID=...`, then `ro` or
@@ -212,20 +221,20 @@ pub struct DeviceConfigs<'a> {
     pub entropy: Option<&'a EntropyConfig>,
     /// The network interfaces.
     pub nets: &'a InterfaceList,
+    /// The interfaces' taps, opened before the build (an interface without one opens its
+    /// own).
+    pub taps: OpenTaps,
 }
 
 /// Creates and attaches the drives (root first), the entropy device and the network
 /// interfaces.
 pub fn attach_devices(
     ctx: &mut AttachContext<'_>,
-    configs: &DeviceConfigs<'_>,
+    mut configs: DeviceConfigs<'_>,
 ) -> Result<VirtioDevices, AttachError> {
-    let (drives, entropy) = (configs.drives, configs.entropy);
     let mut devices = VirtioDevices::default();
-    for config in drives.iter() {
-        let metrics = Arc::new(BlockDeviceMetrics::new());
-        let key = BlockDeviceMetrics::key(&config.drive_id);
-        METRICS.devices.register(key, metrics.clone());
+    for config in configs.drives.iter() {
+        let metrics = registered_metrics(BlockDeviceMetrics::key(&config.drive_id));
         let block = Block::new(config, metrics)?;
         if block.is_root() {
             add_root_parameters(ctx.cmdline, block.partuuid(), block.is_read_only())?;
@@ -234,24 +243,33 @@ pub fn attach_devices(
         ctx.attach(block.clone())?;
         devices.blocks.push(block);
     }
-    if let Some(config) = entropy {
-        let metrics = Arc::new(EntropyDeviceMetrics::new());
-        let key = EntropyDeviceMetrics::KEY.to_string();
-        METRICS.devices.register(key, metrics.clone());
+    if let Some(config) = configs.entropy {
+        let metrics = registered_metrics(EntropyDeviceMetrics::KEY.to_string());
         let rng = Arc::new(Mutex::new(Rng::new(config, metrics)?));
         ctx.attach(rng.clone())?;
         devices.rng = Some(rng);
     }
     for config in configs.nets.iter() {
-        let metrics = Arc::new(NetDeviceMetrics::new());
-        let key = NetDeviceMetrics::key(&config.iface_id);
-        METRICS.devices.register(key, metrics.clone());
-        let net = Net::new(config, metrics)?;
+        let metrics = registered_metrics(NetDeviceMetrics::key(&config.iface_id));
+        let net = match configs.taps.take(config) {
+            Some(tap) => Net::with_tap(config, tap, metrics)?,
+            None => Net::new(config, metrics)?,
+        };
         let net = Arc::new(Mutex::new(net));
         ctx.attach(net.clone())?;
         devices.nets.push(net);
     }
     Ok(devices)
+}
+
+/// A device's metrics group, reported under `key` from the next flush on.
+fn registered_metrics<M: Default>(key: String) -> Arc<M>
+where
+    Arc<M>: Into<DeviceMetrics>,
+{
+    let metrics = Arc::new(M::default());
+    METRICS.devices.register(key, metrics.clone());
+    metrics
 }
 
 #[cfg(test)]

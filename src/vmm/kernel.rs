@@ -73,20 +73,16 @@ pub struct LoadedKernel {
     pub setup_header: Option<setup_header>,
 }
 
-fn open(what: &'static str, path: &str) -> Result<File, KernelError> {
-    File::open(path).map_err(|source| KernelError::Open {
-        what,
-        path: path.to_string(),
-        source,
-    })
-}
-
 /// Loads an ELF vmlinux (entered through PVH when it has the PVH note, else through the
-/// 64-bit boot protocol) or a bzImage.
-pub fn load_kernel(mem: &GuestMemory, path: &str) -> Result<LoadedKernel, KernelError> {
-    let mut file = open("kernel", path)?;
+/// 64-bit boot protocol) or a bzImage, from `file`, opened from `path` when the boot source
+/// was checked.
+pub fn load_kernel(
+    mem: &GuestMemory,
+    file: &mut File,
+    path: &str,
+) -> Result<LoadedKernel, KernelError> {
     let himem = Some(GuestAddress(HIMEM_START));
-    let elf = match Elf::load(mem, None, &mut file, himem) {
+    let elf = match Elf::load(mem, None, file, himem) {
         Ok(r) => {
             let entry = match r.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(addr) => BootEntry {
@@ -106,7 +102,7 @@ pub fn load_kernel(mem: &GuestMemory, path: &str) -> Result<LoadedKernel, Kernel
         }
         Err(e) => e,
     };
-    match BzImage::load(mem, None, &mut file, himem) {
+    match BzImage::load(mem, None, file, himem) {
         Ok(r) => Ok(LoadedKernel {
             entry: BootEntry {
                 address: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
@@ -123,13 +119,13 @@ pub fn load_kernel(mem: &GuestMemory, path: &str) -> Result<LoadedKernel, Kernel
     }
 }
 
-/// Copies the initrd to the top of low RAM, above the kernel.
+/// Copies the initrd (`file`, opened from `path`) to the top of low RAM, above the kernel.
 pub fn load_initrd(
     mem: &GuestMemory,
+    file: &mut File,
     path: &str,
     kernel_end: u64,
 ) -> Result<InitrdPlacement, KernelError> {
-    let mut file = open("initrd", path)?;
     let size = file
         .metadata()
         .map_err(|source| KernelError::Open {
@@ -141,7 +137,7 @@ pub fn load_initrd(
     let address = initrd_load_address(mem, size)
         .filter(|a| *a >= kernel_end)
         .ok_or(KernelError::InitrdTooLarge { size })?;
-    mem.read_exact_volatile_from(GuestAddress(address), &mut file, size as usize)
+    mem.read_exact_volatile_from(GuestAddress(address), file, size as usize)
         .map_err(KernelError::InitrdCopy)?;
     Ok(InitrdPlacement { address, size })
 }

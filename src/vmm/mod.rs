@@ -7,6 +7,7 @@ pub mod controller;
 pub mod device_manager;
 pub mod event_loop;
 pub mod kernel;
+pub mod taps;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::SerialDevice;
 use crate::seccomp::{SeccompFilters, ThreadKind};
-use crate::vstate::exit::{ExitCode, ExitRequest};
+use crate::vstate::exit::ExitCode;
 use crate::vstate::vcpu::{self, Vcpu, VcpuShared, Vcpus};
 use crate::vstate::vm::Vm;
 
@@ -49,7 +50,6 @@ pub struct Vmm {
     vm: Vm,
     vcpus: Vec<Vcpu>,
     shared: Arc<VcpuShared>,
-    exit: Arc<ExitRequest>,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     seccomp: Arc<SeccompFilters>,
@@ -89,7 +89,7 @@ impl Vmm {
         }
         if let Some(e) = failure {
             // End the threads already held without running the guest.
-            self.exit.request(ExitCode::VmmError);
+            self.shared.request_exit(ExitCode::VmmError);
             vcpus.stop(VCPU_STOP_TIMEOUT);
             return Err(e);
         }

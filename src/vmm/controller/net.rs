@@ -1,47 +1,10 @@
 //! The controller's network-interface actions: PUT before boot (the tap is opened there, as
-//! Firecracker does, and held until the VM is built), PATCH (limits and firewall, live) after
-//! it, and the firewall's status.
-
-use std::collections::HashMap;
+//! Firecracker does, and the VM is built on it), PATCH (limits and firewall, live) after it,
+//! and the firewall's status.
 
 use super::Controller;
-use crate::devices::virtio::net::config::{
-    InterfaceList, NetworkInterfaceConfig, NetworkInterfaceUpdate,
-};
-use crate::devices::virtio::net::tap::Tap;
-use crate::devices::virtio::net::{open_tap, NetError};
-use crate::vmm::action::{ActionError, ActionResult, VmmData};
-
-/// Taps opened before boot, by interface id.
-#[derive(Debug, Default)]
-pub(super) struct OpenTaps(HashMap<String, Tap>);
-
-impl OpenTaps {
-    /// Opens the tap of `iface`, or keeps the one already open for it under the same name
-    /// (a second TUNSETIFF on a tap we hold would answer EBUSY). On failure the interface's
-    /// previous tap stays open.
-    fn open(&mut self, iface: &NetworkInterfaceConfig) -> Result<(), NetError> {
-        let id = &iface.iface_id;
-        match self.0.get(id) {
-            Some(tap) if tap.name() == iface.host_dev_name => {}
-            _ => {
-                let tap = open_tap(iface)?;
-                self.0.insert(id.clone(), tap);
-            }
-        }
-        Ok(())
-    }
-
-    /// Opens the taps of the interfaces that have none open (those of a config file).
-    pub(super) fn open_missing(&mut self, interfaces: &InterfaceList) -> Result<(), NetError> {
-        interfaces.iter().try_for_each(|iface| self.open(iface))
-    }
-
-    /// Closes every tap, for the builder to open them again.
-    pub(super) fn release(&mut self) {
-        self.0.clear();
-    }
-}
+use crate::devices::virtio::net::config::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
+use crate::vmm::action::{ActionError, ActionResult, ConfiguredFirewall, VmmData};
 
 impl Controller {
     /// `PUT /network-interfaces/{id}` before boot: the interface is checked against the
@@ -61,11 +24,10 @@ impl Controller {
         update: &NetworkInterfaceUpdate,
     ) -> ActionResult {
         let id = &update.iface_id;
-        let net = self
+        let mut net = self
             .devices
             .net(id)
             .ok_or_else(|| ActionError::NoSuchAttachedInterface { id: id.clone() })?;
-        let mut net = net.lock().unwrap_or_else(|e| e.into_inner());
         net.update(update)
             .map_err(ActionError::PatchNetworkInterface)?;
         if let Some(iface) = self.resources.network_interfaces.get_mut(id) {
@@ -85,11 +47,10 @@ impl Controller {
         let missing = || ActionError::NoSuchInterface { id: id.to_string() };
         if self.running.is_some() {
             let net = self.devices.net(id).ok_or_else(missing)?;
-            let net = net.lock().unwrap_or_else(|e| e.into_inner());
             let status = net
                 .firewall_status()
                 .ok_or_else(|| ActionError::NoFirewall { id: id.to_string() })?;
-            return Ok(VmmData::FirewallStatus(status));
+            return Ok(VmmData::FirewallStatus(Box::new(status)));
         }
         let iface = self
             .resources
@@ -97,9 +58,9 @@ impl Controller {
             .iter()
             .find(|i| i.iface_id == id)
             .ok_or_else(missing)?;
-        Ok(VmmData::FirewallStatus(serde_json::json!({
-            "iface_id": id,
-            "rules": iface.effective_firewall(),
-        })))
+        Ok(VmmData::ConfiguredFirewall(ConfiguredFirewall {
+            iface_id: id.to_string(),
+            rules: iface.effective_firewall(),
+        }))
     }
 }

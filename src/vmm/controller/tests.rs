@@ -146,3 +146,47 @@ fn a_machine_config_out_of_range_is_refused_with_its_reason() {
         e.fault_message()
     );
 }
+
+#[test]
+fn the_kernel_opened_at_put_is_the_one_the_build_uses() {
+    let mut c = controller();
+    let kernel = tempfile::NamedTempFile::new().unwrap();
+    let r = c.handle(VmmAction::PutBootSource(from(
+        json!({"kernel_image_path": kernel.path()}),
+    )));
+    assert!(matches!(r, Ok(VmmData::Empty)));
+    // Gone from its path: a build that opened it again would refuse the boot source.
+    kernel.close().unwrap();
+    let e = c.start_vm().unwrap_err();
+    assert!(
+        !matches!(e, super::StartError::BootSource { .. }),
+        "the build reopened the kernel: {e}"
+    );
+}
+
+#[test]
+fn before_boot_the_firewall_query_answers_the_configured_rules() {
+    let mut c = controller();
+    let mut interfaces = crate::devices::virtio::net::config::InterfaceList::default();
+    interfaces
+        .insert(from(json!({
+            "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:0a:00:00:02"
+        })))
+        .unwrap();
+    c.set_resources(crate::config::VmResources {
+        network_interfaces: interfaces,
+        ..Default::default()
+    });
+    let answer = c.handle(VmmAction::GetFirewall("eth0".into())).unwrap();
+    let body = serde_json::to_value(&answer).unwrap();
+    assert_eq!(body["iface_id"], "eth0");
+    assert_eq!(
+        body["rules"],
+        serde_json::to_value(palisade_firewall::FirewallConfig::mac_only()).unwrap()
+    );
+    assert_eq!(body.as_object().unwrap().len(), 2, "{body}");
+    assert!(matches!(
+        c.handle(VmmAction::GetFirewall("eth1".into())),
+        Err(ActionError::NoSuchInterface { .. })
+    ));
+}

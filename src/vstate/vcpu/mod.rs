@@ -12,7 +12,7 @@ use kvm_ioctls::VcpuFd;
 pub use control::{GuestRun, Vcpus};
 use run::RunningVcpu;
 
-use super::exit::ExitRequest;
+use super::exit::{ExitCode, ExitRequest};
 use super::memory::GuestMemory;
 use super::vm::Vm;
 use crate::arch::x86_64::cpuid::{self, VcpuTopology};
@@ -76,6 +76,11 @@ impl VcpuShared {
             unknown_pio: RateLimitedLog::new(),
             unknown_mmio: RateLimitedLog::new(),
         }
+    }
+
+    /// Asks the VM to end with `code` (the first request wins).
+    pub fn request_exit(&self, code: ExitCode) {
+        self.exit.request(code);
     }
 }
 

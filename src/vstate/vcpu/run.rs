@@ -35,14 +35,14 @@ unsafe impl GuestRun for RunningVcpu {
     fn run_once(&mut self) -> bool {
         if let Some(Err(e)) = self.filtered.take() {
             log::error!("vCPU {}: {e}", self.index);
-            self.shared.exit.request(ExitCode::VmmError);
+            self.shared.request_exit(ExitCode::VmmError);
             return false;
         }
         match self.step() {
             Ok(go_on) => go_on,
             Err(code) => {
                 METRICS.vcpu.failures.inc();
-                self.shared.exit.request(code);
+                self.shared.request_exit(code);
                 false
             }
         }
@@ -56,6 +56,13 @@ impl Drop for RunningVcpu {
 }
 
 impl RunningVcpu {
+    /// Logs how the guest ended the VM and asks for a clean exit; false ends this vCPU.
+    fn guest_ended(&self, how: std::fmt::Arguments<'_>) -> bool {
+        log::info!("vCPU {} {how}; ending the VM", self.index);
+        self.shared.request_exit(ExitCode::Ok);
+        false
+    }
+
     /// Runs the guest until its next exit and handles it. Ok(false) ends this vCPU.
     fn step(&mut self) -> Result<bool, ExitCode> {
         let shared = &*self.shared;
@@ -105,18 +112,9 @@ impl RunningVcpu {
                     }
                 }
             }
-            VcpuExit::Hlt => {
-                log::info!("vCPU {} halted; ending the VM", self.index);
-                shared.exit.request(ExitCode::Ok);
-                return Ok(false);
-            }
+            VcpuExit::Hlt => return Ok(self.guest_ended(format_args!("halted"))),
             VcpuExit::Shutdown => {
-                log::info!(
-                    "vCPU {} shut down (triple fault); ending the VM",
-                    self.index
-                );
-                shared.exit.request(ExitCode::Ok);
-                return Ok(false);
+                return Ok(self.guest_ended(format_args!("shut down (triple fault)")));
             }
             VcpuExit::SystemEvent(kind, _) => {
                 let what = match kind {
@@ -124,12 +122,7 @@ impl RunningVcpu {
                     SYSTEM_EVENT_RESET => "reset",
                     _ => "system event",
                 };
-                log::info!(
-                    "vCPU {} reported a {what} ({kind}); ending the VM",
-                    self.index
-                );
-                shared.exit.request(ExitCode::Ok);
-                return Ok(false);
+                return Ok(self.guest_ended(format_args!("reported a {what} ({kind})")));
             }
             VcpuExit::FailEntry(reason, cpu) => {
                 log::error!(

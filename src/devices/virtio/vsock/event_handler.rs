@@ -23,7 +23,7 @@ const FIRST_PEER_EVENT: u32 = 16;
 /// How often late connections are looked for.
 const SWEEP_PERIOD: Duration = Duration::from_millis(500);
 
-fn peer_event(token: u32, watch: Watch) -> u32 {
+pub(super) fn peer_event(token: u32, watch: Watch) -> u32 {
     FIRST_PEER_EVENT + 2 * token + u32::from(watch == Watch::Limiter)
 }
 

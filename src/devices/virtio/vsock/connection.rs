@@ -269,7 +269,8 @@ impl Connection {
                 }
                 Err(e) => {
                     self.limiter.manual_replenish(1, TokenType::Ops);
-                    self.limiter.manual_replenish(chunk as u64, TokenType::Bytes);
+                    self.limiter
+                        .manual_replenish(chunk as u64, TokenType::Bytes);
                     if e.kind() == io::ErrorKind::WouldBlock {
                         break;
                     }
@@ -387,7 +388,10 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let limiter = RateLimiter::new(&RateLimiterConfig::default()).unwrap();
-        (Connection::new(a, 1, 2, false, State::Established, limiter), b)
+        (
+            Connection::new(a, 1, 2, false, State::Established, limiter),
+            b,
+        )
     }
 
     fn credit(buf_alloc: u32, fwd_cnt: u32) -> Header {
@@ -411,7 +415,10 @@ mod tests {
         let (mut c, _peer) = conn();
         assert!(c.update_peer_credit(&credit(u32::MAX, 0)));
         assert_eq!(c.peer_credit(), MAX_PEER_CREDIT);
-        assert!(!c.update_peer_credit(&credit(4096, 1)), "nothing was sent yet");
+        assert!(
+            !c.update_peer_credit(&credit(4096, 1)),
+            "nothing was sent yet"
+        );
         assert!(!c.update_peer_credit(&credit(4096, u32::MAX / 2)));
     }
 

@@ -144,8 +144,7 @@ impl Vsock {
     /// The device stops serving its queues until the driver resets it.
     fn enter_needs_reset(&mut self, why: &dyn std::fmt::Display) {
         let (count, log) = (&self.metrics.needs_reset_count, &self.logs.needs_reset);
-        self.core
-            .enter_needs_reset(count, log, &"vsock", why);
+        self.core.enter_needs_reset(count, log, &"vsock", why);
     }
 }
 

@@ -39,7 +39,7 @@ pub enum Peer {
     /// A host client that has not finished its `CONNECT` line.
     Handshake(HostClient),
     /// A connection.
-    Conn(Connection),
+    Conn(Box<Connection>),
 }
 
 impl Peer {
@@ -286,7 +286,10 @@ impl Muxer {
         };
         if !self.policy.host_may_connect(port) {
             self.removed.push(Peer::Handshake(client));
-            self.refuse(|m| &m.refused_policy_port, "guest port not in host_initiated");
+            self.refuse(
+                |m| &m.refused_policy_port,
+                "guest port not in host_initiated",
+            );
             return;
         }
         let limiter = match conn_limiter(&self.policy) {
@@ -311,7 +314,7 @@ impl Muxer {
         };
         let mut conn = Connection::new(client.stream, local, port, true, state, limiter);
         conn.pending.request = true;
-        self.peers.insert(token, Peer::Conn(conn));
+        self.peers.insert(token, Peer::Conn(Box::new(conn)));
         self.keys.insert((local, port), token);
         self.added.push((token, Watch::Limiter));
         self.queue_rx(token);
@@ -320,7 +323,10 @@ impl Muxer {
     fn guest_connect(&mut self, hdr: &Header) {
         let port = hdr.dst_port;
         if !self.policy.guest_may_connect(port) {
-            self.refuse(|m| &m.refused_policy_port, "host port not in guest_initiated");
+            self.refuse(
+                |m| &m.refused_policy_port,
+                "host port not in guest_initiated",
+            );
             return self.push_rst(hdr.rst_reply());
         }
         if self.at_cap() {
@@ -330,7 +336,10 @@ impl Muxer {
         let stream = match connect_nonblocking(&self.config.guest_initiated_path(port)) {
             Ok(s) => s,
             Err(_) => {
-                self.refuse(|m| &m.refused_no_listener, "nothing listens on the host port");
+                self.refuse(
+                    |m| &m.refused_no_listener,
+                    "nothing listens on the host port",
+                );
                 return self.push_rst(hdr.rst_reply());
             }
         };
@@ -353,7 +362,7 @@ impl Muxer {
         conn.pending.response = true;
         self.metrics.conns_opened_guest.inc();
         let token = self.alloc_token();
-        self.peers.insert(token, Peer::Conn(conn));
+        self.peers.insert(token, Peer::Conn(Box::new(conn)));
         self.keys.insert((port, hdr.src_port), token);
         self.added.push((token, Watch::Stream));
         self.added.push((token, Watch::Limiter));
@@ -385,9 +394,7 @@ impl Muxer {
                 return self.end(token, EndReason::GuestRefused, false)
             }
             (Op::Rst, State::Closing { .. }) => return self.end(token, EndReason::Closed, false),
-            (Op::Rst, State::Established) => {
-                return self.end(token, EndReason::GuestReset, false)
-            }
+            (Op::Rst, State::Established) => return self.end(token, EndReason::GuestReset, false),
             (Op::Response, State::LocalInit { .. }) => {
                 conn.state = State::Established;
                 conn.host_readable = true;

@@ -237,11 +237,23 @@ mod tests {
         assert_eq!(check_tx(&[0; 43], 43, 3), Err(BadPacket::Short));
         assert_eq!(check(rw(0), 43), Err(BadPacket::Short));
         assert_eq!(
-            check(Header { src_cid: 4, ..rw(0) }, 44),
+            check(
+                Header {
+                    src_cid: 4,
+                    ..rw(0)
+                },
+                44
+            ),
             Err(BadPacket::SrcCid(4))
         );
         assert_eq!(
-            check(Header { dst_cid: 3, ..rw(0) }, 44),
+            check(
+                Header {
+                    dst_cid: 3,
+                    ..rw(0)
+                },
+                44
+            ),
             Err(BadPacket::DstCid(3))
         );
         assert_eq!(

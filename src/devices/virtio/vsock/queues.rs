@@ -60,7 +60,8 @@ impl Worker<'_> {
             Err(e) => return self.drop_packet(BadPacket::Short, &e),
         };
         let mut raw = [0u8; HDR_LEN];
-        if readable < HDR_LEN as u32 || buffers::read_stream(self.mem, self.segments, 0, &mut raw).is_err()
+        if readable < HDR_LEN as u32
+            || buffers::read_stream(self.mem, self.segments, 0, &mut raw).is_err()
         {
             return self.drop_packet(BadPacket::Short, &BadPacket::Short);
         }
@@ -134,9 +135,14 @@ impl Worker<'_> {
             // Read already: it goes, and the limiter (now blocked) holds the next ones.
             self.metrics.rate_limiter_throttled.inc();
         }
-        let written = buffers::write_stream(self.mem, self.segments, 0, &hdr.to_bytes())
-            .and_then(|()| {
-                buffers::write_stream(self.mem, self.segments, HDR_LEN as u64, &self.payload[..len])
+        let written =
+            buffers::write_stream(self.mem, self.segments, 0, &hdr.to_bytes()).and_then(|()| {
+                buffers::write_stream(
+                    self.mem,
+                    self.segments,
+                    HDR_LEN as u64,
+                    &self.payload[..len],
+                )
             });
         if let Err(e) = written {
             return self.refuse_rx(&e);

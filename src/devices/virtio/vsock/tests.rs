@@ -151,7 +151,11 @@ impl Rig<'_> {
         self.tx.add(self.mem, Some(bytes), bytes.len() as u32);
         self.dev.process_tx();
         self.dev.forget_watches();
-        assert_eq!(self.tx.take_used(self.mem).len(), 1, "every TX chain is used");
+        assert_eq!(
+            self.tx.take_used(self.mem).len(),
+            1,
+            "every TX chain is used"
+        );
     }
 
     fn send(&mut self, mut hdr: Header, data: &[u8]) {
@@ -373,7 +377,10 @@ fn a_guest_connect_without_a_listener_gets_an_rst() {
 fn the_policy_refuses_ports_both_ways_and_a_patch_opens_them() {
     let mem = memory();
     let policy = VsockPolicy {
-        host_initiated: Some(vec![PortRange { first: 52, last: 52 }]),
+        host_initiated: Some(vec![PortRange {
+            first: 52,
+            last: 52,
+        }]),
         guest_initiated: Some(vec![]),
         ..VsockPolicy::default()
     };

@@ -560,3 +560,92 @@ fn a_device_reset_ends_every_connection() {
     assert!(sees_eof(&mut host));
     assert_eq!(r.dev.muxer.open_peers(), 0);
 }
+
+/// Runs the event loop until `done` holds, failing after [`DEADLINE`].
+fn spin(
+    manager: &mut event_manager::EventManager<
+        Arc<std::sync::Mutex<dyn event_manager::MutEventSubscriber + Send>>,
+    >,
+    mut done: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "the event loop did not get there");
+        manager.run_with_timeout(50).unwrap();
+    }
+}
+
+#[test]
+fn on_the_event_loop_sockets_are_watched_as_they_come_and_go() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::Mutex;
+
+    let mem = memory();
+    let Rig {
+        dev,
+        mem,
+        mut rx,
+        mut tx,
+        _ev,
+        _dir,
+        path,
+    } = rig(&mem, None);
+    let dev = Arc::new(Mutex::new(dev));
+    let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().unwrap();
+    manager.add_subscriber(dev.clone());
+    for _ in 0..16 {
+        rx.add(mem, None, (HDR_LEN as u32) + packet::MAX_PKT_LEN);
+    }
+    let read_rx = |rx: &mut Driver<'_>, got: &mut Vec<Header>| {
+        for (addr, _) in rx.take_used(mem) {
+            let mut raw = [0u8; HDR_LEN];
+            mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
+            got.push(Header::from_bytes(&raw));
+        }
+    };
+    let mut got = Vec::new();
+    let mut c = client(&path);
+    c.write_all(b"CONNECT 52\n").unwrap();
+    spin(&mut manager, || {
+        read_rx(&mut rx, &mut got);
+        !got.is_empty()
+    });
+    assert_eq!(got[0].op, Op::Request as u16);
+    let local = got[0].src_port;
+
+    let mut response = guest_hdr(Op::Response, 52, local).to_bytes();
+    response[24..28].copy_from_slice(&0u32.to_le_bytes());
+    tx.add(mem, Some(&response), HDR_LEN as u32);
+    dev.lock().unwrap().core.queue_events[TX].write(1).unwrap();
+    c.set_nonblocking(true).unwrap();
+    let mut line = Vec::new();
+    spin(&mut manager, || {
+        let mut b = [0u8; 64];
+        if let Ok(n) = c.read(&mut b) {
+            line.extend_from_slice(&b[..n]);
+        }
+        line.ends_with(b"\n")
+    });
+    assert_eq!(line, format!("OK {local}\n").as_bytes());
+
+    c.write_all(b"hi").unwrap();
+    spin(&mut manager, || {
+        read_rx(&mut rx, &mut got);
+        got.len() == 2
+    });
+    assert_eq!((got[1].op, got[1].len), (Op::Rw as u16, 2));
+    drop(c);
+    spin(&mut manager, || {
+        read_rx(&mut rx, &mut got);
+        got.len() == 3
+    });
+    assert_eq!(got[2].op, Op::Shutdown as u16);
+    tx.add(mem, Some(&guest_hdr(Op::Rst, 52, local).to_bytes()), HDR_LEN as u32);
+    dev.lock().unwrap().core.queue_events[TX].write(1).unwrap();
+    spin(&mut manager, || dev.lock().unwrap().muxer.open_peers() == 0);
+    let d = dev.lock().unwrap();
+    assert!(d.muxer.removed.is_empty(), "ended sockets are closed by the loop");
+    assert_eq!(d.metrics.conns_closed.count(), 1);
+    assert_eq!(d.metrics.event_fails.count(), 0);
+}

@@ -25,6 +25,19 @@ const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 4;
 pub const MAX_PEER_CREDIT: u32 = 16 << 20;
 /// Bytes one write to the host socket moves at most.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// Bytes one read or write moves at most under a bandwidth limit: the limiter is paid before
+/// the syscall and refunded what it did not move, so a large request would block the
+/// connection for the whole of it (over-consumption) whatever it moved.
+pub const LIMITED_CHUNK: usize = 4096;
+
+/// The most bytes one syscall may move under `limiter`.
+pub fn chunk_limit(limiter: &RateLimiter, unlimited: usize) -> usize {
+    if limiter.to_config().bandwidth.is_some() {
+        unlimited.min(LIMITED_CHUNK)
+    } else {
+        unlimited
+    }
+}
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,7 +259,7 @@ impl Connection {
         let mut total = 0;
         while !self.tx_buf.is_empty() {
             let (front, _) = self.tx_buf.as_slices();
-            let chunk = front.len().min(WRITE_CHUNK);
+            let chunk = front.len().min(chunk_limit(&self.limiter, WRITE_CHUNK));
             if !self.limiter.consume(1, TokenType::Ops) {
                 break;
             }
@@ -298,7 +311,7 @@ impl Connection {
     /// Reads host data for the guest into `buf` (at most the guest's credit); `Ok(0)` is end
     /// of file.
     pub fn read_host(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min(self.peer_credit() as usize);
+        let want = chunk_limit(&self.limiter, buf.len()).min(self.peer_credit() as usize);
         if want == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }

@@ -12,6 +12,7 @@
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
+use super::connection::chunk_limit;
 use super::muxer::Muxer;
 use super::packet::{check_tx, BadPacket, Op, HDR_LEN, MAX_PKT_LEN};
 use super::{GuestLogs, Vsock, RX, TX};
@@ -122,19 +123,25 @@ impl Worker<'_> {
             Err(e) => return self.refuse_rx(&e),
         };
         let room = (writable - HDR_LEN as u32).min(MAX_PKT_LEN) as usize;
+        let room = chunk_limit(self.limiter, room);
+        // Paid before the host socket is read, the unused part refunded after.
         if !self.limiter.consume(1, TokenType::Ops) {
+            self.metrics.rate_limiter_throttled.inc();
+            return ChainOutcome::Throttled;
+        }
+        if !self.limiter.consume(room as u64, TokenType::Bytes) {
+            self.limiter.manual_replenish(1, TokenType::Ops);
             self.metrics.rate_limiter_throttled.inc();
             return ChainOutcome::Throttled;
         }
         let Some(hdr) = self.muxer.next_rx(&mut self.payload[..room]) else {
             self.limiter.manual_replenish(1, TokenType::Ops);
+            self.limiter.manual_replenish(room as u64, TokenType::Bytes);
             return ChainOutcome::Throttled;
         };
         let len = hdr.len as usize;
-        if len > 0 && !self.limiter.consume(len as u64, TokenType::Bytes) {
-            // Read already: it goes, and the limiter (now blocked) holds the next ones.
-            self.metrics.rate_limiter_throttled.inc();
-        }
+        self.limiter
+            .manual_replenish((room - len) as u64, TokenType::Bytes);
         let written =
             buffers::write_stream(self.mem, self.segments, 0, &hdr.to_bytes()).and_then(|()| {
                 buffers::write_stream(

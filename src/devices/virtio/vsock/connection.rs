@@ -133,6 +133,8 @@ pub struct Connection {
     pub host_eof: bool,
     /// SHUTDOWN flags the guest sent.
     pub peer_shutdown: u32,
+    /// The host socket's write side is shut down (the guest sends no more).
+    pub host_write_shut: bool,
     tx_buf: VecDeque<u8>,
     /// Bytes at the front of `tx_buf` that are ours (the handshake line), not the guest's.
     own_bytes: usize,
@@ -175,6 +177,7 @@ impl Connection {
             host_readable: true,
             host_eof: false,
             peer_shutdown: 0,
+            host_write_shut: false,
             tx_buf: VecDeque::new(),
             own_bytes: 0,
             fwd_cnt: 0,

@@ -184,7 +184,9 @@ impl CoreDevice for Vsock {
     }
 
     fn resetting(&mut self) {
-        // The driver starts over: every connection ends, host clients see end of file.
+        // The driver starts over: every connection ends, host clients see end of file once
+        // the event loop comes by (the kick) and closes their sockets.
         self.muxer.end_all();
+        self.core.kick(RX, &self.metrics.event_fails);
     }
 }

@@ -446,7 +446,8 @@ impl Muxer {
         let Some(Peer::Conn(conn)) = self.peers.get_mut(&token) else {
             return;
         };
-        if conn.guest_send_done() {
+        if conn.guest_send_done() && !conn.host_write_shut {
+            conn.host_write_shut = true;
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
         let both = SHUTDOWN_RCV | SHUTDOWN_SEND;

@@ -135,6 +135,9 @@ pub struct Connection {
     pub peer_shutdown: u32,
     /// The host socket's write side is shut down (the guest sends no more).
     pub host_write_shut: bool,
+    /// A CREDIT_REQUEST went out since the guest last had credit (one per starvation, so a
+    /// guest that answers with no credit cannot start a ping-pong).
+    credit_requested: bool,
     tx_buf: VecDeque<u8>,
     /// Bytes at the front of `tx_buf` that are ours (the handshake line), not the guest's.
     own_bytes: usize,
@@ -178,6 +181,7 @@ impl Connection {
             host_eof: false,
             peer_shutdown: 0,
             host_write_shut: false,
+            credit_requested: false,
             tx_buf: VecDeque::new(),
             own_bytes: 0,
             fwd_cnt: 0,
@@ -200,6 +204,9 @@ impl Connection {
         }
         self.peer_buf_alloc = hdr.buf_alloc.min(MAX_PEER_CREDIT);
         self.peer_fwd_cnt = hdr.fwd_cnt;
+        if self.peer_credit() > 0 {
+            self.credit_requested = false;
+        }
         true
     }
 
@@ -224,10 +231,25 @@ impl Connection {
             && !self.limiter.is_blocked()
     }
 
+    /// Whether host data may wait while the guest gave no credit, and it was not asked yet.
+    fn wants_credit_request(&self) -> bool {
+        self.state == State::Established
+            && self.host_readable
+            && !self.host_eof
+            && self.peer_shutdown & SHUTDOWN_RCV == 0
+            && self.peer_credit() == 0
+            && !self.credit_requested
+    }
+
     /// Whether the connection owes the guest a packet or has data for it.
     pub fn has_rx(&self) -> bool {
         let p = self.pending;
-        p.request || p.response || p.shutdown || p.credit_update || self.wants_host_read()
+        p.request
+            || p.response
+            || p.shutdown
+            || p.credit_update
+            || self.wants_host_read()
+            || self.wants_credit_request()
     }
 
     /// Fills in the fields every packet to the guest carries (our credit).
@@ -374,6 +396,10 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+        if self.wants_credit_request() {
+            self.credit_requested = true;
+            return Ok(Some(self.header(guest_cid, Op::CreditRequest)));
         }
         if self.pending.shutdown {
             self.pending.shutdown = false;

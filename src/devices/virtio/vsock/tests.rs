@@ -468,6 +468,7 @@ fn a_guest_that_never_reads_blocks_the_host_client_and_holds_no_host_memory() {
     let chunk = vec![7u8; 64 * 1024];
     let mut written = 0usize;
     let mut delivered = 0usize;
+    let mut credit_requests = 0;
     for _ in 0..64 {
         match (&host).write(&chunk) {
             Ok(n) => written += n,
@@ -475,8 +476,16 @@ fn a_guest_that_never_reads_blocks_the_host_client_and_holds_no_host_memory() {
             Err(e) => panic!("{e}"),
         }
         r.host_ready();
-        delivered += r.recv().iter().map(|(_, d)| d.len()).sum::<usize>();
+        for (h, d) in r.recv() {
+            delivered += d.len();
+            if h.op == Op::CreditRequest as u16 {
+                credit_requests += 1;
+                // A guest that answers with no more credit than before.
+                r.send(credit, &[]);
+            }
+        }
     }
+    assert_eq!(credit_requests, 1, "asked once, no ping-pong");
     assert!(
         written < 64 * chunk.len(),
         "the host client blocks, it does not fill our memory"
@@ -715,7 +724,8 @@ fn a_megabyte_each_way_with_honest_credit_arrives_intact() {
         assert!(start.elapsed() < Duration::from_secs(20), "stalled");
         r.host_ready();
         for (h, d) in r.recv() {
-            assert!(h.op == Op::Rw as u16 || h.op == Op::CreditUpdate as u16);
+            let expected = [Op::Rw, Op::CreditUpdate, Op::CreditRequest];
+            assert!(expected.iter().any(|&op| h.op == op as u16), "op {}", h.op);
             got.extend_from_slice(&d);
             (dev_buf_alloc, dev_fwd_cnt) = (h.buf_alloc, h.fwd_cnt);
         }

@@ -252,3 +252,37 @@ impl VsockDeviceMetrics {
     /// The top-level key of the vsock device's group (a VM has at most one).
     pub const KEY: &'static str = "vsock";
 }
+
+/// The counters the shared virtio device core increments, whatever a group names them.
+pub trait DeviceCoreCounters: Send + Sync {
+    /// Refused activations.
+    fn activate_fails(&self) -> &Counter;
+    /// Failures to read a queue event or to raise an interrupt.
+    fn event_fails(&self) -> &Counter;
+    /// Times the device asked the driver for a reset.
+    fn needs_reset_count(&self) -> &Counter;
+}
+
+/// Implements [`DeviceCoreCounters`] for a group, naming its event-failure counter.
+macro_rules! device_core_counters {
+    ($($group:ty => $event_fails:ident),* $(,)?) => {$(
+        impl DeviceCoreCounters for $group {
+            fn activate_fails(&self) -> &Counter {
+                &self.activate_fails
+            }
+            fn event_fails(&self) -> &Counter {
+                &self.$event_fails
+            }
+            fn needs_reset_count(&self) -> &Counter {
+                &self.needs_reset_count
+            }
+        }
+    )*};
+}
+
+device_core_counters! {
+    BlockDeviceMetrics => event_fails,
+    NetDeviceMetrics => event_fails,
+    EntropyDeviceMetrics => entropy_event_fails,
+    VsockDeviceMetrics => event_fails,
+}

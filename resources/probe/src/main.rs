@@ -20,6 +20,7 @@ mod platform;
 mod scenarios;
 mod serial;
 mod virtio;
+mod vsock_stream;
 mod zero_page;
 
 use core::panic::PanicInfo;

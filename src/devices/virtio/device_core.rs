@@ -1,11 +1,13 @@
-//! The part every virtio device shares: its offered features, its queue notification events,
-//! its interrupt, and the guest memory and queues it holds between activation and reset.
+//! The part every virtio device shares: its name, its offered features, its queue notification
+//! events, its interrupt, the counters every device has, and the guest memory and queues it
+//! holds between activation and reset.
 //!
-//! A device embeds one [`DeviceCore`] and implements [`CoreDevice`] (its id, name, config
-//! space and the hooks it needs); [`VirtioDevice`] follows from that (accessors, activation
-//! checks, reset). The event-loop chores (reading or kicking a queue event, the used-buffer
-//! interrupt, needs-reset, a rate limiter's timer) are helpers here too, so a new device
-//! writes only its own logic.
+//! A device embeds one [`DeviceCore`] and implements [`CoreDevice`] (its id, its config space
+//! and the hooks it needs; `core_accessors!` writes the two accessors); [`VirtioDevice`]
+//! follows from that (accessors, activation checks and their counter, reset). The event-loop
+//! chores (a queue event, a rate limiter's timer, watching the events, what a drain leaves to
+//! do: the used-buffer interrupt, the self-kick, needs-reset) are methods of the core too
+//! (`device_core_events.rs`), so a new device writes only its label, its config space and its queue logic.
 
 use std::sync::Arc;
 
@@ -16,8 +18,7 @@ use super::interrupt::Interrupt;
 use super::queue::MAX_QUEUE_SIZE;
 use super::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_RING_F_EVENT_IDX};
 use crate::logger::RateLimitedLog;
-use crate::metrics::Counter;
-use crate::rate_limiter::RateLimiter;
+use crate::metrics::DeviceCoreCounters;
 use crate::vstate::memory::GuestMemory;
 
 /// What a device holds between activation and reset.
@@ -28,6 +29,14 @@ pub struct Active<const N: usize> {
     pub features: u64,
     /// The queues, in the device's order.
     pub queues: [Queue; N],
+}
+
+/// How a device names itself.
+pub struct DeviceLabel {
+    /// Its short name ([`VirtioDevice::name`]), e.g. `block rootfs`.
+    pub name: String,
+    /// How its log lines start, e.g. `Drive rootfs`.
+    pub who: String,
 }
 
 /// The shared state of a device with `N` queues of [`MAX_QUEUE_SIZE`] entries.
@@ -41,11 +50,19 @@ pub struct DeviceCore<const N: usize> {
     /// Present between activation and reset.
     pub active: Option<Active<N>>,
     queue_sizes: [u16; N],
+    label: DeviceLabel,
+    counters: Arc<dyn DeviceCoreCounters>,
+    needs_reset_log: RateLimitedLog,
 }
 
 impl<const N: usize> DeviceCore<N> {
-    /// An inactive core offering `avail_features`, with fresh events and interrupt.
-    pub fn new(avail_features: u64) -> std::io::Result<Self> {
+    /// An inactive core offering `avail_features`, with fresh events and interrupt, counting
+    /// into the device's group `counters`.
+    pub fn new(
+        avail_features: u64,
+        label: DeviceLabel,
+        counters: Arc<dyn DeviceCoreCounters>,
+    ) -> std::io::Result<Self> {
         let mut events = Vec::with_capacity(N);
         for _ in 0..N {
             events.push(EventFd::new(EFD_NONBLOCK)?);
@@ -59,59 +76,22 @@ impl<const N: usize> DeviceCore<N> {
             interrupt: Arc::new(Interrupt::new()?),
             active: None,
             queue_sizes: [MAX_QUEUE_SIZE; N],
+            label,
+            counters,
+            needs_reset_log: RateLimitedLog::new(),
         })
     }
 
-    /// Consumes queue `index`'s notification; counts a failure in `fails`.
-    pub fn read_queue_event(&self, index: usize, fails: &Counter) {
-        if self
-            .queue_events
-            .get(index)
-            .is_none_or(|e| e.read().is_err())
-        {
-            fails.inc();
-        }
-    }
-
-    /// Notifies queue `index` from the device itself (to come back to it after the other
-    /// events); counts a failure in `fails`.
-    pub fn kick(&self, index: usize, fails: &Counter) {
-        if self
-            .queue_events
-            .get(index)
-            .is_none_or(|e| e.write(1).is_err())
-        {
-            fails.inc();
-        }
-    }
-
-    /// Raises the used-buffer interrupt; counts a failure in `fails`.
-    pub fn signal_used(&self, fails: &Counter) {
-        if self.interrupt.signal_used_queue().is_err() {
-            fails.inc();
-        }
-    }
-
-    /// The guest broke a queue: the device stops serving until the driver resets it. Counts
-    /// it in `count` and logs it (as `who`, rate limited by `log`).
-    pub fn enter_needs_reset(
-        &self,
-        count: &Counter,
-        log: &RateLimitedLog,
-        who: &dyn std::fmt::Display,
-        why: &dyn std::fmt::Display,
-    ) {
-        count.inc();
-        if let Some(n) = log.hit() {
-            let queue = if N == 1 { "its queue" } else { "a queue" };
-            log::warn!("{who}: the guest broke {queue} ({why}); device needs a reset ({n} so far)");
-        }
-        self.interrupt.set_needs_reset();
+    /// How the device's log lines start.
+    pub fn who(&self) -> &str {
+        &self.label.who
     }
 }
 
 /// The [`VirtioDevice`] plumbing of a [`DeviceCore`], whatever its number of queues.
 pub trait SharedCore: Send {
+    /// The device's short name.
+    fn name(&self) -> &str;
     /// Features offered to the driver.
     fn avail_features(&self) -> u64;
     /// The largest size of each queue; its length is the number of queues.
@@ -120,14 +100,18 @@ pub trait SharedCore: Send {
     fn queue_events(&self) -> &[EventFd];
     /// The interrupt line and status bits, shared with the transport.
     fn interrupt(&self) -> &Arc<Interrupt>;
-    /// Takes the queues: refused when active already or when the driver set up another number
-    /// of queues. Event suppression follows the accepted features.
+    /// Takes the queues: refused (and counted) when active already or when the driver set up
+    /// another number of queues. Event suppression follows the accepted features.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops serving and gives the queues back (empty when it was not active).
     fn reset(&mut self) -> Vec<Queue>;
 }
 
 impl<const N: usize> SharedCore for DeviceCore<N> {
+    fn name(&self) -> &str {
+        &self.label.name
+    }
+
     fn avail_features(&self) -> u64 {
         self.avail_features
     }
@@ -146,10 +130,12 @@ impl<const N: usize> SharedCore for DeviceCore<N> {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         if self.active.is_some() {
+            self.counters.activate_fails().inc();
             return Err(ActivateError::AlreadyActive);
         }
         let got = ctx.queues.len();
         let Ok(mut queues) = <[Queue; N]>::try_from(ctx.queues) else {
+            self.counters.activate_fails().inc();
             return Err(ActivateError::QueueCount { expected: N, got });
         };
         let event_idx = ctx.features & self.avail_features & VIRTIO_RING_F_EVENT_IDX != 0;
@@ -179,14 +165,10 @@ pub trait CoreDevice: Send {
     const DEVICE_TYPE: u32;
     /// Its core (a [`DeviceCore`] with its number of queues).
     type Core: SharedCore;
-    /// Short name for logs ([`VirtioDevice::name`]).
-    fn label(&self) -> String;
     /// The shared state.
     fn core(&self) -> &Self::Core;
     /// The shared state, to activate and reset.
     fn core_mut(&mut self) -> &mut Self::Core;
-    /// Counts refused activations.
-    fn activate_fails(&self) -> &Counter;
     /// Reads the device-specific configuration space at `offset`.
     fn config_read(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific configuration space.
@@ -197,13 +179,30 @@ pub trait CoreDevice: Send {
     fn resetting(&mut self) {}
 }
 
+/// Writes [`CoreDevice::Core`] and its two accessors for a device whose core is the field
+/// `$field` of type `$core`: `core_accessors!(core: DeviceCore<1>);`.
+macro_rules! core_accessors {
+    ($field:ident: $core:ty) => {
+        type Core = $core;
+
+        fn core(&self) -> &$core {
+            &self.$field
+        }
+
+        fn core_mut(&mut self) -> &mut $core {
+            &mut self.$field
+        }
+    };
+}
+pub(crate) use core_accessors;
+
 impl<T: CoreDevice> VirtioDevice for T {
     fn device_type(&self) -> u32 {
         T::DEVICE_TYPE
     }
 
     fn name(&self) -> String {
-        self.label()
+        self.core().name().to_string()
     }
 
     fn avail_features(&self) -> u64 {
@@ -231,12 +230,9 @@ impl<T: CoreDevice> VirtioDevice for T {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let result = self.core_mut().activate(ctx);
-        match result {
-            Ok(()) => self.activated(),
-            Err(_) => self.activate_fails().inc(),
-        }
-        result
+        self.core_mut().activate(ctx)?;
+        self.activated();
+        Ok(())
     }
 
     fn reset(&mut self) -> Vec<Queue> {
@@ -245,20 +241,9 @@ impl<T: CoreDevice> VirtioDevice for T {
     }
 }
 
-/// A rate limiter's timer fired: counts the event in `events`, rearms the limiter, and counts
-/// (and logs, as `who`) a failure in `fails`. The caller then serves the queue it unblocks.
-pub fn limiter_timer_event(
-    limiter: &mut RateLimiter,
-    events: &Counter,
-    fails: &Counter,
-    who: &dyn std::fmt::Display,
-) {
-    events.inc();
-    if let Err(e) = limiter.on_timer() {
-        fails.inc();
-        log::error!("{who}: {e}");
-    }
-}
+#[path = "device_core_events.rs"]
+mod events;
+pub(crate) use events::queue_and_limiter_events;
 
 #[cfg(test)]
 #[path = "device_core_tests.rs"]

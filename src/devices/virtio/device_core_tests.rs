@@ -5,7 +5,23 @@
 use vm_memory::GuestAddress;
 
 use super::*;
+use crate::devices::virtio::queue::{DrainEnd, QueueError};
 use crate::devices::virtio::VIRTIO_F_VERSION_1;
+use crate::metrics::{Counter, EntropyDeviceMetrics};
+use crate::rate_limiter::RateLimiter;
+
+/// A core counting into a fresh group (any device's group has the core's counters).
+fn core<const N: usize>(features: u64) -> (DeviceCore<N>, Arc<EntropyDeviceMetrics>) {
+    let metrics = Arc::new(EntropyDeviceMetrics::new());
+    let label = DeviceLabel {
+        name: "probe".into(),
+        who: "Probe device".into(),
+    };
+    (
+        DeviceCore::new(features, label, metrics.clone()).unwrap(),
+        metrics,
+    )
+}
 
 fn ctx(queues: usize, features: u64) -> ActivateContext {
     ActivateContext {
@@ -16,8 +32,8 @@ fn ctx(queues: usize, features: u64) -> ActivateContext {
 }
 
 #[test]
-fn activation_refuses_a_second_activation_and_a_wrong_queue_count() {
-    let mut core = DeviceCore::<2>::new(VIRTIO_F_VERSION_1).unwrap();
+fn activation_refuses_a_second_activation_and_a_wrong_queue_count_and_counts_both() {
+    let (mut core, metrics) = core::<2>(VIRTIO_F_VERSION_1);
     assert!(matches!(
         core.activate(ctx(1, VIRTIO_F_VERSION_1)),
         Err(ActivateError::QueueCount {
@@ -34,65 +50,76 @@ fn activation_refuses_a_second_activation_and_a_wrong_queue_count() {
     assert_eq!(core.reset().len(), 2);
     assert!(core.reset().is_empty());
     assert_eq!(core.queue_max_sizes(), &[MAX_QUEUE_SIZE; 2]);
+    assert_eq!(metrics.activate_fails.count(), 2);
 }
 
 #[test]
 fn event_suppression_follows_the_features_both_sides_agreed_on() {
     let both = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
-    let mut offered = DeviceCore::<1>::new(both).unwrap();
+    let (mut offered, _) = core::<1>(both);
     offered.activate(ctx(1, both)).unwrap();
     assert!(offered.active.as_ref().unwrap().queues[0].event_idx_enabled());
-    let mut plain = DeviceCore::<1>::new(VIRTIO_F_VERSION_1).unwrap();
+    let (mut plain, _) = core::<1>(VIRTIO_F_VERSION_1);
     plain.activate(ctx(1, both)).unwrap();
     assert!(!plain.active.as_ref().unwrap().queues[0].event_idx_enabled());
-    let mut declined = DeviceCore::<1>::new(both).unwrap();
+    let (mut declined, _) = core::<1>(both);
     declined.activate(ctx(1, VIRTIO_F_VERSION_1)).unwrap();
     assert!(!declined.active.as_ref().unwrap().queues[0].event_idx_enabled());
 }
 
 #[test]
-fn queue_events_are_consumed_and_kicked_per_queue() {
-    let core = DeviceCore::<2>::new(VIRTIO_F_VERSION_1).unwrap();
-    let fails = Counter::new();
-    core.kick(1, &fails);
+fn queue_events_are_counted_consumed_and_kicked_per_queue() {
+    let (core, metrics) = core::<2>(VIRTIO_F_VERSION_1);
+    let seen = Counter::new();
+    core.kick(1);
     assert_eq!(core.queue_events[1].read().unwrap(), 1);
-    core.kick(0, &fails);
-    core.read_queue_event(0, &fails);
-    assert_eq!(fails.count(), 0);
+    core.kick(0);
+    core.on_queue_event(0, &seen);
+    assert_eq!(metrics.entropy_event_fails.count(), 0);
     // Nothing pending (non-blocking read fails) and an index past the queues both count.
-    core.read_queue_event(0, &fails);
-    core.read_queue_event(2, &fails);
-    core.kick(2, &fails);
-    assert_eq!(fails.count(), 3);
+    core.on_queue_event(0, &seen);
+    core.on_queue_event(2, &seen);
+    core.kick(2);
+    assert_eq!(metrics.entropy_event_fails.count(), 3);
+    assert_eq!(seen.count(), 3);
 }
 
-/// The least a device writes: its core, its counter and its config space.
+#[test]
+fn needs_reset_is_counted_and_stops_serving() {
+    let (mut core, metrics) = core::<1>(VIRTIO_F_VERSION_1);
+    let limiter = RateLimiter::new(&Default::default()).unwrap();
+    assert!(core.serving(&limiter, None).is_none(), "inactive");
+    core.activate(ctx(1, VIRTIO_F_VERSION_1)).unwrap();
+    assert!(core.serving(&limiter, None).is_some());
+    let end = core.finish_drain(0, DrainEnd::Broken(QueueError::NoStatus), false);
+    assert!(matches!(end, DrainEnd::Broken(_)));
+    assert!(core.interrupt.needs_reset());
+    assert_eq!(metrics.needs_reset_count.count(), 1);
+    assert!(
+        core.serving(&limiter, None).is_none(),
+        "waits for the reset"
+    );
+}
+
+#[test]
+fn a_drain_that_ran_out_of_budget_kicks_its_queue() {
+    let (mut core, _) = core::<2>(VIRTIO_F_VERSION_1);
+    core.activate(ctx(2, VIRTIO_F_VERSION_1)).unwrap();
+    core.finish_drain(1, DrainEnd::Budget, false);
+    assert_eq!(core.queue_events[1].read().unwrap(), 1);
+    assert!(core.queue_events[0].read().is_err());
+}
+
+/// The least a device writes: its core and its config space.
 struct Probe {
     core: DeviceCore<2>,
-    fails: Counter,
     activated: u32,
     resets: u32,
 }
 
 impl CoreDevice for Probe {
     const DEVICE_TYPE: u32 = 99;
-    type Core = DeviceCore<2>;
-
-    fn label(&self) -> String {
-        "probe".into()
-    }
-
-    fn core(&self) -> &Self::Core {
-        &self.core
-    }
-
-    fn core_mut(&mut self) -> &mut Self::Core {
-        &mut self.core
-    }
-
-    fn activate_fails(&self) -> &Counter {
-        &self.fails
-    }
+    core_accessors!(core: DeviceCore<2>);
 
     fn config_read(&self, offset: u64, data: &mut [u8]) {
         crate::devices::virtio::read_config_bytes(&[7], offset, data);
@@ -111,9 +138,9 @@ impl CoreDevice for Probe {
 
 #[test]
 fn a_device_on_the_core_is_a_virtio_device_that_counts_refused_activations() {
+    let (core, metrics) = core::<2>(VIRTIO_F_VERSION_1);
     let mut probe = Probe {
-        core: DeviceCore::new(VIRTIO_F_VERSION_1).unwrap(),
-        fails: Counter::new(),
+        core,
         activated: 0,
         resets: 0,
     };
@@ -130,6 +157,6 @@ fn a_device_on_the_core_is_a_virtio_device_that_counts_refused_activations() {
     device.activate(ctx(2, VIRTIO_F_VERSION_1)).unwrap();
     assert!(device.activate(ctx(2, VIRTIO_F_VERSION_1)).is_err());
     assert_eq!(device.reset().len(), 2);
-    assert_eq!(probe.fails.count(), 2);
+    assert_eq!(metrics.activate_fails.count(), 2);
     assert_eq!((probe.activated, probe.resets), (1, 1));
 }

@@ -5,25 +5,22 @@
 //! [`MAX_BYTES_PER_REQUEST`] bytes go into one chain whatever its size, so a huge buffer cannot
 //! keep the VMM thread busy; the used length tells the driver how much it got.
 
-use std::ops::Deref;
 use std::sync::Arc;
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
-use vmm_sys_util::epoll::EventSet;
 
 use super::buffers::{self, Layout};
 use super::chain::{self, Segment};
-use super::device_core::{limiter_timer_event, CoreDevice, DeviceCore};
-use super::queue::{
-    charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd, MAX_QUEUE_SIZE,
+use super::device_core::{
+    core_accessors, queue_and_limiter_events, CoreDevice, DeviceCore, DeviceLabel,
 };
+use super::queue::{charge_descriptors, drain, ChainOutcome, MAX_QUEUE_SIZE};
 use super::VIRTIO_F_VERSION_1;
 use crate::logger::RateLimitedLog;
-use crate::metrics::{Counter, EntropyDeviceMetrics};
+use crate::metrics::EntropyDeviceMetrics;
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError, TokenType};
 use crate::vstate::memory::GuestMemory;
 
@@ -40,11 +37,8 @@ pub struct EntropyConfig {
 pub const MAX_BYTES_PER_REQUEST: u32 = 64 * 1024;
 /// Bytes asked of getrandom at once.
 const CHUNK: usize = 4096;
-const EVENT_QUEUE: u32 = 0;
-const EVENT_LIMITER: u32 = 1;
 
 static BAD_REQUEST_LOG: RateLimitedLog = RateLimitedLog::new();
-static NEEDS_RESET_LOG: RateLimitedLog = RateLimitedLog::new();
 
 /// Errors of entropy device creation.
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +86,13 @@ impl Rng {
         config: &EntropyConfig,
         metrics: Arc<EntropyDeviceMetrics>,
     ) -> Result<Self, RngError> {
+        let label = DeviceLabel {
+            name: "entropy".to_string(),
+            who: "Entropy device".to_string(),
+        };
         Ok(Self {
-            core: DeviceCore::new(VIRTIO_F_VERSION_1).map_err(RngError::Event)?,
+            core: DeviceCore::new(VIRTIO_F_VERSION_1, label, metrics.clone())
+                .map_err(RngError::Event)?,
             limiter: RateLimiter::new(&config.rate_limiter.unwrap_or_default())?,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
             metrics,
@@ -102,14 +101,8 @@ impl Rng {
 
     /// Serves the queue: at most one queue's worth of chains, then yields to the event loop.
     pub fn process_queue(&mut self) {
-        if self.core.interrupt.needs_reset() {
-            return;
-        }
-        if self.limiter.is_blocked() {
-            self.metrics.entropy_rate_limiter_throttled.inc();
-            return;
-        }
-        let Some(active) = self.core.active.as_mut() else {
+        let throttled = &self.metrics.entropy_rate_limiter_throttled;
+        let Some(active) = self.core.serving(&self.limiter, Some(throttled)) else {
             return;
         };
         let (limiter, segments, mem) = (&mut self.limiter, &mut self.segments, &active.mem);
@@ -119,30 +112,7 @@ impl Rng {
             let outcome = fill_chain(mem, queue, head, segments, limiter, metrics);
             charge_descriptors(outcome, segments.len())
         });
-        if used_any && needs_interrupt(queue, mem) {
-            self.core.signal_used(&self.metrics.entropy_event_fails);
-        }
-        match end {
-            DrainEnd::Empty | DrainEnd::Throttled => {}
-            DrainEnd::Budget => {
-                let _ = self.core.queue_events[0].write(1);
-            }
-            DrainEnd::Broken(e) => {
-                let count = &self.metrics.needs_reset_count;
-                let who = "Entropy device";
-                self.core
-                    .enter_needs_reset(count, &NEEDS_RESET_LOG, &who, &e);
-            }
-        }
-    }
-}
-
-/// The shared device state reads through the device (`rng.interrupt`, `rng.active`).
-impl Deref for Rng {
-    type Target = DeviceCore<1>;
-
-    fn deref(&self) -> &DeviceCore<1> {
-        &self.core
+        self.core.finish_drain(0, end, used_any);
     }
 }
 
@@ -208,23 +178,7 @@ fn refuse(metrics: &EntropyDeviceMetrics, why: &str) -> ChainOutcome {
 
 impl CoreDevice for Rng {
     const DEVICE_TYPE: u32 = VIRTIO_ID_RNG;
-    type Core = DeviceCore<1>;
-
-    fn label(&self) -> String {
-        "entropy".to_string()
-    }
-
-    fn core(&self) -> &Self::Core {
-        &self.core
-    }
-
-    fn core_mut(&mut self) -> &mut Self::Core {
-        &mut self.core
-    }
-
-    fn activate_fails(&self) -> &Counter {
-        &self.metrics.activate_fails
-    }
+    core_accessors!(core: DeviceCore<1>);
 
     fn config_read(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
@@ -233,35 +187,7 @@ impl CoreDevice for Rng {
     fn config_write(&mut self, _offset: u64, _data: &[u8]) {}
 }
 
-impl MutEventSubscriber for Rng {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        match events.data() {
-            EVENT_QUEUE => {
-                self.metrics.entropy_event_count.inc();
-                self.core
-                    .read_queue_event(0, &self.metrics.entropy_event_fails);
-                self.process_queue();
-            }
-            EVENT_LIMITER => {
-                let m = &self.metrics;
-                let (events, fails) = (&m.rate_limiter_event_count, &m.entropy_event_fails);
-                limiter_timer_event(&mut self.limiter, events, fails, &"Entropy device");
-                self.process_queue();
-            }
-            other => log::warn!("Entropy device: unexpected event {other}"),
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        let queue = Events::with_data(&self.core.queue_events[0], EVENT_QUEUE, EventSet::IN);
-        let limiter = Events::with_data(&self.limiter, EVENT_LIMITER, EventSet::IN);
-        for events in [queue, limiter] {
-            if let Err(e) = ops.add(events) {
-                log::error!("Entropy device: cannot watch its events: {e:?}");
-            }
-        }
-    }
-}
+queue_and_limiter_events!(Rng, entropy_event_count, rate_limiter_event_count);
 
 #[cfg(test)]
 mod tests {
@@ -380,7 +306,7 @@ mod tests {
         q.avail().ring().ref_at(0).unwrap().store(0);
         q.avail().idx().store(1);
         rng.process_queue();
-        assert!(rng.interrupt.needs_reset());
+        assert!(rng.core.interrupt.needs_reset());
         assert_eq!(q.used().idx().load(), 0);
         assert_eq!(rng.reset().len(), 1);
     }

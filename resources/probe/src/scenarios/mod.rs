@@ -26,6 +26,12 @@ mod triple_fault;
 mod unknown_io;
 mod virtio_hostile;
 mod virtio_list;
+mod vsock_bench;
+mod vsock_connect;
+mod vsock_echo;
+mod vsock_hostile;
+mod vsock_many;
+mod vsock_stall;
 
 use crate::serial::ResultLine;
 use crate::zero_page::BootInfo;
@@ -61,6 +67,12 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: net_hostile::NAME, run: net_hostile::run },
     Scenario { name: virtio_hostile::NAME, run: virtio_hostile::run },
     Scenario { name: chain_hostile::NAME, run: chain_hostile::run },
+    Scenario { name: vsock_echo::NAME, run: vsock_echo::run },
+    Scenario { name: vsock_connect::NAME, run: vsock_connect::run },
+    Scenario { name: vsock_many::NAME, run: vsock_many::run },
+    Scenario { name: vsock_hostile::NAME, run: vsock_hostile::run },
+    Scenario { name: vsock_bench::NAME, run: vsock_bench::run },
+    Scenario { name: vsock_stall::NAME, run: vsock_stall::run },
 ];
 
 pub fn run(name: &[u8], boot: &BootInfo) {

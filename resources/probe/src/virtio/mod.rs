@@ -7,6 +7,7 @@ pub mod blk;
 pub mod dma;
 pub mod net;
 pub mod queue;
+pub mod vsock;
 
 use crate::zero_page::BootInfo;
 

@@ -1,11 +1,9 @@
 //! The drive on the VMM thread's event loop: queue notifications and rate limiter timer
 //! expirations drain the queue; each chain is checked, parsed, charged to the limiter and run.
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
-use vmm_sys_util::epoll::EventSet;
 
 use super::config::CacheType;
 use super::disk::Disk;
@@ -14,16 +12,13 @@ use super::request::{Request, RequestType, ID_BYTES};
 use super::{Block, GuestLogs};
 use crate::devices::virtio::buffers;
 use crate::devices::virtio::chain::{self, Segment};
-use crate::devices::virtio::device_core::limiter_timer_event;
+use crate::devices::virtio::device_core::queue_and_limiter_events;
 use crate::devices::virtio::queue::{
-    charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd, QueueError,
+    charge_descriptors, drain, ChainOutcome, DrainEnd, QueueError,
 };
 use crate::metrics::BlockDeviceMetrics;
 use crate::rate_limiter::{RateLimiter, TokenType};
 use crate::vstate::memory::GuestMemory;
-
-const EVENT_QUEUE: u32 = 0;
-const EVENT_LIMITER: u32 = 1;
 
 /// The parts of a drive one chain needs, borrowed while the queue is borrowed too.
 struct Worker<'a> {
@@ -132,14 +127,8 @@ impl Worker<'_> {
 impl Block {
     /// Serves the queue: at most one queue's worth of chains, then yields to the event loop.
     pub fn process_queue(&mut self) {
-        if self.core.interrupt.needs_reset() {
-            return;
-        }
-        if self.limiter.is_blocked() {
-            self.metrics.rate_limiter_throttled_events.inc();
-            return;
-        }
-        let Some(active) = self.core.active.as_mut() else {
+        let throttled = &self.metrics.rate_limiter_throttled_events;
+        let Some(active) = self.core.serving(&self.limiter, Some(throttled)) else {
             return;
         };
         let mut worker = Worker {
@@ -159,48 +148,14 @@ impl Block {
             let outcome = worker.handle(q, head);
             charge_descriptors(outcome, worker.segments.len())
         });
-        if used_any && needs_interrupt(queue, &active.mem) {
-            self.core.signal_used(&self.metrics.event_fails);
-        }
-        match end {
-            DrainEnd::Empty | DrainEnd::Throttled => {
-                if !used_any {
-                    self.metrics.no_avail_buffer.inc();
-                }
+        // The core kicks the queue when the budget ran out (the driver keeps the ring full).
+        match self.core.finish_drain(0, end, used_any) {
+            DrainEnd::Empty | DrainEnd::Throttled if !used_any => {
+                self.metrics.no_avail_buffer.inc();
             }
-            // Come back after the other events: the driver keeps the ring full.
-            DrainEnd::Budget => self.core.kick(0, &self.metrics.event_fails),
-            DrainEnd::Broken(e) => self.enter_needs_reset(&e),
+            _ => {}
         }
     }
 }
 
-impl MutEventSubscriber for Block {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        match events.data() {
-            EVENT_QUEUE => {
-                self.metrics.queue_event_count.inc();
-                self.core.read_queue_event(0, &self.metrics.event_fails);
-                self.process_queue();
-            }
-            EVENT_LIMITER => {
-                let m = &self.metrics;
-                let (events, fails) = (&m.rate_limiter_event_count, &m.event_fails);
-                let who = format_args!("Drive {}", self.id);
-                limiter_timer_event(&mut self.limiter, events, fails, &who);
-                self.process_queue();
-            }
-            other => log::warn!("Drive {}: unexpected event {other}", self.id),
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        let queue = Events::with_data(&self.core.queue_events[0], EVENT_QUEUE, EventSet::IN);
-        let limiter = Events::with_data(&self.limiter, EVENT_LIMITER, EventSet::IN);
-        for events in [queue, limiter] {
-            if let Err(e) = ops.add(events) {
-                log::error!("Drive {}: cannot watch its events: {e:?}", self.id);
-            }
-        }
-    }
-}
+queue_and_limiter_events!(Block, queue_event_count, rate_limiter_event_count);

@@ -17,7 +17,6 @@ pub mod request;
 #[cfg(test)]
 mod tests;
 
-use std::ops::Deref;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
@@ -29,11 +28,11 @@ use self::config::{BlockDeviceConfig, CacheType};
 use self::disk::{Disk, DiskError};
 use self::request::{ID_BYTES, SEG_MAX, SIZE_MAX};
 use super::chain::Segment;
-use super::device_core::{CoreDevice, DeviceCore};
+use super::device_core::{core_accessors, CoreDevice, DeviceCore, DeviceLabel};
 use super::queue::MAX_QUEUE_SIZE;
 use super::{read_config_bytes, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::logger::RateLimitedLog;
-use crate::metrics::{BlockDeviceMetrics, Counter};
+use crate::metrics::BlockDeviceMetrics;
 use crate::rate_limiter::{BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError};
 
 /// Errors of drive creation and update.
@@ -55,7 +54,6 @@ pub enum BlockError {
 struct GuestLogs {
     bad_request: RateLimitedLog,
     io_error: RateLimitedLog,
-    needs_reset: RateLimitedLog,
 }
 
 /// A virtio-blk device.
@@ -96,6 +94,10 @@ impl Block {
         let n = config.drive_id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&config.drive_id.as_bytes()[..n]);
         let limiter = RateLimiter::new(&config.rate_limiter.unwrap_or_default())?;
+        let label = DeviceLabel {
+            name: format!("block {}", config.drive_id),
+            who: format!("Drive {}", config.drive_id),
+        };
         Ok(Self {
             id: config.drive_id.clone(),
             id_bytes,
@@ -104,7 +106,7 @@ impl Block {
             is_root: config.is_root_device,
             partuuid: config.partuuid.clone(),
             cache: config.cache_type,
-            core: DeviceCore::new(features)
+            core: DeviceCore::new(features, label, metrics.clone())
                 .map_err(|e| BlockError::Event(config.drive_id.clone(), e))?,
             limiter,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
@@ -168,43 +170,11 @@ impl Block {
         // Requests that waited for the old limits get a chance under the new ones.
         let _ = self.core.queue_events[0].write(1);
     }
-
-    /// The device stops serving its queue until the driver resets it.
-    fn enter_needs_reset(&mut self, why: &dyn std::fmt::Display) {
-        let (count, log) = (&self.metrics.needs_reset_count, &self.logs.needs_reset);
-        let who = format_args!("Drive {}", self.id);
-        self.core.enter_needs_reset(count, log, &who, why);
-    }
-}
-
-/// The shared device state reads through the drive (`block.interrupt`, `block.active`).
-impl Deref for Block {
-    type Target = DeviceCore<1>;
-
-    fn deref(&self) -> &DeviceCore<1> {
-        &self.core
-    }
 }
 
 impl CoreDevice for Block {
     const DEVICE_TYPE: u32 = VIRTIO_ID_BLOCK;
-    type Core = DeviceCore<1>;
-
-    fn label(&self) -> String {
-        format!("block {}", self.id)
-    }
-
-    fn core(&self) -> &Self::Core {
-        &self.core
-    }
-
-    fn core_mut(&mut self) -> &mut Self::Core {
-        &mut self.core
-    }
-
-    fn activate_fails(&self) -> &Counter {
-        &self.metrics.activate_fails
-    }
+    core_accessors!(core: DeviceCore<1>);
 
     fn config_read(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_blk_config: capacity (le64), size_max (le32), seg_max (le32).

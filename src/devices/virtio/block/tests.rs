@@ -26,6 +26,9 @@ const DATA: u64 = 0x11_0000;
 const STATUS: u64 = 0x12_0000;
 const W: u16 = VRING_DESC_F_WRITE as u16;
 
+/// A chain's buffers: (address, length, flags).
+type Bufs = [(u64, u32, u16)];
+
 struct Fixture {
     mem: GuestMemory,
     file: tempfile::NamedTempFile,
@@ -160,7 +163,7 @@ fn reads_writes_flushes_and_get_id_work() {
     assert_eq!(&id[..5], b"data\0");
     assert_eq!(block.metrics.read_bytes.count(), 1024);
     assert_eq!(block.metrics.write_count.count(), 1);
-    assert!(!block.interrupt.needs_reset());
+    assert!(!block.core.interrupt.needs_reset());
 }
 
 #[test]
@@ -213,128 +216,89 @@ fn malformed_requests_get_ioerr_and_the_device_keeps_serving() {
     let f = Fixture::new();
     let q = MockSplitQueue::new(&f.mem, 16);
     let mut block = f.block(&f.config(), &q);
-    let ioerr = (VIRTIO_BLK_S_IOERR, 1);
-
-    // Buffer outside guest memory (it ends past 2 MiB), and one whose end overflows.
-    f.header(VIRTIO_BLK_T_IN, 0);
-    assert_eq!(
-        outcome(
-            &f,
-            &mut block,
-            &q,
-            &[(HEADER, 16, 0), (0x1f_ff00, 0x1000, W), (STATUS, 1, W)]
+    let (i, o) = (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT);
+    let read_512 = read_chain(512);
+    // (what is wrong, request type, sector, chain): each is answered IOERR with used length 1.
+    let cases: [(&str, u32, u64, &Bufs); 13] = [
+        (
+            "buffer outside guest memory (it ends past 2 MiB)",
+            i,
+            0,
+            &[(HEADER, 16, 0), (0x1f_ff00, 0x1000, W), (STATUS, 1, W)],
         ),
-        ioerr
-    );
-    f.header(VIRTIO_BLK_T_IN, 0);
-    assert_eq!(
-        outcome(
-            &f,
-            &mut block,
-            &q,
-            &[(HEADER, 16, 0), (u64::MAX - 511, 512, W), (STATUS, 1, W)]
+        (
+            "buffer whose end overflows",
+            i,
+            0,
+            &[(HEADER, 16, 0), (u64::MAX - 511, 512, W), (STATUS, 1, W)],
         ),
-        ioerr
-    );
-    // Zero-length data buffer.
-    f.header(VIRTIO_BLK_T_IN, 0);
-    assert_eq!(
-        outcome(
-            &f,
-            &mut block,
-            &q,
-            &[(HEADER, 16, 0), (DATA, 0, W), (STATUS, 1, W)]
+        (
+            "zero-length data buffer",
+            i,
+            0,
+            &[(HEADER, 16, 0), (DATA, 0, W), (STATUS, 1, W)],
         ),
-        ioerr
-    );
-    // Wrong direction: a read whose data is device-readable, a write whose data is writable.
-    f.header(VIRTIO_BLK_T_IN, 0);
-    assert_eq!(
-        outcome(
-            &f,
-            &mut block,
-            &q,
-            &[(HEADER, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]
+        (
+            "a read whose data is device-readable",
+            i,
+            0,
+            &[(HEADER, 16, 0), (DATA, 512, 0), (STATUS, 1, W)],
         ),
-        ioerr
-    );
-    f.header(VIRTIO_BLK_T_OUT, 0);
-    assert_eq!(
-        outcome(
-            &f,
-            &mut block,
-            &q,
-            &[(HEADER, 16, 0), (DATA, 512, W), (STATUS, 1, W)]
+        (
+            "a write whose data is writable",
+            o,
+            0,
+            &[(HEADER, 16, 0), (DATA, 512, W), (STATUS, 1, W)],
         ),
-        ioerr
-    );
-    // A readable buffer after a writable one.
-    f.header(VIRTIO_BLK_T_OUT, 0);
-    assert_eq!(
-        outcome(
-            &f,
-            &mut block,
-            &q,
+        (
+            "a readable buffer after a writable one",
+            o,
+            0,
             &[
                 (HEADER, 16, 0),
                 (DATA, 512, W),
                 (DATA, 512, 0),
-                (STATUS, 1, W)
-            ]
+                (STATUS, 1, W),
+            ],
         ),
-        ioerr
-    );
-    // Header too short.
-    f.header(VIRTIO_BLK_T_IN, 0);
-    assert_eq!(
-        outcome(
-            &f,
-            &mut block,
-            &q,
-            &[(HEADER, 8, 0), (DATA, 512, W), (STATUS, 1, W)]
+        (
+            "header too short",
+            i,
+            0,
+            &[(HEADER, 8, 0), (DATA, 512, W), (STATUS, 1, W)],
         ),
-        ioerr
-    );
-    // Length not a multiple of 512.
-    f.header(VIRTIO_BLK_T_IN, 0);
-    assert_eq!(
-        outcome(
-            &f,
-            &mut block,
-            &q,
-            &[(HEADER, 16, 0), (DATA, 100, W), (STATUS, 1, W)]
+        (
+            "length not a multiple of 512",
+            i,
+            0,
+            &[(HEADER, 16, 0), (DATA, 100, W), (STATUS, 1, W)],
         ),
-        ioerr
-    );
-    // Sector past the end, and a range that crosses the end.
-    f.header(VIRTIO_BLK_T_IN, SECTORS);
-    assert_eq!(outcome(&f, &mut block, &q, &read_chain(512)), ioerr);
-    f.header(VIRTIO_BLK_T_OUT, SECTORS - 1);
-    assert_eq!(
-        outcome(
-            &f,
-            &mut block,
-            &q,
-            &[(HEADER, 16, 0), (DATA, 1024, 0), (STATUS, 1, W)]
+        ("sector past the end", i, SECTORS, &read_512),
+        (
+            "a range that crosses the end",
+            o,
+            SECTORS - 1,
+            &[(HEADER, 16, 0), (DATA, 1024, 0), (STATUS, 1, W)],
         ),
-        ioerr
-    );
-    // sector * 512 overflows 64 bits; sector + count wraps.
-    f.header(VIRTIO_BLK_T_IN, u64::MAX / 256);
-    assert_eq!(outcome(&f, &mut block, &q, &read_chain(512)), ioerr);
-    f.header(VIRTIO_BLK_T_IN, u64::MAX);
-    assert_eq!(outcome(&f, &mut block, &q, &read_chain(512)), ioerr);
-    // GET_ID with a buffer smaller than 20 bytes.
-    f.header(VIRTIO_BLK_T_GET_ID, 0);
-    assert_eq!(
-        outcome(
-            &f,
-            &mut block,
-            &q,
-            &[(HEADER, 16, 0), (DATA, 8, W), (STATUS, 1, W)]
+        (
+            "sector * 512 overflows 64 bits",
+            i,
+            u64::MAX / 256,
+            &read_512,
         ),
-        ioerr
-    );
+        ("sector + count wraps", i, u64::MAX, &read_512),
+        (
+            "GET_ID with a buffer smaller than 20 bytes",
+            VIRTIO_BLK_T_GET_ID,
+            0,
+            &[(HEADER, 16, 0), (DATA, 8, W), (STATUS, 1, W)],
+        ),
+    ];
+    for (what, kind, sector, chain) in cases {
+        f.header(kind, sector);
+        let got = outcome(&f, &mut block, &q, chain);
+        assert_eq!(got, (VIRTIO_BLK_S_IOERR, 1), "{what}");
+    }
     // An unknown request type is unsupported, not an I/O error.
     f.header(11, 0);
     assert_eq!(
@@ -343,7 +307,7 @@ fn malformed_requests_get_ioerr_and_the_device_keeps_serving() {
     );
 
     assert_eq!(block.metrics.execute_fails.count(), 13);
-    assert!(!block.interrupt.needs_reset());
+    assert!(!block.core.interrupt.needs_reset());
     // The file is untouched and a good request still works.
     let content = std::fs::read(f.file.path()).unwrap();
     assert_eq!(content[0], 0);
@@ -365,7 +329,7 @@ fn a_chain_longer_than_the_queue_needs_a_reset() {
     q.avail().ring().ref_at(0).unwrap().store(0);
     q.avail().idx().store(1);
     block.process_queue();
-    assert!(block.interrupt.needs_reset());
+    assert!(block.core.interrupt.needs_reset());
     assert_eq!(q.used().idx().load(), 0);
     assert_eq!(block.metrics.needs_reset_count.count(), 1);
     // Nothing more is served until the reset gives the queue back.
@@ -381,7 +345,7 @@ fn a_chain_without_a_writable_status_byte_needs_a_reset() {
     f.header(VIRTIO_BLK_T_IN, 0);
     f.submit(&q, &[(HEADER, 16, 0), (DATA, 512, 0)]);
     block.process_queue();
-    assert!(block.interrupt.needs_reset());
+    assert!(block.core.interrupt.needs_reset());
     assert_eq!(q.used().idx().load(), 0);
 }
 
@@ -465,11 +429,11 @@ fn a_new_backing_file_changes_the_capacity_and_tells_the_driver() {
     assert_eq!(u64::from_le_bytes(capacity), SECTORS);
     let bigger = tempfile::NamedTempFile::new().unwrap();
     bigger.as_file().set_len(64 * 512).unwrap();
-    let generation = block.interrupt.config_generation();
+    let generation = block.core.interrupt.config_generation();
     block.update_disk(bigger.path().to_str().unwrap()).unwrap();
     block.read_config(0, &mut capacity);
     assert_eq!(u64::from_le_bytes(capacity), 64);
-    assert_eq!(block.interrupt.config_generation(), generation + 1);
+    assert_eq!(block.core.interrupt.config_generation(), generation + 1);
     assert!(block.update_disk("/nonexistent/disk.img").is_err());
     assert_eq!(block.metrics.update_fails.count(), 1);
 }
@@ -479,8 +443,8 @@ fn the_config_space_advertises_seg_max_and_size_max() {
     let f = Fixture::new();
     let q = MockSplitQueue::new(&f.mem, 16);
     let block = f.block(&f.config(), &q);
-    assert_ne!(block.avail_features & (1 << VIRTIO_BLK_F_SEG_MAX), 0);
-    assert_ne!(block.avail_features & (1 << VIRTIO_BLK_F_SIZE_MAX), 0);
+    assert_ne!(block.core.avail_features & (1 << VIRTIO_BLK_F_SEG_MAX), 0);
+    assert_ne!(block.core.avail_features & (1 << VIRTIO_BLK_F_SIZE_MAX), 0);
     let mut word = [0u8; 4];
     block.read_config(8, &mut word);
     assert_eq!(u32::from_le_bytes(word), request::SIZE_MAX);

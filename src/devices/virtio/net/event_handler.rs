@@ -9,7 +9,6 @@ use palisade_firewall::MAINTENANCE_PERIOD;
 use vmm_sys_util::epoll::EventSet;
 
 use super::{Net, RX, TX};
-use crate::devices::virtio::device_core::limiter_timer_event;
 
 const EVENT_RX_QUEUE: u32 = 0;
 const EVENT_TX_QUEUE: u32 = 1;
@@ -36,39 +35,34 @@ impl Net {
 
 impl MutEventSubscriber for Net {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let m = &self.metrics;
         match events.data() {
             EVENT_RX_QUEUE => {
-                self.metrics.rx_queue_event_count.inc();
-                self.core.read_queue_event(RX, &self.metrics.event_fails);
+                self.core.on_queue_event(RX, &m.rx_queue_event_count);
                 self.process_rx();
             }
             EVENT_TX_QUEUE => {
-                self.metrics.tx_queue_event_count.inc();
-                self.core.read_queue_event(TX, &self.metrics.event_fails);
+                self.core.on_queue_event(TX, &m.tx_queue_event_count);
                 self.process_tx();
                 // Replies to what was just sent are often already in the tap.
                 self.process_rx();
             }
             EVENT_TAP => {
-                self.metrics.rx_tap_event_count.inc();
+                m.rx_tap_event_count.inc();
                 self.process_rx();
             }
             EVENT_RX_LIMITER => {
-                let m = &self.metrics;
-                let (events, fails) = (&m.rx_event_rate_limiter_count, &m.event_fails);
-                let who = format_args!("Interface {}", self.id);
-                limiter_timer_event(&mut self.rx_limiter, events, fails, &who);
+                let count = &m.rx_event_rate_limiter_count;
+                self.core.on_limiter_timer(&mut self.rx_limiter, count);
                 self.process_rx();
             }
             EVENT_TX_LIMITER => {
-                let m = &self.metrics;
-                let (events, fails) = (&m.tx_rate_limiter_event_count, &m.event_fails);
-                let who = format_args!("Interface {}", self.id);
-                limiter_timer_event(&mut self.tx_limiter, events, fails, &who);
+                let count = &m.tx_rate_limiter_event_count;
+                self.core.on_limiter_timer(&mut self.tx_limiter, count);
                 self.process_tx();
             }
             EVENT_MAINTENANCE => self.run_maintenance(),
-            other => log::warn!("Interface {}: unexpected event {other}", self.id),
+            other => self.core.on_unexpected_event(other),
         }
     }
 
@@ -81,22 +75,15 @@ impl MutEventSubscriber for Net {
                 log::error!("Interface {}: cannot arm the firewall timer: {e}", self.id);
             }
         }
+        let tap_edges = EventSet::IN | EventSet::EDGE_TRIGGERED;
         let list = [
             Events::with_data(&self.core.queue_events[RX], EVENT_RX_QUEUE, EventSet::IN),
             Events::with_data(&self.core.queue_events[TX], EVENT_TX_QUEUE, EventSet::IN),
-            Events::with_data(
-                &self.tap,
-                EVENT_TAP,
-                EventSet::IN | EventSet::EDGE_TRIGGERED,
-            ),
+            Events::with_data(&self.tap, EVENT_TAP, tap_edges),
             Events::with_data(&self.rx_limiter, EVENT_RX_LIMITER, EventSet::IN),
             Events::with_data(&self.tx_limiter, EVENT_TX_LIMITER, EventSet::IN),
             Events::with_data(&self.maintenance, EVENT_MAINTENANCE, EventSet::IN),
         ];
-        for events in list {
-            if let Err(e) = ops.add(events) {
-                log::error!("Interface {}: cannot watch its events: {e:?}", self.id);
-            }
-        }
+        self.core.watch(ops, list);
     }
 }

@@ -18,11 +18,11 @@ pub mod rx;
 pub mod tap;
 pub mod tx;
 pub mod vnet_hdr;
+mod worker;
 
 #[cfg(test)]
 mod tests;
 
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,12 +36,13 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use self::config::{NetConfigError, NetworkInterfaceConfig, NetworkInterfaceUpdate};
 use self::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+use self::worker::Frame;
 use super::chain::Segment;
-use super::device_core::{CoreDevice, DeviceCore};
+use super::device_core::{core_accessors, CoreDevice, DeviceCore, DeviceLabel};
 use super::queue::MAX_QUEUE_SIZE;
 use super::{read_config_bytes, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::logger::RateLimitedLog;
-use crate::metrics::{Counter, NetDeviceMetrics};
+use crate::metrics::NetDeviceMetrics;
 use crate::rate_limiter::{BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError};
 
 /// The largest frame either way, virtio-net header included (Firecracker's 65,562: a 64 KiB
@@ -81,7 +82,6 @@ pub enum NetError {
 struct GuestLogs {
     bad_chain: RateLimitedLog,
     tap_error: RateLimitedLog,
-    needs_reset: RateLimitedLog,
 }
 
 /// A virtio-net device.
@@ -96,11 +96,10 @@ pub struct Net {
     maintenance: TimerFd,
     /// Reused for every chain: never more than the queue size.
     segments: Vec<Segment>,
-    /// The frame read from the tap and not yet delivered (`rx_len` bytes, 0: none).
-    rx_frame: Box<[u8]>,
-    rx_len: usize,
+    /// The frame read from the tap and not yet delivered.
+    rx_frame: Frame,
     /// The frame being sent.
-    tx_frame: Box<[u8]>,
+    tx_frame: Frame,
     metrics: Arc<NetDeviceMetrics>,
     logs: GuestLogs,
 }
@@ -170,18 +169,22 @@ impl Net {
             .map(|fw| Firewall::new(&id, &fw, mac, Instant::now()))
             .transpose()
             .map_err(|e| NetError::Firewall(id.clone(), e))?;
+        let label = DeviceLabel {
+            name: format!("net {id} ({})", tap.name()),
+            who: format!("Interface {id}"),
+        };
         Ok(Self {
             tap,
             mac,
-            core: DeviceCore::new(offered_features(mac.is_some())).map_err(event_err)?,
+            core: DeviceCore::new(offered_features(mac.is_some()), label, metrics.clone())
+                .map_err(event_err)?,
             rx_limiter: RateLimiter::new(&config.rx_rate_limiter.unwrap_or_default())?,
             tx_limiter: RateLimiter::new(&config.tx_rate_limiter.unwrap_or_default())?,
             firewall,
             maintenance: TimerFd::new().map_err(|e| event_err(e.into()))?,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
-            rx_frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
-            rx_len: 0,
-            tx_frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
+            rx_frame: Frame::new(MAX_FRAME),
+            tx_frame: Frame::new(MAX_FRAME),
             metrics,
             logs: GuestLogs::default(),
             id,
@@ -273,43 +276,9 @@ fn count_drop(m: &NetDeviceMetrics, reason: DropReason, egress: bool) {
     }
 }
 
-impl Net {
-    /// The device stops serving its queues until the driver resets it.
-    fn enter_needs_reset(&mut self, why: &dyn std::fmt::Display) {
-        let (count, log) = (&self.metrics.needs_reset_count, &self.logs.needs_reset);
-        let who = format_args!("Interface {}", self.id);
-        self.core.enter_needs_reset(count, log, &who, why);
-    }
-}
-
-/// The shared device state reads through the interface (`net.interrupt`, `net.active`).
-impl Deref for Net {
-    type Target = DeviceCore<2>;
-
-    fn deref(&self) -> &DeviceCore<2> {
-        &self.core
-    }
-}
-
 impl CoreDevice for Net {
     const DEVICE_TYPE: u32 = VIRTIO_ID_NET;
-    type Core = DeviceCore<2>;
-
-    fn label(&self) -> String {
-        format!("net {} ({})", self.id, self.tap.name())
-    }
-
-    fn core(&self) -> &Self::Core {
-        &self.core
-    }
-
-    fn core_mut(&mut self) -> &mut Self::Core {
-        &mut self.core
-    }
-
-    fn activate_fails(&self) -> &Counter {
-        &self.metrics.activate_fails
-    }
+    core_accessors!(core: DeviceCore<2>);
 
     fn config_read(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.mac.unwrap_or_default(), offset, data);
@@ -333,6 +302,6 @@ impl CoreDevice for Net {
     }
 
     fn resetting(&mut self) {
-        self.rx_len = 0;
+        self.rx_frame.len = 0;
     }
 }

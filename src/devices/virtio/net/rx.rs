@@ -8,24 +8,19 @@
 //! reason that brings it back (a frame waiting for a buffer: the RX queue notification; the
 //! limiter: its timer; the budget: a self-notification).
 
+use palisade_firewall::Verdict;
 use std::io;
-use std::time::Instant;
-
-use palisade_firewall::{Firewall, Verdict};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
-use super::tap::{Tap, VNET_HDR_LEN};
+use super::tap::VNET_HDR_LEN;
 use super::tx::HEADER_PREFIX;
-use super::{count_drop, GuestLogs, Net, RX};
+use super::worker::Worker;
+use super::{count_drop, Net, RX};
 use crate::devices::virtio::buffers::{self, Layout};
-use crate::devices::virtio::chain::{self, Segment};
-use crate::devices::virtio::queue::{
-    charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd,
-};
-use crate::metrics::NetDeviceMetrics;
-use crate::rate_limiter::{RateLimiter, TokenType};
-use crate::vstate::memory::GuestMemory;
+use crate::devices::virtio::chain;
+use crate::devices::virtio::queue::{ChainOutcome, DrainEnd};
+use crate::rate_limiter::TokenType;
 
 /// Frames the firewall may drop while one chain waits, before the device yields.
 const DROPS_PER_CHAIN: usize = 256;
@@ -43,30 +38,15 @@ enum Wait {
     Yield,
 }
 
-/// What one chain needs of the device, borrowed while the queue is borrowed too.
-struct RxWorker<'a> {
-    iface: &'a str,
-    mem: &'a GuestMemory,
-    tap: &'a mut Tap,
-    limiter: &'a mut RateLimiter,
-    firewall: Option<&'a mut Firewall>,
-    segments: &'a mut Vec<Segment>,
-    frame: &'a mut [u8],
-    len: &'a mut usize,
-    metrics: &'a NetDeviceMetrics,
-    logs: &'a GuestLogs,
-    wait: Option<Wait>,
-    now: Instant,
-}
-
-impl RxWorker<'_> {
+/// RX's chain handler; its state says why a chain was left in the ring.
+impl Worker<'_, Option<Wait>> {
     /// Makes sure a frame the firewall passed waits in `frame`; false when none can be had now.
     fn fill(&mut self) -> bool {
         for _ in 0..DROPS_PER_CHAIN {
-            if *self.len > 0 {
+            if self.frame.len > 0 {
                 return true;
             }
-            let n = match self.tap.read_frame(self.frame) {
+            let n = match self.tap.read_frame(&mut self.frame.buf) {
                 Ok(n) => n,
                 Err(e) => {
                     if e.kind() != io::ErrorKind::WouldBlock {
@@ -78,7 +58,7 @@ impl RxWorker<'_> {
                             );
                         }
                     }
-                    self.wait = Some(Wait::Tap);
+                    self.state = Some(Wait::Tap);
                     return false;
                 }
             };
@@ -86,23 +66,23 @@ impl RxWorker<'_> {
                 self.metrics.rx_fails.inc();
                 continue;
             }
-            let eth = &self.frame[VNET_HDR_LEN..n];
+            let eth = &self.frame.buf[VNET_HDR_LEN..n];
             let verdict = match self.firewall.as_deref_mut() {
                 None => Verdict::Pass,
-                Some(fw) if self.frame[1] != 0 => {
+                Some(fw) if self.frame.buf[1] != 0 => {
                     fw.ingress_headers(&eth[..eth.len().min(HEADER_PREFIX)], eth.len(), self.now)
                 }
                 Some(fw) => fw.ingress(eth, self.now),
             };
             match verdict {
-                Verdict::Pass => *self.len = n,
+                Verdict::Pass => self.frame.len = n,
                 Verdict::Drop(reason) => count_drop(self.metrics, reason, false),
             }
         }
-        if *self.len > 0 {
+        if self.frame.len > 0 {
             return true;
         }
-        self.wait = Some(Wait::Yield);
+        self.state = Some(Wait::Yield);
         false
     }
 
@@ -119,11 +99,11 @@ impl RxWorker<'_> {
             Ok(_) => return self.refuse(&"device-readable buffer in an RX chain"),
             Err(e) => return self.refuse(&e),
         };
-        let len = *self.len;
+        let len = self.frame.len;
         if writable < len {
             // Not a buffer this frame fits in (no mergeable buffers): the frame is lost, the
             // chain goes back empty and the driver counts a length error.
-            *self.len = 0;
+            self.frame.len = 0;
             return self.refuse(&format_args!(
                 "{writable}-byte RX buffer for a {len}-byte frame"
             ));
@@ -131,18 +111,18 @@ impl RxWorker<'_> {
         let frame_len = (len - VNET_HDR_LEN) as u64;
         if !self.limiter.consume(1, TokenType::Ops) {
             self.metrics.rx_rate_limiter_throttled.inc();
-            self.wait = Some(Wait::Limiter);
+            self.state = Some(Wait::Limiter);
             return ChainOutcome::Throttled;
         }
         if !self.limiter.consume(frame_len, TokenType::Bytes) {
             self.limiter.manual_replenish(1, TokenType::Ops);
             self.metrics.rx_rate_limiter_throttled.inc();
-            self.wait = Some(Wait::Limiter);
+            self.state = Some(Wait::Limiter);
             return ChainOutcome::Throttled;
         }
-        self.frame[NUM_BUFFERS..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
-        *self.len = 0;
-        if let Err(e) = buffers::write_stream(self.mem, self.segments, 0, &self.frame[..len]) {
+        self.frame.buf[NUM_BUFFERS..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
+        self.frame.len = 0;
+        if let Err(e) = buffers::write_stream(self.mem, self.segments, 0, &self.frame.buf[..len]) {
             return self.refuse(&e);
         }
         self.metrics.rx_packets_count.inc();
@@ -151,62 +131,21 @@ impl RxWorker<'_> {
     }
 
     fn refuse(&self, why: &dyn std::fmt::Display) -> ChainOutcome {
-        self.metrics.rx_fails.inc();
-        if let Some(n) = self.logs.bad_chain.hit() {
-            log::warn!(
-                "Interface {}: RX chain refused: {why} ({n} so far)",
-                self.iface
-            );
-        }
-        ChainOutcome::Used(0)
+        self.refuse_chain(&self.metrics.rx_fails, "RX chain refused", why)
     }
 }
 
 impl Net {
     /// Moves frames from the tap to the guest: at most one queue's worth, then yields.
     pub fn process_rx(&mut self) {
-        if self.core.interrupt.needs_reset() || self.rx_limiter.is_blocked() {
-            return;
-        }
-        let Some(active) = self.core.active.as_mut() else {
+        let Some((end, wait)) = self.drain_queue(RX, None, |w, q, head| w.handle(q, head)) else {
             return;
         };
-        let mut worker = RxWorker {
-            iface: &self.id,
-            mem: &active.mem,
-            tap: &mut self.tap,
-            limiter: &mut self.rx_limiter,
-            firewall: self.firewall.as_mut(),
-            segments: &mut self.segments,
-            frame: &mut self.rx_frame,
-            len: &mut self.rx_len,
-            metrics: &self.metrics,
-            logs: &self.logs,
-            wait: None,
-            now: Instant::now(),
-        };
-        let rx = &mut active.queues[RX];
-        let (end, used_any) = drain(rx, &active.mem, |q, head| {
-            let outcome = worker.handle(q, head);
-            charge_descriptors(outcome, worker.segments.len())
-        });
-        let wait = worker.wait;
-        if used_any && needs_interrupt(rx, &active.mem) {
-            self.core.signal_used(&self.metrics.event_fails);
-        }
         match end {
             // The ring is empty: a waiting frame waits for the driver's next buffers.
-            DrainEnd::Empty => {
-                if self.rx_len > 0 {
-                    self.metrics.no_rx_avail_buffer.inc();
-                }
-            }
-            DrainEnd::Throttled if wait == Some(Wait::Yield) => {
-                self.core.kick(RX, &self.metrics.event_fails);
-            }
-            DrainEnd::Throttled => {}
-            DrainEnd::Budget => self.core.kick(RX, &self.metrics.event_fails),
-            DrainEnd::Broken(e) => self.enter_needs_reset(&e),
+            DrainEnd::Empty if self.rx_frame.len > 0 => self.metrics.no_rx_avail_buffer.inc(),
+            DrainEnd::Throttled if wait == Some(Wait::Yield) => self.core.kick(RX),
+            _ => {}
         }
     }
 }

@@ -103,6 +103,24 @@ fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(Descriptor::new(addr, len, flags, next))
 }
 
+/// Queues one TX chain per (address, length): a single device-readable buffer each.
+fn queue_tx(r: &Rig, chains: &[(u64, u32)]) {
+    let descs: Vec<_> = chains.iter().map(|&(a, l)| desc(a, l, 0, 0)).collect();
+    r.txq.add_desc_chains(&descs, 0).unwrap();
+}
+
+/// A limit of `size` operations, refilled every `refill_time` ms.
+fn ops_limit(size: u64, refill_time: u64) -> Option<RateLimiterConfig> {
+    Some(RateLimiterConfig {
+        bandwidth: None,
+        ops: Some(TokenBucketConfig {
+            size,
+            one_time_burst: None,
+            refill_time,
+        }),
+    })
+}
+
 fn peer_recv(peer: &OwnedFd) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 70_000];
     // SAFETY: recv writes at most `buf.len()` bytes into `buf`, valid for the call.
@@ -142,16 +160,7 @@ fn honest_frames_reach_the_tap_and_spoofed_ones_are_consumed_and_counted() {
     let l0 = put_tx(&mem, 0x10_0000, &honest);
     let l1 = put_tx(&mem, 0x10_1000, &spoofed_ip);
     let l2 = put_tx(&mem, 0x10_2000, &spoofed_mac);
-    r.txq
-        .add_desc_chains(
-            &[
-                desc(0x10_0000, l0, 0, 0),
-                desc(0x10_1000, l1, 0, 0),
-                desc(0x10_2000, l2, 0, 0),
-            ],
-            0,
-        )
-        .unwrap();
+    queue_tx(&r, &[(0x10_0000, l0), (0x10_1000, l1), (0x10_2000, l2)]);
     r.net.process_tx();
     assert_eq!(r.txq.used().idx().load(), 3, "every chain is consumed");
     let sent = peer_recv(&r.peer).unwrap();
@@ -173,9 +182,7 @@ fn bad_tx_chains_are_refused_and_a_loop_needs_a_reset() {
     let mem = memory();
     let mut r = rig(&mem, config(None));
     // A header shorter than 12 bytes, and a buffer outside guest memory.
-    r.txq
-        .add_desc_chains(&[desc(0x10_0000, 4, 0, 0), desc(0x50_0000, 64, 0, 0)], 0)
-        .unwrap();
+    queue_tx(&r, &[(0x10_0000, 4), (0x50_0000, 64)]);
     r.net.process_tx();
     assert_eq!(r.txq.used().idx().load(), 2);
     assert_eq!(r.net.metrics.tx_fails.count(), 2);
@@ -187,7 +194,7 @@ fn bad_tx_chains_are_refused_and_a_loop_needs_a_reset() {
     r.txq.avail().ring().ref_at(2).unwrap().store(5);
     r.txq.avail().idx().store(3);
     r.net.process_tx();
-    assert!(r.net.interrupt.needs_reset());
+    assert!(r.net.core.interrupt.needs_reset());
 }
 
 #[test]
@@ -250,27 +257,18 @@ fn a_frame_larger_than_the_buffer_is_dropped_and_the_buffer_returned_empty() {
     assert_eq!(r.rxq.used().idx().load(), 1);
     assert_eq!(used_len(&mem, &r.rxq, 0), 0);
     assert_eq!(r.net.metrics.rx_fails.count(), 1);
-    assert_eq!(r.net.rx_len, 0);
+    assert_eq!(r.net.rx_frame.len, 0);
 }
 
 #[test]
 fn a_throttled_tx_frame_waits_in_the_ring_and_is_judged_once() {
     let mem = memory();
     let mut cfg = config(None);
-    cfg.tx_rate_limiter = Some(RateLimiterConfig {
-        bandwidth: None,
-        ops: Some(TokenBucketConfig {
-            size: 1,
-            one_time_burst: None,
-            refill_time: 100,
-        }),
-    });
+    cfg.tx_rate_limiter = ops_limit(1, 100);
     let mut r = rig(&mem, cfg);
     let frame = udp_frame(MAC, [10, 0, 0, 2], [10, 0, 0, 1]);
     let l = put_tx(&mem, 0x10_0000, &frame);
-    r.txq
-        .add_desc_chains(&[desc(0x10_0000, l, 0, 0), desc(0x10_0000, l, 0, 0)], 0)
-        .unwrap();
+    queue_tx(&r, &[(0x10_0000, l), (0x10_0000, l)]);
     r.net.process_tx();
     assert_eq!(r.txq.used().idx().load(), 1, "the second frame waits");
     std::thread::sleep(std::time::Duration::from_millis(150));
@@ -320,16 +318,7 @@ fn an_offload_header_that_would_rewrite_the_judged_frame_never_reaches_the_tap()
     let l0 = aimed(34, 2, 0x10_0000);
     let l1 = aimed(26, 0, 0x10_1000);
     let l2 = aimed(34, 6, 0x10_2000);
-    r.txq
-        .add_desc_chains(
-            &[
-                desc(0x10_0000, l0, 0, 0),
-                desc(0x10_1000, l1, 0, 0),
-                desc(0x10_2000, l2, 0, 0),
-            ],
-            0,
-        )
-        .unwrap();
+    queue_tx(&r, &[(0x10_0000, l0), (0x10_1000, l1), (0x10_2000, l2)]);
     r.net.process_tx();
     assert_eq!(r.txq.used().idx().load(), 3, "every chain is consumed");
     // Only the honest checksum placement goes out, with the header rebuilt.
@@ -346,14 +335,7 @@ fn refused_headers_and_gso_segments_are_charged_to_the_tx_ops_limit() {
     let mem = memory();
     let mut cfg = config(None);
     // Four frames an hour.
-    cfg.tx_rate_limiter = Some(RateLimiterConfig {
-        bandwidth: None,
-        ops: Some(TokenBucketConfig {
-            size: 4,
-            one_time_burst: None,
-            refill_time: 3_600_000,
-        }),
-    });
+    cfg.tx_rate_limiter = ops_limit(4, 3_600_000);
     let mut r = rig(&mem, cfg);
     // A refused header costs one frame: refusing is work the guest makes us do.
     let udp = udp_frame(MAC, [10, 0, 0, 2], [10, 0, 0, 1]);
@@ -379,16 +361,7 @@ fn refused_headers_and_gso_segments_are_charged_to_the_tx_ops_limit() {
     gso[8] = 16;
     mem.write_slice(&gso, GuestAddress(0x11_0000)).unwrap();
     let l2 = put_tx(&mem, 0x12_0000, &udp);
-    r.txq
-        .add_desc_chains(
-            &[
-                desc(0x10_0000, l0, 0, 0),
-                desc(0x11_0000, l1, 0, 0),
-                desc(0x12_0000, l2, 0, 0),
-            ],
-            0,
-        )
-        .unwrap();
+    queue_tx(&r, &[(0x10_0000, l0), (0x11_0000, l1), (0x12_0000, l2)]);
     r.net.process_tx();
     assert_eq!(r.txq.used().idx().load(), 2, "the honest frame waits");
     assert_eq!(r.net.metrics.tx_bad_vnet_hdr.count(), 1);

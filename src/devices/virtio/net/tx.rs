@@ -3,52 +3,26 @@
 //! charged to the TX limiter, judged by the firewall, and written to the tap. Every chain is
 //! consumed with used length 0, whatever happened to its frame.
 
-use std::time::Instant;
-
-use palisade_firewall::{Firewall, Verdict};
+use palisade_firewall::Verdict;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
-use super::tap::{Tap, VNET_HDR_LEN};
+use super::tap::VNET_HDR_LEN;
 use super::vnet_hdr::{self, TxOffloads};
-use super::{count_drop, GuestLogs, Net, TX};
+use super::worker::Worker;
+use super::{count_drop, Net, TX};
 use crate::devices::virtio::buffers::{self, Layout};
-use crate::devices::virtio::chain::{self, Segment};
-use crate::devices::virtio::queue::{
-    charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd,
-};
-use crate::metrics::NetDeviceMetrics;
-use crate::rate_limiter::{RateLimiter, TokenType};
-use crate::vstate::memory::GuestMemory;
+use crate::devices::virtio::chain;
+use crate::devices::virtio::queue::ChainOutcome;
+use crate::rate_limiter::TokenType;
 
 /// How much of a GSO frame's start the firewall reads (`egress_headers`).
 pub const HEADER_PREFIX: usize = 256;
 
-/// What one chain needs of the device, borrowed while the queue is borrowed too.
-struct TxWorker<'a> {
-    iface: &'a str,
-    mem: &'a GuestMemory,
-    tap: &'a mut Tap,
-    limiter: &'a mut RateLimiter,
-    firewall: Option<&'a mut Firewall>,
-    offloads: TxOffloads,
-    segments: &'a mut Vec<Segment>,
-    frame: &'a mut [u8],
-    metrics: &'a NetDeviceMetrics,
-    logs: &'a GuestLogs,
-    now: Instant,
-}
-
-impl TxWorker<'_> {
+/// TX's chain handler (it keeps no state across chains).
+impl Worker<'_, ()> {
     fn refuse(&self, why: &dyn std::fmt::Display) -> ChainOutcome {
-        self.metrics.tx_fails.inc();
-        if let Some(n) = self.logs.bad_chain.hit() {
-            log::warn!(
-                "Interface {}: bad TX chain refused: {why} ({n} so far)",
-                self.iface
-            );
-        }
-        ChainOutcome::Used(0)
+        self.refuse_chain(&self.metrics.tx_fails, "bad TX chain refused", why)
     }
 
     fn handle(&mut self, queue: &Queue, head: u16) -> ChainOutcome {
@@ -61,15 +35,17 @@ impl TxWorker<'_> {
             Err(e) => return self.refuse(&e),
         };
         let len = layout.readable as usize;
-        if len < VNET_HDR_LEN || len > self.frame.len() {
+        if len < VNET_HDR_LEN || len > self.frame.buf.len() {
             return self.refuse(&format_args!("frame of {len} bytes with its header"));
         }
-        if let Err(e) = buffers::read_stream(self.mem, self.segments, 0, &mut self.frame[..len]) {
+        if let Err(e) = buffers::read_stream(self.mem, self.segments, 0, &mut self.frame.buf[..len])
+        {
             return self.refuse(&e);
         }
         let frame_len = (len - VNET_HDR_LEN) as u64;
-        let (hdr, eth) = self.frame[..len].split_at(VNET_HDR_LEN);
-        let checked = vnet_hdr::check_tx(hdr, eth, self.offloads);
+        let (hdr, eth) = self.frame.buf[..len].split_at(VNET_HDR_LEN);
+        let offloads = TxOffloads::from_features(self.features);
+        let checked = vnet_hdr::check_tx(hdr, eth, offloads);
         // Charge first, a refused header too (so a guest cannot make us copy and parse frames
         // beyond its limits), and a GSO frame as the segments the host will send; a throttled
         // frame stays in the ring and is judged once, when it goes.
@@ -94,7 +70,7 @@ impl TxWorker<'_> {
             }
         };
         if let Some(firewall) = self.firewall.as_deref_mut() {
-            let eth = &self.frame[VNET_HDR_LEN..len];
+            let eth = &self.frame.buf[VNET_HDR_LEN..len];
             let verdict = if header.is_gso() {
                 let prefix = &eth[..eth.len().min(HEADER_PREFIX)];
                 firewall.egress_headers(prefix, eth.len(), self.now)
@@ -109,8 +85,8 @@ impl TxWorker<'_> {
             }
         }
         // The tap gets the checked header, never the guest's bytes.
-        self.frame[..VNET_HDR_LEN].copy_from_slice(&header.to_bytes());
-        match self.tap.write_frame(&self.frame[..len]) {
+        self.frame.buf[..VNET_HDR_LEN].copy_from_slice(&header.to_bytes());
+        match self.tap.write_frame(&self.frame.buf[..len]) {
             Ok(_) => {
                 self.metrics.tx_packets_count.inc();
                 self.metrics.tx_bytes_count.add(frame_len);
@@ -141,37 +117,6 @@ fn moved(len: usize) -> ChainOutcome {
 impl Net {
     /// Sends what the TX queue holds: at most one queue's worth of chains, then yields.
     pub fn process_tx(&mut self) {
-        if self.core.interrupt.needs_reset() || self.tx_limiter.is_blocked() {
-            return;
-        }
-        let Some(active) = self.core.active.as_mut() else {
-            return;
-        };
-        let mut worker = TxWorker {
-            iface: &self.id,
-            mem: &active.mem,
-            tap: &mut self.tap,
-            limiter: &mut self.tx_limiter,
-            firewall: self.firewall.as_mut(),
-            offloads: TxOffloads::from_features(active.features),
-            segments: &mut self.segments,
-            frame: &mut self.tx_frame,
-            metrics: &self.metrics,
-            logs: &self.logs,
-            now: Instant::now(),
-        };
-        let tx = &mut active.queues[TX];
-        let (end, used_any) = drain(tx, &active.mem, |q, head| {
-            let outcome = worker.handle(q, head);
-            charge_descriptors(outcome, worker.segments.len())
-        });
-        if used_any && needs_interrupt(tx, &active.mem) {
-            self.core.signal_used(&self.metrics.event_fails);
-        }
-        match end {
-            DrainEnd::Empty | DrainEnd::Throttled => {}
-            DrainEnd::Budget => self.core.kick(TX, &self.metrics.event_fails),
-            DrainEnd::Broken(e) => self.enter_needs_reset(&e),
-        }
+        self.drain_queue(TX, (), |w, q, head| w.handle(q, head));
     }
 }

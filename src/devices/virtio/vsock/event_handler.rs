@@ -10,7 +10,6 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::muxer::{Peer, Watch};
 use super::{Vsock, EVQ, RX, TX};
-use crate::devices::virtio::device_core::limiter_timer_event;
 
 const EVENT_RX_QUEUE: u32 = 0;
 const EVENT_TX_QUEUE: u32 = 1;
@@ -96,29 +95,28 @@ impl MutEventSubscriber for Vsock {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
             EVENT_RX_QUEUE => {
-                self.metrics.rx_queue_event_count.inc();
-                self.core.read_queue_event(RX, &self.metrics.event_fails);
+                self.core
+                    .on_queue_event(RX, &self.metrics.rx_queue_event_count);
                 self.process_rx();
             }
             EVENT_TX_QUEUE => {
-                self.metrics.tx_queue_event_count.inc();
-                self.core.read_queue_event(TX, &self.metrics.event_fails);
+                self.core
+                    .on_queue_event(TX, &self.metrics.tx_queue_event_count);
                 self.process_tx();
                 self.process_rx();
             }
             EVENT_EV_QUEUE => {
                 // The driver's event buffers wait for a transport reset we never send.
-                self.metrics.ev_queue_event_count.inc();
-                self.core.read_queue_event(EVQ, &self.metrics.event_fails);
+                self.core
+                    .on_queue_event(EVQ, &self.metrics.ev_queue_event_count);
             }
             EVENT_LISTENER => {
                 self.metrics.conn_event_count.inc();
                 self.muxer.accept();
             }
             EVENT_LIMITER => {
-                let m = &self.metrics;
-                let (count, fails) = (&m.rate_limiter_event_count, &m.event_fails);
-                limiter_timer_event(&mut self.limiter, count, fails, &"vsock");
+                let count = &self.metrics.rate_limiter_event_count;
+                self.core.on_limiter_timer(&mut self.limiter, count);
                 self.process_tx();
                 self.process_rx();
             }

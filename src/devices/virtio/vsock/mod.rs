@@ -37,11 +37,11 @@ use self::listener::{bind_listener, ListenerError};
 use self::muxer::{replace_buckets, Muxer};
 use self::packet::MAX_PKT_LEN;
 use super::chain::Segment;
-use super::device_core::{CoreDevice, DeviceCore};
+use super::device_core::{core_accessors, CoreDevice, DeviceCore, DeviceLabel};
 use super::queue::MAX_QUEUE_SIZE;
 use super::{read_config_bytes, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::logger::RateLimitedLog;
-use crate::metrics::{Counter, VsockDeviceMetrics};
+use crate::metrics::VsockDeviceMetrics;
 use crate::rate_limiter::{RateLimiter, RateLimiterError};
 
 const RX: usize = 0;
@@ -69,7 +69,6 @@ pub enum VsockError {
 #[derive(Default)]
 struct GuestLogs {
     bad_packet: RateLimitedLog,
-    needs_reset: RateLimitedLog,
 }
 
 /// The vsock device.
@@ -101,8 +100,15 @@ impl Vsock {
         let listener = bind_listener(config.uds_path())?;
         Ok(Self {
             cid: u64::from(config.guest_cid),
-            core: DeviceCore::new(VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX)
-                .map_err(VsockError::Event)?,
+            core: DeviceCore::new(
+                VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+                DeviceLabel {
+                    name: format!("vsock (cid {})", config.guest_cid),
+                    who: "vsock".into(),
+                },
+                metrics.clone(),
+            )
+            .map_err(VsockError::Event)?,
             muxer: Muxer::new(config, listener, metrics.clone()),
             limiter: RateLimiter::new(&policy.rate_limiter.unwrap_or_default())?,
             sweep_timer: TimerFd::new().map_err(|e| VsockError::Event(e.into()))?,
@@ -136,37 +142,15 @@ impl Vsock {
         self.muxer.update_policy(policy);
         self.metrics.update_count.inc();
         // Packets that waited for the old limits get a chance under the new ones.
-        self.core.kick(TX, &self.metrics.event_fails);
-        self.core.kick(RX, &self.metrics.event_fails);
+        self.core.kick(TX);
+        self.core.kick(RX);
         Ok(())
-    }
-
-    /// The device stops serving its queues until the driver resets it.
-    fn enter_needs_reset(&mut self, why: &dyn std::fmt::Display) {
-        let (count, log) = (&self.metrics.needs_reset_count, &self.logs.needs_reset);
-        self.core.enter_needs_reset(count, log, &"vsock", why);
     }
 }
 
 impl CoreDevice for Vsock {
     const DEVICE_TYPE: u32 = VIRTIO_ID_VSOCK;
-    type Core = DeviceCore<3>;
-
-    fn label(&self) -> String {
-        format!("vsock (cid {})", self.cid)
-    }
-
-    fn core(&self) -> &Self::Core {
-        &self.core
-    }
-
-    fn core_mut(&mut self) -> &mut Self::Core {
-        &mut self.core
-    }
-
-    fn activate_fails(&self) -> &Counter {
-        &self.metrics.activate_fails
-    }
+    core_accessors!(core: DeviceCore<3>);
 
     fn config_read(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.cid.to_le_bytes(), offset, data);
@@ -179,14 +163,14 @@ impl CoreDevice for Vsock {
 
     fn activated(&mut self) {
         // The driver may have queued packets and buffers before DRIVER_OK.
-        self.core.kick(TX, &self.metrics.event_fails);
-        self.core.kick(RX, &self.metrics.event_fails);
+        self.core.kick(TX);
+        self.core.kick(RX);
     }
 
     fn resetting(&mut self) {
         // The driver starts over: every connection ends, host clients see end of file once
         // the event loop comes by (the kick) and closes their sockets.
         self.muxer.end_all();
-        self.core.kick(RX, &self.metrics.event_fails);
+        self.core.kick(RX);
     }
 }

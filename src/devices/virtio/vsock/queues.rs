@@ -18,9 +18,7 @@ use super::packet::{check_tx, BadPacket, Op, HDR_LEN, MAX_PKT_LEN};
 use super::{GuestLogs, Vsock, RX, TX};
 use crate::devices::virtio::buffers::{self, Layout};
 use crate::devices::virtio::chain::{self, Segment};
-use crate::devices::virtio::queue::{
-    charge_descriptors, drain, needs_interrupt, ChainOutcome, DrainEnd,
-};
+use crate::devices::virtio::queue::{charge_descriptors, drain, ChainOutcome};
 use crate::metrics::VsockDeviceMetrics;
 use crate::rate_limiter::{RateLimiter, TokenType};
 use crate::vstate::memory::GuestMemory;
@@ -198,15 +196,7 @@ impl Vsock {
             let outcome = worker.tx(q, head);
             charge_descriptors(outcome, worker.segments.len())
         });
-        let notify = used_any && needs_interrupt(tx, mem);
-        if notify {
-            self.core.signal_used(&self.metrics.event_fails);
-        }
-        match end {
-            DrainEnd::Empty | DrainEnd::Throttled => {}
-            DrainEnd::Budget => self.core.kick(TX, &self.metrics.event_fails),
-            DrainEnd::Broken(e) => self.enter_needs_reset(&e),
-        }
+        self.core.finish_drain(TX, end, used_any);
     }
 
     /// Gives the guest what the muxer has for it: at most one queue's worth, then yields.
@@ -222,16 +212,8 @@ impl Vsock {
             let outcome = worker.rx(q, head);
             charge_descriptors(outcome, worker.segments.len())
         });
-        let notify = used_any && needs_interrupt(rx, mem);
-        if notify {
-            self.core.signal_used(&self.metrics.event_fails);
-        }
-        match end {
-            // Empty: more packets wait for the driver's next buffers (its notification).
-            // Throttled: nothing to send, or the limiter's timer brings it back.
-            DrainEnd::Empty | DrainEnd::Throttled => {}
-            DrainEnd::Budget => self.core.kick(RX, &self.metrics.event_fails),
-            DrainEnd::Broken(e) => self.enter_needs_reset(&e),
-        }
+        // Empty: more packets wait for the driver's next buffers (its notification).
+        // Throttled: nothing to send, or the limiter's timer brings it back.
+        self.core.finish_drain(RX, end, used_any);
     }
 }

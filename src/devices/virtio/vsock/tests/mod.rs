@@ -34,6 +34,9 @@ const DEADLINE: Duration = Duration::from_secs(5);
 /// The driver's side of one queue: descriptors and buffers per slot, used entries read back.
 struct Driver<'a> {
     q: MockSplitQueue<'a, GuestMemory>,
+    /// Our own used ring: the mock puts its used ring inside the avail ring of a 256-entry
+    /// queue.
+    used: GuestAddress,
     buffers: u64,
     added: u16,
     used_seen: u16,
@@ -63,7 +66,7 @@ impl Driver<'_> {
     }
 
     fn take_used(&mut self, mem: &GuestMemory) -> Vec<(u64, u32)> {
-        let used = self.q.used_addr();
+        let used = self.used;
         let idx: u16 = mem.read_obj(used.unchecked_add(2)).unwrap();
         let mut out = Vec::new();
         while self.used_seen != idx {
@@ -108,18 +111,22 @@ fn rig(mem: &GuestMemory, policy: Option<VsockPolicy>) -> Rig<'_> {
     let rx = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
     let tx = MockSplitQueue::create(mem, GuestAddress(0x1_0000), QSIZE);
     let ev = MockSplitQueue::create(mem, GuestAddress(0x2_0000), QSIZE);
+    let queue = |q: &MockSplitQueue<GuestMemory>, base: u64| {
+        let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
+        queue
+            .try_set_used_ring_address(GuestAddress(base + 0x8000))
+            .unwrap();
+        queue
+    };
     dev.activate(ActivateContext {
         mem: mem.clone(),
-        queues: vec![
-            rx.create_queue().unwrap(),
-            tx.create_queue().unwrap(),
-            ev.create_queue().unwrap(),
-        ],
+        queues: vec![queue(&rx, 0), queue(&tx, 0x1_0000), queue(&ev, 0x2_0000)],
         features: dev.avail_features(),
     })
     .unwrap();
-    let driver = |q, buffers| Driver {
+    let driver = |q, base: u64, buffers| Driver {
         q,
+        used: GuestAddress(base + 0x8000),
         buffers,
         added: 0,
         used_seen: 0,
@@ -127,8 +134,8 @@ fn rig(mem: &GuestMemory, policy: Option<VsockPolicy>) -> Rig<'_> {
     Rig {
         dev,
         mem,
-        rx: driver(rx, 0x10_0000),
-        tx: driver(tx, 0x130_0000),
+        rx: driver(rx, 0, 0x10_0000),
+        tx: driver(tx, 0x1_0000, 0x130_0000),
         _ev: ev,
         _dir: dir,
         path,

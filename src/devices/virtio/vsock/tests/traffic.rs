@@ -1,6 +1,7 @@
 //! The device on a real event loop, bulk data with honest credit, and the rate limiters.
 
 use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -221,4 +222,63 @@ fn the_connection_limiter_holds_host_data_and_the_device_limiter_holds_the_tx_qu
         "the third packet waits in the ring"
     );
     assert!(r.metrics().rate_limiter_throttled.count() >= 1);
+}
+
+#[test]
+fn a_random_guest_never_panics_the_device_and_its_memory_stays_bounded() {
+    let mem = memory();
+    let policy = VsockPolicy {
+        max_connections: Some(8),
+        ..VsockPolicy::default()
+    };
+    let mut r = rig(&mem, Some(policy));
+    let listeners: Vec<UnixListener> = (1..=3)
+        .map(|p| {
+            let l = UnixListener::bind(format!("{}_{p}", r.path.display())).unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .collect();
+    let mut hosts = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let data = vec![0xa5u8; 8192];
+    for round in 0..3000 {
+        let x = next();
+        let mut h = guest_hdr(Op::Rw, (x % 4) as u32, ((x >> 8) % 4) as u32);
+        h.op = ((x >> 16) % 9) as u16;
+        h.flags = ((x >> 24) % 4) as u32;
+        h.buf_alloc = (next() % (1 << 20)) as u32;
+        h.fwd_cnt = if x >> 40 & 1 == 0 { 0 } else { next() as u32 };
+        let len = if h.op == Op::Rw as u16 {
+            (next() % 8192) as usize
+        } else {
+            0
+        };
+        r.send(h, &data[..len]);
+        for l in &listeners {
+            if let Ok((s, _)) = l.accept() {
+                s.set_nonblocking(true).unwrap();
+                hosts.push(s);
+            }
+        }
+        if round % 7 == 0 {
+            for s in &hosts {
+                let _ = (&*s).write(&data[..(x % 4096) as usize]);
+            }
+            r.host_ready();
+            r.recv();
+        }
+        assert!(r.dev.muxer.open_peers() <= 8);
+        assert!(r.dev.muxer.buffered_bytes() <= 8 * CONN_BUF_SIZE as usize);
+    }
+    assert!(
+        r.metrics().conns_opened_guest.count() > 0,
+        "the walk reached connections"
+    );
 }

@@ -193,12 +193,10 @@ impl StateFile {
         key: Option<&SnapshotKey>,
     ) -> Result<Authenticated<'a>, FormatError> {
         let found = bytes.len() as u64;
-        let header = bytes
-            .get(..HEADER_LEN)
-            .ok_or(FormatError::Truncated {
-                found,
-                needed: (HEADER_LEN + TAG_LEN) as u64,
-            })?;
+        let header = bytes.get(..HEADER_LEN).ok_or(FormatError::Truncated {
+            found,
+            needed: (HEADER_LEN + TAG_LEN) as u64,
+        })?;
         if header[0..8] != MAGIC {
             return Err(FormatError::ForeignFile);
         }

@@ -304,3 +304,60 @@ fn pat_with_a_reserved_memory_type_is_refused_even_where_kvm_takes_it() {
         StateError::Invalid("PAT")
     ));
 }
+
+/// Writes the seed corpus of the snapshot_state fuzz target (fuzz/corpus/snapshot_state/):
+/// a real two-vCPU machine state as a keyed file, as an unkeyed file, and as a bare body.
+#[test]
+#[ignore = "writes the snapshot_state fuzz seeds; run by hand to change them"]
+fn write_snapshot_state_fuzz_seeds() {
+    let vm = vm_or_skip("write_snapshot_state_fuzz_seeds").unwrap();
+    let host = host(&vm);
+    let vcpus: Vec<VcpuState> = (0..2)
+        .map(|i| {
+            let fd = boot_vcpu(&vm, i, 2);
+            make_distinctive(&fd);
+            let mut s = VcpuState::capture(&fd, i, &host).unwrap();
+            // Keep to the fuzz target's fixed host: its MSRs and legacy XSAVE.
+            s.msrs.retain(|(m, _)| {
+                [
+                    0x10,
+                    0x3a,
+                    0x174,
+                    0x175,
+                    0x176,
+                    0x1a0,
+                    0x277,
+                    0x6e0,
+                    0xc000_0081,
+                ]
+                .contains(m)
+            });
+            s.xsave.truncate(1024);
+            s
+        })
+        .collect();
+    let machine = (
+        crate::vstate::snapshot::VmState::capture(vm.fd()).unwrap(),
+        vcpus,
+    );
+    let key = SnapshotKey::new(b"palisade fuzz key 0123456789abcd").unwrap();
+    let mem = MemoryIdentity {
+        size: 128 << 20,
+        sha256: None,
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/snapshot_state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let keyed = StateFile::encode(&machine, Some(&key), &mem).unwrap();
+    let plain = StateFile::encode(&machine, None, &mem).unwrap();
+    let body = postcard::to_stdvec(&machine).unwrap();
+    for (name, mode, bytes) in [
+        ("keyed_file", 0u8, keyed),
+        ("plain_file", 2, plain),
+        ("body_keyed", 1, body.clone()),
+        ("body_plain", 3, body),
+    ] {
+        let mut seed = vec![mode];
+        seed.extend_from_slice(&bytes);
+        std::fs::write(dir.join(name), seed).unwrap();
+    }
+}

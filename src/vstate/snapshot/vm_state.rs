@@ -144,6 +144,24 @@ impl VmState {
 mod tests {
     use super::*;
     use crate::vstate::snapshot::test_kvm::vm_or_skip;
+    use kvm_bindings::{kvm_ioapic_state, kvm_pic_state};
+
+    type Corruption = (&'static str, fn(&mut VmState));
+
+    fn pic(chip: &Raw<kvm_irqchip>) -> kvm_pic_state {
+        // SAFETY: the PIC member of a plain-integer union; any bits are a valid value.
+        unsafe { chip.0.chip.pic }
+    }
+
+    fn ioapic(chip: &Raw<kvm_irqchip>) -> kvm_ioapic_state {
+        // SAFETY: the IOAPIC member of a plain-integer union; any bits are a valid value.
+        unsafe { chip.0.chip.ioapic }
+    }
+
+    fn redirection(chip: &Raw<kvm_irqchip>, pin: usize) -> u64 {
+        // SAFETY: the raw bits of a plain-integer union.
+        unsafe { ioapic(chip).redirtbl[pin].bits }
+    }
 
     #[test]
     fn vm_state_survives_a_restore_into_a_fresh_vm() {
@@ -154,10 +172,9 @@ mod tests {
         let mut state = VmState::capture(fd1).unwrap();
         state.pic_master.0.chip.pic.imr = 0xfb;
         state.pic_slave.0.chip.pic.imr = 0xbf;
-        // SAFETY (test): the IOAPIC member of a plain-integer union.
-        unsafe {
-            state.ioapic.0.chip.ioapic.redirtbl[3].bits = 0x0001_0000_0000_0031;
-        }
+        let mut io = ioapic(&state.ioapic);
+        io.redirtbl[3].bits = 0x0001_0000_0000_0031;
+        state.ioapic.0.chip.ioapic = io;
         for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
             fd1.set_irqchip(&chip.0).unwrap();
         }
@@ -173,15 +190,9 @@ mod tests {
         let vm2 = vm_or_skip("fresh vm").unwrap();
         loaded.restore(vm2.fd(), false).unwrap();
         let back = VmState::capture(vm2.fd()).unwrap();
-        // SAFETY (test): reading plain-integer union members.
-        unsafe {
-            assert_eq!(back.pic_master.0.chip.pic.imr, 0xfb);
-            assert_eq!(back.pic_slave.0.chip.pic.imr, 0xbf);
-            assert_eq!(
-                back.ioapic.0.chip.ioapic.redirtbl[3].bits,
-                0x0001_0000_0000_0031
-            );
-        }
+        assert_eq!(pic(&back.pic_master).imr, 0xfb);
+        assert_eq!(pic(&back.pic_slave).imr, 0xbf);
+        assert_eq!(redirection(&back.ioapic, 3), 0x0001_0000_0000_0031);
         assert!(back.clock.0.clock >= 123_456_789_000);
         assert!(back.clock.0.clock < 123_456_789_000 + 10_000_000_000);
         assert_eq!(back.pit.0.channels[0].mode, saved.pit.0.channels[0].mode);
@@ -194,7 +205,7 @@ mod tests {
             return;
         };
         let good = VmState::capture(vm.fd()).unwrap();
-        let cases: [(&str, fn(&mut VmState)); 6] = [
+        let cases: [Corruption; 6] = [
             ("PIT channel", |s| s.pit.0.channels[1].mode = 7),
             ("PIT channel", |s| s.pit.0.channels[0].count = 0x2_0000),
             ("PIT flags", |s| s.pit.0.flags = 0x80),
@@ -217,10 +228,8 @@ mod tests {
             }
         }
         let after = VmState::capture(target.fd()).unwrap();
-        // SAFETY (test): reading plain-integer union members.
-        unsafe {
-            assert_eq!(after.pic_master.0.chip.pic, before.pic_master.0.chip.pic);
-        }
+        assert_eq!(pic(&after.pic_master), pic(&before.pic_master));
+        assert_eq!(ioapic(&after.ioapic).id, ioapic(&before.ioapic).id);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use super::*;
 use crate::snapshot::{MemoryIdentity, SnapshotKey, StateFile};
 use crate::vstate::snapshot::test_kvm::{boot_vcpu, vm_or_skip};
 
+type Corruption = (&'static str, fn(&mut VcpuState));
+
 const MSR_STAR: u32 = 0xc000_0081;
 const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
@@ -223,7 +225,7 @@ fn architecturally_invalid_values_are_refused() {
     let Some((vm, host, state)) = captured() else {
         return;
     };
-    let cases: [(&str, fn(&mut VcpuState)); 9] = [
+    let cases: [Corruption; 9] = [
         ("RFLAGS", |s| s.regs.0.rflags = 0x2 | (1 << 40)),
         ("RFLAGS", |s| s.regs.0.rflags = 0),
         ("APIC base", |s| s.sregs.0.apic_base = 0xfee0_0123),

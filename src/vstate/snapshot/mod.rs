@@ -136,3 +136,5 @@ impl Host {
 
 #[cfg(test)]
 pub(crate) mod test_kvm;
+#[cfg(test)]
+mod tests;

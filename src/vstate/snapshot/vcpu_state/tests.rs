@@ -363,3 +363,25 @@ fn write_snapshot_state_fuzz_seeds() {
         std::fs::write(dir.join(name), seed).unwrap();
     }
 }
+
+#[test]
+fn application_processor_waiting_for_sipi_restores_as_such() {
+    let Some(vm1) = vm_or_skip("application_processor_waiting_for_sipi_restores_as_such") else {
+        return;
+    };
+    let host = host(&vm1);
+    let _bsp = boot_vcpu(&vm1, 0, 2);
+    let ap = boot_vcpu(&vm1, 1, 2);
+    let saved = VcpuState::capture(&ap, 1, &host).unwrap();
+    assert_eq!(read_lapic_u32(&saved.lapic.0, APIC_ID_OFFSET) >> 24, 1);
+    assert_eq!(saved.sregs.0.apic_base & (1 << 8), 0, "AP marked as BSP");
+
+    let vm2 = vm_or_skip("fresh vm").unwrap();
+    let _bsp2 = vm2.fd().create_vcpu(0).unwrap();
+    let ap2 = vm2.fd().create_vcpu(1).unwrap();
+    saved.restore(&ap2, 1, &host).unwrap();
+    let back = VcpuState::capture(&ap2, 1, &host).unwrap();
+    assert_eq!(back.mp_state.0, saved.mp_state.0);
+    assert_eq!(back.sregs.0.apic_base, saved.sregs.0.apic_base);
+    assert_eq!(back.lapic.0.regs[..0x400], saved.lapic.0.regs[..0x400]);
+}

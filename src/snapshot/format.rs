@@ -103,6 +103,19 @@ pub enum FormatError {
     Io(&'static str, #[source] std::io::Error),
 }
 
+/// A well-formed header, not yet authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The format version.
+    pub version: u32,
+    /// Whether the tag is an HMAC (a key is needed to open the file).
+    pub keyed: bool,
+    /// Length of the state section.
+    pub state_len: usize,
+    /// The recorded identity of the memory file.
+    pub memory: MemoryIdentity,
+}
+
 /// A state file whose header and tag have been checked: its state bytes are authentic (or,
 /// without a key, intact).
 #[derive(Debug)]
@@ -186,12 +199,11 @@ impl StateFile {
         Ok(out)
     }
 
-    /// Checks the header and the tag of `bytes` with `key` (see the module doc for each
-    /// refusal). Nothing sized by the file is allocated.
-    pub fn open<'a>(
-        bytes: &'a [u8],
-        key: Option<&SnapshotKey>,
-    ) -> Result<Authenticated<'a>, FormatError> {
+    /// Parses and checks the header of `bytes` (magic, version, flags, reserved field,
+    /// lengths against the file's size) without checking the tag: what it returns is NOT
+    /// authenticated, only well-formed (for `--describe-snapshot`). Nothing sized by the file
+    /// is allocated.
+    pub fn header(bytes: &[u8]) -> Result<Header, FormatError> {
         let found = bytes.len() as u64;
         let header = bytes.get(..HEADER_LEN).ok_or(FormatError::Truncated {
             found,
@@ -232,24 +244,37 @@ impl StateFile {
         if found > total {
             return Err(FormatError::TrailingBytes(found - total));
         }
-        let keyed = flags & FLAG_KEYED != 0;
-        match (keyed, key.is_some()) {
-            (true, false) => return Err(FormatError::KeyRequired),
-            (false, true) => return Err(FormatError::NotAuthenticated),
-            _ => {}
-        }
-        let split = HEADER_LEN + state_len as usize;
-        let (signed, tag) = bytes.split_at(split);
-        if !auth::verify(key, &[signed], tag) {
-            return Err(FormatError::BadTag);
-        }
-        Ok(Authenticated {
+        Ok(Header {
             version,
-            keyed,
+            keyed: flags & FLAG_KEYED != 0,
+            state_len: state_len as usize,
             memory: MemoryIdentity {
                 size: mem_size,
                 sha256: (flags & FLAG_MEMORY_HASH != 0).then_some(mem_hash),
             },
+        })
+    }
+
+    /// Checks the header and the tag of `bytes` with `key` (see the module doc for each
+    /// refusal). Nothing sized by the file is allocated.
+    pub fn open<'a>(
+        bytes: &'a [u8],
+        key: Option<&SnapshotKey>,
+    ) -> Result<Authenticated<'a>, FormatError> {
+        let header = Self::header(bytes)?;
+        match (header.keyed, key.is_some()) {
+            (true, false) => return Err(FormatError::KeyRequired),
+            (false, true) => return Err(FormatError::NotAuthenticated),
+            _ => {}
+        }
+        let (signed, tag) = bytes.split_at(HEADER_LEN + header.state_len);
+        if !auth::verify(key, &[signed], tag) {
+            return Err(FormatError::BadTag);
+        }
+        Ok(Authenticated {
+            version: header.version,
+            keyed: header.keyed,
+            memory: header.memory,
             state: &signed[HEADER_LEN..],
         })
     }

@@ -9,4 +9,4 @@ pub mod auth;
 pub mod format;
 
 pub use auth::{AuthError, MemoryIdentity, SnapshotKey};
-pub use format::{Authenticated, FormatError, StateFile};
+pub use format::{Authenticated, FormatError, Header, StateFile};

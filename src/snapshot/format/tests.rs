@@ -254,3 +254,17 @@ fn reading_refuses_oversized_files_links_and_fifos() {
         Err(FormatError::BadHeader("not a regular file"))
     ));
 }
+
+#[test]
+fn header_describes_a_keyed_file_without_the_key_but_checks_its_shape() {
+    let header = StateFile::header(&encoded()).unwrap();
+    assert_eq!(header.version, FORMAT_VERSION);
+    assert!(header.keyed);
+    assert_eq!(header.memory, mem());
+    let mut short = encoded();
+    short.pop();
+    assert!(matches!(
+        StateFile::header(&short),
+        Err(FormatError::Truncated { .. })
+    ));
+}

@@ -2,9 +2,11 @@
 //! keyed by (host port, guest port), the policy that admits them, the RSTs owed to the guest,
 //! and the round-robin list of connections with something for the RX queue.
 //!
-//! Every table is bounded: peers by `max_connections` (half-open host clients included), the
-//! RX list by the peers (each at most once), the RST list by [`MAX_PENDING_RSTS`] (a guest that
-//! does not read its RX queue loses the extra RSTs, counted).
+//! Every table is bounded: connections by `max_connections`, host clients still writing their
+//! `CONNECT` line by [`MAX_HANDSHAKES`] (apart, so stuck local clients cannot take the guest's
+//! places) and each for [`CONNECT_TIMEOUT`] at most, the RX list by the peers (each at most
+//! once), the RST list by [`MAX_PENDING_RSTS`] (a guest that does not read its RX queue loses
+//! the extra RSTs, counted).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -21,7 +23,11 @@ use crate::rate_limiter::{
     BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError, TokenBucket,
 };
 
-/// How long a host client waits for the guest's RESPONSE.
+/// Host clients in the middle of their `CONNECT` line at most (they do not count toward
+/// `max_connections`).
+pub const MAX_HANDSHAKES: usize = 16;
+/// How long a host client waits for the guest's RESPONSE, and how long it may take to write
+/// its `CONNECT` line.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection whose host side ended waits for the guest's RST.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -75,6 +81,8 @@ pub struct Muxer {
     /// The listener on `uds_path`.
     pub listener: UnixListener,
     peers: HashMap<u32, Peer>,
+    /// Peers that are [`Peer::Handshake`].
+    handshakes: usize,
     keys: HashMap<(u32, u32), u32>,
     rx_list: VecDeque<u32>,
     rsts: VecDeque<Header>,
@@ -117,6 +125,7 @@ impl Muxer {
             config: config.clone(),
             listener,
             peers: HashMap::new(),
+            handshakes: 0,
             keys: HashMap::new(),
             rx_list: VecDeque::new(),
             rsts: VecDeque::new(),
@@ -134,7 +143,7 @@ impl Muxer {
         &self.policy
     }
 
-    /// Peers open now (connections and half-open host clients).
+    /// Peers open now (connections and host clients in their handshake).
     pub fn open_peers(&self) -> usize {
         self.peers.len()
     }
@@ -172,7 +181,27 @@ impl Muxer {
     }
 
     fn at_cap(&self) -> bool {
-        self.peers.len() >= self.policy.max_connections() as usize
+        self.peers.len() - self.handshakes >= self.policy.max_connections() as usize
+    }
+
+    /// Takes the host client of `token` out of the table (it stays open).
+    fn take_handshake(&mut self, token: u32) -> Option<HostClient> {
+        if !matches!(self.peers.get(&token), Some(Peer::Handshake(_))) {
+            return None;
+        }
+        let Some(Peer::Handshake(client)) = self.peers.remove(&token) else {
+            return None;
+        };
+        self.handshakes -= 1;
+        Some(client)
+    }
+
+    /// Closes the host client of `token`, counted as a bad handshake.
+    fn drop_handshake(&mut self, token: u32, why: &str) {
+        if let Some(client) = self.take_handshake(token) {
+            self.removed.push(Peer::Handshake(client));
+            self.refuse(|m| &m.refused_bad_handshake, why);
+        }
     }
 
     fn alloc_token(&mut self) -> u32 {
@@ -228,8 +257,11 @@ impl Muxer {
                     return;
                 }
             };
-            if self.at_cap() {
-                self.refuse(|m| &m.refused_max_connections, "max_connections reached");
+            if self.handshakes >= MAX_HANDSHAKES {
+                self.refuse(
+                    |m| &m.refused_max_connections,
+                    "too many host clients in their CONNECT line",
+                );
                 continue;
             }
             if stream.set_nonblocking(true).is_err() {
@@ -237,6 +269,7 @@ impl Muxer {
                 continue;
             }
             let token = self.alloc_token();
+            self.handshakes += 1;
             self.peers
                 .insert(token, Peer::Handshake(HostClient::new(stream)));
             self.added.push((token, Watch::Stream));
@@ -250,12 +283,7 @@ impl Muxer {
             Some(Peer::Handshake(client)) => match client.read_line() {
                 Line::Partial => {}
                 Line::Connect(port) => self.host_connect(token, port),
-                Line::Garbage => {
-                    if let Some(peer) = self.peers.remove(&token) {
-                        self.removed.push(peer);
-                    }
-                    self.refuse(|m| &m.refused_bad_handshake, "bad CONNECT line");
-                }
+                Line::Garbage => self.drop_handshake(token, "bad CONNECT line"),
             },
             Some(Peer::Conn(conn)) => {
                 if readable || error {
@@ -281,9 +309,14 @@ impl Muxer {
     }
 
     fn host_connect(&mut self, token: u32, port: u32) {
-        let Some(Peer::Handshake(client)) = self.peers.remove(&token) else {
+        let Some(client) = self.take_handshake(token) else {
             return;
         };
+        if self.at_cap() {
+            self.removed.push(Peer::Handshake(client));
+            self.refuse(|m| &m.refused_max_connections, "max_connections reached");
+            return;
+        }
         if !self.policy.host_may_connect(port) {
             self.removed.push(Peer::Handshake(client));
             self.refuse(
@@ -489,8 +522,22 @@ impl Muxer {
         None
     }
 
-    /// Ends connections whose guest did not answer in time.
+    /// Ends connections whose guest did not answer in time, and closes host clients that
+    /// did not finish their `CONNECT` line in time.
     pub fn sweep(&mut self, now: Instant) {
+        let slow: Vec<u32> = self
+            .peers
+            .iter()
+            .filter_map(|(&token, peer)| match peer {
+                Peer::Handshake(h) if now.duration_since(h.accepted) >= CONNECT_TIMEOUT => {
+                    Some(token)
+                }
+                _ => None,
+            })
+            .collect();
+        for token in slow {
+            self.drop_handshake(token, "CONNECT line not finished in time");
+        }
         let late: Vec<u32> = self
             .peers
             .iter()
@@ -518,8 +565,8 @@ impl Muxer {
             match self.peers.get(&token) {
                 Some(Peer::Conn(_)) => self.end(token, EndReason::DeviceReset, false),
                 Some(Peer::Handshake(_)) => {
-                    if let Some(peer) = self.peers.remove(&token) {
-                        self.removed.push(peer);
+                    if let Some(client) = self.take_handshake(token) {
+                        self.removed.push(Peer::Handshake(client));
                     }
                 }
                 None => {}

@@ -58,6 +58,19 @@ impl Peer {
     }
 }
 
+/// Whether the event loop watches the listener: not while `accept` fails for want of fds (a
+/// level-triggered listener it cannot accept from would wake it at once, forever); the
+/// periodic sweep watches it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerWatch {
+    /// Watched.
+    Watched,
+    /// `accept` failed: the event loop must stop watching it.
+    Unwatch,
+    /// Not watched until the next sweep.
+    Unwatched,
+}
+
 /// Which fd of a peer the event loop must start watching.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Watch {
@@ -71,6 +84,7 @@ pub enum Watch {
 struct Logs {
     flow: RateLimitedLog,
     refused: RateLimitedLog,
+    accept: RateLimitedLog,
 }
 
 /// The connection table.
@@ -80,6 +94,8 @@ pub struct Muxer {
     policy: VsockPolicy,
     /// The listener on `uds_path`.
     pub listener: UnixListener,
+    /// Whether the event loop must watch the listener.
+    pub listener_watch: ListenerWatch,
     peers: HashMap<u32, Peer>,
     /// Peers that are [`Peer::Handshake`].
     handshakes: usize,
@@ -124,6 +140,7 @@ impl Muxer {
             policy: config.policy(),
             config: config.clone(),
             listener,
+            listener_watch: ListenerWatch::Watched,
             peers: HashMap::new(),
             handshakes: 0,
             keys: HashMap::new(),
@@ -250,10 +267,25 @@ impl Muxer {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // The client gave up before we took it: nothing of it is left.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO)
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
+                    // Out of fds (EMFILE, ENFILE) or memory: the client stays in the backlog
+                    // until the sweep looks again.
                     self.metrics.event_fails.inc();
-                    log::warn!("vsock: accept failed: {e}");
+                    if let Some(n) = self.logs.accept.hit() {
+                        log::warn!("vsock: accept failed, listener paused: {e} ({n} so far)");
+                    }
+                    if self.listener_watch == ListenerWatch::Watched {
+                        self.listener_watch = ListenerWatch::Unwatch;
+                    }
                     return;
                 }
             };
@@ -368,6 +400,13 @@ impl Muxer {
         }
         let stream = match connect_nonblocking(&self.config.guest_initiated_path(port)) {
             Ok(s) => s,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                self.metrics.event_fails.inc();
+                if let Some(n) = self.logs.accept.hit() {
+                    log::warn!("vsock: cannot open a host socket: {e} ({n} so far)");
+                }
+                return self.push_rst(hdr.rst_reply());
+            }
             Err(_) => {
                 self.refuse(
                     |m| &m.refused_no_listener,

@@ -331,7 +331,9 @@ fn a_listener_that_cannot_accept_for_lack_of_fds_is_paused_not_spun_on() {
         return;
     }
     let mem = memory();
-    let Rig { dev, _dir, path, .. } = rig(&mem, None);
+    let Rig {
+        dev, _dir, path, ..
+    } = rig(&mem, None);
     let metrics = dev.metrics.clone();
     let dev = Arc::new(Mutex::new(dev));
     let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =

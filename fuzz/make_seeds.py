@@ -1,5 +1,5 @@
-"""Writes the seed inputs of the vnet_hdr, block_request and virtqueue_chain targets into
-corpus/ (they are committed; run this again only to change them)."""
+"""Writes the seed inputs of the vnet_hdr, block_request, virtqueue_chain and vsock_packet
+targets into corpus/ (they are committed; run this again only to change them)."""
 import struct
 
 
@@ -59,3 +59,25 @@ put('corpus/virtqueue_chain/same_head_four_times', bytes([4]) + bytes(ring))
 for i in range(4):
     ring[i * 16:(i + 1) * 16] = struct.pack('<QIHH', 0x3000, 64, 1, (i + 1) % 4)  # a loop
 put('corpus/virtqueue_chain/loop', bytes([2]) + bytes(ring))
+
+# vsock_packet: 4 bytes of readable length, then a 44-byte virtio_vsock_hdr.
+import os
+
+
+def vsock(readable, src_cid=3, dst_cid=2, src_port=1000, dst_port=52, length=0, type_=1, op=1,
+          flags=0, buf_alloc=65536, fwd_cnt=0):
+    return struct.pack('<I', readable) + struct.pack(
+        '<QQIIIHHIII', src_cid, dst_cid, src_port, dst_port, length, type_, op, flags,
+        buf_alloc, fwd_cnt)
+
+
+os.makedirs('corpus/vsock_packet', exist_ok=True)
+put('corpus/vsock_packet/request', vsock(44))
+put('corpus/vsock_packet/rw_4_bytes', vsock(48, op=5, length=4) + b'ping')
+put('corpus/vsock_packet/rw_past_chain', vsock(48, op=5, length=5))
+put('corpus/vsock_packet/shutdown_both', vsock(44, op=4, flags=3))
+put('corpus/vsock_packet/credit_lie', vsock(44, op=6, fwd_cnt=0xffffffff, buf_alloc=0xffffffff))
+put('corpus/vsock_packet/wrong_dst_cid', vsock(44, dst_cid=3))
+put('corpus/vsock_packet/seqpacket', vsock(44, type_=2))
+put('corpus/vsock_packet/unknown_op', vsock(44, op=8))
+put('corpus/vsock_packet/oversized', vsock(0xffffffff, op=5, length=0x10001))

@@ -148,6 +148,87 @@ metric_group! {
     }
 }
 
+metric_group! {
+    /// The vsock device (`vsock`): Firecracker's vsock metrics' spirit, Palisade's names for
+    /// the policy and the hostile-guest counters.
+    pub struct VsockDeviceMetrics {
+        /// Activations that failed.
+        activate_fails: Counter,
+        /// Refused configuration space writes.
+        cfg_fails: Counter,
+        /// Failures to read an event, arm a timer or raise an interrupt.
+        event_fails: Counter,
+        /// RX queue notifications.
+        rx_queue_event_count: Counter,
+        /// TX queue notifications.
+        tx_queue_event_count: Counter,
+        /// Event queue notifications.
+        ev_queue_event_count: Counter,
+        /// Readiness events of host sockets (listener and connections).
+        conn_event_count: Counter,
+        /// Rate limiter timer expirations (device and connections).
+        rate_limiter_event_count: Counter,
+        /// Times a packet waited for the device rate limiter.
+        rate_limiter_throttled: Counter,
+        /// Connections a host client opened (the guest accepted them).
+        conns_opened_host: Counter,
+        /// Connections the guest opened to a host listener.
+        conns_opened_guest: Counter,
+        /// Connections refused: the port is not in the policy.
+        refused_policy_port: Counter,
+        /// Connections refused: `max_connections` reached.
+        refused_max_connections: Counter,
+        /// Guest connections refused: nothing listens at `<uds_path>_<port>`.
+        refused_no_listener: Counter,
+        /// Host clients closed for a bad `CONNECT <port>` line.
+        refused_bad_handshake: Counter,
+        /// Host connections the guest refused (RST to our REQUEST) or never answered.
+        refused_by_guest: Counter,
+        /// Connections the guest reset.
+        conns_reset_by_guest: Counter,
+        /// Connections the device reset (protocol violation, host error, timeout).
+        conns_reset_by_host: Counter,
+        /// Connections closed in order (shutdown both ways).
+        conns_closed: Counter,
+        /// Data bytes delivered to the guest.
+        rx_bytes_count: Counter,
+        /// Data bytes received from the guest.
+        tx_bytes_count: Counter,
+        /// Packets delivered to the guest.
+        rx_packets_count: Counter,
+        /// Packets received from the guest.
+        tx_packets_count: Counter,
+        /// Guest packets refused: every header check together.
+        bad_header: Counter,
+        /// Header shorter than 44 bytes, or a chain that cannot be read.
+        bad_header_short: Counter,
+        /// `src_cid` is not the guest's CID.
+        bad_src_cid: Counter,
+        /// `dst_cid` is not the host (2).
+        bad_dst_cid: Counter,
+        /// `type` is not STREAM.
+        bad_type: Counter,
+        /// Unknown `op`.
+        bad_op: Counter,
+        /// `len` over 64 KiB, past the chain, or data on a packet that carries none.
+        bad_len: Counter,
+        /// RX chains refused (device-readable buffers, too small, outside memory).
+        bad_rx_chain: Counter,
+        /// Guest data beyond the credit we gave (the connection is reset).
+        credit_overrun: Counter,
+        /// Guest credit updates claiming more than was sent (the connection is reset).
+        credit_lies: Counter,
+        /// Packets for no connection, or ops out of place.
+        unexpected_packets: Counter,
+        /// RST replies dropped because the guest does not read its RX queue.
+        rst_dropped: Counter,
+        /// `update_policy` calls.
+        update_count: Counter,
+        /// Times the device asked the driver for a reset.
+        needs_reset_count: Counter,
+    }
+}
+
 impl BlockDeviceMetrics {
     /// The top-level key of drive `drive_id`'s group.
     pub fn key(drive_id: &str) -> String {
@@ -165,6 +246,11 @@ impl NetDeviceMetrics {
 impl EntropyDeviceMetrics {
     /// The top-level key of the entropy device's group (a VM has at most one).
     pub const KEY: &'static str = "entropy";
+}
+
+impl VsockDeviceMetrics {
+    /// The top-level key of the vsock device's group (a VM has at most one).
+    pub const KEY: &'static str = "vsock";
 }
 
 /// The counters the shared virtio device core increments, whatever a group names them.
@@ -198,4 +284,5 @@ device_core_counters! {
     BlockDeviceMetrics => event_fails,
     NetDeviceMetrics => event_fails,
     EntropyDeviceMetrics => entropy_event_fails,
+    VsockDeviceMetrics => event_fails,
 }

@@ -62,7 +62,10 @@ mod registry;
 mod writer;
 
 pub use counter::{Counter, Gauge};
-pub use devices::{BlockDeviceMetrics, DeviceCoreCounters, EntropyDeviceMetrics, NetDeviceMetrics};
+pub use devices::{
+    BlockDeviceMetrics, DeviceCoreCounters, EntropyDeviceMetrics, NetDeviceMetrics,
+    VsockDeviceMetrics,
+};
 pub use groups::{
     ApiServerMetrics, GetApiRequestsMetrics, I8042Metrics, LatencyMetrics, LoggerMetrics,
     PalisadeMetrics, PatchApiRequestsMetrics, PutApiRequestsMetrics, SeccompMetrics, SignalMetrics,

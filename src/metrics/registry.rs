@@ -1,8 +1,8 @@
 //! The registry of per-device groups: one top-level key per device (`block_<drive_id>`,
 //! `net_<iface_id>`, `entropy`), each holding the `Arc` its device increments.
 //!
-//! Keys are reported in Firecracker's order: drives, then interfaces, then the entropy device,
-//! each kind sorted by key. Firecracker always reports `entropy`; without an entropy device it
+//! Keys are reported in Firecracker's order: drives, then interfaces, then vsock, then the
+//! entropy device, each kind sorted by key. Firecracker always reports `entropy`; without an entropy device it
 //! is a group of zeros.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use super::devices::{BlockDeviceMetrics, EntropyDeviceMetrics, NetDeviceMetrics};
+use super::devices::{
+    BlockDeviceMetrics, EntropyDeviceMetrics, NetDeviceMetrics, VsockDeviceMetrics,
+};
 
 /// The group of one registered device.
 #[derive(Clone, Debug)]
@@ -22,6 +24,8 @@ pub enum DeviceMetrics {
     Net(Arc<NetDeviceMetrics>),
     /// The entropy device.
     Entropy(Arc<EntropyDeviceMetrics>),
+    /// The vsock device.
+    Vsock(Arc<VsockDeviceMetrics>),
 }
 
 impl DeviceMetrics {
@@ -30,7 +34,8 @@ impl DeviceMetrics {
         match self {
             Self::Block(_) => 0,
             Self::Net(_) => 1,
-            Self::Entropy(_) => 2,
+            Self::Vsock(_) => 2,
+            Self::Entropy(_) => 3,
         }
     }
 }
@@ -53,12 +58,19 @@ impl From<Arc<EntropyDeviceMetrics>> for DeviceMetrics {
     }
 }
 
+impl From<Arc<VsockDeviceMetrics>> for DeviceMetrics {
+    fn from(metrics: Arc<VsockDeviceMetrics>) -> Self {
+        Self::Vsock(metrics)
+    }
+}
+
 impl Serialize for DeviceMetrics {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Self::Block(m) => m.serialize(serializer),
             Self::Net(m) => m.serialize(serializer),
             Self::Entropy(m) => m.serialize(serializer),
+            Self::Vsock(m) => m.serialize(serializer),
         }
     }
 }

@@ -127,7 +127,10 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert!(connected, "vsock's guest-initiated connect needs no Landlock right");
+        assert!(
+            connected,
+            "vsock's guest-initiated connect needs no Landlock right"
+        );
         let enforced = palisade_sandbox::landlock_abi::kernel_abi() >= 1;
         assert_eq!(
             bound, !enforced,

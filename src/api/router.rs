@@ -505,7 +505,10 @@ mod tests {
             (r#"{"guest_cid":2,"uds_path":"/v"}"#, "Invalid guest_cid 2"),
             (r#"{"guest_cid":3,"uds_path":""}"#, "Invalid uds_path"),
             (r#"{"guest_cid":3}"#, "missing field `uds_path`"),
-            (r#"{"guest_cid":3,"uds_path":"/v","x":1}"#, "unknown field `x`"),
+            (
+                r#"{"guest_cid":3,"uds_path":"/v","x":1}"#,
+                "unknown field `x`",
+            ),
             (
                 r#"{"guest_cid":3,"uds_path":"/v","policy":{"max_connections":0}}"#,
                 "Invalid max_connections 0",

@@ -350,6 +350,15 @@ fn put_and_patch_vsock_before_boot_answer_clear_400s_and_bind_the_listener_at_pu
         std::os::unix::net::UnixStream::connect(&uds).is_ok(),
         "the listener is bound by the PUT, as Firecracker does"
     );
+    // A second PUT replaces the device, on the same path.
+    let r = api(
+        &vm,
+        "PUT",
+        "/vsock",
+        Some(json!({"guest_cid": 4, "uds_path": uds})),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert!(std::os::unix::net::UnixStream::connect(&uds).is_ok());
     let r = api(
         &vm,
         "PATCH",
@@ -360,7 +369,7 @@ fn put_and_patch_vsock_before_boot_answer_clear_400s_and_bind_the_listener_at_pu
     let config = api(&vm, "GET", "/vm/config", None).json();
     assert_eq!(
         config["vsock"],
-        json!({"guest_cid": 3, "uds_path": uds, "policy": {"guest_initiated": []}})
+        json!({"guest_cid": 4, "uds_path": uds, "policy": {"guest_initiated": []}})
     );
 }
 
@@ -481,4 +490,34 @@ fn the_vmm_thread_needs_its_socket_rule_for_a_guest_connect_and_dies_without_it(
     let run = v.vm.run(TIMEOUT);
     assert_eq!(run.status.signal(), Some(31), "SIGSYS: {run:?}");
     assert!(run.stdout.contains("probe: ready"), "{}", run.stdout);
+}
+
+#[test]
+fn a_hostile_guests_19_bad_packets_are_refused_and_counted_and_a_good_connection_still_works() {
+    if !kvm_available(
+        "a_hostile_guests_19_bad_packets_are_refused_and_counted_and_a_good_connection_still_works",
+    ) {
+        return;
+    }
+    let v = VsockVm::new("vsock-hostile", "probe.port=5000", None);
+    let _listener = EchoListener::start(&v.uds, PORT);
+    let run = v.vm.run(TIMEOUT);
+    run.assert_success();
+    assert_confined(&run.stderr);
+    let detail = run.assert_probe_ok("vsock-hostile");
+    assert_eq!(detail, "cases=19", "{}", run.stdout);
+    let totals = v.totals();
+    for counter in [
+        "bad_src_cid",
+        "bad_dst_cid",
+        "bad_type",
+        "bad_op",
+        "bad_len",
+    ] {
+        assert!(totals[counter] >= 1, "{counter}: {totals:?}");
+    }
+    assert!(
+        totals["credit_overrun"] + totals["credit_lies"] >= 1,
+        "{totals:?}"
+    );
 }

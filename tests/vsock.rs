@@ -521,3 +521,35 @@ fn a_hostile_guests_19_bad_packets_are_refused_and_counted_and_a_good_connection
         "{totals:?}"
     );
 }
+
+#[test]
+fn a_device_bandwidth_limit_throttles_a_connection_without_losing_a_byte() {
+    if !kvm_available("a_device_bandwidth_limit_throttles_a_connection_without_losing_a_byte") {
+        return;
+    }
+    // 256 KiB per 100 ms for both directions together: 2 MiB of echo must wait for refills.
+    let limit = json!({"bandwidth": {"size": 262_144, "refill_time": 100}});
+    let v = VsockVm::new(
+        "vsock-echo",
+        "probe.port=5000 probe.count=1 probe.secs=90",
+        Some(json!({"rate_limiter": limit, "connection_rate_limiter": limit})),
+    );
+    let mut running = v.vm.spawn();
+    running.wait_for_output("probe: vsock-echo ready", TIMEOUT);
+    let stream = host_connect(&v.uds, PORT).unwrap();
+    let data = pattern(MIB, 11);
+    assert!(
+        echo_round_trip(&stream, &data) == data,
+        "every byte came back"
+    );
+    stream.shutdown(Shutdown::Write).unwrap();
+    running.wait_for_output("probe: vsock-echo ok", TIMEOUT);
+    drop(stream);
+    let run = running.wait(TIMEOUT);
+    run.assert_success();
+    let totals = v.totals();
+    assert!(totals["rate_limiter_throttled"] >= 1, "{totals:?}");
+    assert!(totals["rate_limiter_event_count"] >= 1, "{totals:?}");
+    assert_eq!(totals["tx_bytes_count"], MIB as u64, "{totals:?}");
+    assert_eq!(totals["rx_bytes_count"], MIB as u64, "{totals:?}");
+}

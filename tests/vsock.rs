@@ -419,7 +419,11 @@ fn a_guest_that_stops_reading_keeps_vmm_memory_bounded_and_the_api_answering() {
     let config = json!({
         "boot-source": {
             "kernel_image_path": probe_path(),
-            "boot_args": format!("console=ttyS0 probe.run=vsock-stall probe.port=5000 probe.secs=2 probe.bytes={SENT}"),
+            "boot_args": format!(
+                "console=ttyS0 probe.run=vsock-stall probe.port=5000 probe.secs=2 \
+                 probe.bytes={SENT} probe.tsc_mhz={}",
+                common::netns::tsc_mhz()
+            ),
         },
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
         "vsock": {"guest_cid": CID, "uds_path": uds},
@@ -431,10 +435,12 @@ fn a_guest_that_stops_reading_keeps_vmm_memory_bounded_and_the_api_answering() {
     vm.running
         .wait_for_output("probe: vsock-stall ready", TIMEOUT);
     let before = rss_kib(pid);
+    // Made before the connection: the guest's not-consuming phase starts at once.
+    let data = pattern(SENT, 0);
     let stream = host_connect(&uds, PORT).unwrap();
     let mut writer = stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
-        let ok = writer.write_all(&pattern(SENT, 0)).is_ok();
+        let ok = writer.write_all(&data).is_ok();
         let _ = writer.shutdown(Shutdown::Write);
         ok
     });
@@ -548,7 +554,8 @@ fn a_device_bandwidth_limit_throttles_a_connection_without_losing_a_byte() {
     let run = running.wait(TIMEOUT);
     run.assert_success();
     let totals = v.totals();
-    assert!(totals["rate_limiter_throttled"] >= 1, "{totals:?}");
+    // Whichever limiter blocked first (the device's or the connection's, both equal), its
+    // timer brought the traffic back.
     assert!(totals["rate_limiter_event_count"] >= 1, "{totals:?}");
     assert_eq!(totals["tx_bytes_count"], MIB as u64, "{totals:?}");
     assert_eq!(totals["rx_bytes_count"], MIB as u64, "{totals:?}");

@@ -17,6 +17,7 @@ use crate::logger::LoggerConfig;
 use crate::metrics::MetricsConfig;
 use crate::metrics::METRICS;
 use crate::vmm::action::VmmAction;
+use crate::vmm::snapshot::{CreateSnapshotParams, LoadSnapshotBody};
 
 /// Every (method, path template) the API serves.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -40,6 +41,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/vsock"),
     ("PUT", "/vsock/{vsock_id}"),
     ("PATCH", "/vsock"),
+    ("PUT", "/snapshot/create"),
+    ("PUT", "/snapshot/load"),
 ];
 
 /// What a request turns into.
@@ -308,6 +311,17 @@ fn route_body(
                 policy.validate().map_err(|e| bad_request(&e.to_string()))?;
             }
             VmmAction::PatchVsock(Box::new(update))
+        }
+        ("PUT", "/snapshot/create") => {
+            let params: CreateSnapshotParams = parse_body(body)?;
+            params.validate().map_err(|e| bad_request(&e.to_string()))?;
+            VmmAction::CreateSnapshot(Box::new(params))
+        }
+        ("PUT", "/snapshot/load") => {
+            let params = parse_body::<LoadSnapshotBody>(body)?
+                .into_params()
+                .map_err(|e| bad_request(&e.to_string()))?;
+            VmmAction::LoadSnapshot(Box::new(params))
         }
         _ => return Err(bad_request("Invalid request method and/or path.")),
     };
@@ -602,6 +616,10 @@ mod tests {
                 ("PUT", t) if t.starts_with("/vsock") => {
                     Some(r#"{"guest_cid":3,"uds_path":"/v.sock"}"#)
                 }
+                ("PUT", "/snapshot/create") => {
+                    Some(r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#)
+                }
+                ("PUT", "/snapshot/load") => Some(r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#),
                 _ => Some("{}"),
             };
             if let Routed::Reply(r) = route(&req(method, &path, body)) {

@@ -18,6 +18,7 @@ use crate::logger::LoggerError;
 use crate::metrics::MetricsError;
 use crate::vmm::controller::rules::ActionKind;
 use crate::vmm::controller::StartError;
+use crate::vmm::snapshot::{CreateSnapshotParams, LoadSnapshotParams, SnapshotError};
 use crate::vmm::RunError;
 
 /// One request from the api thread to the VMM thread.
@@ -70,6 +71,10 @@ pub enum VmmAction {
     /// `PATCH /vsock` (Palisade's extension): a new policy, before boot (replaces the
     /// configured one) or after it (applied live).
     PatchVsock(Box<VsockUpdate>),
+    /// `PUT /snapshot/create`, on a paused VM.
+    CreateSnapshot(Box<CreateSnapshotParams>),
+    /// `PUT /snapshot/load`, on a fresh VMM.
+    LoadSnapshot(Box<LoadSnapshotParams>),
 }
 
 /// `GET /` answer, Firecracker's InstanceInfo.
@@ -194,6 +199,9 @@ pub enum ActionError {
     /// The vsock device cannot be created, or its policy is refused (`PUT`/`PATCH /vsock`).
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// A snapshot request was refused.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// An action reached the handler of another kind; the rules make this unreachable.
     #[error("Internal VMM error: {0:?} action routed to the wrong handler")]
     Misrouted(ActionKind),
@@ -202,7 +210,10 @@ pub enum ActionError {
 impl ActionError {
     /// The HTTP status of this refusal: Firecracker answers every action error with 400.
     pub fn status(&self) -> u16 {
-        400
+        match self {
+            Self::Snapshot(e) => e.status(),
+            _ => 400,
+        }
     }
 
     /// The `fault_message` of the answer: the error and its causes, on one line.

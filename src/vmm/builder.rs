@@ -85,6 +85,9 @@ pub struct BuildOptions {
     pub seccomp: Arc<SeccompFilters>,
     /// Confine the VMM thread with its Landlock layer before building.
     pub landlock: bool,
+    /// The orchestrator's snapshot key (`--snapshot-key-file`); without it state files are
+    /// checked for integrity only.
+    pub snapshot_key: Option<Arc<crate::snapshot::SnapshotKey>>,
 }
 
 /// What was opened while the resources were checked, for the build to use rather than open

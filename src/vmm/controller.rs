@@ -4,6 +4,7 @@
 
 mod net;
 pub mod rules;
+mod snapshot;
 mod start;
 #[cfg(test)]
 mod tests;
@@ -45,6 +46,9 @@ pub struct Controller {
     /// The vsock device created by `PUT /vsock` (its listener bound), held until the VM is
     /// built with it.
     vsock: Option<Vsock>,
+    /// Whether anything but the logger and metrics was configured (a snapshot load is then
+    /// refused, as Firecracker does).
+    configured: bool,
 }
 
 impl Controller {
@@ -60,6 +64,7 @@ impl Controller {
             taps: OpenTaps::default(),
             boot_files: None,
             vsock: None,
+            configured: false,
         }
     }
 
@@ -74,6 +79,7 @@ impl Controller {
         self.resources = resources;
         self.boot_files = None;
         self.vsock = None;
+        self.configured = true;
     }
 
     /// The running VM, if started.
@@ -149,11 +155,24 @@ impl Controller {
     /// Handles one action from the API: refused by the [`rules`] in this state, or done.
     pub fn handle(&mut self, action: VmmAction) -> ActionResult {
         log::debug!("API action {action:?}");
-        match rules::allowed(self.state(), &action)? {
+        match rules::allowed(self.state(), self.configured, &action)? {
             ActionKind::Query => self.query(action),
-            ActionKind::PreBoot => self.preboot(action),
+            ActionKind::PreBoot => {
+                if !matches!(action, VmmAction::PutLogger(_) | VmmAction::PutMetrics(_)) {
+                    self.configured = true;
+                }
+                self.preboot(action)
+            }
             ActionKind::Runtime => self.runtime(action),
             ActionKind::Live => self.live(action),
+            ActionKind::SnapshotCreate => match action {
+                VmmAction::CreateSnapshot(params) => self.create_snapshot(&params),
+                other => misrouted(&other),
+            },
+            ActionKind::SnapshotLoad => match action {
+                VmmAction::LoadSnapshot(params) => self.load_snapshot(&params),
+                other => misrouted(&other),
+            },
         }
     }
 

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod device_manager;
 pub mod event_loop;
 pub mod kernel;
+pub mod snapshot;
 pub mod taps;
 
 use std::sync::{Arc, Mutex};

@@ -1,10 +1,12 @@
 //! Which action may run in which state of the VM, as Firecracker rules it: queries always;
 //! configuration and InstanceStart only before boot; pause, resume, Ctrl+Alt+Del, metrics
 //! flushes and live PATCHes only after it; `PATCH /vsock` in every state (it configures the
-//! policy before boot and updates it after). The controller asks [`allowed`] before it acts,
+//! policy before boot and updates it after); `PUT /snapshot/create` only on a paused VM;
+//! `PUT /snapshot/load` only on a fresh VMM (nothing configured but the logger and metrics). The controller asks [`allowed`] before it acts,
 //! so the rules are one pure function, tested here without KVM.
 
 use crate::vmm::action::{ActionError, VmmAction};
+use crate::vmm::snapshot::SnapshotError;
 
 /// The VM's state as the rules (and `GET /`) see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +42,10 @@ pub enum ActionKind {
     /// Changes the configuration before boot and the running device after it; allowed in
     /// every state.
     Live,
+    /// Saves the VM; only while paused.
+    SnapshotCreate,
+    /// Builds the VM from a snapshot; only on a fresh VMM.
+    SnapshotLoad,
 }
 
 /// The kind of `action`. Exhaustive on purpose: a new action must be given its place here.
@@ -67,21 +73,36 @@ pub fn kind(action: &VmmAction) -> ActionKind {
         | VmmAction::PatchDrive(_)
         | VmmAction::PatchNetworkInterface(_) => ActionKind::Runtime,
         VmmAction::PatchVsock(_) => ActionKind::Live,
+        VmmAction::CreateSnapshot(_) => ActionKind::SnapshotCreate,
+        VmmAction::LoadSnapshot(_) => ActionKind::SnapshotLoad,
     }
 }
 
 /// Whether `action` may run in `state`: its kind when it may, Firecracker's refusal when not.
 /// Pausing a paused VM and resuming a running one are allowed and change nothing.
-pub fn allowed(state: VmState, action: &VmmAction) -> Result<ActionKind, ActionError> {
+/// `configured` says whether anything but the logger and metrics was configured before boot.
+pub fn allowed(
+    state: VmState,
+    configured: bool,
+    action: &VmmAction,
+) -> Result<ActionKind, ActionError> {
     let kind = kind(action);
     match (kind, state) {
         (ActionKind::Query | ActionKind::Live, _)
         | (ActionKind::PreBoot, VmState::NotStarted)
-        | (ActionKind::Runtime, VmState::Running | VmState::Paused) => Ok(kind),
-        (ActionKind::PreBoot, VmState::Running | VmState::Paused) => {
+        | (ActionKind::Runtime, VmState::Running | VmState::Paused)
+        | (ActionKind::SnapshotCreate, VmState::Paused) => Ok(kind),
+        (ActionKind::SnapshotLoad, VmState::NotStarted) if !configured => Ok(kind),
+        (ActionKind::SnapshotLoad, VmState::NotStarted) => {
+            Err(SnapshotError::LoadNotAllowed.into())
+        }
+        (ActionKind::PreBoot | ActionKind::SnapshotLoad, VmState::Running | VmState::Paused) => {
             Err(ActionError::NotSupportedPostBoot)
         }
-        (ActionKind::Runtime, VmState::NotStarted) => Err(ActionError::NotSupportedPreBoot),
+        (ActionKind::Runtime | ActionKind::SnapshotCreate, VmState::NotStarted) => {
+            Err(ActionError::NotSupportedPreBoot)
+        }
+        (ActionKind::SnapshotCreate, VmState::Running) => Err(SnapshotError::NotPaused.into()),
     }
 }
 
@@ -93,6 +114,7 @@ mod tests {
 
     use super::*;
     use crate::config::{EntropyConfig, MachineConfig, MachineConfigUpdate};
+    use crate::vmm::snapshot::LoadSnapshotBody;
 
     fn from<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
         serde_json::from_value(value).unwrap()
@@ -130,6 +152,14 @@ mod tests {
                 json!({"guest_cid": 3, "uds_path": "/v.sock"}),
             ))),
             VmmAction::PatchVsock(Box::new(from(json!({"policy": {}})))),
+            VmmAction::CreateSnapshot(Box::new(from(
+                json!({"snapshot_path": "/s", "mem_file_path": "/m"}),
+            ))),
+            VmmAction::LoadSnapshot(Box::new(
+                from::<LoadSnapshotBody>(json!({"snapshot_path": "/s", "mem_file_path": "/m"}))
+                    .into_params()
+                    .unwrap(),
+            )),
         ]
     }
 
@@ -145,10 +175,20 @@ mod tests {
     const PRE: Result<(), ActionError> = Err(ActionError::NotSupportedPreBoot);
     const POST: Result<(), ActionError> = Err(ActionError::NotSupportedPostBoot);
     const OK: Result<(), ActionError> = Ok(());
+    const NOT_PAUSED: Result<(), ActionError> =
+        Err(ActionError::Snapshot(SnapshotError::NotPaused));
+    const NOT_FRESH: Result<(), ActionError> =
+        Err(ActionError::Snapshot(SnapshotError::LoadNotAllowed));
 
-    /// Firecracker's answers, per action: (not started, running, paused).
-    fn expected(name: &str) -> [Result<(), ActionError>; 3] {
+    /// Firecracker's answers, per action: (fresh, configured, running, paused).
+    fn expected(name: &str) -> [Result<(), ActionError>; 4] {
         match name {
+            "CreateSnapshot" => return [PRE, PRE, NOT_PAUSED, OK],
+            "LoadSnapshot" => return [OK, NOT_FRESH, POST, POST],
+            _ => {}
+        }
+        // Every other action: configuring does not change its answer.
+        let [not_started, running, paused] = match name {
             "GetInstanceInfo" | "GetVersion" | "GetMachineConfig" | "GetFullConfig"
             | "GetFirewall" => [OK, OK, OK],
             "PutMachineConfig"
@@ -170,13 +210,22 @@ mod tests {
             // Palisade's extension: the policy before boot, the live device after.
             "PatchVsock" => [OK, OK, OK],
             other => panic!("{other} has no row in the table"),
-        }
+        };
+        let again = match &not_started {
+            Ok(()) => OK,
+            Err(ActionError::NotSupportedPostBoot) => POST,
+            Err(_) => PRE,
+        };
+        [not_started, again, running, paused]
     }
 
     /// The same answer: both allowed, or both refused for the same reason.
     fn same(a: &Result<(), ActionError>, b: &Result<(), ActionError>) -> bool {
         match (a, b) {
             (Ok(()), Ok(())) => true,
+            (Err(ActionError::Snapshot(a)), Err(ActionError::Snapshot(b))) => {
+                std::mem::discriminant(a) == std::mem::discriminant(b)
+            }
             (Err(a), Err(b)) => std::mem::discriminant(a) == std::mem::discriminant(b),
             _ => false,
         }
@@ -184,11 +233,16 @@ mod tests {
 
     #[test]
     fn every_action_in_every_state_is_allowed_or_refused_as_firecracker_does() {
-        let states = [VmState::NotStarted, VmState::Running, VmState::Paused];
+        let states = [
+            (VmState::NotStarted, false),
+            (VmState::NotStarted, true),
+            (VmState::Running, true),
+            (VmState::Paused, true),
+        ];
         for action in every_action() {
             let rows = expected(&name(&action));
-            for (state, want) in states.into_iter().zip(rows) {
-                let got = allowed(state, &action).map(drop);
+            for ((state, configured), want) in states.into_iter().zip(rows) {
+                let got = allowed(state, configured, &action).map(drop);
                 assert!(
                     same(&got, &want),
                     "{} in {state:?}: {got:?}, not {want:?}",
@@ -224,29 +278,38 @@ mod tests {
             VmmAction::PatchNetworkInterface(_) => 19,
             VmmAction::PutVsock(_) => 20,
             VmmAction::PatchVsock(_) => 21,
+            VmmAction::CreateSnapshot(_) => 22,
+            VmmAction::LoadSnapshot(_) => 23,
         }
     }
 
     #[test]
     fn the_table_lists_every_variant_once() {
         let places: Vec<usize> = every_action().iter().map(place).collect();
-        assert_eq!(places, (0..22).collect::<Vec<_>>());
+        assert_eq!(places, (0..24).collect::<Vec<_>>());
     }
 
     #[test]
     fn refusals_carry_firecrackers_messages() {
         assert_eq!(
-            allowed(VmState::Running, &VmmAction::InstanceStart)
+            allowed(VmState::Running, true, &VmmAction::InstanceStart)
                 .unwrap_err()
                 .to_string(),
             "The requested operation is not supported after starting the microVM."
         );
         assert_eq!(
-            allowed(VmState::NotStarted, &VmmAction::Pause)
+            allowed(VmState::NotStarted, false, &VmmAction::Pause)
                 .unwrap_err()
                 .to_string(),
             "The requested operation is not supported before starting the microVM."
         );
         assert_eq!(VmState::NotStarted.name(), "Not started");
+        let load = every_action().pop().unwrap();
+        assert_eq!(
+            allowed(VmState::NotStarted, true, &load)
+                .unwrap_err()
+                .to_string(),
+            "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+        );
     }
 }

@@ -18,6 +18,7 @@ fn controller() -> Controller {
     Controller::new(
         "test".into(),
         BuildOptions {
+            snapshot_key: None,
             boot_timer: false,
             exit: Arc::new(ExitRequest::new().unwrap()),
             seccomp: Arc::new(SeccompFilters::disabled()),

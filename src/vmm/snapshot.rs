@@ -1,0 +1,321 @@
+//! The snapshot API (issue 14): Firecracker's `PUT /snapshot/create` and `PUT /snapshot/load`
+//! bodies, checked as hostile client input, and the typed reasons a snapshot request is
+//! refused. What may run when (create only on a paused VM, load only on a fresh VMM) is
+//! ruled in `controller::rules`; the state file format and its authentication live in
+//! `crate::snapshot`, the KVM state in `crate::vstate::snapshot`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest path accepted in a snapshot request (Linux's PATH_MAX).
+const MAX_PATH_LEN: usize = 4096;
+
+/// `snapshot_type` of `PUT /snapshot/create`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    /// Every page of guest memory.
+    #[default]
+    Full,
+    /// Only the pages written since the last snapshot.
+    Diff,
+}
+
+/// `PUT /snapshot/create` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotParams {
+    /// Full (default) or Diff.
+    #[serde(default)]
+    pub snapshot_type: SnapshotType,
+    /// Where the state file is written.
+    pub snapshot_path: PathBuf,
+    /// Where guest memory is written.
+    pub mem_file_path: PathBuf,
+    /// Firecracker's removed `version` field: accepted only when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// `backend_type` of a memory backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemBackendType {
+    /// The memory file, mapped private.
+    File,
+    /// Page faults handed to an external handler over a Unix socket (not supported yet).
+    Uffd,
+}
+
+/// `mem_backend` of `PUT /snapshot/load`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    /// File or Uffd.
+    pub backend_type: MemBackendType,
+    /// The memory file (File) or the handler's socket (Uffd).
+    pub backend_path: PathBuf,
+}
+
+/// One entry of `network_overrides`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    /// The interface in the snapshot.
+    pub iface_id: String,
+    /// The tap it gets in the clone.
+    pub host_dev_name: String,
+}
+
+/// `vsock_override` of `PUT /snapshot/load`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    /// The clone's Unix socket.
+    pub uds_path: PathBuf,
+}
+
+/// `PUT /snapshot/load` body as sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadSnapshotBody {
+    /// The state file.
+    pub snapshot_path: PathBuf,
+    /// Where guest memory comes from.
+    #[serde(default)]
+    pub mem_backend: Option<MemBackend>,
+    /// Deprecated form of `mem_backend` {File, path}.
+    #[serde(default)]
+    pub mem_file_path: Option<PathBuf>,
+    /// Track dirty pages after the load (so Diff snapshots can follow).
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+    /// Deprecated name of `track_dirty_pages`.
+    #[serde(default)]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Resume the VM once loaded.
+    #[serde(default)]
+    pub resume_vm: bool,
+    /// New taps for the clone's interfaces.
+    #[serde(default)]
+    pub network_overrides: Vec<NetworkOverride>,
+    /// A new socket for the clone's vsock device.
+    #[serde(default)]
+    pub vsock_override: Option<VsockOverride>,
+    /// Advance kvmclock by the wall time that passed since the snapshot.
+    #[serde(default)]
+    pub clock_realtime: bool,
+}
+
+/// `PUT /snapshot/load`, normalised: the deprecated spellings folded into the current ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadSnapshotParams {
+    /// The state file.
+    pub snapshot_path: PathBuf,
+    /// The memory file.
+    pub mem_file_path: PathBuf,
+    /// Track dirty pages after the load.
+    pub track_dirty_pages: bool,
+    /// Resume the VM once loaded.
+    pub resume_vm: bool,
+    /// Advance kvmclock by the wall time that passed since the snapshot.
+    pub clock_realtime: bool,
+}
+
+/// Why a snapshot request is refused. [`SnapshotError::status`] is the one place these
+/// become an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A path is empty, too long or holds a NUL byte.
+    #[error("Invalid {field}: a path of 1 to {MAX_PATH_LEN} bytes without NUL is needed")]
+    BadPath {
+        /// The field.
+        field: &'static str,
+    },
+    /// Firecracker's removed `version` field.
+    #[error("The 'version' field is no longer supported: snapshots are always written in the current format")]
+    VersionField,
+    /// Neither or both of `mem_backend` and `mem_file_path`.
+    #[error("Exactly one of 'mem_backend' and the deprecated 'mem_file_path' must be given")]
+    MemBackendChoice,
+    /// Both `track_dirty_pages` and `enable_diff_snapshots`.
+    #[error(
+        "Only one of 'track_dirty_pages' and the deprecated 'enable_diff_snapshots' may be given"
+    )]
+    DirtyTrackingChoice,
+    /// The Uffd memory backend.
+    #[error("The Uffd memory backend is not supported yet: use backend_type File")]
+    UffdNotSupported,
+    /// `network_overrides` or `vsock_override`.
+    #[error("{0} is not supported yet: snapshots of VMs with network interfaces or vsock devices cannot be created or loaded")]
+    OverrideNotSupported(&'static str),
+    /// Create on a VM that is not paused.
+    #[error("Cannot create a snapshot of a microVM that is not paused: pause it first (PATCH /vm {{\"state\": \"Paused\"}})")]
+    NotPaused,
+    /// Load after something else was configured.
+    #[error("Loading a microVM snapshot not allowed after configuring boot-specific resources.")]
+    LoadNotAllowed,
+    /// The VM has a device whose state snapshots do not carry yet.
+    #[error("Snapshots of microVMs with {0} are not supported yet")]
+    UnsupportedDevice(&'static str),
+    /// The state file is unreadable, malformed, tampered with, keyed with another key, or
+    /// does not match the memory file.
+    #[error("The snapshot state file is refused")]
+    StateFile(#[source] crate::snapshot::FormatError),
+    /// The memory file cannot be opened.
+    #[error("Cannot open the snapshot memory file")]
+    MemoryFile(#[source] std::io::Error),
+    /// The machine-state capture and restore are not wired into this build yet.
+    #[error("Snapshot {0} is not supported yet by this build of Palisade")]
+    NotImplemented(&'static str),
+}
+
+impl SnapshotError {
+    /// The HTTP status of this refusal: every one is the client's to fix (400), as
+    /// Firecracker answers.
+    pub fn status(&self) -> u16 {
+        400
+    }
+}
+
+/// Checks a path from the client.
+fn check_path(field: &'static str, path: &std::path::Path) -> Result<(), SnapshotError> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_PATH_LEN || bytes.contains(&0) {
+        return Err(SnapshotError::BadPath { field });
+    }
+    Ok(())
+}
+
+impl CreateSnapshotParams {
+    /// Refuses what cannot be honoured before the VMM thread sees it.
+    pub fn validate(&self) -> Result<(), SnapshotError> {
+        if self.version.is_some() {
+            return Err(SnapshotError::VersionField);
+        }
+        check_path("snapshot_path", &self.snapshot_path)?;
+        check_path("mem_file_path", &self.mem_file_path)
+    }
+}
+
+impl LoadSnapshotBody {
+    /// The request, normalised, or why it cannot be honoured.
+    pub fn into_params(self) -> Result<LoadSnapshotParams, SnapshotError> {
+        check_path("snapshot_path", &self.snapshot_path)?;
+        let mem_file_path = match (self.mem_backend, self.mem_file_path) {
+            (Some(backend), None) => match backend.backend_type {
+                MemBackendType::File => backend.backend_path,
+                MemBackendType::Uffd => return Err(SnapshotError::UffdNotSupported),
+            },
+            (None, Some(path)) => path,
+            _ => return Err(SnapshotError::MemBackendChoice),
+        };
+        check_path("mem_backend.backend_path", &mem_file_path)?;
+        let track_dirty_pages = match (self.track_dirty_pages, self.enable_diff_snapshots) {
+            (Some(_), Some(_)) => return Err(SnapshotError::DirtyTrackingChoice),
+            (Some(track), None) | (None, Some(track)) => track,
+            (None, None) => false,
+        };
+        if !self.network_overrides.is_empty() {
+            return Err(SnapshotError::OverrideNotSupported("network_overrides"));
+        }
+        if self.vsock_override.is_some() {
+            return Err(SnapshotError::OverrideNotSupported("vsock_override"));
+        }
+        Ok(LoadSnapshotParams {
+            snapshot_path: self.snapshot_path,
+            mem_file_path,
+            track_dirty_pages,
+            resume_vm: self.resume_vm,
+            clock_realtime: self.clock_realtime,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn load(body: serde_json::Value) -> Result<LoadSnapshotParams, SnapshotError> {
+        serde_json::from_value::<LoadSnapshotBody>(body)
+            .unwrap()
+            .into_params()
+    }
+
+    #[test]
+    fn create_defaults_to_full_and_refuses_bad_paths_and_the_removed_version() {
+        let p: CreateSnapshotParams =
+            serde_json::from_value(json!({"snapshot_path": "/s", "mem_file_path": "/m"})).unwrap();
+        assert_eq!(p.snapshot_type, SnapshotType::Full);
+        p.validate().unwrap();
+        let p: CreateSnapshotParams = serde_json::from_value(
+            json!({"snapshot_path": "", "mem_file_path": "/m", "snapshot_type": "Diff"}),
+        )
+        .unwrap();
+        assert!(matches!(p.validate(), Err(SnapshotError::BadPath { .. })));
+        let p: CreateSnapshotParams = serde_json::from_value(
+            json!({"snapshot_path": "/s", "mem_file_path": "/m", "version": "1.0.0"}),
+        )
+        .unwrap();
+        assert!(matches!(p.validate(), Err(SnapshotError::VersionField)));
+        let long = "a".repeat(MAX_PATH_LEN + 1);
+        let p: CreateSnapshotParams =
+            serde_json::from_value(json!({"snapshot_path": "/s", "mem_file_path": long})).unwrap();
+        assert!(matches!(p.validate(), Err(SnapshotError::BadPath { .. })));
+    }
+
+    #[test]
+    fn load_takes_mem_backend_or_the_deprecated_mem_file_path_but_not_both() {
+        let a = load(json!({"snapshot_path": "/s",
+            "mem_backend": {"backend_type": "File", "backend_path": "/m"},
+            "enable_diff_snapshots": true, "resume_vm": true}))
+        .unwrap();
+        let b = load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
+            "track_dirty_pages": true, "resume_vm": true}))
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.mem_file_path, PathBuf::from("/m"));
+        assert!(a.track_dirty_pages && a.resume_vm);
+        assert!(matches!(
+            load(json!({"snapshot_path": "/s"})),
+            Err(SnapshotError::MemBackendChoice)
+        ));
+        assert!(matches!(
+            load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
+                "mem_backend": {"backend_type": "File", "backend_path": "/m"}})),
+            Err(SnapshotError::MemBackendChoice)
+        ));
+        assert!(matches!(
+            load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
+                "track_dirty_pages": true, "enable_diff_snapshots": false})),
+            Err(SnapshotError::DirtyTrackingChoice)
+        ));
+    }
+
+    #[test]
+    fn load_refuses_uffd_and_overrides_with_a_clear_not_supported() {
+        let e = load(json!({"snapshot_path": "/s",
+            "mem_backend": {"backend_type": "Uffd", "backend_path": "/uffd.sock"}}))
+        .unwrap_err();
+        assert!(e.to_string().contains("not supported"), "{e}");
+        let e = load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
+            "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("network_overrides is not supported"),
+            "{e}"
+        );
+        let e = load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
+            "vsock_override": {"uds_path": "/v.sock"}}))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("vsock_override is not supported"),
+            "{e}"
+        );
+        assert_eq!(e.status(), 400);
+    }
+}

@@ -77,6 +77,10 @@ struct Cli {
     /// with it. Without a key, state files carry a SHA-256 that proves integrity only.
     #[arg(long, value_name = "PATH")]
     snapshot_key_file: Option<PathBuf>,
+    /// A directory where `PUT /snapshot/create` may create the state and memory files
+    /// (repeatable). The VMM's Landlock layer allows no other place to write them.
+    #[arg(long = "snapshot-dir", value_name = "DIR")]
+    snapshot_dirs: Vec<PathBuf>,
     /// Print the header of this snapshot state file (format version, sizes) and exit.
     #[arg(long, value_name = "PATH")]
     describe_snapshot: Option<PathBuf>,
@@ -228,6 +232,7 @@ fn run(cli: &Cli, start: Instant) -> i32 {
         seccomp: seccomp.clone(),
         landlock: !cli.no_landlock,
         snapshot_key,
+        snapshot_dirs: cli.snapshot_dirs.clone(),
     };
     let mut controller = Controller::new(cli.id.clone(), opts);
     if let Some(path) = &cli.config_file {

@@ -35,6 +35,8 @@ pub struct PathRule {
     pub path: PathBuf,
     /// Read-write (else read-only).
     pub write: bool,
+    /// A directory in which new files may be created, read and written (snapshot files).
+    pub create: bool,
 }
 
 impl PathRule {
@@ -43,6 +45,7 @@ impl PathRule {
         Self {
             path: path.into(),
             write: false,
+            create: false,
         }
     }
 
@@ -51,6 +54,17 @@ impl PathRule {
         Self {
             path: path.into(),
             write: true,
+            create: false,
+        }
+    }
+
+    /// A directory where files may be created, read, written and truncated (beneath it,
+    /// not the directory itself: no removal, renaming, links or devices).
+    pub fn create_in(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            write: true,
+            create: true,
         }
     }
 }
@@ -61,7 +75,7 @@ const DEVICES: [&str; 2] = ["/dev/kvm", "/dev/net/tun"];
 /// Confines the calling thread (and the threads it starts later) to `files` and the device
 /// nodes; returns the line to log about what is enforced.
 pub fn restrict_vmm(files: &[PathRule]) -> Result<String, SandboxError> {
-    let read = AccessFs::ReadFile.into();
+    let read: BitFlags<AccessFs> = AccessFs::ReadFile.into();
     let read_write: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::WriteFile;
     let device = read_write | AccessFs::IoctlDev;
     let mut ruleset = Ruleset::default()
@@ -73,15 +87,19 @@ pub fn restrict_vmm(files: &[PathRule]) -> Result<String, SandboxError> {
         .iter()
         .filter(|d| std::path::Path::new(d).exists())
         .map(|d| (PathBuf::from(d), device));
-    let configured = files
-        .iter()
-        .map(|f| (f.path.clone(), if f.write { read_write } else { read }));
+    let create: BitFlags<AccessFs> = read_write | AccessFs::MakeReg | AccessFs::Truncate;
+    let configured = files.iter().map(|f| {
+        let access = match (f.create, f.write) {
+            (true, _) => create & AccessFs::from_all(TARGET_ABI),
+            (false, true) => read_write & AccessFs::from_file(TARGET_ABI),
+            (false, false) => read & AccessFs::from_file(TARGET_ABI),
+        };
+        (f.path.clone(), access)
+    });
+    let devices = devices.map(|(path, access)| (path, access & AccessFs::from_file(TARGET_ABI)));
     for (path, access) in devices.chain(configured) {
         let fd = PathFd::new(&path).map_err(|e| SandboxError::Path(path.clone(), e))?;
-        ruleset = ruleset.add_rule(PathBeneath::new(
-            fd,
-            access & AccessFs::from_file(TARGET_ABI),
-        ))?;
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, access))?;
     }
     let status = ruleset.restrict_self()?;
     Ok(describe(Enforcement::of(&status), files.len()))

@@ -23,10 +23,12 @@ use crate::vmm::device_manager::{
 };
 use crate::vstate::exit::ExitRequest;
 use crate::vstate::memory::{create_guest_memory, Backing, MemoryError, MemoryOptions};
+use crate::vstate::snapshot::{map_memory_file, Host, MemoryFileError, StateError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
 
 use super::kernel::{self, KernelError};
+use super::machine_state::MachineState;
 use super::taps::OpenTaps;
 use super::Vmm;
 
@@ -60,6 +62,12 @@ pub enum BuildError {
     /// vCPU creation failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// A snapshot's vCPU or VM state was refused, or this host cannot restore it.
+    #[error("Cannot restore the snapshot's machine state")]
+    Restore(#[source] StateError),
+    /// The snapshot's memory file cannot be mapped.
+    #[error("Cannot map the snapshot memory file")]
+    MemoryFile(#[source] MemoryFileError),
     /// A virtio device could not be created or attached.
     #[error(transparent)]
     Virtio(#[from] AttachError),
@@ -88,6 +96,9 @@ pub struct BuildOptions {
     /// The orchestrator's snapshot key (`--snapshot-key-file`); without it state files are
     /// checked for integrity only.
     pub snapshot_key: Option<Arc<crate::snapshot::SnapshotKey>>,
+    /// Directories where `PUT /snapshot/create` may write under the Landlock layer
+    /// (`--snapshot-dir`).
+    pub snapshot_dirs: Vec<std::path::PathBuf>,
 }
 
 /// What was opened while the resources were checked, for the build to use rather than open
@@ -146,23 +157,7 @@ pub fn build_vm(
         .transpose()?;
     let exit = opts.exit.clone();
     let mut buses = Buses::default();
-    let serial = SerialDevice::new(
-        EventFdTrigger::new().map_err(BuildError::Event)?,
-        Box::new(BoundedOutput::new(std::io::stdout())),
-    );
-    vm.register_irqfd(serial.interrupt_event(), SERIAL_IRQ)?;
-    let serial = Arc::new(Mutex::new(serial));
-    buses
-        .pio
-        .insert(serial.clone(), u64::from(SERIAL_PORT), 8)?;
-    let i8042 = I8042Device::new(exit.clone()).map_err(BuildError::Event)?;
-    vm.register_irqfd(i8042.interrupt_event(), I8042_KBD_IRQ)?;
-    let i8042 = Arc::new(Mutex::new(i8042));
-    buses.pio.insert(
-        i8042.clone(),
-        u64::from(I8042_PORT),
-        u64::from(I8042_PORT_LEN),
-    )?;
+    let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses)?;
     if let Some(timer) = boot_timer {
         buses
             .mmio
@@ -217,7 +212,12 @@ pub fn build_vm(
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let shared = Arc::new(VcpuShared::new(Arc::new(buses), mem, exit));
+    let shared = Arc::new(VcpuShared::new(
+        Arc::new(buses),
+        mem,
+        exit,
+        probe_snapshot_host(&vm),
+    ));
     let vmm = Vmm {
         vm,
         vcpus,
@@ -227,4 +227,89 @@ pub fn build_vm(
         seccomp: opts.seccomp.clone(),
     };
     Ok(BuiltVm { vmm, devices })
+}
+
+/// The serial port and the i8042 controller, on the port bus with their interrupts.
+fn legacy_devices(
+    vm: &Vm,
+    exit: &Arc<ExitRequest>,
+    buses: &mut Buses,
+) -> Result<(Arc<Mutex<SerialDevice>>, Arc<Mutex<I8042Device>>), BuildError> {
+    let serial = SerialDevice::new(
+        EventFdTrigger::new().map_err(BuildError::Event)?,
+        Box::new(BoundedOutput::new(std::io::stdout())),
+    );
+    vm.register_irqfd(serial.interrupt_event(), SERIAL_IRQ)?;
+    let serial = Arc::new(Mutex::new(serial));
+    buses
+        .pio
+        .insert(serial.clone(), u64::from(SERIAL_PORT), 8)?;
+    let i8042 = I8042Device::new(exit.clone()).map_err(BuildError::Event)?;
+    vm.register_irqfd(i8042.interrupt_event(), I8042_KBD_IRQ)?;
+    let i8042 = Arc::new(Mutex::new(i8042));
+    buses.pio.insert(
+        i8042.clone(),
+        u64::from(I8042_PORT),
+        u64::from(I8042_PORT_LEN),
+    )?;
+    Ok((serial, i8042))
+}
+
+/// What snapshots of this VM check against, asked of KVM before any seccomp filter; a host
+/// that cannot snapshot still boots.
+fn probe_snapshot_host(vm: &Vm) -> Option<Host> {
+    Host::probe(vm.kvm())
+        .map_err(|e| log::warn!("Snapshots are unavailable on this host: {e}"))
+        .ok()
+}
+
+/// Builds a VM from a snapshot: KVM VM, guest memory mapped private from `mem_file` (checked
+/// against the state file by the caller), the legacy devices, then each vCPU and the VM
+/// state restored (both validated first). Nothing is loaded or written into guest memory.
+pub fn build_restored_vm(
+    state: &MachineState,
+    machine: &crate::config::MachineConfig,
+    mem_file: &std::fs::File,
+    opts: &BuildOptions,
+    clock_realtime: bool,
+) -> Result<BuiltVm, BuildError> {
+    let vm = Vm::new()?;
+    let host = Host::probe(vm.kvm()).map_err(BuildError::Restore)?;
+    let memory_options = MemoryOptions {
+        backing: Backing::Normal,
+        lock: machine.mem_lock,
+    };
+    let mem = map_memory_file(mem_file, state.mem_size, memory_options)
+        .map_err(BuildError::MemoryFile)?;
+    vm.register_memory(&mem)?;
+    let exit = opts.exit.clone();
+    let mut buses = Buses::default();
+    let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses)?;
+    let vcpus = state
+        .vcpus
+        .iter()
+        .enumerate()
+        .map(|(index, vcpu)| {
+            let index = u8::try_from(index)
+                .map_err(|_| BuildError::Restore(StateError::Invalid("vCPU count")))?;
+            Ok(Vcpu::restored(&vm, index, vcpu, &host)?)
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    state
+        .vm
+        .restore(vm.fd(), clock_realtime)
+        .map_err(BuildError::Restore)?;
+    let shared = Arc::new(VcpuShared::new(Arc::new(buses), mem, exit, Some(host)));
+    let vmm = Vmm {
+        vm,
+        vcpus,
+        shared,
+        serial,
+        i8042,
+        seccomp: opts.seccomp.clone(),
+    };
+    Ok(BuiltVm {
+        vmm,
+        devices: VirtioDevices::default(),
+    })
 }

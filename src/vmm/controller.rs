@@ -134,7 +134,7 @@ impl Controller {
                 iface.create_flow_log().map_err(StartError::FlowLog)?;
             }
             // Before the kernel image is parsed: the build runs confined too.
-            let line = crate::sandbox::restrict_vmm(&self.resources.landlock_rules())
+            let line = crate::sandbox::restrict_vmm(&self.landlock_rules())
                 .map_err(StartError::Landlock)?;
             log::info!("{line}");
         }
@@ -150,6 +150,19 @@ impl Controller {
         self.new_subscribers = devices.subscribers();
         self.devices = devices;
         Ok(())
+    }
+
+    /// What the VMM's Landlock layer allows: the configured files and the snapshot
+    /// directories.
+    fn landlock_rules(&self) -> Vec<crate::sandbox::PathRule> {
+        let mut rules = self.resources.landlock_rules();
+        rules.extend(
+            self.opts
+                .snapshot_dirs
+                .iter()
+                .map(crate::sandbox::PathRule::create_in),
+        );
+        rules
     }
 
     /// Handles one action from the API: refused by the [`rules`] in this state, or done.

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod device_manager;
 pub mod event_loop;
 pub mod kernel;
+pub mod machine_state;
 pub mod snapshot;
 pub mod taps;
 
@@ -61,6 +62,7 @@ pub struct RunningVm {
     /// Kept open for the life of the VM.
     _vm: Vm,
     vcpus: Vcpus,
+    shared: Arc<VcpuShared>,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     paused: bool,
@@ -71,6 +73,11 @@ impl Vmm {
     /// the VMM thread's filter, then releases the vCPUs together. Threads exist before the
     /// VMM thread is filtered, so its filter needs no thread-creation syscalls.
     pub fn start(self) -> Result<RunningVm, RunError> {
+        self.launch(true)
+    }
+
+    /// As `start`, with the vCPUs released (`run`) or left paused.
+    pub fn launch(self, run: bool) -> Result<RunningVm, RunError> {
         vcpu::install_kick_handler()?;
         let mut vcpus = Vcpus::new();
         let mut failure = None;
@@ -94,14 +101,17 @@ impl Vmm {
             vcpus.stop(VCPU_STOP_TIMEOUT);
             return Err(e);
         }
-        log::info!("Starting {} vCPU(s)", vcpus.len());
-        vcpus.resume();
+        if run {
+            log::info!("Starting {} vCPU(s)", vcpus.len());
+            vcpus.resume();
+        }
         Ok(RunningVm {
             _vm: self.vm,
             vcpus,
+            shared: self.shared,
             serial: self.serial,
             i8042: self.i8042,
-            paused: false,
+            paused: !run,
         })
     }
 }

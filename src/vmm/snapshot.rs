@@ -164,7 +164,25 @@ pub enum SnapshotError {
     /// The memory file cannot be opened.
     #[error("Cannot open the snapshot memory file")]
     MemoryFile(#[source] std::io::Error),
-    /// The machine-state capture and restore are not wired into this build yet.
+    /// The state file's parts disagree (memory size, vCPU count).
+    #[error("The snapshot state file is inconsistent: its memory size or vCPU count disagrees with its machine configuration")]
+    Inconsistent,
+    /// The state file's machine configuration is refused.
+    #[error("The snapshot's machine configuration is refused: {0}")]
+    MachineConfig(String),
+    /// Saving the paused VM failed.
+    #[error("Cannot create the snapshot")]
+    Save(#[source] crate::vmm::machine_state::SaveError),
+    /// Building the VM from the snapshot failed.
+    #[error("Cannot restore the snapshot")]
+    Restore(#[source] crate::vmm::builder::BuildError),
+    /// The Landlock layer could not be applied to the restored VM.
+    #[error("Cannot confine the restored microVM")]
+    Landlock(#[source] crate::sandbox::SandboxError),
+    /// The restored VM could not start.
+    #[error("Cannot start the restored microVM")]
+    Start(#[source] Box<crate::vmm::RunError>),
+    /// A snapshot feature this build does not have yet.
     #[error("Snapshot {0} is not supported yet by this build of Palisade")]
     NotImplemented(&'static str),
 }

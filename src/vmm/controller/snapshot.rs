@@ -1,14 +1,18 @@
 //! The controller's snapshot actions: `PUT /snapshot/create` on a paused VM and
 //! `PUT /snapshot/load` on a fresh VMM (the rules have checked the state). A VM with a
 //! device whose state snapshots do not carry yet is refused with a clear 400 before any file
-//! is written.
+//! is written; a load authenticates the state file and binds it to the memory file before
+//! anything is built, so a refused load leaves the VMM fresh and usable.
 
 use std::fs::File;
+use std::time::Instant;
 
 use super::Controller;
 use crate::snapshot::StateFile;
-use crate::vmm::action::{ActionError, ActionResult};
-use crate::vmm::snapshot::{CreateSnapshotParams, LoadSnapshotParams, SnapshotError};
+use crate::vmm::action::{ActionError, ActionResult, VmmData};
+use crate::vmm::builder::{build_restored_vm, BuiltVm};
+use crate::vmm::machine_state::MachineState;
+use crate::vmm::snapshot::{CreateSnapshotParams, LoadSnapshotParams, SnapshotError, SnapshotType};
 
 impl Controller {
     /// The first device of this VM that snapshots cannot carry yet, if any.
@@ -19,6 +23,12 @@ impl Controller {
         if self.resources.vsock.is_some() {
             return Some("a vsock device");
         }
+        if self.resources.drives.iter().next().is_some() {
+            return Some("block devices");
+        }
+        if self.resources.entropy.is_some() {
+            return Some("an entropy device");
+        }
         None
     }
 
@@ -27,21 +37,33 @@ impl Controller {
         if let Some(device) = self.unsupported_device() {
             return Err(SnapshotError::UnsupportedDevice(device).into());
         }
+        if params.snapshot_type == SnapshotType::Diff {
+            return Err(SnapshotError::NotImplemented("of type Diff").into());
+        }
+        let Some(vm) = self.running.as_ref() else {
+            return Err(ActionError::NotSupportedPreBoot);
+        };
+        let started = Instant::now();
+        vm.save(
+            &self.resources.machine_config,
+            &params.snapshot_path,
+            &params.mem_file_path,
+            self.opts.snapshot_key.as_deref(),
+        )
+        .map_err(SnapshotError::Save)?;
         log::info!(
-            "Snapshot create ({:?}) to {} and {} refused: not wired yet",
-            params.snapshot_type,
-            params.snapshot_path.display(),
-            params.mem_file_path.display()
+            "Snapshot created ({} MiB) in {} ms",
+            self.resources.machine_config.mem_size_mib,
+            started.elapsed().as_millis()
         );
-        Err(ActionError::Snapshot(SnapshotError::NotImplemented(
-            "creation",
-        )))
+        Ok(VmmData::Empty)
     }
 
-    /// `PUT /snapshot/load`.
-    /// The state file is authenticated (with `--snapshot-key-file`'s key, else checked for
-    /// integrity) and bound to the memory file before anything is built.
+    /// `PUT /snapshot/load`. The state file is authenticated (with `--snapshot-key-file`'s
+    /// key, else checked for integrity) and bound to the memory file before anything is
+    /// built.
     pub(super) fn load_snapshot(&mut self, params: &LoadSnapshotParams) -> ActionResult {
+        let started = Instant::now();
         let key = self.opts.snapshot_key.as_deref();
         let bytes = StateFile::read(&params.snapshot_path).map_err(SnapshotError::StateFile)?;
         let opened = StateFile::open(&bytes, key).map_err(SnapshotError::StateFile)?;
@@ -49,13 +71,42 @@ impl Controller {
         opened
             .check_memory_file(&memory)
             .map_err(SnapshotError::StateFile)?;
+        let state: MachineState = opened.state().map_err(SnapshotError::StateFile)?;
+        let config = state
+            .machine_config()
+            .map_err(SnapshotError::MachineConfig)?;
+        if state.mem_size != opened.memory.size
+            || state.mem_size != (config.mem_size_mib as u64) << 20
+            || state.vcpus.len() != usize::from(config.vcpu_count)
+        {
+            return Err(SnapshotError::Inconsistent.into());
+        }
+        if params.track_dirty_pages {
+            return Err(SnapshotError::NotImplemented("dirty page tracking after a load").into());
+        }
+        let BuiltVm { vmm, devices } =
+            build_restored_vm(&state, &config, &memory, &self.opts, params.clock_realtime)
+                .map_err(SnapshotError::Restore)?;
+        if self.opts.landlock {
+            // The restored VM is confined as a booted one: its files are open already.
+            let line = crate::sandbox::restrict_vmm(&self.landlock_rules())
+                .map_err(SnapshotError::Landlock)?;
+            log::info!("{line}");
+        }
+        let running = vmm
+            .launch(params.resume_vm)
+            .map_err(|e| SnapshotError::Start(Box::new(e)))?;
+        self.resources.machine_config = config;
+        self.configured = true;
+        self.running = Some(running);
+        self.new_subscribers = devices.subscribers();
+        self.devices = devices;
         log::info!(
-            "Snapshot load from {} and {} refused: not wired yet",
-            params.snapshot_path.display(),
-            params.mem_file_path.display()
+            "Snapshot loaded ({} MiB, {} vCPU(s)) in {} ms",
+            self.resources.machine_config.mem_size_mib,
+            self.resources.machine_config.vcpu_count,
+            started.elapsed().as_millis()
         );
-        Err(ActionError::Snapshot(SnapshotError::NotImplemented(
-            "loading",
-        )))
+        Ok(VmmData::Empty)
     }
 }

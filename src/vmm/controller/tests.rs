@@ -19,6 +19,7 @@ fn controller() -> Controller {
         "test".into(),
         BuildOptions {
             snapshot_key: None,
+            snapshot_dirs: Vec::new(),
             boot_timer: false,
             exit: Arc::new(ExitRequest::new().unwrap()),
             seccomp: Arc::new(SeccompFilters::disabled()),

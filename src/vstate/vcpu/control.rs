@@ -59,6 +59,8 @@ pub unsafe trait GuestRun {
     /// Runs the guest until its next exit (a kick is one) and handles it; false ends this
     /// vCPU.
     fn run_once(&mut self) -> bool;
+    /// Serves a request of the VMM while paused ([`Vcpus::serve_paused`]), on this thread.
+    fn serve(&mut self) {}
 }
 
 /// Points this thread's kick at a guest's `immediate_exit` until dropped.
@@ -98,10 +100,16 @@ enum Wanted {
     Run,
     Pause,
     Stop,
+    /// Internal to `next`: serve the VMM's request, then park again.
+    Serve,
 }
 
 struct State {
     wanted: Wanted,
+    /// Requests made by `serve_paused` so far.
+    requests: u64,
+    /// Threads that served the latest request.
+    served: usize,
     /// Threads spawned and not yet ended.
     live: usize,
     /// Threads waiting in `Control::next` while a pause is wanted.
@@ -125,18 +133,29 @@ impl Control {
     }
 
     /// For a vCPU thread before each KVM_RUN: parks while a pause is wanted, then says
-    /// whether to run or stop.
-    fn next(&self) -> Wanted {
+    /// whether to run or stop, or to serve a request made while it was parked (`seen` is the
+    /// last request this thread served).
+    fn next(&self, seen: &mut u64) -> Wanted {
         let mut state = self.lock();
         if state.wanted == Wanted::Pause {
             state.parked += 1;
             self.changed.notify_all();
-            while state.wanted == Wanted::Pause {
+            while state.wanted == Wanted::Pause && state.requests == *seen {
                 state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
             }
             state.parked -= 1;
+            if state.wanted == Wanted::Pause {
+                *seen = state.requests;
+                return Wanted::Serve;
+            }
         }
         state.wanted
+    }
+
+    /// A vCPU thread served the latest request.
+    fn served(&self) {
+        self.lock().served += 1;
+        self.changed.notify_all();
     }
 
     /// Waits until `done` holds, or false at `deadline`.
@@ -171,10 +190,20 @@ impl Drop for Live {
 fn run_guest(mut guest: impl GuestRun, control: &Control) {
     // SAFETY: `guest` outlives `kick`, which is declared after it and dropped first.
     let kick = unsafe { KickArm::new(guest.immediate_exit()) };
+    let mut seen = control.lock().requests;
     loop {
         kick.clear();
-        if control.next() == Wanted::Stop || !guest.run_once() {
-            break;
+        match control.next(&mut seen) {
+            Wanted::Stop => break,
+            Wanted::Serve => {
+                guest.serve();
+                control.served();
+            }
+            Wanted::Run | Wanted::Pause => {
+                if !guest.run_once() {
+                    break;
+                }
+            }
         }
     }
     drop(kick);
@@ -199,6 +228,8 @@ impl Vcpus {
             control: Arc::new(Control {
                 state: Mutex::new(State {
                     wanted: Wanted::Pause,
+                    requests: 0,
+                    served: 0,
                     live: 0,
                     parked: 0,
                 }),
@@ -252,6 +283,24 @@ impl Vcpus {
         self.kick_all();
         self.control
             .wait_until(Instant::now() + timeout, |s| s.parked == s.live)
+    }
+
+    /// While paused: makes every live vCPU thread call its guest's `serve` once, on its own
+    /// thread, and returns once all did (true) or after `timeout` (false). A thread that
+    /// ends meanwhile does not hold this up.
+    pub fn serve_paused(&self, timeout: Duration) -> bool {
+        {
+            let mut state = self.control.lock();
+            if state.wanted != Wanted::Pause {
+                return false;
+            }
+            state.requests += 1;
+            state.served = 0;
+        }
+        self.control.changed.notify_all();
+        self.control.wait_until(Instant::now() + timeout, |s| {
+            s.served >= s.live && s.parked == s.live
+        })
     }
 
     /// Lets the vCPU threads run the guest (again).
@@ -342,7 +391,19 @@ mod tests {
             fake_kvm_run(&self.immediate_exit, DEADLINE);
             true
         }
+
+        fn serve(&mut self) {
+            // Proves the thread: each fake runs on the thread named after its index.
+            let on_own_thread =
+                std::thread::current().name() == Some(format!("fake{}", self.index).as_str());
+            let _ = self
+                .runs
+                .send(SERVED + self.index + if on_own_thread { 0 } else { 100 });
+        }
     }
+
+    /// Added to a fake's index when it reports a `serve`.
+    const SERVED: usize = 1000;
 
     fn spawn_fakes(
         count: usize,
@@ -407,6 +468,28 @@ mod tests {
             vcpus.resume();
             each_runs(&rx, 3);
         }
+        assert_eq!(vcpus.stop(DEADLINE), 0);
+    }
+
+    #[test]
+    fn serve_paused_runs_once_on_each_paused_vcpu_thread_and_not_the_guest() {
+        let (vcpus, rx) = spawn_fakes(3, |_| None);
+        vcpus.resume();
+        each_runs(&rx, 3);
+        assert!(!vcpus.serve_paused(DEADLINE), "served while running");
+        assert!(vcpus.pause(DEADLINE));
+        while rx.try_recv().is_ok() {}
+        for _ in 0..2 {
+            assert!(vcpus.serve_paused(DEADLINE));
+            let mut served: Vec<usize> =
+                (0..3).map(|_| rx.recv_timeout(DEADLINE).unwrap()).collect();
+            served.sort_unstable();
+            assert_eq!(served, vec![SERVED, SERVED + 1, SERVED + 2]);
+            assert!(rx.try_recv().is_err(), "a paused vCPU ran the guest");
+            assert_eq!(parked_and_live(&vcpus), (3, 3));
+        }
+        vcpus.resume();
+        each_runs(&rx, 3);
         assert_eq!(vcpus.stop(DEADLINE), 0);
     }
 
@@ -489,7 +572,7 @@ mod tests {
         let arm = unsafe { KickArm::new(byte.as_ptr()) };
         vcpus.resume();
         arm.clear();
-        assert_eq!(vcpus.control.next(), Wanted::Run);
+        assert_eq!(vcpus.control.next(&mut 0), Wanted::Run);
         vcpus.control.set(Wanted::Pause);
         kick_self();
         let started = Instant::now();

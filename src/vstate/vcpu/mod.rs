@@ -4,7 +4,8 @@
 mod control;
 mod run;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::VcpuFd;
@@ -14,6 +15,7 @@ use run::RunningVcpu;
 
 use super::exit::{ExitCode, ExitRequest};
 use super::memory::GuestMemory;
+use super::snapshot::{Host, StateError, VcpuState};
 use super::vm::Vm;
 use crate::arch::x86_64::cpuid::{self, VcpuTopology};
 use crate::arch::x86_64::regs::{self, EntryMode};
@@ -46,6 +48,9 @@ pub enum VcpuError {
     /// The kick signal handler could not be installed.
     #[error("Cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
+    /// A snapshot's state was refused or could not be set.
+    #[error("Cannot restore the state of vCPU {0}")]
+    Restore(u8, #[source] StateError),
     /// The thread could not be spawned.
     #[error("Cannot spawn the thread of vCPU {0}")]
     Spawn(u8, #[source] std::io::Error),
@@ -63,19 +68,47 @@ pub struct VcpuShared {
     unknown_pio: RateLimitedLog,
     /// MMIO accesses no device answered.
     unknown_mmio: RateLimitedLog,
+    /// What snapshot state is checked against (None: this host cannot snapshot).
+    host: Option<Host>,
+    /// vCPU states captured by `Vcpus::serve_paused`, by index.
+    captured: Mutex<BTreeMap<u8, Result<VcpuState, StateError>>>,
 }
 
 impl VcpuShared {
     /// What the vCPUs of a VM with these buses and memory share; they end the VM through
     /// `exit`.
-    pub fn new(buses: Arc<Buses>, mem: GuestMemory, exit: Arc<ExitRequest>) -> Self {
+    /// `host` is what snapshots check against (probed before seccomp; None when this host
+    /// cannot snapshot).
+    pub fn new(
+        buses: Arc<Buses>,
+        mem: GuestMemory,
+        exit: Arc<ExitRequest>,
+        host: Option<Host>,
+    ) -> Self {
         Self {
             buses,
             mem,
             exit,
             unknown_pio: RateLimitedLog::new(),
             unknown_mmio: RateLimitedLog::new(),
+            host,
+            captured: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Guest memory.
+    pub fn mem(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    /// What snapshots check against, if this host can snapshot.
+    pub fn host(&self) -> Option<&Host> {
+        self.host.as_ref()
+    }
+
+    /// Takes the vCPU states captured since the last call.
+    pub fn take_captured(&self) -> BTreeMap<u8, Result<VcpuState, StateError>> {
+        std::mem::take(&mut *self.captured.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Asks the VM to end with `code` (the first request wins).
@@ -133,6 +166,19 @@ impl Vcpu {
             regs::setup_sregs(mem, &fd, entry.mode).map_err(|e| VcpuError::Regs(index, e))?;
         }
         lapic::setup_lint(&fd).map_err(|e| VcpuError::Lapic(index, e))?;
+        Ok(Self { index, fd })
+    }
+
+    /// Creates vCPU `index` from a snapshot's `state` (validated before KVM sees it). Call
+    /// before the VM's state is restored, with no vCPU of the VM running.
+    pub fn restored(vm: &Vm, index: u8, state: &VcpuState, host: &Host) -> Result<Self, VcpuError> {
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VcpuError::Create(index, e))?;
+        state
+            .restore(&fd, index, host)
+            .map_err(|e| VcpuError::Restore(index, e))?;
         Ok(Self { index, fd })
     }
 

@@ -10,6 +10,7 @@ use super::VcpuShared;
 use crate::metrics::METRICS;
 use crate::seccomp::SeccompError;
 use crate::vstate::exit::ExitCode;
+use crate::vstate::snapshot::{StateError, VcpuState};
 
 /// KVM_SYSTEM_EVENT types.
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -46,6 +47,35 @@ unsafe impl GuestRun for RunningVcpu {
                 false
             }
         }
+    }
+
+    /// Captures this vCPU's state for a snapshot: first one KVM_RUN with immediate_exit
+    /// set, which completes a pending I/O or MMIO exit (KVM finishes those only on the next
+    /// KVM_RUN) and returns EINTR without running guest code.
+    fn serve(&mut self) {
+        let state = self.settle().and_then(|()| match &self.shared.host {
+            Some(host) => VcpuState::capture(&self.fd, self.index, host),
+            None => Err(StateError::MissingCap("the capabilities probed at start")),
+        });
+        self.shared
+            .captured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.index, state);
+    }
+}
+
+impl RunningVcpu {
+    /// Completes a pending exit without running the guest.
+    fn settle(&mut self) -> Result<(), StateError> {
+        self.fd.set_kvm_immediate_exit(1);
+        let result = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(StateError::Kvm("complete the last exit", e)),
+            Ok(_) => Err(StateError::Invalid("exit on an immediate_exit KVM_RUN")),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        result
     }
 }
 

@@ -1,0 +1,122 @@
+//! What a snapshot's state file holds (the machine state), and how a paused VM is saved:
+//! each vCPU's state captured on its own thread (after one KVM_RUN that completes a pending
+//! exit), then the VM's in-kernel devices, then guest memory, then the authenticated state
+//! file that binds the memory file's identity.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::MachineConfig;
+use crate::snapshot::{FormatError, MemoryIdentity, SnapshotKey, StateFile};
+use crate::vstate::snapshot::{
+    write_memory, MemoryDump, MemoryFileError, StateError, VcpuState, VmState,
+};
+
+use super::RunningVm;
+
+/// How long the vCPU threads get to capture their state.
+const CAPTURE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything a state file restores.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct MachineState {
+    /// The machine configuration the VM was built with, in its API (JSON) form: its serde
+    /// attributes (optional fields) need a self-describing format, which postcard is not.
+    pub machine_config: String,
+    /// Bytes of guest memory (the memory file's size).
+    pub mem_size: u64,
+    /// Each vCPU, by index.
+    pub vcpus: Vec<VcpuState>,
+    /// The VM's in-kernel devices and clock.
+    pub vm: VmState,
+}
+
+/// Why a save failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// This host's KVM cannot snapshot.
+    #[error("This host's KVM cannot take snapshots")]
+    HostUnsupported,
+    /// The vCPU threads did not capture in time.
+    #[error("The vCPUs did not capture their state within {0:?}")]
+    CaptureTimeout(Duration),
+    /// A vCPU's state is missing (its thread ended).
+    #[error("vCPU {0} did not capture its state")]
+    MissingVcpu(u8),
+    /// A vCPU or the VM state could not be read.
+    #[error("Cannot capture the machine state")]
+    Capture(#[source] StateError),
+    /// The memory file could not be written.
+    #[error("Cannot write the memory file")]
+    Memory(#[source] MemoryFileError),
+    /// The memory file's identity could not be taken.
+    #[error("Cannot read back the memory file")]
+    Identity(#[source] crate::snapshot::AuthError),
+    /// The memory file could not be opened for its identity.
+    #[error("Cannot open the memory file")]
+    Open(#[source] std::io::Error),
+    /// The machine configuration could not be encoded.
+    #[error("Cannot encode the machine configuration")]
+    MachineConfig(#[source] serde_json::Error),
+    /// The state file could not be encoded or written.
+    #[error("Cannot write the state file")]
+    StateFile(#[source] FormatError),
+}
+
+impl MachineState {
+    /// The machine configuration, checked as a `PUT /machine-config` body would be.
+    pub fn machine_config(&self) -> Result<MachineConfig, String> {
+        let config: MachineConfig =
+            serde_json::from_str(&self.machine_config).map_err(|e| e.to_string())?;
+        config
+            .validate(crate::config::host_memory_mib())
+            .map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+impl RunningVm {
+    /// Saves the paused VM: state to `state_path` (tagged with `key`, else SHA-256), memory
+    /// to `mem_path` (0600). The VM stays paused.
+    pub fn save(
+        &self,
+        machine_config: &MachineConfig,
+        state_path: &Path,
+        mem_path: &Path,
+        key: Option<&SnapshotKey>,
+    ) -> Result<(), SaveError> {
+        if self.shared.host().is_none() {
+            return Err(SaveError::HostUnsupported);
+        }
+        self.shared.take_captured();
+        if !self.vcpus.serve_paused(CAPTURE_TIMEOUT) {
+            return Err(SaveError::CaptureTimeout(CAPTURE_TIMEOUT));
+        }
+        let mut captured = self.shared.take_captured();
+        let count = u8::try_from(self.vcpus.len()).map_err(|_| SaveError::MissingVcpu(u8::MAX))?;
+        let vcpus = (0..count)
+            .map(|index| match captured.remove(&index) {
+                Some(state) => state.map_err(SaveError::Capture),
+                None => Err(SaveError::MissingVcpu(index)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let vm = VmState::capture(self._vm.fd()).map_err(SaveError::Capture)?;
+        let mem = self.shared.mem();
+        write_memory(mem, mem_path, MemoryDump::Full).map_err(SaveError::Memory)?;
+        let mem_file = File::open(mem_path).map_err(SaveError::Open)?;
+        let identity = MemoryIdentity::of_file(&mem_file, false).map_err(SaveError::Identity)?;
+        let machine_config =
+            serde_json::to_string(machine_config).map_err(SaveError::MachineConfig)?;
+        let state = MachineState {
+            machine_config,
+            mem_size: identity.size,
+            vcpus,
+            vm,
+        };
+        let bytes = StateFile::encode(&state, key, &identity).map_err(SaveError::StateFile)?;
+        StateFile::write(state_path, &bytes).map_err(SaveError::StateFile)
+    }
+}

@@ -1,0 +1,353 @@
+//! Snapshots in Firecracker's flow, each VMM a new process: configure, start, pause,
+//! `PUT /snapshot/create`, then a NEW palisade process `PUT /snapshot/load` with
+//! `resume_vm`. The probe guest proves the clone continues where the guest stopped; state
+//! files that are tampered with, keyed with another key or whose memory file was truncated
+//! are refused with 400 and leave the VMM fresh and usable; the controller's rules (create
+//! only when paused, load only on a fresh VMM) hold through the socket.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::api::ApiClient;
+use common::{kvm_available, palisade_bin, probe_path, ApiVm};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const KEY: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+
+fn configure_probe(client: &mut ApiClient, boot_args: &str, mib: usize) {
+    let r = client.put(
+        "/machine-config",
+        json!({"vcpu_count": 2, "mem_size_mib": mib}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = client.put(
+        "/boot-source",
+        json!({"kernel_image_path": probe_path(),
+               "boot_args": format!("console=ttyS0 {boot_args}")}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+}
+
+/// Writes `key` to DIR/name (0600) and returns the flag pair for it.
+fn key_flag(dir: &Path, name: &str, key: &[u8]) -> Vec<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, key).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    vec![
+        "--snapshot-key-file".into(),
+        path.to_string_lossy().into_owned(),
+    ]
+}
+
+fn args(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
+/// A saved guest: the files, the serial output up to the pause, and the VMM's log.
+struct Saved {
+    dir: tempfile::TempDir,
+    state: PathBuf,
+    mem: PathBuf,
+    stdout: String,
+    log: String,
+}
+
+/// Boots the probe with `boot_args`, waits for `marker`, pauses, creates a Full snapshot in
+/// a new directory and ends the VMM.
+fn boot_and_save(boot_args: &str, mib: usize, marker: &str, key: Option<&[u8]>) -> Saved {
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = key
+        .map(|k| key_flag(dir.path(), "key", k))
+        .unwrap_or_default();
+    flags.push("--snapshot-dir".into());
+    flags.push(dir.path().to_string_lossy().into_owned());
+    let mut vm = ApiVm::start(&args(&flags));
+    let mut c = vm.client();
+    configure_probe(&mut c, boot_args, mib);
+    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.running.wait_for_output(marker, TIMEOUT);
+    let r = c.patch("/vm", json!({"state": "Paused"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (state, mem) = (dir.path().join("state"), dir.path().join("mem"));
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
+    let stdout = vm.running.stdout();
+    let log = vm.running.stderr();
+    vm.running.kill();
+    Saved {
+        dir,
+        state,
+        mem,
+        stdout,
+        log,
+    }
+}
+
+fn load_body(state: &Path, mem: &Path) -> serde_json::Value {
+    json!({"snapshot_path": state,
+           "mem_backend": {"backend_type": "File", "backend_path": mem},
+           "resume_vm": true})
+}
+
+/// The last `probe: tick N` in `out`.
+fn last_tick(out: &str) -> u64 {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("probe: tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .last()
+        .unwrap_or(0)
+}
+
+/// The number in the VMM's log line `prefix ... in N ms`.
+fn logged_ms(log: &str, prefix: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains(prefix))?;
+    let tail = line.rsplit(" in ").next()?;
+    tail.trim().strip_suffix(" ms")?.parse().ok()
+}
+
+#[test]
+fn the_ticker_continues_in_a_new_process_after_create_and_load_with_resume_vm() {
+    let test = "the_ticker_continues_in_a_new_process_after_create_and_load_with_resume_vm";
+    if !kvm_available(test) {
+        return;
+    }
+    let saved = boot_and_save("probe.run=ticker", 128, "probe: tick 3\n", Some(KEY));
+    let stopped_at = last_tick(&saved.stdout);
+    assert!(stopped_at >= 3, "{}", saved.stdout);
+    let mode = std::fs::metadata(&saved.mem).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "memory file mode {mode:o}");
+    assert_eq!(std::fs::metadata(&saved.mem).unwrap().len(), 128 << 20);
+
+    let flags = key_flag(saved.dir.path(), "key2", KEY);
+    let mut clone = ApiVm::start(&args(&flags));
+    let mut c = clone.client();
+    let started = Instant::now();
+    let r = c.put("/snapshot/load", load_body(&saved.state, &saved.mem));
+    let load_wall = started.elapsed();
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    assert_eq!(c.get("/").json()["state"], "Running");
+    // The clone goes on counting from where the guest stopped; it never boots again.
+    clone
+        .running
+        .wait_for_output(&format!("probe: tick {}\n", stopped_at + 2), TIMEOUT);
+    let out = clone.running.stdout();
+    assert!(!out.contains("ticker ok"), "the clone booted again:\n{out}");
+    assert!(
+        !out.contains(&format!("probe: tick {stopped_at}\n")),
+        "the clone repeated a tick:\n{out}"
+    );
+    // A loaded VM is a running VM: pause and resume work, a second load is refused.
+    let r = c.patch("/vm", json!({"state": "Paused"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put("/snapshot/load", load_body(&saved.state, &saved.mem));
+    assert_eq!(r.status, 400);
+    println!(
+        "128 MiB probe guest: create {:?} ms (VMM log), load {:?} ms (VMM log), load \
+         request {load_wall:?} (wall)",
+        logged_ms(&saved.log, "Snapshot created"),
+        logged_ms(&clone.running.stderr(), "Snapshot loaded"),
+    );
+    clone.running.kill();
+
+    // --describe-snapshot prints the header without the key.
+    let out = std::process::Command::new(palisade_bin())
+        .arg("--describe-snapshot")
+        .arg(&saved.state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("format version: 1"), "{text}");
+    assert!(text.contains("HMAC-SHA-256"), "{text}");
+    assert!(
+        text.contains(&format!("memory file size: {} bytes", 128u64 << 20)),
+        "{text}"
+    );
+}
+
+/// The probe's `mem`/`pattern` value at `addr` for `seed` (resources/probe/src/scenarios/mem.rs).
+fn pattern(addr: u64, seed: u64) -> u64 {
+    addr.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ 0x5a5a_c3c3_0f0f_9669
+        ^ seed.wrapping_mul(0xd6e8_feb8_6659_fd93)
+}
+
+#[test]
+fn a_pattern_written_to_all_ram_is_in_the_memory_file_and_the_clone_loads_it() {
+    let test = "a_pattern_written_to_all_ram_is_in_the_memory_file_and_the_clone_loads_it";
+    if !kvm_available(test) {
+        return;
+    }
+    let seed = 4242;
+    let saved = boot_and_save(
+        &format!("probe.run=pattern probe.seed={seed}"),
+        64,
+        "probe: pattern ok",
+        None,
+    );
+    let bytes = std::fs::read(&saved.mem).unwrap();
+    let (mut words, mut same) = (0u64, 0u64);
+    for (i, chunk) in bytes.chunks_exact(8).enumerate().skip((1 << 20) / 8) {
+        words += 1;
+        let value = u64::from_le_bytes(chunk.try_into().unwrap());
+        same += u64::from(value == pattern(i as u64 * 8, seed));
+    }
+    // All RAM but the probe's own image, stacks and page tables holds the pattern.
+    assert!(
+        same * 100 >= words * 95,
+        "{same} of {words} words hold the pattern"
+    );
+
+    let mut clone = ApiVm::start(&[]);
+    let mut c = clone.client();
+    let r = c.put("/snapshot/load", load_body(&saved.state, &saved.mem));
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    assert_eq!(c.get("/").json()["state"], "Running");
+    // The memory file is mapped private: the clone's pages never reach it.
+    drop(c);
+    clone.running.kill();
+    assert_eq!(std::fs::read(&saved.mem).unwrap(), bytes);
+}
+
+#[test]
+fn tampered_foreign_and_truncated_snapshots_are_refused_and_the_vmm_stays_usable() {
+    let test = "tampered_foreign_and_truncated_snapshots_are_refused_and_the_vmm_stays_usable";
+    if !kvm_available(test) {
+        return;
+    }
+    let saved = boot_and_save("probe.run=ticker", 32, "probe: tick 2\n", Some(KEY));
+    let dir = saved.dir.path();
+    let good = std::fs::read(&saved.state).unwrap();
+    let mut tampered = good.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 1;
+    let tampered_path = dir.join("tampered");
+    std::fs::write(&tampered_path, &tampered).unwrap();
+    let short_mem = dir.join("short-mem");
+    std::fs::copy(&saved.mem, &short_mem).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&short_mem)
+        .unwrap();
+    file.set_len((32 << 20) - 4096).unwrap();
+
+    // Another key refuses the genuine file.
+    let other = key_flag(dir, "other-key", &[7u8; 32]);
+    let mut foreign = ApiVm::start(&args(&other));
+    let mut c = foreign.client();
+    let r = c.put("/snapshot/load", load_body(&saved.state, &saved.mem));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.fault().contains("refused"), "{}", r.fault());
+    assert_eq!(c.get("/").json()["state"], "Not started");
+    foreign.running.kill();
+
+    let flags = key_flag(dir, "key2", KEY);
+    let mut vm = ApiVm::start(&args(&flags));
+    let mut c = vm.client();
+    for (state, mem, what) in [
+        (&tampered_path, &saved.mem, "a tampered state file"),
+        (&saved.state, &short_mem, "a truncated memory file"),
+    ] {
+        let r = c.put("/snapshot/load", load_body(state, mem));
+        assert_eq!(r.status, 400, "{what}: {}", r.body);
+        assert!(r.fault().contains("refused"), "{what}: {}", r.fault());
+        assert_eq!(c.get("/").json()["state"], "Not started", "{what}");
+    }
+    // Nothing was half-restored: the same VMM loads the genuine snapshot.
+    let r = c.put("/snapshot/load", load_body(&saved.state, &saved.mem));
+    assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
+    let stopped_at = last_tick(&saved.stdout);
+    vm.running
+        .wait_for_output(&format!("probe: tick {}\n", stopped_at + 2), TIMEOUT);
+    vm.running.kill();
+}
+
+#[test]
+fn create_is_refused_unless_paused_and_load_after_configuration() {
+    let test = "create_is_refused_unless_paused_and_load_after_configuration";
+    if !kvm_available(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let create = json!({"snapshot_path": dir.path().join("s"),
+                        "mem_file_path": dir.path().join("m")});
+    let mut vm = ApiVm::start(&[]);
+    let mut c = vm.client();
+    let r = c.put("/snapshot/create", create.clone());
+    assert_eq!(r.status, 400);
+    assert!(r.fault().contains("before starting"), "{}", r.fault());
+    // Logger and metrics do not count as configuration; the machine config does.
+    let r = c.put("/logger", json!({"level": "Info"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    configure_probe(&mut c, "probe.run=ticker", 32);
+    let r = c.put(
+        "/snapshot/load",
+        load_body(&dir.path().join("s"), &dir.path().join("m")),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.fault(),
+        "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+    );
+    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.running.wait_for_output("probe: tick 1\n", TIMEOUT);
+    let r = c.put("/snapshot/create", create.clone());
+    assert_eq!(r.status, 400);
+    assert!(r.fault().contains("not paused"), "{}", r.fault());
+    assert!(
+        !dir.path().join("m").exists(),
+        "a refused create wrote memory"
+    );
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_path": "/s", "mem_file_path": "/m",
+                                             "mem_backend": {}}),
+    );
+    assert_eq!(r.status, 400);
+    vm.running.kill();
+}
+
+#[test]
+fn create_of_a_vm_with_a_drive_is_refused_as_not_supported_yet() {
+    let test = "create_of_a_vm_with_a_drive_is_refused_as_not_supported_yet";
+    if !kvm_available(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut vm = ApiVm::start(&[]);
+    let mut c = vm.client();
+    configure_probe(&mut c, "probe.run=ticker", 32);
+    let r = c.put(
+        "/drives/d1",
+        json!({"drive_id": "d1", "path_on_host": disk, "is_root_device": false,
+               "is_read_only": false}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.running.wait_for_output("probe: tick 1\n", TIMEOUT);
+    let r = c.patch("/vm", json!({"state": "Paused"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_path": dir.path().join("s"), "mem_file_path": dir.path().join("m")}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.fault().contains("block devices are not supported yet"),
+        "{}",
+        r.fault()
+    );
+    vm.running.kill();
+}

@@ -4,6 +4,7 @@
 //! files that are tampered with, keyed with another key or whose memory file was truncated
 //! are refused with 400 and leave the VMM fresh and usable; the controller's rules (create
 //! only when paused, load only on a fresh VMM) hold through the socket.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -97,12 +98,12 @@ fn load_body(state: &Path, mem: &Path) -> serde_json::Value {
            "resume_vm": true})
 }
 
-/// The last `probe: tick N` in `out`.
+/// The last complete `probe: tick N` line in `out` (a line cut by the pause does not count).
 fn last_tick(out: &str) -> u64 {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("probe: tick "))
-        .filter_map(|n| n.trim().parse().ok())
-        .last()
+    out.split_inclusive('\n')
+        .rev()
+        .filter_map(|l| l.strip_suffix('\n')?.strip_prefix("probe: tick "))
+        .find_map(|n| n.trim().parse().ok())
         .unwrap_or(0)
 }
 
@@ -206,7 +207,7 @@ fn a_pattern_written_to_all_ram_is_in_the_memory_file_and_the_clone_loads_it() {
         "{same} of {words} words hold the pattern"
     );
 
-    let mut clone = ApiVm::start(&[]);
+    let clone = ApiVm::start(&[]);
     let mut c = clone.client();
     let r = c.put("/snapshot/load", load_body(&saved.state, &saved.mem));
     assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
@@ -241,7 +242,7 @@ fn tampered_foreign_and_truncated_snapshots_are_refused_and_the_vmm_stays_usable
 
     // Another key refuses the genuine file.
     let other = key_flag(dir, "other-key", &[7u8; 32]);
-    let mut foreign = ApiVm::start(&args(&other));
+    let foreign = ApiVm::start(&args(&other));
     let mut c = foreign.client();
     let r = c.put("/snapshot/load", load_body(&saved.state, &saved.mem));
     assert_eq!(r.status, 400, "{}", r.body);

@@ -229,12 +229,15 @@ pub fn build_vm(
     Ok(BuiltVm { vmm, devices })
 }
 
+/// The serial port and the i8042 controller.
+type LegacyDevices = (Arc<Mutex<SerialDevice>>, Arc<Mutex<I8042Device>>);
+
 /// The serial port and the i8042 controller, on the port bus with their interrupts.
 fn legacy_devices(
     vm: &Vm,
     exit: &Arc<ExitRequest>,
     buses: &mut Buses,
-) -> Result<(Arc<Mutex<SerialDevice>>, Arc<Mutex<I8042Device>>), BuildError> {
+) -> Result<LegacyDevices, BuildError> {
     let serial = SerialDevice::new(
         EventFdTrigger::new().map_err(BuildError::Event)?,
         Box::new(BoundedOutput::new(std::io::stdout())),

@@ -65,6 +65,9 @@ pub enum BuildError {
     /// A snapshot's vCPU or VM state was refused, or this host cannot restore it.
     #[error("Cannot restore the snapshot's machine state")]
     Restore(#[source] StateError),
+    /// A virtio transport's state was refused.
+    #[error("Cannot restore a virtio device")]
+    Transport(#[source] crate::devices::virtio::mmio::TransportStateError),
     /// The snapshot's memory file cannot be mapped.
     #[error("Cannot map the snapshot memory file")]
     MemoryFile(#[source] MemoryFileError),
@@ -271,11 +274,12 @@ fn probe_snapshot_host(vm: &Vm) -> Option<Host> {
 /// state restored (both validated first). Nothing is loaded or written into guest memory.
 pub fn build_restored_vm(
     state: &MachineState,
-    machine: &crate::config::MachineConfig,
+    configs: RestoredConfigs<'_>,
     mem_file: &std::fs::File,
     opts: &BuildOptions,
     clock_realtime: bool,
 ) -> Result<BuiltVm, BuildError> {
+    let machine = configs.machine;
     let vm = Vm::new()?;
     let host = Host::probe(vm.kvm()).map_err(BuildError::Restore)?;
     let memory_options = MemoryOptions {
@@ -302,6 +306,37 @@ pub fn build_restored_vm(
         .vm
         .restore(vm.fd(), clock_realtime)
         .map_err(BuildError::Restore)?;
+    // Devices after the VM's interrupt controllers, so a re-raised interrupt is not lost.
+    // Their command line entries are already in the restored memory: this one is dropped.
+    let mut cmdline = kernel::build_command_line(None)?;
+    let devices = attach_devices(
+        &mut AttachContext {
+            vm: vm.fd(),
+            mem: &mem,
+            mmio: &mut buses.mmio,
+            cmdline: &mut cmdline,
+            slots: Slots::default(),
+        },
+        DeviceConfigs {
+            drives: configs.drives,
+            entropy: configs.entropy,
+            nets: &Default::default(),
+            taps: OpenTaps::default(),
+            vsock: None,
+        },
+    )?;
+    if devices.transports().len() != state.transports.len() {
+        return Err(BuildError::Restore(StateError::Invalid(
+            "virtio transport count",
+        )));
+    }
+    for (transport, saved) in devices.transports().iter().zip(&state.transports) {
+        transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(saved)
+            .map_err(BuildError::Transport)?;
+    }
     let shared = Arc::new(VcpuShared::new(Arc::new(buses), mem, exit, Some(host)));
     let vmm = Vmm {
         vm,
@@ -311,8 +346,15 @@ pub fn build_restored_vm(
         i8042,
         seccomp: opts.seccomp.clone(),
     };
-    Ok(BuiltVm {
-        vmm,
-        devices: VirtioDevices::default(),
-    })
+    Ok(BuiltVm { vmm, devices })
+}
+
+/// The configurations a restored VM is built with (checked from its state file).
+pub struct RestoredConfigs<'a> {
+    /// The machine.
+    pub machine: &'a crate::config::MachineConfig,
+    /// The drives, root first (their files are opened again).
+    pub drives: &'a crate::config::DriveList,
+    /// The entropy device.
+    pub entropy: Option<&'a crate::config::EntropyConfig>,
 }

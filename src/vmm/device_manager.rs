@@ -112,8 +112,11 @@ pub struct AttachContext<'a> {
 }
 
 impl AttachContext<'_> {
-    /// Puts `device` in the next slot; returns the slot.
-    pub fn attach(&mut self, device: Arc<Mutex<dyn VirtioDevice>>) -> Result<Slot, AttachError> {
+    /// Puts `device` in the next slot; returns its transport.
+    pub fn attach(
+        &mut self,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+    ) -> Result<Arc<Mutex<MmioTransport>>, AttachError> {
         let slot = self.slots.allocate()?;
         let transport = MmioTransport::new(device.clone(), self.mem.clone())?;
         {
@@ -134,18 +137,16 @@ impl AttachContext<'_> {
                 slot.irq
             );
         }
-        self.mmio.insert(
-            Arc::new(Mutex::new(transport)),
-            slot.addr,
-            VIRTIO_MMIO_SLOT_SIZE,
-        )?;
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio
+            .insert(transport.clone(), slot.addr, VIRTIO_MMIO_SLOT_SIZE)?;
         self.cmdline.add_virtio_mmio_device(
             VIRTIO_MMIO_SLOT_SIZE,
             GuestAddress(slot.addr),
             slot.irq,
             None,
         )?;
-        Ok(slot)
+        Ok(transport)
     }
 }
 
@@ -159,6 +160,8 @@ pub struct VirtioDevices {
     rng: Option<Arc<Mutex<Rng>>>,
     nets: Vec<Arc<Mutex<Net>>>,
     vsock: Option<Arc<Mutex<Vsock>>>,
+    /// Every device's transport, in slot order (snapshots save and restore them).
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl VirtioDevices {
@@ -178,6 +181,11 @@ impl VirtioDevices {
             subs.push(vsock.clone());
         }
         subs
+    }
+
+    /// The transports, in slot order.
+    pub fn transports(&self) -> &[Arc<Mutex<MmioTransport>>] {
+        &self.transports
     }
 
     /// The drive with this id, locked.
@@ -254,13 +262,13 @@ pub fn attach_devices(
             add_root_parameters(ctx.cmdline, block.partuuid(), block.is_read_only())?;
         }
         let block = Arc::new(Mutex::new(block));
-        ctx.attach(block.clone())?;
+        devices.transports.push(ctx.attach(block.clone())?);
         devices.blocks.push(block);
     }
     if let Some(config) = configs.entropy {
         let metrics = registered_metrics(EntropyDeviceMetrics::KEY.to_string());
         let rng = Arc::new(Mutex::new(Rng::new(config, metrics)?));
-        ctx.attach(rng.clone())?;
+        devices.transports.push(ctx.attach(rng.clone())?);
         devices.rng = Some(rng);
     }
     for config in configs.nets.iter() {
@@ -270,12 +278,12 @@ pub fn attach_devices(
             None => Net::new(config, metrics)?,
         };
         let net = Arc::new(Mutex::new(net));
-        ctx.attach(net.clone())?;
+        devices.transports.push(ctx.attach(net.clone())?);
         devices.nets.push(net);
     }
     if let Some(vsock) = configs.vsock {
         let vsock = Arc::new(Mutex::new(vsock));
-        ctx.attach(vsock.clone())?;
+        devices.transports.push(ctx.attach(vsock.clone())?);
         devices.vsock = Some(vsock);
     }
     Ok(devices)

@@ -5,11 +5,13 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::MachineConfig;
+use crate::config::{BlockDeviceConfig, DriveList, EntropyConfig, MachineConfig};
+use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::snapshot::{FormatError, MemoryIdentity, SnapshotKey, StateFile};
 use crate::vstate::snapshot::{
     write_memory, MemoryDump, MemoryFileError, StateError, VcpuState, VmState,
@@ -32,6 +34,32 @@ pub struct MachineState {
     pub vcpus: Vec<VcpuState>,
     /// The VM's in-kernel devices and clock.
     pub vm: VmState,
+    /// The virtio devices' configurations, in their API (JSON) form.
+    pub device_configs: String,
+    /// Each virtio transport, in slot order.
+    pub transports: Vec<TransportState>,
+}
+
+/// The virtio devices a snapshot carries, as configured (JSON inside the state).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfigs {
+    /// The drives, root first.
+    pub drives: Vec<BlockDeviceConfig>,
+    /// The entropy device.
+    pub entropy: Option<EntropyConfig>,
+}
+
+/// What `RunningVm::save` saves besides the vCPUs, the VM and memory.
+pub struct SaveInput<'a> {
+    /// The machine configuration.
+    pub machine_config: &'a MachineConfig,
+    /// The drives, as configured (and patched).
+    pub drives: &'a DriveList,
+    /// The entropy device.
+    pub entropy: Option<&'a EntropyConfig>,
+    /// The virtio transports, in slot order.
+    pub transports: &'a [Arc<Mutex<MmioTransport>>],
 }
 
 /// Why a save failed.
@@ -58,7 +86,7 @@ pub enum SaveError {
     /// The memory file could not be opened for its identity.
     #[error("Cannot open the memory file")]
     Open(#[source] std::io::Error),
-    /// The machine configuration could not be encoded.
+    /// The machine or device configuration could not be encoded.
     #[error("Cannot encode the machine configuration")]
     MachineConfig(#[source] serde_json::Error),
     /// The state file could not be encoded or written.
@@ -76,6 +104,17 @@ impl MachineState {
             .map_err(|e| e.to_string())?;
         Ok(config)
     }
+
+    /// The virtio devices' configurations, each checked as its PUT would be.
+    pub fn device_configs(&self) -> Result<(DriveList, Option<EntropyConfig>), String> {
+        let configs: DeviceConfigs =
+            serde_json::from_str(&self.device_configs).map_err(|e| e.to_string())?;
+        let mut drives = DriveList::default();
+        for drive in configs.drives {
+            drives.insert(drive).map_err(|e| e.to_string())?;
+        }
+        Ok((drives, configs.entropy))
+    }
 }
 
 impl RunningVm {
@@ -83,7 +122,7 @@ impl RunningVm {
     /// to `mem_path` (0600). The VM stays paused.
     pub fn save(
         &self,
-        machine_config: &MachineConfig,
+        input: &SaveInput<'_>,
         state_path: &Path,
         mem_path: &Path,
         key: Option<&SnapshotKey>,
@@ -104,17 +143,29 @@ impl RunningVm {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let vm = VmState::capture(self._vm.fd()).map_err(SaveError::Capture)?;
+        let transports = input
+            .transports
+            .iter()
+            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).save())
+            .collect();
+        let device_configs = serde_json::to_string(&DeviceConfigs {
+            drives: input.drives.iter().cloned().collect(),
+            entropy: input.entropy.cloned(),
+        })
+        .map_err(SaveError::MachineConfig)?;
         let mem = self.shared.mem();
         write_memory(mem, mem_path, MemoryDump::Full).map_err(SaveError::Memory)?;
         let mem_file = File::open(mem_path).map_err(SaveError::Open)?;
         let identity = MemoryIdentity::of_file(&mem_file, false).map_err(SaveError::Identity)?;
         let machine_config =
-            serde_json::to_string(machine_config).map_err(SaveError::MachineConfig)?;
+            serde_json::to_string(input.machine_config).map_err(SaveError::MachineConfig)?;
         let state = MachineState {
             machine_config,
             mem_size: identity.size,
             vcpus,
             vm,
+            device_configs,
+            transports,
         };
         let bytes = StateFile::encode(&state, key, &identity).map_err(SaveError::StateFile)?;
         StateFile::write(state_path, &bytes).map_err(SaveError::StateFile)

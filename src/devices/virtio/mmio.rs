@@ -384,3 +384,7 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 #[path = "mmio_tests.rs"]
 mod tests;
+
+#[path = "mmio_state.rs"]
+mod state;
+pub use state::{QueueState, TransportState, TransportStateError};

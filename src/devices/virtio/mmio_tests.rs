@@ -269,3 +269,86 @@ fn invalid_queue_sizes_and_misaligned_rings_are_refused() {
     write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1001);
     assert!(crate::metrics::METRICS.virtio.mmio_ignored_accesses.count() >= before + 4);
 }
+
+/// An active transport (both queues set up and handed to the device), and its saved state.
+fn active_and_saved() -> (MmioTransport, Arc<Mutex<Dummy>>, TransportState) {
+    let (mut t, dummy) = setup();
+    negotiate(&mut t, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+    setup_queue(&mut t, 0, 0x1_0000);
+    setup_queue(&mut t, 1, 0x2_0000);
+    write(&mut t, VIRTIO_MMIO_STATUS, ACK | DRV | FOK | DOK);
+    let state = t.save();
+    (t, dummy, state)
+}
+
+#[test]
+fn saving_an_active_transport_keeps_the_device_serving_its_queues() {
+    let (_t, dummy, state) = active_and_saved();
+    assert!(state.active);
+    assert_eq!(state.status, ACK | DRV | FOK | DOK);
+    assert_eq!(state.queues.len(), 2);
+    assert_eq!(state.queues[1].desc_table, 0x2_0000);
+    assert_eq!(state.queues[1].used_ring, 0x2_2000);
+    let d = dummy.lock().unwrap();
+    assert_eq!(d.activations, 2, "taken back and given again");
+    assert!(d.active.is_some());
+}
+
+#[test]
+fn a_saved_transport_restores_into_a_fresh_one_and_activates_its_device() {
+    let (_t, _, state) = active_and_saved();
+    let (mut fresh, dummy) = setup();
+    fresh.restore(&state).unwrap();
+    assert_eq!(read(&mut fresh, VIRTIO_MMIO_STATUS), ACK | DRV | FOK | DOK);
+    let d = dummy.lock().unwrap();
+    assert_eq!(d.activations, 1);
+    assert_eq!(d.features, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+    let queues = d.active.as_ref().unwrap();
+    assert_eq!(queues[0].desc_table(), 0x1_0000);
+    drop(d);
+    assert_eq!(fresh.save(), state);
+}
+
+#[test]
+fn hostile_transport_states_are_refused_before_the_device_sees_them() {
+    let (_t, _, good) = active_and_saved();
+    let mut cases: Vec<(&str, TransportState)> = Vec::new();
+    let mut s = good.clone();
+    s.status = ACK | DOK;
+    cases.push(("status off the state machine", s));
+    let mut s = good.clone();
+    s.status = ACK | DRV | FOK;
+    cases.push(("active without DRIVER_OK", s));
+    let mut s = good.clone();
+    s.driver_features |= 1 << 40;
+    cases.push(("features never offered", s));
+    let mut s = good.clone();
+    s.queues.pop();
+    cases.push(("a queue missing", s));
+    let mut s = good.clone();
+    s.queues[0].size = 12;
+    cases.push(("size not a power of two", s));
+    let mut s = good.clone();
+    s.queues[1].size = 16;
+    cases.push(("size above the maximum", s));
+    let mut s = good.clone();
+    s.queues[0].size = 0;
+    cases.push(("size zero", s));
+    let mut s = good.clone();
+    s.queues[0].used_ring = 0x10_0000 - 8;
+    cases.push(("used ring past the end of memory", s));
+    let mut s = good.clone();
+    s.queues[1].desc_table = u64::MAX - 4;
+    cases.push(("descriptor table at the top of the address space", s));
+    let mut s = good.clone();
+    s.queues[0].ready = false;
+    cases.push(("an active queue not ready", s));
+    for (what, state) in cases {
+        let (mut fresh, dummy) = setup();
+        assert!(fresh.restore(&state).is_err(), "{what} was accepted");
+        assert!(
+            dummy.lock().unwrap().active.is_none(),
+            "{what}: device got queues"
+        );
+    }
+}

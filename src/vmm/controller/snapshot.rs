@@ -10,8 +10,8 @@ use std::time::Instant;
 use super::Controller;
 use crate::snapshot::StateFile;
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
-use crate::vmm::builder::{build_restored_vm, BuiltVm};
-use crate::vmm::machine_state::MachineState;
+use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs};
+use crate::vmm::machine_state::{MachineState, SaveInput};
 use crate::vmm::snapshot::{CreateSnapshotParams, LoadSnapshotParams, SnapshotError, SnapshotType};
 
 impl Controller {
@@ -22,12 +22,6 @@ impl Controller {
         }
         if self.resources.vsock.is_some() {
             return Some("a vsock device");
-        }
-        if self.resources.drives.iter().next().is_some() {
-            return Some("block devices");
-        }
-        if self.resources.entropy.is_some() {
-            return Some("an entropy device");
         }
         None
     }
@@ -44,8 +38,14 @@ impl Controller {
             return Err(ActionError::NotSupportedPreBoot);
         };
         let started = Instant::now();
+        let input = SaveInput {
+            machine_config: &self.resources.machine_config,
+            drives: &self.resources.drives,
+            entropy: self.resources.entropy.as_ref(),
+            transports: self.devices.transports(),
+        };
         vm.save(
-            &self.resources.machine_config,
+            &input,
             &params.snapshot_path,
             &params.mem_file_path,
             self.opts.snapshot_key.as_deref(),
@@ -75,6 +75,9 @@ impl Controller {
         let config = state
             .machine_config()
             .map_err(SnapshotError::MachineConfig)?;
+        let (drives, entropy) = state
+            .device_configs()
+            .map_err(SnapshotError::MachineConfig)?;
         if state.mem_size != opened.memory.size
             || state.mem_size != (config.mem_size_mib as u64) << 20
             || state.vcpus.len() != usize::from(config.vcpu_count)
@@ -84,9 +87,21 @@ impl Controller {
         if params.track_dirty_pages {
             return Err(SnapshotError::NotImplemented("dirty page tracking after a load").into());
         }
-        let BuiltVm { vmm, devices } =
-            build_restored_vm(&state, &config, &memory, &self.opts, params.clock_realtime)
-                .map_err(SnapshotError::Restore)?;
+        let BuiltVm { vmm, devices } = build_restored_vm(
+            &state,
+            RestoredConfigs {
+                machine: &config,
+                drives: &drives,
+                entropy: entropy.as_ref(),
+            },
+            &memory,
+            &self.opts,
+            params.clock_realtime,
+        )
+        .map_err(SnapshotError::Restore)?;
+        // The restored drives are the VM's (PATCH /drives, GET /vm/config, Landlock).
+        self.resources.drives = drives;
+        self.resources.entropy = entropy;
         if self.opts.landlock {
             // The restored VM is confined as a booted one: its files are open already.
             let line = crate::sandbox::restrict_vmm(&self.landlock_rules())

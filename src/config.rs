@@ -9,6 +9,9 @@ pub use crate::devices::virtio::block::config::{
     BlockConfigError, BlockDeviceConfig, BlockDeviceUpdate, CacheType, IoEngine,
 };
 pub use crate::devices::virtio::rng::EntropyConfig;
+pub use crate::devices::virtio::vsock::config::{
+    VsockConfigError, VsockDeviceConfig, VsockPolicy, VsockUpdate,
+};
 
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 use crate::arch::x86_64::mptable::MAX_CPUS;
@@ -49,6 +52,9 @@ pub enum ConfigError {
     /// A drive is refused on its own.
     #[error("Invalid drive: {0}")]
     Block(#[from] BlockConfigError),
+    /// The vsock device is refused.
+    #[error("Invalid vsock")]
+    Vsock(#[from] VsockConfigError),
     /// A network interface is refused.
     #[error(transparent)]
     Net(#[from] NetConfigError),
@@ -273,8 +279,9 @@ pub struct VmConfig {
     pub metrics: Option<crate::metrics::MetricsConfig>,
     /// The virtio-rng device.
     pub entropy: Option<EntropyConfig>,
+    /// The virtio-vsock device (with Palisade's optional `policy`).
+    pub vsock: Option<VsockDeviceConfig>,
     balloon: Option<serde_json::Value>,
-    vsock: Option<serde_json::Value>,
     #[serde(rename = "mmds-config")]
     mmds_config: Option<serde_json::Value>,
     #[serde(rename = "cpu-config")]
@@ -287,7 +294,6 @@ impl VmConfig {
         let mut config: VmConfig = serde_json::from_str(text)?;
         let unsupported = [
             ("balloon", config.balloon.is_some()),
-            ("vsock", config.vsock.is_some()),
             ("mmds-config", config.mmds_config.is_some()),
             ("cpu-config", config.cpu_config.is_some()),
         ];
@@ -299,6 +305,9 @@ impl VmConfig {
         }
         for iface in &config.network_interfaces {
             config.interface_list.insert(iface.clone())?;
+        }
+        if let Some(vsock) = &config.vsock {
+            vsock.validate()?;
         }
         if config.machine_config.track_dirty_pages {
             log::info!("machine-config.track_dirty_pages is accepted and ignored");
@@ -370,6 +379,8 @@ pub struct VmResources {
     pub entropy: Option<EntropyConfig>,
     /// virtio-net devices.
     pub network_interfaces: InterfaceList,
+    /// The virtio-vsock device (at most one).
+    pub vsock: Option<VsockDeviceConfig>,
 }
 
 impl From<VmConfig> for VmResources {
@@ -380,6 +391,7 @@ impl From<VmConfig> for VmResources {
             drives: c.drive_list,
             entropy: c.entropy,
             network_interfaces: c.interface_list,
+            vsock: c.vsock,
         }
     }
 }
@@ -441,6 +453,7 @@ impl VmResources {
             entropy: self.entropy.clone(),
             machine_config: self.machine_config.clone(),
             network_interfaces: self.network_interfaces.as_slice().to_vec(),
+            vsock: self.vsock.clone(),
         }
     }
 }
@@ -462,6 +475,8 @@ pub struct FullVmConfig {
     /// `network-interfaces`.
     #[serde(rename = "network-interfaces")]
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
+    /// `vsock` (`null` when there is none, as Firecracker answers).
+    pub vsock: Option<VsockDeviceConfig>,
 }
 
 /// Total RAM of the host in MiB, from sysinfo(2).

@@ -3,6 +3,9 @@
 //! starts later, to exactly those: the kernel and initrd (read), the drives (as configured),
 //! /dev/kvm and /dev/net/tun. Files already open (API socket, log, metrics) stay usable.
 //! TCP bind/connect are denied (ABI 4); abstract Unix sockets and signals are scoped (ABI 6).
+//! Pathname Unix sockets are not a Landlock right up to ABI 7: the vsock device's
+//! guest-initiated connects to `<uds_path>_<port>` work confined (tested below), and its
+//! listener is bound before the layer applies, so vsock needs no rule here.
 //! Best effort down the ABIs: an older kernel enforces what it has, and the log says which
 //! (the ABI table and the log line are palisade-sandbox's, shared with the jailer).
 
@@ -107,6 +110,33 @@ mod tests {
         assert!(line.contains("signals scoped"), "{line}");
         let none = describe(Enforcement::NotImplemented, 0);
         assert!(none.contains("no Landlock"), "{none}");
+    }
+
+    #[test]
+    fn a_confined_thread_still_connects_to_a_unix_socket_by_path_but_cannot_bind_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock_52");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let other = dir.path().join("new.sock");
+        let (connected, bound) = std::thread::spawn(move || {
+            restrict_vmm(&[]).unwrap();
+            (
+                std::os::unix::net::UnixStream::connect(&path).is_ok(),
+                std::os::unix::net::UnixListener::bind(&other).is_ok(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert!(
+            connected,
+            "vsock's guest-initiated connect needs no Landlock right"
+        );
+        let enforced = palisade_sandbox::landlock_abi::kernel_abi() >= 1;
+        assert_eq!(
+            bound, !enforced,
+            "binding needs MAKE_SOCK: the listener is bound before the layer"
+        );
+        assert!(listener.accept().is_ok());
     }
 
     #[test]

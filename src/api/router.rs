@@ -12,6 +12,7 @@ use crate::config::{
     MachineConfig, MachineConfigUpdate,
 };
 use crate::devices::virtio::net::config::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
+use crate::devices::virtio::vsock::config::{VsockDeviceConfig, VsockUpdate};
 use crate::logger::LoggerConfig;
 use crate::metrics::MetricsConfig;
 use crate::metrics::METRICS;
@@ -36,6 +37,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/vm/config"),
     ("PATCH", "/vm"),
     ("PUT", "/entropy"),
+    ("PUT", "/vsock"),
+    ("PUT", "/vsock/{vsock_id}"),
+    ("PATCH", "/vsock"),
 ];
 
 /// What a request turns into.
@@ -180,6 +184,14 @@ pub fn count_request(method: &str, path: &str, ok: bool) {
             &METRICS.put_api_requests.entropy_count,
             Some(&METRICS.put_api_requests.entropy_fails),
         ),
+        ("PUT", "/vsock" | "/vsock/{vsock_id}") => (
+            &METRICS.put_api_requests.vsock_count,
+            Some(&METRICS.put_api_requests.vsock_fails),
+        ),
+        ("PATCH", "/vsock") => (
+            &METRICS.patch_api_requests.vsock_count,
+            Some(&METRICS.patch_api_requests.vsock_fails),
+        ),
         ("PATCH", "/drives/{drive_id}") => (
             &METRICS.patch_api_requests.drive_count,
             Some(&METRICS.patch_api_requests.drive_fails),
@@ -284,6 +296,19 @@ fn route_body(
             VmmAction::GetFirewall(path_id(param)?.to_string())
         }
         ("PUT", "/entropy") => VmmAction::PutEntropy(parse_body::<EntropyConfig>(body)?),
+        // Firecracker ignores what follows `/vsock`, and the body's deprecated `vsock_id`.
+        ("PUT", "/vsock" | "/vsock/{vsock_id}") => {
+            let config: VsockDeviceConfig = parse_body(body)?;
+            config.validate().map_err(|e| bad_request(&e.to_string()))?;
+            VmmAction::PutVsock(Box::new(config))
+        }
+        ("PATCH", "/vsock") => {
+            let update: VsockUpdate = parse_body(body)?;
+            if let Some(policy) = &update.policy {
+                policy.validate().map_err(|e| bad_request(&e.to_string()))?;
+            }
+            VmmAction::PatchVsock(Box::new(update))
+        }
         _ => return Err(bad_request("Invalid request method and/or path.")),
     };
     Ok(Routed::Action(action))
@@ -457,6 +482,57 @@ mod tests {
     }
 
     #[test]
+    fn vsock_bodies_become_typed_actions_as_firecracker_accepts_them() {
+        let body = r#"{"vsock_id":"vsock0","guest_cid":3,"uds_path":"/tmp/v.sock"}"#;
+        for path in ["/vsock", "/vsock/vsock0", "/vsock/anything"] {
+            match route(&req("PUT", path, Some(body))) {
+                Routed::Action(VmmAction::PutVsock(c)) => {
+                    assert_eq!((c.guest_cid, c.uds_path.as_str()), (3, "/tmp/v.sock"));
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        let patch = r#"{"policy":{"guest_initiated":[],"max_connections":2}}"#;
+        assert!(matches!(
+            route(&req("PATCH", "/vsock", Some(patch))),
+            Routed::Action(VmmAction::PatchVsock(_))
+        ));
+    }
+
+    #[test]
+    fn bad_vsock_bodies_get_a_clear_400() {
+        let cases = [
+            (r#"{"guest_cid":2,"uds_path":"/v"}"#, "Invalid guest_cid 2"),
+            (r#"{"guest_cid":3,"uds_path":""}"#, "Invalid uds_path"),
+            (r#"{"guest_cid":3}"#, "missing field `uds_path`"),
+            (
+                r#"{"guest_cid":3,"uds_path":"/v","x":1}"#,
+                "unknown field `x`",
+            ),
+            (
+                r#"{"guest_cid":3,"uds_path":"/v","policy":{"max_connections":0}}"#,
+                "Invalid max_connections 0",
+            ),
+            (
+                r#"{"guest_cid":3,"uds_path":"/v","policy":{"host_initiated":["9-1"]}}"#,
+                "Invalid vsock port range '9-1'",
+            ),
+        ];
+        for (body, want) in cases {
+            let msg = fault(route(&req("PUT", "/vsock", Some(body))));
+            assert!(msg.contains(want), "{body}: {msg}");
+        }
+        let msg = fault(route(&req(
+            "PATCH",
+            "/vsock",
+            Some(r#"{"policy":{"max_connections":5000}}"#),
+        )));
+        assert!(msg.contains("Invalid max_connections 5000"), "{msg}");
+        let msg = fault(route(&req("PATCH", "/vsock", Some(r#"{"cid":3}"#))));
+        assert!(msg.contains("unknown field `cid`"), "{msg}");
+    }
+
+    #[test]
     fn the_openapi_document_has_exactly_the_routers_routes() {
         let doc: serde_yaml::Value = serde_yaml::from_str(include_str!("openapi.yaml")).unwrap();
         let mut documented = std::collections::BTreeSet::new();
@@ -519,8 +595,15 @@ mod tests {
         for (method, template) in ROUTES {
             let path = template
                 .replace("{drive_id}", "d1")
-                .replace("{iface_id}", "eth0");
-            let body = (*method != "GET").then_some("{}");
+                .replace("{iface_id}", "eth0")
+                .replace("{vsock_id}", "vsock0");
+            let body = match (*method, *template) {
+                ("GET", _) => None,
+                ("PUT", t) if t.starts_with("/vsock") => {
+                    Some(r#"{"guest_cid":3,"uds_path":"/v.sock"}"#)
+                }
+                _ => Some("{}"),
+            };
             if let Routed::Reply(r) = route(&req(method, &path, body)) {
                 let text = r.body.unwrap();
                 assert!(

@@ -69,6 +69,10 @@ metric_group! {
         entropy_count: Counter,
         /// `PUT /entropy` that failed (Palisade's addition).
         entropy_fails: Counter,
+        /// `PUT /vsock`.
+        vsock_count: Counter,
+        /// `PUT /vsock` that failed.
+        vsock_fails: Counter,
     }
 }
 
@@ -91,6 +95,10 @@ metric_group! {
         vm_count: Counter,
         /// `PATCH /vm` that failed (Palisade's addition).
         vm_fails: Counter,
+        /// `PATCH /vsock` (Palisade's addition).
+        vsock_count: Counter,
+        /// `PATCH /vsock` that failed (Palisade's addition).
+        vsock_fails: Counter,
     }
 }
 

@@ -12,6 +12,8 @@ use crate::devices::virtio::net::config::{
     NetConfigError, NetworkInterfaceConfig, NetworkInterfaceUpdate,
 };
 use crate::devices::virtio::net::NetError;
+use crate::devices::virtio::vsock::config::{VsockDeviceConfig, VsockUpdate};
+use crate::devices::virtio::vsock::VsockError;
 use crate::logger::LoggerError;
 use crate::metrics::MetricsError;
 use crate::vmm::controller::rules::ActionKind;
@@ -62,6 +64,12 @@ pub enum VmmAction {
     /// `GET /network-interfaces/{iface_id}/firewall`: rules and counters (before boot: the
     /// configuration only).
     GetFirewall(String),
+    /// `PUT /vsock` (or `/vsock/{anything}`, as Firecracker accepts), before boot: the
+    /// listener on `uds_path` is bound here.
+    PutVsock(Box<VsockDeviceConfig>),
+    /// `PATCH /vsock` (Palisade's extension): a new policy, before boot (replaces the
+    /// configured one) or after it (applied live).
+    PatchVsock(Box<VsockUpdate>),
 }
 
 /// `GET /` answer, Firecracker's InstanceInfo.
@@ -183,6 +191,9 @@ pub enum ActionError {
         /// The interface id asked for.
         id: String,
     },
+    /// The vsock device cannot be created, or its policy is refused (`PUT`/`PATCH /vsock`).
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// An action reached the handler of another kind; the rules make this unreachable.
     #[error("Internal VMM error: {0:?} action routed to the wrong handler")]
     Misrouted(ActionKind),

@@ -16,6 +16,7 @@ use crate::devices::bus::{BusError, Buses};
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::{EventFdTrigger, SerialDevice};
 use crate::devices::serial_output::BoundedOutput;
+use crate::devices::virtio::vsock::Vsock;
 use crate::seccomp::SeccompFilters;
 use crate::vmm::device_manager::{
     attach_devices, AttachContext, AttachError, DeviceConfigs, Slots, VirtioDevices,
@@ -69,7 +70,7 @@ pub enum BuildError {
 pub struct BuiltVm {
     /// The VM, vCPUs not started.
     pub vmm: Vmm,
-    /// Drives and the entropy device.
+    /// Drives, the entropy device, the network interfaces and the vsock device.
     pub devices: VirtioDevices,
 }
 
@@ -93,6 +94,8 @@ pub struct OpenedFiles {
     pub boot: BootFiles,
     /// The network interfaces' taps.
     pub taps: OpenTaps,
+    /// The vsock device, created (its listener bound) before the Landlock layer.
+    pub vsock: Option<Vsock>,
 }
 
 /// Builds the VM: KVM VM, guest memory, kernel, initrd, devices (the virtio ones add to the
@@ -124,7 +127,11 @@ pub fn build_vm(
     let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
     vm.register_memory(&mem)?;
 
-    let OpenedFiles { boot: files, taps } = opened;
+    let OpenedFiles {
+        boot: files,
+        taps,
+        vsock,
+    } = opened;
     let BootFiles {
         kernel: mut kernel_file,
         initrd: initrd_file,
@@ -172,6 +179,7 @@ pub fn build_vm(
             entropy: resources.entropy.as_ref(),
             nets: &resources.network_interfaces,
             taps,
+            vsock,
         },
     )?;
     let cmdline_len = kernel::load_command_line(&mem, &cmdline)?;

@@ -7,10 +7,12 @@ pub mod rules;
 mod start;
 #[cfg(test)]
 mod tests;
+mod vsock;
 
 use std::time::Instant;
 
 use crate::config::{host_memory_mib, BlockDeviceUpdate, BootFiles, VmResources};
+use crate::devices::virtio::vsock::Vsock;
 use crate::vmm::device_manager::{Subscriber, VirtioDevices};
 
 use self::rules::{ActionKind, VmState};
@@ -40,6 +42,9 @@ pub struct Controller {
     /// The kernel and initrd opened by `PUT /boot-source`, held until the VM is built from
     /// them.
     boot_files: Option<BootFiles>,
+    /// The vsock device created by `PUT /vsock` (its listener bound), held until the VM is
+    /// built with it.
+    vsock: Option<Vsock>,
 }
 
 impl Controller {
@@ -54,6 +59,7 @@ impl Controller {
             new_subscribers: Vec::new(),
             taps: OpenTaps::default(),
             boot_files: None,
+            vsock: None,
         }
     }
 
@@ -67,6 +73,7 @@ impl Controller {
     pub fn set_resources(&mut self, resources: VmResources) {
         self.resources = resources;
         self.boot_files = None;
+        self.vsock = None;
     }
 
     /// The running VM, if started.
@@ -114,6 +121,8 @@ impl Controller {
         self.taps
             .open_missing(&self.resources.network_interfaces)
             .map_err(StartError::Taps)?;
+        // Bound before the Landlock layer: it needs no right to create the socket.
+        self.create_missing_vsock().map_err(StartError::Vsock)?;
         if self.opts.landlock {
             for iface in self.resources.network_interfaces.iter() {
                 iface.create_flow_log().map_err(StartError::FlowLog)?;
@@ -126,6 +135,7 @@ impl Controller {
         let opened = OpenedFiles {
             boot: boot.ok_or(StartError::Build(BuildError::MissingKernelConfig))?,
             taps: std::mem::take(&mut self.taps),
+            vsock: self.vsock.take(),
         };
         let BuiltVm { vmm, devices } =
             build_vm(&self.resources, &self.opts, opened).map_err(StartError::Build)?;
@@ -143,6 +153,7 @@ impl Controller {
             ActionKind::Query => self.query(action),
             ActionKind::PreBoot => self.preboot(action),
             ActionKind::Runtime => self.runtime(action),
+            ActionKind::Live => self.live(action),
         }
     }
 
@@ -202,6 +213,7 @@ impl Controller {
                 Ok(VmmData::Empty)
             }
             VmmAction::PutNetworkInterface(iface) => self.put_network_interface(*iface),
+            VmmAction::PutVsock(config) => self.put_vsock(*config),
             VmmAction::PutLogger(config) => crate::logger::configure(&config)
                 .map(|_| VmmData::Empty)
                 .map_err(ActionError::from),
@@ -261,6 +273,15 @@ impl Controller {
 }
 
 impl Controller {
+    /// Actions allowed in every state that change the VM: before boot its configuration,
+    /// after boot the running device.
+    fn live(&mut self, action: VmmAction) -> ActionResult {
+        match action {
+            VmmAction::PatchVsock(update) => self.patch_vsock(*update),
+            other => misrouted(&other),
+        }
+    }
+
     /// `PATCH /drives/{id}` on a running VM: a new backing file and/or new limits.
     fn patch_drive(&mut self, update: &BlockDeviceUpdate) -> ActionResult {
         let id = &update.drive_id;

@@ -21,6 +21,7 @@ use crate::devices::virtio::mmio::{MmioTransport, TransportError};
 use crate::devices::virtio::net::config::InterfaceList;
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::metrics::{
     BlockDeviceMetrics, DeviceMetrics, EntropyDeviceMetrics, NetDeviceMetrics, METRICS,
@@ -157,6 +158,7 @@ pub struct VirtioDevices {
     blocks: Vec<Arc<Mutex<Block>>>,
     rng: Option<Arc<Mutex<Rng>>>,
     nets: Vec<Arc<Mutex<Net>>>,
+    vsock: Option<Arc<Mutex<Vsock>>>,
 }
 
 impl VirtioDevices {
@@ -172,6 +174,9 @@ impl VirtioDevices {
         for net in &self.nets {
             subs.push(net.clone());
         }
+        if let Some(vsock) = &self.vsock {
+            subs.push(vsock.clone());
+        }
         subs
     }
 
@@ -183,6 +188,13 @@ impl VirtioDevices {
     /// The network interface with this id, locked.
     pub fn net(&self, id: &str) -> Option<MutexGuard<'_, Net>> {
         find_locked(&self.nets, |n| n.id() == id)
+    }
+
+    /// The vsock device, locked.
+    pub fn vsock(&self) -> Option<MutexGuard<'_, Vsock>> {
+        self.vsock
+            .as_ref()
+            .map(|v| v.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -224,10 +236,12 @@ pub struct DeviceConfigs<'a> {
     /// The interfaces' taps, opened before the build (an interface without one opens its
     /// own).
     pub taps: OpenTaps,
+    /// The vsock device (a VM has at most one), created before the build.
+    pub vsock: Option<Vsock>,
 }
 
 /// Creates and attaches the drives (root first), the entropy device and the network
-/// interfaces.
+/// interfaces, then attaches the vsock device (Firecracker's order).
 pub fn attach_devices(
     ctx: &mut AttachContext<'_>,
     mut configs: DeviceConfigs<'_>,
@@ -259,11 +273,16 @@ pub fn attach_devices(
         ctx.attach(net.clone())?;
         devices.nets.push(net);
     }
+    if let Some(vsock) = configs.vsock {
+        let vsock = Arc::new(Mutex::new(vsock));
+        ctx.attach(vsock.clone())?;
+        devices.vsock = Some(vsock);
+    }
     Ok(devices)
 }
 
 /// A device's metrics group, reported under `key` from the next flush on.
-fn registered_metrics<M: Default>(key: String) -> Arc<M>
+pub fn registered_metrics<M: Default>(key: String) -> Arc<M>
 where
     Arc<M>: Into<DeviceMetrics>,
 {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod netns;
 pub mod skip;
+pub mod vsock;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

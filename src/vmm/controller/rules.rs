@@ -1,6 +1,7 @@
 //! Which action may run in which state of the VM, as Firecracker rules it: queries always;
 //! configuration and InstanceStart only before boot; pause, resume, Ctrl+Alt+Del, metrics
-//! flushes and live PATCHes only after it. The controller asks [`allowed`] before it acts,
+//! flushes and live PATCHes only after it; `PATCH /vsock` in every state (it configures the
+//! policy before boot and updates it after). The controller asks [`allowed`] before it acts,
 //! so the rules are one pure function, tested here without KVM.
 
 use crate::vmm::action::{ActionError, VmmAction};
@@ -36,6 +37,9 @@ pub enum ActionKind {
     PreBoot,
     /// Acts on the running VM; only after boot (paused or not).
     Runtime,
+    /// Changes the configuration before boot and the running device after it; allowed in
+    /// every state.
+    Live,
 }
 
 /// The kind of `action`. Exhaustive on purpose: a new action must be given its place here.
@@ -54,6 +58,7 @@ pub fn kind(action: &VmmAction) -> ActionKind {
         | VmmAction::PutNetworkInterface(_)
         | VmmAction::PutLogger(_)
         | VmmAction::PutMetrics(_)
+        | VmmAction::PutVsock(_)
         | VmmAction::InstanceStart => ActionKind::PreBoot,
         VmmAction::SendCtrlAltDel
         | VmmAction::FlushMetrics
@@ -61,6 +66,7 @@ pub fn kind(action: &VmmAction) -> ActionKind {
         | VmmAction::Resume
         | VmmAction::PatchDrive(_)
         | VmmAction::PatchNetworkInterface(_) => ActionKind::Runtime,
+        VmmAction::PatchVsock(_) => ActionKind::Live,
     }
 }
 
@@ -69,7 +75,7 @@ pub fn kind(action: &VmmAction) -> ActionKind {
 pub fn allowed(state: VmState, action: &VmmAction) -> Result<ActionKind, ActionError> {
     let kind = kind(action);
     match (kind, state) {
-        (ActionKind::Query, _)
+        (ActionKind::Query | ActionKind::Live, _)
         | (ActionKind::PreBoot, VmState::NotStarted)
         | (ActionKind::Runtime, VmState::Running | VmState::Paused) => Ok(kind),
         (ActionKind::PreBoot, VmState::Running | VmState::Paused) => {
@@ -120,6 +126,10 @@ mod tests {
             VmmAction::Resume,
             VmmAction::PatchDrive(Box::new(from(json!({"drive_id": "rootfs"})))),
             VmmAction::PatchNetworkInterface(Box::new(from(json!({"iface_id": "eth0"})))),
+            VmmAction::PutVsock(Box::new(from(
+                json!({"guest_cid": 3, "uds_path": "/v.sock"}),
+            ))),
+            VmmAction::PatchVsock(Box::new(from(json!({"policy": {}})))),
         ]
     }
 
@@ -149,6 +159,7 @@ mod tests {
             | "PutNetworkInterface"
             | "PutLogger"
             | "PutMetrics"
+            | "PutVsock"
             | "InstanceStart" => [OK, POST, POST],
             "SendCtrlAltDel"
             | "FlushMetrics"
@@ -156,6 +167,8 @@ mod tests {
             | "Resume"
             | "PatchDrive"
             | "PatchNetworkInterface" => [PRE, OK, OK],
+            // Palisade's extension: the policy before boot, the live device after.
+            "PatchVsock" => [OK, OK, OK],
             other => panic!("{other} has no row in the table"),
         }
     }
@@ -209,13 +222,15 @@ mod tests {
             VmmAction::Resume => 17,
             VmmAction::PatchDrive(_) => 18,
             VmmAction::PatchNetworkInterface(_) => 19,
+            VmmAction::PutVsock(_) => 20,
+            VmmAction::PatchVsock(_) => 21,
         }
     }
 
     #[test]
     fn the_table_lists_every_variant_once() {
         let places: Vec<usize> = every_action().iter().map(place).collect();
-        assert_eq!(places, (0..20).collect::<Vec<_>>());
+        assert_eq!(places, (0..22).collect::<Vec<_>>());
     }
 
     #[test]

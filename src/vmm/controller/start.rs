@@ -4,6 +4,7 @@
 use crate::config::{BootSourceConfig, ConfigError};
 use crate::devices::virtio::net::config::NetConfigError;
 use crate::devices::virtio::net::NetError;
+use crate::devices::virtio::vsock::VsockError;
 use crate::sandbox::SandboxError;
 use crate::vmm::builder::BuildError;
 use crate::vmm::device_manager::AttachError;
@@ -27,6 +28,9 @@ pub enum StartError {
     /// A network interface's tap does not open.
     #[error(transparent)]
     Taps(NetError),
+    /// The vsock device (a config file's `vsock` section) cannot be created.
+    #[error(transparent)]
+    Vsock(VsockError),
     /// A network interface's flow log cannot be created.
     #[error(transparent)]
     FlowLog(NetConfigError),
@@ -50,6 +54,7 @@ impl StartError {
             | Self::BootSource { .. }
             | Self::Taps(_)
             | Self::FlowLog(_)
+            | Self::Vsock(_)
             | Self::Landlock(_) => ExitCode::BadConfiguration,
             Self::Build(BuildError::Vm(_)) => ExitCode::HostUnsupported,
             Self::Build(

@@ -81,3 +81,32 @@ put('corpus/vsock_packet/wrong_dst_cid', vsock(44, dst_cid=3))
 put('corpus/vsock_packet/seqpacket', vsock(44, type_=2))
 put('corpus/vsock_packet/unknown_op', vsock(44, op=8))
 put('corpus/vsock_packet/oversized', vsock(0xffffffff, op=5, length=0x10001))
+
+# vsock_muxer: steps of one opcode byte and their bytes (see the target's doc comment).
+
+
+def pkt(op, ports, flags=0, buf_alloc=65536, fwd_cnt=0, data=None):
+    step = bytes([0, op, ports, flags]) + struct.pack('<II', buf_alloc, fwd_cnt)
+    if op == 5:
+        n = len(data or b'') // 512
+        step += bytes([n]) + (data or b'')[:n * 512]
+    return step
+
+
+ACCEPT, EVENTS, RX, HOST = bytes([2]), bytes([3, 3]), bytes([4, 255, 8]), bytes([6, 65, 8])
+os.makedirs('corpus/vsock_muxer', exist_ok=True)
+# A host client connects to guest port 52, the guest answers, data both ways, guest reset.
+put('corpus/vsock_muxer/host_connect_and_data',
+    bytes([1, 0]) + ACCEPT + EVENTS + RX + pkt(2, 0x20) + EVENTS + HOST + EVENTS + RX
+    + pkt(5, 0x20, data=b'x' * 1024) + pkt(7, 0x20) + RX + pkt(3, 0x20))
+# The guest connects to the host listener on 52, sends, half-closes, the host closes.
+put('corpus/vsock_muxer/guest_connect_and_close',
+    pkt(1, 0x01) + RX + HOST + EVENTS + RX + pkt(5, 0x01, data=b'y' * 2048)
+    + pkt(4, 0x01, flags=2) + bytes([7, 1]) + EVENTS + RX + bytes([5, 200]) + RX)
+# Silent host clients, more than the cap, then time passes.
+put('corpus/vsock_muxer/silent_clients',
+    bytes([1, 2]) * 20 + ACCEPT + EVENTS + pkt(1, 0x01) + RX + bytes([5, 150]) + RX)
+# Credit near the u32 wrap, a lie, a policy patch and a device reset.
+put('corpus/vsock_muxer/credit_wrap_and_reset',
+    pkt(1, 0x01, buf_alloc=0xffffffff, fwd_cnt=0xfffffff0) + RX + pkt(6, 0x01, fwd_cnt=5)
+    + pkt(1, 0x05) + bytes([8, 1]) + pkt(1, 0x09) + RX + bytes([9]) + RX)

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod rate_limiter;
 pub mod sandbox;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vmm;
 pub mod vstate;
 

@@ -1,7 +1,12 @@
 //! Guest RAM: private anonymous memory of this VMM only, laid out around the 32-bit MMIO
 //! gap, each region between PROT_NONE guard pages, never dumped, never merged with another
 //! process's pages by KSM, never inherited by a child; optionally locked (never swapped) and
-//! backed by 2 MiB pages. All raw pointer work on guest RAM lives in this file.
+//! backed by 2 MiB pages. A snapshot restore maps a memory file instead (private,
+//! copy-on-write: pages fault in from the file on first touch) with the same guards and
+//! hardening. All raw pointer work on guest RAM lives in this file.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -57,6 +62,18 @@ pub enum MemoryError {
     /// The regions overlap or are out of order.
     #[error("Cannot assemble guest memory regions")]
     Collection(#[source] vm_memory::GuestRegionCollectionError),
+    /// Explicit huge pages cannot back a private file mapping.
+    #[error("Guest memory restored from a file cannot use 2 MiB huge pages")]
+    HugePagesFromFile,
+}
+
+/// Where the pages of a region come from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Zeroed anonymous memory.
+    Anonymous,
+    /// A private copy-on-write view of `file` from `offset`.
+    File(&'a File, u64),
 }
 
 /// The (start, size) ranges of guest RAM for `size` bytes: low RAM up to the MMIO gap,
@@ -92,7 +109,17 @@ fn last_error(what: &'static str, size: usize) -> MemoryError {
 /// Maps `len` bytes of private anonymous RW memory between two PROT_NONE guard areas of one
 /// page (one huge page with Huge2M) each, and applies the hardening advice. The mapping lives
 /// as long as the process: guest RAM is never unmapped while the VM may run.
+#[cfg(test)]
 fn map_guarded(len: usize, opts: MemoryOptions) -> Result<*mut u8, MemoryError> {
+    map_guarded_from(len, opts, Source::Anonymous)
+}
+
+/// As `map_guarded`, the pages coming from `source`.
+fn map_guarded_from(
+    len: usize,
+    opts: MemoryOptions,
+    source: Source<'_>,
+) -> Result<*mut u8, MemoryError> {
     let align = match opts.backing {
         Backing::Huge2M => HUGE_PAGE_SIZE,
         _ => PAGE_SIZE,
@@ -120,20 +147,31 @@ fn map_guarded(len: usize, opts: MemoryOptions) -> Result<*mut u8, MemoryError> 
     }
     let base = reserve as usize;
     let start = (base + align).next_multiple_of(align);
-    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED;
+    let mut flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED;
+    let (fd, offset) = match source {
+        Source::Anonymous => {
+            flags |= libc::MAP_ANONYMOUS;
+            (-1, 0)
+        }
+        Source::File(file, offset) => (
+            file.as_raw_fd(),
+            libc::off_t::try_from(offset).map_err(|_| MemoryError::InvalidSize(offset))?,
+        ),
+    };
     if opts.backing == Backing::Huge2M {
         flags |= libc::MAP_HUGETLB | libc::MAP_HUGE_2MB;
     }
     // SAFETY: [start, start + len) lies inside our own reservation (start >= base + align and
-    // start + len + align <= base + total), so MAP_FIXED replaces only memory we own.
+    // start + len + align <= base + total), so MAP_FIXED replaces only memory we own. A file
+    // mapping is private: guest writes never reach the file.
     let region = unsafe {
         libc::mmap(
             start as *mut libc::c_void,
             len,
             libc::PROT_READ | libc::PROT_WRITE,
             flags,
-            -1,
-            0,
+            fd,
+            offset,
         )
     };
     if region == libc::MAP_FAILED {
@@ -188,10 +226,43 @@ fn advise(region: *mut libc::c_void, len: usize, opts: MemoryOptions) -> Result<
 
 /// Creates guest RAM of `size` bytes.
 pub fn create_guest_memory(size: u64, opts: MemoryOptions) -> Result<GuestMemory, MemoryError> {
+    build_guest_memory(size, opts, None)
+}
+
+/// Creates guest RAM of `size` bytes as a private copy-on-write mapping of `file`, whose
+/// regions lie in it one after the other (low RAM at offset 0, then RAM above 4 GiB). Nothing
+/// is read now: pages fault in from the file when first touched, and guest writes stay in
+/// this process. The caller checks that the file holds `size` bytes; 2 MiB huge pages cannot
+/// back a file mapping.
+pub fn create_guest_memory_from_file(
+    file: &File,
+    size: u64,
+    opts: MemoryOptions,
+) -> Result<GuestMemory, MemoryError> {
+    if opts.backing == Backing::Huge2M {
+        return Err(MemoryError::HugePagesFromFile);
+    }
+    build_guest_memory(size, opts, Some(file))
+}
+
+fn build_guest_memory(
+    size: u64,
+    opts: MemoryOptions,
+    file: Option<&File>,
+) -> Result<GuestMemory, MemoryError> {
     let mut regions = Vec::new();
+    let mut file_offset = 0u64;
     for (start, len) in ram_ranges(size)? {
-        let host = map_guarded(len, opts)?;
-        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        let source = match file {
+            Some(f) => Source::File(f, file_offset),
+            None => Source::Anonymous,
+        };
+        file_offset += len as u64;
+        let host = map_guarded_from(len, opts, source)?;
+        let mut flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
+        if file.is_none() {
+            flags |= libc::MAP_ANONYMOUS;
+        }
         if opts.backing == Backing::Huge2M {
             flags |= libc::MAP_HUGETLB;
         }

@@ -94,8 +94,29 @@ impl Vm {
             .map_err(|e| VmError::Kvm("read the supported CPUID", e))
     }
 
+    /// The host's KVM handle (snapshots ask it for the MSR list and the XSAVE size).
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
     /// Registers every region of guest RAM with KVM, one slot each.
     pub fn register_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
+        self.register_memory_tracked(mem, false)
+    }
+
+    /// Registers every region of guest RAM with KVM, one slot each (slot n = region n); with
+    /// `track_dirty_pages` KVM logs the pages the guest writes (KVM_MEM_LOG_DIRTY_PAGES), read
+    /// and cleared by KVM_GET_DIRTY_LOG for Diff snapshots.
+    pub fn register_memory_tracked(
+        &self,
+        mem: &GuestMemory,
+        track_dirty_pages: bool,
+    ) -> Result<(), VmError> {
+        let flags = if track_dirty_pages {
+            kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        };
         let max_slots = self.kvm.get_nr_memslots();
         for (slot, region) in mem.iter().enumerate() {
             if slot >= max_slots {
@@ -106,7 +127,7 @@ impl Vm {
                 .map_err(|_| VmError::TooManySlots)?;
             let desc = kvm_userspace_memory_region {
                 slot: slot as u32,
-                flags: 0,
+                flags,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,

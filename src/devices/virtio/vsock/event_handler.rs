@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
-use super::muxer::{Peer, Watch};
+use super::muxer::{ListenerWatch, Peer, Watch};
 use super::{Vsock, EVQ, RX, TX};
 
 const EVENT_RX_QUEUE: u32 = 0;
@@ -52,8 +52,31 @@ impl Vsock {
         self.process_rx();
     }
 
-    /// Starts watching the fds of new peers and stops watching (then closes) ended ones.
+    /// Watches the listener again after `accept` failed (fds may have come back since).
+    fn watch_listener_again(&mut self, ops: &mut EventOps) {
+        if self.muxer.listener_watch != ListenerWatch::Unwatched {
+            return;
+        }
+        let events = Events::with_data(&self.muxer.listener, EVENT_LISTENER, EventSet::IN);
+        match ops.add(events) {
+            Ok(()) => self.muxer.listener_watch = ListenerWatch::Watched,
+            Err(e) => {
+                self.metrics.event_fails.inc();
+                log::error!("vsock: cannot watch the listener again: {e:?}");
+            }
+        }
+    }
+
+    /// Starts watching the fds of new peers and stops watching (then closes) ended ones;
+    /// stops watching the listener when `accept` failed.
     fn sync_watches(&mut self, ops: &mut EventOps) {
+        if self.muxer.listener_watch == ListenerWatch::Unwatch {
+            self.muxer.listener_watch = match ops.remove(Events::empty(&self.muxer.listener)) {
+                Ok(()) => ListenerWatch::Unwatched,
+                // Still watched: the next failed accept asks again.
+                Err(_) => ListenerWatch::Watched,
+            };
+        }
         for peer in self.muxer.removed.drain(..) {
             // Never watched when it ended in the same turn it came: nothing to remove then.
             let _ = ops.remove(Events::empty(peer.stream()));
@@ -122,6 +145,7 @@ impl MutEventSubscriber for Vsock {
             }
             EVENT_SWEEP => {
                 let _ = self.sweep_timer.wait();
+                self.watch_listener_again(ops);
                 self.sweep(Instant::now());
             }
             data => self.on_peer_event(data, events.event_set()),

@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::time::Instant;
 
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
@@ -94,6 +95,8 @@ pub fn parse_connect(line: &[u8]) -> Option<u32> {
 pub struct HostClient {
     /// Its socket.
     pub stream: UnixStream,
+    /// When it was accepted (its line is due [`super::muxer::CONNECT_TIMEOUT`] later).
+    pub accepted: Instant,
     line: [u8; MAX_CONNECT_LINE],
     len: usize,
 }
@@ -103,6 +106,7 @@ impl HostClient {
     pub fn new(stream: UnixStream) -> Self {
         Self {
             stream,
+            accepted: Instant::now(),
             line: [0; MAX_CONNECT_LINE],
             len: 0,
         }

@@ -2,9 +2,11 @@
 //! keyed by (host port, guest port), the policy that admits them, the RSTs owed to the guest,
 //! and the round-robin list of connections with something for the RX queue.
 //!
-//! Every table is bounded: peers by `max_connections` (half-open host clients included), the
-//! RX list by the peers (each at most once), the RST list by [`MAX_PENDING_RSTS`] (a guest that
-//! does not read its RX queue loses the extra RSTs, counted).
+//! Every table is bounded: connections by `max_connections`, host clients still writing their
+//! `CONNECT` line by [`MAX_HANDSHAKES`] (apart, so stuck local clients cannot take the guest's
+//! places) and each for [`CONNECT_TIMEOUT`] at most, the RX list by the peers (each at most
+//! once), the RST list by [`MAX_PENDING_RSTS`] (a guest that does not read its RX queue loses
+//! the extra RSTs, counted).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -21,7 +23,11 @@ use crate::rate_limiter::{
     BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError, TokenBucket,
 };
 
-/// How long a host client waits for the guest's RESPONSE.
+/// Host clients in the middle of their `CONNECT` line at most (they do not count toward
+/// `max_connections`).
+pub const MAX_HANDSHAKES: usize = 16;
+/// How long a host client waits for the guest's RESPONSE, and how long it may take to write
+/// its `CONNECT` line.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection whose host side ended waits for the guest's RST.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,6 +58,19 @@ impl Peer {
     }
 }
 
+/// Whether the event loop watches the listener: not while `accept` fails for want of fds (a
+/// level-triggered listener it cannot accept from would wake it at once, forever); the
+/// periodic sweep watches it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerWatch {
+    /// Watched.
+    Watched,
+    /// `accept` failed: the event loop must stop watching it.
+    Unwatch,
+    /// Not watched until the next sweep.
+    Unwatched,
+}
+
 /// Which fd of a peer the event loop must start watching.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Watch {
@@ -65,6 +84,7 @@ pub enum Watch {
 struct Logs {
     flow: RateLimitedLog,
     refused: RateLimitedLog,
+    accept: RateLimitedLog,
 }
 
 /// The connection table.
@@ -74,7 +94,11 @@ pub struct Muxer {
     policy: VsockPolicy,
     /// The listener on `uds_path`.
     pub listener: UnixListener,
+    /// Whether the event loop must watch the listener.
+    pub listener_watch: ListenerWatch,
     peers: HashMap<u32, Peer>,
+    /// Peers that are [`Peer::Handshake`].
+    handshakes: usize,
     keys: HashMap<(u32, u32), u32>,
     rx_list: VecDeque<u32>,
     rsts: VecDeque<Header>,
@@ -116,7 +140,9 @@ impl Muxer {
             policy: config.policy(),
             config: config.clone(),
             listener,
+            listener_watch: ListenerWatch::Watched,
             peers: HashMap::new(),
+            handshakes: 0,
             keys: HashMap::new(),
             rx_list: VecDeque::new(),
             rsts: VecDeque::new(),
@@ -134,7 +160,7 @@ impl Muxer {
         &self.policy
     }
 
-    /// Peers open now (connections and half-open host clients).
+    /// Peers open now (connections and host clients in their handshake).
     pub fn open_peers(&self) -> usize {
         self.peers.len()
     }
@@ -172,7 +198,27 @@ impl Muxer {
     }
 
     fn at_cap(&self) -> bool {
-        self.peers.len() >= self.policy.max_connections() as usize
+        self.peers.len() - self.handshakes >= self.policy.max_connections() as usize
+    }
+
+    /// Takes the host client of `token` out of the table (it stays open).
+    fn take_handshake(&mut self, token: u32) -> Option<HostClient> {
+        if !matches!(self.peers.get(&token), Some(Peer::Handshake(_))) {
+            return None;
+        }
+        let Some(Peer::Handshake(client)) = self.peers.remove(&token) else {
+            return None;
+        };
+        self.handshakes -= 1;
+        Some(client)
+    }
+
+    /// Closes the host client of `token`, counted as a bad handshake.
+    fn drop_handshake(&mut self, token: u32, why: &str) {
+        if let Some(client) = self.take_handshake(token) {
+            self.removed.push(Peer::Handshake(client));
+            self.refuse(|m| &m.refused_bad_handshake, why);
+        }
     }
 
     fn alloc_token(&mut self) -> u32 {
@@ -221,15 +267,33 @@ impl Muxer {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // The client gave up before we took it: nothing of it is left.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO)
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
+                    // Out of fds (EMFILE, ENFILE) or memory: the client stays in the backlog
+                    // until the sweep looks again.
                     self.metrics.event_fails.inc();
-                    log::warn!("vsock: accept failed: {e}");
+                    if let Some(n) = self.logs.accept.hit() {
+                        log::warn!("vsock: accept failed, listener paused: {e} ({n} so far)");
+                    }
+                    if self.listener_watch == ListenerWatch::Watched {
+                        self.listener_watch = ListenerWatch::Unwatch;
+                    }
                     return;
                 }
             };
-            if self.at_cap() {
-                self.refuse(|m| &m.refused_max_connections, "max_connections reached");
+            if self.handshakes >= MAX_HANDSHAKES {
+                self.refuse(
+                    |m| &m.refused_max_connections,
+                    "too many host clients in their CONNECT line",
+                );
                 continue;
             }
             if stream.set_nonblocking(true).is_err() {
@@ -237,6 +301,7 @@ impl Muxer {
                 continue;
             }
             let token = self.alloc_token();
+            self.handshakes += 1;
             self.peers
                 .insert(token, Peer::Handshake(HostClient::new(stream)));
             self.added.push((token, Watch::Stream));
@@ -250,12 +315,7 @@ impl Muxer {
             Some(Peer::Handshake(client)) => match client.read_line() {
                 Line::Partial => {}
                 Line::Connect(port) => self.host_connect(token, port),
-                Line::Garbage => {
-                    if let Some(peer) = self.peers.remove(&token) {
-                        self.removed.push(peer);
-                    }
-                    self.refuse(|m| &m.refused_bad_handshake, "bad CONNECT line");
-                }
+                Line::Garbage => self.drop_handshake(token, "bad CONNECT line"),
             },
             Some(Peer::Conn(conn)) => {
                 if readable || error {
@@ -281,9 +341,14 @@ impl Muxer {
     }
 
     fn host_connect(&mut self, token: u32, port: u32) {
-        let Some(Peer::Handshake(client)) = self.peers.remove(&token) else {
+        let Some(client) = self.take_handshake(token) else {
             return;
         };
+        if self.at_cap() {
+            self.removed.push(Peer::Handshake(client));
+            self.refuse(|m| &m.refused_max_connections, "max_connections reached");
+            return;
+        }
         if !self.policy.host_may_connect(port) {
             self.removed.push(Peer::Handshake(client));
             self.refuse(
@@ -335,6 +400,13 @@ impl Muxer {
         }
         let stream = match connect_nonblocking(&self.config.guest_initiated_path(port)) {
             Ok(s) => s,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                self.metrics.event_fails.inc();
+                if let Some(n) = self.logs.accept.hit() {
+                    log::warn!("vsock: cannot open a host socket: {e} ({n} so far)");
+                }
+                return self.push_rst(hdr.rst_reply());
+            }
             Err(_) => {
                 self.refuse(
                     |m| &m.refused_no_listener,
@@ -489,8 +561,22 @@ impl Muxer {
         None
     }
 
-    /// Ends connections whose guest did not answer in time.
+    /// Ends connections whose guest did not answer in time, and closes host clients that
+    /// did not finish their `CONNECT` line in time.
     pub fn sweep(&mut self, now: Instant) {
+        let slow: Vec<u32> = self
+            .peers
+            .iter()
+            .filter_map(|(&token, peer)| match peer {
+                Peer::Handshake(h) if now.duration_since(h.accepted) >= CONNECT_TIMEOUT => {
+                    Some(token)
+                }
+                _ => None,
+            })
+            .collect();
+        for token in slow {
+            self.drop_handshake(token, "CONNECT line not finished in time");
+        }
         let late: Vec<u32> = self
             .peers
             .iter()
@@ -518,8 +604,8 @@ impl Muxer {
             match self.peers.get(&token) {
                 Some(Peer::Conn(_)) => self.end(token, EndReason::DeviceReset, false),
                 Some(Peer::Handshake(_)) => {
-                    if let Some(peer) = self.peers.remove(&token) {
-                        self.removed.push(peer);
+                    if let Some(client) = self.take_handshake(token) {
+                        self.removed.push(Peer::Handshake(client));
                     }
                 }
                 None => {}

@@ -441,7 +441,7 @@ fn the_policy_refuses_ports_both_ways_and_a_patch_opens_them() {
 }
 
 #[test]
-fn the_connection_cap_counts_both_directions_and_waiting_host_clients() {
+fn the_connection_cap_counts_both_directions() {
     let mem = memory();
     let policy = VsockPolicy {
         max_connections: Some(2),
@@ -450,18 +450,56 @@ fn the_connection_cap_counts_both_directions_and_waiting_host_clients() {
     let mut r = rig(&mem, Some(policy));
     let _listener = UnixListener::bind(format!("{}_52", r.path.display())).unwrap();
     r.send(guest_hdr(Op::Request, 1000, 52), &[]);
-    // A host client that never sends its line holds the second place.
-    let _silent = client(&r.path);
+    let mut host = client(&r.path);
+    host.write_all(b"CONNECT 7\n").unwrap();
     r.host_ready();
     r.send(guest_hdr(Op::Request, 1001, 52), &[]);
     let got = r.recv();
     // RSTs go first.
-    assert_eq!(ops(&got), vec![Op::Rst as u16, Op::Response as u16]);
+    assert_eq!(
+        ops(&got),
+        vec![Op::Rst as u16, Op::Response as u16, Op::Request as u16]
+    );
     let mut third = client(&r.path);
+    third.write_all(b"CONNECT 8\n").unwrap();
     r.host_ready();
     assert!(sees_eof(&mut third));
     assert_eq!(r.metrics().refused_max_connections.count(), 2);
     assert_eq!(r.dev.muxer.open_peers(), 2);
+}
+
+#[test]
+fn host_clients_silent_in_their_connect_line_never_hold_a_guest_slot_and_time_out() {
+    let mem = memory();
+    let policy = VsockPolicy {
+        max_connections: Some(1),
+        ..VsockPolicy::default()
+    };
+    let mut r = rig(&mem, Some(policy));
+    let _listener = UnixListener::bind(format!("{}_52", r.path.display())).unwrap();
+    // Stuck local clients: as many as the handshake pool holds, and one more.
+    let mut silent: Vec<UnixStream> = (0..=muxer::MAX_HANDSHAKES)
+        .map(|_| client(&r.path))
+        .collect();
+    r.host_ready();
+    let mut extra = silent.pop().unwrap();
+    assert!(sees_eof(&mut extra), "the pool of handshakes is bounded");
+    assert_eq!(r.dev.muxer.open_peers(), muxer::MAX_HANDSHAKES);
+    // The guest still gets its one connection.
+    r.send(guest_hdr(Op::Request, 1000, 52), &[]);
+    assert_eq!(ops(&r.recv()), vec![Op::Response as u16]);
+    // A silent client is closed once the CONNECT deadline passed.
+    r.dev.sweep(Instant::now() + muxer::CONNECT_TIMEOUT);
+    r.dev.forget_watches();
+    for c in &mut silent {
+        assert!(sees_eof(c));
+    }
+    assert_eq!(r.dev.muxer.open_peers(), 1);
+    assert_eq!(
+        r.metrics().refused_bad_handshake.count(),
+        muxer::MAX_HANDSHAKES as u64
+    );
+    assert!(r.recv().is_empty(), "the guest hears nothing of them");
 }
 
 #[test]

@@ -282,3 +282,83 @@ fn a_random_guest_never_panics_the_device_and_its_memory_stays_bounded() {
         "the walk reached connections"
     );
 }
+
+/// Set in the child process of the fd-exhaustion test.
+const FD_CHILD_ENV: &str = "PALISADE_VSOCK_FD_CHILD";
+
+/// The process's open-file limit, soft and hard.
+fn nofile() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    (lim.rlim_cur, lim.rlim_max)
+}
+
+fn set_nofile(soft: u64, hard: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the struct we own; the limit is our own process's (a child
+    // that runs this one test).
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+#[test]
+fn a_listener_that_cannot_accept_for_lack_of_fds_is_paused_not_spun_on() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::Mutex;
+
+    if std::env::var_os(FD_CHILD_ENV).is_none() {
+        // RLIMIT_NOFILE is the whole process's: the test runs in a child of its own.
+        let name = "devices::virtio::vsock::tests::traffic::\
+                    a_listener_that_cannot_accept_for_lack_of_fds_is_paused_not_spun_on";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1", "--nocapture"])
+            .env(FD_CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "child failed:\n{text}");
+        assert!(text.contains("1 passed"), "child ran nothing:\n{text}");
+        return;
+    }
+    let mem = memory();
+    let Rig {
+        dev, _dir, path, ..
+    } = rig(&mem, None);
+    let metrics = dev.metrics.clone();
+    let dev = Arc::new(Mutex::new(dev));
+    let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().unwrap();
+    manager.add_subscriber(dev.clone());
+    // A host client waits in the listener's backlog while the VMM has no fd left.
+    let _c = client(&path);
+    let (soft, hard) = nofile();
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    set_nofile(open + 4, hard);
+    let mut fillers = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        fillers.push(f);
+    }
+    for _ in 0..25 {
+        manager.run_with_timeout(20).unwrap();
+    }
+    assert!(metrics.event_fails.count() >= 1, "the failure is counted");
+    assert!(
+        metrics.conn_event_count.count() <= 2,
+        "the loop spun on the listener {} times",
+        metrics.conn_event_count.count()
+    );
+    // Fds come back: the listener is watched again and the client gets its place.
+    drop(fillers);
+    set_nofile(soft, hard);
+    spin(&mut manager, || dev.lock().unwrap().muxer.open_peers() == 1);
+}

@@ -1,0 +1,41 @@
+//! Real KVM for the snapshot unit tests: a VM with the in-kernel irqchip and PIT, vCPUs set
+//! up as the builder sets them up for boot, or a skip (tests/common/skip.rs's rule: a skip is
+//! a failure when PALISADE_NO_SKIP is set).
+
+use kvm_ioctls::VcpuFd;
+
+use crate::arch::x86_64::cpuid::{self, VcpuTopology};
+use crate::arch::x86_64::{lapic, msr, regs};
+use crate::vstate::vm::Vm;
+
+/// A VM, or None after reporting `test` as skipped.
+pub(crate) fn vm_or_skip(test: &str) -> Option<Vm> {
+    match Vm::new() {
+        Ok(vm) => Some(vm),
+        Err(e) => {
+            let line = format!("SKIPPED: {test}: no usable KVM ({e})");
+            if std::env::var_os("PALISADE_NO_SKIP").is_some_and(|v| !v.is_empty()) {
+                panic!("{line} (PALISADE_NO_SKIP is set: a test that cannot run fails)");
+            }
+            println!("{line}");
+            None
+        }
+    }
+}
+
+/// vCPU `index` of `count`, with CPUID, boot MSRs, FPU and LINT set as for boot.
+pub(crate) fn boot_vcpu(vm: &Vm, index: u8, count: u8) -> VcpuFd {
+    let fd = vm.fd().create_vcpu(u64::from(index)).unwrap();
+    let mut cpuid = vm.supported_cpuid().unwrap();
+    let topo = VcpuTopology {
+        index,
+        count,
+        smt: false,
+    };
+    cpuid::normalize(&mut cpuid, topo).unwrap();
+    fd.set_cpuid2(&cpuid).unwrap();
+    msr::setup_msrs(&fd).unwrap();
+    regs::setup_fpu(&fd).unwrap();
+    lapic::setup_lint(&fd).unwrap();
+    fd
+}

@@ -40,6 +40,26 @@ export PALISADE_SKIP_LOG=$skips
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
 
+# The guest agent is its own crate (resources/guest/agent, not in the workspace): its unit
+# tests, then its host client against the real binary (no VM). Skipped when arguments select
+# particular tests. unittest's "Ran N tests" line joins the closing count.
+if (($# == 0)); then
+    echo "== guest agent" >&2
+    (cd resources/guest/agent && cargo build --release --locked && cargo test --release --locked) \
+        2>&1 | tee -a "$log" || status=1
+    client_log=$(mktemp)
+    client_status=0
+    python3 resources/guest/agent/test_client.py 2>&1 | tee "$client_log" || client_status=$?
+    ran=$(sed -n 's/^Ran \([0-9]*\) tests\?.*/\1/p' "$client_log")
+    if ((client_status == 0)); then
+        echo "test result: ok. ${ran:-0} passed; 0 failed (agent/test_client.py)" >>"$log"
+    else
+        status=1
+        echo "test result: FAILED. 0 passed; ${ran:-1} failed (agent/test_client.py)" >>"$log"
+    fi
+    rm -f "$client_log"
+fi
+
 # Fuzz targets: a short smoke run of each over its seed corpus (resources/fuzz.sh; longer
 # runs by hand). Skipped when arguments select particular tests.
 fuzz_line=""

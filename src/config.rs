@@ -548,6 +548,35 @@ mod tests {
     }
 
     #[test]
+    fn a_vsock_section_parses_round_trips_through_the_full_config_and_bad_ones_are_refused() {
+        let text = r#"{"boot-source":{"kernel_image_path":"/k"},
+            "vsock":{"vsock_id":"vsock0","guest_cid":3,"uds_path":"/v.sock",
+                     "policy":{"guest_initiated":[],"host_initiated":["52","1000-1001"]}}}"#;
+        let resources = VmResources::from(VmConfig::from_json(text).unwrap());
+        let full = serde_json::to_value(resources.to_full_config()).unwrap();
+        assert_eq!(full["vsock"]["uds_path"], "/v.sock");
+        assert_eq!(
+            full["vsock"]["policy"]["guest_initiated"],
+            serde_json::json!([])
+        );
+        let again = VmConfig::from_json(&full.to_string()).unwrap();
+        assert_eq!(VmResources::from(again), resources);
+        let none = serde_json::to_value(
+            VmResources::from(VmConfig::from_json(MINIMAL).unwrap()).to_full_config(),
+        )
+        .unwrap();
+        assert!(none["vsock"].is_null());
+        let err = VmConfig::from_json(
+            r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":1,"uds_path":"/v"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            crate::error_chain(&err),
+            "Invalid vsock: Invalid guest_cid 1: must be from 3 to 4294967294"
+        );
+    }
+
+    #[test]
     fn firecracker_drives_and_entropy_parse() {
         let file = tempfile::NamedTempFile::new().unwrap();
         let text = format!(

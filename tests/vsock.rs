@@ -350,6 +350,15 @@ fn put_and_patch_vsock_before_boot_answer_clear_400s_and_bind_the_listener_at_pu
         std::os::unix::net::UnixStream::connect(&uds).is_ok(),
         "the listener is bound by the PUT, as Firecracker does"
     );
+    // A second PUT replaces the device, on the same path.
+    let r = api(
+        &vm,
+        "PUT",
+        "/vsock",
+        Some(json!({"guest_cid": 4, "uds_path": uds})),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert!(std::os::unix::net::UnixStream::connect(&uds).is_ok());
     let r = api(
         &vm,
         "PATCH",
@@ -360,7 +369,7 @@ fn put_and_patch_vsock_before_boot_answer_clear_400s_and_bind_the_listener_at_pu
     let config = api(&vm, "GET", "/vm/config", None).json();
     assert_eq!(
         config["vsock"],
-        json!({"guest_cid": 3, "uds_path": uds, "policy": {"guest_initiated": []}})
+        json!({"guest_cid": 4, "uds_path": uds, "policy": {"guest_initiated": []}})
     );
 }
 
@@ -410,7 +419,11 @@ fn a_guest_that_stops_reading_keeps_vmm_memory_bounded_and_the_api_answering() {
     let config = json!({
         "boot-source": {
             "kernel_image_path": probe_path(),
-            "boot_args": format!("console=ttyS0 probe.run=vsock-stall probe.port=5000 probe.secs=2 probe.bytes={SENT}"),
+            "boot_args": format!(
+                "console=ttyS0 probe.run=vsock-stall probe.port=5000 probe.secs=2 \
+                 probe.bytes={SENT} probe.tsc_mhz={}",
+                common::netns::tsc_mhz()
+            ),
         },
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
         "vsock": {"guest_cid": CID, "uds_path": uds},
@@ -422,10 +435,12 @@ fn a_guest_that_stops_reading_keeps_vmm_memory_bounded_and_the_api_answering() {
     vm.running
         .wait_for_output("probe: vsock-stall ready", TIMEOUT);
     let before = rss_kib(pid);
+    // Made before the connection: the guest's not-consuming phase starts at once.
+    let data = pattern(SENT, 0);
     let stream = host_connect(&uds, PORT).unwrap();
     let mut writer = stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
-        let ok = writer.write_all(&pattern(SENT, 0)).is_ok();
+        let ok = writer.write_all(&data).is_ok();
         let _ = writer.shutdown(Shutdown::Write);
         ok
     });
@@ -481,4 +496,67 @@ fn the_vmm_thread_needs_its_socket_rule_for_a_guest_connect_and_dies_without_it(
     let run = v.vm.run(TIMEOUT);
     assert_eq!(run.status.signal(), Some(31), "SIGSYS: {run:?}");
     assert!(run.stdout.contains("probe: ready"), "{}", run.stdout);
+}
+
+#[test]
+fn a_hostile_guests_19_bad_packets_are_refused_and_counted_and_a_good_connection_still_works() {
+    if !kvm_available(
+        "a_hostile_guests_19_bad_packets_are_refused_and_counted_and_a_good_connection_still_works",
+    ) {
+        return;
+    }
+    let v = VsockVm::new("vsock-hostile", "probe.port=5000", None);
+    let _listener = EchoListener::start(&v.uds, PORT);
+    let run = v.vm.run(TIMEOUT);
+    run.assert_success();
+    assert_confined(&run.stderr);
+    let detail = run.assert_probe_ok("vsock-hostile");
+    assert_eq!(detail, "cases=19", "{}", run.stdout);
+    let totals = v.totals();
+    for counter in [
+        "bad_src_cid",
+        "bad_dst_cid",
+        "bad_type",
+        "bad_op",
+        "bad_len",
+    ] {
+        assert!(totals[counter] >= 1, "{counter}: {totals:?}");
+    }
+    assert!(
+        totals["credit_overrun"] + totals["credit_lies"] >= 1,
+        "{totals:?}"
+    );
+}
+
+#[test]
+fn a_device_bandwidth_limit_throttles_a_connection_without_losing_a_byte() {
+    if !kvm_available("a_device_bandwidth_limit_throttles_a_connection_without_losing_a_byte") {
+        return;
+    }
+    // 256 KiB per 100 ms for both directions together: 2 MiB of echo must wait for refills.
+    let limit = json!({"bandwidth": {"size": 262_144, "refill_time": 100}});
+    let v = VsockVm::new(
+        "vsock-echo",
+        "probe.port=5000 probe.count=1 probe.secs=90",
+        Some(json!({"rate_limiter": limit, "connection_rate_limiter": limit})),
+    );
+    let mut running = v.vm.spawn();
+    running.wait_for_output("probe: vsock-echo ready", TIMEOUT);
+    let stream = host_connect(&v.uds, PORT).unwrap();
+    let data = pattern(MIB, 11);
+    assert!(
+        echo_round_trip(&stream, &data) == data,
+        "every byte came back"
+    );
+    stream.shutdown(Shutdown::Write).unwrap();
+    running.wait_for_output("probe: vsock-echo ok", TIMEOUT);
+    drop(stream);
+    let run = running.wait(TIMEOUT);
+    run.assert_success();
+    let totals = v.totals();
+    // Whichever limiter blocked first (the device's or the connection's, both equal), its
+    // timer brought the traffic back.
+    assert!(totals["rate_limiter_event_count"] >= 1, "{totals:?}");
+    assert_eq!(totals["tx_bytes_count"], MIB as u64, "{totals:?}");
+    assert_eq!(totals["rx_bytes_count"], MIB as u64, "{totals:?}");
 }

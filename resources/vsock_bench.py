@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe"))
 import vsock_peer  # noqa: E402  (the probe's host side: Guest, host_connect, run_bench)
 

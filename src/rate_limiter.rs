@@ -252,7 +252,6 @@ impl RateLimiter {
     }
 
     /// The bucket of `kind`, if limited.
-    #[cfg(test)]
     pub fn bucket(&self, kind: TokenType) -> Option<&TokenBucket> {
         match kind {
             TokenType::Bytes => self.bandwidth.as_ref(),

@@ -3,7 +3,8 @@
 # Prints, over N runs (default 20): the guest's boot time from the boot timer
 # (Guest-boot-time, measured from the VMM's start to the guest's write), the wall time
 # from exec to exit (boot, `hello` scenario, power-off) and the VMM's peak RSS.
-# Then virtio-blk and virtio-net throughput (root: the network part makes a namespace).
+# Then virtio-blk, vsock (against Firecracker when FIRECRACKER_BIN is set) and virtio-net
+# throughput (root: the network part makes a namespace).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -70,6 +71,14 @@ blk_run "limiter 100 MiB/s (10 MiB / 100 ms)" \
     ', "rate_limiter": {"bandwidth": {"size": 10485760, "refill_time": 100}}'
 blk_run "limiter 20 MiB/s (2 MiB / 100 ms)" \
     ', "rate_limiter": {"bandwidth": {"size": 2097152, "refill_time": 100}}'
+
+# vsock: the probe guest's vsock-echo (20 host CONNECT -> OK round trips) then vsock-bench
+# (BENCH_VSOCK_MIB each way, 16 KiB guest packets), Palisade without and with a policy (ports
+# listed, per-connection and device rate limiters far above the traffic) and, when
+# FIRECRACKER_BIN names a Firecracker binary, Firecracker in the same run, alternating; medians
+# and the Palisade / Firecracker ratios (resources/vsock_bench.py).
+python3 resources/vsock_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
+    --runs "${BENCH_VSOCK_RUNS:-5}" --mib "${BENCH_VSOCK_MIB:-256}"
 
 # Network throughput: the probe guest on a tap in a network namespace made here (host side
 # 10.0.0.1, guest 10.0.0.2; nothing leaves the namespace). Guest to host: net-tx, 1472-byte

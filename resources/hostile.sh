@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The hostile suite (issue 11), one command: attacks a running Palisade from inside its guests
-# (the probe guest's blk-flood, virtio-hostile, chain-hostile, net-hostile, net-forge and net-flood
-# scenarios, tests/hostile.rs) while measuring the API socket's latency, the VMM's memory and
+# (the probe guest's blk-flood, virtio-hostile, chain-hostile, net-hostile, net-forge, net-flood,
+# vsock-hostile, vsock-stall and vsock-many scenarios, and host clients stuck in their vsock
+# CONNECT line; tests/hostile.rs) while measuring the API socket's latency, the VMM's memory and
 # its metrics; then from its API socket (tests/api.rs: pipelining, header floods, oversized
 # bodies, slowloris, 10,000 requests, refused uids, Pause/Resume storms) and on the jailer
 # (jailer/tests/: planted links, FIFOs, symlinks, inherited descriptors, the jail probe's

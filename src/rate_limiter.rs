@@ -126,6 +126,12 @@ impl TokenBucket {
         self.one_time_burst
     }
 
+    /// Tokens that can be taken now without blocking (budget and unspent burst; refill not
+    /// applied, so it may under-state).
+    pub fn available(&self) -> u64 {
+        self.budget.saturating_add(self.one_time_burst)
+    }
+
     /// Adds what the time since the last update has earned, keeping the fraction of a token
     /// not yet earned for the next time.
     fn auto_replenish(&mut self) {
@@ -246,7 +252,6 @@ impl RateLimiter {
     }
 
     /// The bucket of `kind`, if limited.
-    #[cfg(test)]
     pub fn bucket(&self, kind: TokenType) -> Option<&TokenBucket> {
         match kind {
             TokenType::Bytes => self.bandwidth.as_ref(),

@@ -6,6 +6,8 @@
 //! rogue DHCP and RA, link control aimed off the link) and hostile/net_flood.rs (SYN and UDP
 //! floods against a small connection table, with a second guest as bystander). The malformed
 //! chains of blk-hostile, sent to virtio-rng and to both virtio-net queues, are hostile/chains.rs.
+//! The vsock attacks (bad packets, a guest that stops reading, the connection cap, stuck host
+//! clients) are hostile/vsock.rs.
 //!
 //! Latency: the target is `GET /` under 100 ms throughout an attack, and the table reports
 //! the measured maximum against it. The tests assert 5 s: what they guard against is the
@@ -27,6 +29,8 @@ mod net_flood;
 mod net_forge;
 #[path = "hostile/table.rs"]
 mod table;
+#[path = "hostile/vsock.rs"]
+mod vsock;
 
 use std::path::Path;
 use std::time::Duration;

@@ -29,13 +29,19 @@ const WRITE_CHUNK: usize = 64 * 1024;
 /// the syscall and refunded what it did not move, so a large request would block the
 /// connection for the whole of it (over-consumption) whatever it moved.
 pub const LIMITED_CHUNK: usize = 4096;
+/// The most bytes one syscall moves under a bandwidth limit when the bucket holds that much.
+pub const MAX_LIMITED_CHUNK: usize = 64 * 1024;
 
-/// The most bytes one syscall may move under `limiter`.
+/// The most bytes one syscall may move under `limiter`: what its bandwidth bucket can pay
+/// now (at least [`LIMITED_CHUNK`], at most [`MAX_LIMITED_CHUNK`]), or `unlimited` without
+/// a bandwidth bucket.
 pub fn chunk_limit(limiter: &RateLimiter, unlimited: usize) -> usize {
-    if limiter.to_config().bandwidth.is_some() {
-        unlimited.min(LIMITED_CHUNK)
-    } else {
-        unlimited
+    match limiter.bucket(TokenType::Bytes) {
+        Some(bucket) => {
+            let affordable = usize::try_from(bucket.available()).unwrap_or(usize::MAX);
+            unlimited.min(affordable.clamp(LIMITED_CHUNK, MAX_LIMITED_CHUNK))
+        }
+        None => unlimited,
     }
 }
 

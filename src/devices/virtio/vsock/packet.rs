@@ -74,10 +74,11 @@ pub enum BadPacket {
 }
 
 impl BadPacket {
-    /// Whether the sender deserves an RST: not when the header cannot be read or does not come
-    /// from the guest's own address.
+    /// Whether the sender deserves an RST: not when the header cannot be read, does not come
+    /// from the guest's own address, or is not addressed to the host (an RST would claim to
+    /// come from a CID that is not ours).
     pub fn deserves_rst(self) -> bool {
-        !matches!(self, Self::Short | Self::SrcCid(_))
+        !matches!(self, Self::Short | Self::SrcCid(_) | Self::DstCid(_))
     }
 }
 
@@ -273,6 +274,7 @@ mod tests {
         };
         assert_eq!(check(request_with_data, 45), Err(BadPacket::Len(1)));
         assert!(!BadPacket::Short.deserves_rst() && BadPacket::Op(9).deserves_rst());
+        assert!(!BadPacket::DstCid(4).deserves_rst() && !BadPacket::SrcCid(2).deserves_rst());
     }
 
     #[test]

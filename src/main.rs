@@ -81,6 +81,9 @@ struct Cli {
     /// (repeatable). The VMM's Landlock layer allows no other place to write them.
     #[arg(long = "snapshot-dir", value_name = "DIR")]
     snapshot_dirs: Vec<PathBuf>,
+    /// Print the snapshot state file format version this build writes and reads, and exit.
+    #[arg(long)]
+    snapshot_version: bool,
     /// Print the header of this snapshot state file (format version, sizes) and exit.
     #[arg(long, value_name = "PATH")]
     describe_snapshot: Option<PathBuf>,
@@ -171,6 +174,10 @@ fn run(cli: &Cli, start: Instant) -> i32 {
     // SAFETY: prctl with PR_SET_DUMPABLE takes no pointers.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         return fail(std::io::Error::last_os_error(), ExitCode::VmmError);
+    }
+    if cli.snapshot_version {
+        println!("v{}", palisade::snapshot::format::FORMAT_VERSION);
+        return 0;
     }
     if let Some(path) = &cli.describe_snapshot {
         return describe_snapshot(path);

@@ -186,6 +186,12 @@ fn the_ticker_continues_in_a_new_process_after_create_and_load_with_resume_vm() 
         text.contains(&format!("memory file size: {} bytes", 128u64 << 20)),
         "{text}"
     );
+    let out = std::process::Command::new(palisade_bin())
+        .arg("--snapshot-version")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1\n");
 }
 
 /// The probe's `mem`/`pattern` value at `addr` for `seed` (resources/probe/src/scenarios/mem.rs).

@@ -1,7 +1,11 @@
 //! The 8250 UART on COM1 (vm-superio), output to a writer, input queued by the VMM thread.
+//! Its registers and receive FIFO are saved in snapshots (`UartState`); a restored FIFO
+//! longer than the UART's is refused.
 
 use std::io::Write;
 
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -31,6 +35,15 @@ impl EventFdTrigger {
     }
 }
 
+/// The UART's registers and receive FIFO, for snapshots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UartState {
+    /// DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR.
+    pub registers: [u8; 9],
+    /// Bytes received and not yet read by the guest.
+    pub fifo: Vec<u8>,
+}
+
 /// COM1 as a bus device.
 pub struct SerialDevice {
     serial: Serial<EventFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
@@ -41,6 +54,50 @@ impl SerialDevice {
     pub fn new(trigger: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
         Self {
             serial: Serial::new(trigger, out),
+        }
+    }
+
+    /// A UART in the saved `state` (a pending interrupt is raised again); refused when the
+    /// FIFO is longer than the UART's.
+    pub fn from_state(
+        state: &UartState,
+        trigger: EventFdTrigger,
+        out: Box<dyn Write + Send>,
+    ) -> std::io::Result<Self> {
+        let [dll, dlm, ier, iir, lcr, lsr, mcr, msr, scr] = state.registers;
+        let state = SerialState {
+            baud_divisor_low: dll,
+            baud_divisor_high: dlm,
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: state.fifo.clone(),
+        };
+        let serial = Serial::from_state(&state, trigger, vm_superio::serial::NoEvents, out)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        Ok(Self { serial })
+    }
+
+    /// The registers and FIFO, for a snapshot.
+    pub fn state(&self) -> UartState {
+        let s = self.serial.state();
+        UartState {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            fifo: s.in_buffer,
         }
     }
 
@@ -112,6 +169,37 @@ mod tests {
             dev.write(0, &[*b]);
         }
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn a_saved_uart_comes_back_with_its_registers_and_fifo_and_an_oversized_fifo_is_refused() {
+        let mut dev = SerialDevice::new(EventFdTrigger::new().unwrap(), Box::new(Sink::default()));
+        dev.write(7, &[0x5a]);
+        dev.write(3, &[0x03]);
+        dev.enqueue_input(b"ab");
+        let state = dev.state();
+        let mut back = SerialDevice::from_state(
+            &state,
+            EventFdTrigger::new().unwrap(),
+            Box::new(Sink::default()),
+        )
+        .unwrap();
+        assert_eq!(back.state(), state);
+        let mut b = [0u8];
+        back.read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
+        back.read(0, &mut b);
+        assert_eq!(b[0], b'a');
+        let hostile = UartState {
+            registers: state.registers,
+            fifo: vec![0; 1 << 20],
+        };
+        assert!(SerialDevice::from_state(
+            &hostile,
+            EventFdTrigger::new().unwrap(),
+            Box::new(Sink::default())
+        )
+        .is_err());
     }
 
     #[test]

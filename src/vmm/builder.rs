@@ -14,7 +14,7 @@ use crate::config::{BootFiles, HugePages, VmResources};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{BusError, Buses};
 use crate::devices::i8042::I8042Device;
-use crate::devices::serial::{EventFdTrigger, SerialDevice};
+use crate::devices::serial::{EventFdTrigger, SerialDevice, UartState};
 use crate::devices::serial_output::BoundedOutput;
 use crate::devices::virtio::vsock::Vsock;
 use crate::seccomp::SeccompFilters;
@@ -65,6 +65,9 @@ pub enum BuildError {
     /// A snapshot's vCPU or VM state was refused, or this host cannot restore it.
     #[error("Cannot restore the snapshot's machine state")]
     Restore(#[source] StateError),
+    /// The serial port's state was refused.
+    #[error("Cannot restore the serial port")]
+    Uart(#[source] std::io::Error),
     /// A virtio transport's state was refused.
     #[error("Cannot restore a virtio device")]
     Transport(#[source] crate::devices::virtio::mmio::TransportStateError),
@@ -160,7 +163,7 @@ pub fn build_vm(
         .transpose()?;
     let exit = opts.exit.clone();
     let mut buses = Buses::default();
-    let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses)?;
+    let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses, None)?;
     if let Some(timer) = boot_timer {
         buses
             .mmio
@@ -240,11 +243,14 @@ fn legacy_devices(
     vm: &Vm,
     exit: &Arc<ExitRequest>,
     buses: &mut Buses,
+    uart: Option<&UartState>,
 ) -> Result<LegacyDevices, BuildError> {
-    let serial = SerialDevice::new(
-        EventFdTrigger::new().map_err(BuildError::Event)?,
-        Box::new(BoundedOutput::new(std::io::stdout())),
-    );
+    let trigger = EventFdTrigger::new().map_err(BuildError::Event)?;
+    let out = Box::new(BoundedOutput::new(std::io::stdout()));
+    let serial = match uart {
+        Some(state) => SerialDevice::from_state(state, trigger, out).map_err(BuildError::Uart)?,
+        None => SerialDevice::new(trigger, out),
+    };
     vm.register_irqfd(serial.interrupt_event(), SERIAL_IRQ)?;
     let serial = Arc::new(Mutex::new(serial));
     buses
@@ -291,7 +297,7 @@ pub fn build_restored_vm(
     vm.register_memory(&mem)?;
     let exit = opts.exit.clone();
     let mut buses = Buses::default();
-    let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses)?;
+    let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses, Some(&state.serial))?;
     let vcpus = state
         .vcpus
         .iter()

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BlockDeviceConfig, DriveList, EntropyConfig, MachineConfig};
+use crate::devices::serial::UartState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::snapshot::{FormatError, MemoryIdentity, SnapshotKey, StateFile};
 use crate::vstate::snapshot::{
@@ -34,6 +35,8 @@ pub struct MachineState {
     pub vcpus: Vec<VcpuState>,
     /// The VM's in-kernel devices and clock.
     pub vm: VmState,
+    /// The serial port.
+    pub serial: UartState,
     /// The virtio devices' configurations, in their API (JSON) form.
     pub device_configs: String,
     /// Each virtio transport, in slot order.
@@ -164,6 +167,11 @@ impl RunningVm {
             mem_size: identity.size,
             vcpus,
             vm,
+            serial: self
+                .serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .state(),
             device_configs,
             transports,
         };

@@ -58,8 +58,8 @@ impl PathRule {
         }
     }
 
-    /// A directory where files may be created, read, written and truncated (beneath it,
-    /// not the directory itself: no removal, renaming, links or devices).
+    /// A directory where files may be created, read, written, truncated and replaced by
+    /// rename (beneath it, not the directory itself: no directories, links or devices).
     pub fn create_in(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
@@ -87,7 +87,10 @@ pub fn restrict_vmm(files: &[PathRule]) -> Result<String, SandboxError> {
         .iter()
         .filter(|d| std::path::Path::new(d).exists())
         .map(|d| (PathBuf::from(d), device));
-    let create: BitFlags<AccessFs> = read_write | AccessFs::MakeReg | AccessFs::Truncate;
+    // RemoveFile: a snapshot's new files replace the old ones by rename (and a failed
+    // create's leftovers are removed); no rights on the directory itself, no links, no devices.
+    let create: BitFlags<AccessFs> =
+        read_write | AccessFs::MakeReg | AccessFs::Truncate | AccessFs::RemoveFile;
     let configured = files.iter().map(|f| {
         let access = match (f.create, f.write) {
             (true, _) => create & AccessFs::from_all(TARGET_ABI),

@@ -431,3 +431,61 @@ fn create_of_a_vm_with_a_vsock_device_is_refused_as_not_supported_yet() {
     );
     vm.running.kill();
 }
+
+#[test]
+fn a_clone_snapshots_over_the_files_it_was_loaded_from_and_keeps_running() {
+    // Firecracker's clients refresh a golden snapshot in place: the clone's memory is mapped
+    // from the very file the new snapshot replaces. Writing into that file would pull the
+    // clone's own pages from under it (SIGBUS on truncation, or a memory file that changes
+    // while it is the clone's RAM); the new files must replace the old ones whole.
+    let test = "a_clone_snapshots_over_the_files_it_was_loaded_from_and_keeps_running";
+    if !kvm_available(test) {
+        return;
+    }
+    let saved = boot_and_save("probe.run=ticker", 64, "probe: tick 2\n", Some(KEY));
+    let stopped_at = last_tick(&saved.stdout);
+    let mut flags = key_flag(saved.dir.path(), "key2", KEY);
+    flags.push("--snapshot-dir".into());
+    flags.push(saved.dir.path().to_string_lossy().into_owned());
+    let mut clone = ApiVm::start(&args(&flags));
+    let mut c = clone.client();
+    let r = c.put("/snapshot/load", load_body(&saved.state, &saved.mem));
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    clone
+        .running
+        .wait_for_output(&format!("probe: tick {}\n", stopped_at + 2), TIMEOUT);
+    let r = c.patch("/vm", json!({"state": "Paused"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_type": "Full", "snapshot_path": saved.state, "mem_file_path": saved.mem}),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    let second_stop = last_tick(&clone.running.stdout());
+    assert!(second_stop >= stopped_at + 2);
+    let mode = std::fs::metadata(&saved.mem).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "memory file mode {mode:o}");
+    // The clone itself goes on from its own RAM.
+    let r = c.patch("/vm", json!({"state": "Resumed"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    clone
+        .running
+        .wait_for_output(&format!("probe: tick {}\n", second_stop + 2), TIMEOUT);
+    assert_eq!(c.get("/").json()["state"], "Running");
+    clone.running.kill();
+    // And the replaced files are a snapshot of the clone at its second stop.
+    let flags = key_flag(saved.dir.path(), "key3", KEY);
+    let mut third = ApiVm::start(&args(&flags));
+    let mut c = third.client();
+    let r = c.put("/snapshot/load", load_body(&saved.state, &saved.mem));
+    assert_eq!(r.status, 204, "{}\n{}", r.body, third.running.stderr());
+    third
+        .running
+        .wait_for_output(&format!("probe: tick {}\n", second_stop + 2), TIMEOUT);
+    let out = third.running.stdout();
+    assert!(
+        !out.contains(&format!("probe: tick {stopped_at}\n")),
+        "the third VM started from the first snapshot:\n{out}"
+    );
+    third.running.kill();
+}

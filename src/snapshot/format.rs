@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::auth::{self, AuthError, MemoryIdentity, SnapshotKey, TAG_LEN};
+use super::replace::Replacement;
 
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"PLSDSNAP";
@@ -316,19 +317,21 @@ impl StateFile {
         Ok(bytes)
     }
 
-    /// Writes `bytes` to a new file at `path`, created 0600 (an existing file or link there
-    /// is refused, never followed or overwritten), and syncs it.
-    pub fn write(path: &Path, bytes: &[u8]) -> Result<(), FormatError> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| FormatError::Io("create", e))?;
-        file.write_all(bytes)
+    /// Writes `bytes` into a new file that replaces `path` when committed (created 0600
+    /// beside it; a link at `path` is replaced, never followed; see [`Replacement`]).
+    pub fn prepare(path: &Path, bytes: &[u8]) -> Result<Replacement, FormatError> {
+        let mut new = Replacement::create(path).map_err(|e| FormatError::Io("create", e))?;
+        new.file()
+            .write_all(bytes)
             .map_err(|e| FormatError::Io("write", e))?;
-        file.sync_all().map_err(|e| FormatError::Io("sync", e))
+        Ok(new)
+    }
+
+    /// Writes `bytes` as the state file at `path`, replacing what was there whole.
+    pub fn write(path: &Path, bytes: &[u8]) -> Result<(), FormatError> {
+        Self::prepare(path, bytes)?
+            .commit()
+            .map_err(|e| FormatError::Io("replace", e))
     }
 }
 

@@ -7,6 +7,8 @@
 
 pub mod auth;
 pub mod format;
+pub mod replace;
 
 pub use auth::{AuthError, MemoryIdentity, SnapshotKey};
 pub use format::{Authenticated, FormatError, Header, StateFile};
+pub use replace::Replacement;

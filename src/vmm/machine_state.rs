@@ -3,7 +3,6 @@
 //! exit), then the VM's in-kernel devices, then guest memory, then the authenticated state
 //! file that binds the memory file's identity.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +14,7 @@ use crate::devices::serial::UartState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::snapshot::{FormatError, MemoryIdentity, SnapshotKey, StateFile};
 use crate::vstate::snapshot::{
-    write_memory, MemoryDump, MemoryFileError, StateError, VcpuState, VmState,
+    prepare_full_memory, MemoryFileError, StateError, VcpuState, VmState,
 };
 
 use super::RunningVm;
@@ -86,9 +85,6 @@ pub enum SaveError {
     /// The memory file's identity could not be taken.
     #[error("Cannot read back the memory file")]
     Identity(#[source] crate::snapshot::AuthError),
-    /// The memory file could not be opened for its identity.
-    #[error("Cannot open the memory file")]
-    Open(#[source] std::io::Error),
     /// The machine or device configuration could not be encoded.
     #[error("Cannot encode the machine configuration")]
     MachineConfig(#[source] serde_json::Error),
@@ -156,10 +152,13 @@ impl RunningVm {
             entropy: input.entropy.cloned(),
         })
         .map_err(SaveError::MachineConfig)?;
+        // Both files are written beside their targets and renamed over them only when both
+        // are complete: a clone snapshotting over the files it was loaded from keeps its RAM
+        // (mapped from the old memory file), and a failed create leaves the old pair as it was.
         let mem = self.shared.mem();
-        write_memory(mem, mem_path, MemoryDump::Full).map_err(SaveError::Memory)?;
-        let mem_file = File::open(mem_path).map_err(SaveError::Open)?;
-        let identity = MemoryIdentity::of_file(&mem_file, false).map_err(SaveError::Identity)?;
+        let (mut new_mem, _) = prepare_full_memory(mem, mem_path).map_err(SaveError::Memory)?;
+        let identity =
+            MemoryIdentity::of_file(new_mem.file(), false).map_err(SaveError::Identity)?;
         let machine_config =
             serde_json::to_string(input.machine_config).map_err(SaveError::MachineConfig)?;
         let state = MachineState {
@@ -176,6 +175,12 @@ impl RunningVm {
             transports,
         };
         let bytes = StateFile::encode(&state, key, &identity).map_err(SaveError::StateFile)?;
-        StateFile::write(state_path, &bytes).map_err(SaveError::StateFile)
+        let new_state = StateFile::prepare(state_path, &bytes).map_err(SaveError::StateFile)?;
+        new_mem
+            .commit()
+            .map_err(|e| SaveError::Memory(MemoryFileError::Io("replace", e)))?;
+        new_state
+            .commit()
+            .map_err(|e| SaveError::StateFile(FormatError::Io("replace", e)))
     }
 }

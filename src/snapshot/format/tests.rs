@@ -217,18 +217,26 @@ fn memory_file_with_other_contents_is_refused_when_hashed() {
 }
 
 #[test]
-fn state_file_is_created_0600_and_never_overwrites() {
+fn state_file_is_created_0600_and_an_existing_one_is_replaced_whole() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state");
+    std::fs::write(&path, b"an older state file").unwrap();
+    let old = std::fs::File::open(&path).unwrap();
     StateFile::write(&path, &encoded()).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    assert!(matches!(
-        StateFile::write(&path, &encoded()),
-        Err(FormatError::Io("create", _))
-    ));
     assert_eq!(open(&StateFile::read(&path).unwrap()).unwrap(), sample());
+    assert_eq!(
+        old.metadata().unwrap().len(),
+        19,
+        "the old file was replaced, not rewritten"
+    );
+    // Prepared but not committed: the file at the path is untouched, no temp is left.
+    let pending = StateFile::prepare(&path, b"garbage").unwrap();
+    drop(pending);
+    assert_eq!(open(&StateFile::read(&path).unwrap()).unwrap(), sample());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! every page; a Diff snapshot writes only the pages KVM logged as written by the guest since
 //! the last KVM_GET_DIRTY_LOG, at their offsets, into a sparse file (or over the previous
 //! Full file, which it then brings up to date). The file is created 0600 and never followed
-//! through a link. Restore maps the file private and copy-on-write (`map_memory`): nothing is
+//! through a link; a Full snapshot replaces the file whole (a new file renamed over it), so
+//! a VM whose RAM is mapped from the old file keeps its pages. Restore maps the file private and copy-on-write (`map_memory`): nothing is
 //! read until the guest touches a page, and guest writes never reach the file.
 //!
 //! KVM's dirty log sees guest writes only: pages that the VMM itself writes into guest memory
@@ -18,6 +19,7 @@ use std::path::Path;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, WriteVolatile};
 
+use crate::snapshot::Replacement;
 use crate::vstate::memory::{self, GuestMemory, MemoryError, MemoryOptions};
 
 /// Guest page size.
@@ -56,7 +58,7 @@ pub enum MemoryFileError {
 
 /// What to write.
 pub enum MemoryDump<'a> {
-    /// Every page; the file is truncated first.
+    /// Every page, into a new file that replaces the old one.
     Full,
     /// Only the pages in KVM's dirty log of `vm` (registered with dirty tracking, slot n =
     /// region n) or in `extra` (one bitmap per region, one bit per page, as KVM's: pages the
@@ -103,73 +105,87 @@ fn open_for_write(path: &Path) -> Result<File, MemoryFileError> {
     Ok(file)
 }
 
-/// Writes guest memory to the file at `path` (see the module doc).
+/// Writes every page of guest memory into a new file that replaces `path` when committed
+/// (created 0600 beside it, see [`Replacement`]): a VM whose memory is mapped from the file
+/// at `path` (a clone re-snapshotting over the files it was loaded from) keeps its own pages.
+pub fn prepare_full_memory(
+    mem: &GuestMemory,
+    path: &Path,
+) -> Result<(Replacement, MemoryWritten), MemoryFileError> {
+    let file_size = total_size(mem);
+    let mut new = Replacement::create(path).map_err(|e| MemoryFileError::Io("create", e))?;
+    let file = new.file();
+    file.set_len(file_size)
+        .map_err(|e| MemoryFileError::Io("size", e))?;
+    let (mut offset, mut pages) = (0, 0);
+    for region in mem.iter() {
+        write_range(file, region, 0, region.len(), offset)?;
+        offset += region.len();
+        pages += region.len() / PAGE_SIZE;
+    }
+    Ok((new, MemoryWritten { pages, file_size }))
+}
+
+/// Writes guest memory to the file at `path` (see the module doc): a Full dump replaces the
+/// file whole ([`prepare_full_memory`] and commit), a Diff writes into it in place.
 pub fn write_memory(
     mem: &GuestMemory,
     path: &Path,
     dump: MemoryDump<'_>,
 ) -> Result<MemoryWritten, MemoryFileError> {
+    let (vm, extra) = match dump {
+        MemoryDump::Full => {
+            let (new, written) = prepare_full_memory(mem, path)?;
+            new.commit()
+                .map_err(|e| MemoryFileError::Io("replace", e))?;
+            return Ok(written);
+        }
+        MemoryDump::Diff { vm, extra } => (vm, extra),
+    };
     let file_size = total_size(mem);
     let mut file = open_for_write(path)?;
     let mut pages = 0;
-    match dump {
-        MemoryDump::Full => {
-            file.set_len(0)
-                .map_err(|e| MemoryFileError::Io("truncate", e))?;
-            file.set_len(file_size)
-                .map_err(|e| MemoryFileError::Io("size", e))?;
-            let mut offset = 0;
-            for region in mem.iter() {
-                write_range(&mut file, region, 0, region.len(), offset)?;
-                offset += region.len();
-                pages += region.len() / PAGE_SIZE;
+    let found = file
+        .metadata()
+        .map_err(|e| MemoryFileError::Io("stat", e))?
+        .len();
+    if found != file_size {
+        if found != 0 {
+            return Err(MemoryFileError::Size {
+                found,
+                expected: file_size,
+            });
+        }
+        file.set_len(file_size)
+            .map_err(|e| MemoryFileError::Io("size", e))?;
+    }
+    let mut offset = 0;
+    for (slot, region) in mem.iter().enumerate() {
+        let len = usize::try_from(region.len()).map_err(|_| MemoryFileError::Bitmap(slot))?;
+        let mut bitmap = vm
+            .get_dirty_log(slot as u32, len)
+            .map_err(MemoryFileError::DirtyLog)?;
+        if let Some(extra) = extra {
+            let more = extra.get(slot).ok_or(MemoryFileError::Bitmap(slot))?;
+            if more.len() != bitmap.len() {
+                return Err(MemoryFileError::Bitmap(slot));
+            }
+            for (w, m) in bitmap.iter_mut().zip(more) {
+                *w |= m;
             }
         }
-        MemoryDump::Diff { vm, extra } => {
-            let found = file
-                .metadata()
-                .map_err(|e| MemoryFileError::Io("stat", e))?
-                .len();
-            if found != file_size {
-                if found != 0 {
-                    return Err(MemoryFileError::Size {
-                        found,
-                        expected: file_size,
-                    });
-                }
-                file.set_len(file_size)
-                    .map_err(|e| MemoryFileError::Io("size", e))?;
-            }
-            let mut offset = 0;
-            for (slot, region) in mem.iter().enumerate() {
-                let len =
-                    usize::try_from(region.len()).map_err(|_| MemoryFileError::Bitmap(slot))?;
-                let mut bitmap = vm
-                    .get_dirty_log(slot as u32, len)
-                    .map_err(MemoryFileError::DirtyLog)?;
-                if let Some(extra) = extra {
-                    let more = extra.get(slot).ok_or(MemoryFileError::Bitmap(slot))?;
-                    if more.len() != bitmap.len() {
-                        return Err(MemoryFileError::Bitmap(slot));
-                    }
-                    for (w, m) in bitmap.iter_mut().zip(more) {
-                        *w |= m;
-                    }
-                }
-                let region_pages = region.len() / PAGE_SIZE;
-                for (first, count) in dirty_runs(&bitmap, region_pages) {
-                    write_range(
-                        &mut file,
-                        region,
-                        first * PAGE_SIZE,
-                        count * PAGE_SIZE,
-                        offset + first * PAGE_SIZE,
-                    )?;
-                    pages += count;
-                }
-                offset += region.len();
-            }
+        let region_pages = region.len() / PAGE_SIZE;
+        for (first, count) in dirty_runs(&bitmap, region_pages) {
+            write_range(
+                &mut file,
+                region,
+                first * PAGE_SIZE,
+                count * PAGE_SIZE,
+                offset + first * PAGE_SIZE,
+            )?;
+            pages += count;
         }
+        offset += region.len();
     }
     file.sync_all()
         .map_err(|e| MemoryFileError::Io("sync", e))?;

@@ -149,23 +149,27 @@ fn mapping_refuses_a_file_of_another_size_a_link_and_a_fifo() {
 }
 
 #[test]
-fn writing_never_follows_a_link_and_tightens_an_existing_file_to_0600() {
+fn writing_never_follows_a_link_and_replaces_an_existing_file_with_a_0600_one() {
     let dir = tempfile::tempdir().unwrap();
     let mem = patterned(MIB);
     let victim = dir.path().join("victim");
     std::fs::write(&victim, b"keep").unwrap();
     let link = dir.path().join("mem");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
-    assert!(matches!(
-        write_memory(&mem, &link, MemoryDump::Full),
-        Err(MemoryFileError::Io("open", _))
-    ));
+    write_memory(&mem, &link, MemoryDump::Full).unwrap();
     assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let old = std::fs::File::open(&victim).unwrap();
     write_memory(&mem, &victim, MemoryDump::Full).unwrap();
     let meta = std::fs::metadata(&victim).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(meta.len(), MIB);
+    assert_eq!(
+        old.metadata().unwrap().len(),
+        4,
+        "the old file is replaced, not rewritten"
+    );
 }
 
 #[test]

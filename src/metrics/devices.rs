@@ -226,6 +226,10 @@ metric_group! {
         update_count: Counter,
         /// Times the device asked the driver for a reset.
         needs_reset_count: Counter,
+        /// Transport reset events sent to the guest (one per snapshot restore).
+        transport_resets_sent: Counter,
+        /// Event queue chains refused (device-readable, shorter than 4 bytes, outside memory).
+        bad_event_chain: Counter,
     }
 }
 

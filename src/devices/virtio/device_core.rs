@@ -105,6 +105,8 @@ pub trait SharedCore: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops serving and gives the queues back (empty when it was not active).
     fn reset(&mut self) -> Vec<Queue>;
+    /// The active queues (none when inactive).
+    fn active_queues(&self) -> Option<&[Queue]>;
 }
 
 impl<const N: usize> SharedCore for DeviceCore<N> {
@@ -155,6 +157,10 @@ impl<const N: usize> SharedCore for DeviceCore<N> {
             .take()
             .map(|a| Vec::from(a.queues))
             .unwrap_or_default()
+    }
+
+    fn active_queues(&self) -> Option<&[Queue]> {
+        self.active.as_ref().map(|a| &a.queues[..])
     }
 }
 
@@ -238,6 +244,10 @@ impl<T: CoreDevice> VirtioDevice for T {
     fn reset(&mut self) -> Vec<Queue> {
         self.resetting();
         self.core_mut().reset()
+    }
+
+    fn active_queues(&self) -> Option<&[Queue]> {
+        self.core().active_queues()
     }
 }
 

@@ -110,6 +110,11 @@ impl MmioTransport {
     pub fn save(&mut self) -> TransportState {
         let queues: Vec<QueueState> = if self.active {
             let mut device = lock(&self.device);
+            // A device that can copy its queues keeps serving untouched (vsock keeps its
+            // connections); otherwise it gives them back and takes them again.
+            if let Some(queues) = device.active_queues() {
+                return self.state_with(queues.iter().map(queue_state).collect());
+            }
             let queues = device.reset();
             let states = queues.iter().map(queue_state).collect();
             let ctx = ActivateContext {
@@ -127,6 +132,11 @@ impl MmioTransport {
         } else {
             self.queues.iter().map(queue_state).collect()
         };
+        self.state_with(queues)
+    }
+
+    /// This transport's state with `queues`.
+    fn state_with(&self, queues: Vec<QueueState>) -> TransportState {
         TransportState {
             status: self.status,
             features_select: self.features_select,

@@ -86,6 +86,11 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops serving and gives the queues back (empty when it was not active).
     fn reset(&mut self) -> Vec<Queue>;
+    /// The active queues, for a snapshot, without disturbing the device; `None`
+    /// when the device cannot tell (the transport then resets and reactivates it).
+    fn active_queues(&self) -> Option<&[Queue]> {
+        None
+    }
 }
 
 /// Copies the part of `config` at `offset` into `data`; bytes past the end read as zero.

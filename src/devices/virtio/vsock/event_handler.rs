@@ -129,9 +129,10 @@ impl MutEventSubscriber for Vsock {
                 self.process_rx();
             }
             EVENT_EV_QUEUE => {
-                // The driver's event buffers wait for a transport reset we never send.
+                // The driver's event buffers wait for a transport reset (after a restore).
                 self.core
                     .on_queue_event(EVQ, &self.metrics.ev_queue_event_count);
+                self.process_evq();
             }
             EVENT_LISTENER => {
                 self.metrics.conn_event_count.inc();

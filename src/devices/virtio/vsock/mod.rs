@@ -3,7 +3,7 @@
 //! cap, bandwidth).
 //!
 //! Three queues of 256 entries: 0 RX (host to guest packets), 1 TX (guest to host), 2 event
-//! (transport resets; this device never sends one). Offered features: VERSION_1, EVENT_IDX.
+//! (a transport reset, sent once after a snapshot restore: [`transport_reset`]). Offered features: VERSION_1, EVENT_IDX.
 //! The configuration space is the guest's CID as a little-endian u64.
 //!
 //! - Host-initiated: a host client connects to `uds_path` and writes `CONNECT <port>\n`; the
@@ -23,6 +23,7 @@ pub mod listener;
 pub mod muxer;
 pub mod packet;
 pub mod queues;
+pub mod transport_reset;
 
 #[cfg(test)]
 mod tests;
@@ -86,6 +87,8 @@ pub struct Vsock {
     payload: Box<[u8]>,
     metrics: Arc<VsockDeviceMetrics>,
     logs: GuestLogs,
+    /// A restore happened and the driver has not been told yet (a transport reset event).
+    reset_pending: bool,
 }
 
 impl Vsock {
@@ -116,6 +119,7 @@ impl Vsock {
             payload: vec![0u8; MAX_PKT_LEN as usize].into_boxed_slice(),
             metrics,
             logs: GuestLogs::default(),
+            reset_pending: false,
         })
     }
 
@@ -171,6 +175,8 @@ impl CoreDevice for Vsock {
         // The driver starts over: every connection ends, host clients see end of file once
         // the event loop comes by (the kick) and closes their sockets.
         self.muxer.end_all();
+        // A driver that starts over needs no transport reset event.
+        self.reset_pending = false;
         self.core.kick(RX);
     }
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod traffic;
+mod transport_reset;
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -89,7 +90,7 @@ struct Rig<'a> {
     mem: &'a GuestMemory,
     rx: Driver<'a>,
     tx: Driver<'a>,
-    _ev: MockSplitQueue<'a, GuestMemory>,
+    ev: Driver<'a>,
     _dir: tempfile::TempDir,
     path: PathBuf,
 }
@@ -136,7 +137,7 @@ fn rig(mem: &GuestMemory, policy: Option<VsockPolicy>) -> Rig<'_> {
         mem,
         rx: driver(rx, 0, 0x10_0000),
         tx: driver(tx, 0x1_0000, 0x130_0000),
-        _ev: ev,
+        ev: driver(ev, 0x2_0000, 0x250_0000),
         _dir: dir,
         path,
     }

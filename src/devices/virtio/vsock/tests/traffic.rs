@@ -38,7 +38,7 @@ fn on_the_event_loop_sockets_are_watched_as_they_come_and_go() {
         mem,
         mut rx,
         mut tx,
-        _ev,
+        ev: _ev,
         _dir,
         path,
     } = rig(&mem, None);

@@ -396,40 +396,107 @@ fn a_restored_guest_uses_its_drive_and_entropy_device_and_sees_a_drive_patch() {
     clone.running.kill();
 }
 
+/// Boots the vsock-echo probe with a vsock device at DIR/v.sock, saves it once it listens.
+fn boot_vsock_echo_and_save() -> Saved {
+    let setup = |c: &mut ApiClient, dir: &Path| {
+        let r = c.put(
+            "/vsock",
+            json!({"guest_cid": 3, "uds_path": dir.join("v.sock")}),
+        );
+        assert_eq!(r.status, 204, "{}", r.body);
+    };
+    boot_and_save_with(
+        "probe.run=vsock-echo probe.port=5000 probe.count=1 probe.secs=120",
+        64,
+        "probe: vsock-echo ready cid=3 port=5000",
+        None,
+        &setup,
+    )
+}
+
+/// Loads `saved` in a new VMM with `extra` fields in the load body; the clone's guest must
+/// see one transport reset, then echo a host client's bytes through `uds`.
+fn load_and_echo_through(saved: &Saved, extra: serde_json::Value, uds: &Path) {
+    let flags = vec![
+        "--snapshot-dir".to_string(),
+        saved.dir.path().to_string_lossy().into_owned(),
+    ];
+    let mut clone = ApiVm::start(&args(&flags));
+    let mut c = clone.client();
+    let mut body = load_body(&saved.state, &saved.mem);
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let r = c.put("/snapshot/load", body);
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    let config = c.get("/vm/config").json();
+    assert_eq!(config["vsock"]["uds_path"], json!(uds), "{config}");
+    assert_eq!(config["vsock"]["guest_cid"], 3, "{config}");
+    // The driver is told its connections are gone and reads the CID again.
+    clone
+        .running
+        .wait_for_output("probe: vsock-echo event id=0 cid=3\n", TIMEOUT);
+    let s = common::vsock::host_connect(uds, 5000).unwrap();
+    let data = common::vsock::pattern(256 * 1024, 0);
+    let got = common::vsock::echo_round_trip(&s, &data);
+    assert!(
+        got == data,
+        "echo after load: {} of {} bytes",
+        got.len(),
+        data.len()
+    );
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    clone
+        .running
+        .wait_for_output("probe: vsock-echo ok conns=1", TIMEOUT);
+    let out = clone.running.stdout();
+    assert_eq!(
+        out.matches("probe: vsock-echo event").count(),
+        1,
+        "one transport reset: {out}"
+    );
+    clone.running.kill();
+}
+
 #[test]
-fn create_of_a_vm_with_a_vsock_device_is_refused_as_not_supported_yet() {
-    let test = "create_of_a_vm_with_a_vsock_device_is_refused_as_not_supported_yet";
+fn a_vsock_guest_restored_in_a_new_process_gets_a_transport_reset_and_echoes_at_the_same_socket() {
+    let test = "a_vsock_guest_restored_in_a_new_process_gets_a_transport_reset_and_echoes_at_the_same_socket";
     if !kvm_available(test) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mut vm = ApiVm::start(&[]);
-    let mut c = vm.client();
-    configure_probe(&mut c, "probe.run=ticker", 32);
-    let r = c.put(
-        "/vsock",
-        json!({"guest_cid": 3, "uds_path": dir.path().join("v.sock")}),
-    );
-    assert_eq!(r.status, 204, "{}", r.body);
-    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
-    assert_eq!(r.status, 204, "{}", r.body);
-    vm.running.wait_for_output("probe: tick 1\n", TIMEOUT);
-    let r = c.patch("/vm", json!({"state": "Paused"}));
-    assert_eq!(r.status, 204, "{}", r.body);
-    let r = c.put(
-        "/snapshot/create",
-        json!({"snapshot_path": dir.path().join("s"), "mem_file_path": dir.path().join("m")}),
-    );
-    assert_eq!(r.status, 400);
-    assert_eq!(
-        r.fault(),
-        "Snapshots of microVMs with a vsock device are not supported yet"
-    );
+    let saved = boot_vsock_echo_and_save();
     assert!(
-        !dir.path().join("m").exists(),
-        "a refused create wrote memory"
+        !saved.stdout.contains("probe: vsock-echo event"),
+        "{}",
+        saved.stdout
     );
+    // The killed VMM left its socket behind: the clone's listener replaces it.
+    let uds = saved.dir.path().join("v.sock");
+    load_and_echo_through(&saved, json!({}), &uds);
+}
+
+#[test]
+fn a_vsock_override_moves_the_clones_socket_and_a_bad_one_is_refused() {
+    let test = "a_vsock_override_moves_the_clones_socket_and_a_bad_one_is_refused";
+    if !kvm_available(test) {
+        return;
+    }
+    let saved = boot_vsock_echo_and_save();
+    // A uds_path PUT /vsock would refuse (over 96 bytes) is refused, the VMM stays fresh.
+    let flags = vec![
+        "--snapshot-dir".to_string(),
+        saved.dir.path().to_string_lossy().into_owned(),
+    ];
+    let vm = ApiVm::start(&args(&flags));
+    let mut c = vm.client();
+    let mut body = load_body(&saved.state, &saved.mem);
+    body["vsock_override"] = json!({"uds_path": format!("/tmp/{}", "a".repeat(100))});
+    let r = c.put("/snapshot/load", body);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.fault().contains("uds_path"), "{}", r.body);
     vm.running.kill();
+    let uds = saved.dir.path().join("clone.sock");
+    load_and_echo_through(&saved, json!({"vsock_override": {"uds_path": uds}}), &uds);
 }
 
 #[test]

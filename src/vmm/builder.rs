@@ -328,7 +328,7 @@ pub fn build_restored_vm(
             entropy: configs.entropy,
             nets: &Default::default(),
             taps: OpenTaps::default(),
-            vsock: None,
+            vsock: configs.vsock,
         },
     )?;
     if devices.transports().len() != state.transports.len() {
@@ -343,6 +343,11 @@ pub fn build_restored_vm(
             .restore(saved)
             .map_err(BuildError::Transport)?;
     }
+    // Its host sockets are not in the snapshot: the guest's connections end and its driver
+    // is told with a transport reset event.
+    if let Some(mut vsock) = devices.vsock() {
+        vsock.restored();
+    }
     let shared = Arc::new(VcpuShared::new(Arc::new(buses), mem, exit, Some(host)));
     let vmm = Vmm {
         vm,
@@ -355,7 +360,8 @@ pub fn build_restored_vm(
     Ok(BuiltVm { vmm, devices })
 }
 
-/// The configurations a restored VM is built with (checked from its state file).
+/// The configurations a restored VM is built with (checked from its state file), and its
+/// vsock device (created, its listener bound, by the caller).
 pub struct RestoredConfigs<'a> {
     /// The machine.
     pub machine: &'a crate::config::MachineConfig,
@@ -363,4 +369,6 @@ pub struct RestoredConfigs<'a> {
     pub drives: &'a crate::config::DriveList,
     /// The entropy device.
     pub entropy: Option<&'a crate::config::EntropyConfig>,
+    /// The vsock device.
+    pub vsock: Option<Vsock>,
 }

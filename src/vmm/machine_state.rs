@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BlockDeviceConfig, DriveList, EntropyConfig, MachineConfig};
+use crate::config::{
+    BlockDeviceConfig, DriveList, EntropyConfig, MachineConfig, VsockDeviceConfig,
+};
 use crate::devices::serial::UartState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::snapshot::{FormatError, MemoryIdentity, SnapshotKey, StateFile};
@@ -50,6 +52,19 @@ pub struct DeviceConfigs {
     pub drives: Vec<BlockDeviceConfig>,
     /// The entropy device.
     pub entropy: Option<EntropyConfig>,
+    /// The vsock device (its policy as patched); absent in state files of VMs without one.
+    #[serde(default)]
+    pub vsock: Option<VsockDeviceConfig>,
+}
+
+/// The virtio devices' configurations of a state file, each checked as its PUT would be.
+pub struct CheckedDeviceConfigs {
+    /// The drives, root first.
+    pub drives: DriveList,
+    /// The entropy device.
+    pub entropy: Option<EntropyConfig>,
+    /// The vsock device.
+    pub vsock: Option<VsockDeviceConfig>,
 }
 
 /// What `RunningVm::save` saves besides the vCPUs, the VM and memory.
@@ -60,6 +75,8 @@ pub struct SaveInput<'a> {
     pub drives: &'a DriveList,
     /// The entropy device.
     pub entropy: Option<&'a EntropyConfig>,
+    /// The vsock device.
+    pub vsock: Option<&'a VsockDeviceConfig>,
     /// The virtio transports, in slot order.
     pub transports: &'a [Arc<Mutex<MmioTransport>>],
 }
@@ -105,14 +122,21 @@ impl MachineState {
     }
 
     /// The virtio devices' configurations, each checked as its PUT would be.
-    pub fn device_configs(&self) -> Result<(DriveList, Option<EntropyConfig>), String> {
+    pub fn device_configs(&self) -> Result<CheckedDeviceConfigs, String> {
         let configs: DeviceConfigs =
             serde_json::from_str(&self.device_configs).map_err(|e| e.to_string())?;
         let mut drives = DriveList::default();
         for drive in configs.drives {
             drives.insert(drive).map_err(|e| e.to_string())?;
         }
-        Ok((drives, configs.entropy))
+        if let Some(vsock) = &configs.vsock {
+            vsock.validate().map_err(|e| e.to_string())?;
+        }
+        Ok(CheckedDeviceConfigs {
+            drives,
+            entropy: configs.entropy,
+            vsock: configs.vsock,
+        })
     }
 }
 
@@ -150,6 +174,7 @@ impl RunningVm {
         let device_configs = serde_json::to_string(&DeviceConfigs {
             drives: input.drives.iter().cloned().collect(),
             entropy: input.entropy.cloned(),
+            vsock: input.vsock.cloned(),
         })
         .map_err(SaveError::MachineConfig)?;
         // Both files are written beside their targets and renamed over them only when both

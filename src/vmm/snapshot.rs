@@ -119,6 +119,9 @@ pub struct LoadSnapshotParams {
     pub resume_vm: bool,
     /// Advance kvmclock by the wall time that passed since the snapshot.
     pub clock_realtime: bool,
+    /// `vsock_override`: the clone's vsock socket (checked as `PUT /vsock` checks it when
+    /// the device is created).
+    pub vsock_uds_path: Option<String>,
 }
 
 /// Why a snapshot request is refused. [`SnapshotError::status`] is the one place these
@@ -145,9 +148,15 @@ pub enum SnapshotError {
     /// The Uffd memory backend.
     #[error("The Uffd memory backend is not supported yet: use backend_type File")]
     UffdNotSupported,
-    /// `network_overrides` or `vsock_override`.
-    #[error("{0} is not supported yet: snapshots of VMs with network interfaces or vsock devices cannot be created or loaded")]
+    /// `network_overrides`.
+    #[error("{0} is not supported yet: snapshots of VMs with network interfaces cannot be created or loaded")]
     OverrideNotSupported(&'static str),
+    /// `vsock_override` for a snapshot without a vsock device.
+    #[error("vsock_override was given but the snapshot has no vsock device")]
+    VsockOverrideWithoutDevice,
+    /// The restored vsock device cannot be created (its configuration or its socket).
+    #[error("Cannot restore the vsock device: {0}")]
+    Vsock(String),
     /// Create on a VM that is not paused.
     #[error("Cannot create a snapshot of a microVM that is not paused: pause it first (PATCH /vm {{\"state\": \"Paused\"}})")]
     NotPaused,
@@ -237,15 +246,23 @@ impl LoadSnapshotBody {
         if !self.network_overrides.is_empty() {
             return Err(SnapshotError::OverrideNotSupported("network_overrides"));
         }
-        if self.vsock_override.is_some() {
-            return Err(SnapshotError::OverrideNotSupported("vsock_override"));
-        }
+        let vsock_uds_path = match self.vsock_override {
+            Some(o) => {
+                check_path("vsock_override.uds_path", &o.uds_path)?;
+                let path = o.uds_path.into_os_string().into_string();
+                Some(path.map_err(|_| SnapshotError::BadPath {
+                    field: "vsock_override.uds_path",
+                })?)
+            }
+            None => None,
+        };
         Ok(LoadSnapshotParams {
             snapshot_path: self.snapshot_path,
             mem_file_path,
             track_dirty_pages,
             resume_vm: self.resume_vm,
             clock_realtime: self.clock_realtime,
+            vsock_uds_path,
         })
     }
 }
@@ -315,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn load_refuses_uffd_and_overrides_with_a_clear_not_supported() {
+    fn load_refuses_uffd_and_network_overrides_and_takes_a_vsock_override() {
         let e = load(json!({"snapshot_path": "/s",
             "mem_backend": {"backend_type": "Uffd", "backend_path": "/uffd.sock"}}))
         .unwrap_err();
@@ -327,13 +344,14 @@ mod tests {
             e.to_string().contains("network_overrides is not supported"),
             "{e}"
         );
-        let e = load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
-            "vsock_override": {"uds_path": "/v.sock"}}))
-        .unwrap_err();
-        assert!(
-            e.to_string().contains("vsock_override is not supported"),
-            "{e}"
-        );
         assert_eq!(e.status(), 400);
+        let p = load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
+            "vsock_override": {"uds_path": "/v.sock"}}))
+        .unwrap();
+        assert_eq!(p.vsock_uds_path.as_deref(), Some("/v.sock"));
+        let e = load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
+            "vsock_override": {"uds_path": ""}}))
+        .unwrap_err();
+        assert!(matches!(e, SnapshotError::BadPath { .. }), "{e}");
     }
 }

@@ -7,21 +7,30 @@
 use std::fs::File;
 use std::time::Instant;
 
+use super::vsock::create_vsock;
 use super::Controller;
 use crate::snapshot::StateFile;
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
 use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs};
-use crate::vmm::machine_state::{MachineState, SaveInput};
+use crate::vmm::machine_state::{CheckedDeviceConfigs, MachineState, SaveInput};
 use crate::vmm::snapshot::{CreateSnapshotParams, LoadSnapshotParams, SnapshotError, SnapshotType};
+
+/// `e` and its sources, one sentence.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
 
 impl Controller {
     /// The first device of this VM that snapshots cannot carry yet, if any.
     fn unsupported_device(&self) -> Option<&'static str> {
         if self.resources.network_interfaces.iter().next().is_some() {
             return Some("network interfaces");
-        }
-        if self.resources.vsock.is_some() {
-            return Some("a vsock device");
         }
         None
     }
@@ -42,6 +51,7 @@ impl Controller {
             machine_config: &self.resources.machine_config,
             drives: &self.resources.drives,
             entropy: self.resources.entropy.as_ref(),
+            vsock: self.resources.vsock.as_ref(),
             transports: self.devices.transports(),
         };
         vm.save(
@@ -75,7 +85,11 @@ impl Controller {
         let config = state
             .machine_config()
             .map_err(SnapshotError::MachineConfig)?;
-        let (drives, entropy) = state
+        let CheckedDeviceConfigs {
+            drives,
+            entropy,
+            vsock,
+        } = state
             .device_configs()
             .map_err(SnapshotError::MachineConfig)?;
         if state.mem_size != opened.memory.size
@@ -87,12 +101,28 @@ impl Controller {
         if params.track_dirty_pages {
             return Err(SnapshotError::NotImplemented("dirty page tracking after a load").into());
         }
+        let vsock = match (vsock, &params.vsock_uds_path) {
+            (Some(mut config), uds_path) => {
+                if let Some(path) = uds_path {
+                    config.uds_path.clone_from(path);
+                }
+                // Checked as PUT /vsock checks it; the listener is bound again (a stale
+                // socket at uds_path is replaced).
+                let device =
+                    create_vsock(&config).map_err(|e| SnapshotError::Vsock(error_chain(&e)))?;
+                Some((config, device))
+            }
+            (None, Some(_)) => return Err(SnapshotError::VsockOverrideWithoutDevice.into()),
+            (None, None) => None,
+        };
+        let (vsock_config, vsock) = vsock.unzip();
         let BuiltVm { vmm, devices } = build_restored_vm(
             &state,
             RestoredConfigs {
                 machine: &config,
                 drives: &drives,
                 entropy: entropy.as_ref(),
+                vsock,
             },
             &memory,
             &self.opts,
@@ -102,6 +132,7 @@ impl Controller {
         // The restored drives are the VM's (PATCH /drives, GET /vm/config, Landlock).
         self.resources.drives = drives;
         self.resources.entropy = entropy;
+        self.resources.vsock = vsock_config;
         if self.opts.landlock {
             // The restored VM is confined as a booted one: its files are open already.
             let line = crate::sandbox::restrict_vmm(&self.landlock_rules())

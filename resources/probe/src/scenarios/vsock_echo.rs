@@ -5,7 +5,9 @@
 //! `probe: vsock-echo ready cid=N port=P`, per connection
 //! `probe: vsock-echo accept peer_port=X` and, when it ends,
 //! `probe: vsock-echo conn peer_port=X bytes=N crc32=XXXXXXXX end=shutdown|reset|closed`,
-//! then `probe: vsock-echo ok conns=N bytes=B` (`fail` when no connection ended).
+//! then `probe: vsock-echo ok conns=N bytes=B` (`fail` when no connection ended). Each event
+//! from the event queue (a transport reset after a snapshot restore) prints
+//! `probe: vsock-echo event id=N cid=C` (the CID read again).
 
 use crate::crc32::Crc32;
 use crate::serial::{put_str, ResultLine};
@@ -87,8 +89,15 @@ pub fn run(boot: &BootInfo) {
     let deadline = p.deadline_ms(p.secs * 1000);
     let (mut ended, mut bytes) = (0u64, 0u64);
     let mut spins = 0u32;
+    let mut events = s.vs.events;
     while ended < p.count && !passed(deadline) {
-        match s.poll() {
+        let event = s.poll();
+        if s.vs.events != events {
+            events = s.vs.events;
+            put_str("probe: vsock-echo event");
+            ResultLine.dec("id", u64::from(s.vs.last_event)).dec("cid", s.vs.cid).end();
+        }
+        match event {
             Event::Accepted(i) if i >= SLOTS => s.close(i),
             Event::Accepted(i) => {
                 rings.start[i] = 0;

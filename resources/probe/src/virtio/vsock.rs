@@ -125,6 +125,8 @@ pub struct Vsock {
     rx_unnotified: u16,
     /// Events seen on queue 2 (transport resets).
     pub events: u64,
+    /// The id (le32) of the last event seen (0: VIRTIO_VSOCK_EVENT_TRANSPORT_RESET).
+    pub last_event: u32,
     /// Used RX entries with an id or a length that makes no sense.
     pub bad_used: u64,
     /// The used length of the hand-made RX buffer, once the device returned it.
@@ -167,6 +169,7 @@ impl Vsock {
             rx_held: None,
             rx_unnotified: 0,
             events: 0,
+            last_event: u32::MAX,
             bad_used: 0,
             raw_rx_used: None,
         })
@@ -303,8 +306,15 @@ impl Vsock {
 
     /// Counts and re-posts event buffers (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET re-reads the CID).
     fn poll_events(&mut self) {
-        while let Some((id, _)) = self.event.try_used() {
+        while let Some((id, len)) = self.event.try_used() {
             self.events += 1;
+            let slot = u64::from(id % u32::from(EVENT_SLOTS));
+            self.last_event = if len >= 4 {
+                let b = dma::slice(EVENT_BUFS + slot * 8, 4);
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            } else {
+                u32::MAX
+            };
             self.cid = self.dev.config_u64(0);
             self.event.push((id % u32::from(EVENT_SLOTS)) as u16);
             self.dev.notify(2);

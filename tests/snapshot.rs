@@ -476,6 +476,56 @@ fn a_vsock_guest_restored_in_a_new_process_gets_a_transport_reset_and_echoes_at_
 }
 
 #[test]
+fn creating_a_snapshot_leaves_the_running_vms_vsock_connection_open() {
+    let test = "creating_a_snapshot_leaves_the_running_vms_vsock_connection_open";
+    if !kvm_available(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let flags = vec![
+        "--snapshot-dir".to_string(),
+        dir.path().to_string_lossy().into_owned(),
+    ];
+    let mut vm = ApiVm::start(&args(&flags));
+    let mut c = vm.client();
+    configure_probe(
+        &mut c,
+        "probe.run=vsock-echo probe.port=5000 probe.count=1 probe.secs=120",
+        64,
+    );
+    let uds = dir.path().join("v.sock");
+    let r = c.put("/vsock", json!({"guest_cid": 3, "uds_path": uds}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.running
+        .wait_for_output("probe: vsock-echo ready cid=3 port=5000", TIMEOUT);
+    let s = common::vsock::host_connect(&uds, 5000).unwrap();
+    let first = common::vsock::pattern(64 * 1024, 0);
+    assert!(common::vsock::echo_round_trip(&s, &first) == first);
+    let r = c.patch("/vm", json!({"state": "Paused"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_path": dir.path().join("s"), "mem_file_path": dir.path().join("m")}),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
+    let r = c.patch("/vm", json!({"state": "Resumed"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    // The same connection keeps echoing; the source guest gets no transport reset.
+    let second = common::vsock::pattern(64 * 1024, 7);
+    let got = common::vsock::echo_round_trip(&s, &second);
+    assert!(got == second, "echo after create: {} bytes", got.len());
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    vm.running
+        .wait_for_output("probe: vsock-echo ok conns=1", TIMEOUT);
+    let out = vm.running.stdout();
+    assert!(!out.contains("probe: vsock-echo event"), "{out}");
+    assert!(out.contains("bytes=131072"), "{out}");
+    vm.running.kill();
+}
+
+#[test]
 fn a_vsock_override_moves_the_clones_socket_and_a_bad_one_is_refused() {
     let test = "a_vsock_override_moves_the_clones_socket_and_a_bad_one_is_refused";
     if !kvm_available(test) {

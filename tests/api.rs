@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::api::ApiClient;
 use common::{kvm_available, probe_path, ApiVm};
@@ -239,7 +239,18 @@ fn pause_really_stops_the_guest_and_resume_restarts_it() {
     let r = c.patch("/vm", json!({"state": "Paused"}));
     assert_eq!(r.status, 204, "{}", r.body);
     assert_eq!(c.get("/").json()["state"], "Paused");
-    let frozen = vm.running.stdout();
+    // Bytes the guest wrote before the pause may still be on their way through the pipe to
+    // this test's reader (a busy machine delays it): take the output once it has stood still
+    // for 300 ms (a running guest prints every few milliseconds and never stands still).
+    let mut frozen = vm.running.stdout();
+    let (mut still_since, deadline) = (Instant::now(), Instant::now() + TIMEOUT);
+    while still_since.elapsed() < Duration::from_millis(300) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = vm.running.stdout();
+        if now != frozen {
+            (frozen, still_since) = (now, Instant::now());
+        }
+    }
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         vm.running.stdout(),

@@ -110,27 +110,37 @@ pub enum SaveError {
     StateFile(#[source] FormatError),
 }
 
+/// Why a state file's configurations are refused (each is checked as its PUT would be).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoredConfigError {
+    /// The embedded JSON does not parse.
+    #[error("it does not parse")]
+    Json(#[from] serde_json::Error),
+    /// The machine configuration or a drive is refused.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The vsock device's configuration is refused.
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::virtio::vsock::config::VsockConfigError),
+}
+
 impl MachineState {
     /// The machine configuration, checked as a `PUT /machine-config` body would be.
-    pub fn machine_config(&self) -> Result<MachineConfig, String> {
-        let config: MachineConfig =
-            serde_json::from_str(&self.machine_config).map_err(|e| e.to_string())?;
-        config
-            .validate(crate::config::host_memory_mib())
-            .map_err(|e| e.to_string())?;
+    pub fn machine_config(&self) -> Result<MachineConfig, RestoredConfigError> {
+        let config: MachineConfig = serde_json::from_str(&self.machine_config)?;
+        config.validate(crate::config::host_memory_mib())?;
         Ok(config)
     }
 
     /// The virtio devices' configurations, each checked as its PUT would be.
-    pub fn device_configs(&self) -> Result<CheckedDeviceConfigs, String> {
-        let configs: DeviceConfigs =
-            serde_json::from_str(&self.device_configs).map_err(|e| e.to_string())?;
+    pub fn device_configs(&self) -> Result<CheckedDeviceConfigs, RestoredConfigError> {
+        let configs: DeviceConfigs = serde_json::from_str(&self.device_configs)?;
         let mut drives = DriveList::default();
         for drive in configs.drives {
-            drives.insert(drive).map_err(|e| e.to_string())?;
+            drives.insert(drive)?;
         }
         if let Some(vsock) = &configs.vsock {
-            vsock.validate().map_err(|e| e.to_string())?;
+            vsock.validate()?;
         }
         Ok(CheckedDeviceConfigs {
             drives,

@@ -155,8 +155,8 @@ pub enum SnapshotError {
     #[error("vsock_override was given but the snapshot has no vsock device")]
     VsockOverrideWithoutDevice,
     /// The restored vsock device cannot be created (its configuration or its socket).
-    #[error("Cannot restore the vsock device: {0}")]
-    Vsock(String),
+    #[error("Cannot restore the vsock device")]
+    Vsock(#[source] crate::devices::virtio::vsock::VsockError),
     /// Create on a VM that is not paused.
     #[error("Cannot create a snapshot of a microVM that is not paused: pause it first (PATCH /vm {{\"state\": \"Paused\"}})")]
     NotPaused,
@@ -177,8 +177,8 @@ pub enum SnapshotError {
     #[error("The snapshot state file is inconsistent: its memory size or vCPU count disagrees with its machine configuration")]
     Inconsistent,
     /// The state file's machine configuration is refused.
-    #[error("The snapshot's machine configuration is refused: {0}")]
-    MachineConfig(String),
+    #[error("The snapshot's machine configuration is refused")]
+    MachineConfig(#[source] crate::vmm::machine_state::RestoredConfigError),
     /// Saving the paused VM failed.
     #[error("Cannot create the snapshot")]
     Save(#[source] crate::vmm::machine_state::SaveError),

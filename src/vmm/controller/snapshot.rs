@@ -15,17 +15,6 @@ use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs};
 use crate::vmm::machine_state::{CheckedDeviceConfigs, MachineState, SaveInput};
 use crate::vmm::snapshot::{CreateSnapshotParams, LoadSnapshotParams, SnapshotError, SnapshotType};
 
-/// `e` and its sources, one sentence.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
-}
-
 impl Controller {
     /// The first device of this VM that snapshots cannot carry yet, if any.
     fn unsupported_device(&self) -> Option<&'static str> {
@@ -108,8 +97,7 @@ impl Controller {
                 }
                 // Checked as PUT /vsock checks it; the listener is bound again (a stale
                 // socket at uds_path is replaced).
-                let device =
-                    create_vsock(&config).map_err(|e| SnapshotError::Vsock(error_chain(&e)))?;
+                let device = create_vsock(&config).map_err(SnapshotError::Vsock)?;
                 Some((config, device))
             }
             (None, Some(_)) => return Err(SnapshotError::VsockOverrideWithoutDevice.into()),

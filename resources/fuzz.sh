@@ -40,7 +40,9 @@ for target in "${targets[@]}"; do
         echo "fuzz: $target has no seed corpus (fuzz/corpus/$target/)" >&2
     fi
     log="$scratch/$target.log"
-    if cargo fuzz run -s none --debug-assertions "$target" "$scratch/$target" -- \
+    # Targets that need files (vsock_muxer's sockets) make them under TMPDIR: the scratch dir.
+    mkdir -p "$scratch/tmp"
+    if TMPDIR="$scratch/tmp" cargo fuzz run -s none --debug-assertions "$target" "$scratch/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 >"$log" 2>&1; then
         runs=$(grep -o 'Done [0-9]* runs' "$log" | tail -n 1 | awk '{print $2}' || true)
         echo "fuzz: $target ok: ${runs:-?} executions in ${seconds}s"

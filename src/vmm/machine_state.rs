@@ -152,13 +152,15 @@ impl MachineState {
 
 impl RunningVm {
     /// Saves the paused VM: state to `state_path` (tagged with `key`, else SHA-256), memory
-    /// to `mem_path` (0600). The VM stays paused.
+    /// to `mem_path` (0600; its SHA-256 bound into the tag when `hash_memory`). The VM stays
+    /// paused.
     pub fn save(
         &self,
         input: &SaveInput<'_>,
         state_path: &Path,
         mem_path: &Path,
         key: Option<&SnapshotKey>,
+        hash_memory: bool,
     ) -> Result<(), SaveError> {
         if self.shared.host().is_none() {
             return Err(SaveError::HostUnsupported);
@@ -193,7 +195,7 @@ impl RunningVm {
         let mem = self.shared.mem();
         let (mut new_mem, _) = prepare_full_memory(mem, mem_path).map_err(SaveError::Memory)?;
         let identity =
-            MemoryIdentity::of_file(new_mem.file(), false).map_err(SaveError::Identity)?;
+            MemoryIdentity::of_file(new_mem.file(), hash_memory).map_err(SaveError::Identity)?;
         let machine_config =
             serde_json::to_string(input.machine_config).map_err(SaveError::MachineConfig)?;
         let state = MachineState {

@@ -35,6 +35,11 @@ pub struct CreateSnapshotParams {
     /// Firecracker's removed `version` field: accepted only when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Palisade extension: also bind the memory file's SHA-256 into the state file's tag, so
+    /// that a load refuses a memory file of the right size with other contents (costs a read
+    /// of the whole file at create and at load).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hash_memory: bool,
 }
 
 /// `backend_type` of a memory backend.

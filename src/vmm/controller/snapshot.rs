@@ -48,6 +48,7 @@ impl Controller {
             &params.snapshot_path,
             &params.mem_file_path,
             self.opts.snapshot_key.as_deref(),
+            params.hash_memory,
         )
         .map_err(SnapshotError::Save)?;
         log::info!(

@@ -396,13 +396,16 @@ fn vsock_many_opens_exactly_max_connections_and_the_rest_get_rst() {
 }
 
 /// `n` host clients that each send half a `CONNECT` line and then nothing, holding their
-/// sockets open.
+/// sockets open. A client past the VMM's handshake pool is accepted and closed at once, so
+/// its write may fail with EPIPE (or its connect with ECONNRESET): that is the refusal the
+/// attack expects, not an error of the test; `still_open` counts what the VMM kept.
 fn stuck_clients(uds: &Path, n: usize) -> Vec<UnixStream> {
     (0..n)
-        .map(|_| {
-            let mut s = UnixStream::connect(uds).unwrap();
-            s.write_all(b"CONNECT 50").unwrap();
-            s
+        .filter_map(|_| {
+            let mut s = UnixStream::connect(uds).ok()?;
+            // Refused clients see EPIPE here; they stay in the list as closed sockets.
+            let _ = s.write_all(b"CONNECT 50");
+            Some(s)
         })
         .collect()
 }

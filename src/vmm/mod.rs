@@ -18,6 +18,7 @@ use crate::devices::i8042::I8042Device;
 use crate::devices::serial::SerialDevice;
 use crate::seccomp::{SeccompFilters, ThreadKind};
 use crate::vstate::exit::ExitCode;
+use crate::vstate::snapshot::uffd::UffdBackend;
 use crate::vstate::vcpu::{self, Vcpu, VcpuShared, Vcpus};
 use crate::vstate::vm::Vm;
 
@@ -55,6 +56,9 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     seccomp: Arc<SeccompFilters>,
+    /// The Uffd handler's connection and the VMM's copy of the userfaultfd, for a VM loaded
+    /// with the Uffd memory backend.
+    uffd: Option<UffdBackend>,
 }
 
 /// A VM whose vCPU threads run (or are paused).
@@ -66,6 +70,8 @@ pub struct RunningVm {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     paused: bool,
+    /// Kept open for the life of the VM (see `vstate::snapshot::uffd`), after the vCPUs stop.
+    _uffd: Option<UffdBackend>,
 }
 
 impl Vmm {
@@ -112,6 +118,7 @@ impl Vmm {
             serial: self.serial,
             i8042: self.i8042,
             paused: !run,
+            _uffd: self.uffd,
         })
     }
 }

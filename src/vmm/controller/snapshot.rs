@@ -11,9 +11,11 @@ use super::vsock::create_vsock;
 use super::Controller;
 use crate::snapshot::StateFile;
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
-use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs};
+use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs, RestoredMemory};
 use crate::vmm::machine_state::{CheckedDeviceConfigs, MachineState, SaveInput};
-use crate::vmm::snapshot::{CreateSnapshotParams, LoadSnapshotParams, SnapshotError, SnapshotType};
+use crate::vmm::snapshot::{
+    CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotError, SnapshotType,
+};
 
 impl Controller {
     /// The first device of this VM that snapshots cannot carry yet, if any.
@@ -67,10 +69,22 @@ impl Controller {
         let key = self.opts.snapshot_key.as_deref();
         let bytes = StateFile::read(&params.snapshot_path).map_err(SnapshotError::StateFile)?;
         let opened = StateFile::open(&bytes, key).map_err(SnapshotError::StateFile)?;
-        let memory = File::open(&params.mem_file_path).map_err(SnapshotError::MemoryFile)?;
-        opened
-            .check_memory_file(&memory)
-            .map_err(SnapshotError::StateFile)?;
+        let backend_path = &params.mem_backend.backend_path;
+        let memory = match params.mem_backend.backend_type {
+            MemBackendType::File => {
+                let file = File::open(backend_path).map_err(SnapshotError::MemoryFile)?;
+                opened
+                    .check_memory_file(&file)
+                    .map_err(SnapshotError::StateFile)?;
+                RestoredMemory::File(file)
+            }
+            // The handler serves the memory: its size is the state file's (checked below),
+            // its contents are the handler's responsibility.
+            MemBackendType::Uffd if opened.memory.sha256.is_some() => {
+                return Err(SnapshotError::UffdWithMemoryHash.into())
+            }
+            MemBackendType::Uffd => RestoredMemory::Uffd(backend_path.clone()),
+        };
         let state: MachineState = opened.state().map_err(SnapshotError::StateFile)?;
         let config = state
             .machine_config()

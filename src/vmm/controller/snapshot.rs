@@ -1,8 +1,9 @@
 //! The controller's snapshot actions: `PUT /snapshot/create` on a paused VM and
 //! `PUT /snapshot/load` on a fresh VMM (the rules have checked the state). A VM with a
 //! device whose state snapshots do not carry yet is refused with a clear 400 before any file
-//! is written; a load authenticates the state file and binds it to the memory file before
-//! anything is built, so a refused load leaves the VMM fresh and usable.
+//! is written; a load authenticates the state file and binds it to the memory file (with the
+//! Uffd backend: to the memory size the handler is told) before anything is built, so a
+//! refused load leaves the VMM fresh and usable.
 
 use std::fs::File;
 use std::time::Instant;

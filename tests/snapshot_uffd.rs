@@ -187,8 +187,7 @@ fn served(out: &str) -> (u64, u64) {
 }
 
 #[test]
-fn a_probe_guest_loaded_with_uffd_in_a_new_process_reads_its_whole_pattern_back_from_the_handler()
-{
+fn a_probe_guest_loaded_with_uffd_in_a_new_process_reads_its_whole_pattern_back_from_the_handler() {
     let test = "a_probe_guest_loaded_with_uffd_in_a_new_process_reads_its_whole_pattern_back_from_the_handler";
     if !kvm_available(test) {
         return;
@@ -209,11 +208,15 @@ fn a_probe_guest_loaded_with_uffd_in_a_new_process_reads_its_whole_pattern_back_
     handler.wait_for(&format!("received 1 region(s), {} bytes", MIB << 20));
     // Two whole passes over RAM in the clone: every page it reads came from the handler.
     let mut clone = clone;
-    clone
-        .running
-        .wait_for_output(&format!("probe: pattern recheck {} ok\n", pass + 2), TIMEOUT);
+    clone.running.wait_for_output(
+        &format!("probe: pattern recheck {} ok\n", pass + 2),
+        TIMEOUT,
+    );
     let out = clone.running.stdout();
-    assert!(!out.contains("recheck 1 ok"), "the clone booted again:\n{out}");
+    assert!(
+        !out.contains("recheck 1 ok"),
+        "the clone booted again:\n{out}"
+    );
     assert!(!out.contains(" fail"), "{out}");
     assert!(
         clone.running.stderr().contains("Snapshot loaded"),
@@ -261,9 +264,24 @@ fn bad_handler_sockets_an_early_close_and_a_hashed_snapshot_are_refused_then_a_g
         connect,
         "a missing socket",
     );
-    refuse(&mut c, uffd_body(&saved.state, &plain), connect, "a regular file");
-    refuse(&mut c, uffd_body(&saved.state, &dead), connect, "nobody listening");
-    refuse(&mut c, uffd_body(&saved.state, &long), connect, "a path too long");
+    refuse(
+        &mut c,
+        uffd_body(&saved.state, &plain),
+        connect,
+        "a regular file",
+    );
+    refuse(
+        &mut c,
+        uffd_body(&saved.state, &dead),
+        connect,
+        "nobody listening",
+    );
+    refuse(
+        &mut c,
+        uffd_body(&saved.state, &long),
+        connect,
+        "a path too long",
+    );
     let early = Handler::start(dir, "early.sock", &saved.mem, "close-early");
     refuse(
         &mut c,

@@ -152,7 +152,9 @@ mod tests {
     fn sysfs_device_numbers_parse_strictly() {
         assert_eq!(parse_dev("10:257\n"), Some((10, 257)));
         assert_eq!(parse_dev("10:257"), Some((10, 257)));
-        for bad in ["", "10", "10:", ":5", "10:5:1", "a:b", "10: 5", "-1:5", "10:5\n\n"] {
+        for bad in [
+            "", "10", "10:", ":5", "10:5:1", "a:b", "10: 5", "-1:5", "10:5\n\n",
+        ] {
             assert_eq!(parse_dev(bad), None, "{bad:?}");
         }
     }

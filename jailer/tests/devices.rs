@@ -55,7 +55,16 @@ fn the_jail_gets_the_hosts_userfaultfd_and_kvm_nodes_owned_by_the_jailed_uid_wit
             .unwrap_or_else(|e| panic!("{node} is missing from the jail: {e}"));
         assert!(meta.file_type().is_char_device(), "{node}: {meta:?}");
         assert_eq!(split(meta.rdev()), numbers, "{node}: device numbers");
-        assert_eq!((meta.uid(), meta.gid()), (sandbox.uid, sandbox.uid), "{node}");
-        assert_eq!(meta.mode() & 0o7777, 0o600, "{node}: mode {:o}", meta.mode());
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (sandbox.uid, sandbox.uid),
+            "{node}"
+        );
+        assert_eq!(
+            meta.mode() & 0o7777,
+            0o600,
+            "{node}: mode {:o}",
+            meta.mode()
+        );
     }
 }

@@ -88,7 +88,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), HandlerError> {
-    let memory = File::open(&cli.mem_file).map_err(|e| HandlerError::Io("open the memory file", e))?;
+    let memory =
+        File::open(&cli.mem_file).map_err(|e| HandlerError::Io("open the memory file", e))?;
     let _ = std::fs::remove_file(&cli.socket);
     let listener =
         UnixListener::bind(&cli.socket).map_err(|e| HandlerError::Io("bind the socket", e))?;
@@ -110,7 +111,9 @@ fn run(cli: &Cli) -> Result<(), HandlerError> {
     let total: u64 = regions.iter().map(|r| r.size as u64).sum();
     let fits = regions.iter().all(|r| {
         r.page_size == 4096
-            && r.offset.checked_add(r.size as u64).is_some_and(|end| end <= file_len)
+            && r.offset
+                .checked_add(r.size as u64)
+                .is_some_and(|end| end <= file_len)
             && r.base_host_virt_addr.checked_add(r.size as u64).is_some()
     });
     if regions.is_empty() || !fits || total != file_len {
@@ -119,7 +122,10 @@ fn run(cli: &Cli) -> Result<(), HandlerError> {
             regions,
         });
     }
-    say(&format!("received {} region(s), {total} bytes", regions.len()));
+    say(&format!(
+        "received {} region(s), {total} bytes",
+        regions.len()
+    ));
     if cli.mode == Mode::Stall {
         say("stalling: no fault will be served");
         wait_for_hangup(&stream, None);
@@ -301,7 +307,10 @@ impl Server {
             }
             // The VMM is gone.
             Some(libc::ESRCH | libc::ENOENT) => Ok(()),
-            _ => Err(HandlerError::Ioctl(if removed { "ZEROPAGE" } else { "COPY" }, err)),
+            _ => Err(HandlerError::Ioctl(
+                if removed { "ZEROPAGE" } else { "COPY" },
+                err,
+            )),
         }
     }
 }

@@ -308,8 +308,9 @@ pub fn build_restored_vm(
         lock: machine.mem_lock,
     };
     let mem = match memory {
-        RestoredMemory::File(file) => map_memory_file(file, state.mem_size, memory_options)
-            .map_err(BuildError::MemoryFile)?,
+        RestoredMemory::File(file) => {
+            map_memory_file(file, state.mem_size, memory_options).map_err(BuildError::MemoryFile)?
+        }
         RestoredMemory::Uffd(_) => create_guest_memory(state.mem_size, memory_options)?,
     };
     vm.register_memory(&mem)?;
@@ -321,7 +322,9 @@ pub fn build_restored_vm(
     // this thread for good.
     let uffd = match memory {
         RestoredMemory::File(_) => None,
-        RestoredMemory::Uffd(socket) => Some(hand_to_handler(&mem, socket).map_err(BuildError::Uffd)?),
+        RestoredMemory::Uffd(socket) => {
+            Some(hand_to_handler(&mem, socket).map_err(BuildError::Uffd)?)
+        }
     };
     let vcpus = state
         .vcpus

@@ -254,9 +254,7 @@ fn connect_handler(
     loop {
         match connect(socket.as_raw_fd(), &addr) {
             Ok(()) => return Ok(UnixStream::from(socket)),
-            Err(nix::Error::EAGAIN) if Instant::now() < deadline => {
-                std::thread::sleep(POLL_STEP)
-            }
+            Err(nix::Error::EAGAIN) if Instant::now() < deadline => std::thread::sleep(POLL_STEP),
             Err(nix::Error::EAGAIN) => return Err(UffdError::Timeout(timeout)),
             Err(nix::Error::EINTR) => {}
             Err(e) => return Err(failed(e)),
@@ -334,7 +332,9 @@ pub fn receive_handshake(
     stream: &UnixStream,
 ) -> Result<(Vec<GuestRegionUffdMapping>, File), std::io::Error> {
     let mut buf = vec![0u8; 64 << 10];
-    let (len, fd) = stream.recv_with_fd(&mut buf).map_err(std::io::Error::from)?;
+    let (len, fd) = stream
+        .recv_with_fd(&mut buf)
+        .map_err(std::io::Error::from)?;
     let fd = fd.ok_or_else(|| std::io::Error::other("no userfaultfd in the message"))?;
     let text = buf.get(..len).unwrap_or_default();
     let mappings = serde_json::from_slice(text).map_err(std::io::Error::other)?;

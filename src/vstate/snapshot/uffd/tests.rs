@@ -80,10 +80,8 @@ fn the_handler_gets_the_regions_and_a_userfaultfd_and_serves_the_vmms_fault() {
             copy: 0,
         };
         // SAFETY: UFFDIO_COPY of one page from `page` into the faulting range.
-        assert_eq!(
-            unsafe { ioctl_with_mut_ref(&uffd, UFFDIO_COPY(), &mut copy) },
-            0
-        );
+        let copied = unsafe { ioctl_with_mut_ref(&uffd, UFFDIO_COPY(), &mut copy) };
+        assert_eq!(copied, 0);
         (mappings, msg.arg1, stream)
     });
     let _backend = hand_to_handler(&mem, &path).unwrap();
@@ -105,14 +103,26 @@ fn no_socket_and_no_listener_are_connect_errors() {
     let missing = dir.path().join("missing.sock");
     let err = hand_to_handler(&mem, &missing).unwrap_err();
     assert!(
-        matches!(err, UffdError::Connect { source: nix::Error::ENOENT, .. }),
+        matches!(
+            err,
+            UffdError::Connect {
+                source: nix::Error::ENOENT,
+                ..
+            }
+        ),
         "{err:?}"
     );
     let (_dir, path, listener) = listener();
     drop(listener);
     let err = hand_to_handler(&mem, &path).unwrap_err();
     assert!(
-        matches!(err, UffdError::Connect { source: nix::Error::ECONNREFUSED, .. }),
+        matches!(
+            err,
+            UffdError::Connect {
+                source: nix::Error::ECONNREFUSED,
+                ..
+            }
+        ),
         "{err:?}"
     );
     let file = dir.path().join("plain-file");
@@ -144,7 +154,10 @@ fn a_handler_that_never_reads_fails_the_handoff_at_the_deadline() {
     });
     let timeout = Duration::from_millis(200);
     let err = hand_to_handler_within(&mem, &path, timeout).unwrap_err();
-    assert!(matches!(err, UffdError::Timeout(t) if t == timeout), "{err:?}");
+    assert!(
+        matches!(err, UffdError::Timeout(t) if t == timeout),
+        "{err:?}"
+    );
     tx.send(()).unwrap();
     handler.join().unwrap();
 }

@@ -151,7 +151,7 @@ pub fn hand_to_handler_within(
     socket_path: &Path,
     timeout: Duration,
 ) -> Result<UffdBackend, UffdError> {
-    let uffd = create_userfaultfd()?;
+    let (uffd, source) = create_userfaultfd()?;
     negotiate_api(&uffd)?;
     for (index, region) in mem.iter().enumerate() {
         register(&uffd, region.as_ptr() as u64, region.len())
@@ -162,6 +162,11 @@ pub fn hand_to_handler_within(
     let socket = connect_handler(socket_path, deadline, timeout)?;
     send_with_fd(&socket, &message, &uffd)?;
     wait_until_taken(&socket, deadline, timeout)?;
+    log::info!(
+        "Guest memory ({} region(s)) handed to the page fault handler at {} (userfaultfd from {source})",
+        mem.num_regions(),
+        socket_path.display()
+    );
     Ok(UffdBackend {
         _uffd: uffd,
         _socket: socket,
@@ -171,7 +176,7 @@ pub fn hand_to_handler_within(
 /// A userfaultfd (close-on-exec, non-blocking, kernel faults too: KVM's accesses to guest
 /// memory are kernel-mode faults): from /dev/userfaultfd when it works, else from the system
 /// call, as Firecracker's userfaultfd crate does.
-fn create_userfaultfd() -> Result<OwnedFd, UffdError> {
+fn create_userfaultfd() -> Result<(OwnedFd, &'static str), UffdError> {
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as libc::c_ulong;
     let device = match std::fs::OpenOptions::new()
         .read(true)
@@ -185,7 +190,7 @@ fn create_userfaultfd() -> Result<OwnedFd, UffdError> {
             let fd = unsafe { ioctl_with_val(&dev, USERFAULTFD_IOC_NEW(), flags) };
             if fd >= 0 {
                 // SAFETY: the kernel just returned this fd to us and nothing else owns it.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+                return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, USERFAULTFD_DEVICE));
             }
             std::io::Error::last_os_error().to_string()
         }
@@ -200,7 +205,10 @@ fn create_userfaultfd() -> Result<OwnedFd, UffdError> {
         });
     }
     // SAFETY: as above; an fd fits a c_int.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    Ok((
+        unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) },
+        "userfaultfd(2)",
+    ))
 }
 
 /// UFFDIO_API with the remove events Firecracker's handlers expect.

@@ -218,11 +218,13 @@ fn a_probe_guest_loaded_with_uffd_in_a_new_process_reads_its_whole_pattern_back_
         "the clone booted again:\n{out}"
     );
     assert!(!out.contains(" fail"), "{out}");
-    assert!(
-        clone.running.stderr().contains("Snapshot loaded"),
-        "{}",
-        clone.running.stderr()
-    );
+    let log = clone.running.stderr();
+    let loaded = log
+        .lines()
+        .find(|l| l.contains("Snapshot loaded"))
+        .unwrap_or_else(|| panic!("no load line:\n{log}"));
+    assert!(log.contains("handed to the page fault handler"), "{log}");
+    println!("{MIB} MiB probe guest, Uffd: {}", loaded.trim());
     drop(c);
     clone.running.kill();
     // The VMM's end of the connection closed: the handler reports and exits.

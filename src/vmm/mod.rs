@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod machine_state;
 pub mod snapshot;
 pub mod taps;
+pub mod uffd_watch;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

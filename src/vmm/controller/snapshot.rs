@@ -6,6 +6,7 @@
 //! refused load leaves the VMM fresh and usable.
 
 use std::fs::File;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::vsock::create_vsock;
@@ -17,6 +18,7 @@ use crate::vmm::machine_state::{CheckedDeviceConfigs, MachineState, SaveInput};
 use crate::vmm::snapshot::{
     CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotError, SnapshotType,
 };
+use crate::vmm::uffd_watch::HandlerWatch;
 
 impl Controller {
     /// The first device of this VM that snapshots cannot carry yet, if any.
@@ -143,6 +145,14 @@ impl Controller {
                 .map_err(SnapshotError::Landlock)?;
             log::info!("{line}");
         }
+        // Duplicated before the VMM thread's seccomp filter (installed at launch).
+        let handler_watch = vmm.uffd.as_ref().and_then(|backend| {
+            backend
+                .connection()
+                .map(|socket| HandlerWatch::new(socket, backend_path.clone()))
+                .map_err(|e| log::warn!("Cannot watch the page fault handler's connection: {e}"))
+                .ok()
+        });
         let running = vmm
             .launch(params.resume_vm)
             .map_err(|e| SnapshotError::Start(Box::new(e)))?;
@@ -150,6 +160,9 @@ impl Controller {
         self.configured = true;
         self.running = Some(running);
         self.new_subscribers = devices.subscribers();
+        if let Some(watch) = handler_watch {
+            self.new_subscribers.push(Arc::new(Mutex::new(watch)));
+        }
         self.devices = devices;
         log::info!(
             "Snapshot loaded ({} MiB, {} vCPU(s)) in {} ms",

@@ -138,6 +138,13 @@ pub struct UffdBackend {
     _socket: UnixStream,
 }
 
+impl UffdBackend {
+    /// A duplicate of the VMM's end of the connection, for watching the handler's side close.
+    pub fn connection(&self) -> Result<UnixStream, std::io::Error> {
+        self._socket.try_clone()
+    }
+}
+
 /// Registers every region of `mem` (fresh anonymous memory nothing has touched) with a new
 /// userfaultfd, hands it to the handler listening at `socket_path` and waits until the
 /// handler has taken it (see the module doc).

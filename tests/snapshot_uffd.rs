@@ -285,6 +285,12 @@ fn bad_handler_sockets_an_early_close_and_a_hashed_snapshot_are_refused_then_a_g
         connect,
         "a path too long",
     );
+    // The VMM's own API socket is no handler: its server reads no descriptor and answers
+    // with an HTTP error, or cannot read while it waits on this very load.
+    let r = c.put("/snapshot/load", uffd_body(&saved.state, &vm.sock()));
+    assert_eq!(r.status, 400, "its own API socket: {}", r.body);
+    assert!(r.fault().contains("page fault handler"), "{}", r.fault());
+    assert_eq!(c.get("/").json()["state"], "Not started");
     let early = Handler::start(dir, "early.sock", &saved.mem, "close-early");
     refuse(
         &mut c,

@@ -135,13 +135,13 @@ pub fn region_mappings(mem: &GuestMemory) -> Vec<GuestRegionUffdMapping> {
 #[derive(Debug)]
 pub struct UffdBackend {
     _uffd: OwnedFd,
-    _socket: UnixStream,
+    socket: UnixStream,
 }
 
 impl UffdBackend {
     /// A duplicate of the VMM's end of the connection, for watching the handler's side close.
     pub fn connection(&self) -> Result<UnixStream, std::io::Error> {
-        self._socket.try_clone()
+        self.socket.try_clone()
     }
 }
 
@@ -176,7 +176,7 @@ pub fn hand_to_handler_within(
     );
     Ok(UffdBackend {
         _uffd: uffd,
-        _socket: socket,
+        socket,
     })
 }
 

@@ -231,6 +231,7 @@ fn diffs_hold_the_written_pages_and_onto_the_base_copy_restore_the_pattern_in_a_
     let r = create(&mut c, "Diff", &at("state3"), &at("diff3"));
     assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
     let untouched = data_bytes(&at("diff3"));
+    println!("Diff of a clone that never ran: {} pages", untouched / PAGE);
     assert!(
         untouched <= SLACK * PAGE,
         "a clone that never ran diffs {} pages",
@@ -247,6 +248,7 @@ fn diffs_hold_the_written_pages_and_onto_the_base_copy_restore_the_pattern_in_a_
     let r = create(&mut c, "Diff", &at("state4"), &at("diff4"));
     assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
     let data = data_bytes(&at("diff4"));
+    println!("Diff of a clone that wrote {K} pages: {} pages", data / PAGE);
     assert!(
         (K * PAGE..=(K + SLACK) * PAGE).contains(&data),
         "the clone's Diff holds {} pages, it wrote {K}",
@@ -337,4 +339,44 @@ fn the_deprecated_enable_diff_snapshots_turns_tracking_on_after_a_load() {
     let mut word = [0u8; 8];
     file.read_exact_at(&mut word, BASE).unwrap();
     assert_eq!(u64::from_le_bytes(word), pattern(BASE, 2));
+}
+
+#[test]
+fn a_diff_of_a_booted_vm_into_a_new_file_restores_without_a_base() {
+    let test = "a_diff_of_a_booted_vm_into_a_new_file_restores_without_a_base";
+    if !kvm_available(test) {
+        return;
+    }
+    // Since boot, the log holds every page the VMM loaded (kernel, boot data: its own bitmap)
+    // and every page the guest wrote (KVM's): the holes are pages never written, zeros.
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    let flags = snapshot_dir_flags(dir.path());
+    let mut vm = ApiVm::start(&args(&flags));
+    let mut c = vm.client();
+    configure(&mut c, "probe.run=dirty probe.pages=16", 64, true);
+    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.running
+        .wait_for_output("probe: dirty ok round=1 pages=16 check=none\n", TIMEOUT);
+    set_state(&mut c, "Paused");
+    let r = create(&mut c, "Diff", &at("state"), &at("diff"));
+    assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
+    vm.running.kill();
+    let data = data_bytes(&at("diff"));
+    println!("Diff of a booted 64 MiB probe: {} pages", data / PAGE);
+    assert!(data < 16 * MIB, "{} pages", data / PAGE);
+
+    let mut clone = ApiVm::start(&args(&flags));
+    let mut c = clone.client();
+    let r = c.put(
+        "/snapshot/load",
+        load_body(&at("state"), &at("diff"), true, false),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    let r = c.put("/actions", json!({"action_type": "SendCtrlAltDel"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    clone
+        .running
+        .wait_for_output("probe: dirty ok round=2 pages=16 check=ok\n", TIMEOUT);
 }

@@ -148,6 +148,20 @@ pub fn dirty_runs(bitmap: &[u64], pages: u64) -> Vec<(u64, u64)> {
     runs
 }
 
+/// KVM's log of `slot` (`len` bytes), read and cleared, with the VMM's bitmap `vmm` of the
+/// same region merged in.
+fn take_kvm_log(vm: &VmFd, slot: usize, len: u64, vmm: Vec<u64>) -> Result<Vec<u64>, DirtyError> {
+    let bytes = usize::try_from(len).map_err(|_| DirtyError::Size(slot))?;
+    let mut kvm = vm
+        .get_dirty_log(slot as u32, bytes)
+        .map_err(|e| DirtyError::KvmLog(slot as u32, e))?;
+    if kvm.len() != words_for(len) {
+        return Err(DirtyError::Size(slot));
+    }
+    merge(&mut kvm, &vmm, len.div_ceil(PAGE_SIZE)).map_err(|_| DirtyError::Size(slot))?;
+    Ok(kvm)
+}
+
 /// The pages written since the last take, per region (slot n = region n): KVM's log and the
 /// VMM's bitmap merged.
 #[derive(Debug, PartialEq, Eq)]
@@ -161,23 +175,31 @@ impl DirtyLog {
     /// Guest memory must be tracked. The VM should be paused (a page written while this runs
     /// lands in this log or in the next one, never in neither).
     pub fn take(vm: &VmFd, mem: &GuestMemory) -> Result<Self, DirtyError> {
-        let mut regions = Vec::with_capacity(mem.num_regions());
+        let mut log = Self {
+            regions: Vec::with_capacity(mem.num_regions()),
+        };
         for (slot, region) in mem.iter().enumerate() {
             let vmm = region_bitmap(region)
                 .take()
-                .ok_or(DirtyError::NotTracked(slot))?;
-            let len = usize::try_from(region.len()).map_err(|_| DirtyError::Size(slot))?;
-            let mut kvm = vm
-                .get_dirty_log(slot as u32, len)
-                .map_err(|e| DirtyError::KvmLog(slot as u32, e))?;
-            let pages = region.len().div_ceil(PAGE_SIZE);
-            if kvm.len() != words_for(region.len()) {
-                return Err(DirtyError::Size(slot));
+                .ok_or(DirtyError::NotTracked(slot));
+            let merged = vmm.and_then(|vmm| {
+                let taken = take_kvm_log(vm, slot, region.len(), vmm.clone());
+                // A failure keeps the VMM's pages of this region for the next snapshot.
+                if taken.is_err() {
+                    log.regions.push(vmm);
+                }
+                taken
+            });
+            match merged {
+                Ok(bitmap) => log.regions.push(bitmap),
+                Err(e) => {
+                    // Nothing taken is lost: the regions done so far go back as well.
+                    log.give_back(mem);
+                    return Err(e);
+                }
             }
-            merge(&mut kvm, &vmm, pages).map_err(|_| DirtyError::Size(slot))?;
-            regions.push(kvm);
         }
-        Ok(Self { regions })
+        Ok(log)
     }
 
     /// Marks every page of this log dirty again in the VMM's bitmaps (after a failed

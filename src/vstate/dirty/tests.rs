@@ -130,3 +130,19 @@ fn taking_the_log_of_untracked_memory_is_refused() {
         Err(DirtyError::NotTracked(0))
     ));
 }
+
+#[test]
+fn a_failed_take_keeps_the_vmm_pages_for_the_next_one() {
+    let test = "a_failed_take_keeps_the_vmm_pages_for_the_next_one";
+    let Some(vm) = vm_or_skip(test) else {
+        return;
+    };
+    // Not registered with KVM: KVM_GET_DIRTY_LOG fails for slot 0.
+    let mem = tracked(2 * MIB);
+    mem.write_obj(5u8, GuestAddress(5 * PAGE_SIZE)).unwrap();
+    assert!(matches!(
+        DirtyLog::take(vm.fd(), &mem),
+        Err(DirtyError::KvmLog(0, _))
+    ));
+    assert_eq!(set_pages(&vmm_bits(&mem)), vec![5]);
+}

@@ -147,7 +147,8 @@ fn load_body(state: &Path, mem: &Path, resume: bool, track: bool) -> serde_json:
 
 #[test]
 fn diffs_hold_the_written_pages_and_onto_the_base_copy_restore_the_pattern_in_a_new_process() {
-    let test = "diffs_hold_the_written_pages_and_onto_the_base_copy_restore_the_pattern_in_a_new_process";
+    let test =
+        "diffs_hold_the_written_pages_and_onto_the_base_copy_restore_the_pattern_in_a_new_process";
     if !kvm_available(test) {
         return;
     }
@@ -156,7 +157,12 @@ fn diffs_hold_the_written_pages_and_onto_the_base_copy_restore_the_pattern_in_a_
     let flags = snapshot_dir_flags(dir.path());
     let mut vm = ApiVm::start(&args(&flags));
     let mut c = vm.client();
-    configure(&mut c, &format!("probe.run=dirty probe.pages={K}"), 128, true);
+    configure(
+        &mut c,
+        &format!("probe.run=dirty probe.pages={K}"),
+        128,
+        true,
+    );
     let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
     assert_eq!(r.status, 204, "{}", r.body);
     vm.running.wait_for_output(
@@ -248,7 +254,10 @@ fn diffs_hold_the_written_pages_and_onto_the_base_copy_restore_the_pattern_in_a_
     let r = create(&mut c, "Diff", &at("state4"), &at("diff4"));
     assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
     let data = data_bytes(&at("diff4"));
-    println!("Diff of a clone that wrote {K} pages: {} pages", data / PAGE);
+    println!(
+        "Diff of a clone that wrote {K} pages: {} pages",
+        data / PAGE
+    );
     assert!(
         (K * PAGE..=(K + SLACK) * PAGE).contains(&data),
         "the clone's Diff holds {} pages, it wrote {K}",
@@ -395,7 +404,9 @@ fn a_diff_since_boot_equals_a_full_snapshot_also_where_devices_wrote_guest_memor
     let dir = tempfile::tempdir().unwrap();
     let at = |name: &str| dir.path().join(name);
     let disk = at("disk.img");
-    let content: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8 | 1).collect();
+    let content: Vec<u8> = (0..256 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8 | 1)
+        .collect();
     std::fs::write(&disk, &content).unwrap();
     let flags = snapshot_dir_flags(dir.path());
     let mut vm = ApiVm::start(&args(&flags));
@@ -414,7 +425,10 @@ fn a_diff_since_boot_equals_a_full_snapshot_also_where_devices_wrote_guest_memor
     vm.running
         .wait_for_output("probe: dirty ok round=1 pages=4 check=none\n", TIMEOUT);
     let out = vm.running.stdout();
-    assert!(out.contains("probe: rng ok") && out.contains("probe: blk ok"), "{out}");
+    assert!(
+        out.contains("probe: rng ok") && out.contains("probe: blk ok"),
+        "{out}"
+    );
     set_state(&mut c, "Paused");
     let r = create(&mut c, "Diff", &at("state-diff"), &at("diff"));
     assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
@@ -422,7 +436,10 @@ fn a_diff_since_boot_equals_a_full_snapshot_also_where_devices_wrote_guest_memor
     assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
     vm.running.kill();
 
-    let (diff, full) = (std::fs::read(at("diff")).unwrap(), std::fs::read(at("full")).unwrap());
+    let (diff, full) = (
+        std::fs::read(at("diff")).unwrap(),
+        std::fs::read(at("full")).unwrap(),
+    );
     assert_eq!(diff.len(), full.len());
     let missing: Vec<usize> = diff
         .chunks(PAGE as usize)

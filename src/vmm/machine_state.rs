@@ -19,8 +19,8 @@ use crate::snapshot::{FormatError, MemoryIdentity, Replacement, SnapshotKey, Sta
 use crate::vstate::dirty::{self, DirtyError, DirtyLog};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::snapshot::{
-    prepare_full_memory, write_diff_memory, MemoryFileError, MemoryWritten, StateError,
-    VcpuState, VmState,
+    prepare_full_memory, write_diff_memory, MemoryFileError, MemoryWritten, StateError, VcpuState,
+    VmState,
 };
 
 use super::snapshot::{CreateSnapshotParams, SnapshotType};
@@ -270,8 +270,8 @@ fn write_files(
             let log = log.ok_or(SaveError::NotTracked)?;
             let (file, written) =
                 write_diff_memory(mem, mem_path, log).map_err(SaveError::Memory)?;
-            let identity = MemoryIdentity::of_file(&file, params.hash_memory)
-                .map_err(SaveError::Identity)?;
+            let identity =
+                MemoryIdentity::of_file(&file, params.hash_memory).map_err(SaveError::Identity)?;
             state.mem_size = identity.size;
             let new_state = prepare_state(&state, key, &identity, state_path)?;
             commit_state(new_state)?;

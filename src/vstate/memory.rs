@@ -280,9 +280,8 @@ fn build_guest_memory(
         };
         // SAFETY: `host` maps `len` readable and writable bytes that stay mapped for the life
         // of the process (map_guarded never unmaps them) and that nothing else uses.
-        let builder = unsafe {
-            MmapRegionBuilder::new_with_bitmap(len, bitmap).with_raw_mmap_pointer(host)
-        };
+        let builder =
+            unsafe { MmapRegionBuilder::new_with_bitmap(len, bitmap).with_raw_mmap_pointer(host) };
         let mapping = builder
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(flags)

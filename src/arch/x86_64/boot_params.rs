@@ -86,7 +86,10 @@ pub fn initrd_load_address<M: GuestMemoryBackend>(mem: &M, size: u64) -> Option<
 }
 
 /// Writes the zero page or the PVH start info for `info`.
-pub fn write_boot_params<M: GuestMemoryBackend>(mem: &M, info: &BootInfo) -> Result<(), BootParamsError> {
+pub fn write_boot_params<M: GuestMemoryBackend>(
+    mem: &M,
+    info: &BootInfo,
+) -> Result<(), BootParamsError> {
     match info.mode {
         EntryMode::Linux64 => write_zero_page(mem, info),
         EntryMode::Pvh => write_pvh_start_info(mem, info),
@@ -150,7 +153,10 @@ struct ModlistEntry(hvm_modlist_entry);
 // SAFETY: a repr(C) struct of integers; any byte pattern is a valid value.
 unsafe impl ByteValued for ModlistEntry {}
 
-fn write_pvh_start_info<M: GuestMemoryBackend>(mem: &M, info: &BootInfo) -> Result<(), BootParamsError> {
+fn write_pvh_start_info<M: GuestMemoryBackend>(
+    mem: &M,
+    info: &BootInfo,
+) -> Result<(), BootParamsError> {
     let memmap: Vec<MemmapEntry> = ram_map(mem)
         .into_iter()
         .map(|(addr, size)| {

@@ -1,7 +1,7 @@
 //! Intel MultiProcessor Specification 1.4 table: how a guest without ACPI finds its vCPUs,
 //! the IOAPIC and how ISA interrupts are wired.
 
-use vm_memory::{GuestMemoryBackend, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::layout::{APIC_START, EBDA_START, IOAPIC_START};
 

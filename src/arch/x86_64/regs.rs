@@ -3,7 +3,7 @@
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{GuestMemoryBackend, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::gdt::{kvm_segment_from_gdt, GDT_64BIT, GDT_PVH};
 use super::layout::{
@@ -72,7 +72,11 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
 
 /// Writes the boot GDT and an empty IDT, and for the 64-bit protocol identity page tables
 /// over the first 1 GiB; then loads the segments and control registers of the boot vCPU.
-pub fn setup_sregs<M: GuestMemoryBackend>(mem: &M, vcpu: &VcpuFd, mode: EntryMode) -> Result<(), RegsError> {
+pub fn setup_sregs<M: GuestMemoryBackend>(
+    mem: &M,
+    vcpu: &VcpuFd,
+    mode: EntryMode,
+) -> Result<(), RegsError> {
     let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(|e| RegsError::Kvm("get", e))?;
     let gdt = match mode {
         EntryMode::Linux64 => GDT_64BIT,

@@ -47,7 +47,10 @@ fn merging_ors_the_logs_and_drops_bits_past_the_last_page() {
 fn merging_logs_of_other_sizes_is_refused() {
     let mut kvm = vec![0; 2];
     assert!(merge(&mut kvm, &[0; 3], 128).is_err());
-    assert!(merge(&mut kvm, &[0; 2], 200).is_err(), "2 words cannot hold 200 pages");
+    assert!(
+        merge(&mut kvm, &[0; 2], 200).is_err(),
+        "2 words cannot hold 200 pages"
+    );
     assert_eq!(kvm, vec![0; 2], "a refused merge changes nothing");
 }
 
@@ -72,8 +75,12 @@ fn every_way_the_vmm_writes_guest_memory_marks_the_page() {
     mem.write_slice(&[1u8; 8], GuestAddress(3 * PAGE_SIZE - 4))
         .unwrap();
     // An atomic store (virtio-queue's used index).
-    mem.store(7u16, GuestAddress(10 * PAGE_SIZE), std::sync::atomic::Ordering::Release)
-        .unwrap();
+    mem.store(
+        7u16,
+        GuestAddress(10 * PAGE_SIZE),
+        std::sync::atomic::Ordering::Release,
+    )
+    .unwrap();
     // A read from a file straight into guest memory (virtio-blk reads).
     let mut file = tempfile::tempfile().unwrap();
     file.write_all(&[9u8; 100]).unwrap();

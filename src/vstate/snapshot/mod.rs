@@ -14,8 +14,8 @@ pub mod vm_state;
 use kvm_ioctls::{Cap, Kvm};
 
 pub use memory_file::{
-    map_memory, map_memory_file, prepare_full_memory, write_diff_memory, write_memory,
-    MemoryDump, MemoryFileError, MemoryWritten,
+    map_memory, map_memory_file, prepare_full_memory, write_diff_memory, write_memory, MemoryDump,
+    MemoryFileError, MemoryWritten,
 };
 pub use vcpu_state::VcpuState;
 pub use vm_state::VmState;

@@ -221,7 +221,10 @@ fn diff_file_holds_only_the_pages_the_guest_and_the_vmm_wrote() {
     let file = std::fs::read(&path).unwrap();
     assert_eq!(file.len() as u64, size);
     assert_eq!(file[TARGET as usize], 0x42);
-    assert_eq!(file[BY_THE_VMM as usize], 0x77, "the VMM's write is missing");
+    assert_eq!(
+        file[BY_THE_VMM as usize], 0x77,
+        "the VMM's write is missing"
+    );
     assert_eq!(
         file[CODE as usize], 0,
         "a page the guest only read was written"
@@ -278,7 +281,10 @@ fn a_diff_onto_a_copy_of_the_full_file_yields_the_full_image() {
     assert_eq!(written.pages, 4);
     let full = dir.path().join("full");
     write_memory(&mem, &full, MemoryDump::Full).unwrap();
-    assert_eq!(std::fs::read(&merged).unwrap(), std::fs::read(&full).unwrap());
+    assert_eq!(
+        std::fs::read(&merged).unwrap(),
+        std::fs::read(&full).unwrap()
+    );
 }
 
 #[test]

@@ -307,8 +307,9 @@ fn a_diff_without_dirty_page_tracking_is_refused_with_firecrackers_message() {
 }
 
 #[test]
-fn the_deprecated_enable_diff_snapshots_turns_tracking_on_after_a_load() {
-    let test = "the_deprecated_enable_diff_snapshots_turns_tracking_on_after_a_load";
+fn the_deprecated_enable_diff_snapshots_tracks_a_clone_and_a_refused_diff_keeps_its_pages() {
+    let test =
+        "the_deprecated_enable_diff_snapshots_tracks_a_clone_and_a_refused_diff_keeps_its_pages";
     if !kvm_available(test) {
         return;
     }
@@ -341,6 +342,13 @@ fn the_deprecated_enable_diff_snapshots_turns_tracking_on_after_a_load() {
         .running
         .wait_for_output("probe: dirty ok round=2 pages=16 check=ok\n", TIMEOUT);
     set_state(&mut c, "Paused");
+    // A refused Diff (onto a file of another size) keeps the log: the next one has round 2.
+    std::fs::write(at("short"), [0u8; 4096]).unwrap();
+    let only_owner = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(at("short"), only_owner).unwrap();
+    let r = create(&mut c, "Diff", &at("state2"), &at("short"));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(std::fs::metadata(at("short")).unwrap().len(), 4096);
     copy_0600(&at("mem"), &at("merged"));
     let r = create(&mut c, "Diff", &at("state2"), &at("merged"));
     assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());

@@ -147,6 +147,7 @@ pub fn build_vm(
             HugePages::Hugetlbfs2M => Backing::Huge2M,
         },
         lock: machine.mem_lock,
+        track_dirty_pages: machine.track_dirty_pages,
     };
     let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
     vm.register_memory(&mem)?;
@@ -290,9 +291,10 @@ pub enum RestoredMemory {
 }
 
 /// Builds a VM from a snapshot: KVM VM, guest memory (mapped private from the memory file, or
-/// anonymous and handed to the Uffd handler before anything may touch it), the legacy devices,
-/// then each vCPU and the VM state restored (both validated first). Nothing is loaded or
-/// written into guest memory.
+/// anonymous and handed to the Uffd handler before anything may touch it; tracked for dirty
+/// pages, all clean, when the machine configuration says `track_dirty_pages`), the legacy
+/// devices, then each vCPU and the VM state restored (both validated first). Nothing is
+/// loaded or written into guest memory.
 pub fn build_restored_vm(
     state: &MachineState,
     configs: RestoredConfigs<'_>,
@@ -306,6 +308,7 @@ pub fn build_restored_vm(
     let memory_options = MemoryOptions {
         backing: Backing::Normal,
         lock: machine.mem_lock,
+        track_dirty_pages: machine.track_dirty_pages,
     };
     let mem = match memory {
         RestoredMemory::File(file) => {

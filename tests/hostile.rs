@@ -7,7 +7,8 @@
 //! floods against a small connection table, with a second guest as bystander). The malformed
 //! chains of blk-hostile, sent to virtio-rng and to both virtio-net queues, are hostile/chains.rs.
 //! The vsock attacks (bad packets, a guest that stops reading, the connection cap, stuck host
-//! clients) are hostile/vsock.rs.
+//! clients) are hostile/vsock.rs. Hostile snapshot state files (sealed again without a key,
+//! one field changed per case, each loaded into a fresh VMM) are hostile/snapshot.rs.
 //!
 //! Latency: the target is `GET /` under 100 ms throughout an attack, and the table reports
 //! the measured maximum against it. The tests assert 5 s: what they guard against is the
@@ -27,6 +28,8 @@ mod host;
 mod net_flood;
 #[path = "hostile/net_forge.rs"]
 mod net_forge;
+#[path = "hostile/snapshot.rs"]
+mod snapshot;
 #[path = "hostile/table.rs"]
 mod table;
 #[path = "hostile/vsock.rs"]

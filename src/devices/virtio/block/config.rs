@@ -95,10 +95,7 @@ impl BlockDeviceConfig {
                 self.drive_id
             );
         }
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(!self.is_read_only)
-            .open(&self.path_on_host)
+        super::disk::open_backing(&self.path_on_host, self.is_read_only)
             .map(drop)
             .map_err(|source| BlockConfigError::Open {
                 drive_id: self.drive_id.clone(),

@@ -43,6 +43,26 @@ pub enum DiskError {
     ShortRead,
 }
 
+/// Opens a drive's backing file (read-only when `read_only`): without blocking (a FIFO
+/// nobody writes would hold the VMM thread for good) and refusing anything but a regular file
+/// or a block device (a FIFO, a socket or a character device such as /dev/mem is no disk).
+pub fn open_backing(path: &str, read_only: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !(kind.is_file() || kind.is_block_device()) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file or a block device",
+        ));
+    }
+    Ok(file)
+}
+
 /// An open backing file.
 #[derive(Debug)]
 pub struct Disk {
@@ -54,14 +74,10 @@ pub struct Disk {
 impl Disk {
     /// Opens `path` (read-only when `read_only`) and reads its size.
     pub fn open(path: &str, read_only: bool) -> Result<Self, DiskError> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| DiskError::Open {
-                path: path.to_string(),
-                source,
-            })?;
+        let mut file = open_backing(path, read_only).map_err(|source| DiskError::Open {
+            path: path.to_string(),
+            source,
+        })?;
         // Seeking to the end works for regular files and block devices alike.
         let size = file
             .seek(SeekFrom::End(0))
@@ -155,6 +171,24 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    #[test]
+    fn a_fifo_or_a_character_device_is_refused_at_once_and_never_blocks_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Read-only: a blocking open would wait for a writer for good.
+        for path in [fifo.to_str().unwrap(), "/dev/null"] {
+            let e = open_backing(path, true).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{path}");
+            assert!(matches!(
+                Disk::open(path, false),
+                Err(DiskError::Open { .. })
+            ));
+        }
+    }
 
     #[test]
     fn reads_and_writes_go_between_file_offsets_and_guest_pieces() {

@@ -23,6 +23,7 @@ use crate::vstate::snapshot::{
     VmState,
 };
 
+use super::restored_paths::Confinement;
 use super::snapshot::{CreateSnapshotParams, SnapshotType};
 use super::RunningVm;
 
@@ -133,6 +134,9 @@ pub enum RestoredConfigError {
     /// The vsock device's configuration is refused.
     #[error(transparent)]
     Vsock(#[from] crate::devices::virtio::vsock::config::VsockConfigError),
+    /// A host path of an unkeyed state file lies outside the snapshot directories.
+    #[error(transparent)]
+    Path(#[from] super::restored_paths::RestoredPathError),
 }
 
 impl MachineState {
@@ -143,11 +147,20 @@ impl MachineState {
         Ok(config)
     }
 
-    /// The virtio devices' configurations, each checked as its PUT would be.
-    pub fn device_configs(&self) -> Result<CheckedDeviceConfigs, RestoredConfigError> {
+    /// The virtio devices' configurations, each checked as its PUT would be. With
+    /// `confine` (an unkeyed state file) each drive's file must resolve beneath a snapshot
+    /// directory, and is named by its resolved path, before anything opens it; the vsock
+    /// socket's path is the caller's to confine (a `vsock_override` replaces it).
+    pub fn device_configs(
+        &self,
+        confine: Option<&Confinement>,
+    ) -> Result<CheckedDeviceConfigs, RestoredConfigError> {
         let configs: DeviceConfigs = serde_json::from_str(&self.device_configs)?;
         let mut drives = DriveList::default();
-        for drive in configs.drives {
+        for mut drive in configs.drives {
+            if let Some(confine) = confine {
+                drive.path_on_host = confine.file("a drive file", &drive.path_on_host)?;
+            }
             drives.insert(drive)?;
         }
         if let Some(vsock) = &configs.vsock {

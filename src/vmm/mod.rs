@@ -8,6 +8,7 @@ pub mod device_manager;
 pub mod event_loop;
 pub mod kernel;
 pub mod machine_state;
+pub mod restored_paths;
 pub mod snapshot;
 pub mod taps;
 pub mod uffd_watch;

@@ -15,6 +15,7 @@ use crate::snapshot::StateFile;
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
 use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs, RestoredMemory};
 use crate::vmm::machine_state::{CheckedDeviceConfigs, MachineState, SaveInput};
+use crate::vmm::restored_paths::Confinement;
 use crate::vmm::snapshot::{
     CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotError, SnapshotType,
 };
@@ -94,12 +95,15 @@ impl Controller {
         // Not carried by snapshots (as in Firecracker): the load says whether the clone is
         // tracked, all pages clean at first.
         config.track_dirty_pages = params.track_dirty_pages;
+        // An unkeyed state file's host paths are anyone's who could write it: confined to
+        // the snapshot directories (restored_paths).
+        let confine = (!opened.keyed).then(|| Confinement::new(&self.opts.snapshot_dirs));
         let CheckedDeviceConfigs {
             drives,
             entropy,
             vsock,
         } = state
-            .device_configs()
+            .device_configs(confine.as_ref())
             .map_err(SnapshotError::MachineConfig)?;
         if state.mem_size != opened.memory.size
             || state.mem_size != (config.mem_size_mib as u64) << 20
@@ -109,8 +113,14 @@ impl Controller {
         }
         let vsock = match (vsock, &params.vsock_uds_path) {
             (Some(mut config), uds_path) => {
-                if let Some(path) = uds_path {
-                    config.uds_path.clone_from(path);
+                match (uds_path, &confine) {
+                    (Some(path), _) => config.uds_path.clone_from(path),
+                    (None, Some(confine)) => {
+                        config.uds_path = confine
+                            .socket("a vsock socket", &config.uds_path)
+                            .map_err(|e| SnapshotError::MachineConfig(e.into()))?;
+                    }
+                    (None, None) => {}
                 }
                 // Checked as PUT /vsock checks it; the listener is bound again (a stale
                 // socket at uds_path is replaced).

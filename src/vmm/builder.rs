@@ -305,6 +305,15 @@ pub fn build_restored_vm(
     let machine = configs.machine;
     let vm = Vm::new()?;
     let host = Host::probe(vm.kvm()).map_err(BuildError::Restore)?;
+    // Every vCPU's and the VM's state is checked before guest memory exists: a state refused
+    // here costs no mapping and never reaches a Uffd handler (which keeps the userfaultfd, a
+    // reach into this process's address space, even after a refused load).
+    for (index, vcpu) in state.vcpus.iter().enumerate() {
+        let index = u8::try_from(index)
+            .map_err(|_| BuildError::Restore(StateError::Invalid("vCPU count")))?;
+        vcpu.validate(index, &host).map_err(BuildError::Restore)?;
+    }
+    state.vm.validate().map_err(BuildError::Restore)?;
     let memory_options = MemoryOptions {
         backing: Backing::Normal,
         lock: machine.mem_lock,

@@ -37,7 +37,9 @@ fn three_clones_of_a_booted_linux_guest_each_run_their_own_user_space_check() {
     let clones: Vec<LinuxClone> = (0..3).map(|_| LinuxClone::start(true)).collect();
     let mut rngs = BTreeSet::new();
     for (n, clone) in clones.iter().enumerate() {
+        let t = std::time::Instant::now();
         let out = clone.sh(&check(n));
+        eprintln!("check {n}: {:?}", t.elapsed());
         let f = fields(&out);
         assert_eq!(f["golden"], GOLDEN_MARK, "{out}");
         assert_eq!(f["ro"], "ZZZZZZZZ", "{out}");
@@ -47,7 +49,9 @@ fn three_clones_of_a_booted_linux_guest_each_run_their_own_user_space_check() {
     assert_eq!(rngs.len(), 3, "clones read the same hwrng bytes: {rngs:?}");
     // Each clone still has its own file: three guests, not one.
     for (n, clone) in clones.iter().enumerate() {
+        let t = std::time::Instant::now();
         assert_eq!(clone.sh("cat /tmp/clone"), format!("clone-{n}\n"));
+        eprintln!("cat {n}: {:?}", t.elapsed());
         let serial = clone.vm.running.stdout();
         assert!(
             !serial.contains("palisade-guest: ready"),

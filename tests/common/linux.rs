@@ -9,7 +9,8 @@
 //!
 //! The golden guest: 1 vCPU, 128 MiB, the initramfs (init gives the serial console a shell
 //! and starts the agent), entropy, vsock (CID 3), drive `data` (1 MiB of zeros, read-write,
-//! /dev/vda in the guest) and drive `ro` (1 MiB of 0x5a, read-only, /dev/vdb). It was paused
+//! /dev/vda in the guest), drive `ro` (1 MiB of 0x5a, read-only, /dev/vdb) and drive
+//! `rootfs` (the guest build's ext4 image, read-only, /dev/vdc; not mounted). It was paused
 //! once the agent answered and after `/tmp/golden` was written. No network interface:
 //! snapshots refuse them for now.
 
@@ -21,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::agent::{sh, wait_for_agent};
+use super::agent::{exec, sh, wait_for_agent};
 use super::{linux_guest_dir, palisade_bin, ApiVm};
 
 /// Bumped whenever the golden guest's configuration changes (old snapshots are removed).
-const GOLDEN_VERSION: u32 = 1;
+const GOLDEN_VERSION: u32 = 2;
 /// Booting on a loaded host without VMX/SVM: generous.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The contents of `/tmp/golden` in every clone.
@@ -131,6 +132,11 @@ fn boot_and_save(dir: &Path) -> Duration {
             json!({"drive_id": "ro", "path_on_host": ro, "is_root_device": false,
                    "is_read_only": true}),
         ),
+        (
+            "/drives/rootfs",
+            json!({"drive_id": "rootfs", "is_root_device": false, "is_read_only": true,
+                   "path_on_host": linux_guest_dir().join("rootfs.ext4")}),
+        ),
         ("/entropy", json!({})),
         ("/vsock", json!({"guest_cid": 3, "uds_path": uds})),
     ] {
@@ -206,15 +212,19 @@ impl LinuxClone {
 
     /// Resumes a clone loaded with `resume_vm: false`.
     pub fn resume(&self) {
-        let r = self
-            .vm
-            .client()
-            .patch("/vm", json!({"state": "Resumed"}));
+        let r = self.vm.client().patch("/vm", json!({"state": "Resumed"}));
         assert_eq!(r.status, 204, "{}", r.body);
     }
 
     /// `sh -c script` in the clone through its agent; its stdout (exit 0 asserted).
     pub fn sh(&self, script: &str) -> String {
-        sh(&self.uds, script)
+        match exec(&self.uds, &["sh", "-c", script]) {
+            Ok(out) if out.code == 0 => out.stdout,
+            other => panic!(
+                "EXEC {script}: {other:?}\n--- serial\n{}\n--- VMM log\n{}",
+                self.vm.running.stdout(),
+                self.vm.running.stderr()
+            ),
+        }
     }
 }

@@ -39,7 +39,7 @@ fn three_clones_of_a_booted_linux_guest_each_run_their_own_user_space_check() {
     for (n, clone) in clones.iter().enumerate() {
         let t = std::time::Instant::now();
         let out = clone.sh(&check(n));
-        eprintln!("check {n}: {:?}", t.elapsed());
+        println!("check {n}: {:?}", t.elapsed());
         let f = fields(&out);
         assert_eq!(f["golden"], GOLDEN_MARK, "{out}");
         assert_eq!(f["ro"], "ZZZZZZZZ", "{out}");
@@ -51,7 +51,7 @@ fn three_clones_of_a_booted_linux_guest_each_run_their_own_user_space_check() {
     for (n, clone) in clones.iter().enumerate() {
         let t = std::time::Instant::now();
         assert_eq!(clone.sh("cat /tmp/clone"), format!("clone-{n}\n"));
-        eprintln!("cat {n}: {:?}", t.elapsed());
+        println!("cat {n}: {:?}", t.elapsed());
         let serial = clone.vm.running.stdout();
         assert!(
             !serial.contains("palisade-guest: ready"),

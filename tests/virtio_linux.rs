@@ -15,7 +15,8 @@ use common::vsock::fields;
 const DATA_MARK: &str = "palisade-linux-data-0123456789";
 
 /// The checks, one EXEC through the agent (busybox applets by name: each process costs
-/// emulated kernel time on the dev host). vda: data, vdb: ro, vdc: the ext4 image.
+/// emulated kernel time on the dev host). vda: data, vdb: ro, vdc: the ext4 image (mounted
+/// on the empty /root: the initramfs has no /mnt).
 fn checks() -> String {
     format!(
         r#"if echo {DATA_MARK} | busybox dd of=/dev/vda bs=512 conv=sync,fsync 2>/dev/null; then
@@ -29,11 +30,9 @@ else
     echo ro-write=pass
 fi
 echo hwrng=$(busybox dd if=/dev/hwrng bs=32 count=1 2>/dev/null | busybox wc -c)
-busybox mkdir -p /mnt
-if busybox mount -t ext4 -o ro /dev/vdc /mnt; then
-    read -r first </mnt/sbin/init
+if busybox mount -t ext4 -o ro /dev/vdc /root; then
+    read -r first </root/sbin/init
     echo "ext4=$first"
-    busybox umount /mnt
 else
     echo ext4=fail
 fi

@@ -87,7 +87,10 @@ fn a_host_connect_waits_until_the_driver_has_handled_the_transport_reset() {
     // saw earlier would open a connection that the reset then tears down.
     let mem = memory();
     let (mut r, _c) = reset_sent_and_a_host_connect(&mem);
-    assert!(r.recv().is_empty(), "a REQUEST before the reset was handled");
+    assert!(
+        r.recv().is_empty(),
+        "a REQUEST before the reset was handled"
+    );
     assert!(r.recv().is_empty());
     // The device asked to be told of the driver's next event buffer (avail_event = 2).
     let avail_event: u16 = mem
@@ -104,8 +107,7 @@ fn a_host_connect_waits_until_the_driver_has_handled_the_transport_reset() {
 }
 
 #[test]
-fn a_driver_that_never_handles_the_transport_reset_delays_host_packets_only_until_the_deadline()
-{
+fn a_driver_that_never_handles_the_transport_reset_delays_host_packets_only_until_the_deadline() {
     let mem = memory();
     let (mut r, _c) = reset_sent_and_a_host_connect(&mem);
     assert!(r.recv().is_empty());

@@ -133,9 +133,11 @@ impl Vsock {
             return false;
         };
         let handled = self.core.active.as_ref().is_none_or(|active| {
+            // An unreadable ring ends the wait too: the device cannot learn more.
             active.queues[EVQ]
                 .avail_idx(&active.mem, Ordering::Acquire)
-                .map_or(true, |idx| idx != flight.avail)
+                .ok()
+                != Some(flight.avail)
         });
         if !handled && Instant::now() < flight.until {
             return true;

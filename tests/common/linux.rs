@@ -26,7 +26,7 @@ use super::agent::{exec, sh, wait_for_agent};
 use super::{linux_guest_dir, palisade_bin, ApiVm};
 
 /// Bumped whenever the golden guest's configuration changes (old snapshots are removed).
-const GOLDEN_VERSION: u32 = 2;
+const GOLDEN_VERSION: u32 = 3;
 /// Booting on a loaded host without VMX/SVM: generous.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The contents of `/tmp/golden` in every clone.
@@ -111,8 +111,10 @@ fn boot_and_save(dir: &Path) -> Duration {
     let ro = dir.join("ro.img");
     std::fs::write(&data, vec![0u8; DRIVE_BYTES]).unwrap();
     std::fs::write(&ro, vec![0x5au8; DRIVE_BYTES]).unwrap();
-    let uds = dir.join("v.sock");
     let api_dir = tempfile::tempdir().unwrap();
+    // Short (uds_path has at most 96 bytes, the target directory may be deep); clones move
+    // it with vsock_override anyway.
+    let uds = api_dir.path().join("v.sock");
     let snapshot_dir = dir.to_string_lossy().into_owned();
     let vm = ApiVm::start_in(api_dir, &["--snapshot-dir", &snapshot_dir]);
     let mut c = vm.client();

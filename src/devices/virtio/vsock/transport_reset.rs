@@ -7,13 +7,14 @@
 //! A buffer that is device-readable, shorter than 4 bytes or outside guest memory is used
 //! with length 0 and counted; the event waits for the next one.
 //!
-//! Host packets wait until the driver has handled the event: a driver resets every
-//! connected socket when it handles it, so a host client that connected in between (a
-//! client that talks to the guest right after `PUT /snapshot/load` returns) would have its
-//! new connection torn down by the reset of the old ones. A Linux driver posts the event's
+//! Host packets wait from the restore until the driver has handled the event: a driver
+//! resets every connected socket when it handles it, so a host client that connected in
+//! between (a client that talks to the guest right after `PUT /snapshot/load` returns)
+//! would have its new connection torn down by the reset of the old ones. A Linux driver posts the event's
 //! buffer again once it has handled it: the device asks to be notified of that post (the
 //! event queue's `avail_event`) and holds RX until the event queue's avail index moves, or
-//! [`RESET_HOLD`] passed (a driver that never posts again delays host packets, nothing
+//! [`RESET_HOLD`] passed (since the restore while no buffer came to send the event in,
+//! then since the event was sent; a driver that never posts delays host packets, nothing
 //! more).
 
 use std::num::Wrapping;
@@ -36,11 +37,11 @@ const EVENT_LEN: u32 = 4;
 /// below the guest's time to answer a host connect (`muxer::CONNECT_TIMEOUT`).
 pub const RESET_HOLD: Duration = Duration::from_secs(1);
 
-/// A transport reset the driver was sent and has not handled yet.
+/// A transport reset the driver has not handled yet (sent, or still waiting for a buffer).
 #[derive(Debug)]
 pub struct ResetInFlight {
-    /// The event queue's avail index when the event was sent.
-    pub(super) avail: Wrapping<u16>,
+    /// The event queue's avail index when the event was sent; None before it was sent.
+    pub(super) avail: Option<Wrapping<u16>>,
     /// When host packets flow again even without a sign from the driver.
     pub(super) until: Instant,
 }
@@ -66,6 +67,12 @@ impl Vsock {
         self.muxer.end_all();
         if self.core.active.is_some() {
             self.reset_pending = true;
+            // Host packets wait from now on: a host client may connect before the event
+            // loop comes by to send the event.
+            self.reset_in_flight = Some(ResetInFlight {
+                avail: None,
+                until: Instant::now() + RESET_HOLD,
+            });
             // The event loop sends it when it comes by (if a buffer waits already).
             self.core.kick(EVQ);
         }
@@ -118,8 +125,9 @@ impl Vsock {
             let q = &active.queues[EVQ];
             let avail = q.avail_idx(mem, Ordering::Acquire).unwrap_or_default();
             notify_on_next_post(q, mem, avail);
+            // The driver gets its own RESET_HOLD to handle it.
             self.reset_in_flight = Some(ResetInFlight {
-                avail,
+                avail: Some(avail),
                 until: Instant::now() + RESET_HOLD,
             });
         }
@@ -132,13 +140,17 @@ impl Vsock {
         let Some(flight) = &self.reset_in_flight else {
             return false;
         };
-        let handled = self.core.active.as_ref().is_none_or(|active| {
-            // An unreadable ring ends the wait too: the device cannot learn more.
-            active.queues[EVQ]
-                .avail_idx(&active.mem, Ordering::Acquire)
-                .ok()
-                != Some(flight.avail)
-        });
+        let handled = match flight.avail {
+            // Not sent yet (no event buffer so far).
+            Some(sent_at) => self.core.active.as_ref().is_none_or(|active| {
+                // An unreadable ring ends the wait too: the device cannot learn more.
+                active.queues[EVQ]
+                    .avail_idx(&active.mem, Ordering::Acquire)
+                    .ok()
+                    != Some(sent_at)
+            }),
+            None => self.core.active.is_none(),
+        };
         if !handled && Instant::now() < flight.until {
             return true;
         }

@@ -126,3 +126,25 @@ fn a_driver_reset_ends_the_wait_for_the_transport_reset() {
     r.dev.reset();
     assert!(r.dev.reset_in_flight.is_none());
 }
+
+#[test]
+fn a_host_connect_waits_while_the_transport_reset_has_no_buffer_to_go_in() {
+    // The event loop may accept a host client before it sends the event, or the driver may
+    // have posted no event buffer yet: either way the guest has not reset its old
+    // connections, and would reset the new one with them.
+    let mem = memory();
+    let mut r = rig(&mem, None);
+    r.dev.restored();
+    let mut c = client(&r.path);
+    c.write_all(b"CONNECT 52\n").unwrap();
+    r.host_ready();
+    assert!(r.recv().is_empty(), "a REQUEST before the reset was sent");
+    // The driver posts a buffer: the event goes in, the REQUEST waits for its handling.
+    r.ev.add(&mem, None, 8);
+    r.dev.process_evq();
+    assert_eq!(r.ev.take_used(&mem).len(), 1);
+    assert!(r.recv().is_empty());
+    r.ev.add(&mem, None, 8);
+    r.dev.process_evq();
+    assert_eq!(ops(&r.recv()), vec![Op::Request as u16]);
+}

@@ -3,7 +3,8 @@
 //! cap, bandwidth).
 //!
 //! Three queues of 256 entries: 0 RX (host to guest packets), 1 TX (guest to host), 2 event
-//! (a transport reset, sent once after a snapshot restore: [`transport_reset`]). Offered features: VERSION_1, EVENT_IDX.
+//! (a transport reset, sent once after a snapshot restore: [`transport_reset`]; host packets
+//! wait until the driver has handled it). Offered features: VERSION_1, EVENT_IDX.
 //! The configuration space is the guest's CID as a little-endian u64.
 //!
 //! - Host-initiated: a host client connects to `uds_path` and writes `CONNECT <port>\n`; the
@@ -89,6 +90,8 @@ pub struct Vsock {
     logs: GuestLogs,
     /// A restore happened and the driver has not been told yet (a transport reset event).
     reset_pending: bool,
+    /// The driver was told and has not handled it yet: host packets wait.
+    reset_in_flight: Option<transport_reset::ResetInFlight>,
 }
 
 impl Vsock {
@@ -120,6 +123,7 @@ impl Vsock {
             metrics,
             logs: GuestLogs::default(),
             reset_pending: false,
+            reset_in_flight: None,
         })
     }
 
@@ -177,6 +181,7 @@ impl CoreDevice for Vsock {
         self.muxer.end_all();
         // A driver that starts over needs no transport reset event.
         self.reset_pending = false;
+        self.reset_in_flight = None;
         self.core.kick(RX);
     }
 }

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{
     BlockDeviceConfig, DriveList, EntropyConfig, MachineConfig, VsockDeviceConfig,
 };
+use crate::devices::generation_id::GenerationState;
+use crate::devices::i8042::I8042State;
 use crate::devices::serial::UartState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::snapshot::{FormatError, MemoryIdentity, SnapshotKey, StateFile};
@@ -19,6 +21,7 @@ use crate::vstate::snapshot::{
     prepare_full_memory, MemoryFileError, StateError, VcpuState, VmState,
 };
 
+use super::clone_state::LimiterStates;
 use super::RunningVm;
 
 /// How long the vCPU threads get to capture their state.
@@ -42,6 +45,12 @@ pub struct MachineState {
     pub device_configs: String,
     /// Each virtio transport, in slot order.
     pub transports: Vec<TransportState>,
+    /// The i8042 controller.
+    pub i8042: I8042State,
+    /// The rate limiters' remaining budgets.
+    pub limiters: LimiterStates,
+    /// The generation the guest saw (a restore shows it a new one).
+    pub generation: GenerationState,
 }
 
 /// The virtio devices a snapshot carries, as configured (JSON inside the state).
@@ -79,6 +88,8 @@ pub struct SaveInput<'a> {
     pub vsock: Option<&'a VsockDeviceConfig>,
     /// The virtio transports, in slot order.
     pub transports: &'a [Arc<Mutex<MmioTransport>>],
+    /// The rate limiters' remaining budgets.
+    pub limiters: LimiterStates,
 }
 
 /// Why a save failed.
@@ -210,6 +221,9 @@ impl RunningVm {
                 .state(),
             device_configs,
             transports,
+            i8042: self.i8042.lock().unwrap_or_else(|e| e.into_inner()).state(),
+            limiters: input.limiters.clone(),
+            generation: self.generation,
         };
         let bytes = StateFile::encode(&state, key, &identity).map_err(SaveError::StateFile)?;
         let new_state = StateFile::prepare(state_path, &bytes).map_err(SaveError::StateFile)?;

@@ -2,6 +2,7 @@
 
 pub mod action;
 pub mod builder;
+pub mod clone_state;
 pub mod console;
 pub mod controller;
 pub mod device_manager;
@@ -14,6 +15,7 @@ pub mod taps;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::devices::generation_id::GenerationState;
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::SerialDevice;
 use crate::seccomp::{SeccompFilters, ThreadKind};
@@ -55,6 +57,8 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     seccomp: Arc<SeccompFilters>,
+    /// What the guest reads on the generation ID page.
+    generation: GenerationState,
 }
 
 /// A VM whose vCPU threads run (or are paused).
@@ -66,6 +70,7 @@ pub struct RunningVm {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     paused: bool,
+    generation: GenerationState,
 }
 
 impl Vmm {
@@ -112,6 +117,7 @@ impl Vmm {
             serial: self.serial,
             i8042: self.i8042,
             paused: !run,
+            generation: self.generation,
         })
     }
 }
@@ -120,6 +126,11 @@ impl RunningVm {
     /// The serial console, for input.
     pub fn serial(&self) -> &Arc<Mutex<SerialDevice>> {
         &self.serial
+    }
+
+    /// What the guest reads on the generation ID page.
+    pub fn generation(&self) -> &GenerationState {
+        &self.generation
     }
 
     /// True while paused.

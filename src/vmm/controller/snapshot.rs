@@ -42,6 +42,7 @@ impl Controller {
             entropy: self.resources.entropy.as_ref(),
             vsock: self.resources.vsock.as_ref(),
             transports: self.devices.transports(),
+            limiters: self.devices.save_limiters(),
         };
         vm.save(
             &input,
@@ -75,13 +76,17 @@ impl Controller {
         let config = state
             .machine_config()
             .map_err(SnapshotError::MachineConfig)?;
+        let configs = state
+            .device_configs()
+            .map_err(SnapshotError::MachineConfig)?;
+        state
+            .validate_clone_state(&configs)
+            .map_err(SnapshotError::CloneState)?;
         let CheckedDeviceConfigs {
             drives,
             entropy,
             vsock,
-        } = state
-            .device_configs()
-            .map_err(SnapshotError::MachineConfig)?;
+        } = configs;
         if state.mem_size != opened.memory.size
             || state.mem_size != (config.mem_size_mib as u64) << 20
             || state.vcpus.len() != usize::from(config.vcpu_count)

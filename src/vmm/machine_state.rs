@@ -16,7 +16,7 @@ use crate::devices::generation_id::GenerationState;
 use crate::devices::i8042::I8042State;
 use crate::devices::serial::UartState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
-use crate::snapshot::{FormatError, MemoryIdentity, SnapshotKey, StateFile};
+use crate::snapshot::{commit_pair, FormatError, MemoryIdentity, SnapshotKey, StateFile};
 use crate::vstate::snapshot::{
     prepare_full_memory, MemoryFileError, StateError, VcpuState, VmState,
 };
@@ -227,11 +227,9 @@ impl RunningVm {
         };
         let bytes = StateFile::encode(&state, key, &identity).map_err(SaveError::StateFile)?;
         let new_state = StateFile::prepare(state_path, &bytes).map_err(SaveError::StateFile)?;
-        new_mem
-            .commit()
-            .map_err(|e| SaveError::Memory(MemoryFileError::Io("replace", e)))?;
-        new_state
-            .commit()
+        // The pair changes together: if the state file cannot replace its target, the old
+        // memory file is put back (an old pair on disk still loads).
+        commit_pair(new_mem, new_state)
             .map_err(|e| SaveError::StateFile(FormatError::Io("replace", e)))
     }
 }

@@ -31,10 +31,7 @@ fn configure_probe(client: &mut ApiClient, boot_args: &str, mib: usize) {
 }
 
 fn snapshot_dir_flags(dir: &Path) -> Vec<String> {
-    vec![
-        "--snapshot-dir".into(),
-        dir.to_string_lossy().into_owned(),
-    ]
+    vec!["--snapshot-dir".into(), dir.to_string_lossy().into_owned()]
 }
 
 fn start(flags: &[String]) -> ApiVm {
@@ -77,7 +74,10 @@ fn clone_and_read(state: &Path, mem: &Path) -> ((String, u64), String) {
     let mut running = vm.running;
     running.wait_for_output("probe: rng ok", TIMEOUT);
     let out = running.stdout();
-    assert!(!out.contains("probe: ready"), "the clone booted again:\n{out}");
+    assert!(
+        !out.contains("probe: ready"),
+        "the clone booted again:\n{out}"
+    );
     let seen = generations(&out);
     assert_eq!(seen.len(), 1, "one genid line after the restore:\n{out}");
     let crc = rng_crc(&out);

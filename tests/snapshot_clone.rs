@@ -191,3 +191,75 @@ fn a_create_whose_state_file_cannot_be_renamed_leaves_the_old_pair_loadable() {
     running.wait_for_output("probe: tick ", TIMEOUT);
     running.kill();
 }
+
+/// `entropy_rate_limiter_throttled` summed over every metrics line flushed to `path`.
+fn entropy_throttled(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["entropy"]["entropy_rate_limiter_throttled"].as_u64())
+        .sum()
+}
+
+#[test]
+fn a_clone_gets_the_entropy_budget_that_was_left_not_a_full_bucket() {
+    let test = "a_clone_gets_the_entropy_budget_that_was_left_not_a_full_bucket";
+    if !kvm_available(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vm = start(&snapshot_dir_flags(dir.path()));
+    let mut c = vm.client();
+    // 8 KiB per hour: the original takes 4 KiB before the snapshot, so the clone has 4 KiB
+    // left: its first rng completes, its second waits (a full bucket would pay for both).
+    configure_probe(&mut c, "probe.run=rng,genid,rng,rng,idle probe.wait=1", 64);
+    let r = c.put(
+        "/entropy",
+        json!({"rate_limiter": {"bandwidth": {"size": 8192, "refill_time": 3_600_000}}}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let mut running = vm.running;
+    running.wait_for_output(" counter=0\n", TIMEOUT);
+    let r = c.patch("/vm", json!({"state": "Paused"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (state, mem) = (dir.path().join("state"), dir.path().join("mem"));
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_path": state, "mem_file_path": mem}),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, running.stderr());
+    running.kill();
+
+    let metrics = dir.path().join("clone-metrics.jsonl");
+    let clone = start(&[
+        "--metrics-path".into(),
+        metrics.to_string_lossy().into_owned(),
+    ]);
+    let mut c = clone.client();
+    let r = c.put("/snapshot/load", load_body(&state, &mem));
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    let mut running = clone.running;
+    running.wait_for_output("probe: rng ok", TIMEOUT);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while entropy_throttled(&metrics) == 0 {
+        let out = running.stdout();
+        assert_eq!(
+            out.matches("probe: rng ok").count(),
+            1,
+            "the clone's limiter paid for a second request:\n{out}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never throttled:\n{out}"
+        );
+        let r = c.put("/actions", json!({"action_type": "FlushMetrics"}));
+        assert_eq!(r.status, 204, "{}", r.body);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = running.stdout();
+    assert_eq!(out.matches("probe: rng ok").count(), 1, "{out}");
+    running.kill();
+}

@@ -1,8 +1,9 @@
 //! Clones know they are clones (issue 14): every VM shows its guest a generation ID page
 //! (`palisade_genid=` on the command line); each VM loaded from a snapshot sees a new random
 //! ID and the saved restore counter plus one, and its virtio-rng draws from the host, so two
-//! clones of one snapshot share no RNG state. And a snapshot create whose state file cannot
-//! replace its target leaves the old pair on disk, still loadable.
+//! clones of one snapshot share no RNG state; a clone's rate limiter has the budget that was
+//! left, not a full bucket. And a snapshot create whose state file cannot replace its target
+//! leaves the old pair on disk, still loadable.
 #![allow(clippy::unwrap_used)]
 
 mod common;

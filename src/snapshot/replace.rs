@@ -112,6 +112,9 @@ enum FirstIn {
     Exchanged,
     /// Renamed: there was no old file.
     Renamed,
+    /// Renamed over the old file: the file system cannot exchange (EINVAL), so a failure of
+    /// the second rename cannot be undone.
+    Replaced,
 }
 
 /// Puts the first file of a pair in place, keeping the old one (if any) at the temporary name.
@@ -119,7 +122,17 @@ fn put_first(first: &Replacement) -> io::Result<FirstIn> {
     match std::fs::symlink_metadata(&first.target) {
         // rename(2) refuses to put a file over a directory; the exchange would not.
         Ok(meta) if meta.is_dir() => Err(io::Error::from_raw_os_error(libc::EISDIR)),
-        Ok(_) => exchange(&first.temp, &first.target).map(|()| FirstIn::Exchanged),
+        Ok(_) => match exchange(&first.temp, &first.target) {
+            Ok(()) => Ok(FirstIn::Exchanged),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                log::warn!(
+                    "{}: the file system cannot exchange files; replacing without undo",
+                    first.target.display()
+                );
+                std::fs::rename(&first.temp, &first.target).map(|()| FirstIn::Replaced)
+            }
+            Err(e) => Err(e),
+        },
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             std::fs::rename(&first.temp, &first.target).map(|()| FirstIn::Renamed)
         }
@@ -152,6 +165,13 @@ pub fn commit_pair(mut first: Replacement, mut second: Replacement) -> io::Resul
             FirstIn::Renamed => {
                 first.committed = true;
                 let _ = std::fs::remove_file(&first.target);
+            }
+            FirstIn::Replaced => {
+                first.committed = true;
+                log::error!(
+                    "{} was replaced but its state file was not: the pair on disk is inconsistent",
+                    first.target.display()
+                );
             }
         }
         return Err(e);

@@ -62,6 +62,7 @@ fn guest_memory() -> &'static GuestMemory {
         let opts = MemoryOptions {
             backing: Backing::Normal,
             lock: false,
+            track_dirty_pages: false,
         };
         create_guest_memory(2 << 20, opts).unwrap()
     })

@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod machine_state;
 pub mod snapshot;
 pub mod taps;
+pub mod uffd_watch;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use crate::devices::i8042::I8042Device;
 use crate::devices::serial::SerialDevice;
 use crate::seccomp::{SeccompFilters, ThreadKind};
 use crate::vstate::exit::ExitCode;
+use crate::vstate::snapshot::uffd::UffdBackend;
 use crate::vstate::vcpu::{self, Vcpu, VcpuShared, Vcpus};
 use crate::vstate::vm::Vm;
 
@@ -59,6 +61,9 @@ pub struct Vmm {
     seccomp: Arc<SeccompFilters>,
     /// What the guest reads on the generation ID page.
     generation: GenerationState,
+    /// The Uffd handler's connection and the VMM's copy of the userfaultfd, for a VM loaded
+    /// with the Uffd memory backend.
+    uffd: Option<UffdBackend>,
 }
 
 /// A VM whose vCPU threads run (or are paused).
@@ -71,6 +76,8 @@ pub struct RunningVm {
     i8042: Arc<Mutex<I8042Device>>,
     paused: bool,
     generation: GenerationState,
+    /// Kept open for the life of the VM (see `vstate::snapshot::uffd`), after the vCPUs stop.
+    _uffd: Option<UffdBackend>,
 }
 
 impl Vmm {
@@ -118,6 +125,7 @@ impl Vmm {
             i8042: self.i8042,
             paused: !run,
             generation: self.generation,
+            _uffd: self.uffd,
         })
     }
 }

@@ -49,6 +49,7 @@ impl Controller {
             entropy: self.resources.entropy.as_ref(),
             vsock: self.resources.vsock.as_ref(),
             transports: self.devices.transports(),
+            limiters: self.devices.save_limiters(),
         };
         let written = vm
             .save(&input, params, self.opts.snapshot_key.as_deref())
@@ -94,13 +95,17 @@ impl Controller {
         // Not carried by snapshots (as in Firecracker): the load says whether the clone is
         // tracked, all pages clean at first.
         config.track_dirty_pages = params.track_dirty_pages;
+        let configs = state
+            .device_configs()
+            .map_err(SnapshotError::MachineConfig)?;
+        state
+            .validate_clone_state(&configs)
+            .map_err(SnapshotError::CloneState)?;
         let CheckedDeviceConfigs {
             drives,
             entropy,
             vsock,
-        } = state
-            .device_configs()
-            .map_err(SnapshotError::MachineConfig)?;
+        } = configs;
         if state.mem_size != opened.memory.size
             || state.mem_size != (config.mem_size_mib as u64) << 20
             || state.vcpus.len() != usize::from(config.vcpu_count)

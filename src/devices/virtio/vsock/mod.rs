@@ -44,7 +44,7 @@ use super::queue::MAX_QUEUE_SIZE;
 use super::{read_config_bytes, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::logger::RateLimitedLog;
 use crate::metrics::VsockDeviceMetrics;
-use crate::rate_limiter::{RateLimiter, RateLimiterError};
+use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterState, RateLimiterStateError};
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -130,6 +130,20 @@ impl Vsock {
     /// The guest's CID.
     pub fn guest_cid(&self) -> u64 {
         self.cid
+    }
+
+    /// The device rate limiter's remaining tokens (`policy.rate_limiter`), for a snapshot.
+    /// Connections are not in a snapshot, nor their limiters.
+    pub fn save_limiter(&mut self) -> RateLimiterState {
+        self.limiter.save_state()
+    }
+
+    /// Gives the rate limiter the tokens a snapshot saved (never above its buckets).
+    pub fn restore_limiter(
+        &mut self,
+        state: &RateLimiterState,
+    ) -> Result<(), RateLimiterStateError> {
+        self.limiter.restore_state(state)
     }
 
     /// The device's counters.

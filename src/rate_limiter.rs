@@ -10,6 +10,10 @@
 //! than the whole bucket is let through once, and the limiter then stays blocked for the time
 //! the bucket needs to pay it back.
 
+mod state;
+
+pub use state::{BucketState, RateLimiterState, RateLimiterStateError};
+
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 

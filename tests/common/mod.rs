@@ -1,7 +1,9 @@
 //! TestVm: boots the real test guests under the real `palisade` binary and KVM.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod agent;
 pub mod api;
+pub mod linux;
 pub mod netns;
 pub mod skip;
 pub mod vsock;
@@ -232,7 +234,12 @@ impl ApiVm {
     /// Starts `palisade --api-sock DIR/api.sock --audit-log DIR/audit.jsonl EXTRA...` and
     /// waits for the socket.
     pub fn start(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), extra)
+    }
+
+    /// As `start`, in `dir` (which the caller may have named in `extra`, e.g. as a
+    /// `--snapshot-dir`).
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let sock = dir.path().join("api.sock");
         let start = Instant::now();
         let mut child = Command::new(palisade_bin())

@@ -50,6 +50,7 @@ impl Controller {
             entropy: self.resources.entropy.as_ref(),
             vsock: self.resources.vsock.as_ref(),
             transports: self.devices.transports(),
+            limiters: self.devices.save_limiters(),
         };
         let written = vm
             .save(&input, params, self.opts.snapshot_key.as_deref())
@@ -98,13 +99,17 @@ impl Controller {
         // An unkeyed state file's host paths are anyone's who could write it: confined to
         // the snapshot directories (restored_paths).
         let confine = (!opened.keyed).then(|| Confinement::new(&self.opts.snapshot_dirs));
+        let configs = state
+            .device_configs(confine.as_ref())
+            .map_err(SnapshotError::MachineConfig)?;
+        state
+            .validate_clone_state(&configs)
+            .map_err(SnapshotError::CloneState)?;
         let CheckedDeviceConfigs {
             drives,
             entropy,
             vsock,
-        } = state
-            .device_configs(confine.as_ref())
-            .map_err(SnapshotError::MachineConfig)?;
+        } = configs;
         if state.mem_size != opened.memory.size
             || state.mem_size != (config.mem_size_mib as u64) << 20
             || state.vcpus.len() != usize::from(config.vcpu_count)

@@ -12,6 +12,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use palisade::rate_limiter::BucketState;
 use palisade::snapshot::{MemoryIdentity, StateFile};
 use palisade::vmm::machine_state::MachineState;
 use serde_json::{json, Value};
@@ -394,6 +395,46 @@ fn cases(base: &Base, out: &Outside) -> Vec<Case> {
     v.push(case("serial: 1 MiB receive FIFO", Refused, base, |s| {
         s.serial.fifo = vec![b'x'; 1 << 20];
     }));
+    // Clone state: the generation, the i8042, the rate limiters.
+    v.push(case(
+        "generation: restore counter at u64::MAX",
+        Refused,
+        base,
+        |s| {
+            s.generation.counter = u64::MAX;
+        },
+    ));
+    v.push(case("generation: counter u64::MAX-1 and an all-zero ID (the clone gets counter MAX and a fresh ID)", RefusedOrSurvives, base, |s| {
+        s.generation.counter = u64::MAX - 1;
+        s.generation.id = [0; 16];
+    }));
+    v.push(case(
+        "i8042: 4096 bytes waiting in its output",
+        Refused,
+        base,
+        |s| {
+            s.i8042.output = vec![0xfa; 4096];
+        },
+    ));
+    v.push(case(
+        "limiter: a drive bucket with u64::MAX tokens for a limiter never configured",
+        Refused,
+        base,
+        |s| {
+            s.limiters.drives[0].limiter.bandwidth = Some(BucketState {
+                budget: u64::MAX,
+                one_time_burst: u64::MAX,
+            });
+        },
+    ));
+    v.push(case(
+        "limiter: the saved drive limiters name another drive",
+        Refused,
+        base,
+        |s| {
+            s.limiters.drives[0].drive_id = "other".into();
+        },
+    ));
     // Memory.
     v.push(case(
         "memory: mem_size 4 KiB more than the memory file",

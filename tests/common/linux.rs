@@ -26,7 +26,7 @@ use super::agent::{exec, sh, wait_for_agent};
 use super::{linux_guest_dir, palisade_bin, ApiVm};
 
 /// Bumped whenever the golden guest's configuration changes (old snapshots are removed).
-const GOLDEN_VERSION: u32 = 3;
+const GOLDEN_VERSION: u32 = 4;
 /// Booting on a loaded host without VMX/SVM: generous.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The contents of `/tmp/golden` in every clone.
@@ -104,6 +104,25 @@ pub fn golden() -> &'static Golden {
     })
 }
 
+/// The golden snapshot's key file in `dir` (written once, 0600): the snapshot names the
+/// guest's root file system outside any snapshot directory, which only a keyed state file
+/// may do.
+fn golden_key(dir: &Path) -> String {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("key");
+    if !path.exists() {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"golden-snapshot-key-0123456789ab").unwrap();
+    }
+    path.to_string_lossy().into_owned()
+}
+
 /// Boots the golden guest in `dir`, waits for its agent, marks /tmp/golden, pauses and
 /// creates a Full snapshot there; returns the time from InstanceStart to a working agent.
 fn boot_and_save(dir: &Path) -> Duration {
@@ -116,7 +135,11 @@ fn boot_and_save(dir: &Path) -> Duration {
     // it with vsock_override anyway.
     let uds = api_dir.path().join("v.sock");
     let snapshot_dir = dir.to_string_lossy().into_owned();
-    let vm = ApiVm::start_in(api_dir, &["--snapshot-dir", &snapshot_dir]);
+    let key = golden_key(dir);
+    let vm = ApiVm::start_in(
+        api_dir,
+        &["--snapshot-dir", &snapshot_dir, "--snapshot-key-file", &key],
+    );
     let mut c = vm.client();
     for (path, body) in [
         (
@@ -184,7 +207,18 @@ impl LinuxClone {
         let own = dir.path().to_string_lossy().into_owned();
         let shared = golden.dir.to_string_lossy().into_owned();
         let uds = dir.path().join("v.sock");
-        let vm = ApiVm::start_in(dir, &["--snapshot-dir", &own, "--snapshot-dir", &shared]);
+        let key = golden_key(&golden.dir);
+        let vm = ApiVm::start_in(
+            dir,
+            &[
+                "--snapshot-dir",
+                &own,
+                "--snapshot-dir",
+                &shared,
+                "--snapshot-key-file",
+                &key,
+            ],
+        );
         let mut c = vm.client();
         let started = Instant::now();
         let r = c.put(

@@ -180,15 +180,13 @@ fn machine(state: &mut MachineState, edit: impl FnOnce(&mut Value)) {
 /// A FIFO, a character device (1,5: /dev/zero) and a link to /etc/shadow in `dir`.
 fn plant(dir: &Path) {
     let path = |name: &str| std::ffi::CString::new(dir.join(name).to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo and mknod with valid NUL-terminated paths.
-    unsafe {
-        assert_eq!(libc::mkfifo(path("fifo").as_ptr(), 0o600), 0);
-        let dev = libc::makedev(1, 5);
-        assert_eq!(
-            libc::mknod(path("zero").as_ptr(), libc::S_IFCHR | 0o600, dev),
-            0
-        );
-    }
+    let (fifo, zero) = (path("fifo"), path("zero"));
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let dev = libc::makedev(1, 5);
+    // SAFETY: mknod with a valid NUL-terminated path.
+    let made = unsafe { libc::mknod(zero.as_ptr(), libc::S_IFCHR | 0o600, dev) };
+    assert_eq!(made, 0);
     std::os::unix::fs::symlink("/etc/shadow", dir.join("link.img")).unwrap();
 }
 

@@ -2,7 +2,9 @@
 # The hostile suite (issue 11), one command: attacks a running Palisade from inside its guests
 # (the probe guest's blk-flood, virtio-hostile, chain-hostile, net-hostile, net-forge, net-flood,
 # vsock-hostile, vsock-stall and vsock-many scenarios, and host clients stuck in their vsock
-# CONNECT line; tests/hostile.rs) while measuring the API socket's latency, the VMM's memory and
+# CONNECT line; tests/hostile.rs), and hostile snapshot state files (a real state file sealed
+# again without a key with one field changed per case, each loaded into a fresh VMM;
+# tests/hostile/snapshot.rs) while measuring the API socket's latency, the VMM's memory and
 # its metrics; then from its API socket (tests/api.rs: pipelining, header floods, oversized
 # bodies, slowloris, 10,000 requests, refused uids, Pause/Resume storms) and on the jailer
 # (jailer/tests/: planted links, FIFOs, symlinks, inherited descriptors, the jail probe's

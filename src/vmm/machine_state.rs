@@ -14,6 +14,7 @@ use crate::config::{
 };
 use crate::devices::serial::UartState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
+use crate::devices::virtio::net::snapshot::NetState;
 use crate::snapshot::{FormatError, MemoryIdentity, SnapshotKey, StateFile};
 use crate::vstate::snapshot::{
     prepare_full_memory, MemoryFileError, StateError, VcpuState, VmState,
@@ -42,6 +43,8 @@ pub struct MachineState {
     pub device_configs: String,
     /// Each virtio transport, in slot order.
     pub transports: Vec<TransportState>,
+    /// Each network interface (configuration, limiter levels, firewall state), in order.
+    pub nets: Vec<NetState>,
 }
 
 /// The virtio devices a snapshot carries, as configured (JSON inside the state).
@@ -79,6 +82,8 @@ pub struct SaveInput<'a> {
     pub vsock: Option<&'a VsockDeviceConfig>,
     /// The virtio transports, in slot order.
     pub transports: &'a [Arc<Mutex<MmioTransport>>],
+    /// The network interfaces' states, in order.
+    pub nets: &'a [NetState],
 }
 
 /// Why a save failed.
@@ -210,6 +215,7 @@ impl RunningVm {
                 .state(),
             device_configs,
             transports,
+            nets: input.nets.to_vec(),
         };
         let bytes = StateFile::encode(&state, key, &identity).map_err(SaveError::StateFile)?;
         let new_state = StateFile::prepare(state_path, &bytes).map_err(SaveError::StateFile)?;

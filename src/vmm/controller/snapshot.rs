@@ -1,34 +1,83 @@
 //! The controller's snapshot actions: `PUT /snapshot/create` on a paused VM and
-//! `PUT /snapshot/load` on a fresh VMM (the rules have checked the state). A VM with a
-//! device whose state snapshots do not carry yet is refused with a clear 400 before any file
-//! is written; a load authenticates the state file and binds it to the memory file before
-//! anything is built, so a refused load leaves the VMM fresh and usable.
+//! `PUT /snapshot/load` on a fresh VMM (the rules have checked the state). A load
+//! authenticates the state file and binds it to the memory file, checks every device's
+//! configuration and state, and opens the network interfaces' taps (renamed by
+//! `network_overrides`) before anything is built, so a refused load leaves the VMM fresh and
+//! usable.
 
 use std::fs::File;
 use std::time::Instant;
 
 use super::vsock::create_vsock;
 use super::Controller;
+use crate::devices::virtio::net::config::InterfaceList;
+use crate::devices::virtio::net::snapshot::{NetState, RestoredNet};
 use crate::snapshot::StateFile;
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
 use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs};
-use crate::vmm::machine_state::{CheckedDeviceConfigs, MachineState, SaveInput};
-use crate::vmm::snapshot::{CreateSnapshotParams, LoadSnapshotParams, SnapshotError, SnapshotType};
+use crate::vmm::machine_state::{CheckedDeviceConfigs, MachineState, SaveError, SaveInput};
+use crate::vmm::snapshot::{
+    CreateSnapshotParams, LoadSnapshotParams, NetworkOverride, SnapshotError, SnapshotType,
+};
+
+/// The network interfaces of a state file with `overrides` applied (each must name one of
+/// them; Firecracker's rule), checked together as their PUTs would be, then restored: firewall
+/// and limiter states checked, taps opened. On error nothing stays open.
+fn restore_nets(
+    state: &MachineState,
+    overrides: &[NetworkOverride],
+) -> Result<(InterfaceList, Vec<RestoredNet>), SnapshotError> {
+    let mut configs = state
+        .nets
+        .iter()
+        .map(|net| net.config().map_err(SnapshotError::Net))
+        .collect::<Result<Vec<_>, _>>()?;
+    for o in overrides {
+        let config = configs
+            .iter_mut()
+            .find(|c| c.iface_id == o.iface_id)
+            .ok_or_else(|| SnapshotError::UnknownNetworkDevice(o.iface_id.clone()))?;
+        config.host_dev_name.clone_from(&o.host_dev_name);
+    }
+    let mut list = InterfaceList::default();
+    for config in &configs {
+        if list.iter().any(|c| c.iface_id == config.iface_id) {
+            return Err(SnapshotError::DuplicateInterface(config.iface_id.clone()));
+        }
+        list.insert(config.clone())
+            .map_err(SnapshotError::NetConfig)?;
+    }
+    let now = Instant::now();
+    let restored = state
+        .nets
+        .iter()
+        .zip(configs)
+        .map(|(net, config)| net.restore(config, now).map_err(SnapshotError::Net))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((list, restored))
+}
 
 impl Controller {
-    /// The first device of this VM that snapshots cannot carry yet, if any.
-    fn unsupported_device(&self) -> Option<&'static str> {
-        if self.resources.network_interfaces.iter().next().is_some() {
-            return Some("network interfaces");
-        }
-        None
+    /// The states of the running VM's network interfaces, with their configurations in
+    /// force.
+    fn net_states(&self) -> Result<Vec<NetState>, SnapshotError> {
+        self.resources
+            .network_interfaces
+            .iter()
+            .map(|iface| {
+                let id = &iface.iface_id;
+                let net = self
+                    .devices
+                    .net(id)
+                    .ok_or_else(|| SnapshotError::MissingNetDevice(id.clone()))?;
+                net.snapshot_state(iface)
+                    .map_err(|e| SnapshotError::Save(SaveError::MachineConfig(e)))
+            })
+            .collect()
     }
 
     /// `PUT /snapshot/create`.
     pub(super) fn create_snapshot(&mut self, params: &CreateSnapshotParams) -> ActionResult {
-        if let Some(device) = self.unsupported_device() {
-            return Err(SnapshotError::UnsupportedDevice(device).into());
-        }
         if params.snapshot_type == SnapshotType::Diff {
             return Err(SnapshotError::NotImplemented("of type Diff").into());
         }
@@ -36,12 +85,14 @@ impl Controller {
             return Err(ActionError::NotSupportedPreBoot);
         };
         let started = Instant::now();
+        let nets = self.net_states()?;
         let input = SaveInput {
             machine_config: &self.resources.machine_config,
             drives: &self.resources.drives,
             entropy: self.resources.entropy.as_ref(),
             vsock: self.resources.vsock.as_ref(),
             transports: self.devices.transports(),
+            nets: &nets,
         };
         vm.save(
             &input,
@@ -91,6 +142,8 @@ impl Controller {
         if params.track_dirty_pages {
             return Err(SnapshotError::NotImplemented("dirty page tracking after a load").into());
         }
+        // Taps are opened (by name, possibly overridden) before anything is built.
+        let (interfaces, nets) = restore_nets(&state, &params.network_overrides)?;
         let vsock = match (vsock, &params.vsock_uds_path) {
             (Some(mut config), uds_path) => {
                 if let Some(path) = uds_path {
@@ -111,6 +164,7 @@ impl Controller {
                 machine: &config,
                 drives: &drives,
                 entropy: entropy.as_ref(),
+                nets,
                 vsock,
             },
             &memory,
@@ -122,6 +176,7 @@ impl Controller {
         self.resources.drives = drives;
         self.resources.entropy = entropy;
         self.resources.vsock = vsock_config;
+        self.resources.network_interfaces = interfaces;
         if self.opts.landlock {
             // The restored VM is confined as a booted one: its files are open already.
             let line = crate::sandbox::restrict_vmm(&self.landlock_rules())

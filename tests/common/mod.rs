@@ -232,11 +232,16 @@ impl ApiVm {
     /// Starts `palisade --api-sock DIR/api.sock --audit-log DIR/audit.jsonl EXTRA...` and
     /// waits for the socket.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_in(None, extra)
+    }
+
+    /// As [`ApiVm::start`], inside network namespace `netns` (for its taps) when given.
+    pub fn start_in(netns: Option<&str>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let sock = dir.path().join("api.sock");
         let start = Instant::now();
-        let mut child = Command::new(palisade_bin())
-            .arg("--api-sock")
+        let mut cmd = Command::new(palisade_bin());
+        cmd.arg("--api-sock")
             .arg(&sock)
             .arg("--audit-log")
             .arg(dir.path().join("audit.jsonl"))
@@ -244,9 +249,11 @@ impl ApiVm {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn palisade");
+            .stderr(Stdio::piped());
+        if let Some(name) = netns {
+            netns::run_in(&mut cmd, name);
+        }
+        let mut child = cmd.spawn().expect("spawn palisade");
         let stdout = collect(child.stdout.take().unwrap());
         let stderr = collect(child.stderr.take().unwrap());
         api::wait_for_socket(&sock, Duration::from_secs(10));

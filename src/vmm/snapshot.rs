@@ -162,7 +162,7 @@ pub enum SnapshotError {
     UnknownNetworkDevice(String),
     /// A network interface of the state file is refused, or its tap cannot be opened.
     #[error("Cannot restore a network interface")]
-    Net(#[source] crate::devices::virtio::net::snapshot::NetStateError),
+    Net(#[source] Box<crate::devices::virtio::net::snapshot::NetStateError>),
     /// The state file names one interface twice.
     #[error("The snapshot state file holds network interface '{0}' twice")]
     DuplicateInterface(String),
@@ -171,7 +171,7 @@ pub enum SnapshotError {
     MissingNetDevice(String),
     /// The state file's network interfaces conflict (more than allowed, one tap or MAC twice).
     #[error("The snapshot's network interfaces are refused")]
-    NetConfig(#[source] crate::devices::virtio::net::config::NetConfigError),
+    NetConfig(#[source] Box<crate::devices::virtio::net::config::NetConfigError>),
     /// `vsock_override` for a snapshot without a vsock device.
     #[error("vsock_override was given but the snapshot has no vsock device")]
     VsockOverrideWithoutDevice,

@@ -30,7 +30,7 @@ fn restore_nets(
     let mut configs = state
         .nets
         .iter()
-        .map(|net| net.config().map_err(SnapshotError::Net))
+        .map(|net| net.config().map_err(|e| SnapshotError::Net(Box::new(e))))
         .collect::<Result<Vec<_>, _>>()?;
     for o in overrides {
         let config = configs
@@ -45,14 +45,17 @@ fn restore_nets(
             return Err(SnapshotError::DuplicateInterface(config.iface_id.clone()));
         }
         list.insert(config.clone())
-            .map_err(SnapshotError::NetConfig)?;
+            .map_err(|e| SnapshotError::NetConfig(Box::new(e)))?;
     }
     let now = Instant::now();
     let restored = state
         .nets
         .iter()
         .zip(configs)
-        .map(|(net, config)| net.restore(config, now).map_err(SnapshotError::Net))
+        .map(|(net, config)| {
+            net.restore(config, now)
+                .map_err(|e| SnapshotError::Net(Box::new(e)))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((list, restored))
 }

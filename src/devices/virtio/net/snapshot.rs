@@ -56,7 +56,7 @@ pub enum NetStateError {
     Limiter(String, #[source] RateLimiterError),
     /// The tap cannot be opened.
     #[error("Interface {0}: cannot open its tap")]
-    Tap(String, #[source] NetError),
+    Tap(String, #[source] Box<NetError>),
 }
 
 /// An interface ready to be rebuilt: configuration, open tap, restored limiters and firewall.
@@ -111,7 +111,7 @@ impl NetState {
         };
         let rx_limiter = limiter(&id, config.rx_rate_limiter.as_ref(), &self.rx_limiter)?;
         let tx_limiter = limiter(&id, config.tx_rate_limiter.as_ref(), &self.tx_limiter)?;
-        let tap = open_tap(&config).map_err(|e| NetStateError::Tap(id, e))?;
+        let tap = open_tap(&config).map_err(|e| NetStateError::Tap(id, Box::new(e)))?;
         Ok(RestoredNet {
             config,
             tap,

@@ -150,4 +150,4 @@ put('corpus/firewall_state/udp_replied', b'\x01' + firewall_state([flow(GUEST, H
 put('corpus/firewall_state/tcp_in_and_udp_out', b'\x01' + firewall_state(
     [flow(GUEST, 0xcb007109, 22, 50000, 6, 0, 1, 10), flow(GUEST, HOST, 40001, 53, 17, 1, 4, 10)]))
 put('corpus/firewall_state/open_table', b'\x04' + firewall_state(
-    [flow(GUEST, HOST, p, 80, 6, 1, 0, 5) for p in range(8)], ingress_rules=0, egress_rules=0))
+    [flow(GUEST, HOST, p, 80, 6, 1, 0, 5) for p in range(8)], ingress_rules=0, egress_rules=0, mac=False))

@@ -37,7 +37,7 @@ pub use counters::{Counters, DropReason};
 pub use engine::{Firewall, FirewallError, Verdict, MAINTENANCE_PERIOD};
 pub use flow_log::FlowLogError;
 pub use net_types::{parse_mac, Cidr, Direction, MacAddr, NetTypeError, PortRange};
-pub use snapshot::{FirewallState, FirewallStateError, SavedCounters, SavedFlow};
+pub use snapshot::{FirewallState, FirewallStateError, SavedCounters, SavedFlow, MAX_SAVED_COUNT};
 pub use status::{
     ConntrackStatus, CounterStatus, DirectionCounters, FirewallStatus, FlowLogStatus, RuleHits,
 };

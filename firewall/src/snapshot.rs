@@ -9,7 +9,7 @@
 //! was saved with, and a restore refuses another.
 //!
 //! A restored state is hostile input: the flow count is bounded by the table's capacity, every
-//! enum arrives as a number and is checked, addresses must fit their family, ports must fit
+//! counter by [`MAX_SAVED_COUNT`], every enum arrives as a number and is checked, addresses must fit their family, ports must fit
 //! the protocol, TCP flags must fit the state, no key may appear twice, and each flow must be
 //! one the rules in force admit (from an address the guest owns when the guest opened it), as
 //! after a rule update. Flows that had expired when the state was saved are left out. The
@@ -139,6 +139,9 @@ pub enum FirewallStateError {
         /// In the state.
         count: usize,
     },
+    /// A counter (or a flow's packets or bytes) beyond [`MAX_SAVED_COUNT`].
+    #[error("The saved {0} is beyond {MAX_SAVED_COUNT}")]
+    Count(&'static str),
     /// A flow's origin is not a direction.
     #[error("Flow {index}: origin {value} is not a direction")]
     Origin {
@@ -172,6 +175,42 @@ pub enum FirewallStateError {
     /// The firewall cannot be created for the configuration.
     #[error("Cannot create the restored firewall")]
     Firewall(#[source] FirewallError),
+}
+
+/// The largest counter a state may hold (2^62: never reached by counting; a larger one could
+/// overflow as the restored firewall counts on).
+pub const MAX_SAVED_COUNT: u64 = 1 << 62;
+
+/// Refuses a count that the restored firewall could not go on adding to.
+fn check_count(what: &'static str, count: u64) -> Result<(), FirewallStateError> {
+    if count > MAX_SAVED_COUNT {
+        return Err(FirewallStateError::Count(what));
+    }
+    Ok(())
+}
+
+/// Checks every counter of `state` (not the flows').
+fn check_counters(state: &FirewallState) -> Result<(), FirewallStateError> {
+    let c = &state.counters;
+    let lists: [(&'static str, &[u64]); 8] = [
+        ("rule hit count", &state.ingress_rule_hits),
+        ("rule hit count", &state.egress_rule_hits),
+        ("passed frame count", &c.passed_frames),
+        ("passed byte count", &c.passed_bytes),
+        ("drop count", &c.dropped_ingress),
+        ("drop count", &c.dropped_egress),
+        (
+            "flow count",
+            &[c.flows_created, c.flows_ended, c.flows_cut_by_update],
+        ),
+        ("flow-log record count", &state.flow_log_records),
+    ];
+    for (what, counts) in lists {
+        for &count in counts {
+            check_count(what, count)?;
+        }
+    }
+    Ok(())
 }
 
 const STATES: [FlowState; 6] = [
@@ -267,11 +306,6 @@ impl Firewall {
             check_drops("ingress", &state.counters.dropped_ingress)?,
             check_drops("egress", &state.counters.dropped_egress)?,
         ];
-        // The clock starts far enough ahead that every live flow's last packet is at or
-        // after 0 (a flow idle longer than the longest timeout has expired).
-        let mut firewall =
-            Firewall::with_clock(iface_id, config, guest_mac, (now, LONGEST_TIMEOUT_MS))
-                .map_err(FirewallStateError::Firewall)?;
         for (direction, hits, rules) in [
             ("ingress", &state.ingress_rule_hits, config.ingress.len()),
             ("egress", &state.egress_rule_hits, config.egress.len()),
@@ -284,6 +318,12 @@ impl Firewall {
                 });
             }
         }
+        check_counters(state)?;
+        // The clock starts far enough ahead that every live flow's last packet is at or
+        // after 0 (a flow idle longer than the longest timeout has expired).
+        let mut firewall =
+            Firewall::with_clock(iface_id, config, guest_mac, (now, LONGEST_TIMEOUT_MS))
+                .map_err(FirewallStateError::Firewall)?;
         firewall.rule_hits = [
             state.ingress_rule_hits.clone(),
             state.egress_rule_hits.clone(),
@@ -342,6 +382,8 @@ fn checked_flow(
     now_ms: u64,
 ) -> Result<(FlowKey, Flow), FirewallStateError> {
     let bad = |what| FirewallStateError::Inconsistent { index, what };
+    check_count("flow packet count", saved.packets)?;
+    check_count("flow byte count", saved.bytes)?;
     let origin = match saved.origin {
         0 => Direction::Ingress,
         1 => Direction::Egress,

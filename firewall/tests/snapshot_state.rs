@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use palisade_firewall::{
     Direction, DropReason, Firewall, FirewallState, FirewallStateError, SavedFlow, Verdict,
+    MAX_SAVED_COUNT,
 };
 
 /// Egress to the remote host's UDP 53 and TCP 443 allowed; nothing allowed in.
@@ -187,7 +188,7 @@ fn bad_enums_addresses_ports_and_flags_are_refused_with_typed_errors() {
 }
 
 #[test]
-fn a_state_of_another_interface_mac_or_rule_set_is_refused() {
+fn a_state_of_another_interface_mac_or_rule_set_or_with_overflowing_counters_is_refused() {
     let state = saved_state();
     let cfg = config(EGRESS_ONLY);
     let now = Instant::now();
@@ -203,6 +204,14 @@ fn a_state_of_another_interface_mac_or_rule_set_is_refused() {
     s.egress_rule_hits.push(0);
     let e = restore(&s, now).map(|_| ()).unwrap_err();
     assert!(matches!(e, FirewallStateError::RuleHits { .. }), "{e}");
+    let mut s = state.clone();
+    s.counters.passed_bytes[1] = u64::MAX;
+    let e = restore(&s, now).map(|_| ()).unwrap_err();
+    assert!(matches!(e, FirewallStateError::Count(_)), "{e}");
+    let mut s = state.clone();
+    s.flows[0].bytes = MAX_SAVED_COUNT + 1;
+    let e = restore(&s, now).map(|_| ()).unwrap_err();
+    assert!(matches!(e, FirewallStateError::Count(_)), "{e}");
     let mut s = state;
     s.counters.dropped_ingress.pop();
     let e = restore(&s, now).map(|_| ()).unwrap_err();

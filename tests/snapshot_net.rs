@@ -226,6 +226,9 @@ fn an_established_flow_survives_a_load_in_a_new_process_and_blocked_traffic_stay
     let r = c.put("/snapshot/load", load_body(&saved, json!([])));
     assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
     check_clone(&mut clone, &ns, &saved);
+    let log = clone.running.stderr();
+    let loaded = log.lines().find(|l| l.contains("Snapshot loaded"));
+    println!("64 MiB probe guest with a firewalled interface: {loaded:?}");
     clone.running.kill();
 }
 

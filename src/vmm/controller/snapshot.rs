@@ -24,11 +24,10 @@ use crate::vmm::snapshot::{
 /// them; Firecracker's rule), checked together as their PUTs would be, then restored: firewall
 /// and limiter states checked, taps opened. On error nothing stays open.
 fn restore_nets(
-    state: &MachineState,
+    nets: &[NetState],
     overrides: &[NetworkOverride],
 ) -> Result<(InterfaceList, Vec<RestoredNet>), SnapshotError> {
-    let mut configs = state
-        .nets
+    let mut configs = nets
         .iter()
         .map(|net| net.config().map_err(|e| SnapshotError::Net(Box::new(e))))
         .collect::<Result<Vec<_>, _>>()?;
@@ -48,8 +47,7 @@ fn restore_nets(
             .map_err(|e| SnapshotError::NetConfig(Box::new(e)))?;
     }
     let now = Instant::now();
-    let restored = state
-        .nets
+    let restored = nets
         .iter()
         .zip(configs)
         .map(|(net, config)| {
@@ -146,7 +144,7 @@ impl Controller {
             return Err(SnapshotError::NotImplemented("dirty page tracking after a load").into());
         }
         // Taps are opened (by name, possibly overridden) before anything is built.
-        let (interfaces, nets) = restore_nets(&state, &params.network_overrides)?;
+        let (interfaces, nets) = restore_nets(&state.nets, &params.network_overrides)?;
         let vsock = match (vsock, &params.vsock_uds_path) {
             (Some(mut config), uds_path) => {
                 if let Some(path) = uds_path {
@@ -201,5 +199,61 @@ impl Controller {
             started.elapsed().as_millis()
         );
         Ok(VmmData::Empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::rate_limiter::LimiterLevels;
+
+    fn net(id: &str, tap: &str) -> NetState {
+        NetState {
+            config: json!({"iface_id": id, "host_dev_name": tap}).to_string(),
+            rx_limiter: LimiterLevels::default(),
+            tx_limiter: LimiterLevels::default(),
+            firewall: None,
+        }
+    }
+
+    fn over(id: &str, tap: &str) -> NetworkOverride {
+        NetworkOverride {
+            iface_id: id.into(),
+            host_dev_name: tap.into(),
+        }
+    }
+
+    /// Each refusal comes before any tap is opened (the names do not exist: as root, opening
+    /// one would create it).
+    #[test]
+    fn overrides_of_unknown_interfaces_and_conflicting_interfaces_are_refused_before_any_tap_opens()
+    {
+        let nets = [net("eth0", "pal-nx0"), net("eth1", "pal-nx1")];
+        let e = restore_nets(&nets, &[over("eth9", "pal-nx2")])
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e, SnapshotError::UnknownNetworkDevice(ref id) if id == "eth9"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("Unknown Network Device"), "{e}");
+        let e = restore_nets(&nets, &[over("eth1", "pal-nx0")])
+            .err()
+            .unwrap();
+        assert!(matches!(e, SnapshotError::NetConfig(_)), "{e}");
+        let e = restore_nets(&[net("eth0", "pal-nx0"), net("eth0", "pal-nx1")], &[])
+            .err()
+            .unwrap();
+        assert!(matches!(e, SnapshotError::DuplicateInterface(_)), "{e}");
+        let e = restore_nets(&nets, &[over("eth0", "a/b")]).err().unwrap();
+        assert!(matches!(e, SnapshotError::NetConfig(_)), "{e}");
+        let mut bad = net("eth0", "pal-nx0");
+        bad.config = "{".into();
+        let e = restore_nets(&[bad], &[]).err().unwrap();
+        assert!(matches!(e, SnapshotError::Net(_)), "{e}");
     }
 }

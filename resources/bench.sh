@@ -3,7 +3,7 @@
 # Prints, over N runs (default 20): the guest's boot time from the boot timer
 # (Guest-boot-time, measured from the VMM's start to the guest's write), the wall time
 # from exec to exit (boot, `hello` scenario, power-off) and the VMM's peak RSS.
-# Then virtio-blk, vsock (against Firecracker when FIRECRACKER_BIN is set) and virtio-net
+# Then virtio-blk, vsock and snapshots (against Firecracker when FIRECRACKER_BIN is set) and virtio-net
 # throughput (root: the network part makes a namespace).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -79,6 +79,13 @@ blk_run "limiter 20 MiB/s (2 MiB / 100 ms)" \
 # and the Palisade / Firecracker ratios (resources/vsock_bench.py).
 python3 resources/vsock_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
     --runs "${BENCH_VSOCK_RUNS:-5}" --mib "${BENCH_VSOCK_MIB:-256}"
+
+# Snapshots: Full create and restore (load with resume_vm in a new process, and load to the
+# guest's next tick) of the probe guest with all RAM written, 128 MiB and 1 GiB; Palisade
+# keyed (HMAC over state + memory size), keyed with hash_memory (SHA-256 of the memory file),
+# and Firecracker when FIRECRACKER_BIN is set, alternating (resources/snapshot_bench.py).
+python3 resources/snapshot_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
+    --runs "${BENCH_SNAPSHOT_RUNS:-5}" --mib 128 1024
 
 # Network throughput: the probe guest on a tap in a network namespace made here (host side
 # 10.0.0.1, guest 10.0.0.2; nothing leaves the namespace). Guest to host: net-tx, 1472-byte

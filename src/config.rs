@@ -147,7 +147,9 @@ pub struct MachineConfig {
     /// Two threads per core.
     #[serde(default)]
     pub smt: bool,
-    /// Accepted for compatibility and ignored: no feature here needs dirty-page tracking.
+    /// Track the pages written since the last snapshot (KVM's dirty log plus the VMM's own
+    /// writes), so that Diff snapshots can be taken. Not saved in snapshots: a load says it
+    /// again (`track_dirty_pages` of `PUT /snapshot/load`).
     #[serde(default)]
     pub track_dirty_pages: bool,
     /// Firecracker's deprecated static CPU template; only "None" is accepted.
@@ -308,9 +310,6 @@ impl VmConfig {
         }
         if let Some(vsock) = &config.vsock {
             vsock.validate()?;
-        }
-        if config.machine_config.track_dirty_pages {
-            log::info!("machine-config.track_dirty_pages is accepted and ignored");
         }
         Ok(config)
     }

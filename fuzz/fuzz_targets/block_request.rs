@@ -8,7 +8,8 @@ use libfuzzer_sys::fuzz_target;
 use palisade::devices::virtio::buffers;
 use palisade::devices::virtio::block::request::{Request, RequestType, MAX_DATA_BYTES};
 use palisade::devices::virtio::chain::Segment;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use palisade::vstate::memory::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 const MEM: usize = 0x2_0000;
 const CAPACITY: u64 = 64;
@@ -22,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (descs, body) = rest.split_at(count * 9);
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]) else {
+    let Ok(mem) = GuestMemory::from_ranges(&[(GuestAddress(0), MEM)]) else {
         return;
     };
     let n = body.len().min(MEM);

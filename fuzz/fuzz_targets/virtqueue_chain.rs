@@ -9,7 +9,8 @@ use palisade::devices::virtio::buffers::{self, Layout};
 use palisade::devices::virtio::chain;
 use palisade::devices::virtio::queue::{check_queue, drain, ChainOutcome};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use palisade::vstate::memory::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 const MEM: usize = 0x4000;
 
@@ -17,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
         return;
     }
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]) else {
+    let Ok(mem) = GuestMemory::from_ranges(&[(GuestAddress(0), MEM)]) else {
         return;
     };
     // The first bytes choose the queue size (a power of two up to 256); the rest is memory.

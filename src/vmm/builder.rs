@@ -143,6 +143,7 @@ pub fn build_vm(
             HugePages::Hugetlbfs2M => Backing::Huge2M,
         },
         lock: machine.mem_lock,
+        track_dirty_pages: machine.track_dirty_pages,
     };
     let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
     vm.register_memory(&mem)?;
@@ -277,8 +278,10 @@ fn probe_snapshot_host(vm: &Vm) -> Option<Host> {
 }
 
 /// Builds a VM from a snapshot: KVM VM, guest memory mapped private from `mem_file` (checked
-/// against the state file by the caller), the legacy devices, then each vCPU and the VM
-/// state restored (both validated first). Nothing is loaded or written into guest memory.
+/// against the state file by the caller; tracked for dirty pages, all clean, when the
+/// machine configuration says `track_dirty_pages`), the legacy devices, then each vCPU and
+/// the VM state restored (both validated first). Nothing is loaded or written into guest
+/// memory.
 pub fn build_restored_vm(
     state: &MachineState,
     configs: RestoredConfigs<'_>,
@@ -292,6 +295,7 @@ pub fn build_restored_vm(
     let memory_options = MemoryOptions {
         backing: Backing::Normal,
         lock: machine.mem_lock,
+        track_dirty_pages: machine.track_dirty_pages,
     };
     let mem = map_memory_file(mem_file, state.mem_size, memory_options)
         .map_err(BuildError::MemoryFile)?;

@@ -1,7 +1,8 @@
 //! What a snapshot's state file holds (the machine state), and how a paused VM is saved:
 //! each vCPU's state captured on its own thread (after one KVM_RUN that completes a pending
-//! exit), then the VM's in-kernel devices, then guest memory, then the authenticated state
-//! file that binds the memory file's identity.
+//! exit), then the VM's in-kernel devices, then guest memory (every page, or for a Diff the
+//! pages written since the last snapshot), then the authenticated state file that binds the
+//! memory file's identity.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,11 +16,15 @@ use crate::config::{
 use crate::devices::serial::UartState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::devices::virtio::net::snapshot::NetState;
-use crate::snapshot::{FormatError, MemoryIdentity, SnapshotKey, StateFile};
+use crate::snapshot::{FormatError, MemoryIdentity, Replacement, SnapshotKey, StateFile};
+use crate::vstate::dirty::{self, DirtyError, DirtyLog};
+use crate::vstate::memory::GuestMemory;
 use crate::vstate::snapshot::{
-    prepare_full_memory, MemoryFileError, StateError, VcpuState, VmState,
+    prepare_full_memory, write_diff_memory, MemoryFileError, MemoryWritten, StateError, VcpuState,
+    VmState,
 };
 
+use super::snapshot::{CreateSnapshotParams, SnapshotType};
 use super::RunningVm;
 
 /// How long the vCPU threads get to capture their state.
@@ -104,6 +109,12 @@ pub enum SaveError {
     /// The memory file could not be written.
     #[error("Cannot write the memory file")]
     Memory(#[source] MemoryFileError),
+    /// The pages written since the last snapshot could not be read.
+    #[error("Cannot read the dirty page log")]
+    DirtyLog(#[source] DirtyError),
+    /// A Diff of guest memory that is not tracked for dirty pages.
+    #[error("Guest memory is not tracked for dirty pages: a Diff snapshot cannot be taken")]
+    NotTracked,
     /// The memory file's identity could not be taken.
     #[error("Cannot read back the memory file")]
     Identity(#[source] crate::snapshot::AuthError),
@@ -156,20 +167,39 @@ impl MachineState {
 }
 
 impl RunningVm {
-    /// Saves the paused VM: state to `state_path` (tagged with `key`, else SHA-256), memory
-    /// to `mem_path` (0600; its SHA-256 bound into the tag when `hash_memory`). The VM stays
+    /// Saves the paused VM as `params` say: state to `snapshot_path` (tagged with `key`, else
+    /// SHA-256), memory to `mem_file_path` (0600; a Full replaces the file whole, a Diff
+    /// writes the pages written since the last snapshot into it in place; the resulting
+    /// file's SHA-256 is bound into the tag when `hash_memory`). With dirty page tracking the
+    /// log is cleared by a successful save, and kept whole by a failed one. The VM stays
     /// paused.
     pub fn save(
         &self,
         input: &SaveInput<'_>,
-        state_path: &Path,
-        mem_path: &Path,
+        params: &CreateSnapshotParams,
         key: Option<&SnapshotKey>,
-        hash_memory: bool,
-    ) -> Result<(), SaveError> {
+    ) -> Result<MemoryWritten, SaveError> {
         if self.shared.host().is_none() {
             return Err(SaveError::HostUnsupported);
         }
+        let state = self.capture(input)?;
+        let mem = self.shared.mem();
+        // The VM is paused and devices run on this thread: nothing writes guest memory
+        // between taking the log and writing the files.
+        let log = if dirty::is_tracking(mem) {
+            Some(DirtyLog::take(self._vm.fd(), mem).map_err(SaveError::DirtyLog)?)
+        } else {
+            None
+        };
+        let saved = write_files(state, mem, log.as_ref(), params, key);
+        if let (Err(_), Some(log)) = (&saved, &log) {
+            log.give_back(mem);
+        }
+        saved
+    }
+
+    /// The machine state but the memory size (filled in by `write_files`).
+    fn capture(&self, input: &SaveInput<'_>) -> Result<MachineState, SaveError> {
         self.shared.take_captured();
         if !self.vcpus.serve_paused(CAPTURE_TIMEOUT) {
             return Err(SaveError::CaptureTimeout(CAPTURE_TIMEOUT));
@@ -194,18 +224,11 @@ impl RunningVm {
             vsock: input.vsock.cloned(),
         })
         .map_err(SaveError::MachineConfig)?;
-        // Both files are written beside their targets and renamed over them only when both
-        // are complete: a clone snapshotting over the files it was loaded from keeps its RAM
-        // (mapped from the old memory file), and a failed create leaves the old pair as it was.
-        let mem = self.shared.mem();
-        let (mut new_mem, _) = prepare_full_memory(mem, mem_path).map_err(SaveError::Memory)?;
-        let identity =
-            MemoryIdentity::of_file(new_mem.file(), hash_memory).map_err(SaveError::Identity)?;
         let machine_config =
             serde_json::to_string(input.machine_config).map_err(SaveError::MachineConfig)?;
-        let state = MachineState {
+        Ok(MachineState {
             machine_config,
-            mem_size: identity.size,
+            mem_size: 0,
             vcpus,
             vm,
             serial: self
@@ -216,14 +239,65 @@ impl RunningVm {
             device_configs,
             transports,
             nets: input.nets.to_vec(),
-        };
-        let bytes = StateFile::encode(&state, key, &identity).map_err(SaveError::StateFile)?;
-        let new_state = StateFile::prepare(state_path, &bytes).map_err(SaveError::StateFile)?;
-        new_mem
-            .commit()
-            .map_err(|e| SaveError::Memory(MemoryFileError::Io("replace", e)))?;
-        new_state
-            .commit()
-            .map_err(|e| SaveError::StateFile(FormatError::Io("replace", e)))
+        })
     }
+}
+
+/// Writes guest memory, then the state file that binds its identity.
+fn write_files(
+    mut state: MachineState,
+    mem: &GuestMemory,
+    log: Option<&DirtyLog>,
+    params: &CreateSnapshotParams,
+    key: Option<&SnapshotKey>,
+) -> Result<MemoryWritten, SaveError> {
+    let (state_path, mem_path) = (&params.snapshot_path, &params.mem_file_path);
+    match params.snapshot_type {
+        SnapshotType::Full => {
+            // Both files are written beside their targets and renamed over them only when
+            // both are complete: a clone snapshotting over the files it was loaded from keeps
+            // its RAM (mapped from the old memory file), and a failed create leaves the old
+            // pair as it was.
+            let (mut new_mem, written) =
+                prepare_full_memory(mem, mem_path).map_err(SaveError::Memory)?;
+            let identity = MemoryIdentity::of_file(new_mem.file(), params.hash_memory)
+                .map_err(SaveError::Identity)?;
+            state.mem_size = identity.size;
+            let new_state = prepare_state(&state, key, &identity, state_path)?;
+            new_mem
+                .commit()
+                .map_err(|e| SaveError::Memory(MemoryFileError::Io("replace", e)))?;
+            commit_state(new_state)?;
+            Ok(written)
+        }
+        SnapshotType::Diff => {
+            // In place, as Firecracker writes it: the file at the path is the base it brings
+            // up to date (or a new sparse file). The identity is the resulting file's.
+            let log = log.ok_or(SaveError::NotTracked)?;
+            let (file, written) =
+                write_diff_memory(mem, mem_path, log).map_err(SaveError::Memory)?;
+            let identity =
+                MemoryIdentity::of_file(&file, params.hash_memory).map_err(SaveError::Identity)?;
+            state.mem_size = identity.size;
+            let new_state = prepare_state(&state, key, &identity, state_path)?;
+            commit_state(new_state)?;
+            Ok(written)
+        }
+    }
+}
+
+fn prepare_state(
+    state: &MachineState,
+    key: Option<&SnapshotKey>,
+    identity: &MemoryIdentity,
+    path: &Path,
+) -> Result<Replacement, SaveError> {
+    let bytes = StateFile::encode(state, key, identity).map_err(SaveError::StateFile)?;
+    StateFile::prepare(path, &bytes).map_err(SaveError::StateFile)
+}
+
+fn commit_state(new_state: Replacement) -> Result<(), SaveError> {
+    new_state
+        .commit()
+        .map_err(|e| SaveError::StateFile(FormatError::Io("replace", e)))
 }

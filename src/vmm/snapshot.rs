@@ -178,6 +178,9 @@ pub enum SnapshotError {
     /// The restored vsock device cannot be created (its configuration or its socket).
     #[error("Cannot restore the vsock device")]
     Vsock(#[source] crate::devices::virtio::vsock::VsockError),
+    /// A Diff snapshot of a VM without dirty page tracking (Firecracker's message).
+    #[error("The requested operation is not supported: Diff snapshots are not allowed on uVMs with dirty page tracking disabled.")]
+    DiffWithoutTracking,
     /// Create on a VM that is not paused.
     #[error("Cannot create a snapshot of a microVM that is not paused: pause it first (PATCH /vm {{\"state\": \"Paused\"}})")]
     NotPaused,

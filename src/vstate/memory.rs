@@ -3,17 +3,21 @@
 //! process's pages by KSM, never inherited by a child; optionally locked (never swapped) and
 //! backed by 2 MiB pages. A snapshot restore maps a memory file instead (private,
 //! copy-on-write: pages fault in from the file on first touch) with the same guards and
-//! hardening. All raw pointer work on guest RAM lives in this file.
+//! hardening. With dirty page tracking each region carries the VMM's dirty bitmap
+//! (`super::dirty`). All raw pointer work on guest RAM lives in this file.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
+use super::dirty::DirtyPages;
 use crate::arch::x86_64::layout::{FIRST_ADDR_PAST_32BITS, MMIO_GAP_START};
 
-/// Guest memory as the VMM and its devices see it.
-pub type GuestMemory = GuestMemoryMmap;
+/// Guest memory as the VMM and its devices see it: every write through it marks the region's
+/// dirty bitmap when dirty pages are tracked (one untaken branch when they are not).
+pub type GuestMemory = GuestMemoryMmap<DirtyPages>;
 
 const PAGE_SIZE: usize = 4096;
 const HUGE_PAGE_SIZE: usize = 2 << 20;
@@ -37,6 +41,9 @@ pub struct MemoryOptions {
     pub backing: Backing,
     /// Lock pages in RAM as the guest touches them (mlock2 MLOCK_ONFAULT): never swapped.
     pub lock: bool,
+    /// Track dirty pages (`track_dirty_pages`): each region gets the VMM's dirty bitmap, and
+    /// the caller registers it with KVM_MEM_LOG_DIRTY_PAGES.
+    pub track_dirty_pages: bool,
 }
 
 /// Errors of guest memory creation.
@@ -266,11 +273,20 @@ fn build_guest_memory(
         if opts.backing == Backing::Huge2M {
             flags |= libc::MAP_HUGETLB;
         }
+        let bitmap = if opts.track_dirty_pages {
+            DirtyPages::tracking(len)
+        } else {
+            DirtyPages::default()
+        };
         // SAFETY: `host` maps `len` readable and writable bytes that stay mapped for the life
         // of the process (map_guarded never unmaps them) and that nothing else uses.
-        let mapping =
-            unsafe { MmapRegion::build_raw(host, len, libc::PROT_READ | libc::PROT_WRITE, flags) }
-                .map_err(MemoryError::Region)?;
+        let builder =
+            unsafe { MmapRegionBuilder::new_with_bitmap(len, bitmap).with_raw_mmap_pointer(host) };
+        let mapping = builder
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags)
+            .build()
+            .map_err(MemoryError::Region)?;
         let region = GuestRegionMmap::new(mapping, start).ok_or(MemoryError::InvalidSize(size))?;
         regions.push(region);
     }
@@ -344,7 +360,7 @@ mod tests {
     fn unaligned_huge_page_regions_are_refused() {
         let opts = MemoryOptions {
             backing: Backing::Huge2M,
-            lock: false,
+            ..Default::default()
         };
         assert!(matches!(
             map_guarded(3 << 20, opts),

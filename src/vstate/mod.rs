@@ -1,5 +1,6 @@
 //! VM state: KVM VM, vCPUs, guest memory, and the VM exit request.
 
+pub mod dirty;
 pub mod exit;
 pub mod memory;
 pub mod snapshot;

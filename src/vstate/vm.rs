@@ -99,20 +99,11 @@ impl Vm {
         &self.kvm
     }
 
-    /// Registers every region of guest RAM with KVM, one slot each.
+    /// Registers every region of guest RAM with KVM, one slot each (slot n = region n). Memory
+    /// created with dirty page tracking is registered with KVM_MEM_LOG_DIRTY_PAGES: KVM logs
+    /// the pages the guest writes, read and cleared by KVM_GET_DIRTY_LOG for Diff snapshots.
     pub fn register_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
-        self.register_memory_tracked(mem, false)
-    }
-
-    /// Registers every region of guest RAM with KVM, one slot each (slot n = region n); with
-    /// `track_dirty_pages` KVM logs the pages the guest writes (KVM_MEM_LOG_DIRTY_PAGES), read
-    /// and cleared by KVM_GET_DIRTY_LOG for Diff snapshots.
-    pub fn register_memory_tracked(
-        &self,
-        mem: &GuestMemory,
-        track_dirty_pages: bool,
-    ) -> Result<(), VmError> {
-        let flags = if track_dirty_pages {
+        let flags = if super::dirty::is_tracking(mem) {
             kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
         } else {
             0

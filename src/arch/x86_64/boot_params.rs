@@ -15,8 +15,10 @@ use super::layout::{
     ZERO_PAGE_START,
 };
 use super::regs::EntryMode;
-// The guest memory type itself, not vstate's alias: arch sits below vstate.
-use vm_memory::GuestMemoryMmap as GuestMemory;
+// arch sits below vstate: its functions take any guest memory (vstate's alias carries the
+// dirty bitmap); its tests use vm-memory's plain type.
+#[cfg(test)]
+type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 
 const E820_RAM: u32 = 1;
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
@@ -64,7 +66,7 @@ pub struct BootInfo {
 
 /// The usable RAM ranges of guest memory as (start, size): below the EBDA, from 1 MiB to
 /// the end of low RAM, and above 4 GiB.
-pub fn ram_map(mem: &GuestMemory) -> Vec<(u64, u64)> {
+pub fn ram_map<M: GuestMemoryBackend>(mem: &M) -> Vec<(u64, u64)> {
     let mut map = vec![(0, EBDA_START)];
     for region in mem.iter() {
         let start = region.start_addr().0.max(HIMEM_START);
@@ -77,21 +79,24 @@ pub fn ram_map(mem: &GuestMemory) -> Vec<(u64, u64)> {
 }
 
 /// The highest page-aligned address at which an initrd of `size` bytes fits in low RAM.
-pub fn initrd_load_address(mem: &GuestMemory, size: u64) -> Option<u64> {
+pub fn initrd_load_address<M: GuestMemoryBackend>(mem: &M, size: u64) -> Option<u64> {
     let low_end = mem.iter().next().map(|r| r.start_addr().0 + r.len())?;
     let start = low_end.checked_sub(size)? & !0xfff;
     (start >= HIMEM_START).then_some(start)
 }
 
 /// Writes the zero page or the PVH start info for `info`.
-pub fn write_boot_params(mem: &GuestMemory, info: &BootInfo) -> Result<(), BootParamsError> {
+pub fn write_boot_params<M: GuestMemoryBackend>(
+    mem: &M,
+    info: &BootInfo,
+) -> Result<(), BootParamsError> {
     match info.mode {
         EntryMode::Linux64 => write_zero_page(mem, info),
         EntryMode::Pvh => write_pvh_start_info(mem, info),
     }
 }
 
-fn write_zero_page(mem: &GuestMemory, info: &BootInfo) -> Result<(), BootParamsError> {
+fn write_zero_page<M: GuestMemoryBackend>(mem: &M, info: &BootInfo) -> Result<(), BootParamsError> {
     let mut params = boot_params::default();
     if let Some(hdr) = info.setup_header {
         params.hdr = hdr;
@@ -148,7 +153,10 @@ struct ModlistEntry(hvm_modlist_entry);
 // SAFETY: a repr(C) struct of integers; any byte pattern is a valid value.
 unsafe impl ByteValued for ModlistEntry {}
 
-fn write_pvh_start_info(mem: &GuestMemory, info: &BootInfo) -> Result<(), BootParamsError> {
+fn write_pvh_start_info<M: GuestMemoryBackend>(
+    mem: &M,
+    info: &BootInfo,
+) -> Result<(), BootParamsError> {
     let memmap: Vec<MemmapEntry> = ram_map(mem)
         .into_iter()
         .map(|(addr, size)| {

@@ -1,11 +1,9 @@
 //! Intel MultiProcessor Specification 1.4 table: how a guest without ACPI finds its vCPUs,
 //! the IOAPIC and how ISA interrupts are wired.
 
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::layout::{APIC_START, EBDA_START, IOAPIC_START};
-// The guest memory type itself, not vstate's alias: arch sits below vstate.
-use vm_memory::GuestMemoryMmap as GuestMemory;
 
 const MPC_SPEC: u8 = 4;
 const APIC_VERSION: u8 = 0x14;
@@ -111,7 +109,7 @@ pub fn build(base: u64, num_cpus: u8) -> Result<Vec<u8>, MptableError> {
 }
 
 /// Writes the MP table for `num_cpus` vCPUs at the start of the EBDA.
-pub fn setup_mptable(mem: &GuestMemory, num_cpus: u8) -> Result<(), MptableError> {
+pub fn setup_mptable<M: GuestMemoryBackend>(mem: &M, num_cpus: u8) -> Result<(), MptableError> {
     let table = build(EBDA_START, num_cpus)?;
     mem.write_slice(&table, GuestAddress(EBDA_START))
         .map_err(MptableError::Write)

@@ -3,15 +3,17 @@
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::gdt::{kvm_segment_from_gdt, GDT_64BIT, GDT_PVH};
 use super::layout::{
     BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
     PVH_INFO_START, ZERO_PAGE_START,
 };
-// The guest memory type itself, not vstate's alias: arch sits below vstate.
-use vm_memory::GuestMemoryMmap as GuestMemory;
+// arch sits below vstate: its functions take any guest memory (vstate's alias carries the
+// dirty bitmap); its tests use vm-memory's plain type.
+#[cfg(test)]
+type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_ET: u64 = 0x10;
@@ -70,7 +72,11 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
 
 /// Writes the boot GDT and an empty IDT, and for the 64-bit protocol identity page tables
 /// over the first 1 GiB; then loads the segments and control registers of the boot vCPU.
-pub fn setup_sregs(mem: &GuestMemory, vcpu: &VcpuFd, mode: EntryMode) -> Result<(), RegsError> {
+pub fn setup_sregs<M: GuestMemoryBackend>(
+    mem: &M,
+    vcpu: &VcpuFd,
+    mode: EntryMode,
+) -> Result<(), RegsError> {
     let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(|e| RegsError::Kvm("get", e))?;
     let gdt = match mode {
         EntryMode::Linux64 => GDT_64BIT,
@@ -115,7 +121,7 @@ pub fn setup_sregs(mem: &GuestMemory, vcpu: &VcpuFd, mode: EntryMode) -> Result<
 }
 
 /// Identity-maps the first 1 GiB with 2 MiB pages: PML4[0] -> PDPT[0] -> 512 PDEs.
-fn write_identity_page_tables(mem: &GuestMemory) -> Result<(), RegsError> {
+fn write_identity_page_tables<M: GuestMemoryBackend>(mem: &M) -> Result<(), RegsError> {
     let err = |e| RegsError::Memory("page tables", e);
     mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START))
         .map_err(err)?;

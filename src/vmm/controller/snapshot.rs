@@ -79,8 +79,10 @@ impl Controller {
 
     /// `PUT /snapshot/create`.
     pub(super) fn create_snapshot(&mut self, params: &CreateSnapshotParams) -> ActionResult {
-        if params.snapshot_type == SnapshotType::Diff {
-            return Err(SnapshotError::NotImplemented("of type Diff").into());
+        if params.snapshot_type == SnapshotType::Diff
+            && !self.resources.machine_config.track_dirty_pages
+        {
+            return Err(SnapshotError::DiffWithoutTracking.into());
         }
         let Some(vm) = self.running.as_ref() else {
             return Err(ActionError::NotSupportedPreBoot);
@@ -95,17 +97,14 @@ impl Controller {
             transports: self.devices.transports(),
             nets: &nets,
         };
-        vm.save(
-            &input,
-            &params.snapshot_path,
-            &params.mem_file_path,
-            self.opts.snapshot_key.as_deref(),
-            params.hash_memory,
-        )
-        .map_err(SnapshotError::Save)?;
+        let written = vm
+            .save(&input, params, self.opts.snapshot_key.as_deref())
+            .map_err(SnapshotError::Save)?;
         log::info!(
-            "Snapshot created ({} MiB) in {} ms",
+            "Snapshot created ({:?}, {} MiB, {} pages written) in {} ms",
+            params.snapshot_type,
             self.resources.machine_config.mem_size_mib,
+            written.pages,
             started.elapsed().as_millis()
         );
         Ok(VmmData::Empty)
@@ -124,9 +123,12 @@ impl Controller {
             .check_memory_file(&memory)
             .map_err(SnapshotError::StateFile)?;
         let state: MachineState = opened.state().map_err(SnapshotError::StateFile)?;
-        let config = state
+        let mut config = state
             .machine_config()
             .map_err(SnapshotError::MachineConfig)?;
+        // Not carried by snapshots (as in Firecracker): the load says whether the clone is
+        // tracked, all pages clean at first.
+        config.track_dirty_pages = params.track_dirty_pages;
         let CheckedDeviceConfigs {
             drives,
             entropy,
@@ -139,9 +141,6 @@ impl Controller {
             || state.vcpus.len() != usize::from(config.vcpu_count)
         {
             return Err(SnapshotError::Inconsistent.into());
-        }
-        if params.track_dirty_pages {
-            return Err(SnapshotError::NotImplemented("dirty page tracking after a load").into());
         }
         // Taps are opened (by name, possibly overridden) before anything is built.
         let (interfaces, nets) = restore_nets(&state.nets, &params.network_overrides)?;

@@ -1,29 +1,26 @@
 //! Guest memory to and from a snapshot memory file. The file holds the regions of guest RAM
 //! one after the other (low RAM at offset 0, then RAM above 4 GiB). A Full snapshot writes
-//! every page; a Diff snapshot writes only the pages KVM logged as written by the guest since
-//! the last KVM_GET_DIRTY_LOG, at their offsets, into a sparse file (or over the previous
-//! Full file, which it then brings up to date). The file is created 0600 and never followed
-//! through a link; a Full snapshot replaces the file whole (a new file renamed over it), so
-//! a VM whose RAM is mapped from the old file keeps its pages. Restore maps the file private and copy-on-write (`map_memory`): nothing is
-//! read until the guest touches a page, and guest writes never reach the file.
-//!
-//! KVM's dirty log sees guest writes only: pages that the VMM itself writes into guest memory
-//! (virtio used rings, block reads, net RX) are not in it, so the caller must add those (see
-//! `MemoryDump::Diff`) or take a Full snapshot.
+//! every page into a new file that replaces the old one whole (a new file renamed over it),
+//! so a VM whose RAM is mapped from the old file keeps its pages. A Diff snapshot writes only
+//! the pages of a [`DirtyLog`] (written since the last snapshot, by the guest or by the VMM),
+//! at their offsets, into the file at the path as it is (Firecracker's semantics): onto a
+//! copy of the previous snapshot's memory file it yields the full image, into a new file a
+//! sparse file whose holes read as zeros. Files are created 0600 and never followed through
+//! a link. Restore maps the file private and copy-on-write (`map_memory`): nothing is read
+//! until the guest touches a page, and guest writes never reach the file.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, WriteVolatile};
 
 use crate::snapshot::Replacement;
+use crate::vstate::dirty::{dirty_runs, DirtyLog};
 use crate::vstate::memory::{self, GuestMemory, MemoryError, MemoryOptions};
 
-/// Guest page size.
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::vstate::dirty::PAGE_SIZE;
 
 /// Errors of memory files.
 #[derive(Debug, thiserror::Error)]
@@ -42,17 +39,17 @@ pub enum MemoryFileError {
         /// Bytes of guest memory.
         expected: u64,
     },
+    /// An existing file that a Diff would write guest memory into is open to other users.
+    #[error("The memory file is accessible to other users (mode {0:o}): guest memory is written only into files of mode 0600 or stricter")]
+    Mode(u32),
     /// Mapping the file as guest memory failed.
     #[error("Cannot map the memory file as guest memory")]
     Map(#[source] MemoryError),
-    /// KVM_GET_DIRTY_LOG failed.
-    #[error("Cannot read KVM's dirty page log")]
-    DirtyLog(#[source] kvm_ioctls::Error),
     /// Guest memory could not be read.
     #[error("Cannot read guest memory")]
     Guest(#[source] vm_memory::GuestMemoryError),
-    /// The extra dirty bitmap does not fit guest memory.
-    #[error("The dirty bitmap of region {0} does not match its size")]
+    /// The dirty log does not fit guest memory.
+    #[error("The dirty log of region {0} does not match its size")]
     Bitmap(usize),
 }
 
@@ -60,15 +57,8 @@ pub enum MemoryFileError {
 pub enum MemoryDump<'a> {
     /// Every page, into a new file that replaces the old one.
     Full,
-    /// Only the pages in KVM's dirty log of `vm` (registered with dirty tracking, slot n =
-    /// region n) or in `extra` (one bitmap per region, one bit per page, as KVM's: pages the
-    /// VMM wrote); the rest of the file is left as it is (a hole in a new file).
-    Diff {
-        /// The VM whose dirty log is read (and thereby cleared).
-        vm: &'a VmFd,
-        /// Pages written by the VMM itself, per region.
-        extra: Option<&'a [Vec<u64>]>,
-    },
+    /// Only the pages of the log, into the file as it is (a hole in a new file).
+    Diff(&'a DirtyLog),
 }
 
 /// What a write did.
@@ -84,10 +74,12 @@ fn total_size(mem: &GuestMemory) -> u64 {
     mem.iter().map(|r| r.len()).sum()
 }
 
-/// Opens `path` for writing without following a link or blocking on a FIFO, refuses anything
-/// but a regular file, and makes it 0600 (a new file is created so).
-fn open_for_write(path: &Path) -> Result<File, MemoryFileError> {
+/// Opens `path` for reading and writing, never truncated, without following a link or
+/// blocking on a FIFO; refuses anything but a regular file and an existing file that other
+/// users may access (a new file is created 0600).
+fn open_in_place(path: &Path) -> Result<File, MemoryFileError> {
     let file = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .mode(0o600)
@@ -100,8 +92,10 @@ fn open_for_write(path: &Path) -> Result<File, MemoryFileError> {
     if !meta.is_file() {
         return Err(MemoryFileError::NotRegular);
     }
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| MemoryFileError::Io("restrict the mode of", e))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(MemoryFileError::Mode(mode));
+    }
     Ok(file)
 }
 
@@ -127,24 +121,39 @@ pub fn prepare_full_memory(
 }
 
 /// Writes guest memory to the file at `path` (see the module doc): a Full dump replaces the
-/// file whole ([`prepare_full_memory`] and commit), a Diff writes into it in place.
+/// file whole ([`prepare_full_memory`] and commit), a Diff writes into it in place
+/// ([`write_diff_memory`]).
 pub fn write_memory(
     mem: &GuestMemory,
     path: &Path,
     dump: MemoryDump<'_>,
 ) -> Result<MemoryWritten, MemoryFileError> {
-    let (vm, extra) = match dump {
+    match dump {
         MemoryDump::Full => {
             let (new, written) = prepare_full_memory(mem, path)?;
             new.commit()
                 .map_err(|e| MemoryFileError::Io("replace", e))?;
-            return Ok(written);
+            Ok(written)
         }
-        MemoryDump::Diff { vm, extra } => (vm, extra),
-    };
+        MemoryDump::Diff(log) => write_diff_memory(mem, path, log).map(|(_, written)| written),
+    }
+}
+
+/// Writes the pages of `log` at their offsets into the file at `path`, which is opened as it
+/// is, never truncated: a new or empty file is sized to guest memory (a sparse file), an
+/// existing file must already have that size (a copy of the previous snapshot's memory file:
+/// the Diff brings it up to date). Returns the file (synced; the caller may hash it) and what
+/// was written.
+pub fn write_diff_memory(
+    mem: &GuestMemory,
+    path: &Path,
+    log: &DirtyLog,
+) -> Result<(File, MemoryWritten), MemoryFileError> {
     let file_size = total_size(mem);
-    let mut file = open_for_write(path)?;
-    let mut pages = 0;
+    if log.regions.len() != mem.num_regions() {
+        return Err(MemoryFileError::Bitmap(log.regions.len()));
+    }
+    let mut file = open_in_place(path)?;
     let found = file
         .metadata()
         .map_err(|e| MemoryFileError::Io("stat", e))?
@@ -159,23 +168,13 @@ pub fn write_memory(
         file.set_len(file_size)
             .map_err(|e| MemoryFileError::Io("size", e))?;
     }
-    let mut offset = 0;
-    for (slot, region) in mem.iter().enumerate() {
-        let len = usize::try_from(region.len()).map_err(|_| MemoryFileError::Bitmap(slot))?;
-        let mut bitmap = vm
-            .get_dirty_log(slot as u32, len)
-            .map_err(MemoryFileError::DirtyLog)?;
-        if let Some(extra) = extra {
-            let more = extra.get(slot).ok_or(MemoryFileError::Bitmap(slot))?;
-            if more.len() != bitmap.len() {
-                return Err(MemoryFileError::Bitmap(slot));
-            }
-            for (w, m) in bitmap.iter_mut().zip(more) {
-                *w |= m;
-            }
-        }
+    let (mut offset, mut pages) = (0, 0);
+    for (slot, (region, bitmap)) in mem.iter().zip(&log.regions).enumerate() {
         let region_pages = region.len() / PAGE_SIZE;
-        for (first, count) in dirty_runs(&bitmap, region_pages) {
+        if bitmap.len() != region_pages.div_ceil(64) as usize {
+            return Err(MemoryFileError::Bitmap(slot));
+        }
+        for (first, count) in dirty_runs(bitmap, region_pages) {
             write_range(
                 &mut file,
                 region,
@@ -189,40 +188,7 @@ pub fn write_memory(
     }
     file.sync_all()
         .map_err(|e| MemoryFileError::Io("sync", e))?;
-    Ok(MemoryWritten { pages, file_size })
-}
-
-/// Clears KVM's dirty log of every region (after a Full snapshot, so that the next Diff holds
-/// only later writes).
-pub fn clear_dirty_log(vm: &VmFd, mem: &GuestMemory) -> Result<(), MemoryFileError> {
-    for (slot, region) in mem.iter().enumerate() {
-        let len = usize::try_from(region.len()).map_err(|_| MemoryFileError::Bitmap(slot))?;
-        vm.get_dirty_log(slot as u32, len)
-            .map_err(MemoryFileError::DirtyLog)?;
-    }
-    Ok(())
-}
-
-/// (first page, page count) of each run of set bits among the first `pages` bits.
-fn dirty_runs(bitmap: &[u64], pages: u64) -> Vec<(u64, u64)> {
-    let mut runs = Vec::new();
-    let mut start = None;
-    for page in 0..pages {
-        let word = bitmap.get((page / 64) as usize).copied().unwrap_or(0);
-        let dirty = word >> (page % 64) & 1 == 1;
-        match (dirty, start) {
-            (true, None) => start = Some(page),
-            (false, Some(s)) => {
-                runs.push((s, page - s));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        runs.push((s, pages - s));
-    }
-    runs
+    Ok((file, MemoryWritten { pages, file_size }))
 }
 
 fn write_range(

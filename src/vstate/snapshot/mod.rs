@@ -14,7 +14,7 @@ pub mod vm_state;
 use kvm_ioctls::{Cap, Kvm};
 
 pub use memory_file::{
-    clear_dirty_log, map_memory, map_memory_file, prepare_full_memory, write_memory, MemoryDump,
+    map_memory, map_memory_file, prepare_full_memory, write_diff_memory, write_memory, MemoryDump,
     MemoryFileError, MemoryWritten,
 };
 pub use vcpu_state::VcpuState;

@@ -190,7 +190,9 @@ impl Drop for Live {
 fn run_guest(mut guest: impl GuestRun, control: &Control) {
     // SAFETY: `guest` outlives `kick`, which is declared after it and dropped first.
     let kick = unsafe { KickArm::new(guest.immediate_exit()) };
-    let mut seen = control.lock().requests;
+    // Every request counts, also one made before this thread got here (a snapshot of a VM
+    // loaded without resume_vm can be asked for while its threads are still starting).
+    let mut seen = 0;
     loop {
         kick.clear();
         match control.next(&mut seen) {
@@ -490,6 +492,40 @@ mod tests {
         }
         vcpus.resume();
         each_runs(&rx, 3);
+        assert_eq!(vcpus.stop(DEADLINE), 0);
+    }
+
+    #[test]
+    fn a_request_made_while_a_thread_is_still_starting_is_served() {
+        register_kick_handler().unwrap();
+        let (tx, rx) = channel();
+        let (release, held) = channel::<()>();
+        let mut vcpus = Vcpus::new();
+        vcpus
+            .spawn("fake0".to_string(), move || {
+                let _ = held.recv();
+                FakeGuest {
+                    index: 0,
+                    immediate_exit: Box::new(AtomicU8::new(0)),
+                    runs: tx,
+                    end_at: None,
+                    count: 0,
+                }
+            })
+            .unwrap();
+        let vcpus = Arc::new(vcpus);
+        let server = {
+            let vcpus = vcpus.clone();
+            std::thread::spawn(move || vcpus.serve_paused(DEADLINE))
+        };
+        // The request is made before the thread reaches its loop.
+        assert!(vcpus
+            .control
+            .wait_until(Instant::now() + DEADLINE, |s| s.requests == 1));
+        release.send(()).unwrap();
+        assert!(server.join().unwrap(), "the request was never served");
+        assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), SERVED);
+        let vcpus = Arc::try_unwrap(vcpus).ok().unwrap();
         assert_eq!(vcpus.stop(DEADLINE), 0);
     }
 

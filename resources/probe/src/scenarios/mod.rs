@@ -8,6 +8,7 @@ mod blk_hostile;
 mod blk_watch;
 mod chain_hostile;
 mod cpus;
+mod dirty;
 mod hello;
 mod idle;
 mod kbd;
@@ -51,6 +52,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: ticker::NAME, run: ticker::run },
     Scenario { name: kbd::NAME, run: kbd::run },
     Scenario { name: pattern::NAME, run: pattern::run },
+    Scenario { name: dirty::NAME, run: dirty::run },
     Scenario { name: virtio_list::NAME, run: virtio_list::run },
     Scenario { name: blk::NAME, run: blk::run },
     Scenario { name: blk_bench::NAME, run: blk_bench::run },

@@ -7,6 +7,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::arch::x86_64::regs::{self, EntryMode};
+use crate::vstate::dirty::DirtyLog;
 use crate::vstate::memory::create_guest_memory;
 use crate::vstate::snapshot::test_kvm::{boot_vcpu, vm_or_skip};
 
@@ -140,7 +141,7 @@ fn mapping_refuses_a_file_of_another_size_a_link_and_a_fifo() {
     ));
     let huge = MemoryOptions {
         backing: crate::vstate::memory::Backing::Huge2M,
-        lock: false,
+        ..Default::default()
     };
     assert!(matches!(
         map_memory(&path, 4 * MIB, huge),
@@ -172,30 +173,28 @@ fn writing_never_follows_a_link_and_replaces_an_existing_file_with_a_0600_one() 
     );
 }
 
-#[test]
-fn dirty_runs_cover_exactly_the_set_bits() {
-    let bitmap = [0b1011_0001u64, 1 << 63];
-    assert_eq!(
-        dirty_runs(&bitmap, 128),
-        vec![(0, 1), (4, 2), (7, 1), (127, 1)]
-    );
-    assert_eq!(dirty_runs(&[u64::MAX], 10), vec![(0, 10)]);
-    assert_eq!(dirty_runs(&[], 10), vec![]);
-}
-
 /// 64-bit code at CODE: `mov byte [TARGET], 0x42; out 0x10, al`.
 const CODE: u64 = 0x10_000;
 const TARGET: u64 = 0x20_000;
-const UNTRACKED: u64 = 0x30_000;
+const BY_THE_VMM: u64 = 0x30_000;
+
+fn tracked(size: u64) -> GuestMemory {
+    let opts = MemoryOptions {
+        track_dirty_pages: true,
+        ..Default::default()
+    };
+    create_guest_memory(size, opts).unwrap()
+}
 
 #[test]
-fn diff_file_holds_only_the_pages_the_guest_wrote() {
-    let Some(vm) = vm_or_skip("diff_file_holds_only_the_pages_the_guest_wrote") else {
+fn diff_file_holds_only_the_pages_the_guest_and_the_vmm_wrote() {
+    let test = "diff_file_holds_only_the_pages_the_guest_and_the_vmm_wrote";
+    let Some(vm) = vm_or_skip(test) else {
         return;
     };
     let size = 4 * MIB;
-    let mem = create_guest_memory(size, MemoryOptions::default()).unwrap();
-    vm.register_memory_tracked(&mem, true).unwrap();
+    let mem = tracked(size);
+    vm.register_memory(&mem).unwrap();
     let fd = boot_vcpu(&vm, 0, 1);
     let mut code = vec![0xc6, 0x04, 0x25];
     code.extend_from_slice(&(TARGET as u32).to_le_bytes());
@@ -203,9 +202,10 @@ fn diff_file_holds_only_the_pages_the_guest_wrote() {
     mem.write_slice(&code, GuestAddress(CODE)).unwrap();
     regs::setup_regs(&fd, CODE, EntryMode::Linux64).unwrap();
     regs::setup_sregs(&mem, &fd, EntryMode::Linux64).unwrap();
-    clear_dirty_log(vm.fd(), &mem).unwrap();
-    // The VMM's own writes are not in KVM's log.
-    mem.write_obj(0x77_u8, GuestAddress(UNTRACKED)).unwrap();
+    // The boot writes (code, page tables) are a first snapshot's business.
+    DirtyLog::take(vm.fd(), &mem).unwrap();
+    // A VMM write (a device filling a guest buffer): KVM never sees it, the bitmap does.
+    mem.write_obj(0x77_u8, GuestAddress(BY_THE_VMM)).unwrap();
 
     let mut fd = fd;
     match fd.run().unwrap() {
@@ -216,78 +216,106 @@ fn diff_file_holds_only_the_pages_the_guest_wrote() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("diff");
-    let written = write_memory(
-        &mem,
-        &path,
-        MemoryDump::Diff {
-            vm: vm.fd(),
-            extra: None,
-        },
-    )
-    .unwrap();
+    let log = DirtyLog::take(vm.fd(), &mem).unwrap();
+    let written = write_memory(&mem, &path, MemoryDump::Diff(&log)).unwrap();
     let file = std::fs::read(&path).unwrap();
     assert_eq!(file.len() as u64, size);
     assert_eq!(file[TARGET as usize], 0x42);
     assert_eq!(
-        file[UNTRACKED as usize], 0,
-        "a page the guest never wrote was written"
+        file[BY_THE_VMM as usize], 0x77,
+        "the VMM's write is missing"
     );
     assert_eq!(
         file[CODE as usize], 0,
         "a page the guest only read was written"
     );
-    // The target page, and at most the page tables whose accessed/dirty bits KVM set.
+    // The two pages, and at most the page tables whose accessed/dirty bits KVM set.
     assert!(
-        (1..=8).contains(&written.pages),
+        (2..=8).contains(&written.pages),
         "{} pages written",
         written.pages
     );
     let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert!(
         meta.blocks() * 512 <= 64 * 1024,
         "diff file is not sparse: {} bytes allocated",
         meta.blocks() * 512
     );
-    println!("diff wrote {} pages", written.pages);
 
-    // The log was cleared by the read: a second Diff writes nothing, and VMM writes can be
-    // added with `extra`.
-    let mut extra = vec![vec![0u64; (size / PAGE_SIZE / 64) as usize]];
-    extra[0][(UNTRACKED / PAGE_SIZE / 64) as usize] |= 1 << (UNTRACKED / PAGE_SIZE % 64);
-    let again = write_memory(
-        &mem,
-        &path,
-        MemoryDump::Diff {
-            vm: vm.fd(),
-            extra: Some(&extra),
-        },
-    )
-    .unwrap();
-    assert_eq!(again.pages, 1);
-    let file = std::fs::read(&path).unwrap();
-    assert_eq!(file[UNTRACKED as usize], 0x77);
-    assert_eq!(file[TARGET as usize], 0x42);
+    // Both logs were cleared by the take: the next one is empty.
+    let again = DirtyLog::take(vm.fd(), &mem).unwrap();
+    assert_eq!(again.pages(), 0);
+    assert_eq!(
+        write_memory(&mem, &path, MemoryDump::Diff(&again))
+            .unwrap()
+            .pages,
+        0
+    );
 }
 
 #[test]
-fn diff_onto_a_file_of_another_size_is_refused() {
-    let Some(vm) = vm_or_skip("diff_onto_a_file_of_another_size_is_refused") else {
+fn a_diff_onto_a_copy_of_the_full_file_yields_the_full_image() {
+    let test = "a_diff_onto_a_copy_of_the_full_file_yields_the_full_image";
+    let Some(vm) = vm_or_skip(test) else {
         return;
     };
-    let mem = create_guest_memory(2 * MIB, MemoryOptions::default()).unwrap();
-    vm.register_memory_tracked(&mem, true).unwrap();
+    let size = 4 * MIB;
+    let mem = tracked(size);
+    vm.register_memory(&mem).unwrap();
+    for page in 0..size / PAGE_SIZE {
+        mem.write_obj(page, GuestAddress(page * PAGE_SIZE)).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (base, merged) = (dir.path().join("base"), dir.path().join("merged"));
+    write_memory(&mem, &base, MemoryDump::Full).unwrap();
+    DirtyLog::take(vm.fd(), &mem).unwrap();
+    std::fs::copy(&base, &merged).unwrap();
+    for page in [3, 4, 700, size / PAGE_SIZE - 1] {
+        mem.write_obj(page + 1_000_000, GuestAddress(page * PAGE_SIZE))
+            .unwrap();
+    }
+    let log = DirtyLog::take(vm.fd(), &mem).unwrap();
+    assert_eq!(log.pages(), 4);
+    let written = write_memory(&mem, &merged, MemoryDump::Diff(&log)).unwrap();
+    assert_eq!(written.pages, 4);
+    let full = dir.path().join("full");
+    write_memory(&mem, &full, MemoryDump::Full).unwrap();
+    assert_eq!(
+        std::fs::read(&merged).unwrap(),
+        std::fs::read(&full).unwrap()
+    );
+}
+
+#[test]
+fn diff_onto_a_file_of_another_size_or_open_to_others_is_refused() {
+    let test = "diff_onto_a_file_of_another_size_or_open_to_others_is_refused";
+    let Some(vm) = vm_or_skip(test) else {
+        return;
+    };
+    let mem = tracked(2 * MIB);
+    vm.register_memory(&mem).unwrap();
+    let log = DirtyLog::take(vm.fd(), &mem).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("diff");
     std::fs::write(&path, [1u8; 4096]).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(matches!(
-        write_memory(
-            &mem,
-            &path,
-            MemoryDump::Diff {
-                vm: vm.fd(),
-                extra: None
-            }
-        ),
+        write_memory(&mem, &path, MemoryDump::Diff(&log)),
         Err(MemoryFileError::Size { .. })
+    ));
+    let open = dir.path().join("open");
+    std::fs::write(&open, []).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(
+        write_memory(&mem, &open, MemoryDump::Diff(&log)),
+        Err(MemoryFileError::Mode(0o644))
+    ));
+    assert_eq!(std::fs::metadata(&open).unwrap().len(), 0, "it was written");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    assert!(matches!(
+        write_memory(&mem, &link, MemoryDump::Diff(&log)),
+        Err(MemoryFileError::Io("open", _))
     ));
 }

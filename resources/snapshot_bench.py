@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""The snapshot part of the benchmark command (resources/bench.sh): snapshot create and
+restore times of the probe guest, Palisade and (when a binary is given) Firecracker in the
+same run, alternating, stdlib only.
+
+    snapshot_bench.py PROBE_ELF PALISADE_BIN [FIRECRACKER_BIN] [--runs N] [--mib M ...]
+
+Per run and guest size: a VMM is configured through its API socket (1 vCPU, M MiB), the probe
+writes its pattern over all RAM (`mem`, so the whole memory is populated) and then ticks
+(`ticker`); the VM is paused and a Full snapshot created (the wall time of
+`PUT /snapshot/create`); the VMM ends. A new VMM process then loads it with `resume_vm`
+(the wall time of `PUT /snapshot/load`, and of the load request up to the guest's next
+`probe: tick` line on the serial port: restored and running). Setups:
+- Palisade, keyed: `--snapshot-key-file` (HMAC-SHA-256 over the state and the memory file's
+  size): the default integrity check;
+- Palisade, keyed + hash_memory: the tag also covers the SHA-256 of the whole memory file
+  (read at create and at load);
+- Firecracker (no integrity check).
+Memory files are written to a directory on /dev/shm when it has room (the figures are then
+the VMMs' cost, not the disk's), else to the temporary directory.
+Prints medians (and min-max) per figure, and Palisade / Firecracker ratios (below 1 is faster).
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+TIMEOUT = 120
+KEY = b"palisade-bench-snapshot-key-0123456789"
+
+
+def http(sock_path, method, path, body=None):
+    """One HTTP/1.1 request on the API socket: (status, body text)."""
+    data = json.dumps(body).encode() if body is not None else b""
+    req = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n"
+           f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(TIMEOUT)
+        s.connect(sock_path)
+        s.sendall(req + data)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"{method} {path}: connection closed")
+            buf += chunk
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode(errors="replace").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            if k.strip().lower() == "content-length":
+                length = int(v)
+        while len(rest) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return status, rest.decode(errors="replace")
+
+
+class Vmm:
+    """A VMM process with an API socket; serial lines collected with their arrival times."""
+
+    def __init__(self, kind, binary, workdir, name, extra):
+        self.sock = os.path.join(workdir, f"{name}.sock")
+        if os.path.exists(self.sock):  # left by the killed VMM of the previous run
+            os.unlink(self.sock)
+        cmd = [binary, "--api-sock", self.sock] + extra
+        if kind == "firecracker":
+            cmd += ["--level", "Warning"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     cwd=workdir)
+        self.lines = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                if http(self.sock, "GET", "/")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.proc.kill()
+                self.proc.wait()
+                time.sleep(0.1)  # lets the stderr reader take the last bytes
+                raise RuntimeError(f"{kind}: the API socket never answered: "
+                                   f"{getattr(self, 'err', '')}")
+            time.sleep(0.002)  # polling for the socket to appear
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            with self.cond:
+                self.lines.append((time.perf_counter(), raw.decode(errors="replace")))
+                self.cond.notify_all()
+
+    def _drain_stderr(self):
+        self.err = ""
+        for raw in self.proc.stderr:
+            self.err += raw.decode(errors="replace")
+
+    def wait_for(self, prefix, after=0.0):
+        """The arrival time of the first line starting with `prefix` that arrived after `after`."""
+        deadline = time.monotonic() + TIMEOUT
+        with self.cond:
+            while True:
+                for t, line in self.lines:
+                    if t > after and line.startswith(prefix):
+                        return t
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    tail = "".join(l for _, l in self.lines[-20:])
+                    raise RuntimeError(f"no line {prefix!r}; serial tail:\n{tail}")
+                self.cond.wait(min(left, 1.0))
+
+    def call(self, method, path, body=None, expect=204):
+        status, text = http(self.sock, method, path, body)
+        if status != expect:
+            raise RuntimeError(f"{method} {path} -> {status} {text}")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def one_run(kind, binary, elf, mib, workdir, memdir, hash_memory):
+    """Boot, pause, create; then a new process loads: {figure: ms}."""
+    extra = []
+    if kind == "palisade":
+        key = os.path.join(workdir, "key")
+        with open(key, "wb") as f:
+            f.write(KEY)
+        os.chmod(key, 0o600)
+        extra = ["--snapshot-key-file", key, "--snapshot-dir", memdir]
+    state = os.path.join(memdir, "state")
+    mem = os.path.join(memdir, "mem")
+    vm = Vmm(kind, binary, workdir, "a", extra)
+    try:
+        vm.call("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mib})
+        vm.call("PUT", "/boot-source", {
+            "kernel_image_path": elf,
+            "boot_args": "console=ttyS0 reboot=k panic=1 probe.run=mem,ticker"})
+        vm.call("PUT", "/actions", {"action_type": "InstanceStart"})
+        vm.wait_for("probe: tick 3")
+        vm.call("PATCH", "/vm", {"state": "Paused"})
+        body = {"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}
+        if hash_memory:
+            body["hash_memory"] = True
+        t0 = time.perf_counter()
+        vm.call("PUT", "/snapshot/create", body)
+        create = time.perf_counter() - t0
+    finally:
+        vm.stop()
+    vm = Vmm(kind, binary, workdir, "b", extra)
+    try:
+        t0 = time.perf_counter()
+        vm.call("PUT", "/snapshot/load", {
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": mem},
+            "resume_vm": True})
+        load = time.perf_counter() - t0
+        running = vm.wait_for("probe: tick", after=t0) - t0
+    finally:
+        vm.stop()
+        for p in (state, mem):
+            if os.path.exists(p):
+                os.unlink(p)
+    return {"create": create * 1000, "load": load * 1000, "running": running * 1000}
+
+
+FIGURES = [("create", "create"), ("load", "load"), ("running", "load to next tick")]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("probe")
+    ap.add_argument("palisade")
+    ap.add_argument("firecracker", nargs="?")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--mib", type=int, nargs="+", default=[128, 1024])
+    a = ap.parse_args()
+    elf = os.path.abspath(a.probe)
+    setups = [("palisade", "Palisade, keyed", os.path.abspath(a.palisade), False),
+              ("palisade", "Palisade, keyed+hash", os.path.abspath(a.palisade), True)]
+    if a.firecracker:
+        setups.append(("firecracker", "Firecracker", os.path.abspath(a.firecracker), False))
+    work = tempfile.mkdtemp(prefix="palisade-snapbench-")
+    room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
+    memdir = (tempfile.mkdtemp(prefix="palisade-snapbench-", dir="/dev/shm")
+              if room > 3 * (max(a.mib) << 20) else work)
+    try:
+        print(f"snapshots, probe guest (mem,ticker), 1 vCPU, Full, medians (min-max) of "
+              f"{a.runs} runs per setup, alternating, release build; memory files in {memdir}")
+        for mib in a.mib:
+            seen = {name: [] for _, name, _, _ in setups}
+            for _ in range(a.runs):
+                for kind, name, binary, hash_memory in setups:
+                    seen[name].append(one_run(kind, binary, elf, mib, work, memdir,
+                                              hash_memory))
+            print(f"{mib} MiB guest" + "".join(f"{label + ' ms':>26}" for _, label in FIGURES))
+            med = {}
+            for name, runs in seen.items():
+                cells = []
+                for k, _ in FIGURES:
+                    vals = [r[k] for r in runs]
+                    med.setdefault(name, {})[k] = statistics.median(vals)
+                    cells.append(f"{statistics.median(vals):.1f} ({min(vals):.1f}-{max(vals):.1f})")
+                print(f"  {name:22}" + "".join(f"{c:>26}" for c in cells))
+            if a.firecracker:
+                fc = med["Firecracker"]
+                for name in ("Palisade, keyed", "Palisade, keyed+hash"):
+                    r = [med[name][k] / fc[k] for k, _ in FIGURES]
+                    print(f"  {name + ' / FC':22}" + "".join(f"{x:25.2f}x" for x in r))
+        if a.firecracker:
+            print("(ratios Palisade / Firecracker: below 1 means Palisade is faster)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if memdir != work:
+            shutil.rmtree(memdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

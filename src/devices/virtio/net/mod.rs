@@ -10,7 +10,8 @@
 //! TX ([`tx`]): descriptor chain -> frame copy -> firewall (`egress`, or `egress_headers` for a
 //! GSO frame) -> rate limiter -> tap. RX ([`rx`]): tap -> firewall (`ingress`) -> rate limiter
 //! -> guest buffers -> irqfd. A frame the firewall drops is consumed and counted; it is never
-//! partly written. A 1 s timer runs the firewall's `expire_and_log`.
+//! partly written. A 1 s timer runs the firewall's `expire_and_log`. Snapshots save and
+//! restore an interface's live state ([`snapshot`]).
 
 pub mod config;
 pub mod event_handler;

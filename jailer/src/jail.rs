@@ -89,6 +89,8 @@ pub fn confine_and_exec(p: &Prepared, status: &StatusWriter) -> JailerError {
 
 fn confine(p: &Prepared, status: &StatusWriter) -> Result<(), JailerError> {
     let spec = p.spec;
+    // The host's sysfs is out of sight once the jail is entered.
+    let userfaultfd = mknod::host_userfaultfd();
     rlimits::apply(&spec.limits)?;
     p.cgroups.attach_self()?;
     if let Some(path) = &spec.netns {
@@ -96,7 +98,7 @@ fn confine(p: &Prepared, status: &StatusWriter) -> Result<(), JailerError> {
     }
     namespaces::unshare_all()?;
     pivot::enter_root(p.jail_dir.root(), p.jail_dir.root_identity())?;
-    mknod::create_devices(spec.uid, spec.gid)?;
+    mknod::create_devices(spec.uid, spec.gid, userfaultfd)?;
     privileges::drop_all(spec.uid, spec.gid)?;
     if !spec.daemonize {
         status.tie_to_supervisor()?;

@@ -20,7 +20,7 @@ use crate::staged::{Access, Dir, StagedError};
 /// Directories inside the jail owned by the jailed uid (Firecracker's set), in creation order.
 const JAIL_DIRS: [&str; 3] = ["dev", "dev/net", "run"];
 /// Device nodes the mknod step creates; removed again by a failed start.
-pub const DEVICE_NODES: [&str; 3] = ["dev/kvm", "dev/net/tun", "dev/urandom"];
+pub const DEVICE_NODES: [&str; 4] = ["dev/kvm", "dev/net/tun", "dev/urandom", "dev/userfaultfd"];
 /// The jail's root: owned by root, group the jailed gid, sticky and group-writable. The VMM
 /// may create files in `/`, but neither rename nor remove what it does not own: the pid file
 /// and the files the caller staged.

@@ -1,8 +1,9 @@
 //! Step 10: the jailer's Landlock layer (layer 1 of 2; the VMM adds its own once it knows its
 //! files). Applied inside the jail after the privilege drop, best effort down the ABIs:
 //! - files: read/write beneath the jail's `/` (its whole world), but no execution except the
-//!   exec file and its ELF interpreter, no device nodes made, ioctl only on /dev/kvm and
-//!   /dev/net/tun (ABI 5), plus the `--landlock-rule` paths;
+//!   exec file and its ELF interpreter, no device nodes made, ioctl only on /dev/kvm,
+//!   /dev/net/tun and /dev/userfaultfd (ABI 5; the last for Uffd snapshot loads), plus the
+//!   `--landlock-rule` paths;
 //! - network: TCP bind and connect denied (ABI 4);
 //! - scopes: abstract Unix sockets and signals to processes outside the sandbox (ABI 6).
 //!
@@ -37,6 +38,7 @@ pub fn apply(exec_file: &Path, extra: &[LandlockRule]) -> Result<String, Landloc
         (exec_file.to_path_buf(), run, true),
         ("/dev/kvm".into(), device, false),
         ("/dev/net/tun".into(), device, false),
+        ("/dev/userfaultfd".into(), device, false),
         ("/dev/urandom".into(), AccessFs::ReadFile.into(), false),
     ];
     if let Some(interpreter) = crate::exec::interpreter(exec_file) {

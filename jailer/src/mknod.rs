@@ -1,4 +1,8 @@
 //! Step 8: the device nodes the VMM needs, created inside the jail and owned by its uid/gid.
+//! Fixed numbers for /dev/kvm, /dev/net/tun and /dev/urandom; /dev/userfaultfd (snapshot loads
+//! with the Uffd memory backend: the jailed VMM lacks the privilege the userfaultfd system
+//! call needs) has a dynamic misc minor, read from the host's sysfs before the jail is
+//! entered, and is made only when the host has it.
 
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
@@ -17,7 +21,28 @@ pub enum MknodError {
     Replaced(PathBuf),
 }
 
+/// Where the host's kernel publishes the numbers of its /dev/userfaultfd (Linux 6.1+).
+pub const USERFAULTFD_SYSFS: &str = "/sys/class/misc/userfaultfd/dev";
+
+/// The host's /dev/userfaultfd as (major, minor), when its kernel has one: read on the host
+/// side (before pivot_root), from `USERFAULTFD_SYSFS`.
+pub fn host_userfaultfd() -> Option<(u64, u64)> {
+    parse_dev(&std::fs::read_to_string(USERFAULTFD_SYSFS).ok()?)
+}
+
+/// "MAJOR:MINOR\n" as sysfs writes it.
+fn parse_dev(text: &str) -> Option<(u64, u64)> {
+    let line = text.strip_suffix('\n').unwrap_or(text);
+    let (major, minor) = line.split_once(':')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(major) || !digits(minor) {
+        return None;
+    }
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
 /// A character device the jail gets: path inside the jail, major, minor, required.
+#[derive(Debug, PartialEq, Eq)]
 struct Device {
     path: &'static str,
     major: u64,
@@ -49,8 +74,19 @@ const DEVICES: [Device; 3] = [
 
 /// mknod each device with mode 0600 and chown it to uid:gid. A node left by an earlier run is
 /// replaced. /dev/urandom is optional, as in Firecracker: a warning when it cannot be made.
-pub fn create_devices(uid: u32, gid: u32) -> Result<(), MknodError> {
-    for dev in &DEVICES {
+/// /dev/userfaultfd is made with the host's numbers `userfaultfd` when the host has one.
+pub fn create_devices(
+    uid: u32,
+    gid: u32,
+    userfaultfd: Option<(u64, u64)>,
+) -> Result<(), MknodError> {
+    let userfaultfd = userfaultfd.map(|(major, minor)| Device {
+        path: "/dev/userfaultfd",
+        major,
+        minor,
+        required: true,
+    });
+    for dev in DEVICES.iter().chain(userfaultfd.as_ref()) {
         match create(dev, uid, gid) {
             Err(e) if !dev.required => eprintln!("palisade-jailer: warning: {e}"),
             other => other?,
@@ -105,5 +141,21 @@ fn chown_node(dev: &Device, uid: u32, gid: u32) -> Result<(), Option<std::io::Er
     match rc {
         0 => Ok(()),
         _ => Err(Some(std::io::Error::last_os_error())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysfs_device_numbers_parse_strictly() {
+        assert_eq!(parse_dev("10:257\n"), Some((10, 257)));
+        assert_eq!(parse_dev("10:257"), Some((10, 257)));
+        for bad in [
+            "", "10", "10:", ":5", "10:5:1", "a:b", "10: 5", "-1:5", "10:5\n\n",
+        ] {
+            assert_eq!(parse_dev(bad), None, "{bad:?}");
+        }
     }
 }

@@ -133,7 +133,14 @@ fn a_symlink_in_place_of_a_directory_of_the_chroot_path_is_refused_and_nothing_b
         std::fs::create_dir(&host_dir).unwrap();
         std::fs::set_permissions(&host_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         // What a failed start removes by name in the jail must not go from the host.
-        let host_files = ["kvm", "tun", "urandom", "jail-probe", "jail-probe.pid"];
+        let host_files = [
+            "kvm",
+            "tun",
+            "urandom",
+            "userfaultfd",
+            "jail-probe",
+            "jail-probe.pid",
+        ];
         for name in host_files {
             std::fs::write(host_dir.join(name), "host").unwrap();
         }

@@ -23,6 +23,7 @@ use crate::vmm::device_manager::{
 };
 use crate::vstate::exit::ExitRequest;
 use crate::vstate::memory::{create_guest_memory, Backing, MemoryError, MemoryOptions};
+use crate::vstate::snapshot::uffd::{hand_to_handler, UffdError};
 use crate::vstate::snapshot::{map_memory_file, Host, MemoryFileError, StateError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
@@ -77,6 +78,9 @@ pub enum BuildError {
     /// A virtio device could not be created or attached.
     #[error(transparent)]
     Virtio(#[from] AttachError),
+    /// Guest memory could not be handed to the snapshot's page fault handler (Uffd).
+    #[error("Cannot hand guest memory to the page fault handler")]
+    Uffd(#[source] UffdError),
 }
 
 /// A built VM and its virtio devices (which the controller keeps for run-time updates and
@@ -233,6 +237,7 @@ pub fn build_vm(
         serial,
         i8042,
         seccomp: opts.seccomp.clone(),
+        uffd: None,
     };
     Ok(BuiltVm { vmm, devices })
 }
@@ -277,15 +282,24 @@ fn probe_snapshot_host(vm: &Vm) -> Option<Host> {
         .ok()
 }
 
-/// Builds a VM from a snapshot: KVM VM, guest memory mapped private from `mem_file` (checked
-/// against the state file by the caller; tracked for dirty pages, all clean, when the
-/// machine configuration says `track_dirty_pages`), the legacy devices, then each vCPU and
-/// the VM state restored (both validated first). Nothing is loaded or written into guest
-/// memory.
+/// Where a restored VM's memory comes from (`mem_backend` of `PUT /snapshot/load`).
+pub enum RestoredMemory {
+    /// The memory file (checked against the state file by the caller), mapped private.
+    File(std::fs::File),
+    /// Fresh anonymous memory whose pages the handler listening on this socket fills as they
+    /// are first touched (`vstate::snapshot::uffd`).
+    Uffd(std::path::PathBuf),
+}
+
+/// Builds a VM from a snapshot: KVM VM, guest memory (mapped private from the memory file, or
+/// anonymous and handed to the Uffd handler before anything may touch it; tracked for dirty
+/// pages, all clean, when the machine configuration says `track_dirty_pages`), the legacy
+/// devices, then each vCPU and the VM state restored (both validated first). Nothing is
+/// loaded or written into guest memory.
 pub fn build_restored_vm(
     state: &MachineState,
     configs: RestoredConfigs<'_>,
-    mem_file: &std::fs::File,
+    memory: &RestoredMemory,
     opts: &BuildOptions,
     clock_realtime: bool,
 ) -> Result<BuiltVm, BuildError> {
@@ -297,12 +311,25 @@ pub fn build_restored_vm(
         lock: machine.mem_lock,
         track_dirty_pages: machine.track_dirty_pages,
     };
-    let mem = map_memory_file(mem_file, state.mem_size, memory_options)
-        .map_err(BuildError::MemoryFile)?;
+    let mem = match memory {
+        RestoredMemory::File(file) => {
+            map_memory_file(file, state.mem_size, memory_options).map_err(BuildError::MemoryFile)?
+        }
+        RestoredMemory::Uffd(_) => create_guest_memory(state.mem_size, memory_options)?,
+    };
     vm.register_memory(&mem)?;
     let exit = opts.exit.clone();
     let mut buses = Buses::default();
     let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses, Some(&state.serial))?;
+    // The handler gets the memory before KVM state is restored: restoring it may make KVM
+    // read guest pages (a kvmclock page), and a registered page nobody serves would block
+    // this thread for good.
+    let uffd = match memory {
+        RestoredMemory::File(_) => None,
+        RestoredMemory::Uffd(socket) => {
+            Some(hand_to_handler(&mem, socket).map_err(BuildError::Uffd)?)
+        }
+    };
     let vcpus = state
         .vcpus
         .iter()
@@ -362,6 +389,7 @@ pub fn build_restored_vm(
         serial,
         i8042,
         seccomp: opts.seccomp.clone(),
+        uffd,
     };
     Ok(BuiltVm { vmm, devices })
 }

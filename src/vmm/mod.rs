@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod machine_state;
 pub mod snapshot;
 pub mod taps;
+pub mod uffd_watch;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use crate::devices::i8042::I8042Device;
 use crate::devices::serial::SerialDevice;
 use crate::seccomp::{SeccompFilters, ThreadKind};
 use crate::vstate::exit::ExitCode;
+use crate::vstate::snapshot::uffd::UffdBackend;
 use crate::vstate::vcpu::{self, Vcpu, VcpuShared, Vcpus};
 use crate::vstate::vm::Vm;
 
@@ -55,6 +57,9 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     seccomp: Arc<SeccompFilters>,
+    /// The Uffd handler's connection and the VMM's copy of the userfaultfd, for a VM loaded
+    /// with the Uffd memory backend.
+    uffd: Option<UffdBackend>,
 }
 
 /// A VM whose vCPU threads run (or are paused).
@@ -66,6 +71,8 @@ pub struct RunningVm {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     paused: bool,
+    /// Kept open for the life of the VM (see `vstate::snapshot::uffd`), after the vCPUs stop.
+    _uffd: Option<UffdBackend>,
 }
 
 impl Vmm {
@@ -112,6 +119,7 @@ impl Vmm {
             serial: self.serial,
             i8042: self.i8042,
             paused: !run,
+            _uffd: self.uffd,
         })
     }
 }

@@ -47,7 +47,8 @@ pub struct CreateSnapshotParams {
 pub enum MemBackendType {
     /// The memory file, mapped private.
     File,
-    /// Page faults handed to an external handler over a Unix socket (not supported yet).
+    /// Anonymous memory whose page faults an external handler serves (userfaultfd, handed
+    /// over the Unix socket `backend_path` in Firecracker's protocol).
     Uffd,
 }
 
@@ -116,8 +117,9 @@ pub struct LoadSnapshotBody {
 pub struct LoadSnapshotParams {
     /// The state file.
     pub snapshot_path: PathBuf,
-    /// The memory file.
-    pub mem_file_path: PathBuf,
+    /// Where guest memory comes from: the memory file (File) or the page fault handler's
+    /// socket (Uffd).
+    pub mem_backend: MemBackend,
     /// Track dirty pages after the load.
     pub track_dirty_pages: bool,
     /// Resume the VM once loaded.
@@ -153,9 +155,10 @@ pub enum SnapshotError {
         "Only one of 'track_dirty_pages' and the deprecated 'enable_diff_snapshots' may be given"
     )]
     DirtyTrackingChoice,
-    /// The Uffd memory backend.
-    #[error("The Uffd memory backend is not supported yet: use backend_type File")]
-    UffdNotSupported,
+    /// The Uffd memory backend for a state file that binds its memory's SHA-256: the handler
+    /// serves the memory, so the VMM cannot check it.
+    #[error("This snapshot was created with hash_memory: its memory's SHA-256 cannot be checked when a Uffd handler serves the memory; load it with backend_type File")]
+    UffdWithMemoryHash,
     /// `network_overrides` names an interface the snapshot does not have (Firecracker's
     /// "Unknown Network Device").
     #[error("Failed to get snapshot state from file: Unknown Network Device: network_overrides names iface_id '{0}', which the snapshot does not have")]
@@ -253,15 +256,15 @@ impl LoadSnapshotBody {
     /// The request, normalised, or why it cannot be honoured.
     pub fn into_params(self) -> Result<LoadSnapshotParams, SnapshotError> {
         check_path("snapshot_path", &self.snapshot_path)?;
-        let mem_file_path = match (self.mem_backend, self.mem_file_path) {
-            (Some(backend), None) => match backend.backend_type {
-                MemBackendType::File => backend.backend_path,
-                MemBackendType::Uffd => return Err(SnapshotError::UffdNotSupported),
+        let mem_backend = match (self.mem_backend, self.mem_file_path) {
+            (Some(backend), None) => backend,
+            (None, Some(path)) => MemBackend {
+                backend_type: MemBackendType::File,
+                backend_path: path,
             },
-            (None, Some(path)) => path,
             _ => return Err(SnapshotError::MemBackendChoice),
         };
-        check_path("mem_backend.backend_path", &mem_file_path)?;
+        check_path("mem_backend.backend_path", &mem_backend.backend_path)?;
         let track_dirty_pages = match (self.track_dirty_pages, self.enable_diff_snapshots) {
             (Some(_), Some(_)) => return Err(SnapshotError::DirtyTrackingChoice),
             (Some(track), None) | (None, Some(track)) => track,
@@ -279,7 +282,7 @@ impl LoadSnapshotBody {
         };
         Ok(LoadSnapshotParams {
             snapshot_path: self.snapshot_path,
-            mem_file_path,
+            mem_backend,
             track_dirty_pages,
             resume_vm: self.resume_vm,
             clock_realtime: self.clock_realtime,
@@ -335,7 +338,8 @@ mod tests {
             "track_dirty_pages": true, "resume_vm": true}))
         .unwrap();
         assert_eq!(a, b);
-        assert_eq!(a.mem_file_path, PathBuf::from("/m"));
+        assert_eq!(a.mem_backend.backend_path, PathBuf::from("/m"));
+        assert_eq!(a.mem_backend.backend_type, MemBackendType::File);
         assert!(a.track_dirty_pages && a.resume_vm);
         assert!(matches!(
             load(json!({"snapshot_path": "/s"})),
@@ -354,11 +358,16 @@ mod tests {
     }
 
     #[test]
-    fn load_refuses_uffd_and_takes_network_and_vsock_overrides() {
-        let e = load(json!({"snapshot_path": "/s",
+    fn load_takes_uffd_and_network_and_vsock_overrides() {
+        let p = load(json!({"snapshot_path": "/s",
             "mem_backend": {"backend_type": "Uffd", "backend_path": "/uffd.sock"}}))
+        .unwrap();
+        assert_eq!(p.mem_backend.backend_type, MemBackendType::Uffd);
+        assert_eq!(p.mem_backend.backend_path, PathBuf::from("/uffd.sock"));
+        let e = load(json!({"snapshot_path": "/s",
+            "mem_backend": {"backend_type": "Uffd", "backend_path": ""}}))
         .unwrap_err();
-        assert!(e.to_string().contains("not supported"), "{e}");
+        assert!(matches!(e, SnapshotError::BadPath { .. }), "{e}");
         assert_eq!(e.status(), 400);
         let p = load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
             "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}))

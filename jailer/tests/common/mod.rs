@@ -269,6 +269,31 @@ pub fn vmm_bin() -> PathBuf {
     profile_dir.join("palisade")
 }
 
+/// The Uffd page fault handler `palisade-uffd-handler` (resources/uffd-handler), built (or
+/// refreshed) first, as `vmm_bin` builds the VMM.
+pub fn uffd_handler_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args([
+        "build",
+        "--quiet",
+        "-p",
+        "palisade",
+        "--bin",
+        "palisade-uffd-handler",
+    ]);
+    if profile_dir.file_name() == Some("release".as_ref()) {
+        cargo.arg("--release");
+    }
+    let status = cargo.current_dir(workspace_dir()).status().unwrap();
+    assert!(
+        status.success(),
+        "cargo build of the handler failed: {status}"
+    );
+    profile_dir.join("palisade-uffd-handler")
+}
+
 /// The probe guest ELF: `$PALISADE_PROBE`, else built by resources/probe/build.sh.
 pub fn probe_guest() -> PathBuf {
     if let Some(p) = std::env::var_os("PALISADE_PROBE") {

@@ -1,11 +1,12 @@
 //! The controller's snapshot actions: `PUT /snapshot/create` on a paused VM and
 //! `PUT /snapshot/load` on a fresh VMM (the rules have checked the state). A load
-//! authenticates the state file and binds it to the memory file, checks every device's
-//! configuration and state, and opens the network interfaces' taps (renamed by
-//! `network_overrides`) before anything is built, so a refused load leaves the VMM fresh and
-//! usable.
+//! authenticates the state file and binds it to the memory file (with the Uffd backend: to
+//! the memory size the handler is told), checks every device's configuration and state, and
+//! opens the network interfaces' taps (renamed by `network_overrides`) before anything is
+//! built, so a refused load leaves the VMM fresh and usable.
 
 use std::fs::File;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::vsock::create_vsock;
@@ -14,11 +15,13 @@ use crate::devices::virtio::net::config::InterfaceList;
 use crate::devices::virtio::net::snapshot::{NetState, RestoredNet};
 use crate::snapshot::StateFile;
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
-use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs};
+use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs, RestoredMemory};
 use crate::vmm::machine_state::{CheckedDeviceConfigs, MachineState, SaveError, SaveInput};
 use crate::vmm::snapshot::{
-    CreateSnapshotParams, LoadSnapshotParams, NetworkOverride, SnapshotError, SnapshotType,
+    CreateSnapshotParams, LoadSnapshotParams, MemBackendType, NetworkOverride, SnapshotError,
+    SnapshotType,
 };
+use crate::vmm::uffd_watch::HandlerWatch;
 
 /// The network interfaces of a state file with `overrides` applied (each must name one of
 /// them; Firecracker's rule), checked together as their PUTs would be, then restored: firewall
@@ -118,10 +121,22 @@ impl Controller {
         let key = self.opts.snapshot_key.as_deref();
         let bytes = StateFile::read(&params.snapshot_path).map_err(SnapshotError::StateFile)?;
         let opened = StateFile::open(&bytes, key).map_err(SnapshotError::StateFile)?;
-        let memory = File::open(&params.mem_file_path).map_err(SnapshotError::MemoryFile)?;
-        opened
-            .check_memory_file(&memory)
-            .map_err(SnapshotError::StateFile)?;
+        let backend_path = &params.mem_backend.backend_path;
+        let memory = match params.mem_backend.backend_type {
+            MemBackendType::File => {
+                let file = File::open(backend_path).map_err(SnapshotError::MemoryFile)?;
+                opened
+                    .check_memory_file(&file)
+                    .map_err(SnapshotError::StateFile)?;
+                RestoredMemory::File(file)
+            }
+            // The handler serves the memory: its size is the state file's (checked below),
+            // its contents are the handler's responsibility.
+            MemBackendType::Uffd if opened.memory.sha256.is_some() => {
+                return Err(SnapshotError::UffdWithMemoryHash.into())
+            }
+            MemBackendType::Uffd => RestoredMemory::Uffd(backend_path.clone()),
+        };
         let state: MachineState = opened.state().map_err(SnapshotError::StateFile)?;
         let mut config = state
             .machine_config()
@@ -183,6 +198,14 @@ impl Controller {
                 .map_err(SnapshotError::Landlock)?;
             log::info!("{line}");
         }
+        // Duplicated before the VMM thread's seccomp filter (installed at launch).
+        let handler_watch = vmm.uffd.as_ref().and_then(|backend| {
+            backend
+                .connection()
+                .map(|socket| HandlerWatch::new(socket, backend_path.clone()))
+                .map_err(|e| log::warn!("Cannot watch the page fault handler's connection: {e}"))
+                .ok()
+        });
         let running = vmm
             .launch(params.resume_vm)
             .map_err(|e| SnapshotError::Start(Box::new(e)))?;
@@ -190,6 +213,9 @@ impl Controller {
         self.configured = true;
         self.running = Some(running);
         self.new_subscribers = devices.subscribers();
+        if let Some(watch) = handler_watch {
+            self.new_subscribers.push(Arc::new(Mutex::new(watch)));
+        }
         self.devices = devices;
         log::info!(
             "Snapshot loaded ({} MiB, {} vCPU(s)) in {} ms",

@@ -1,13 +1,15 @@
 //! Snapshot state of the KVM objects (issue 14): each vCPU's registers, special registers,
 //! XSAVE area, XCRs, MSRs, LAPIC, debug registers, events, MP state and TSC frequency
 //! (`vcpu_state`), the VM's PIC, IOAPIC, PIT and kvmclock (`vm_state`), and guest memory to
-//! and from a file (`memory_file`). Restore treats every value as hostile: it is checked
+//! and from a file (`memory_file`) or an external page fault handler (`uffd`). Restore treats every value as hostile: it is checked
 //! against the host (`Host`) and against the architecture before KVM sees it, and a bad value
 //! fails the restore with a `StateError`.
 
 pub mod memory_file;
 pub mod msrs;
 pub mod raw;
+pub mod uffd;
+pub mod uffd_abi;
 pub mod vcpu_state;
 pub mod vm_state;
 

@@ -178,7 +178,7 @@ pub enum FirewallStateError {
 }
 
 /// The largest counter a state may hold (2^62: never reached by counting; a larger one could
-/// overflow as the restored firewall counts on).
+/// overflow as the restored firewall counts on). A save holds counts at it.
 pub const MAX_SAVED_COUNT: u64 = 1 << 62;
 
 /// Refuses a count that the restored firewall could not go on adding to.
@@ -226,8 +226,14 @@ fn state_number(state: FlowState) -> u8 {
     STATES.iter().position(|s| *s == state).unwrap_or(0) as u8
 }
 
-fn drops(dropped: &[u64; DropReason::ALL.len()]) -> Vec<u64> {
-    dropped.to_vec()
+/// A count as saved: at most [`MAX_SAVED_COUNT`] (unreachable by counting; a firewall restored
+/// near it has counted past it since, and its save must restore again).
+fn saved(count: u64) -> u64 {
+    count.min(MAX_SAVED_COUNT)
+}
+
+fn saved_all(counts: &[u64]) -> Vec<u64> {
+    counts.iter().map(|&c| saved(c)).collect()
 }
 
 impl Firewall {
@@ -249,30 +255,31 @@ impl Firewall {
                 fin_from_reply: flow.fin_from_reply,
                 idle_ms: now_ms.saturating_sub(flow.last_seen_ms),
                 window_age_ms: now_ms.saturating_sub(flow.window_start_ms),
-                packets: flow.packets,
-                bytes: flow.bytes,
+                packets: saved(flow.packets),
+                bytes: saved(flow.bytes),
             });
         });
         let c = &self.counters;
         FirewallState {
             iface_id: self.iface_id.clone(),
             guest_mac: self.guest_mac,
-            ingress_rule_hits: self.rule_hits[0].clone(),
-            egress_rule_hits: self.rule_hits[1].clone(),
+            ingress_rule_hits: saved_all(&self.rule_hits[0]),
+            egress_rule_hits: saved_all(&self.rule_hits[1]),
             counters: SavedCounters {
-                passed_frames: c.passed_frames,
-                passed_bytes: c.passed_bytes,
-                dropped_ingress: drops(&c.dropped[0]),
-                dropped_egress: drops(&c.dropped[1]),
-                flows_created: c.flows_created,
-                flows_ended: c.flows_ended,
-                flows_cut_by_update: c.flows_cut_by_update,
+                passed_frames: c.passed_frames.map(saved),
+                passed_bytes: c.passed_bytes.map(saved),
+                dropped_ingress: saved_all(&c.dropped[0]),
+                dropped_egress: saved_all(&c.dropped[1]),
+                flows_created: saved(c.flows_created),
+                flows_ended: saved(c.flows_ended),
+                flows_cut_by_update: saved(c.flows_cut_by_update),
             },
             flow_log_records: [
                 self.flow_log.records_written,
                 self.flow_log.records_lost,
                 self.flow_log.records_suppressed,
-            ],
+            ]
+            .map(saved),
             flows,
         }
     }

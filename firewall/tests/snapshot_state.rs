@@ -217,3 +217,20 @@ fn a_state_of_another_interface_mac_or_rule_set_or_with_overflowing_counters_is_
     let e = restore(&s, now).map(|_| ()).unwrap_err();
     assert!(matches!(e, FirewallStateError::DropCounters { .. }), "{e}");
 }
+
+#[test]
+fn a_firewall_restored_at_the_count_bound_counts_on_and_its_save_restores_again() {
+    let mut state = saved_state();
+    state.counters.flows_created = MAX_SAVED_COUNT;
+    state.counters.passed_frames = [MAX_SAVED_COUNT; 2];
+    let now = Instant::now();
+    let mut fw = restore(&state, now).unwrap();
+    assert_eq!(
+        fw.egress(&guest_udp(REMOTE_IP, (40_002, 53)), now),
+        Verdict::Pass
+    );
+    assert_eq!(fw.counters().flows_created, MAX_SAVED_COUNT + 1);
+    let again = fw.save(now);
+    assert_eq!(again.counters.flows_created, MAX_SAVED_COUNT);
+    assert_eq!(restore(&again, now).unwrap().tracked_flows(), 3);
+}

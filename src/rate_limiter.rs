@@ -10,6 +10,10 @@
 //! than the whole bucket is let through once, and the limiter then stays blocked for the time
 //! the bucket needs to pay it back.
 
+mod state;
+
+pub use state::{BucketState, RateLimiterState, RateLimiterStateError};
+
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -28,28 +32,6 @@ pub enum RateLimiterError {
     /// The timerfd cannot be created, armed or read.
     #[error("Rate limiter timer failure")]
     Timer(#[source] std::io::Error),
-    /// Saved bucket levels that do not fit the configured buckets.
-    #[error("Rate limiter {0} levels do not fit the configured bucket")]
-    Levels(&'static str),
-}
-
-/// A bucket's fill as a snapshot saves it: the budget (without the refill earned since its
-/// last use, so it may under-state) and the unspent one-time burst.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BucketLevels {
-    /// Tokens in the budget.
-    pub budget: u64,
-    /// Unspent one-time burst.
-    pub one_time_burst: u64,
-}
-
-/// The levels of a limiter's buckets (None where it has no bucket).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LimiterLevels {
-    /// `bandwidth`.
-    pub bandwidth: Option<BucketLevels>,
-    /// `ops`.
-    pub ops: Option<BucketLevels>,
 }
 
 /// One bucket of the configuration (`bandwidth` or `ops`), Firecracker's `TokenBucket`.
@@ -349,52 +331,6 @@ impl RateLimiter {
         }
     }
 
-    /// The buckets' levels, for a snapshot.
-    pub fn levels(&self) -> LimiterLevels {
-        let levels = |b: &TokenBucket| BucketLevels {
-            budget: b.budget,
-            one_time_burst: b.one_time_burst,
-        };
-        LimiterLevels {
-            bandwidth: self.bandwidth.as_ref().map(levels),
-            ops: self.ops.as_ref().map(levels),
-        }
-    }
-
-    /// Sets the buckets' levels from a snapshot; they refill from now. Refused (nothing
-    /// changed) when a level is given for a bucket that is not configured or the other way
-    /// round, or exceeds the bucket's size or configured burst.
-    pub fn restore_levels(&mut self, levels: &LimiterLevels) -> Result<(), RateLimiterError> {
-        let pairs = [
-            ("bandwidth", self.bandwidth.as_ref(), levels.bandwidth),
-            ("ops", self.ops.as_ref(), levels.ops),
-        ];
-        for (name, bucket, level) in pairs {
-            let fits = match (bucket, level) {
-                (None, None) => true,
-                (Some(b), Some(l)) => {
-                    l.budget <= b.size && l.one_time_burst <= b.initial_one_time_burst
-                }
-                _ => false,
-            };
-            if !fits {
-                return Err(RateLimiterError::Levels(name));
-            }
-        }
-        let now = Instant::now();
-        for (bucket, level) in [
-            (self.bandwidth.as_mut(), levels.bandwidth),
-            (self.ops.as_mut(), levels.ops),
-        ] {
-            if let (Some(b), Some(l)) = (bucket, level) {
-                b.budget = l.budget;
-                b.one_time_burst = l.one_time_burst;
-                b.last_update = now;
-            }
-        }
-        Ok(())
-    }
-
     /// The buckets as configuration, for `GET /vm/config`.
     pub fn to_config(&self) -> RateLimiterConfig {
         let config = |b: &TokenBucket| TokenBucketConfig {
@@ -498,53 +434,6 @@ mod tests {
         l.manual_replenish(1, TokenType::Ops);
         assert!(l.consume(1, TokenType::Ops));
         assert!(!l.consume(1, TokenType::Ops));
-    }
-
-    #[test]
-    fn levels_are_restored_only_where_they_fit_the_buckets() {
-        let mut l = limiter(Some((1000, 100, 1000)), None);
-        assert!(l.consume(500, TokenType::Bytes));
-        let saved = l.levels();
-        assert_eq!(
-            saved.bandwidth,
-            Some(BucketLevels {
-                budget: 600,
-                one_time_burst: 0
-            })
-        );
-        let mut fresh = limiter(Some((1000, 100, 1000)), None);
-        fresh.restore_levels(&saved).unwrap();
-        assert_eq!(fresh.levels(), saved);
-        for bad in [
-            LimiterLevels {
-                bandwidth: Some(BucketLevels {
-                    budget: 1001,
-                    one_time_burst: 0,
-                }),
-                ops: None,
-            },
-            LimiterLevels {
-                bandwidth: Some(BucketLevels {
-                    budget: 0,
-                    one_time_burst: 101,
-                }),
-                ops: None,
-            },
-            LimiterLevels {
-                bandwidth: None,
-                ops: None,
-            },
-            LimiterLevels {
-                ops: saved.bandwidth,
-                ..saved
-            },
-        ] {
-            assert!(matches!(
-                fresh.restore_levels(&bad),
-                Err(RateLimiterError::Levels(_))
-            ));
-            assert_eq!(fresh.levels(), saved, "nothing changed");
-        }
     }
 
     #[test]

@@ -186,7 +186,7 @@ mod tests {
         assert!(counts["vmm"] < 50 && counts["api"] < 31 && counts["vcpu"] < 27);
     }
 
-    const EXPECTED_VMM: usize = 39;
+    const EXPECTED_VMM: usize = 40;
     const EXPECTED_API: usize = 18;
     const EXPECTED_VCPU: usize = 15;
 }

@@ -18,21 +18,40 @@ use serde_json::json;
 const TIMEOUT: Duration = Duration::from_secs(600);
 const MEM_MIB: u64 = 128;
 
-/// Boots `kernel` from the guest build with its initramfs and runs `checks` in the guest.
-fn boot_linux(kernel: &str, vcpus: u8, checks: &str) -> GuestRun {
+/// Where the guest's root file system comes from.
+#[derive(Clone, Copy, Debug)]
+enum Root {
+    /// The build's initramfs (`initrd_path`).
+    Initramfs,
+    /// A copy of the build's ext4 image as the root drive (virtio-blk, /dev/vda, read-write).
+    Ext4Drive,
+}
+
+/// Boots `kernel` from the guest build with `root` and runs `checks` in the guest.
+fn boot_linux(kernel: &str, vcpus: u8, root: Root, checks: &str) -> GuestRun {
     let dir = linux_guest_dir();
     let boot_args = std::fs::read_to_string(dir.join("boot_args")).expect("boot_args");
-    let vm = TestVm::new(json!({
+    let mut vm = TestVm::new(json!({
         "boot-source": {
             "kernel_image_path": dir.join(kernel),
-            "initrd_path": dir.join("initramfs.cpio"),
             "boot_args": format!("{} palisade.test={checks}", boot_args.trim()),
         },
         "machine-config": {"vcpu_count": vcpus, "mem_size_mib": MEM_MIB},
     }));
+    match root {
+        Root::Initramfs => {
+            vm.config["boot-source"]["initrd_path"] = json!(dir.join("initramfs.cpio"))
+        }
+        Root::Ext4Drive => {
+            let rootfs = vm.dir.path().join("rootfs.ext4");
+            std::fs::copy(dir.join("rootfs.ext4"), &rootfs).unwrap();
+            vm.config["drives"] = json!([{"drive_id": "rootfs", "path_on_host": rootfs,
+                "is_root_device": true, "is_read_only": false}]);
+        }
+    }
     let run = vm.run(TIMEOUT);
     println!(
-        "{kernel}, {vcpus} vCPU(s): VMM exited after {:.1} s; {}",
+        "{kernel}, {vcpus} vCPU(s), {root:?}: VMM exited after {:.1} s; {}",
         run.elapsed.as_secs_f64(),
         run.stderr
             .lines()
@@ -99,7 +118,7 @@ fn linux_vmlinux_boots_through_pvh_on_one_vcpu_and_runs_info() {
     if !kvm_available("linux_vmlinux_boots_through_pvh_on_one_vcpu_and_runs_info") {
         return;
     }
-    let run = boot_linux("vmlinux", 1, "info,no-such-check");
+    let run = boot_linux("vmlinux", 1, Root::Initramfs, "info,no-such-check");
     assert!(run.stderr.contains("(Pvh)"), "{}", run.stderr);
     assert_booted_and_powered_off(&run);
     assert_info(&run, 1);
@@ -111,14 +130,14 @@ fn linux_vmlinux_boots_through_pvh_on_one_vcpu_and_runs_info() {
 }
 
 /// bzImage through the 64-bit boot protocol, on two vCPUs: AP bring-up through the MP
-/// table and the in-kernel local APIC (the guest build keeps off KVM's PV IPIs).
+/// table and the in-kernel local APIC (the guest build keeps off KVM's PV IPIs), its root
+/// file system the ext4 image on a virtio-blk root drive (the VMM's `root=/dev/vda rw`).
 #[test]
-fn linux_bzimage_boots_through_the_64_bit_protocol_on_two_vcpus_and_runs_info() {
-    if !kvm_available("linux_bzimage_boots_through_the_64_bit_protocol_on_two_vcpus_and_runs_info")
-    {
+fn linux_bzimage_boots_on_two_vcpus_from_an_ext4_root_drive_and_runs_info() {
+    if !kvm_available("linux_bzimage_boots_on_two_vcpus_from_an_ext4_root_drive_and_runs_info") {
         return;
     }
-    let run = boot_linux("bzImage", 2, "info");
+    let run = boot_linux("bzImage", 2, Root::Ext4Drive, "info");
     assert!(run.stderr.contains("(Linux64)"), "{}", run.stderr);
     assert_booted_and_powered_off(&run);
     assert_info(&run, 2);

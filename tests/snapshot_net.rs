@@ -96,7 +96,7 @@ fn boot_flow_and_save(ns: &TapNetns) -> Saved {
     let to_7000 = host_socket(ns, 7000);
     let from_7001 = host_socket(ns, 7001);
     let flags = ["--snapshot-dir", dir.path().to_str().unwrap()];
-    let mut vm = ApiVm::start_in(Some(&ns.name), &flags);
+    let mut vm = ApiVm::start_in_netns(tempfile::tempdir().unwrap(), Some(&ns.name), &flags);
     let mut c = vm.client();
     let r = c.put(
         "/machine-config",
@@ -221,7 +221,7 @@ fn an_established_flow_survives_a_load_in_a_new_process_and_blocked_traffic_stay
     };
     let saved = boot_flow_and_save(&ns);
     assert_eq!(saved.denied, 1);
-    let mut clone = ApiVm::start_in(Some(&ns.name), &[]);
+    let mut clone = ApiVm::start_in_netns(tempfile::tempdir().unwrap(), Some(&ns.name), &[]);
     let mut c = clone.client();
     let r = c.put("/snapshot/load", load_body(&saved, json!([])));
     assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
@@ -246,7 +246,7 @@ fn network_overrides_move_the_clone_to_another_tap_and_bad_overrides_are_refused
     let Some(other) = TapNetns::create_with_tap(test, "tap1") else {
         return;
     };
-    let mut clone = ApiVm::start_in(Some(&other.name), &[]);
+    let mut clone = ApiVm::start_in_netns(tempfile::tempdir().unwrap(), Some(&other.name), &[]);
     let mut c = clone.client();
     let r = c.put(
         "/snapshot/load",

@@ -24,6 +24,7 @@ fn rng_gives_the_guest_4096_random_bytes() {
     let detail = run.assert_probe_ok("rng");
     let distinct: u32 = detail
         .strip_prefix("bytes=4096 distinct=")
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("{detail}"))
         .parse()
         .unwrap();

@@ -1,7 +1,9 @@
-//! The Linux test guest on virtio-vsock under the real VMM: the guest's `vsock` check (an echo
-//! to a host listener at `<uds_path>_1234`, then a line the host WRITEs through the guest's
+//! The Linux test guest on virtio-vsock under the real VMM, restored from the booted golden
+//! snapshot (tests/common/linux.rs: no boot per test): the guest's `vsock` check (an echo to
+//! a host listener at `<uds_path>_1234`, then a line the host WRITEs through the guest's
 //! agent) passes, and an EXEC through the agent with the host client `client.py` returns the
-//! command's exit code and output.
+//! command's exit code and output. The clone's vsock socket is its own (`vsock_override`),
+//! so guest-initiated connections reach the clone's `<uds_path>_1234`.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -9,13 +11,10 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use common::vsock::{wait_for_line, EchoListener};
-use common::{kvm_available, linux_guest_dir, TestVm};
-use serde_json::json;
-
-const TIMEOUT: Duration = Duration::from_secs(600);
+use common::kvm_available;
+use common::linux::LinuxClone;
+use common::vsock::EchoListener;
 
 /// `resources/guest/agent/client.py --uds UDS ARGS...`.
 fn client(uds: &Path, args: &[&str]) -> Output {
@@ -30,31 +29,16 @@ fn client(uds: &Path, args: &[&str]) -> Output {
 }
 
 #[test]
-fn the_linux_guest_passes_its_vsock_check_and_its_agent_runs_a_host_exec() {
-    if !kvm_available("the_linux_guest_passes_its_vsock_check_and_its_agent_runs_a_host_exec") {
+fn a_restored_linux_guest_passes_its_vsock_check_and_its_agent_runs_a_host_exec() {
+    let test = "a_restored_linux_guest_passes_its_vsock_check_and_its_agent_runs_a_host_exec";
+    if !kvm_available(test) {
         return;
     }
-    let dir = linux_guest_dir();
-    let boot_args = std::fs::read_to_string(dir.join("boot_args")).expect("boot_args");
-    let mut vm = TestVm::new(json!({
-        "boot-source": {
-            "kernel_image_path": dir.join("vmlinux"),
-            "initrd_path": dir.join("initramfs.cpio"),
-            "boot_args": format!("{} palisade.test=vsock", boot_args.trim()),
-        },
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
-    }));
-    let uds = vm.dir.path().join("v.sock");
-    vm.config["vsock"] = json!({"guest_cid": 3, "uds_path": uds});
+    let clone = LinuxClone::start(true);
+    let uds = clone.uds.clone();
     let echo = EchoListener::start(&uds, 1234);
-    let mut running = vm.spawn();
-    wait_for_line(
-        &mut running,
-        "palisade-vsock: waiting for the host",
-        TIMEOUT,
-    );
 
-    // The guest is waiting: an EXEC first (its own exit code and both outputs come back).
+    // An EXEC first (its own exit code and both outputs come back).
     let out = client(
         &uds,
         &[
@@ -72,15 +56,21 @@ fn the_linux_guest_passes_its_vsock_check_and_its_agent_runs_a_host_exec() {
         "{out:?}"
     );
 
+    // host -> guest: the line the check reads (written before the check runs, it finds a
+    // plain file rather than making its FIFO: resources/guest/checks/vsock).
     let out = client(&uds, &["write", "/tmp/vsock-from-host", "hello-from-host"]);
     assert!(out.status.success(), "{out:?}");
-    let run = running.wait(TIMEOUT);
-    run.assert_success();
-    let detail = run.assert_guest_pass("vsock");
+    // The check, run by hand (`/init NAME`), told the agent's pid as init would.
+    let check = clone.sh("for d in /proc/[0-9]*; do read -r c <$d/comm; \\
+         if [ \"$c\" = palisade-agent ]; then agent_pid=${d#/proc/}; break; fi; done; \\
+         export agent_pid; /init vsock");
+    let detail = check
+        .lines()
+        .find_map(|l| l.strip_prefix("palisade-result: vsock "))
+        .unwrap_or_else(|| panic!("no vsock result:\n{check}"));
     assert_eq!(
-        detail, "agent=running echo=yes host_line=hello-from-host",
-        "{}",
-        run.stdout
+        detail, "pass agent=running echo=yes host_line=hello-from-host",
+        "{check}"
     );
     let received = echo.received.lock().unwrap();
     assert_eq!(received.len(), 1, "one guest connection to <uds_path>_1234");

@@ -1,9 +1,11 @@
 //! The i8042 keyboard controller, as much of it as a guest needs to ask for a reset
-//! (`reboot=k`) and to receive Ctrl+Alt+Del.
+//! (`reboot=k`) and to receive Ctrl+Alt+Del. Its registers and output buffer are saved in a
+//! snapshot ([`I8042State`]) and checked as hostile input when restored.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::bus::BusDevice;
@@ -39,6 +41,59 @@ const BUFFER_SIZE: usize = 16;
 /// Set 1 make and break codes of Ctrl+Alt+Del.
 const CTRL_ALT_DEL: [u8; 10] = [0x1d, 0xe0, 0x38, 0xe0, 0x53, 0x9d, 0xe0, 0xb8, 0xe0, 0xd3];
 
+/// Status bits the controller ever sets.
+const SB_KNOWN: u8 = SB_OUT_DATA_AVAIL | SB_SYS_FLAG | SB_CMD_DATA | SB_KBD_ENABLED;
+
+/// Why a saved controller state is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum I8042StateError {
+    /// More bytes than the output buffer holds.
+    #[error("The saved i8042 output buffer holds {0} bytes, more than {BUFFER_SIZE}")]
+    BufferTooLong(usize),
+    /// A status bit the controller never sets, or the data-available bit disagreeing with
+    /// the buffer.
+    #[error("The saved i8042 status {0:#x} is not one the controller can be in")]
+    Status(u8),
+    /// A pending command that takes no data byte.
+    #[error("The saved i8042 pending command {0:#x} takes no data byte")]
+    PendingCommand(u8),
+    /// The interrupt event cannot be created.
+    #[error("Cannot create the i8042 interrupt event")]
+    Event(#[source] std::io::Error),
+}
+
+/// The controller's state in a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct I8042State {
+    /// Status register.
+    pub status: u8,
+    /// Controller configuration byte.
+    pub control: u8,
+    /// Output port.
+    pub output_port: u8,
+    /// A command waiting for its data byte.
+    pub pending_command: Option<u8>,
+    /// Bytes the guest has not read yet (at most 16).
+    pub output: Vec<u8>,
+}
+
+impl I8042State {
+    /// Checks a saved state: only values the controller itself can reach.
+    pub fn validate(&self) -> Result<(), I8042StateError> {
+        if self.output.len() > BUFFER_SIZE {
+            return Err(I8042StateError::BufferTooLong(self.output.len()));
+        }
+        let avail = self.status & SB_OUT_DATA_AVAIL != 0;
+        if self.status & !SB_KNOWN != 0 || avail == self.output.is_empty() {
+            return Err(I8042StateError::Status(self.status));
+        }
+        match self.pending_command {
+            None | Some(CMD_WRITE_CTR) | Some(CMD_WRITE_OUTP) => Ok(()),
+            Some(cmd) => Err(I8042StateError::PendingCommand(cmd)),
+        }
+    }
+}
+
 /// The controller.
 pub struct I8042Device {
     reset: Arc<ExitRequest>,
@@ -62,6 +117,34 @@ impl I8042Device {
             pending_command: None,
             output: VecDeque::with_capacity(BUFFER_SIZE),
         })
+    }
+
+    /// A controller restored from `state` (validated first). A byte waiting in the buffer
+    /// already raised its interrupt before the snapshot: the in-kernel interrupt controller
+    /// state carries it, so none is raised again.
+    pub fn from_state(
+        reset: Arc<ExitRequest>,
+        state: &I8042State,
+    ) -> Result<Self, I8042StateError> {
+        state.validate()?;
+        let mut device = Self::new(reset).map_err(I8042StateError::Event)?;
+        device.status = state.status;
+        device.control = state.control;
+        device.output_port = state.output_port;
+        device.pending_command = state.pending_command;
+        device.output = state.output.iter().copied().collect();
+        Ok(device)
+    }
+
+    /// The state to save.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            status: self.status,
+            control: self.control,
+            output_port: self.output_port,
+            pending_command: self.pending_command,
+            output: self.output.iter().copied().collect(),
+        }
     }
 
     /// The keyboard interrupt (IRQ 1) event, to register as irqfd.
@@ -213,6 +296,71 @@ mod tests {
         let mut b = [0u8];
         d.read(OFFSET_DATA, &mut b);
         assert_eq!(b[0], 0x1d);
+    }
+
+    #[test]
+    fn a_saved_state_round_trips_with_its_pending_command_and_buffer() {
+        let (mut d, exit) = dev();
+        d.write(OFFSET_COMMAND, &[CMD_WRITE_CTR]);
+        d.send_ctrl_alt_del().unwrap();
+        let state = d.state();
+        state.validate().unwrap();
+        let mut r = I8042Device::from_state(exit, &state).unwrap();
+        assert_eq!(r.state(), state);
+        r.write(OFFSET_DATA, &[0x33]);
+        r.write(OFFSET_COMMAND, &[CMD_READ_CTR]);
+        let mut b = [0u8];
+        r.read(OFFSET_DATA, &mut b);
+        assert_eq!(b[0], 0x1d, "the saved buffer comes first");
+    }
+
+    #[test]
+    fn saved_states_the_controller_cannot_reach_are_refused() {
+        let good = dev().0.state();
+        let exit = Arc::new(ExitRequest::new().unwrap());
+        let bad = [
+            (
+                I8042State {
+                    output: vec![0; BUFFER_SIZE + 1],
+                    status: good.status | SB_OUT_DATA_AVAIL,
+                    ..good.clone()
+                },
+                I8042StateError::BufferTooLong(BUFFER_SIZE + 1),
+            ),
+            (
+                I8042State {
+                    status: good.status | 0x80,
+                    ..good.clone()
+                },
+                I8042StateError::Status(good.status | 0x80),
+            ),
+            (
+                I8042State {
+                    status: good.status | SB_OUT_DATA_AVAIL,
+                    ..good.clone()
+                },
+                I8042StateError::Status(good.status | SB_OUT_DATA_AVAIL),
+            ),
+            (
+                I8042State {
+                    output: vec![1],
+                    ..good.clone()
+                },
+                I8042StateError::Status(good.status),
+            ),
+            (
+                I8042State {
+                    pending_command: Some(CMD_RESET_CPU),
+                    ..good.clone()
+                },
+                I8042StateError::PendingCommand(CMD_RESET_CPU),
+            ),
+        ];
+        for (state, error) in bad {
+            assert_eq!(state.validate().unwrap_err().to_string(), error.to_string());
+            assert!(I8042Device::from_state(exit.clone(), &state).is_err());
+        }
+        assert_eq!(exit.code(), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod boot_timer;
 pub mod bus;
+pub mod generation_id;
 pub mod i8042;
 pub mod serial;
 pub mod serial_output;

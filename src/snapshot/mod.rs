@@ -11,4 +11,4 @@ pub mod replace;
 
 pub use auth::{AuthError, MemoryIdentity, SnapshotKey};
 pub use format::{Authenticated, FormatError, Header, StateFile};
-pub use replace::Replacement;
+pub use replace::{commit_pair, Replacement};

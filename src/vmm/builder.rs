@@ -6,14 +6,15 @@ use std::time::Instant;
 use crate::arch::x86_64::boot_params::{write_boot_params, BootInfo};
 use crate::arch::x86_64::cpuid::VcpuTopology;
 use crate::arch::x86_64::layout::{
-    BOOT_TIMER_SIZE, BOOT_TIMER_START, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN, SERIAL_IRQ,
-    SERIAL_PORT,
+    BOOT_TIMER_SIZE, BOOT_TIMER_START, GENERATION_ID_SIZE, GENERATION_ID_START, I8042_KBD_IRQ,
+    I8042_PORT, I8042_PORT_LEN, SERIAL_IRQ, SERIAL_PORT,
 };
 use crate::arch::x86_64::mptable::{self, setup_mptable};
 use crate::config::{BootFiles, HugePages, VmResources};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{BusError, Buses};
-use crate::devices::i8042::I8042Device;
+use crate::devices::generation_id::{GenerationError, GenerationIdDevice, GenerationState};
+use crate::devices::i8042::{I8042Device, I8042State, I8042StateError};
 use crate::devices::serial::{EventFdTrigger, SerialDevice, UartState};
 use crate::devices::serial_output::BoundedOutput;
 use crate::devices::virtio::vsock::Vsock;
@@ -28,6 +29,7 @@ use crate::vstate::snapshot::{map_memory_file, Host, MemoryFileError, StateError
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
 
+use super::clone_state::CloneStateError;
 use super::kernel::{self, KernelError};
 use super::machine_state::MachineState;
 use super::taps::OpenTaps;
@@ -78,6 +80,18 @@ pub enum BuildError {
     /// A virtio device could not be created or attached.
     #[error(transparent)]
     Virtio(#[from] AttachError),
+    /// The generation ID cannot be made.
+    #[error("Cannot set up the generation ID")]
+    Generation(#[source] GenerationError),
+    /// The i8042 controller's state was refused.
+    #[error("Cannot restore the i8042 controller")]
+    I8042(#[source] I8042StateError),
+    /// The rate limiters' state was refused.
+    #[error("Cannot restore the rate limiters")]
+    Limiters(#[source] CloneStateError),
+    /// The generation ID cannot be added to the command line.
+    #[error("Cannot add the generation ID to the kernel command line")]
+    GenerationCmdline(#[source] linux_loader::cmdline::Error),
     /// Guest memory could not be handed to the snapshot's page fault handler (Uffd).
     #[error("Cannot hand guest memory to the page fault handler")]
     Uffd(#[source] UffdError),
@@ -169,6 +183,8 @@ pub fn build_vm(
     let exit = opts.exit.clone();
     let mut buses = Buses::default();
     let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses, None)?;
+    let generation = GenerationState::first().map_err(BuildError::Generation)?;
+    attach_generation_id(&mut buses, &generation)?;
     if let Some(timer) = boot_timer {
         buses
             .mmio
@@ -192,6 +208,12 @@ pub fn build_vm(
             vsock,
         },
     )?;
+    cmdline
+        .insert(
+            "palisade_genid",
+            &format!("{}K@{GENERATION_ID_START:#x}", GENERATION_ID_SIZE >> 10),
+        )
+        .map_err(BuildError::GenerationCmdline)?;
     let cmdline_len = kernel::load_command_line(&mem, &cmdline)?;
     write_boot_params(
         &mem,
@@ -237,9 +259,19 @@ pub fn build_vm(
         serial,
         i8042,
         seccomp: opts.seccomp.clone(),
+        generation,
         uffd: None,
     };
     Ok(BuiltVm { vmm, devices })
+}
+
+/// Places the read-only generation ID page showing `generation` on the MMIO bus.
+fn attach_generation_id(buses: &mut Buses, generation: &GenerationState) -> Result<(), BuildError> {
+    let device = Arc::new(Mutex::new(GenerationIdDevice::new(generation)));
+    buses
+        .mmio
+        .insert(device, GENERATION_ID_START, GENERATION_ID_SIZE)?;
+    Ok(())
 }
 
 /// The serial port and the i8042 controller.
@@ -250,11 +282,11 @@ fn legacy_devices(
     vm: &Vm,
     exit: &Arc<ExitRequest>,
     buses: &mut Buses,
-    uart: Option<&UartState>,
+    saved: Option<(&UartState, &I8042State)>,
 ) -> Result<LegacyDevices, BuildError> {
     let trigger = EventFdTrigger::new().map_err(BuildError::Event)?;
     let out = Box::new(BoundedOutput::new(std::io::stdout()));
-    let serial = match uart {
+    let serial = match saved.map(|s| s.0) {
         Some(state) => SerialDevice::from_state(state, trigger, out).map_err(BuildError::Uart)?,
         None => SerialDevice::new(trigger, out),
     };
@@ -263,7 +295,10 @@ fn legacy_devices(
     buses
         .pio
         .insert(serial.clone(), u64::from(SERIAL_PORT), 8)?;
-    let i8042 = I8042Device::new(exit.clone()).map_err(BuildError::Event)?;
+    let i8042 = match saved.map(|s| s.1) {
+        Some(state) => I8042Device::from_state(exit.clone(), state).map_err(BuildError::I8042)?,
+        None => I8042Device::new(exit.clone()).map_err(BuildError::Event)?,
+    };
     vm.register_irqfd(i8042.interrupt_event(), I8042_KBD_IRQ)?;
     let i8042 = Arc::new(Mutex::new(i8042));
     buses.pio.insert(
@@ -320,7 +355,11 @@ pub fn build_restored_vm(
     vm.register_memory(&mem)?;
     let exit = opts.exit.clone();
     let mut buses = Buses::default();
-    let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses, Some(&state.serial))?;
+    let (serial, i8042) =
+        legacy_devices(&vm, &exit, &mut buses, Some((&state.serial, &state.i8042)))?;
+    // The clone sees a new generation: a new random ID, the counter plus one.
+    let generation = state.generation.next().map_err(BuildError::Generation)?;
+    attach_generation_id(&mut buses, &generation)?;
     // The handler gets the memory before KVM state is restored: restoring it may make KVM
     // read guest pages (a kvmclock page), and a registered page nobody serves would block
     // this thread for good.
@@ -376,6 +415,9 @@ pub fn build_restored_vm(
             .restore(saved)
             .map_err(BuildError::Transport)?;
     }
+    devices
+        .restore_limiters(&state.limiters)
+        .map_err(BuildError::Limiters)?;
     // Its host sockets are not in the snapshot: the guest's connections end and its driver
     // is told with a transport reset event.
     if let Some(mut vsock) = devices.vsock() {
@@ -389,6 +431,7 @@ pub fn build_restored_vm(
         serial,
         i8042,
         seccomp: opts.seccomp.clone(),
+        generation,
         uffd,
     };
     Ok(BuiltVm { vmm, devices })

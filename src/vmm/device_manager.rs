@@ -199,6 +199,20 @@ impl VirtioDevices {
         find_locked(&self.nets, |n| n.id() == id)
     }
 
+    /// Every drive, locked one at a time, in attach order.
+    pub fn blocks(&self) -> impl Iterator<Item = MutexGuard<'_, Block>> {
+        self.blocks
+            .iter()
+            .map(|b| b.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The entropy device, locked.
+    pub fn rng(&self) -> Option<MutexGuard<'_, Rng>> {
+        self.rng
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// The vsock device, locked.
     pub fn vsock(&self) -> Option<MutexGuard<'_, Vsock>> {
         self.vsock

@@ -13,10 +13,14 @@ use serde::{Deserialize, Serialize};
 use crate::config::{
     BlockDeviceConfig, DriveList, EntropyConfig, MachineConfig, VsockDeviceConfig,
 };
+use crate::devices::generation_id::GenerationState;
+use crate::devices::i8042::I8042State;
 use crate::devices::serial::UartState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::devices::virtio::net::snapshot::NetState;
-use crate::snapshot::{FormatError, MemoryIdentity, Replacement, SnapshotKey, StateFile};
+use crate::snapshot::{
+    commit_pair, FormatError, MemoryIdentity, Replacement, SnapshotKey, StateFile,
+};
 use crate::vstate::dirty::{self, DirtyError, DirtyLog};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::snapshot::{
@@ -24,6 +28,7 @@ use crate::vstate::snapshot::{
     VmState,
 };
 
+use super::clone_state::LimiterStates;
 use super::snapshot::{CreateSnapshotParams, SnapshotType};
 use super::RunningVm;
 
@@ -48,6 +53,12 @@ pub struct MachineState {
     pub device_configs: String,
     /// Each virtio transport, in slot order.
     pub transports: Vec<TransportState>,
+    /// The i8042 controller.
+    pub i8042: I8042State,
+    /// The rate limiters' remaining budgets.
+    pub limiters: LimiterStates,
+    /// The generation the guest saw (a restore shows it a new one).
+    pub generation: GenerationState,
     /// Each network interface (configuration, limiter levels, firewall state), in order.
     pub nets: Vec<NetState>,
 }
@@ -87,6 +98,8 @@ pub struct SaveInput<'a> {
     pub vsock: Option<&'a VsockDeviceConfig>,
     /// The virtio transports, in slot order.
     pub transports: &'a [Arc<Mutex<MmioTransport>>],
+    /// The rate limiters' remaining budgets.
+    pub limiters: LimiterStates,
     /// The network interfaces' states, in order.
     pub nets: &'a [NetState],
 }
@@ -238,6 +251,9 @@ impl RunningVm {
                 .state(),
             device_configs,
             transports,
+            i8042: self.i8042.lock().unwrap_or_else(|e| e.into_inner()).state(),
+            limiters: input.limiters.clone(),
+            generation: self.generation,
             nets: input.nets.to_vec(),
         })
     }
@@ -254,20 +270,19 @@ fn write_files(
     let (state_path, mem_path) = (&params.snapshot_path, &params.mem_file_path);
     match params.snapshot_type {
         SnapshotType::Full => {
-            // Both files are written beside their targets and renamed over them only when
-            // both are complete: a clone snapshotting over the files it was loaded from keeps
-            // its RAM (mapped from the old memory file), and a failed create leaves the old
-            // pair as it was.
+            // Both files are written beside their targets and put in place only when both
+            // are complete: a clone snapshotting over the files it was loaded from keeps its
+            // RAM (mapped from the old memory file). The pair changes together: if the state
+            // file cannot replace its target, the old memory file is put back, so a failed
+            // create leaves the old pair as it was (and loadable).
             let (mut new_mem, written) =
                 prepare_full_memory(mem, mem_path).map_err(SaveError::Memory)?;
             let identity = MemoryIdentity::of_file(new_mem.file(), params.hash_memory)
                 .map_err(SaveError::Identity)?;
             state.mem_size = identity.size;
             let new_state = prepare_state(&state, key, &identity, state_path)?;
-            new_mem
-                .commit()
-                .map_err(|e| SaveError::Memory(MemoryFileError::Io("replace", e)))?;
-            commit_state(new_state)?;
+            commit_pair(new_mem, new_state)
+                .map_err(|e| SaveError::StateFile(FormatError::Io("replace", e)))?;
             Ok(written)
         }
         SnapshotType::Diff => {

@@ -2,6 +2,7 @@
 
 pub mod action;
 pub mod builder;
+pub mod clone_state;
 pub mod console;
 pub mod controller;
 pub mod device_manager;
@@ -15,6 +16,7 @@ pub mod uffd_watch;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::devices::generation_id::GenerationState;
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::SerialDevice;
 use crate::seccomp::{SeccompFilters, ThreadKind};
@@ -57,6 +59,8 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     seccomp: Arc<SeccompFilters>,
+    /// What the guest reads on the generation ID page.
+    generation: GenerationState,
     /// The Uffd handler's connection and the VMM's copy of the userfaultfd, for a VM loaded
     /// with the Uffd memory backend.
     uffd: Option<UffdBackend>,
@@ -71,6 +75,7 @@ pub struct RunningVm {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     paused: bool,
+    generation: GenerationState,
     /// Kept open for the life of the VM (see `vstate::snapshot::uffd`), after the vCPUs stop.
     _uffd: Option<UffdBackend>,
 }
@@ -119,6 +124,7 @@ impl Vmm {
             serial: self.serial,
             i8042: self.i8042,
             paused: !run,
+            generation: self.generation,
             _uffd: self.uffd,
         })
     }
@@ -128,6 +134,11 @@ impl RunningVm {
     /// The serial console, for input.
     pub fn serial(&self) -> &Arc<Mutex<SerialDevice>> {
         &self.serial
+    }
+
+    /// What the guest reads on the generation ID page.
+    pub fn generation(&self) -> &GenerationState {
+        &self.generation
     }
 
     /// True while paused.

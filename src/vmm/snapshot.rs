@@ -206,6 +206,9 @@ pub enum SnapshotError {
     /// The state file's machine configuration is refused.
     #[error("The snapshot's machine configuration is refused")]
     MachineConfig(#[source] crate::vmm::machine_state::RestoredConfigError),
+    /// The state file's i8042, rate limiter or generation state is refused.
+    #[error("The snapshot's device state is refused")]
+    CloneState(#[source] crate::vmm::clone_state::CloneStateError),
     /// Saving the paused VM failed.
     #[error("Cannot create the snapshot")]
     Save(#[source] crate::vmm::machine_state::SaveError),

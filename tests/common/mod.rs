@@ -1,7 +1,9 @@
 //! TestVm: boots the real test guests under the real `palisade` binary and KVM.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod agent;
 pub mod api;
+pub mod linux;
 pub mod netns;
 pub mod skip;
 pub mod vsock;
@@ -232,12 +234,17 @@ impl ApiVm {
     /// Starts `palisade --api-sock DIR/api.sock --audit-log DIR/audit.jsonl EXTRA...` and
     /// waits for the socket.
     pub fn start(extra: &[&str]) -> Self {
-        Self::start_in(None, extra)
+        Self::start_in(tempfile::tempdir().expect("temp dir"), extra)
     }
 
-    /// As [`ApiVm::start`], inside network namespace `netns` (for its taps) when given.
-    pub fn start_in(netns: Option<&str>, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+    /// As `start`, in `dir` (which the caller may have named in `extra`, e.g. as a
+    /// `--snapshot-dir`).
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_in_netns(dir, None, extra)
+    }
+
+    /// As `start_in`, inside network namespace `netns` (for its taps) when given.
+    pub fn start_in_netns(dir: tempfile::TempDir, netns: Option<&str>, extra: &[&str]) -> Self {
         let sock = dir.path().join("api.sock");
         let start = Instant::now();
         let mut cmd = Command::new(palisade_bin());

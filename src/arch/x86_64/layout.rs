@@ -11,7 +11,8 @@
 //! 0x0009_fc00  EBDA: MP table; RAM below it is usable
 //! 0x0010_0000  high memory: kernel, initrd at the top of low RAM
 //! 0xc000_0000  32-bit MMIO gap (1 GiB): boot timer, then 4 KiB virtio-mmio slots from
-//!              0xc000_1000 (IRQ 5 upwards), IOAPIC, LAPIC
+//!              0xc000_1000 (IRQ 5 upwards), the generation ID page after the last slot
+//!              (0xc001_4000), IOAPIC, LAPIC
 //! 0x1_0000_0000 RAM that does not fit below the gap
 //! ```
 
@@ -59,6 +60,12 @@ pub const VIRTIO_MMIO_SLOT_SIZE: u64 = 0x1000;
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Last interrupt line for virtio devices (the IOAPIC has 24 pins).
 pub const VIRTIO_IRQ_LAST: u32 = 23;
+/// The generation ID page (`palisade_genid=4K@0xc0014000`): just after the last virtio-mmio
+/// slot, inside the window guests map uncached for virtio-mmio.
+pub const GENERATION_ID_START: u64 =
+    VIRTIO_MMIO_START + (VIRTIO_IRQ_LAST - VIRTIO_IRQ_BASE + 1) as u64 * VIRTIO_MMIO_SLOT_SIZE;
+/// Size of the generation ID window.
+pub const GENERATION_ID_SIZE: u64 = 0x1000;
 /// IOAPIC base address.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC base address.

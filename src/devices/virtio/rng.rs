@@ -21,7 +21,10 @@ use super::queue::{charge_descriptors, drain, ChainOutcome, MAX_QUEUE_SIZE};
 use super::VIRTIO_F_VERSION_1;
 use crate::logger::RateLimitedLog;
 use crate::metrics::EntropyDeviceMetrics;
-use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError, TokenType};
+use crate::rate_limiter::{
+    RateLimiter, RateLimiterConfig, RateLimiterError, RateLimiterState, RateLimiterStateError,
+    TokenType,
+};
 use crate::vstate::memory::GuestMemory;
 
 /// The `entropy` section and the body of `PUT /entropy` (virtio-rng).
@@ -59,8 +62,8 @@ pub struct Rng {
     metrics: Arc<EntropyDeviceMetrics>,
 }
 
-/// Fills `buf` from the host's getrandom(2).
-fn host_random(buf: &mut [u8]) -> std::io::Result<()> {
+/// Fills `buf` from the host's getrandom(2) (also the generation ID's source).
+pub fn host_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
@@ -97,6 +100,19 @@ impl Rng {
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
             metrics,
         })
+    }
+
+    /// The rate limiter's remaining tokens, for a snapshot.
+    pub fn save_limiter(&mut self) -> RateLimiterState {
+        self.limiter.save_state()
+    }
+
+    /// Gives the rate limiter the tokens a snapshot saved (never above its buckets).
+    pub fn restore_limiter(
+        &mut self,
+        state: &RateLimiterState,
+    ) -> Result<(), RateLimiterStateError> {
+        self.limiter.restore_state(state)
     }
 
     /// Serves the queue: at most one queue's worth of chains, then yields to the event loop.

@@ -70,7 +70,7 @@ impl Controller {
             .iter()
             .map(|iface| {
                 let id = &iface.iface_id;
-                let net = self
+                let mut net = self
                     .devices
                     .net(id)
                     .ok_or_else(|| SnapshotError::MissingNetDevice(id.clone()))?;
@@ -98,6 +98,7 @@ impl Controller {
             entropy: self.resources.entropy.as_ref(),
             vsock: self.resources.vsock.as_ref(),
             transports: self.devices.transports(),
+            limiters: self.devices.save_limiters(),
             nets: &nets,
         };
         let written = vm
@@ -144,13 +145,17 @@ impl Controller {
         // Not carried by snapshots (as in Firecracker): the load says whether the clone is
         // tracked, all pages clean at first.
         config.track_dirty_pages = params.track_dirty_pages;
+        let configs = state
+            .device_configs()
+            .map_err(SnapshotError::MachineConfig)?;
+        state
+            .validate_clone_state(&configs)
+            .map_err(SnapshotError::CloneState)?;
         let CheckedDeviceConfigs {
             drives,
             entropy,
             vsock,
-        } = state
-            .device_configs()
-            .map_err(SnapshotError::MachineConfig)?;
+        } = configs;
         if state.mem_size != opened.memory.size
             || state.mem_size != (config.mem_size_mib as u64) << 20
             || state.vcpus.len() != usize::from(config.vcpu_count)
@@ -234,13 +239,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::rate_limiter::LimiterLevels;
+    use crate::rate_limiter::RateLimiterState;
 
     fn net(id: &str, tap: &str) -> NetState {
         NetState {
             config: json!({"iface_id": id, "host_dev_name": tap}).to_string(),
-            rx_limiter: LimiterLevels::default(),
-            tx_limiter: LimiterLevels::default(),
+            rx_limiter: RateLimiterState::default(),
+            tx_limiter: RateLimiterState::default(),
             firewall: None,
         }
     }

@@ -9,6 +9,7 @@ mod blk_watch;
 mod chain_hostile;
 mod cpus;
 mod dirty;
+mod genid;
 mod hello;
 mod idle;
 mod kbd;
@@ -60,6 +61,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: blk_flood::NAME, run: blk_flood::run },
     Scenario { name: blk_watch::NAME, run: blk_watch::run },
     Scenario { name: rng::NAME, run: rng::run },
+    Scenario { name: genid::NAME, run: genid::run },
     Scenario { name: net_tx::NAME, run: net_tx::run },
     Scenario { name: net_rx::NAME, run: net_rx::run },
     Scenario { name: net_echo::NAME, run: net_echo::run },

@@ -1,13 +1,18 @@
 //! `rng`: read `probe.rng_bytes=N` bytes (default 4096) from virtio-rng, 4 KiB per request,
-//! and count the distinct byte values of the first 4 KiB.
-//! `probe: rng ok bytes=4096 distinct=N`
+//! count the distinct byte values of the first 4 KiB, and print the CRC-32 of all of them (two
+//! VMs that print the same one got the same bytes).
+//! `probe: rng ok bytes=4096 distinct=N crc32=XXXXXXXX`
 
 use crate::cmdline;
+use crate::crc32::Crc32;
+use crate::serial::put_str;
 use crate::serial::ResultLine;
 use crate::virtio::dma::{self, DATA_START};
 use crate::virtio::queue::{Virtqueue, DESC_F_WRITE};
 use crate::virtio::{self, DEVICE_ID_RNG};
 use crate::zero_page::BootInfo;
+
+use super::blk::put_hex32;
 
 pub const NAME: &str = "rng";
 const REQUEST: u32 = 4096;
@@ -36,6 +41,7 @@ pub fn run(boot: &BootInfo) {
         return fail(e.as_str());
     }
     let mut distinct = [false; 256];
+    let mut crc = Crc32::new();
     let mut got = 0u64;
     while got < total {
         let want = REQUEST.min((total - got) as u32);
@@ -49,6 +55,7 @@ pub fn run(boot: &BootInfo) {
         if len == 0 || len > want {
             return ResultLine::fail(NAME.as_bytes()).dec("bad_used_len", u64::from(len)).end();
         }
+        crc.update(dma::slice(DATA_START, len as usize));
         if got < 4096 {
             for &b in dma::slice(DATA_START, len as usize) {
                 distinct[usize::from(b)] = true;
@@ -57,5 +64,8 @@ pub fn run(boot: &BootInfo) {
         got += u64::from(len);
     }
     let count = distinct.iter().filter(|&&d| d).count() as u64;
-    ResultLine::ok(NAME.as_bytes()).dec("bytes", got).dec("distinct", count).end();
+    let line = ResultLine::ok(NAME.as_bytes()).dec("bytes", got).dec("distinct", count);
+    put_str(" crc32=");
+    put_hex32(crc.finish());
+    line.end();
 }

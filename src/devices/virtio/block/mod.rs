@@ -33,7 +33,10 @@ use super::queue::MAX_QUEUE_SIZE;
 use super::{read_config_bytes, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::logger::RateLimitedLog;
 use crate::metrics::BlockDeviceMetrics;
-use crate::rate_limiter::{BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError};
+use crate::rate_limiter::{
+    BucketUpdate, RateLimiter, RateLimiterConfig, RateLimiterError, RateLimiterState,
+    RateLimiterStateError,
+};
 
 /// Errors of drive creation and update.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +141,19 @@ impl Block {
     /// The limits now in force.
     pub fn rate_limiter_config(&self) -> RateLimiterConfig {
         self.limiter.to_config()
+    }
+
+    /// The rate limiter's remaining tokens, for a snapshot.
+    pub fn save_limiter(&mut self) -> RateLimiterState {
+        self.limiter.save_state()
+    }
+
+    /// Gives the rate limiter the tokens a snapshot saved (never above its buckets).
+    pub fn restore_limiter(
+        &mut self,
+        state: &RateLimiterState,
+    ) -> Result<(), RateLimiterStateError> {
+        self.limiter.restore_state(state)
     }
 
     /// `PATCH path_on_host`: switches to another file and tells the driver its capacity

@@ -1,10 +1,10 @@
 //! A network interface in a VM snapshot: its configuration as in force (PATCHes included),
-//! its rate limiters' bucket levels and its firewall's live state (connection table, counters,
+//! its rate limiters' remaining tokens and its firewall's live state (connection table, counters,
 //! rule hits; see `palisade_firewall::FirewallState`). The transport and queues are saved by
 //! the virtio-mmio transport like every device's.
 //!
 //! A restore treats the state as hostile: the configuration is checked as its PUT would be,
-//! the firewall state by the firewall crate, the limiter levels against the configured
+//! the firewall state by the firewall crate, the limiters' tokens against the configured
 //! buckets; only then is the tap opened by name (`network_overrides` may have renamed it).
 //! The frame read from the tap but not yet delivered at the save is not kept (a lost frame,
 //! as on any network).
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{NetConfigError, NetworkInterfaceConfig};
 use super::tap::Tap;
 use super::{open_tap, Net, NetError};
-use crate::rate_limiter::{LimiterLevels, RateLimiter, RateLimiterError};
+use crate::rate_limiter::{RateLimiter, RateLimiterState, RateLimiterStateError};
 
 /// One interface's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,10 +25,10 @@ pub struct NetState {
     /// The configuration in force, in its API (JSON) form: its optional fields need a
     /// self-describing format, which the state file's is not.
     pub config: String,
-    /// The receive limiter's levels.
-    pub rx_limiter: LimiterLevels,
-    /// The transmit limiter's levels.
-    pub tx_limiter: LimiterLevels,
+    /// The receive limiter's remaining tokens.
+    pub rx_limiter: RateLimiterState,
+    /// The transmit limiter's remaining tokens.
+    pub tx_limiter: RateLimiterState,
     /// The firewall's live state (None for an interface without a firewall).
     pub firewall: Option<FirewallState>,
 }
@@ -51,9 +51,12 @@ pub enum NetStateError {
     /// The firewall state is refused.
     #[error("Interface {0}: its firewall state is refused")]
     Firewall(String, #[source] FirewallStateError),
-    /// The limiter levels do not fit the configured limiters.
+    /// A limiter cannot be created.
+    #[error("Interface {0}: cannot create its rate limiter")]
+    LimiterTimer(String, #[source] crate::rate_limiter::RateLimiterError),
+    /// The saved tokens do not fit the configured limiters.
     #[error("Interface {0}: its rate limiter state is refused")]
-    Limiter(String, #[source] RateLimiterError),
+    Limiter(String, #[source] RateLimiterStateError),
     /// The tap cannot be opened.
     #[error("Interface {0}: cannot open its tap")]
     Tap(String, #[source] Box<NetError>),
@@ -72,11 +75,13 @@ pub struct RestoredNet {
 fn limiter(
     id: &str,
     config: Option<&crate::rate_limiter::RateLimiterConfig>,
-    levels: &LimiterLevels,
+    saved: &RateLimiterState,
 ) -> Result<RateLimiter, NetStateError> {
-    let err = |e| NetStateError::Limiter(id.to_string(), e);
-    let mut limiter = RateLimiter::new(&config.copied().unwrap_or_default()).map_err(err)?;
-    limiter.restore_levels(levels).map_err(err)?;
+    let mut limiter = RateLimiter::new(&config.copied().unwrap_or_default())
+        .map_err(|e| NetStateError::LimiterTimer(id.to_string(), e))?;
+    limiter
+        .restore_state(saved)
+        .map_err(|e| NetStateError::Limiter(id.to_string(), e))?;
     Ok(limiter)
 }
 
@@ -125,13 +130,13 @@ impl NetState {
 impl Net {
     /// This interface's state, with `config` (the configuration in force) beside it.
     pub fn snapshot_state(
-        &self,
+        &mut self,
         config: &NetworkInterfaceConfig,
     ) -> Result<NetState, serde_json::Error> {
         Ok(NetState {
             config: serde_json::to_string(config)?,
-            rx_limiter: self.rx_limiter.levels(),
-            tx_limiter: self.tx_limiter.levels(),
+            rx_limiter: self.rx_limiter.save_state(),
+            tx_limiter: self.tx_limiter.save_state(),
             firewall: self.firewall.as_ref().map(|fw| fw.save(Instant::now())),
         })
     }
@@ -148,8 +153,8 @@ mod tests {
     fn state(config: serde_json::Value, firewall: Option<FirewallState>) -> NetState {
         NetState {
             config: config.to_string(),
-            rx_limiter: LimiterLevels::default(),
-            tx_limiter: LimiterLevels::default(),
+            rx_limiter: RateLimiterState::default(),
+            tx_limiter: RateLimiterState::default(),
             firewall,
         }
     }
@@ -191,9 +196,9 @@ mod tests {
         let bare = json!({"iface_id": "eth0", "host_dev_name": "pal-no-such"});
         let e = restore_err(&state(bare, Some(firewall_state("eth0"))));
         assert!(matches!(e, NetStateError::UnexpectedFirewall(_)), "{e}");
-        // Levels for a limiter the interface does not have.
+        // Tokens for a limiter the interface does not have.
         let mut s = state(iface, Some(firewall_state("eth0")));
-        s.rx_limiter.ops = Some(crate::rate_limiter::BucketLevels {
+        s.rx_limiter.ops = Some(crate::rate_limiter::BucketState {
             budget: 1,
             one_time_burst: 0,
         });

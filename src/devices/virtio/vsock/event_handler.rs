@@ -129,10 +129,13 @@ impl MutEventSubscriber for Vsock {
                 self.process_rx();
             }
             EVENT_EV_QUEUE => {
-                // The driver's event buffers wait for a transport reset (after a restore).
+                // The driver's event buffers wait for a transport reset (after a restore), or
+                // come back once it handled one.
                 self.core
                     .on_queue_event(EVQ, &self.metrics.ev_queue_event_count);
                 self.process_evq();
+                // A new event buffer may say that the driver handled the transport reset.
+                self.process_rx();
             }
             EVENT_LISTENER => {
                 self.metrics.conn_event_count.inc();

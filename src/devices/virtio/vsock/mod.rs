@@ -3,7 +3,8 @@
 //! cap, bandwidth).
 //!
 //! Three queues of 256 entries: 0 RX (host to guest packets), 1 TX (guest to host), 2 event
-//! (a transport reset, sent once after a snapshot restore: [`transport_reset`]). Offered features: VERSION_1, EVENT_IDX.
+//! (a transport reset, sent once after a snapshot restore: [`transport_reset`]; host packets
+//! wait until the driver has handled it). Offered features: VERSION_1, EVENT_IDX.
 //! The configuration space is the guest's CID as a little-endian u64.
 //!
 //! - Host-initiated: a host client connects to `uds_path` and writes `CONNECT <port>\n`; the
@@ -43,7 +44,7 @@ use super::queue::MAX_QUEUE_SIZE;
 use super::{read_config_bytes, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::logger::RateLimitedLog;
 use crate::metrics::VsockDeviceMetrics;
-use crate::rate_limiter::{RateLimiter, RateLimiterError};
+use crate::rate_limiter::{RateLimiter, RateLimiterError, RateLimiterState, RateLimiterStateError};
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -89,6 +90,8 @@ pub struct Vsock {
     logs: GuestLogs,
     /// A restore happened and the driver has not been told yet (a transport reset event).
     reset_pending: bool,
+    /// The driver was told and has not handled it yet: host packets wait.
+    reset_in_flight: Option<transport_reset::ResetInFlight>,
 }
 
 impl Vsock {
@@ -120,12 +123,27 @@ impl Vsock {
             metrics,
             logs: GuestLogs::default(),
             reset_pending: false,
+            reset_in_flight: None,
         })
     }
 
     /// The guest's CID.
     pub fn guest_cid(&self) -> u64 {
         self.cid
+    }
+
+    /// The device rate limiter's remaining tokens (`policy.rate_limiter`), for a snapshot.
+    /// Connections are not in a snapshot, nor their limiters.
+    pub fn save_limiter(&mut self) -> RateLimiterState {
+        self.limiter.save_state()
+    }
+
+    /// Gives the rate limiter the tokens a snapshot saved (never above its buckets).
+    pub fn restore_limiter(
+        &mut self,
+        state: &RateLimiterState,
+    ) -> Result<(), RateLimiterStateError> {
+        self.limiter.restore_state(state)
     }
 
     /// The device's counters.
@@ -177,6 +195,7 @@ impl CoreDevice for Vsock {
         self.muxer.end_all();
         // A driver that starts over needs no transport reset event.
         self.reset_pending = false;
+        self.reset_in_flight = None;
         self.core.kick(RX);
     }
 }

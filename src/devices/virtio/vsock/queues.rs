@@ -201,7 +201,10 @@ impl Vsock {
 
     /// Gives the guest what the muxer has for it: at most one queue's worth, then yields.
     pub fn process_rx(&mut self) {
-        if self.core.interrupt.needs_reset() || self.limiter.is_blocked() {
+        if self.core.interrupt.needs_reset()
+            || self.limiter.is_blocked()
+            || self.waiting_for_reset()
+        {
             return;
         }
         let Some((mut worker, rx, _)) = self.worker() else {

@@ -1,5 +1,5 @@
-"""Writes the seed inputs of the vnet_hdr, block_request, virtqueue_chain and vsock_packet
-targets into corpus/ (they are committed; run this again only to change them)."""
+"""Writes the seed inputs of the vnet_hdr, block_request, virtqueue_chain, vsock_packet and
+firewall_state targets into corpus/ (they are committed; run this again only to change them)."""
 import struct
 
 
@@ -110,3 +110,44 @@ put('corpus/vsock_muxer/silent_clients',
 put('corpus/vsock_muxer/credit_wrap_and_reset',
     pkt(1, 0x01, buf_alloc=0xffffffff, fwd_cnt=0xfffffff0) + RX + pkt(6, 0x01, fwd_cnt=5)
     + pkt(1, 0x05) + bytes([8, 1]) + pkt(1, 0x09) + RX + bytes([9]) + RX)
+
+
+# firewall_state: a mode byte, then a postcard FirewallState (palisade_firewall::snapshot).
+def varint(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7f
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def vec(items):
+    return varint(len(items)) + b''.join(items)
+
+
+def flow(guest, remote, gport, rport, proto, origin, state, idle):
+    return (varint(guest) + varint(remote) + varint(gport) + varint(rport) + bytes([proto, 0, origin, state, 0, 0])
+            + varint(idle) + varint(idle) + varint(3) + varint(300))
+
+
+def firewall_state(flows, ingress_rules=1, egress_rules=1, mac=True):
+    counters = (varint(5) + varint(7) + varint(500) + varint(700)
+                + vec([varint(1)] * 11) + vec([varint(0)] * 11) + varint(len(flows)) + varint(0) + varint(0))
+    return (varint(4) + b'eth0'
+            + ((b'\x01' + bytes([6, 0, 10, 0, 0, 2])) if mac else b'\x00')
+            + vec([varint(2)] * ingress_rules) + vec([varint(3)] * egress_rules)
+            + counters + varint(0) + varint(0) + varint(0) + vec(flows))
+
+
+import os
+os.makedirs('corpus/firewall_state', exist_ok=True)
+GUEST, HOST = 0x0a000002, 0x0a000001
+put('corpus/firewall_state/udp_replied', b'\x01' + firewall_state([flow(GUEST, HOST, 40000, 53, 17, 1, 5, 1000)]))
+put('corpus/firewall_state/tcp_in_and_udp_out', b'\x01' + firewall_state(
+    [flow(GUEST, 0xcb007109, 22, 50000, 6, 0, 1, 10), flow(GUEST, HOST, 40001, 53, 17, 1, 4, 10)]))
+put('corpus/firewall_state/open_table', b'\x04' + firewall_state(
+    [flow(GUEST, HOST, p, 80, 6, 1, 0, 5) for p in range(8)], ingress_rules=0, egress_rules=0, mac=False))

@@ -22,6 +22,8 @@ const UNREPLIED_TIMEOUT_MS: u64 = 30 * SECOND_MS;
 const REPLIED_TIMEOUT_MS: u64 = 180 * SECOND_MS;
 /// An answered ICMP echo.
 const ICMP_REPLIED_TIMEOUT_MS: u64 = 30 * SECOND_MS;
+/// The longest timeout of any state: no live flow has been idle longer.
+pub(crate) const LONGEST_TIMEOUT_MS: u64 = TCP_ESTABLISHED_TIMEOUT_MS;
 /// How many entries a full table looks at for an expired one to replace.
 const EVICTION_SCAN: usize = 8;
 
@@ -41,8 +43,8 @@ pub(crate) enum FlowState {
 pub(crate) struct Flow {
     pub origin: Direction,
     pub state: FlowState,
-    fin_from_origin: bool,
-    fin_from_reply: bool,
+    pub fin_from_origin: bool,
+    pub fin_from_reply: bool,
     pub last_seen_ms: u64,
     pub window_start_ms: u64,
     pub packets: u64,
@@ -67,7 +69,7 @@ impl Flow {
         }
     }
 
-    fn timeout_ms(&self, protocol: u8) -> u64 {
+    pub fn timeout_ms(&self, protocol: u8) -> u64 {
         match self.state {
             FlowState::TcpOpening => TCP_OPENING_TIMEOUT_MS,
             FlowState::TcpEstablished => TCP_ESTABLISHED_TIMEOUT_MS,
@@ -172,6 +174,22 @@ impl Conntrack {
 
     pub fn flow_mut(&mut self, entry: usize) -> &mut Flow {
         self.table.value_mut(entry)
+    }
+
+    /// Adds a flow restored from a snapshot; Err when the key is tracked already or the table
+    /// is full.
+    pub fn insert_restored(&mut self, key: FlowKey, flow: Flow) -> Result<(), ()> {
+        if self.table.find(&key).is_some() {
+            return Err(());
+        }
+        self.table.insert(key, flow).map(|_| ()).map_err(|_| ())
+    }
+
+    /// Visits every flow.
+    pub fn for_each(&self, mut visit: impl FnMut(&FlowKey, &Flow)) {
+        for entry in 0..self.table.len() {
+            visit(self.table.key(entry), self.table.value(entry));
+        }
     }
 
     pub fn remove(&mut self, entry: usize) -> (FlowKey, Flow) {

@@ -82,9 +82,9 @@ impl DropReason {
 /// Frame and flow counters of one firewall; plain integers owned by the VMM thread.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    passed_frames: [u64; 2],
-    passed_bytes: [u64; 2],
-    dropped: [[u64; DropReason::ALL.len()]; 2],
+    pub(crate) passed_frames: [u64; 2],
+    pub(crate) passed_bytes: [u64; 2],
+    pub(crate) dropped: [[u64; DropReason::ALL.len()]; 2],
     /// Flows added to the connection table.
     pub flows_created: u64,
     /// Flows removed: expired, closed, or cut by a rule update.

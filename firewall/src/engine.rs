@@ -17,6 +17,7 @@ use crate::net_types::{Direction, MacAddr};
 use crate::rules::CompiledRules;
 use crate::status::{ConntrackStatus, FirewallStatus, FlowLogStatus, RuleHits};
 
+pub(crate) use flow_report::is_still_allowed;
 use flow_report::RejectTally;
 
 /// How often the net device should call [`Firewall::expire_and_log`].
@@ -51,19 +52,23 @@ pub enum FirewallError {
 /// The firewall of one interface. Owned by the VMM thread; no locks, no allocation per frame.
 #[derive(Debug)]
 pub struct Firewall {
-    iface_id: String,
-    guest_mac: Option<MacAddr>,
-    config: FirewallConfig,
-    antispoof: Option<AntiSpoof>,
-    rules: CompiledRules,
-    rule_hits: [Vec<u64>; 2],
-    conntrack: Conntrack,
+    pub(crate) iface_id: String,
+    pub(crate) guest_mac: Option<MacAddr>,
+    pub(crate) config: FirewallConfig,
+    pub(crate) antispoof: Option<AntiSpoof>,
+    pub(crate) rules: CompiledRules,
+    pub(crate) rule_hits: [Vec<u64>; 2],
+    pub(crate) conntrack: Conntrack,
     rejects: FlowTable<RejectTally>,
-    last_reject_report_ms: u64,
-    flow_log: FlowLog,
+    pub(crate) last_reject_report_ms: u64,
+    pub(crate) flow_log: FlowLog,
     epoch: Instant,
+    /// Milliseconds the firewall's clock reads at `epoch`: 0 for a new firewall; for one
+    /// restored from a snapshot, far enough ahead that every restored flow's last packet
+    /// (saved as an age) lies at or after 0.
+    clock_offset_ms: u64,
     hash_seed: HashSeed,
-    counters: Counters,
+    pub(crate) counters: Counters,
 }
 
 fn rule_hit_counters(config: &FirewallConfig) -> [Vec<u64>; 2] {
@@ -91,13 +96,26 @@ impl Firewall {
         guest_mac: Option<MacAddr>,
         now: Instant,
     ) -> Result<Firewall, FirewallError> {
+        Firewall::with_clock(iface_id, config, guest_mac, (now, 0))
+    }
+
+    /// [`Firewall::new`] with a clock that reads `clock.1` milliseconds at `clock.0`.
+    pub(crate) fn with_clock(
+        iface_id: &str,
+        config: &FirewallConfig,
+        guest_mac: Option<MacAddr>,
+        clock: (Instant, u64),
+    ) -> Result<Firewall, FirewallError> {
+        let (now, clock_offset_ms) = clock;
         config
             .validate_for_interface(guest_mac)
             .map_err(FirewallError::Config)?;
         let unix_now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64);
-        let flow_log = FlowLog::open(iface_id, config.flow_log.as_deref(), unix_now_ms)
+        // Flow-log times are the firewall's clock plus this offset.
+        let unix_epoch_ms = unix_now_ms.saturating_sub(clock_offset_ms);
+        let flow_log = FlowLog::open(iface_id, config.flow_log.as_deref(), unix_epoch_ms)
             .map_err(FirewallError::FlowLog)?;
         let hash_seed = HashSeed::random();
         Ok(Firewall {
@@ -108,9 +126,10 @@ impl Firewall {
             rule_hits: rule_hit_counters(config),
             conntrack: Conntrack::new(config.conntrack_max, hash_seed),
             rejects: reject_table(&flow_log, hash_seed),
-            last_reject_report_ms: 0,
+            last_reject_report_ms: clock_offset_ms,
             flow_log,
             epoch: now,
+            clock_offset_ms,
             hash_seed,
             counters: Counters::default(),
             config: config.clone(),
@@ -220,7 +239,8 @@ impl Firewall {
         }
     }
 
-    fn clock_ms(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_millis() as u64
+    pub(crate) fn clock_ms(&self, now: Instant) -> u64 {
+        let since_epoch = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.clock_offset_ms.saturating_add(since_epoch)
     }
 }

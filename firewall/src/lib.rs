@@ -26,6 +26,7 @@ mod link_control;
 mod net_types;
 mod prefix_index;
 mod rules;
+mod snapshot;
 mod status;
 
 pub use config::{
@@ -36,6 +37,7 @@ pub use counters::{Counters, DropReason};
 pub use engine::{Firewall, FirewallError, Verdict, MAINTENANCE_PERIOD};
 pub use flow_log::FlowLogError;
 pub use net_types::{parse_mac, Cidr, Direction, MacAddr, NetTypeError, PortRange};
+pub use snapshot::{FirewallState, FirewallStateError, SavedCounters, SavedFlow, MAX_SAVED_COUNT};
 pub use status::{
     ConntrackStatus, CounterStatus, DirectionCounters, FirewallStatus, FlowLogStatus, RuleHits,
 };

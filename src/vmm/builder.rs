@@ -204,6 +204,7 @@ pub fn build_vm(
             entropy: resources.entropy.as_ref(),
             nets: &resources.network_interfaces,
             taps,
+            restored_nets: Vec::new(),
             vsock,
         },
     )?;
@@ -407,6 +408,7 @@ pub fn build_restored_vm(
             entropy: configs.entropy,
             nets: &Default::default(),
             taps: OpenTaps::default(),
+            restored_nets: configs.nets,
             vsock: configs.vsock,
         },
     )?;
@@ -444,8 +446,9 @@ pub fn build_restored_vm(
     Ok(BuiltVm { vmm, devices })
 }
 
-/// The configurations a restored VM is built with (checked from its state file), and its
-/// vsock device (created, its listener bound, by the caller).
+/// The configurations a restored VM is built with (checked from its state file), its network
+/// interfaces and its vsock device (created, its taps opened and its listener bound, by the
+/// caller).
 pub struct RestoredConfigs<'a> {
     /// The machine.
     pub machine: &'a crate::config::MachineConfig,
@@ -453,6 +456,8 @@ pub struct RestoredConfigs<'a> {
     pub drives: &'a crate::config::DriveList,
     /// The entropy device.
     pub entropy: Option<&'a crate::config::EntropyConfig>,
+    /// The network interfaces (taps open, firewalls restored).
+    pub nets: Vec<crate::devices::virtio::net::snapshot::RestoredNet>,
     /// The vsock device.
     pub vsock: Option<Vsock>,
 }

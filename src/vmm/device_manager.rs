@@ -19,6 +19,7 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioTransport, TransportError};
 use crate::devices::virtio::net::config::InterfaceList;
+use crate::devices::virtio::net::snapshot::RestoredNet;
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::Vsock;
@@ -258,6 +259,9 @@ pub struct DeviceConfigs<'a> {
     /// The interfaces' taps, opened before the build (an interface without one opens its
     /// own).
     pub taps: OpenTaps,
+    /// Network interfaces restored from a snapshot (taps open, firewalls restored),
+    /// attached after those of `nets`.
+    pub restored_nets: Vec<RestoredNet>,
     /// The vsock device (a VM has at most one), created before the build.
     pub vsock: Option<Vsock>,
 }
@@ -292,6 +296,12 @@ pub fn attach_devices(
             None => Net::new(config, metrics)?,
         };
         let net = Arc::new(Mutex::new(net));
+        devices.transports.push(ctx.attach(net.clone())?);
+        devices.nets.push(net);
+    }
+    for restored in configs.restored_nets {
+        let metrics = registered_metrics(NetDeviceMetrics::key(&restored.config.iface_id));
+        let net = Arc::new(Mutex::new(Net::restored(restored, metrics)?));
         devices.transports.push(ctx.attach(net.clone())?);
         devices.nets.push(net);
     }

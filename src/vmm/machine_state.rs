@@ -17,6 +17,7 @@ use crate::devices::generation_id::GenerationState;
 use crate::devices::i8042::I8042State;
 use crate::devices::serial::UartState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
+use crate::devices::virtio::net::snapshot::NetState;
 use crate::snapshot::{
     commit_pair, FormatError, MemoryIdentity, Replacement, SnapshotKey, StateFile,
 };
@@ -59,6 +60,8 @@ pub struct MachineState {
     pub limiters: LimiterStates,
     /// The generation the guest saw (a restore shows it a new one).
     pub generation: GenerationState,
+    /// Each network interface (configuration, limiter levels, firewall state), in order.
+    pub nets: Vec<NetState>,
 }
 
 /// The virtio devices a snapshot carries, as configured (JSON inside the state).
@@ -98,6 +101,8 @@ pub struct SaveInput<'a> {
     pub transports: &'a [Arc<Mutex<MmioTransport>>],
     /// The rate limiters' remaining budgets.
     pub limiters: LimiterStates,
+    /// The network interfaces' states, in order.
+    pub nets: &'a [NetState],
 }
 
 /// Why a save failed.
@@ -262,6 +267,7 @@ impl RunningVm {
             i8042: self.i8042.lock().unwrap_or_else(|e| e.into_inner()).state(),
             limiters: input.limiters.clone(),
             generation: self.generation,
+            nets: input.nets.to_vec(),
         })
     }
 }

@@ -1,5 +1,5 @@
 //! Host paths that a state file names (each drive's `path_on_host`, the vsock device's
-//! `uds_path`). A keyed state file's paths are the orchestrator's: its key authenticates them.
+//! `uds_path`, each network interface's firewall `flow_log`). A keyed state file's paths are the orchestrator's: its key authenticates them.
 //! An unkeyed one's tag is a SHA-256 anyone who can write the file computes again, so its
 //! paths are hostile input: each must resolve (links followed, `..` folded) beneath a
 //! directory named by `--snapshot-dir`, and is replaced by that resolved path, so the file
@@ -104,6 +104,23 @@ impl Confinement {
     }
 }
 
+impl Confinement {
+    /// A file the VMM appends to and creates when missing (a flow log): an existing one
+    /// resolved whole (a link in its place is followed here, not later), a missing one as a
+    /// socket is.
+    pub fn created_file(
+        &self,
+        what: &'static str,
+        path: &str,
+    ) -> Result<String, RestoredPathError> {
+        if std::fs::symlink_metadata(path).is_ok() {
+            self.file(what, path)
+        } else {
+            self.socket(what, path)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -141,5 +158,11 @@ mod tests {
         assert!(Confinement::new(&[])
             .file("drive", disk.to_str().unwrap())
             .is_err());
+        // A flow log: a new file inside, an existing one inside, a link to outside.
+        let log = snap.path().join("flows.jsonl");
+        assert!(c.created_file("flow log", log.to_str().unwrap()).is_ok());
+        assert!(c.created_file("flow log", disk.to_str().unwrap()).is_ok());
+        assert!(c.created_file("flow log", link.to_str().unwrap()).is_err());
+        assert!(c.created_file("flow log", "/etc/cron.d/x").is_err());
     }
 }

@@ -129,6 +129,9 @@ pub struct LoadSnapshotParams {
     /// `vsock_override`: the clone's vsock socket (checked as `PUT /vsock` checks it when
     /// the device is created).
     pub vsock_uds_path: Option<String>,
+    /// `network_overrides`: new taps for the clone's interfaces (each name checked as
+    /// `PUT /network-interfaces` checks it, when the interface is restored).
+    pub network_overrides: Vec<NetworkOverride>,
 }
 
 /// Why a snapshot request is refused. [`SnapshotError::status`] is the one place these
@@ -156,9 +159,22 @@ pub enum SnapshotError {
     /// serves the memory, so the VMM cannot check it.
     #[error("This snapshot was created with hash_memory: its memory's SHA-256 cannot be checked when a Uffd handler serves the memory; load it with backend_type File")]
     UffdWithMemoryHash,
-    /// `network_overrides`.
-    #[error("{0} is not supported yet: snapshots of VMs with network interfaces cannot be created or loaded")]
-    OverrideNotSupported(&'static str),
+    /// `network_overrides` names an interface the snapshot does not have (Firecracker's
+    /// "Unknown Network Device").
+    #[error("Failed to get snapshot state from file: Unknown Network Device: network_overrides names iface_id '{0}', which the snapshot does not have")]
+    UnknownNetworkDevice(String),
+    /// A network interface of the state file is refused, or its tap cannot be opened.
+    #[error("Cannot restore a network interface")]
+    Net(#[source] Box<crate::devices::virtio::net::snapshot::NetStateError>),
+    /// The state file names one interface twice.
+    #[error("The snapshot state file holds network interface '{0}' twice")]
+    DuplicateInterface(String),
+    /// A network interface of the running VM has no device (a bug).
+    #[error("Internal VMM error: network interface '{0}' has no device")]
+    MissingNetDevice(String),
+    /// The state file's network interfaces conflict (more than allowed, one tap or MAC twice).
+    #[error("The snapshot's network interfaces are refused")]
+    NetConfig(#[source] Box<crate::devices::virtio::net::config::NetConfigError>),
     /// `vsock_override` for a snapshot without a vsock device.
     #[error("vsock_override was given but the snapshot has no vsock device")]
     VsockOverrideWithoutDevice,
@@ -257,9 +273,6 @@ impl LoadSnapshotBody {
             (Some(track), None) | (None, Some(track)) => track,
             (None, None) => false,
         };
-        if !self.network_overrides.is_empty() {
-            return Err(SnapshotError::OverrideNotSupported("network_overrides"));
-        }
         let vsock_uds_path = match self.vsock_override {
             Some(o) => {
                 check_path("vsock_override.uds_path", &o.uds_path)?;
@@ -277,6 +290,7 @@ impl LoadSnapshotBody {
             resume_vm: self.resume_vm,
             clock_realtime: self.clock_realtime,
             vsock_uds_path,
+            network_overrides: self.network_overrides,
         })
     }
 }
@@ -347,7 +361,7 @@ mod tests {
     }
 
     #[test]
-    fn load_takes_uffd_refuses_network_overrides_and_takes_a_vsock_override() {
+    fn load_takes_uffd_and_network_and_vsock_overrides() {
         let p = load(json!({"snapshot_path": "/s",
             "mem_backend": {"backend_type": "Uffd", "backend_path": "/uffd.sock"}}))
         .unwrap();
@@ -357,14 +371,22 @@ mod tests {
             "mem_backend": {"backend_type": "Uffd", "backend_path": ""}}))
         .unwrap_err();
         assert!(matches!(e, SnapshotError::BadPath { .. }), "{e}");
-        let e = load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
-            "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}))
-        .unwrap_err();
-        assert!(
-            e.to_string().contains("network_overrides is not supported"),
-            "{e}"
-        );
         assert_eq!(e.status(), 400);
+        let p = load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
+            "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}))
+        .unwrap();
+        assert_eq!(
+            p.network_overrides,
+            vec![NetworkOverride {
+                iface_id: "eth0".into(),
+                host_dev_name: "tap1".into()
+            }]
+        );
+        assert!(
+            serde_json::from_value::<LoadSnapshotBody>(json!({"snapshot_path": "/s",
+            "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0"}]}))
+            .is_err()
+        );
         let p = load(json!({"snapshot_path": "/s", "mem_file_path": "/m",
             "vsock_override": {"uds_path": "/v.sock"}}))
         .unwrap();

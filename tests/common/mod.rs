@@ -240,10 +240,15 @@ impl ApiVm {
     /// As `start`, in `dir` (which the caller may have named in `extra`, e.g. as a
     /// `--snapshot-dir`).
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_in_netns(dir, None, extra)
+    }
+
+    /// As `start_in`, inside network namespace `netns` (for its taps) when given.
+    pub fn start_in_netns(dir: tempfile::TempDir, netns: Option<&str>, extra: &[&str]) -> Self {
         let sock = dir.path().join("api.sock");
         let start = Instant::now();
-        let mut child = Command::new(palisade_bin())
-            .arg("--api-sock")
+        let mut cmd = Command::new(palisade_bin());
+        cmd.arg("--api-sock")
             .arg(&sock)
             .arg("--audit-log")
             .arg(dir.path().join("audit.jsonl"))
@@ -251,9 +256,11 @@ impl ApiVm {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn palisade");
+            .stderr(Stdio::piped());
+        if let Some(name) = netns {
+            netns::run_in(&mut cmd, name);
+        }
+        let mut child = cmd.spawn().expect("spawn palisade");
         let stdout = collect(child.stdout.take().unwrap());
         let stderr = collect(child.stderr.take().unwrap());
         api::wait_for_socket(&sock, Duration::from_secs(10));

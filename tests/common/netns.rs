@@ -15,7 +15,8 @@ use super::TestVm;
 /// The guest's MAC in every network test.
 pub const GUEST_MAC: &str = "06:00:0a:00:00:02";
 
-/// A namespace with `tap0` at `10.0.0.1/24` (the guest is 10.0.0.2); deleted on drop.
+/// A namespace with `tap0` (or another name) at `10.0.0.1/24` (the guest is 10.0.0.2);
+/// deleted on drop.
 pub struct TapNetns {
     pub name: String,
 }
@@ -32,6 +33,11 @@ fn ip(args: &[&str]) -> bool {
 impl TapNetns {
     /// Creates the namespace and its tap; None (after one SKIPPED line) when this host cannot.
     pub fn create(test: &str) -> Option<Self> {
+        Self::create_with_tap(test, "tap0")
+    }
+
+    /// As [`TapNetns::create`], with the tap named `tap` instead of `tap0`.
+    pub fn create_with_tap(test: &str, tap: &str) -> Option<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "pal{}n{}",
@@ -47,16 +53,16 @@ impl TapNetns {
         }
         let ns = Self { name };
         let steps: [&[&str]; 4] = [
-            &["tuntap", "add", "dev", "tap0", "mode", "tap"],
-            &["addr", "add", "10.0.0.1/24", "dev", "tap0"],
-            &["link", "set", "tap0", "up"],
+            &["tuntap", "add", "dev", tap, "mode", "tap"],
+            &["addr", "add", "10.0.0.1/24", "dev", tap],
+            &["link", "set", tap, "up"],
             &["link", "set", "lo", "up"],
         ];
         for step in steps {
             let mut args = vec!["netns", "exec", &ns.name, "ip"];
             args.extend_from_slice(step);
             if !ip(&args) {
-                super::skip::skip(test, &format!("cannot set up tap0 in {}", ns.name));
+                super::skip::skip(test, &format!("cannot set up {tap} in {}", ns.name));
                 return None;
             }
         }

@@ -2,13 +2,14 @@
 //! when it ends; rejected packets aggregated per 5-tuple and reported once per interval.
 
 use super::Firewall;
+use crate::antispoof::AntiSpoof;
 use crate::conntrack::Flow;
 use crate::counters::Counters;
 use crate::flow_log::{FlowAction, FlowLog, FlowRecord};
 use crate::flow_table::FlowKey;
 use crate::frame::{IpPacket, PROTO_ICMP, PROTO_ICMPV6};
 use crate::net_types::{Addr, Direction};
-use crate::rules::RuleQuery;
+use crate::rules::{CompiledRules, RuleQuery};
 
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REQUEST_V6: u8 = 128;
@@ -104,6 +105,23 @@ pub(super) fn origin_query(key: &FlowKey, origin: Direction) -> RuleQuery {
     }
 }
 
+/// Whether the rules admit a tracked flow that `origin` opened and, for a flow the guest
+/// opened, the guest still owns its address (a rule update, and a restored snapshot, keep
+/// only such flows).
+pub(crate) fn is_still_allowed(
+    rules: &CompiledRules,
+    antispoof: Option<&AntiSpoof>,
+    key: &FlowKey,
+    origin: Direction,
+) -> bool {
+    let guest = Addr {
+        bits: key.guest,
+        v6: key.v6,
+    };
+    let owned = origin == Direction::Ingress || antispoof.is_none_or(|guard| guard.owns(guest));
+    owned && rules.evaluate(origin, &origin_query(key, origin)).allow
+}
+
 impl Firewall {
     pub(super) fn expire_flows_and_report(&mut self, now_ms: u64) {
         let interval_ms = self.config.flow_log_interval_secs * 1_000;
@@ -161,17 +179,7 @@ impl Firewall {
             ..
         } = self;
         conntrack.retain(|key, flow| {
-            let guest = Addr {
-                bits: key.guest,
-                v6: key.v6,
-            };
-            let owned = flow.origin == Direction::Ingress
-                || antispoof.as_ref().is_none_or(|guard| guard.owns(guest));
-            if owned
-                && rules
-                    .evaluate(flow.origin, &origin_query(key, flow.origin))
-                    .allow
-            {
+            if is_still_allowed(rules, antispoof.as_ref(), key, flow.origin) {
                 return true;
             }
             counters.flows_cut_by_update += 1;

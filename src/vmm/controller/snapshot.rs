@@ -1,9 +1,9 @@
 //! The controller's snapshot actions: `PUT /snapshot/create` on a paused VM and
-//! `PUT /snapshot/load` on a fresh VMM (the rules have checked the state). A VM with a
-//! device whose state snapshots do not carry yet is refused with a clear 400 before any file
-//! is written; a load authenticates the state file and binds it to the memory file (with the
-//! Uffd backend: to the memory size the handler is told) before anything is built, so a
-//! refused load leaves the VMM fresh and usable.
+//! `PUT /snapshot/load` on a fresh VMM (the rules have checked the state). A load
+//! authenticates the state file and binds it to the memory file (with the Uffd backend: to
+//! the memory size the handler is told), checks every device's configuration and state, and
+//! opens the network interfaces' taps (renamed by `network_overrides`) before anything is
+//! built, so a refused load leaves the VMM fresh and usable.
 
 use std::fs::File;
 use std::sync::{Arc, Mutex};
@@ -11,30 +11,91 @@ use std::time::Instant;
 
 use super::vsock::create_vsock;
 use super::Controller;
+use crate::devices::virtio::net::config::InterfaceList;
+use crate::devices::virtio::net::snapshot::{NetState, RestoredNet};
 use crate::snapshot::StateFile;
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
 use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs, RestoredMemory};
-use crate::vmm::machine_state::{CheckedDeviceConfigs, MachineState, SaveInput};
+use crate::vmm::machine_state::{CheckedDeviceConfigs, MachineState, SaveError, SaveInput};
 use crate::vmm::restored_paths::Confinement;
 use crate::vmm::snapshot::{
-    CreateSnapshotParams, LoadSnapshotParams, MemBackendType, SnapshotError, SnapshotType,
+    CreateSnapshotParams, LoadSnapshotParams, MemBackendType, NetworkOverride, SnapshotError,
+    SnapshotType,
 };
 use crate::vmm::uffd_watch::HandlerWatch;
 
-impl Controller {
-    /// The first device of this VM that snapshots cannot carry yet, if any.
-    fn unsupported_device(&self) -> Option<&'static str> {
-        if self.resources.network_interfaces.iter().next().is_some() {
-            return Some("network interfaces");
+/// The network interfaces of a state file with `overrides` applied (each must name one of
+/// them; Firecracker's rule), checked together as their PUTs would be, then restored: firewall
+/// and limiter states checked, taps opened. On error nothing stays open.
+fn restore_nets(
+    nets: &[NetState],
+    overrides: &[NetworkOverride],
+    confine: Option<&Confinement>,
+) -> Result<(InterfaceList, Vec<RestoredNet>), SnapshotError> {
+    let mut configs = nets
+        .iter()
+        .map(|net| net.config().map_err(|e| SnapshotError::Net(Box::new(e))))
+        .collect::<Result<Vec<_>, _>>()?;
+    // An unkeyed state file's flow logs are host files anyone could have named.
+    if let Some(confine) = confine {
+        for config in &mut configs {
+            if let Some(log) = config.firewall.as_mut().and_then(|f| f.flow_log.as_mut()) {
+                let shown = log.to_string_lossy().into_owned();
+                let resolved = confine
+                    .created_file("a firewall flow log", &shown)
+                    .map_err(|e| SnapshotError::MachineConfig(e.into()))?;
+                *log = resolved.into();
+            }
         }
-        None
+    }
+    for o in overrides {
+        let config = configs
+            .iter_mut()
+            .find(|c| c.iface_id == o.iface_id)
+            .ok_or_else(|| SnapshotError::UnknownNetworkDevice(o.iface_id.clone()))?;
+        config.host_dev_name.clone_from(&o.host_dev_name);
+    }
+    let mut list = InterfaceList::default();
+    for config in &configs {
+        if list.iter().any(|c| c.iface_id == config.iface_id) {
+            return Err(SnapshotError::DuplicateInterface(config.iface_id.clone()));
+        }
+        list.insert(config.clone())
+            .map_err(|e| SnapshotError::NetConfig(Box::new(e)))?;
+    }
+    let now = Instant::now();
+    let restored = nets
+        .iter()
+        .zip(configs)
+        .map(|(net, config)| {
+            net.restore(config, now)
+                .map_err(|e| SnapshotError::Net(Box::new(e)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((list, restored))
+}
+
+impl Controller {
+    /// The states of the running VM's network interfaces, with their configurations in
+    /// force.
+    fn net_states(&self) -> Result<Vec<NetState>, SnapshotError> {
+        self.resources
+            .network_interfaces
+            .iter()
+            .map(|iface| {
+                let id = &iface.iface_id;
+                let mut net = self
+                    .devices
+                    .net(id)
+                    .ok_or_else(|| SnapshotError::MissingNetDevice(id.clone()))?;
+                net.snapshot_state(iface)
+                    .map_err(|e| SnapshotError::Save(SaveError::MachineConfig(e)))
+            })
+            .collect()
     }
 
     /// `PUT /snapshot/create`.
     pub(super) fn create_snapshot(&mut self, params: &CreateSnapshotParams) -> ActionResult {
-        if let Some(device) = self.unsupported_device() {
-            return Err(SnapshotError::UnsupportedDevice(device).into());
-        }
         if params.snapshot_type == SnapshotType::Diff
             && !self.resources.machine_config.track_dirty_pages
         {
@@ -44,6 +105,7 @@ impl Controller {
             return Err(ActionError::NotSupportedPreBoot);
         };
         let started = Instant::now();
+        let nets = self.net_states()?;
         let input = SaveInput {
             machine_config: &self.resources.machine_config,
             drives: &self.resources.drives,
@@ -51,6 +113,7 @@ impl Controller {
             vsock: self.resources.vsock.as_ref(),
             transports: self.devices.transports(),
             limiters: self.devices.save_limiters(),
+            nets: &nets,
         };
         let written = vm
             .save(&input, params, self.opts.snapshot_key.as_deref())
@@ -116,6 +179,9 @@ impl Controller {
         {
             return Err(SnapshotError::Inconsistent.into());
         }
+        // Taps are opened (by name, possibly overridden) before anything is built.
+        let (interfaces, nets) =
+            restore_nets(&state.nets, &params.network_overrides, confine.as_ref())?;
         let vsock = match (vsock, &params.vsock_uds_path) {
             (Some(mut config), uds_path) => {
                 match (uds_path, &confine) {
@@ -142,6 +208,7 @@ impl Controller {
                 machine: &config,
                 drives: &drives,
                 entropy: entropy.as_ref(),
+                nets,
                 vsock,
             },
             &memory,
@@ -153,6 +220,7 @@ impl Controller {
         self.resources.drives = drives;
         self.resources.entropy = entropy;
         self.resources.vsock = vsock_config;
+        self.resources.network_interfaces = interfaces;
         if self.opts.landlock {
             // The restored VM is confined as a booted one: its files are open already.
             let line = crate::sandbox::restrict_vmm(&self.landlock_rules())
@@ -185,5 +253,61 @@ impl Controller {
             started.elapsed().as_millis()
         );
         Ok(VmmData::Empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::rate_limiter::RateLimiterState;
+
+    fn net(id: &str, tap: &str) -> NetState {
+        NetState {
+            config: json!({"iface_id": id, "host_dev_name": tap}).to_string(),
+            rx_limiter: RateLimiterState::default(),
+            tx_limiter: RateLimiterState::default(),
+            firewall: None,
+        }
+    }
+
+    fn over(id: &str, tap: &str) -> NetworkOverride {
+        NetworkOverride {
+            iface_id: id.into(),
+            host_dev_name: tap.into(),
+        }
+    }
+
+    /// Each refusal comes before any tap is opened (the names do not exist: as root, opening
+    /// one would create it).
+    #[test]
+    fn overrides_of_unknown_interfaces_and_conflicting_interfaces_are_refused_before_any_tap_opens()
+    {
+        let nets = [net("eth0", "pal-nx0"), net("eth1", "pal-nx1")];
+        let e = restore_nets(&nets, &[over("eth9", "pal-nx2")])
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e, SnapshotError::UnknownNetworkDevice(ref id) if id == "eth9"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("Unknown Network Device"), "{e}");
+        let e = restore_nets(&nets, &[over("eth1", "pal-nx0")])
+            .err()
+            .unwrap();
+        assert!(matches!(e, SnapshotError::NetConfig(_)), "{e}");
+        let e = restore_nets(&[net("eth0", "pal-nx0"), net("eth0", "pal-nx1")], &[])
+            .err()
+            .unwrap();
+        assert!(matches!(e, SnapshotError::DuplicateInterface(_)), "{e}");
+        let e = restore_nets(&nets, &[over("eth0", "a/b")]).err().unwrap();
+        assert!(matches!(e, SnapshotError::NetConfig(_)), "{e}");
+        let mut bad = net("eth0", "pal-nx0");
+        bad.config = "{".into();
+        let e = restore_nets(&[bad], &[]).err().unwrap();
+        assert!(matches!(e, SnapshotError::Net(_)), "{e}");
     }
 }

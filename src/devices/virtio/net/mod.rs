@@ -10,11 +10,13 @@
 //! TX ([`tx`]): descriptor chain -> frame copy -> firewall (`egress`, or `egress_headers` for a
 //! GSO frame) -> rate limiter -> tap. RX ([`rx`]): tap -> firewall (`ingress`) -> rate limiter
 //! -> guest buffers -> irqfd. A frame the firewall drops is consumed and counted; it is never
-//! partly written. A 1 s timer runs the firewall's `expire_and_log`.
+//! partly written. A 1 s timer runs the firewall's `expire_and_log`. Snapshots save and
+//! restore an interface's live state ([`snapshot`]).
 
 pub mod config;
 pub mod event_handler;
 pub mod rx;
+pub mod snapshot;
 pub mod tap;
 pub mod tx;
 pub mod vnet_hdr;
@@ -37,6 +39,7 @@ use virtio_bindings::virtio_net::{
 use vmm_sys_util::timerfd::TimerFd;
 
 use self::config::{NetConfigError, NetworkInterfaceConfig, NetworkInterfaceUpdate};
+use self::snapshot::RestoredNet;
 use self::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use self::worker::Frame;
 use super::chain::Segment;
@@ -163,14 +166,35 @@ impl Net {
         tap: Tap,
         metrics: Arc<NetDeviceMetrics>,
     ) -> Result<Self, NetError> {
-        let id = config.iface_id.clone();
-        let event_err = |e: std::io::Error| NetError::Event(id.clone(), e);
+        let id = &config.iface_id;
         let mac = config.mac()?;
         let firewall = config
             .effective_firewall()
-            .map(|fw| Firewall::new(&id, &fw, mac, Instant::now()))
+            .map(|fw| Firewall::new(id, &fw, mac, Instant::now()))
             .transpose()
             .map_err(|e| NetError::Firewall(id.clone(), e))?;
+        let parts = RestoredNet {
+            config: config.clone(),
+            tap,
+            rx_limiter: RateLimiter::new(&config.rx_rate_limiter.unwrap_or_default())?,
+            tx_limiter: RateLimiter::new(&config.tx_rate_limiter.unwrap_or_default())?,
+            firewall,
+        };
+        Self::restored(parts, metrics)
+    }
+
+    /// An interface from its parts: a new one's, or one restored from a snapshot.
+    pub fn restored(parts: RestoredNet, metrics: Arc<NetDeviceMetrics>) -> Result<Self, NetError> {
+        let mac = parts.config.mac()?;
+        let RestoredNet {
+            config,
+            tap,
+            rx_limiter,
+            tx_limiter,
+            firewall,
+        } = parts;
+        let id = config.iface_id;
+        let event_err = |e: std::io::Error| NetError::Event(id.clone(), e);
         let label = DeviceLabel {
             name: format!("net {id} ({})", tap.name()),
             who: format!("Interface {id}"),
@@ -180,8 +204,8 @@ impl Net {
             mac,
             core: DeviceCore::new(offered_features(mac.is_some()), label, metrics.clone())
                 .map_err(event_err)?,
-            rx_limiter: RateLimiter::new(&config.rx_rate_limiter.unwrap_or_default())?,
-            tx_limiter: RateLimiter::new(&config.tx_rate_limiter.unwrap_or_default())?,
+            rx_limiter,
+            tx_limiter,
             firewall,
             maintenance: TimerFd::new().map_err(|e| event_err(e.into()))?,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),

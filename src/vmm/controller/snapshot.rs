@@ -281,13 +281,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_unkeyed_state_files_flow_log_outside_the_snapshot_dirs_is_refused_before_any_tap_opens() {
+        let snap = tempfile::tempdir().unwrap();
+        let mut n = net("eth0", "pal-nx0");
+        n.config = json!({"iface_id": "eth0", "host_dev_name": "pal-nx0",
+            "guest_mac": "02:00:00:00:00:01",
+            "firewall": {"allowed_ips": ["10.0.0.2/32"], "flow_log": "/etc/cron.d/palisade"}})
+        .to_string();
+        let confine = Confinement::new(&[snap.path().to_path_buf()]);
+        let e = restore_nets(&[n], &[], Some(&confine)).err().unwrap();
+        assert!(matches!(e, SnapshotError::MachineConfig(_)), "{e}");
+        assert!(!std::path::Path::new("/etc/cron.d/palisade").exists());
+    }
+
     /// Each refusal comes before any tap is opened (the names do not exist: as root, opening
     /// one would create it).
     #[test]
     fn overrides_of_unknown_interfaces_and_conflicting_interfaces_are_refused_before_any_tap_opens()
     {
         let nets = [net("eth0", "pal-nx0"), net("eth1", "pal-nx1")];
-        let e = restore_nets(&nets, &[over("eth9", "pal-nx2")])
+        let e = restore_nets(&nets, &[over("eth9", "pal-nx2")], None)
             .err()
             .unwrap();
         assert!(
@@ -295,19 +309,21 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("Unknown Network Device"), "{e}");
-        let e = restore_nets(&nets, &[over("eth1", "pal-nx0")])
+        let e = restore_nets(&nets, &[over("eth1", "pal-nx0")], None)
             .err()
             .unwrap();
         assert!(matches!(e, SnapshotError::NetConfig(_)), "{e}");
-        let e = restore_nets(&[net("eth0", "pal-nx0"), net("eth0", "pal-nx1")], &[])
+        let e = restore_nets(&[net("eth0", "pal-nx0"), net("eth0", "pal-nx1")], &[], None)
             .err()
             .unwrap();
         assert!(matches!(e, SnapshotError::DuplicateInterface(_)), "{e}");
-        let e = restore_nets(&nets, &[over("eth0", "a/b")]).err().unwrap();
+        let e = restore_nets(&nets, &[over("eth0", "a/b")], None)
+            .err()
+            .unwrap();
         assert!(matches!(e, SnapshotError::NetConfig(_)), "{e}");
         let mut bad = net("eth0", "pal-nx0");
         bad.config = "{".into();
-        let e = restore_nets(&[bad], &[]).err().unwrap();
+        let e = restore_nets(&[bad], &[], None).err().unwrap();
         assert!(matches!(e, SnapshotError::Net(_)), "{e}");
     }
 }

@@ -17,7 +17,10 @@ use palisade::snapshot::{MemoryIdentity, StateFile};
 use palisade::vmm::machine_state::MachineState;
 use serde_json::{json, Value};
 
+use std::net::UdpSocket;
+
 use crate::common::api::{ApiClient, ApiResponse};
+use crate::common::netns::{tsc_mhz, TapNetns, GUEST_MAC};
 use crate::common::{probe_path, ApiVm};
 use crate::host::can_attack;
 use crate::table::Table;
@@ -651,12 +654,22 @@ fn hostile_state_files_sealed_again_without_a_key_are_refused_and_the_vmm_then_l
 
     let snapshot_dir = dir.to_string_lossy().into_owned();
     let mut table = Table::default();
-    for (i, c) in all.into_iter().enumerate() {
+    run_cases(&mut table, &base, all, &|| {
+        ApiVm::start(&["--snapshot-dir", &snapshot_dir])
+    });
+    table.finish();
+}
+
+/// Loads each case into a fresh VMM from `start`, then (after a refusal) the good pair into
+/// the same VMM; one row per case.
+fn run_cases(table: &mut Table, base: &Base, cases: Vec<Case>, start: &dyn Fn() -> ApiVm) {
+    let dir = base.dir.path();
+    for (i, c) in cases.into_iter().enumerate() {
         let mem = c.mem.clone().unwrap_or_else(|| base.mem_path.clone());
         let size = std::fs::metadata(&mem).unwrap().len();
         let bad = dir.join(format!("bad-{i}.state"));
         StateFile::write(&bad, &seal(&c.state, size)).unwrap();
-        let mut vm = ApiVm::start(&["--snapshot-dir", &snapshot_dir]);
+        let mut vm = start();
         let sock = vm.sock();
         let seen = put_within(&sock, "/snapshot/load", load_body(&bad, &mem));
         let (observed, held) = match &seen {
@@ -731,5 +744,166 @@ fn hostile_state_files_sealed_again_without_a_key_are_refused_and_the_vmm_then_l
         // Ends the VMM (a hung one too).
         let _ = vm.running.kill();
     }
+}
+
+/// The probe on `ns`'s tap0 behind a firewall, its datagram to 10.0.0.1:7000 tracked as a
+/// flow, paused and saved without a key.
+fn boot_net_and_save(ns: &TapNetns) -> Base {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = ns
+        .run(|| UdpSocket::bind(("10.0.0.1", 7000)).unwrap())
+        .join()
+        .unwrap();
+    peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let snapshot_dir = dir.path().to_string_lossy().into_owned();
+    let mut vm = ApiVm::start_in_netns(
+        tempfile::tempdir().unwrap(),
+        Some(&ns.name),
+        &["--snapshot-dir", &snapshot_dir],
+    );
+    let mut c = vm.client();
+    let boot_args = format!(
+        "console=ttyS0 probe.run=net-tx,idle probe.ip=10.0.0.2/24 probe.peer=10.0.0.1:7000 \
+         probe.port=40000 probe.count=2 probe.size=32 probe.tsc_mhz={}",
+        tsc_mhz()
+    );
+    for (path, body) in [
+        (
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": MIB}),
+        ),
+        (
+            "/boot-source",
+            json!({"kernel_image_path": probe_path(), "boot_args": boot_args}),
+        ),
+        (
+            "/network-interfaces/eth0",
+            json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": GUEST_MAC,
+                   "firewall": {"allowed_ips": ["10.0.0.2/32"], "conntrack_max": 64,
+                     "egress": [{"action": "allow", "proto": "udp", "ports": "7000",
+                                 "cidr": "10.0.0.1/32"}],
+                     "default_egress": "deny", "default_ingress": "deny"}}),
+        ),
+        ("/actions", json!({"action_type": "InstanceStart"})),
+    ] {
+        let r = c.put(path, body);
+        assert_eq!(r.status, 204, "{path}: {}", r.body);
+    }
+    let mut buf = [0u8; 128];
+    peer.recv_from(&mut buf).unwrap();
+    vm.running.wait_for_output("probe: idle ok", TIMEOUT);
+    let r = c.patch("/vm", json!({"state": "Paused"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (state_path, mem_path) = (dir.path().join("state"), dir.path().join("mem"));
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_path": state_path, "mem_file_path": mem_path}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.running.kill();
+    let bytes = std::fs::read(&state_path).unwrap();
+    let state: MachineState = StateFile::open(&bytes, None).unwrap().state().unwrap();
+    Base {
+        dir,
+        state_path,
+        mem_path,
+        state,
+    }
+}
+
+/// Edits interface 0's configuration (JSON inside the state).
+fn net_config(state: &mut MachineState, edit: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_str(&state.nets[0].config).unwrap();
+    edit(&mut v);
+    state.nets[0].config = v.to_string();
+}
+
+#[test]
+fn hostile_network_state_in_an_unkeyed_state_file_is_refused_and_the_vmm_then_loads_the_good_one() {
+    let test =
+        "hostile_network_state_in_an_unkeyed_state_file_is_refused_and_the_vmm_then_loads_the_good_one";
+    if !can_attack(test) {
+        return;
+    }
+    let Some(ns) = TapNetns::create(test) else {
+        return;
+    };
+    let base = boot_net_and_save(&ns);
+    use Expect::Refused;
+    let flows = base.state.nets[0].firewall.as_ref().unwrap().flows.len();
+    let mut cases = vec![
+        case(
+            "net: conntrack table of 100000 flows (cap 64)",
+            Refused,
+            &base,
+            |s| {
+                let fw = s.nets[0].firewall.as_mut().unwrap();
+                let one = fw.flows[0].clone();
+                fw.flows = vec![one; 100_000];
+            },
+        ),
+        case(
+            "net: conntrack_max raised to 4 Mi in the saved config with 100000 flows",
+            Refused,
+            &base,
+            |s| {
+                net_config(s, |c| c["firewall"]["conntrack_max"] = json!(4 << 20));
+                let fw = s.nets[0].firewall.as_mut().unwrap();
+                let one = fw.flows[0].clone();
+                fw.flows = vec![one; 100_000];
+            },
+        ),
+        case(
+            "net: the firewall state of another interface id",
+            Refused,
+            &base,
+            |s| {
+                s.nets[0].firewall.as_mut().unwrap().iface_id = "eth9".into();
+            },
+        ),
+        case(
+            "net: 1000 egress rule hit counters for 1 rule",
+            Refused,
+            &base,
+            |s| {
+                s.nets[0].firewall.as_mut().unwrap().egress_rule_hits = vec![1; 1000];
+            },
+        ),
+        case(
+            "net: the interface dropped from the state (its transport kept)",
+            Refused,
+            &base,
+            |s| {
+                s.nets.clear();
+            },
+        ),
+    ];
+    let mut c = case(
+        "net: flow_log /etc/palisade-hostile-flows.jsonl",
+        Refused,
+        &base,
+        |s| {
+            net_config(s, |c| {
+                c["firewall"]["flow_log"] = json!("/etc/palisade-hostile-flows.jsonl")
+            });
+        },
+    );
+    c.after = Some(Box::new(|| {
+        let planted = Path::new("/etc/palisade-hostile-flows.jsonl");
+        let there = planted.exists();
+        let _ = std::fs::remove_file(planted);
+        there.then(|| "a flow log was created in /etc".to_string())
+    }));
+    cases.push(c);
+    let snapshot_dir = base.dir.path().to_string_lossy().into_owned();
+    let mut table = Table::default();
+    println!("saved {flows} tracked flow(s)");
+    run_cases(&mut table, &base, cases, &|| {
+        ApiVm::start_in_netns(
+            tempfile::tempdir().unwrap(),
+            Some(&ns.name),
+            &["--snapshot-dir", &snapshot_dir],
+        )
+    });
     table.finish();
 }

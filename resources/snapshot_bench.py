@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """The snapshot part of the benchmark command (resources/bench.sh): snapshot create and
-restore times of the probe guest, Palisade and (when a binary is given) Firecracker in the
-same run, alternating, stdlib only.
+restore times, Palisade and (when a binary is given) Firecracker in the same run, alternating,
+stdlib only.
 
     snapshot_bench.py PROBE_ELF PALISADE_BIN [FIRECRACKER_BIN] [--runs N] [--mib M ...]
+                      [--linux GUEST_DIR]
 
-Per run and guest size: a VMM is configured through its API socket (1 vCPU, M MiB), the probe
-writes its pattern over all RAM (`mem`, so the whole memory is populated) and then ticks
-(`ticker`); the VM is paused and a Full snapshot created (the wall time of
-`PUT /snapshot/create`); the VMM ends. A new VMM process then loads it with `resume_vm`
-(the wall time of `PUT /snapshot/load`, and of the load request up to the guest's next
-`probe: tick` line on the serial port: restored and running). Setups:
+Per guest (the probe, which writes its pattern over all RAM and then ticks, so the whole
+memory is populated; with --linux also the Linux test guest booted to its serial shell) and
+size, each VMM boots the guest once (1 vCPU, M MiB) through its API socket and keeps it
+running. Each run pauses it, creates a Full snapshot (the wall time of `PUT /snapshot/create`)
+and resumes it; a new VMM process then loads the snapshot with `resume_vm` (the wall time of
+`PUT /snapshot/load`, and from the load request until the guest shows it runs: the probe's
+next `probe: tick` line, the Linux shell echoing a command sent to the serial console).
+Setups:
 - Palisade, keyed: `--snapshot-key-file` (HMAC-SHA-256 over the state and the memory file's
   size): the default integrity check;
 - Palisade, keyed + hash_memory: the tag also covers the SHA-256 of the whole memory file
@@ -77,8 +80,8 @@ class Vmm:
         cmd = [binary, "--api-sock", self.sock] + extra
         if kind == "firecracker":
             cmd += ["--level", "Warning"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     cwd=workdir)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, cwd=workdir)
         self.lines = []
         self.cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -133,52 +136,90 @@ class Vmm:
         self.proc.wait()
 
 
-def one_run(kind, binary, elf, mib, workdir, memdir, hash_memory):
-    """Boot, pause, create; then a new process loads: {figure: ms}."""
-    extra = []
-    if kind == "palisade":
-        key = os.path.join(workdir, "key")
-        with open(key, "wb") as f:
-            f.write(KEY)
-        os.chmod(key, 0o600)
-        extra = ["--snapshot-key-file", key, "--snapshot-dir", memdir]
-    state = os.path.join(memdir, "state")
-    mem = os.path.join(memdir, "mem")
-    vm = Vmm(kind, binary, workdir, "a", extra)
-    try:
-        vm.call("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mib})
-        vm.call("PUT", "/boot-source", {
-            "kernel_image_path": elf,
-            "boot_args": "console=ttyS0 reboot=k panic=1 probe.run=mem,ticker"})
-        vm.call("PUT", "/actions", {"action_type": "InstanceStart"})
-        vm.wait_for("probe: tick 3")
-        vm.call("PATCH", "/vm", {"state": "Paused"})
+def guest_setup(guest):
+    """(boot-source body, line that says the guest is up) for "probe" or a Linux guest dir."""
+    if guest["kind"] == "probe":
+        return ({"kernel_image_path": guest["path"],
+                 "boot_args": "console=ttyS0 reboot=k panic=1 probe.run=mem,ticker"},
+                "probe: tick 3")
+    d = guest["path"]
+    with open(os.path.join(d, "boot_args")) as f:
+        args = f.read().strip()
+    return ({"kernel_image_path": os.path.join(d, "vmlinux"),
+             "initrd_path": os.path.join(d, "initramfs.cpio"), "boot_args": args},
+            "palisade-guest: no palisade.test=")
+
+
+def running_after(vm, guest, t0, n):
+    """Seconds from t0 until the restored guest shows it runs: the probe's next tick; the
+    Linux guest's shell answering a command on the serial console."""
+    if guest["kind"] == "probe":
+        return vm.wait_for("probe: tick", after=t0) - t0
+    vm.proc.stdin.write(f"echo restored-{n}-$((6*7))\n".encode())
+    vm.proc.stdin.flush()
+    return vm.wait_for(f"restored-{n}-42", after=t0) - t0
+
+
+class Source:
+    """A booted guest kept running: paused for each create, resumed after."""
+
+    def __init__(self, kind, binary, guest, mib, workdir, memdir):
+        self.kind, self.binary, self.workdir, self.memdir = kind, binary, workdir, memdir
+        self.extra = []
+        if kind == "palisade":
+            key = os.path.join(workdir, "key")
+            with open(key, "wb") as f:
+                f.write(KEY)
+            os.chmod(key, 0o600)
+            self.extra = ["--snapshot-key-file", key, "--snapshot-dir", memdir]
+        boot, up = guest_setup(guest)
+        self.vm = Vmm(kind, binary, workdir, f"{kind}-src", self.extra)
+        self.vm.call("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mib})
+        self.vm.call("PUT", "/boot-source", boot)
+        self.vm.call("PUT", "/actions", {"action_type": "InstanceStart"})
+        self.vm.wait_for(up)
+
+    def create(self, state, mem, hash_memory):
+        self.vm.call("PATCH", "/vm", {"state": "Paused"})
         body = {"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}
         if hash_memory:
             body["hash_memory"] = True
         t0 = time.perf_counter()
-        vm.call("PUT", "/snapshot/create", body)
-        create = time.perf_counter() - t0
-    finally:
-        vm.stop()
-    vm = Vmm(kind, binary, workdir, "b", extra)
+        self.vm.call("PUT", "/snapshot/create", body)
+        took = time.perf_counter() - t0
+        self.vm.call("PATCH", "/vm", {"state": "Resumed"})
+        return took
+
+    def stop(self):
+        self.vm.stop()
+
+
+def one_run(source, guest, hash_memory, n):
+    """Create from the running source, load in a new process: {figure: ms}."""
+    state = os.path.join(source.memdir, f"{source.kind}.state")
+    mem = os.path.join(source.memdir, f"{source.kind}.mem")
     try:
-        t0 = time.perf_counter()
-        vm.call("PUT", "/snapshot/load", {
-            "snapshot_path": state,
-            "mem_backend": {"backend_type": "File", "backend_path": mem},
-            "resume_vm": True})
-        load = time.perf_counter() - t0
-        running = vm.wait_for("probe: tick", after=t0) - t0
+        create = source.create(state, mem, hash_memory)
+        vm = Vmm(source.kind, source.binary, source.workdir, f"{source.kind}-clone",
+                 source.extra)
+        try:
+            t0 = time.perf_counter()
+            vm.call("PUT", "/snapshot/load", {
+                "snapshot_path": state,
+                "mem_backend": {"backend_type": "File", "backend_path": mem},
+                "resume_vm": True})
+            load = time.perf_counter() - t0
+            running = running_after(vm, guest, t0, n)
+        finally:
+            vm.stop()
     finally:
-        vm.stop()
         for p in (state, mem):
             if os.path.exists(p):
                 os.unlink(p)
     return {"create": create * 1000, "load": load * 1000, "running": running * 1000}
 
 
-FIGURES = [("create", "create"), ("load", "load"), ("running", "load to next tick")]
+FIGURES = [("create", "create"), ("load", "load"), ("running", "load to running")]
 
 
 def main():
@@ -188,39 +229,58 @@ def main():
     ap.add_argument("firecracker", nargs="?")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--mib", type=int, nargs="+", default=[128, 1024])
+    ap.add_argument("--linux", metavar="GUEST_DIR",
+                    help="also the Linux test guest of this build directory (vmlinux, "
+                         "initramfs.cpio, boot_args: resources/guest/build.sh)")
     a = ap.parse_args()
-    elf = os.path.abspath(a.probe)
-    setups = [("palisade", "Palisade, keyed", os.path.abspath(a.palisade), False),
-              ("palisade", "Palisade, keyed+hash", os.path.abspath(a.palisade), True)]
+    guests = [{"kind": "probe", "path": os.path.abspath(a.probe), "name": "probe guest"}]
+    if a.linux:
+        guests.append({"kind": "linux", "path": os.path.abspath(a.linux),
+                       "name": "Linux guest"})
+    vmms = [("palisade", os.path.abspath(a.palisade))]
     if a.firecracker:
-        setups.append(("firecracker", "Firecracker", os.path.abspath(a.firecracker), False))
+        vmms.append(("firecracker", os.path.abspath(a.firecracker)))
+    setups = [("palisade", "Palisade, keyed", False), ("palisade", "Palisade, keyed+hash", True)]
+    if a.firecracker:
+        setups.append(("firecracker", "Firecracker", False))
     work = tempfile.mkdtemp(prefix="palisade-snapbench-")
     room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
     memdir = (tempfile.mkdtemp(prefix="palisade-snapbench-", dir="/dev/shm")
-              if room > 3 * (max(a.mib) << 20) else work)
+              if room > 4 * (max(a.mib) << 20) else work)
     try:
-        print(f"snapshots, probe guest (mem,ticker), 1 vCPU, Full, medians (min-max) of "
-              f"{a.runs} runs per setup, alternating, release build; memory files in {memdir}")
-        for mib in a.mib:
-            seen = {name: [] for _, name, _, _ in setups}
-            for _ in range(a.runs):
-                for kind, name, binary, hash_memory in setups:
-                    seen[name].append(one_run(kind, binary, elf, mib, work, memdir,
-                                              hash_memory))
-            print(f"{mib} MiB guest" + "".join(f"{label + ' ms':>26}" for _, label in FIGURES))
-            med = {}
-            for name, runs in seen.items():
-                cells = []
-                for k, _ in FIGURES:
-                    vals = [r[k] for r in runs]
-                    med.setdefault(name, {})[k] = statistics.median(vals)
-                    cells.append(f"{statistics.median(vals):.1f} ({min(vals):.1f}-{max(vals):.1f})")
-                print(f"  {name:22}" + "".join(f"{c:>26}" for c in cells))
-            if a.firecracker:
-                fc = med["Firecracker"]
-                for name in ("Palisade, keyed", "Palisade, keyed+hash"):
-                    r = [med[name][k] / fc[k] for k, _ in FIGURES]
-                    print(f"  {name + ' / FC':22}" + "".join(f"{x:25.2f}x" for x in r))
+        print(f"snapshots, 1 vCPU, Full, created from a running guest (paused, created, resumed) "
+              f"and loaded with resume_vm in a new process; medians (min-max) of {a.runs} runs "
+              f"per setup, alternating, release build; memory files in {memdir}. "
+              f"Load to running: probe = its next tick, Linux = its shell echoing a command")
+        for guest in guests:
+            for mib in a.mib:
+                sources = {}
+                try:
+                    for kind, binary in vmms:
+                        sources[kind] = Source(kind, binary, guest, mib, work, memdir)
+                    seen = {name: [] for _, name, _ in setups}
+                    for n in range(a.runs):
+                        for kind, name, hash_memory in setups:
+                            seen[name].append(one_run(sources[kind], guest, hash_memory, n))
+                finally:
+                    for src in sources.values():
+                        src.stop()
+                print(f"{guest['name']}, {mib} MiB" +
+                      "".join(f"{label + ' ms':>26}" for _, label in FIGURES))
+                med = {}
+                for name, runs in seen.items():
+                    cells = []
+                    for k, _ in FIGURES:
+                        vals = [r[k] for r in runs]
+                        med.setdefault(name, {})[k] = statistics.median(vals)
+                        cells.append(f"{statistics.median(vals):.1f} "
+                                     f"({min(vals):.1f}-{max(vals):.1f})")
+                    print(f"  {name:22}" + "".join(f"{c:>26}" for c in cells))
+                if a.firecracker:
+                    fc = med["Firecracker"]
+                    for name in ("Palisade, keyed", "Palisade, keyed+hash"):
+                        r = [med[name][k] / fc[k] for k, _ in FIGURES]
+                        print(f"  {name + ' / FC':22}" + "".join(f"{x:25.2f}x" for x in r))
         if a.firecracker:
             print("(ratios Palisade / Firecracker: below 1 means Palisade is faster)")
     finally:

@@ -50,11 +50,20 @@ fn read64(addr: u64) -> u64 {
     unsafe { core::ptr::read_volatile(addr as *const u64) }
 }
 
+/// One consistent reading: the counter, the ID, then the counter again, retried while the
+/// two counters differ (the VM may be snapshotted between two reads, and a clone then
+/// changes the page under a half-done reading: an old ID with the new counter).
 fn read(base: u64) -> Option<Generation> {
     if read64(base) != MAGIC || read64(base + 8) as u32 != VERSION {
         return None;
     }
-    Some(Generation { id: [read64(base + 0x10), read64(base + 0x18)], counter: read64(base + 0x20) })
+    loop {
+        let before = read64(base + 0x20);
+        let id = [read64(base + 0x10), read64(base + 0x18)];
+        if read64(base + 0x20) == before {
+            return Some(Generation { id, counter: before });
+        }
+    }
 }
 
 fn print(generation: &Generation) {

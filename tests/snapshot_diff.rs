@@ -475,3 +475,96 @@ fn a_diff_since_boot_equals_a_full_snapshot_also_where_devices_wrote_guest_memor
         data_bytes(&at("diff")) / PAGE
     );
 }
+
+#[test]
+fn a_diff_onto_a_memory_file_another_running_clone_maps_is_refused_and_the_clone_keeps_its_memory()
+{
+    let test = "a_diff_onto_a_memory_file_another_running_clone_maps_is_refused_and_the_clone_keeps_its_memory";
+    if !kvm_available(test) {
+        return;
+    }
+    // A Diff writes into the file in place; a clone loaded from that file maps it private,
+    // so every page it has not touched yet would read the other clone's memory.
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    let flags = snapshot_dir_flags(dir.path());
+    let mut vm = ApiVm::start(&args(&flags));
+    let mut c = vm.client();
+    configure(
+        &mut c,
+        &format!("probe.run=dirty probe.pages={K}"),
+        64,
+        false,
+    );
+    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.running.wait_for_output(
+        &format!("probe: dirty ok round=1 pages={K} check=none\n"),
+        TIMEOUT,
+    );
+    set_state(&mut c, "Paused");
+    let r = create(&mut c, "Full", &at("state"), &at("mem"));
+    assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
+    drop(c);
+    vm.running.kill();
+    let original = std::fs::read(at("mem")).unwrap();
+
+    // Clone A runs from the file and has not touched the K pages since the load.
+    let mut a = ApiVm::start(&args(&flags));
+    let mut ca = a.client();
+    let r = ca.put(
+        "/snapshot/load",
+        load_body(&at("state"), &at("mem"), true, false),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, a.running.stderr());
+
+    // Clone B, tracked, writes round 2 over the K pages and diffs onto the same file.
+    let mut b = ApiVm::start(&args(&flags));
+    let mut cb = b.client();
+    let r = cb.put(
+        "/snapshot/load",
+        load_body(&at("state"), &at("mem"), true, true),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, b.running.stderr());
+    next_round(&mut b, &mut cb, 2);
+    set_state(&mut cb, "Paused");
+    let r = create(&mut cb, "Diff", &at("state-b"), &at("mem"));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.fault().contains("is mapped by another VM"),
+        "{}",
+        r.fault()
+    );
+    assert!(
+        std::fs::read(at("mem")).unwrap() == original,
+        "the file changed"
+    );
+    assert!(!at("state-b").exists());
+
+    // Onto a copy the Diff is written (the refused one kept its log: it holds round 2).
+    copy_0600(&at("mem"), &at("copy"));
+    let r = create(&mut cb, "Diff", &at("state-b"), &at("copy"));
+    assert_eq!(r.status, 204, "{}\n{}", r.body, b.running.stderr());
+    assert_pattern(&at("copy"), 2);
+
+    // A still reads its own round 1 from the untouched pages.
+    next_round(&mut a, &mut ca, 2);
+    let out = a.running.stdout();
+    assert!(!out.contains("dirty fail"), "{out}");
+    drop(ca);
+    a.running.kill();
+
+    // With A gone, B is the file's only mapper: its Diff onto the file it was loaded from
+    // is written, and B keeps running on its memory.
+    set_state(&mut cb, "Resumed");
+    next_round(&mut b, &mut cb, 3);
+    set_state(&mut cb, "Paused");
+    let r = create(&mut cb, "Diff", &at("state-b"), &at("mem"));
+    assert_eq!(r.status, 204, "{}\n{}", r.body, b.running.stderr());
+    assert_pattern(&at("mem"), 3);
+    set_state(&mut cb, "Resumed");
+    next_round(&mut b, &mut cb, 4);
+    let out = b.running.stdout();
+    assert!(!out.contains("dirty fail"), "{out}");
+    b.running.kill();
+}

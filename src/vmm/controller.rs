@@ -10,6 +10,7 @@ mod start;
 mod tests;
 mod vsock;
 
+use std::fs::File;
 use std::time::Instant;
 
 use crate::config::{host_memory_mib, BlockDeviceUpdate, BootFiles, VmResources};
@@ -49,6 +50,9 @@ pub struct Controller {
     /// Whether anything but the logger and metrics was configured (a snapshot load is then
     /// refused, as Firecracker does).
     configured: bool,
+    /// The memory file a loaded VM's RAM is mapped from (File backend), open and read-locked
+    /// for the VM's life: other VMs' Diffs cannot write into it.
+    loaded_memory: Option<File>,
 }
 
 impl Controller {
@@ -65,6 +69,7 @@ impl Controller {
             boot_files: None,
             vsock: None,
             configured: false,
+            loaded_memory: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! pages written since the last snapshot), then the authenticated state file that binds the
 //! memory file's identity.
 
+use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,6 +104,9 @@ pub struct SaveInput<'a> {
     pub limiters: LimiterStates,
     /// The network interfaces' states, in order.
     pub nets: &'a [NetState],
+    /// The memory file this VM's RAM is mapped from (File backend load), read-locked: a Diff
+    /// may write into it, not into a file other VMs map.
+    pub loaded_memory: Option<&'a File>,
 }
 
 /// Why a save failed.
@@ -217,7 +221,7 @@ impl RunningVm {
         } else {
             None
         };
-        let saved = write_files(state, mem, log.as_ref(), params, key);
+        let saved = write_files(state, mem, log.as_ref(), input.loaded_memory, params, key);
         if let (Err(_), Some(log)) = (&saved, &log) {
             log.give_back(mem);
         }
@@ -277,6 +281,7 @@ fn write_files(
     mut state: MachineState,
     mem: &GuestMemory,
     log: Option<&DirtyLog>,
+    loaded_memory: Option<&File>,
     params: &CreateSnapshotParams,
     key: Option<&SnapshotKey>,
 ) -> Result<MemoryWritten, SaveError> {
@@ -303,7 +308,7 @@ fn write_files(
             // up to date (or a new sparse file). The identity is the resulting file's.
             let log = log.ok_or(SaveError::NotTracked)?;
             let (file, written) =
-                write_diff_memory(mem, mem_path, log).map_err(SaveError::Memory)?;
+                write_diff_memory(mem, mem_path, log, loaded_memory).map_err(SaveError::Memory)?;
             let identity =
                 MemoryIdentity::of_file(&file, params.hash_memory).map_err(SaveError::Identity)?;
             state.mem_size = identity.size;

@@ -200,6 +200,9 @@ pub enum SnapshotError {
     /// The memory file cannot be opened.
     #[error("Cannot open the snapshot memory file")]
     MemoryFile(#[source] std::io::Error),
+    /// The memory file is being written by another VM's Diff.
+    #[error("Cannot lock the snapshot memory file")]
+    MemoryFileLock(#[source] crate::vstate::snapshot::MemoryFileError),
     /// The state file's parts disagree (memory size, vCPU count).
     #[error("The snapshot state file is inconsistent: its memory size or vCPU count disagrees with its machine configuration")]
     Inconsistent,

@@ -23,6 +23,7 @@ use crate::vmm::snapshot::{
     SnapshotType,
 };
 use crate::vmm::uffd_watch::HandlerWatch;
+use crate::vstate::snapshot::hold_mapped;
 
 /// The network interfaces of a state file with `overrides` applied (each must name one of
 /// them; Firecracker's rule), checked together as their PUTs would be, then restored: firewall
@@ -114,6 +115,7 @@ impl Controller {
             transports: self.devices.transports(),
             limiters: self.devices.save_limiters(),
             nets: &nets,
+            loaded_memory: self.loaded_memory.as_ref(),
         };
         let written = vm
             .save(&input, params, self.opts.snapshot_key.as_deref())
@@ -140,6 +142,8 @@ impl Controller {
         let memory = match params.mem_backend.backend_type {
             MemBackendType::File => {
                 let file = File::open(backend_path).map_err(SnapshotError::MemoryFile)?;
+                // Held while the VM runs: no other VM's Diff writes into its pages.
+                hold_mapped(&file).map_err(SnapshotError::MemoryFileLock)?;
                 opened
                     .check_memory_file(&file)
                     .map_err(SnapshotError::StateFile)?;
@@ -246,6 +250,9 @@ impl Controller {
             self.new_subscribers.push(Arc::new(Mutex::new(watch)));
         }
         self.devices = devices;
+        if let RestoredMemory::File(file) = memory {
+            self.loaded_memory = Some(file);
+        }
         log::info!(
             "Snapshot loaded ({} MiB, {} vCPU(s)) in {} ms",
             self.resources.machine_config.mem_size_mib,

@@ -7,15 +7,18 @@
 //! copy of the previous snapshot's memory file it yields the full image, into a new file a
 //! sparse file whose holes read as zeros. Files are created 0600 and never followed through
 //! a link. Restore maps the file private and copy-on-write (`map_memory`): nothing is read
-//! until the guest touches a page, and guest writes never reach the file.
+//! until the guest touches a page, and guest writes never reach the file. A Diff is refused
+//! while another VM maps the file (advisory locks, see `memory_lock`): it would show in that
+//! VM's untouched pages.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, WriteVolatile};
 
+use super::memory_lock::DiffLock;
 use crate::snapshot::Replacement;
 use crate::vstate::dirty::{dirty_runs, DirtyLog};
 use crate::vstate::memory::{self, GuestMemory, MemoryError, MemoryOptions};
@@ -51,6 +54,13 @@ pub enum MemoryFileError {
     /// The dirty log does not fit guest memory.
     #[error("The dirty log of region {0} does not match its size")]
     Bitmap(usize),
+    /// A Diff onto a file another VM's memory is mapped from (or that another VM's Diff is
+    /// writing).
+    #[error("The memory file {0:?} is mapped by another VM (loaded from it) or written by another VM's Diff: a Diff written into it would show in that VM's memory; write it onto a copy of the file")]
+    Mapped(PathBuf),
+    /// A load while another VM's Diff writes into the file.
+    #[error("The memory file is being written by another VM's Diff snapshot")]
+    BeingWritten,
 }
 
 /// What to write.
@@ -135,25 +145,40 @@ pub fn write_memory(
                 .map_err(|e| MemoryFileError::Io("replace", e))?;
             Ok(written)
         }
-        MemoryDump::Diff(log) => write_diff_memory(mem, path, log).map(|(_, written)| written),
+        MemoryDump::Diff(log) => {
+            write_diff_memory(mem, path, log, None).map(|(_, written)| written)
+        }
     }
 }
 
 /// Writes the pages of `log` at their offsets into the file at `path`, which is opened as it
 /// is, never truncated: a new or empty file is sized to guest memory (a sparse file), an
 /// existing file must already have that size (a copy of the previous snapshot's memory file:
-/// the Diff brings it up to date). Returns the file (synced; the caller may hash it) and what
-/// was written.
+/// the Diff brings it up to date). Refused while another VM maps the file; `held` is the
+/// file this VM's memory is mapped from (read-locked), which it may write into. Returns the
+/// file (synced, read-locked until closed: the caller may hash it) and what was written.
 pub fn write_diff_memory(
     mem: &GuestMemory,
     path: &Path,
     log: &DirtyLog,
+    held: Option<&File>,
 ) -> Result<(File, MemoryWritten), MemoryFileError> {
-    let file_size = total_size(mem);
     if log.regions.len() != mem.num_regions() {
         return Err(MemoryFileError::Bitmap(log.regions.len()));
     }
     let mut file = open_in_place(path)?;
+    let lock = DiffLock::take(&file, path, held)?;
+    let written = write_pages(mem, &mut file, log);
+    lock.release(&file);
+    Ok((file, written?))
+}
+
+fn write_pages(
+    mem: &GuestMemory,
+    file: &mut File,
+    log: &DirtyLog,
+) -> Result<MemoryWritten, MemoryFileError> {
+    let file_size = total_size(mem);
     let found = file
         .metadata()
         .map_err(|e| MemoryFileError::Io("stat", e))?
@@ -176,7 +201,7 @@ pub fn write_diff_memory(
         }
         for (first, count) in dirty_runs(bitmap, region_pages) {
             write_range(
-                &mut file,
+                file,
                 region,
                 first * PAGE_SIZE,
                 count * PAGE_SIZE,
@@ -188,7 +213,7 @@ pub fn write_diff_memory(
     }
     file.sync_all()
         .map_err(|e| MemoryFileError::Io("sync", e))?;
-    Ok((file, MemoryWritten { pages, file_size }))
+    Ok(MemoryWritten { pages, file_size })
 }
 
 fn write_range(

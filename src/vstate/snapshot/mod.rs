@@ -6,6 +6,7 @@
 //! fails the restore with a `StateError`.
 
 pub mod memory_file;
+pub mod memory_lock;
 pub mod msrs;
 pub mod raw;
 pub mod uffd;
@@ -19,6 +20,7 @@ pub use memory_file::{
     map_memory, map_memory_file, prepare_full_memory, write_diff_memory, write_memory, MemoryDump,
     MemoryFileError, MemoryWritten,
 };
+pub use memory_lock::hold_mapped;
 pub use vcpu_state::VcpuState;
 pub use vm_state::VmState;
 

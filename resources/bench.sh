@@ -81,11 +81,14 @@ python3 resources/vsock_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKE
     --runs "${BENCH_VSOCK_RUNS:-5}" --mib "${BENCH_VSOCK_MIB:-256}"
 
 # Snapshots: Full create and restore (load with resume_vm in a new process, and load to the
-# guest's next tick) of the probe guest with all RAM written, 128 MiB and 1 GiB; Palisade
+# guest running again) of the probe guest with all RAM written and of the Linux test guest at
+# its shell, 128 MiB and 1 GiB; Palisade
 # keyed (HMAC over state + memory size), keyed with hash_memory (SHA-256 of the memory file),
 # and Firecracker when FIRECRACKER_BIN is set, alternating (resources/snapshot_bench.py).
+# The Linux test guest too (built or taken from its cache by resources/guest/build.sh).
+linux_guest=$(bash resources/guest/build.sh | tail -n 1)
 python3 resources/snapshot_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
-    --runs "${BENCH_SNAPSHOT_RUNS:-5}" --mib 128 1024
+    --runs "${BENCH_SNAPSHOT_RUNS:-5}" --mib 128 1024 --linux "$linux_guest"
 
 # Network throughput: the probe guest on a tap in a network namespace made here (host side
 # 10.0.0.1, guest 10.0.0.2; nothing leaves the namespace). Guest to host: net-tx, 1472-byte

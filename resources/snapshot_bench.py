@@ -80,8 +80,12 @@ class Vmm:
         cmd = [binary, "--api-sock", self.sock] + extra
         if kind == "firecracker":
             cmd += ["--level", "Warning"]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        # The console input is a terminal (both VMMs forward a terminal on stdin to the
+        # serial port; Palisade only a terminal), written through its master side.
+        self.console, tty = os.openpty()
+        self.proc = subprocess.Popen(cmd, stdin=tty, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, cwd=workdir)
+        os.close(tty)
         self.lines = []
         self.cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -131,9 +135,14 @@ class Vmm:
         if status != expect:
             raise RuntimeError(f"{method} {path} -> {status} {text}")
 
+    def type(self, text):
+        """Types `text` on the serial console."""
+        os.write(self.console, text.encode())
+
     def stop(self):
         self.proc.kill()
         self.proc.wait()
+        os.close(self.console)
 
 
 def guest_setup(guest):
@@ -155,8 +164,7 @@ def running_after(vm, guest, t0, n):
     Linux guest's shell answering a command on the serial console."""
     if guest["kind"] == "probe":
         return vm.wait_for("probe: tick", after=t0) - t0
-    vm.proc.stdin.write(f"echo restored-{n}-$((6*7))\n".encode())
-    vm.proc.stdin.flush()
+    vm.type(f"echo restored-{n}-$((6*7))\r")
     return vm.wait_for(f"restored-{n}-42", after=t0) - t0
 
 

@@ -11,8 +11,8 @@
 //! and starts the agent), entropy, vsock (CID 3), drive `data` (1 MiB of zeros, read-write,
 //! /dev/vda in the guest), drive `ro` (1 MiB of 0x5a, read-only, /dev/vdb) and drive
 //! `rootfs` (the guest build's ext4 image, read-only, /dev/vdc; not mounted). It was paused
-//! once the agent answered and after `/tmp/golden` was written. No network interface:
-//! snapshots refuse them for now.
+//! once the agent answered and after `/tmp/golden` was written. No network interface
+//! (the Linux network tests boot their own guest in their own namespaces).
 
 use std::fs::File;
 use std::hash::{Hash, Hasher};

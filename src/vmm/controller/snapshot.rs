@@ -166,6 +166,14 @@ impl Controller {
         // An unkeyed state file's host paths are anyone's who could write it: confined to
         // the snapshot directories (restored_paths).
         let confine = (!opened.keyed).then(|| Confinement::new(&self.opts.snapshot_dirs));
+        if !opened.keyed {
+            // Its policy (rate limits, vsock policy, firewall rules) is only as trusted as
+            // whoever may write the file: said once per load, where operators look.
+            log::warn!(
+                "Loading an unkeyed state file: its integrity is checked, not its origin; \
+                 its device policy is trusted as written (use --snapshot-key-file)"
+            );
+        }
         let configs = state
             .device_configs(confine.as_ref())
             .map_err(SnapshotError::MachineConfig)?;

@@ -45,7 +45,11 @@ use common::{api, RunningVm, TestVm};
 use host::{can_attack, vm_rss_kib, ApiWatch, Latency};
 use table::Table;
 
-const TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a scenario may take to finish: a liveness deadline, not a figure. The
+/// virtio-hostile storms alone are 600,000 MMIO exits (55-80 s at load 5 on a host whose KVM
+/// emulates the guest's kernel mode; they ran past 90 s when CI, the hostile suite and a build
+/// shared two cores).
+const TIMEOUT: Duration = Duration::from_secs(300);
 /// What the tests assert for `GET /` (the target is 100 ms; CI machines are loaded).
 const LATENCY_BOUND: Duration = Duration::from_secs(5);
 const LATENCY_TARGET_MS: f64 = 100.0;

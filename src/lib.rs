@@ -9,6 +9,7 @@ pub mod config;
 pub mod devices;
 pub mod logger;
 pub mod metrics;
+pub mod mmds;
 pub mod rate_limiter;
 pub mod sandbox;
 pub mod seccomp;

@@ -14,7 +14,7 @@ fn layer(module: &str) -> Option<u8> {
         "config" => 4,
         "devices" | "vstate" => 3,
         "arch" => 2,
-        "metrics" | "logger" | "rate_limiter" | "sandbox" | "seccomp" | "snapshot" => 1,
+        "metrics" | "logger" | "mmds" | "rate_limiter" | "sandbox" | "seccomp" | "snapshot" => 1,
         _ => return None,
     })
 }

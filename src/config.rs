@@ -783,4 +783,30 @@ mod tests {
                                "track_dirty_pages": false, "huge_pages": "None"})
         );
     }
+
+    #[test]
+    fn an_mmds_config_section_is_checked_against_the_interfaces() {
+        let with = |mmds: &str| {
+            VmConfig::from_json(&format!(
+                r#"{{"boot-source":{{"kernel_image_path":"/k"}},
+                    "network-interfaces":[{{"iface_id":"eth0","host_dev_name":"tap0"}}],
+                    "mmds-config":{mmds}}}"#
+            ))
+        };
+        let c = with(r#"{"network_interfaces":["eth0"],"version":"V1"}"#).unwrap();
+        let resources = VmResources::from(c);
+        let full = serde_json::to_value(resources.to_full_config()).unwrap();
+        assert_eq!(
+            full["mmds-config"],
+            serde_json::json!({"version": "V1", "network_interfaces": ["eth0"],
+                               "ipv4_address": "169.254.169.254", "imds_compat": false})
+        );
+        let err = with(r#"{"network_interfaces":["eth9"]}"#).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Mmds(MmdsConfigError::InvalidNetworkInterfaceId)
+        ));
+        assert!(err.to_string().starts_with("Configuring MMDS failed: "));
+        assert!(with(r#"{"network_interfaces":["eth0"],"ipv4_address":"10.0.0.1"}"#).is_err());
+    }
 }

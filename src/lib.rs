@@ -1,7 +1,7 @@
 //! Palisade as a library: the VMM's modules, so that the binary (`main.rs`), the fuzz
 //! targets and unit tests share one build of them. Imports go downward only (DESIGN.md):
-//! api -> vmm -> config -> devices / vstate / arch -> the ground (metrics, logger, rate
-//! limiter, sandbox).
+//! api -> vmm -> config -> devices / vstate / arch -> the ground (metrics, logger, mmds,
+//! rate limiter, sandbox).
 
 pub mod api;
 pub mod arch;

@@ -16,6 +16,7 @@ pub use crate::devices::virtio::vsock::config::{
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::devices::virtio::net::config::{InterfaceList, NetConfigError, NetworkInterfaceConfig};
+use crate::mmds::{MmdsConfig, MmdsConfigError};
 use crate::sandbox::PathRule;
 
 /// Smallest guest RAM accepted, in MiB.
@@ -58,6 +59,9 @@ pub enum ConfigError {
     /// A network interface is refused.
     #[error(transparent)]
     Net(#[from] NetConfigError),
+    /// The `mmds-config` section is refused (Firecracker's message).
+    #[error("Configuring MMDS failed: {0}")]
+    Mmds(#[from] MmdsConfigError),
     /// `boot-source.kernel_image_path` cannot be opened (Firecracker's message).
     #[error("The kernel file cannot be opened: {0}")]
     KernelFile(std::io::Error),
@@ -284,8 +288,9 @@ pub struct VmConfig {
     /// The virtio-vsock device (with Palisade's optional `policy`).
     pub vsock: Option<VsockDeviceConfig>,
     balloon: Option<serde_json::Value>,
+    /// The MMDS configuration (checked against `network-interfaces` by `from_json`).
     #[serde(rename = "mmds-config")]
-    mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<MmdsConfig>,
     #[serde(rename = "cpu-config")]
     cpu_config: Option<serde_json::Value>,
 }
@@ -296,7 +301,6 @@ impl VmConfig {
         let mut config: VmConfig = serde_json::from_str(text)?;
         let unsupported = [
             ("balloon", config.balloon.is_some()),
-            ("mmds-config", config.mmds_config.is_some()),
             ("cpu-config", config.cpu_config.is_some()),
         ];
         if let Some((name, _)) = unsupported.iter().find(|(_, present)| *present) {
@@ -310,6 +314,9 @@ impl VmConfig {
         }
         if let Some(vsock) = &config.vsock {
             vsock.validate()?;
+        }
+        if let Some(mmds) = config.mmds_config.take() {
+            config.mmds_config = Some(validate_mmds(mmds, &config.interface_list)?);
         }
         Ok(config)
     }
@@ -380,6 +387,8 @@ pub struct VmResources {
     pub network_interfaces: InterfaceList,
     /// The virtio-vsock device (at most one).
     pub vsock: Option<VsockDeviceConfig>,
+    /// The MMDS configuration, checked against the interfaces.
+    pub mmds_config: Option<MmdsConfig>,
 }
 
 impl From<VmConfig> for VmResources {
@@ -391,6 +400,7 @@ impl From<VmConfig> for VmResources {
             entropy: c.entropy,
             network_interfaces: c.interface_list,
             vsock: c.vsock,
+            mmds_config: c.mmds_config,
         }
     }
 }
@@ -451,6 +461,7 @@ impl VmResources {
             drives: self.drives.0.clone(),
             entropy: self.entropy.clone(),
             machine_config: self.machine_config.clone(),
+            mmds_config: self.mmds_config.clone(),
             network_interfaces: self.network_interfaces.as_slice().to_vec(),
             vsock: self.vsock.clone(),
         }
@@ -471,11 +482,23 @@ pub struct FullVmConfig {
     /// `machine-config`.
     #[serde(rename = "machine-config")]
     pub machine_config: MachineConfig,
+    /// `mmds-config` (`null` when MMDS is not configured), the address filled in.
+    #[serde(rename = "mmds-config")]
+    pub mmds_config: Option<MmdsConfig>,
     /// `network-interfaces`.
     #[serde(rename = "network-interfaces")]
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
     /// `vsock` (`null` when there is none, as Firecracker answers).
     pub vsock: Option<VsockDeviceConfig>,
+}
+
+/// `mmds` checked against the configured `interfaces` (Firecracker's checks), with its
+/// address filled in.
+pub fn validate_mmds(
+    mmds: MmdsConfig,
+    interfaces: &InterfaceList,
+) -> Result<MmdsConfig, MmdsConfigError> {
+    mmds.validated(|id| interfaces.iter().any(|iface| iface.iface_id == id))
 }
 
 /// Total RAM of the host in MiB, from sysinfo(2).
@@ -759,5 +782,31 @@ mod tests {
             serde_json::json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false,
                                "track_dirty_pages": false, "huge_pages": "None"})
         );
+    }
+
+    #[test]
+    fn an_mmds_config_section_is_checked_against_the_interfaces() {
+        let with = |mmds: &str| {
+            VmConfig::from_json(&format!(
+                r#"{{"boot-source":{{"kernel_image_path":"/k"}},
+                    "network-interfaces":[{{"iface_id":"eth0","host_dev_name":"tap0"}}],
+                    "mmds-config":{mmds}}}"#
+            ))
+        };
+        let c = with(r#"{"network_interfaces":["eth0"],"version":"V1"}"#).unwrap();
+        let resources = VmResources::from(c);
+        let full = serde_json::to_value(resources.to_full_config()).unwrap();
+        assert_eq!(
+            full["mmds-config"],
+            serde_json::json!({"version": "V1", "network_interfaces": ["eth0"],
+                               "ipv4_address": "169.254.169.254", "imds_compat": false})
+        );
+        let err = with(r#"{"network_interfaces":["eth9"]}"#).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Mmds(MmdsConfigError::InvalidNetworkInterfaceId)
+        ));
+        assert!(err.to_string().starts_with("Configuring MMDS failed: "));
+        assert!(with(r#"{"network_interfaces":["eth0"],"ipv4_address":"10.0.0.1"}"#).is_err());
     }
 }

@@ -47,6 +47,13 @@ struct Cli {
     /// Largest API request body in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = palisade::api::DEFAULT_MAX_PAYLOAD)]
     http_api_max_payload_size: usize,
+    /// Largest MMDS data store in bytes of compact JSON (default: the API payload limit, as
+    /// in Firecracker).
+    #[arg(long, value_name = "BYTES")]
+    mmds_size_limit: Option<usize>,
+    /// Fill the MMDS data store from this JSON file at start.
+    #[arg(long, value_name = "FILE")]
+    metadata: Option<PathBuf>,
     /// Append one JSON line per API request and refused connection to this file.
     #[arg(long, value_name = "PATH")]
     audit_log: Option<String>,
@@ -242,6 +249,7 @@ fn run(cli: &Cli, start: Instant) -> i32 {
         snapshot_dirs: cli.snapshot_dirs.clone(),
     };
     let mut controller = Controller::new(cli.id.clone(), opts);
+    controller.set_mmds_size_limit(cli.mmds_size_limit.unwrap_or(cli.http_api_max_payload_size));
     if let Some(path) = &cli.config_file {
         let loaded = VmConfig::from_file(path).and_then(|c| {
             c.machine_config.validate(host_memory_mib())?;
@@ -262,6 +270,11 @@ fn run(cli: &Cli, start: Instant) -> i32 {
                 controller.set_resources(VmResources::from(c))
             }
             Err(e) => return fail(e, ExitCode::BadConfiguration),
+        }
+    }
+    if let Some(path) = &cli.metadata {
+        if let Err(e) = load_metadata(&mut controller, path) {
+            return fail(e, ExitCode::BadConfiguration);
         }
     }
     let api = if cli.no_api {
@@ -286,6 +299,38 @@ fn run(cli: &Cli, start: Instant) -> i32 {
         Err(RunError::Start(e)) => fail(error_chain(&e), e.exit_code()),
         Err(e) => fail(error_chain(&e), ExitCode::VmmError),
     }
+}
+
+/// Largest `--metadata` file read (its JSON may be pretty-printed: the store's limit applies
+/// to the compact form).
+const MAX_METADATA_FILE: u64 = 16 << 20;
+
+/// Fills the MMDS data store from the `--metadata` file.
+fn load_metadata(controller: &mut Controller, path: &std::path::Path) -> Result<(), String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("Cannot read the metadata file {}: {e}", path.display()))?;
+    let mut text = Vec::new();
+    file.take(MAX_METADATA_FILE + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("Cannot read the metadata file {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_METADATA_FILE {
+        return Err(format!(
+            "The metadata file {} is larger than {MAX_METADATA_FILE} bytes",
+            path.display()
+        ));
+    }
+    let data = serde_json::from_slice(&text).map_err(|e| {
+        format!(
+            "The metadata file {} is not valid JSON: {e}",
+            path.display()
+        )
+    })?;
+    controller
+        .put_metadata(data)
+        .map_err(|e| format!("Populating MMDS from file failed: {}", e.fault_message()))?;
+    log::info!("Successfully added metadata to mmds from file");
+    Ok(())
 }
 
 /// Binds the socket, opens the audit log and starts the api thread.

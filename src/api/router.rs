@@ -4,6 +4,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::http::Request;
 use super::response::Response;
@@ -16,6 +17,7 @@ use crate::devices::virtio::vsock::config::{VsockDeviceConfig, VsockUpdate};
 use crate::logger::LoggerConfig;
 use crate::metrics::MetricsConfig;
 use crate::metrics::METRICS;
+use crate::mmds::MmdsConfig;
 use crate::vmm::action::VmmAction;
 use crate::vmm::snapshot::{CreateSnapshotParams, LoadSnapshotBody};
 
@@ -43,6 +45,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/vsock"),
     ("PUT", "/snapshot/create"),
     ("PUT", "/snapshot/load"),
+    ("PUT", "/mmds"),
+    ("PATCH", "/mmds"),
+    ("GET", "/mmds"),
+    ("PUT", "/mmds/config"),
 ];
 
 /// What a request turns into.
@@ -195,6 +201,15 @@ pub fn count_request(method: &str, path: &str, ok: bool) {
             &METRICS.patch_api_requests.vsock_count,
             Some(&METRICS.patch_api_requests.vsock_fails),
         ),
+        ("GET", "/mmds") => (&METRICS.get_api_requests.mmds_count, None),
+        ("PUT", "/mmds" | "/mmds/config") => (
+            &METRICS.put_api_requests.mmds_count,
+            Some(&METRICS.put_api_requests.mmds_fails),
+        ),
+        ("PATCH", "/mmds") => (
+            &METRICS.patch_api_requests.mmds_count,
+            Some(&METRICS.patch_api_requests.mmds_fails),
+        ),
         ("PATCH", "/drives/{drive_id}") => (
             &METRICS.patch_api_requests.drive_count,
             Some(&METRICS.patch_api_requests.drive_fails),
@@ -311,6 +326,12 @@ fn route_body(
                 policy.validate().map_err(|e| bad_request(&e.to_string()))?;
             }
             VmmAction::PatchVsock(Box::new(update))
+        }
+        ("GET", "/mmds") => VmmAction::GetMmds,
+        ("PUT", "/mmds") => VmmAction::PutMmds(parse_body::<Value>(body)?),
+        ("PATCH", "/mmds") => VmmAction::PatchMmds(parse_body::<Value>(body)?),
+        ("PUT", "/mmds/config") => {
+            VmmAction::PutMmdsConfig(Box::new(parse_body::<MmdsConfig>(body)?))
         }
         ("PUT", "/snapshot/create") => {
             let params: CreateSnapshotParams = parse_body(body)?;
@@ -620,6 +641,7 @@ mod tests {
                     Some(r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#)
                 }
                 ("PUT", "/snapshot/load") => Some(r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#),
+                ("PUT", "/mmds/config") => Some(r#"{"network_interfaces":["eth0"]}"#),
                 _ => Some("{}"),
             };
             if let Routed::Reply(r) = route(&req(method, &path, body)) {

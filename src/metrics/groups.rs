@@ -31,6 +31,8 @@ metric_group! {
         vm_config_count: Counter,
         /// `GET /network-interfaces/{iface_id}/firewall` (Palisade's addition).
         firewall_count: Counter,
+        /// `GET /mmds`.
+        mmds_count: Counter,
     }
 }
 
@@ -73,6 +75,10 @@ metric_group! {
         vsock_count: Counter,
         /// `PUT /vsock` that failed.
         vsock_fails: Counter,
+        /// `PUT /mmds` and `PUT /mmds/config`.
+        mmds_count: Counter,
+        /// `PUT /mmds` and `PUT /mmds/config` that failed.
+        mmds_fails: Counter,
     }
 }
 
@@ -99,6 +105,10 @@ metric_group! {
         vsock_count: Counter,
         /// `PATCH /vsock` that failed (Palisade's addition).
         vsock_fails: Counter,
+        /// `PATCH /mmds`.
+        mmds_count: Counter,
+        /// `PATCH /mmds` that failed.
+        mmds_fails: Counter,
     }
 }
 

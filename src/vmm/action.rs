@@ -16,6 +16,7 @@ use crate::devices::virtio::vsock::config::{VsockDeviceConfig, VsockUpdate};
 use crate::devices::virtio::vsock::VsockError;
 use crate::logger::LoggerError;
 use crate::metrics::MetricsError;
+use crate::mmds::{MmdsConfig, MmdsConfigError, StoreError};
 use crate::vmm::controller::rules::ActionKind;
 use crate::vmm::controller::StartError;
 use crate::vmm::snapshot::{CreateSnapshotParams, LoadSnapshotParams, SnapshotError};
@@ -71,6 +72,14 @@ pub enum VmmAction {
     /// `PATCH /vsock` (Palisade's extension): a new policy, before boot (replaces the
     /// configured one) or after it (applied live).
     PatchVsock(Box<VsockUpdate>),
+    /// `PUT /mmds/config`, before boot.
+    PutMmdsConfig(Box<MmdsConfig>),
+    /// `PUT /mmds`: replaces the data store.
+    PutMmds(serde_json::Value),
+    /// `PATCH /mmds`: merges into the data store (RFC 7396).
+    PatchMmds(serde_json::Value),
+    /// `GET /mmds`.
+    GetMmds,
     /// `PUT /snapshot/create`, on a paused VM.
     CreateSnapshot(Box<CreateSnapshotParams>),
     /// `PUT /snapshot/load`, on a fresh VMM.
@@ -117,6 +126,8 @@ pub enum VmmData {
     FirewallStatus(Box<FirewallStatus>),
     /// `GET /network-interfaces/{id}/firewall` before boot: the configured rules.
     ConfiguredFirewall(ConfiguredFirewall),
+    /// `GET /mmds`: the data store.
+    MmdsValue(serde_json::Value),
 }
 
 /// `GET /network-interfaces/{id}/firewall` before boot: the firewall the interface will get
@@ -199,6 +210,17 @@ pub enum ActionError {
     /// The vsock device cannot be created, or its policy is refused (`PUT`/`PATCH /vsock`).
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// An MMDS data action was refused (Firecracker's prefix).
+    #[error("MMDS error")]
+    Mmds(#[source] StoreError),
+    /// A PUT or PATCH of the MMDS data store would exceed its limit (Firecracker's prefix;
+    /// 413).
+    #[error("MMDS limit exceeded error")]
+    MmdsLimitExceeded(#[source] StoreError),
+    /// `PUT /mmds/config` was refused. Firecracker's prefix, its spelling included: clients
+    /// written against it may match on it.
+    #[error("MMMDS config error")]
+    MmdsConfig(#[source] MmdsConfigError),
     /// A snapshot request was refused.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -212,6 +234,7 @@ impl ActionError {
     pub fn status(&self) -> u16 {
         match self {
             Self::Snapshot(e) => e.status(),
+            Self::MmdsLimitExceeded(_) => 413,
             _ => 400,
         }
     }
@@ -219,6 +242,16 @@ impl ActionError {
     /// The `fault_message` of the answer: the error and its causes, on one line.
     pub fn fault_message(&self) -> String {
         crate::error_chain(self)
+    }
+}
+
+impl From<StoreError> for ActionError {
+    /// Firecracker's split: over the limit is 413 with its own prefix, the rest 400.
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::LimitExceeded => Self::MmdsLimitExceeded(e),
+            e => Self::Mmds(e),
+        }
     }
 }
 

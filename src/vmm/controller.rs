@@ -2,6 +2,7 @@
 //! the runtime controller handles what may change while it runs. The rules of which action
 //! is allowed when live in [`rules`] and nowhere else.
 
+mod mmds;
 mod net;
 pub mod rules;
 mod snapshot;
@@ -15,8 +16,10 @@ use std::time::Instant;
 
 use crate::config::{host_memory_mib, BlockDeviceUpdate, BootFiles, VmResources};
 use crate::devices::virtio::vsock::Vsock;
+use crate::mmds::MmdsStore;
 use crate::vmm::device_manager::{Subscriber, VirtioDevices};
 
+use self::mmds::MmdsData;
 use self::rules::{ActionKind, VmState};
 pub use self::start::StartError;
 use super::action::{ActionError, ActionResult, InstanceInfo, VersionInfo, VmmAction, VmmData};
@@ -53,6 +56,10 @@ pub struct Controller {
     /// The memory file a loaded VM's RAM is mapped from (File backend), open and read-locked
     /// for the VM's life: other VMs' Diffs cannot write into it.
     loaded_memory: Option<File>,
+    /// The MMDS data store, once an MMDS action, `--metadata` or the config file made one.
+    mmds: Option<MmdsStore>,
+    /// Its size limit (`--mmds-size-limit`).
+    mmds_size_limit: usize,
 }
 
 impl Controller {
@@ -70,6 +77,8 @@ impl Controller {
             vsock: None,
             configured: false,
             loaded_memory: None,
+            mmds: None,
+            mmds_size_limit: crate::mmds::DEFAULT_SIZE_LIMIT,
         }
     }
 
@@ -81,6 +90,9 @@ impl Controller {
     /// Replaces the resources (from a config file), before boot; their files are opened
     /// when the VM starts.
     pub fn set_resources(&mut self, resources: VmResources) {
+        if resources.mmds_config.is_some() && self.mmds.is_none() {
+            self.mmds = Some(MmdsStore::new(self.mmds_size_limit));
+        }
         self.resources = resources;
         self.boot_files = None;
         self.vsock = None;
@@ -251,6 +263,7 @@ impl Controller {
             }
             VmmAction::PutNetworkInterface(iface) => self.put_network_interface(*iface),
             VmmAction::PutVsock(config) => self.put_vsock(*config),
+            VmmAction::PutMmdsConfig(config) => self.put_mmds_config(*config),
             VmmAction::PutLogger(config) => crate::logger::configure(&config)
                 .map(|_| VmmData::Empty)
                 .map_err(ActionError::from),
@@ -315,6 +328,9 @@ impl Controller {
     fn live(&mut self, action: VmmAction) -> ActionResult {
         match action {
             VmmAction::PatchVsock(update) => self.patch_vsock(*update),
+            VmmAction::PutMmds(data) => self.mmds_data(MmdsData::Put(data)),
+            VmmAction::PatchMmds(patch) => self.mmds_data(MmdsData::Patch(patch)),
+            VmmAction::GetMmds => self.mmds_data(MmdsData::Get),
             other => misrouted(&other),
         }
     }

@@ -1,9 +1,10 @@
 //! Which action may run in which state of the VM, as Firecracker rules it: queries always;
 //! configuration and InstanceStart only before boot; pause, resume, Ctrl+Alt+Del, metrics
 //! flushes and live PATCHes only after it; `PATCH /vsock` in every state (it configures the
-//! policy before boot and updates it after); `PUT /snapshot/create` only on a paused VM;
-//! `PUT /snapshot/load` only on a fresh VMM (nothing configured but the logger and metrics). The controller asks [`allowed`] before it acts,
-//! so the rules are one pure function, tested here without KVM.
+//! policy before boot and updates it after), and `PUT|PATCH|GET /mmds` too (the data store);
+//! `PUT /snapshot/create` only on a paused VM; `PUT /snapshot/load` only on a fresh VMM
+//! (nothing configured but the logger and metrics). The controller asks [`allowed`] before
+//! it acts, so the rules are one pure function, tested here without KVM.
 
 use crate::vmm::action::{ActionError, VmmAction};
 use crate::vmm::snapshot::SnapshotError;
@@ -65,6 +66,7 @@ pub fn kind(action: &VmmAction) -> ActionKind {
         | VmmAction::PutLogger(_)
         | VmmAction::PutMetrics(_)
         | VmmAction::PutVsock(_)
+        | VmmAction::PutMmdsConfig(_)
         | VmmAction::InstanceStart => ActionKind::PreBoot,
         VmmAction::SendCtrlAltDel
         | VmmAction::FlushMetrics
@@ -72,7 +74,10 @@ pub fn kind(action: &VmmAction) -> ActionKind {
         | VmmAction::Resume
         | VmmAction::PatchDrive(_)
         | VmmAction::PatchNetworkInterface(_) => ActionKind::Runtime,
-        VmmAction::PatchVsock(_) => ActionKind::Live,
+        VmmAction::PatchVsock(_)
+        | VmmAction::PutMmds(_)
+        | VmmAction::PatchMmds(_)
+        | VmmAction::GetMmds => ActionKind::Live,
         VmmAction::CreateSnapshot(_) => ActionKind::SnapshotCreate,
         VmmAction::LoadSnapshot(_) => ActionKind::SnapshotLoad,
     }
@@ -152,6 +157,10 @@ mod tests {
                 json!({"guest_cid": 3, "uds_path": "/v.sock"}),
             ))),
             VmmAction::PatchVsock(Box::new(from(json!({"policy": {}})))),
+            VmmAction::PutMmdsConfig(Box::new(from(json!({"network_interfaces": ["eth0"]})))),
+            VmmAction::PutMmds(json!({"a": 1})),
+            VmmAction::PatchMmds(json!({"a": 2})),
+            VmmAction::GetMmds,
             VmmAction::CreateSnapshot(Box::new(from(
                 json!({"snapshot_path": "/s", "mem_file_path": "/m"}),
             ))),
@@ -200,6 +209,7 @@ mod tests {
             | "PutLogger"
             | "PutMetrics"
             | "PutVsock"
+            | "PutMmdsConfig"
             | "InstanceStart" => [OK, POST, POST],
             "SendCtrlAltDel"
             | "FlushMetrics"
@@ -209,6 +219,8 @@ mod tests {
             | "PatchNetworkInterface" => [PRE, OK, OK],
             // Palisade's extension: the policy before boot, the live device after.
             "PatchVsock" => [OK, OK, OK],
+            // Firecracker: the data store before and after boot.
+            "PutMmds" | "PatchMmds" | "GetMmds" => [OK, OK, OK],
             other => panic!("{other} has no row in the table"),
         };
         let again = match &not_started {
@@ -278,15 +290,19 @@ mod tests {
             VmmAction::PatchNetworkInterface(_) => 19,
             VmmAction::PutVsock(_) => 20,
             VmmAction::PatchVsock(_) => 21,
-            VmmAction::CreateSnapshot(_) => 22,
-            VmmAction::LoadSnapshot(_) => 23,
+            VmmAction::PutMmdsConfig(_) => 22,
+            VmmAction::PutMmds(_) => 23,
+            VmmAction::PatchMmds(_) => 24,
+            VmmAction::GetMmds => 25,
+            VmmAction::CreateSnapshot(_) => 26,
+            VmmAction::LoadSnapshot(_) => 27,
         }
     }
 
     #[test]
     fn the_table_lists_every_variant_once() {
         let places: Vec<usize> = every_action().iter().map(place).collect();
-        assert_eq!(places, (0..24).collect::<Vec<_>>());
+        assert_eq!(places, (0..28).collect::<Vec<_>>());
     }
 
     #[test]

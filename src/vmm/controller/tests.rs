@@ -192,3 +192,86 @@ fn before_boot_the_firewall_query_answers_the_configured_rules() {
         Err(ActionError::NoSuchInterface { .. })
     ));
 }
+
+/// A controller whose resources came from a config file with interface `eth0` (no tap is
+/// opened before boot).
+fn controller_with_eth0() -> Controller {
+    let mut c = controller();
+    let config = crate::config::VmConfig::from_json(
+        r#"{"boot-source": {"kernel_image_path": "/k"},
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}]}"#,
+    )
+    .unwrap();
+    c.set_resources(config.into());
+    c
+}
+
+fn get_mmds(c: &mut Controller) -> serde_json::Value {
+    match c.handle(VmmAction::GetMmds).unwrap() {
+        VmmData::MmdsValue(v) => v,
+        other => panic!("GET /mmds answered {other:?}"),
+    }
+}
+
+#[test]
+fn mmds_before_boot_answers_as_firecracker() {
+    let mut c = controller();
+    // An empty store answers {}; a PATCH before any PUT is refused.
+    assert_eq!(get_mmds(&mut c), json!({}));
+    let e = c.handle(VmmAction::PatchMmds(json!({"a": 1}))).unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert_eq!(
+        e.fault_message(),
+        "MMDS error: The MMDS data store is not initialized."
+    );
+    c.handle(VmmAction::PutMmds(json!({"a": {"b": 1}})))
+        .unwrap();
+    c.handle(VmmAction::PatchMmds(json!({"a": {"c": 2}, "d": 3})))
+        .unwrap();
+    assert_eq!(get_mmds(&mut c), json!({"a": {"b": 1, "c": 2}, "d": 3}));
+}
+
+#[test]
+fn mmds_over_the_size_limit_is_413_and_changes_nothing() {
+    let mut c = controller();
+    c.set_mmds_size_limit(16);
+    c.handle(VmmAction::PutMmds(json!({"a": 1}))).unwrap();
+    for action in [
+        VmmAction::PutMmds(json!({"a": "0123456789abcdef"})),
+        VmmAction::PatchMmds(json!({"b": "0123456789abcdef"})),
+    ] {
+        let e = c.handle(action).unwrap_err();
+        assert_eq!(e.status(), 413);
+        assert_eq!(
+            e.fault_message(),
+            "MMDS limit exceeded error: The MMDS patch request doesn't fit."
+        );
+    }
+    assert_eq!(get_mmds(&mut c), json!({"a": 1}));
+}
+
+#[test]
+fn mmds_config_names_configured_interfaces_and_shows_in_vm_config() {
+    let mut c = controller_with_eth0();
+    assert_eq!(full_config(&mut c)["mmds-config"], json!(null));
+    let e = c
+        .handle(VmmAction::PutMmdsConfig(from(
+            json!({"network_interfaces": ["eth1"]}),
+        )))
+        .unwrap_err();
+    assert_eq!(
+        e.fault_message(),
+        "MMMDS config error: The list of network interface IDs provided contains at least one \
+         ID that does not correspond to any existing network interface."
+    );
+    assert_eq!(full_config(&mut c)["mmds-config"], json!(null));
+    c.handle(VmmAction::PutMmdsConfig(from(
+        json!({"network_interfaces": ["eth0"]}),
+    )))
+    .unwrap();
+    assert_eq!(
+        full_config(&mut c)["mmds-config"],
+        json!({"version": "V2", "network_interfaces": ["eth0"],
+               "ipv4_address": "169.254.169.254", "imds_compat": false})
+    );
+}

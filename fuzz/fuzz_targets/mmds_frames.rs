@@ -25,11 +25,15 @@ use palisade::devices::virtio::net::mmds::{
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 
 /// A TCP segment from the guest to MMDS:80 (checksums left zero: the stack does not check
-/// TCP checksums, as a guest with checksum offload leaves them partial).
-fn segment(bytes: &[u8]) -> Vec<u8> {
+/// TCP checksums, as a guest with checksum offload leaves them partial). An ack field of
+/// zero becomes `auto_ack` (what the stack sent last, so handshakes can complete).
+fn segment(bytes: &[u8], auto_ack: u32) -> Vec<u8> {
     let (head, payload) = bytes.split_at(bytes.len().min(10));
     let mut h = [0u8; 10];
     h[..head.len()].copy_from_slice(head);
+    if h[5..9] == [0; 4] {
+        h[5..9].copy_from_slice(&auto_ack.to_be_bytes());
+    }
     let mut f = Vec::with_capacity(54 + payload.len());
     f.extend_from_slice(&DEFAULT_MAC);
     f.extend_from_slice(&GUEST_MAC);
@@ -55,6 +59,18 @@ fn segment(bytes: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The sequence number after a TCP segment the stack sent (IPv4 without options, as it sends).
+fn next_ack(frame: &[u8]) -> Option<u32> {
+    let tcp = frame.get(34..)?;
+    if frame.get(12..14)? != [0x08, 0x00] || frame.get(23)? != &6 || tcp.len() < 20 {
+        return None;
+    }
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let data = tcp.len() - usize::from(tcp[12] >> 4) * 4;
+    let flags = u32::from(tcp[13] & 0x03 != 0);
+    Some(seq.wrapping_add(data as u32).wrapping_add(flags))
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, mut rest)) = data.split_first() else {
         return;
@@ -75,14 +91,16 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => panic!("fixed config refused: {e}"),
     };
     let mut now = epoch;
+    let mut auto_ack = 0u32;
     while let [control, high, low, tail @ ..] = rest {
         let len = usize::from(u16::from_be_bytes([*high, *low])).min(tail.len());
         let (bytes, next) = tail.split_at(len);
         rest = next;
         now += Duration::from_secs(u64::from(control >> 3));
-        if control & 2 != 0 {
+        if control & 2 == 0 {
             while let Some(frame) = stack.pop_guest_frame() {
                 assert!(frame.len() <= MTU, "an answer over the MTU");
+                auto_ack = next_ack(&frame).unwrap_or(auto_ack);
             }
         }
         if control & 4 != 0 {
@@ -91,7 +109,7 @@ fuzz_target!(|data: &[u8]| {
         let frame = if control & 1 != 0 {
             bytes.to_vec()
         } else {
-            segment(bytes)
+            segment(bytes, auto_ack)
         };
         let class = classify(&frame, DEFAULT_IPV4);
         let verdict = stack.handle_guest_frame(&frame, now);

@@ -54,6 +54,7 @@ fn drain(stack: &mut MmdsStack) -> Vec<Vec<u8>> {
 /// A guest-side TCP client: tracks sequence numbers, collects what the server sends.
 struct Client {
     port: u16,
+    dst_mac: [u8; 6],
     seq: u32,
     ack: u32,
     received: Vec<u8>,
@@ -66,6 +67,7 @@ impl Client {
     fn new(port: u16) -> Self {
         Self {
             port,
+            dst_mac: DEFAULT_MAC,
             seq: 1000,
             ack: 0,
             received: Vec::new(),
@@ -76,7 +78,7 @@ impl Client {
     }
 
     fn segment(&self, syn: bool, fin: bool, payload: &[u8]) -> Vec<u8> {
-        let mut b = PacketBuilder::ethernet2(GUEST_MAC, DEFAULT_MAC)
+        let mut b = PacketBuilder::ethernet2(GUEST_MAC, self.dst_mac)
             .ipv4(GUEST_IP, DEFAULT_IPV4.octets(), 64)
             .tcp(self.port, 80, self.seq, 64240);
         if syn {
@@ -433,4 +435,20 @@ fn config_that_would_panic_smoltcp_is_refused() {
     let mut config = MmdsNetConfig::new("eth0");
     config.ipv4_address = Ipv4Addr::BROADCAST;
     assert!(MmdsStack::new(config, key, data, 0, t0).is_err());
+}
+
+#[test]
+fn hop_limit_is_configurable_and_a_request_via_the_gateway_mac_is_still_answered() {
+    let t0 = Instant::now();
+    let mut config = MmdsNetConfig::new("eth0");
+    config.version = MmdsVersion::V1;
+    config.hop_limit = 64;
+    let data = Arc::new(RwLock::new(json!({"k": "v"})));
+    let mut stack = MmdsStack::new(config, TokenKey::from_bytes([1; 32]), data, 7, t0).unwrap();
+    let mut client = Client::new(40015);
+    // A guest without a route to 169.254.169.254 sends it to its gateway's MAC.
+    client.dst_mac = [0xaa; 6];
+    let response = client.exchange(&mut stack, t0, "GET /k HTTP/1.1\r\n\r\n");
+    assert_eq!(body_of(&response), "v");
+    assert!(client.ttls.iter().all(|&t| t == 64), "{:?}", client.ttls);
 }

@@ -39,7 +39,9 @@ fn segment(bytes: &[u8], auto_ack: u32) -> Vec<u8> {
     f.extend_from_slice(&GUEST_MAC);
     f.extend_from_slice(&[0x08, 0x00]);
     let total = (40 + payload.len()).min(usize::from(u16::MAX)) as u16;
-    let mut ip = [0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 2, 0, 0, 0, 0];
+    let mut ip = [
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 2, 0, 0, 0, 0,
+    ];
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip[16..20].copy_from_slice(&DEFAULT_IPV4.octets());
     let mut sum: u32 = ip

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod event_handler;
+pub mod mmds;
 pub mod rx;
 pub mod snapshot;
 pub mod tap;

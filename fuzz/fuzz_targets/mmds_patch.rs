@@ -29,11 +29,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(store, before, "a refused request changed the store");
         }
         assert!(store.size() <= LIMIT, "store of {} bytes", store.size());
-        assert_eq!(store.size(), json_len(store.value()));
-        assert!(depth(store.value()) <= MAX_DEPTH);
+        assert_eq!(store.size(), json_len(&store.value()));
+        assert!(depth(&store.value()) <= MAX_DEPTH);
         if result.is_ok() && method % 2 == 0 {
             let put: serde_json::Value = serde_json::from_slice(body).unwrap();
-            assert_eq!(store.value(), &put);
+            assert_eq!(store.value(), put);
         }
     }
 });

@@ -115,6 +115,13 @@ metric_group! {
         fw_length_mismatch: Counter,
         /// See `DropReason::SourceRoute`.
         fw_source_route: Counter,
+        /// Guest frames the MMDS responder took (Palisade's).
+        mmds_frames_in: Counter,
+        /// MMDS responder frames delivered to the guest (Palisade's).
+        mmds_frames_out: Counter,
+        /// Guest frames to the MMDS address the responder does not take (not ARP, not TCP
+        /// port 80), dropped on an interface with MMDS (Palisade's).
+        mmds_other_drops: Counter,
         /// Flow-log writes that failed (Palisade's).
         flow_log_fails: Counter,
         /// `PATCH /network-interfaces` updates applied.

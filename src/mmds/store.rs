@@ -4,8 +4,13 @@
 //! PUT or PATCH that would exceed it changes nothing. Nesting is bounded too ([`MAX_DEPTH`]),
 //! so no value the API or a guest hands in can overflow the stack when it is merged,
 //! serialised or dropped.
+//!
+//! The value lives behind an `Arc<RwLock<..>>` ([`MmdsStore::shared`]): the guest-facing
+//! responders of the network interfaces read the very value the API writes, so a PUT or
+//! PATCH after boot is what the next guest GET sees. Only the store writes it.
 
 use std::io::Write;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::{Map, Value};
 
@@ -34,11 +39,30 @@ pub enum StoreError {
 }
 
 /// The data store. Never written to disk by the VMM.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct MmdsStore {
-    data: Value,
+    data: Arc<RwLock<Value>>,
     initialized: bool,
     limit: usize,
+}
+
+/// A clone is an independent store holding a copy of the value (not shared with readers).
+impl Clone for MmdsStore {
+    fn clone(&self) -> Self {
+        Self {
+            data: Arc::new(RwLock::new(self.value())),
+            initialized: self.initialized,
+            limit: self.limit,
+        }
+    }
+}
+
+impl PartialEq for MmdsStore {
+    fn eq(&self, other: &Self) -> bool {
+        self.initialized == other.initialized
+            && self.limit == other.limit
+            && *self.read() == *other.read()
+    }
 }
 
 impl Default for MmdsStore {
@@ -51,7 +75,7 @@ impl MmdsStore {
     /// An empty store (`null`, not initialized) holding at most `limit` bytes of JSON.
     pub fn new(limit: usize) -> Self {
         Self {
-            data: Value::Null,
+            data: Arc::new(RwLock::new(Value::Null)),
             initialized: false,
             limit,
         }
@@ -67,14 +91,29 @@ impl MmdsStore {
         self.initialized
     }
 
-    /// The stored value (`null` before the first PUT).
-    pub fn value(&self) -> &Value {
-        &self.data
+    /// A copy of the stored value (`null` before the first PUT).
+    pub fn value(&self) -> Value {
+        self.read().clone()
+    }
+
+    /// The value the guest-facing responders read: the store's own, not a copy.
+    pub fn shared(&self) -> Arc<RwLock<Value>> {
+        Arc::clone(&self.data)
     }
 
     /// The stored value's size as the limit measures it.
     pub fn size(&self) -> usize {
-        json_len(&self.data)
+        json_len(&self.read())
+    }
+
+    /// A reader panicking cannot leave the value half written (writes are whole
+    /// assignments), so a poisoned lock is still read.
+    fn read(&self) -> RwLockReadGuard<'_, Value> {
+        self.data.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Value> {
+        self.data.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Replaces the whole store with `data`, if it fits.
@@ -85,7 +124,7 @@ impl MmdsStore {
         if json_len(&data) > self.limit {
             return Err(StoreError::LimitExceeded);
         }
-        self.data = data;
+        *self.write() = data;
         self.initialized = true;
         Ok(())
     }
@@ -98,12 +137,12 @@ impl MmdsStore {
         if depth(patch) > MAX_DEPTH {
             return Err(StoreError::TooDeep);
         }
-        let mut merged = self.data.clone();
+        let mut merged = self.value();
         merge_patch(&mut merged, patch);
         if json_len(&merged) > self.limit {
             return Err(StoreError::LimitExceeded);
         }
-        self.data = merged;
+        *self.write() = merged;
         Ok(())
     }
 
@@ -206,13 +245,29 @@ mod tests {
     fn patched(target: Value, patch: Value) -> Value {
         let mut store = filled(target);
         store.patch(&patch).unwrap();
-        store.value().clone()
+        store.value()
+    }
+
+    #[test]
+    fn a_shared_reader_sees_every_put_and_patch() {
+        let mut store = MmdsStore::default();
+        let reader = store.shared();
+        store.put(json!({"a": 1})).unwrap();
+        assert_eq!(*reader.read().unwrap(), json!({"a": 1}));
+        store.patch(&json!({"b": 2})).unwrap();
+        assert_eq!(*reader.read().unwrap(), json!({"a": 1, "b": 2}));
+        // A refused patch leaves what the reader sees alone.
+        let mut small = MmdsStore::new(8);
+        let reader = small.shared();
+        small.put(json!({"a": 1})).unwrap();
+        assert!(small.patch(&json!({"b": "0123456789"})).is_err());
+        assert_eq!(*reader.read().unwrap(), json!({"a": 1}));
     }
 
     #[test]
     fn a_new_store_is_null_and_refuses_a_patch_before_a_put() {
         let mut store = MmdsStore::default();
-        assert_eq!(store.value(), &Value::Null);
+        assert_eq!(store.value(), Value::Null);
         assert!(!store.is_initialized());
         assert!(matches!(
             store.patch(&json!({"a": 1})),
@@ -225,7 +280,7 @@ mod tests {
     fn put_replaces_the_whole_store() {
         let mut store = filled(json!({"a": 1, "b": {"c": 2}}));
         store.put(json!({"x": "y"})).unwrap();
-        assert_eq!(store.value(), &json!({"x": "y"}));
+        assert_eq!(store.value(), json!({"x": "y"}));
     }
 
     /// The examples of RFC 7396 appendix A.
@@ -296,10 +351,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::LimitExceeded));
         assert_eq!(err.to_string(), "The MMDS patch request doesn't fit.");
-        assert_eq!(store.value(), &json!({"a": "b"}));
+        assert_eq!(store.value(), json!({"a": "b"}));
         // A patch that shrinks the store fits even when the patch text is long.
         store.patch(&json!({"a": null})).unwrap();
-        assert_eq!(store.value(), &json!({}));
+        assert_eq!(store.value(), json!({}));
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl Controller {
         };
         let BuiltVm { vmm, devices } =
             build_vm(&self.resources, &self.opts, opened).map_err(StartError::Build)?;
+        self.attach_mmds(&devices).map_err(StartError::Mmds)?;
         let running = vmm.start().map_err(|e| StartError::Start(Box::new(e)))?;
         self.running = Some(running);
         self.new_subscribers = devices.subscribers();

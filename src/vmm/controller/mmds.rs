@@ -4,12 +4,34 @@
 //! config file's `mmds-config`); after boot, a VM whose store never came into being answers
 //! them with "not initialized", as Firecracker does.
 
+use std::time::Instant;
+
 use serde_json::{Map, Value};
 
 use super::Controller;
 use crate::config::validate_mmds;
-use crate::mmds::{MmdsConfig, MmdsStore, StoreError};
+use crate::devices::virtio::net::mmds::token::TokenError;
+use crate::devices::virtio::net::mmds::{
+    MmdsNetConfig, MmdsNetError, MmdsStack, MmdsVersion as NetVersion, TokenKey,
+};
+use crate::devices::virtio::rng::host_random;
+use crate::mmds::{MmdsConfig, MmdsStore, MmdsVersion, StoreError};
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
+use crate::vmm::device_manager::VirtioDevices;
+
+/// Why the MMDS responders could not be set up at start.
+#[derive(Debug, thiserror::Error)]
+pub enum MmdsStartError {
+    /// The VM's token key could not be drawn.
+    #[error("MMDS: {0}")]
+    Key(#[source] TokenError),
+    /// A responder's random seed could not be drawn.
+    #[error("MMDS: cannot draw a random seed: {0}")]
+    Seed(#[source] std::io::Error),
+    /// A responder refused its configuration.
+    #[error("MMDS on interface {0}: {1}")]
+    Stack(String, #[source] MmdsNetError),
+}
 
 impl Controller {
     /// The store, created empty before boot if no action created it yet.
@@ -37,6 +59,42 @@ impl Controller {
         self.mmds.as_ref()
     }
 
+    /// Gives every interface named in `mmds-config` its responder, reading the store's own
+    /// value (so PUT and PATCH after boot are what the guest reads next). One token key per
+    /// VM; tokens are bound to the interface. Nothing to do without `mmds-config`.
+    pub(super) fn attach_mmds(&self, devices: &VirtioDevices) -> Result<(), MmdsStartError> {
+        let (Some(config), Some(store)) = (&self.resources.mmds_config, &self.mmds) else {
+            return Ok(());
+        };
+        let key = TokenKey::random().map_err(MmdsStartError::Key)?;
+        let now = Instant::now();
+        for iface in &config.network_interfaces {
+            // Checked against the interfaces when configured: every one exists.
+            let Some(mut net) = devices.net(iface) else {
+                continue;
+            };
+            let mut seed = [0u8; 8];
+            host_random(&mut seed).map_err(MmdsStartError::Seed)?;
+            let mut net_config = MmdsNetConfig::new(iface);
+            net_config.ipv4_address = config.ipv4_addr();
+            net_config.imds_compat = config.imds_compat;
+            net_config.version = match config.version {
+                MmdsVersion::V1 => NetVersion::V1,
+                MmdsVersion::V2 => NetVersion::V2,
+            };
+            let stack = MmdsStack::new(
+                net_config,
+                key.clone(),
+                store.shared(),
+                u64::from_le_bytes(seed),
+                now,
+            )
+            .map_err(|e| MmdsStartError::Stack(iface.clone(), e))?;
+            net.set_mmds(stack);
+        }
+        Ok(())
+    }
+
     /// `PUT /mmds/config` before boot: checked against the configured interfaces, recorded.
     pub(super) fn put_mmds_config(&mut self, config: MmdsConfig) -> ActionResult {
         let config = validate_mmds(config, &self.resources.network_interfaces)
@@ -56,7 +114,7 @@ impl Controller {
                 // Firecracker answers an empty (null) store with `{}`.
                 let value = match store.value() {
                     Value::Null => Value::Object(Map::new()),
-                    value => value.clone(),
+                    value => value,
                 };
                 return Ok(VmmData::MmdsValue(value));
             }

@@ -7,6 +7,7 @@ use crate::devices::virtio::net::NetError;
 use crate::devices::virtio::vsock::VsockError;
 use crate::sandbox::SandboxError;
 use crate::vmm::builder::BuildError;
+use crate::vmm::controller::mmds::MmdsStartError;
 use crate::vmm::device_manager::AttachError;
 use crate::vmm::RunError;
 use crate::vstate::exit::ExitCode;
@@ -40,6 +41,9 @@ pub enum StartError {
     /// The VM cannot be built.
     #[error(transparent)]
     Build(BuildError),
+    /// The MMDS responders cannot be set up.
+    #[error(transparent)]
+    Mmds(MmdsStartError),
     /// The built VM's vCPUs cannot start.
     #[error(transparent)]
     Start(Box<RunError>),
@@ -67,7 +71,7 @@ impl StartError {
                     | AttachError::Cmdline(_),
                 ),
             ) => ExitCode::BadConfiguration,
-            Self::Build(_) | Self::Start(_) => ExitCode::VmmError,
+            Self::Build(_) | Self::Start(_) | Self::Mmds(_) => ExitCode::VmmError,
         }
     }
 }

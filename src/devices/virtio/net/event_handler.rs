@@ -1,6 +1,7 @@
 //! The interface on the VMM thread's event loop: queue notifications, the tap becoming
-//! readable, the two rate limiters' timers, and the firewall's maintenance timer (connection
-//! expiry and the flow log, every `MAINTENANCE_PERIOD`).
+//! readable, the two rate limiters' timers, and the maintenance timer every
+//! `MAINTENANCE_PERIOD` (the firewall's connection expiry and flow log, the MMDS responder's
+//! TCP timers).
 
 use std::time::Instant;
 
@@ -18,9 +19,16 @@ const EVENT_TX_LIMITER: u32 = 4;
 const EVENT_MAINTENANCE: u32 = 5;
 
 impl Net {
-    /// The firewall's periodic work.
+    /// The firewall's and the MMDS responder's periodic work.
     pub fn run_maintenance(&mut self) {
         let _ = self.maintenance.wait();
+        if let Some(stack) = self.mmds.as_mut() {
+            // Retransmissions, time-outs and connection deadlines; what it sends goes now.
+            stack.poll(Instant::now());
+            if stack.pending_guest_frames() > 0 {
+                self.process_rx();
+            }
+        }
         let Some(firewall) = self.firewall.as_mut() else {
             return;
         };
@@ -60,6 +68,10 @@ impl MutEventSubscriber for Net {
                 let count = &m.tx_rate_limiter_event_count;
                 self.core.on_limiter_timer(&mut self.tx_limiter, count);
                 self.process_tx();
+                if self.mmds.is_some() {
+                    // MMDS answers to what was just sent.
+                    self.process_rx();
+                }
             }
             EVENT_MAINTENANCE => self.run_maintenance(),
             other => self.core.on_unexpected_event(other),
@@ -67,7 +79,7 @@ impl MutEventSubscriber for Net {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if self.firewall.is_some() {
+        if self.firewall.is_some() || self.mmds.is_some() {
             if let Err(e) = self
                 .maintenance
                 .reset(MAINTENANCE_PERIOD, Some(MAINTENANCE_PERIOD))

@@ -12,6 +12,11 @@
 //! -> guest buffers -> irqfd. A frame the firewall drops is consumed and counted; it is never
 //! partly written. A 1 s timer runs the firewall's `expire_and_log`. Snapshots save and
 //! restore an interface's live state ([`snapshot`]).
+//!
+//! On an interface named in `mmds-config`, the MMDS responder ([`mmds`]) sits beside the
+//! firewall: TX offers each frame to it first (a consumed frame goes no further; any other
+//! IPv4 frame to the MMDS address is dropped and counted), RX delivers its frames ahead of
+//! the tap's, and the 1 s timer polls it.
 
 pub mod config;
 pub mod event_handler;
@@ -40,6 +45,7 @@ use virtio_bindings::virtio_net::{
 use vmm_sys_util::timerfd::TimerFd;
 
 use self::config::{NetConfigError, NetworkInterfaceConfig, NetworkInterfaceUpdate};
+use self::mmds::{MmdsCounters, MmdsStack};
 use self::snapshot::RestoredNet;
 use self::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use self::worker::Frame;
@@ -99,6 +105,8 @@ pub struct Net {
     rx_limiter: RateLimiter,
     tx_limiter: RateLimiter,
     firewall: Option<Firewall>,
+    /// The MMDS responder, on an interface named in `mmds-config`.
+    mmds: Option<MmdsStack>,
     maintenance: TimerFd,
     /// Reused for every chain: never more than the queue size.
     segments: Vec<Segment>,
@@ -208,6 +216,7 @@ impl Net {
             rx_limiter,
             tx_limiter,
             firewall,
+            mmds: None,
             maintenance: TimerFd::new().map_err(|e| event_err(e.into()))?,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
             rx_frame: Frame::new(MAX_FRAME),
@@ -216,6 +225,18 @@ impl Net {
             logs: GuestLogs::default(),
             id,
         })
+    }
+
+    /// Serves MMDS on this interface with `stack` (before the device's subscriber is
+    /// registered, so its timer is armed for it): its guest's ARP for and TCP:80 to the MMDS
+    /// address go to the stack, its other frames to that address are dropped.
+    pub fn set_mmds(&mut self, stack: MmdsStack) {
+        self.mmds = Some(stack);
+    }
+
+    /// The MMDS responder's counters, on an interface with MMDS.
+    pub fn mmds_counters(&self) -> Option<MmdsCounters> {
+        self.mmds.as_ref().map(MmdsStack::counters)
     }
 
     /// The interface id.

@@ -7,6 +7,7 @@ use palisade_firewall::Verdict;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
+use super::mmds::{classify, Verdict as MmdsVerdict};
 use super::tap::VNET_HDR_LEN;
 use super::vnet_hdr::{self, TxOffloads};
 use super::worker::Worker;
@@ -46,6 +47,19 @@ impl Worker<'_, ()> {
         let (hdr, eth) = self.frame.buf[..len].split_at(VNET_HDR_LEN);
         let offloads = TxOffloads::from_features(self.features);
         let checked = vnet_hdr::check_tx(hdr, eth, offloads);
+        // MMDS first: its frames never reach the limiter, the firewall or the tap, and no
+        // other frame to its address leaves this interface.
+        if let Some(stack) = self.mmds.as_deref_mut() {
+            let plain = checked.as_ref().is_ok_and(|h| !h.is_gso());
+            if plain && stack.handle_guest_frame(eth, self.now) == MmdsVerdict::Consumed {
+                self.metrics.mmds_frames_in.inc();
+                return moved(len);
+            }
+            if classify::ipv4_to(eth, stack.address()) {
+                self.metrics.mmds_other_drops.inc();
+                return moved(len);
+            }
+        }
         // Charge first, a refused header too (so a guest cannot make us copy and parse frames
         // beyond its limits), and a GSO frame as the segments the host will send; a throttled
         // frame stays in the ring and is judged once, when it goes.

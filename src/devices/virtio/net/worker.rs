@@ -6,6 +6,7 @@ use std::time::Instant;
 use palisade_firewall::Firewall;
 use virtio_queue::Queue;
 
+use super::mmds::MmdsStack;
 use super::tap::Tap;
 use super::{GuestLogs, Net, RX};
 use crate::devices::virtio::chain::Segment;
@@ -43,6 +44,8 @@ pub(super) struct Worker<'a, S> {
     /// The direction's limiter.
     pub limiter: &'a mut RateLimiter,
     pub firewall: Option<&'a mut Firewall>,
+    /// The MMDS responder, on an interface with MMDS.
+    pub mmds: Option<&'a mut MmdsStack>,
     pub segments: &'a mut Vec<Segment>,
     /// The direction's frame buffer.
     pub frame: &'a mut Frame,
@@ -95,6 +98,7 @@ impl Net {
             tap: &mut self.tap,
             limiter,
             firewall: self.firewall.as_mut(),
+            mmds: self.mmds.as_mut(),
             segments: &mut self.segments,
             frame,
             metrics: &self.metrics,

@@ -25,6 +25,14 @@ pub enum FrameClass {
     Fragment,
 }
 
+/// Whether `frame` is an IPv4 packet to `mmds` (any protocol, fragments too): on an interface
+/// with MMDS, such a frame the stack did not take is dropped, never sent to the tap.
+pub fn ipv4_to(frame: &[u8], mmds: Ipv4Addr) -> bool {
+    frame.len() >= ETH_HDR + 20
+        && [frame[12], frame[13]] == ETHERTYPE_IPV4
+        && frame[ETH_HDR..ETH_HDR + 20][16..20] == mmds.octets()
+}
+
 /// Classifies `frame` against the MMDS address `mmds`.
 pub fn classify(frame: &[u8], mmds: Ipv4Addr) -> FrameClass {
     if frame.len() < ETH_HDR {

@@ -272,6 +272,11 @@ impl MmdsStack {
         })
     }
 
+    /// The MMDS address this stack answers on.
+    pub fn address(&self) -> Ipv4Addr {
+        self.config.ipv4_address
+    }
+
     /// The counters so far.
     pub fn counters(&self) -> MmdsCounters {
         let mut c = self.counters.clone();

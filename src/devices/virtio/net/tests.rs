@@ -371,3 +371,114 @@ fn refused_headers_and_gso_segments_are_charged_to_the_tx_ops_limit() {
     assert_eq!(&sent[VNET_HDR_LEN..], &tso[..]);
     assert_eq!(peer_recv(&r.peer), None);
 }
+
+/// `rig` with the MMDS responder on the interface (V1, 169.254.169.254, data `{"a":1}`).
+fn mmds_rig(mem: &GuestMemory, cfg: NetworkInterfaceConfig) -> Rig<'_> {
+    let mut r = rig(mem, cfg);
+    let mut config = mmds::MmdsNetConfig::new("eth0");
+    config.version = mmds::MmdsVersion::V1;
+    let data = Arc::new(std::sync::RwLock::new(serde_json::json!({"a": 1})));
+    let key = mmds::TokenKey::from_bytes([3; 32]);
+    let stack = mmds::MmdsStack::new(config, key, data, 9, Instant::now()).unwrap();
+    r.net.set_mmds(stack);
+    r
+}
+
+/// The guest's ARP request for `target`, from MAC with 10.0.0.2.
+fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0u8; 42];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&MAC);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&MAC);
+    f[28..32].copy_from_slice(&[10, 0, 0, 2]);
+    f[38..42].copy_from_slice(&target);
+    f
+}
+
+const MMDS_IP: [u8; 4] = [169, 254, 169, 254];
+
+#[test]
+fn on_an_mmds_interface_arp_for_the_mmds_address_is_answered_into_rx_and_never_reaches_the_tap() {
+    let mem = memory();
+    let fw = FirewallConfig {
+        allowed_ips: vec!["10.0.0.2/32".parse().unwrap()],
+        ..FirewallConfig::default()
+    };
+    let mut r = mmds_rig(&mem, config(Some(fw)));
+    r.rxq
+        .add_desc_chains(
+            &[
+                desc(0x20_0000, 2048, WRITE, 0),
+                desc(0x20_1000, 2048, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+    mem.write_slice(&[0xee; 2048], GuestAddress(0x20_0000))
+        .unwrap();
+    // A frame from the tap waits behind the responder's answer.
+    let mut from_tap = vec![0u8; VNET_HDR_LEN];
+    from_tap.extend_from_slice(&udp_frame([0xaa; 6], [10, 0, 0, 1], [10, 0, 0, 2]));
+    peer_send(&r.peer, &from_tap);
+    let l0 = put_tx(&mem, 0x10_0000, &arp_request(MMDS_IP));
+    queue_tx(&r, &[(0x10_0000, l0)]);
+    r.net.process_tx();
+    assert_eq!(r.txq.used().idx().load(), 1);
+    assert_eq!(peer_recv(&r.peer), None, "MMDS ARP never reaches the tap");
+    r.net.process_rx();
+    assert!(r.rxq.used().idx().load() >= 1);
+    let mut got = vec![0u8; VNET_HDR_LEN + 42];
+    mem.read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
+    assert_eq!(&got[..10], &[0; 10], "zeroed virtio-net header");
+    assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers is 1");
+    let reply = &got[VNET_HDR_LEN..];
+    assert_eq!(&reply[..6], &MAC, "to the guest");
+    assert_eq!(&reply[20..22], &[0, 2], "an ARP reply");
+    assert_eq!(&reply[22..28], &mmds::DEFAULT_MAC);
+    assert_eq!(&reply[28..32], &MMDS_IP);
+    let m = &r.net.metrics;
+    assert_eq!(m.mmds_frames_in.count(), 1);
+    assert_eq!(m.mmds_frames_out.count(), 1);
+    assert_eq!(m.fw_egress_drops.count(), 0, "the firewall never saw it");
+    assert_eq!(m.tx_packets_count.count(), 0);
+    assert_eq!(r.net.mmds_counters().unwrap().frames_out, 1);
+}
+
+#[test]
+fn on_an_mmds_interface_other_frames_to_the_mmds_address_are_dropped_and_counted() {
+    let mem = memory();
+    // No firewall: the drop is the MMDS interface's own.
+    let mut r = mmds_rig(&mem, config(None));
+    let udp = udp_frame(MAC, [10, 0, 0, 2], MMDS_IP);
+    let elsewhere = udp_frame(MAC, [10, 0, 0, 2], [10, 0, 0, 1]);
+    let l0 = put_tx(&mem, 0x10_0000, &udp);
+    let l1 = put_tx(&mem, 0x10_1000, &elsewhere);
+    queue_tx(&r, &[(0x10_0000, l0), (0x10_1000, l1)]);
+    r.net.process_tx();
+    assert_eq!(r.txq.used().idx().load(), 2);
+    let sent = peer_recv(&r.peer).unwrap();
+    assert_eq!(&sent[VNET_HDR_LEN..], &elsewhere[..], "other traffic flows");
+    assert_eq!(peer_recv(&r.peer), None);
+    let m = &r.net.metrics;
+    assert_eq!(m.mmds_other_drops.count(), 1);
+    assert_eq!(m.mmds_frames_in.count(), 0);
+    assert_eq!(m.tx_packets_count.count(), 1);
+}
+
+#[test]
+fn without_mmds_frames_to_the_mmds_address_follow_the_firewall_as_any_other() {
+    let mem = memory();
+    let mut r = rig(&mem, config(None));
+    let arp = arp_request(MMDS_IP);
+    let udp = udp_frame(MAC, [10, 0, 0, 2], MMDS_IP);
+    let l0 = put_tx(&mem, 0x10_0000, &arp);
+    let l1 = put_tx(&mem, 0x10_1000, &udp);
+    queue_tx(&r, &[(0x10_0000, l0), (0x10_1000, l1)]);
+    r.net.process_tx();
+    assert_eq!(&peer_recv(&r.peer).unwrap()[VNET_HDR_LEN..], &arp[..]);
+    assert_eq!(&peer_recv(&r.peer).unwrap()[VNET_HDR_LEN..], &udp[..]);
+    assert_eq!(r.net.metrics.mmds_other_drops.count(), 0);
+    assert!(r.net.mmds_counters().is_none());
+}

@@ -452,3 +452,23 @@ fn hop_limit_is_configurable_and_a_request_via_the_gateway_mac_is_still_answered
     assert_eq!(body_of(&response), "v");
     assert!(client.ttls.iter().all(|&t| t == 64), "{:?}", client.ttls);
 }
+
+#[test]
+fn a_put_and_patch_to_the_store_after_the_stack_started_are_what_the_guest_reads() {
+    let t0 = Instant::now();
+    let mut store = crate::mmds::MmdsStore::default();
+    store.put(json!({"v": 1})).unwrap();
+    let mut config = MmdsNetConfig::new("eth0");
+    config.version = MmdsVersion::V1;
+    let mut stack =
+        MmdsStack::new(config, TokenKey::from_bytes([1; 32]), store.shared(), 7, t0).unwrap();
+    let get = "GET /v HTTP/1.1\r\nHost: 169.254.169.254\r\nAccept: application/json\r\n\r\n";
+    let response = Client::new(40001).exchange(&mut stack, t0, get);
+    assert_eq!(body_of(&response), "1", "{response}");
+    store.put(json!({"v": 2})).unwrap();
+    let response = Client::new(40002).exchange(&mut stack, t0, get);
+    assert_eq!(body_of(&response), "2", "{response}");
+    store.patch(&json!({"v": {"w": 3}})).unwrap();
+    let response = Client::new(40003).exchange(&mut stack, t0, get);
+    assert_eq!(body_of(&response), r#"{"w":3}"#, "{response}");
+}

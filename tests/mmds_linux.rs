@@ -9,12 +9,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::agent::{sh, wait_for_agent};
+use common::agent::{exec, sh, wait_for_agent};
 use common::linux::boot_source;
 use common::netns::{TapNetns, GUEST_MAC};
 use common::{kvm_available, ApiVm};
@@ -48,6 +49,18 @@ fn body_of(response: &str) -> &str {
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no body: {response:?}"))
         .1
+}
+
+/// The `net_eth0` counters summed over the metrics file's lines.
+fn net_eth0_totals(path: &Path) -> BTreeMap<String, u64> {
+    let mut totals = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        for (k, n) in v["net_eth0"].as_object().into_iter().flatten() {
+            *totals.entry(k.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
+        }
+    }
+    totals
 }
 
 /// Token PUT, then GET with the token, as a guest does.
@@ -87,7 +100,12 @@ fn linux_guest_reads_mmds_with_a_v2_token_is_refused_without_and_sees_a_patch_af
     let dir = tempfile::tempdir().unwrap();
     // Short: uds_path has at most 96 bytes.
     let uds = dir.path().join("v.sock");
-    let vm = ApiVm::start_in_netns(dir, Some(&ns.name), &[]);
+    let metrics = dir.path().join("metrics.json");
+    let vm = ApiVm::start_in_netns(
+        dir,
+        Some(&ns.name),
+        &["--metrics-path", metrics.to_str().unwrap()],
+    );
     let mut c = vm.client();
     for (path, body) in [
         (
@@ -141,6 +159,21 @@ fn linux_guest_reads_mmds_with_a_v2_token_is_refused_without_and_sees_a_patch_af
     assert_eq!(status_of(&got), 200, "{got}");
     let body: Value = serde_json::from_str(body_of(&got)).unwrap();
     assert_eq!(body, json!({"instance-id": "i-patched"}));
+
+    // Anything else to the MMDS address is dropped on the interface, never sent to the tap.
+    let ping = exec(
+        &uds,
+        &["busybox", "ping", "-c", "1", "-W", "2", "169.254.169.254"],
+    )
+    .unwrap();
+    assert_ne!(ping.code, 0, "{ping:?}");
+    let r = c.put("/actions", json!({"action_type": "FlushMetrics"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let m = net_eth0_totals(&metrics);
+    println!("{m:?}");
+    assert!(m["mmds_frames_in"] >= 6, "{m:?}");
+    assert!(m["mmds_frames_out"] >= 6, "{m:?}");
+    assert!(m["mmds_other_drops"] >= 1, "{m:?}");
 
     let run = running.kill();
     println!("VMM ran {:.1} s", run.elapsed.as_secs_f64());

@@ -105,16 +105,19 @@ impl<const N: usize> DeviceCore<N> {
         end
     }
 
-    /// The guest broke a queue: the device stops serving until the driver resets it. Counted,
-    /// and logged (rate limited).
+    /// The guest broke a queue: the device stops serving until the driver resets it. Counted
+    /// and logged (rate limited) once per entry: a second broken queue found before the
+    /// driver's reset (a net device's RX and TX workers may both find one) is not another.
     pub fn enter_needs_reset(&self, why: &dyn std::fmt::Display) {
+        if !self.interrupt.set_needs_reset() {
+            return;
+        }
         self.counters.needs_reset_count().inc();
         if let Some(n) = self.needs_reset_log.hit() {
             let queue = if N == 1 { "its queue" } else { "a queue" };
             let who = &self.label.who;
             log::warn!("{who}: the guest broke {queue} ({why}); device needs a reset ({n} so far)");
         }
-        self.interrupt.set_needs_reset();
     }
 }
 

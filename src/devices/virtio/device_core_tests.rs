@@ -99,6 +99,9 @@ fn needs_reset_is_counted_and_stops_serving() {
         core.serving(&limiter, None).is_none(),
         "waits for the reset"
     );
+    // A second broken queue found before the driver's reset is the same entry.
+    core.finish_drain(0, DrainEnd::Broken(QueueError::NoStatus), false);
+    assert_eq!(metrics.needs_reset_count.count(), 1);
 }
 
 #[test]

@@ -59,10 +59,13 @@ impl Interrupt {
 
     /// The device can no longer serve its queues until the driver resets it: sets
     /// DEVICE_NEEDS_RESET and sends a configuration change interrupt (virtio 1.x 2.1.2).
-    pub fn set_needs_reset(&self) {
-        if !self.needs_reset.swap(true, Ordering::AcqRel) {
+    /// True when this call set it (false: it was already set, nothing sent).
+    pub fn set_needs_reset(&self) -> bool {
+        let newly = !self.needs_reset.swap(true, Ordering::AcqRel);
+        if newly {
             let _ = self.raise(VIRTIO_MMIO_INT_CONFIG);
         }
+        newly
     }
 
     /// True once [`Self::set_needs_reset`] was called, until the next reset.

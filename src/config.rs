@@ -799,7 +799,9 @@ mod tests {
         assert_eq!(
             full["mmds-config"],
             serde_json::json!({"version": "V1", "network_interfaces": ["eth0"],
-                               "ipv4_address": "169.254.169.254", "imds_compat": false})
+                               "ipv4_address": "169.254.169.254", "imds_compat": false,
+                               "hop_limit": 1,
+                               "rate_limiter": {"ops": {"size": 100, "refill_time": 2000}}})
         );
         let err = with(r#"{"network_interfaces":["eth9"]}"#).unwrap_err();
         assert!(matches!(

@@ -122,6 +122,25 @@ metric_group! {
         /// Guest frames to the MMDS address the responder does not take (not ARP, not TCP
         /// port 80), dropped on an interface with MMDS (Palisade's).
         mmds_other_drops: Counter,
+        /// MMDS requests answered 200 (Palisade's).
+        mmds_answers_ok: Counter,
+        /// MMDS requests answered 401: no or no valid V2 token (Palisade's).
+        mmds_answers_unauthorized: Counter,
+        /// MMDS requests answered with another 4xx or 5xx (Palisade's).
+        mmds_answers_error: Counter,
+        /// MMDS connection attempts (SYNs) dropped over the VM's request rate limit
+        /// (Palisade's).
+        mmds_rate_limited: Counter,
+        /// MMDS SYNs refused (RST) because every connection slot was taken (Palisade's).
+        mmds_syn_refused: Counter,
+        /// MMDS connections aborted at their deadline (Palisade's).
+        mmds_deadline_aborts: Counter,
+        /// Times the MMDS responder's guest-bound queue was full (Palisade's).
+        mmds_queue_full: Counter,
+        /// IPv4 fragments to the MMDS address, dropped (Palisade's).
+        mmds_fragments: Counter,
+        /// Frames to the MMDS service too big for its input buffer, dropped (Palisade's).
+        mmds_frames_too_big: Counter,
         /// Flow-log writes that failed (Palisade's).
         flow_log_fails: Counter,
         /// `PATCH /network-interfaces` updates applied.

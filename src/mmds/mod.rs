@@ -6,5 +6,8 @@
 pub mod config;
 pub mod store;
 
-pub use config::{MmdsConfig, MmdsConfigError, MmdsVersion, DEFAULT_IPV4_ADDRESS};
+pub use config::{
+    MmdsConfig, MmdsConfigError, MmdsVersion, DEFAULT_HOP_LIMIT, DEFAULT_IPV4_ADDRESS,
+    DEFAULT_RATE_LIMIT,
+};
 pub use store::{MmdsStore, StoreError, DEFAULT_SIZE_LIMIT, MAX_DEPTH};

@@ -11,8 +11,9 @@ use serde_json::{Map, Value};
 use super::Controller;
 use crate::config::validate_mmds;
 use crate::devices::virtio::net::mmds::token::TokenError;
+use crate::devices::virtio::net::mmds::limits::AUDIT_LINE_BUDGET;
 use crate::devices::virtio::net::mmds::{
-    MmdsNetConfig, MmdsNetError, MmdsStack, MmdsVersion as NetVersion, TokenKey,
+    MmdsLimits, MmdsNetConfig, MmdsNetError, MmdsStack, MmdsVersion as NetVersion, TokenKey,
 };
 use crate::devices::virtio::rng::host_random;
 use crate::mmds::{MmdsConfig, MmdsStore, MmdsVersion, StoreError};
@@ -60,13 +61,15 @@ impl Controller {
     }
 
     /// Gives every interface named in `mmds-config` its responder, reading the store's own
-    /// value (so PUT and PATCH after boot are what the guest reads next). One token key per
-    /// VM; tokens are bound to the interface. Nothing to do without `mmds-config`.
+    /// value (so PUT and PATCH after boot are what the guest reads next). One token key and
+    /// one request limit per VM; tokens are bound to the interface. Nothing to do without
+    /// `mmds-config`.
     pub(super) fn attach_mmds(&self, devices: &VirtioDevices) -> Result<(), MmdsStartError> {
         let (Some(config), Some(store)) = (&self.resources.mmds_config, &self.mmds) else {
             return Ok(());
         };
         let key = TokenKey::random().map_err(MmdsStartError::Key)?;
+        let limits = MmdsLimits::new(&config.rate_limiter(), &AUDIT_LINE_BUDGET);
         let now = Instant::now();
         for iface in &config.network_interfaces {
             // Checked against the interfaces when configured: every one exists.
@@ -78,6 +81,8 @@ impl Controller {
             let mut net_config = MmdsNetConfig::new(iface);
             net_config.ipv4_address = config.ipv4_addr();
             net_config.imds_compat = config.imds_compat;
+            net_config.hop_limit = config.hop_limit();
+            net_config.limits = limits.clone();
             net_config.version = match config.version {
                 MmdsVersion::V1 => NetVersion::V1,
                 MmdsVersion::V2 => NetVersion::V2,

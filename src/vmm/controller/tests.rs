@@ -272,6 +272,26 @@ fn mmds_config_names_configured_interfaces_and_shows_in_vm_config() {
     assert_eq!(
         full_config(&mut c)["mmds-config"],
         json!({"version": "V2", "network_interfaces": ["eth0"],
-               "ipv4_address": "169.254.169.254", "imds_compat": false})
+               "ipv4_address": "169.254.169.254", "imds_compat": false, "hop_limit": 1,
+               "rate_limiter": {"ops": {"size": 100, "refill_time": 2000}}})
     );
+    // Palisade's extensions: refused with Firecracker's prefix, the config kept.
+    let e = c
+        .handle(VmmAction::PutMmdsConfig(from(
+            json!({"network_interfaces": ["eth0"], "hop_limit": 0}),
+        )))
+        .unwrap_err();
+    assert_eq!(
+        e.fault_message(),
+        "MMMDS config error: The MMDS hop limit 0 is out of range: give a value between 1 and \
+         255."
+    );
+    c.handle(VmmAction::PutMmdsConfig(from(json!({
+        "network_interfaces": ["eth0"], "hop_limit": 64,
+        "rate_limiter": {"ops": {"size": 5, "refill_time": 1000}}
+    }))))
+    .unwrap();
+    let shown = &full_config(&mut c)["mmds-config"];
+    assert_eq!(shown["hop_limit"], 64);
+    assert_eq!(shown["rate_limiter"], json!({"ops": {"size": 5, "refill_time": 1000}}));
 }

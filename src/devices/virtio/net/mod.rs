@@ -230,7 +230,8 @@ impl Net {
     /// Serves MMDS on this interface with `stack` (before the device's subscriber is
     /// registered, so its timer is armed for it): its guest's ARP for and TCP:80 to the MMDS
     /// address go to the stack, its other frames to that address are dropped.
-    pub fn set_mmds(&mut self, stack: MmdsStack) {
+    pub fn set_mmds(&mut self, mut stack: MmdsStack) {
+        stack.set_metrics(self.metrics.clone());
         self.mmds = Some(stack);
     }
 

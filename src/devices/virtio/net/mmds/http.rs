@@ -8,12 +8,14 @@
 //! when `imds_compat` is set. `PUT /latest/api/token` issues a session token
 //! ([`super::token`]); a `PUT` carrying `X-Forwarded-For` is refused. Under V2 a `GET` needs a
 //! valid token in `X-metadata-token` or `X-aws-ec2-metadata-token`; under V1 a token is
-//! checked only for the counters. Status codes and bodies are Firecracker's.
+//! checked only for the counters. Status codes and bodies are Firecracker's. Each answer comes
+//! with its audit entry ([`super::audit`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::audit::{escape, AuditEntry, METHOD_MAX, PATH_MAX};
 use super::token::{TokenAuthority, PATH_TO_TOKEN};
 
 /// Headers a request may carry; more is a 400.
@@ -62,9 +64,21 @@ pub struct ServiceContext<'a> {
 pub enum Parsed {
     /// The head is not complete yet.
     Incomplete,
-    /// A complete answer: the response bytes and their status code.
-    Answer(Vec<u8>, u16),
+    /// A complete answer.
+    Answer(Answer),
 }
+
+/// The response to a request and what the audit log says about it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The response bytes.
+    pub bytes: Vec<u8>,
+    /// Method, path, status (of `bytes`), token age.
+    pub audit: AuditEntry,
+}
+
+/// Response bytes and their status.
+type Reply = (Vec<u8>, u16);
 
 fn reason(status: u16) -> &'static str {
     match status {
@@ -88,8 +102,8 @@ fn response(minor: u8, status: u16, content_type: &str, extra: &str, body: &str)
     .into_bytes()
 }
 
-fn text(minor: u8, status: u16, body: &str) -> Parsed {
-    Parsed::Answer(response(minor, status, "text/plain", "", body), status)
+fn text(minor: u8, status: u16, body: &str) -> Reply {
+    (response(minor, status, "text/plain", "", body), status)
 }
 
 /// The first header among `names` (case-insensitive), with its name as the client spelt it.
@@ -151,37 +165,65 @@ pub fn serve(buf: &[u8], ctx: &ServiceContext<'_>) -> Parsed {
     match req.parse(buf) {
         Ok(httparse::Status::Partial) => return Parsed::Incomplete,
         Ok(httparse::Status::Complete(_)) => {}
-        Err(e) => return text(1, 400, &format!("Invalid request: {e}.")),
+        Err(e) => {
+            let (bytes, status) = text(1, 400, &format!("Invalid request: {e}."));
+            return Parsed::Answer(Answer {
+                bytes,
+                audit: AuditEntry::unparsed(status),
+            });
+        }
     }
     let minor = req.version.unwrap_or(1).min(1);
     let (Some(method), Some(target)) = (req.method, req.path) else {
-        return text(minor, 400, MSG_INVALID_URI);
+        let (bytes, status) = text(minor, 400, MSG_INVALID_URI);
+        return Parsed::Answer(Answer {
+            bytes,
+            audit: AuditEntry::unparsed(status),
+        });
     };
     let uri = abs_path(target);
-    if uri.is_empty() {
-        return text(minor, 400, MSG_INVALID_URI);
-    }
-    match method {
-        "GET" => get(minor, uri, req.headers, ctx),
-        "PUT" => put(minor, uri, req.headers, ctx),
-        _ => Parsed::Answer(
-            response(minor, 405, "text/plain", "Allow: GET, PUT\r\n", MSG_METHOD),
-            405,
-        ),
-    }
+    let mut token_age = None;
+    let (bytes, status) = if uri.is_empty() {
+        text(minor, 400, MSG_INVALID_URI)
+    } else {
+        match method {
+            "GET" => get(minor, uri, req.headers, ctx, &mut token_age),
+            "PUT" => put(minor, uri, req.headers, ctx),
+            _ => (
+                response(minor, 405, "text/plain", "Allow: GET, PUT\r\n", MSG_METHOD),
+                405,
+            ),
+        }
+    };
+    Parsed::Answer(Answer {
+        bytes,
+        audit: AuditEntry {
+            method: escape(method.as_bytes(), METHOD_MAX),
+            path: escape(target.as_bytes(), PATH_MAX),
+            status,
+            token_age,
+        },
+    })
 }
 
-fn get(minor: u8, uri: &str, headers: &[httparse::Header<'_>], ctx: &ServiceContext<'_>) -> Parsed {
+/// Answers a GET; `token_age` learns the age of a valid token the request carried.
+fn get(
+    minor: u8,
+    uri: &str,
+    headers: &[httparse::Header<'_>],
+    ctx: &ServiceContext<'_>,
+    token_age: &mut Option<Duration>,
+) -> Reply {
     let token = header(headers, &TOKEN_HEADERS).map(|(_, v)| v);
+    *token_age = token
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .and_then(|t| ctx.tokens.check(t, ctx.now))
+        .map(|times| times.age);
     if ctx.version == MmdsVersion::V2 {
-        let Some(token) = token else {
+        if token.is_none() {
             return text(minor, 401, MSG_NO_TOKEN);
-        };
-        let valid = std::str::from_utf8(token)
-            .ok()
-            .and_then(|t| ctx.tokens.check(t, ctx.now))
-            .is_some();
-        if !valid {
+        }
+        if token_age.is_none() {
             return text(minor, 401, MSG_INVALID_TOKEN);
         }
     }
@@ -195,7 +237,7 @@ fn get(minor: u8, uri: &str, headers: &[httparse::Header<'_>], ctx: &ServiceCont
     };
     if json {
         let body = value.to_string();
-        return Parsed::Answer(response(minor, 200, "application/json", "", &body), 200);
+        return (response(minor, 200, "application/json", "", &body), 200);
     }
     match imds_text(value) {
         Some(body) => text(minor, 200, &body),
@@ -203,7 +245,7 @@ fn get(minor: u8, uri: &str, headers: &[httparse::Header<'_>], ctx: &ServiceCont
     }
 }
 
-fn put(minor: u8, uri: &str, headers: &[httparse::Header<'_>], ctx: &ServiceContext<'_>) -> Parsed {
+fn put(minor: u8, uri: &str, headers: &[httparse::Header<'_>], ctx: &ServiceContext<'_>) -> Reply {
     if let Some((name, _)) = header(headers, &[X_FORWARDED_FOR]) {
         return text(
             minor,
@@ -226,7 +268,7 @@ fn put(minor: u8, uri: &str, headers: &[httparse::Header<'_>], ctx: &ServiceCont
         );
     };
     match ctx.tokens.issue(ttl, ctx.now) {
-        Ok(token) => Parsed::Answer(
+        Ok(token) => (
             response(
                 minor,
                 200,

@@ -35,12 +35,22 @@
 //! within [`CONN_DEADLINE`] is aborted. Response bodies are bounded by the data store's size
 //! limit (set by the API, not the guest). Answers leave with the configured IP TTL (1 by
 //! default): sockets set it, and the device stamps it on every IPv4 frame (RSTs included).
+//! Connection opens (one request each) pay from the VM's request bucket ([`limits`]); a SYN
+//! over the limit is dropped and counted ([`MmdsCounters::rate_limited`]).
+//!
+//! # Audit and metrics
+//! Every answered request gives one audit line ([`audit`]: interface, method, path, status,
+//! token age; never the token or the answer) at `info` level, within the VM's line budget.
+//! The counters are published to the interface's metrics group (`mmds_*` of
+//! [`NetDeviceMetrics`]) by the stack itself after each frame and each poll.
 //!
 //! The HTTP service is [`http`], session tokens are [`token`].
 
+pub mod audit;
 pub mod classify;
 pub mod device;
 pub mod http;
+pub mod limits;
 pub mod token;
 
 #[cfg(test)]
@@ -58,8 +68,11 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use self::classify::{classify, FrameClass};
 use self::device::QueueDevice;
 pub use self::http::MmdsVersion;
-use self::http::{serve, Parsed, ServiceContext};
+use self::http::{serve, Answer, Parsed, ServiceContext};
+pub use self::limits::MmdsLimits;
 pub use self::token::{TokenAuthority, TokenKey};
+use crate::logger::RateLimitedLog;
+use crate::metrics::{Counter, NetDeviceMetrics};
 
 /// TCP connections open at once per interface.
 pub const MAX_CONNECTIONS: usize = 8;
@@ -109,10 +122,13 @@ pub struct MmdsNetConfig {
     pub imds_compat: bool,
     /// IP TTL of answers.
     pub hop_limit: u8,
+    /// The VM's request limit and audit-line budget (clones share them: give every
+    /// interface of a VM a clone of the same).
+    pub limits: MmdsLimits,
 }
 
 impl MmdsNetConfig {
-    /// Defaults for interface `iface_id`: 169.254.169.254, V2, TTL 1.
+    /// Defaults for interface `iface_id`: 169.254.169.254, V2, TTL 1, its own default limits.
     pub fn new(iface_id: &str) -> Self {
         Self {
             iface_id: iface_id.to_string(),
@@ -121,6 +137,7 @@ impl MmdsNetConfig {
             version: MmdsVersion::V2,
             imds_compat: false,
             hop_limit: DEFAULT_HOP_LIMIT,
+            limits: MmdsLimits::default(),
         }
     }
 }
@@ -134,7 +151,7 @@ pub enum Verdict {
     Pass,
 }
 
-/// What the responder counted (the next slice reports them in metrics).
+/// What the responder counted (published as the `mmds_*` metrics of the interface).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MmdsCounters {
     /// Frames consumed.
@@ -147,6 +164,8 @@ pub struct MmdsCounters {
     pub fragments: u64,
     /// SYNs that found no listening socket (smoltcp answers RST).
     pub syn_refused: u64,
+    /// SYNs dropped over the VM's request rate limit.
+    pub rate_limited: u64,
     /// Times the guest-bound queue was full when the stack had a frame.
     pub queue_full: u64,
     /// Answers by class.
@@ -192,6 +211,10 @@ pub struct MmdsStack {
     sockets: SocketSet<'static>,
     conns: Vec<Conn>,
     counters: MmdsCounters,
+    /// Where the counters are published, and what was published so far.
+    metrics: Option<Arc<NetDeviceMetrics>>,
+    published: MmdsCounters,
+    limited_log: RateLimitedLog,
 }
 
 impl std::fmt::Debug for MmdsStack {
@@ -269,12 +292,51 @@ impl MmdsStack {
             sockets,
             conns,
             counters: MmdsCounters::default(),
+            metrics: None,
+            published: MmdsCounters::default(),
+            limited_log: RateLimitedLog::new(),
         })
     }
 
     /// The MMDS address this stack answers on.
     pub fn address(&self) -> Ipv4Addr {
         self.config.ipv4_address
+    }
+
+    /// Publishes the counters to `metrics` (the interface's group) from now on.
+    pub fn set_metrics(&mut self, metrics: Arc<NetDeviceMetrics>) {
+        self.metrics = Some(metrics);
+        self.publish();
+    }
+
+    /// Adds to the metrics what was counted since the last call.
+    fn publish(&mut self) {
+        let Some(m) = self.metrics.as_deref() else {
+            return;
+        };
+        let now = self.counters();
+        let was = &self.published;
+        let pairs: [(&Counter, u64, u64); 9] = [
+            (&m.mmds_answers_ok, now.answers_ok, was.answers_ok),
+            (
+                &m.mmds_answers_unauthorized,
+                now.answers_unauthorized,
+                was.answers_unauthorized,
+            ),
+            (&m.mmds_answers_error, now.answers_error, was.answers_error),
+            (&m.mmds_rate_limited, now.rate_limited, was.rate_limited),
+            (&m.mmds_syn_refused, now.syn_refused, was.syn_refused),
+            (&m.mmds_deadline_aborts, now.deadline_aborts, was.deadline_aborts),
+            (&m.mmds_queue_full, now.queue_full, was.queue_full),
+            (&m.mmds_fragments, now.fragments, was.fragments),
+            (&m.mmds_frames_too_big, now.frames_too_big, was.frames_too_big),
+        ];
+        for (counter, now, was) in pairs {
+            if now > was {
+                counter.add(now - was);
+            }
+        }
+        self.published = now;
     }
 
     /// The counters so far.
@@ -298,16 +360,31 @@ impl MmdsStack {
             FrameClass::Fragment => {
                 self.counters.frames_in += 1;
                 self.counters.fragments += 1;
+                self.publish();
                 return Verdict::Consumed;
             }
             FrameClass::Tcp { syn: true } if !self.any_listening() => {
                 self.counters.syn_refused += 1;
+            }
+            FrameClass::Tcp { syn: true } if !self.config.limits.admit_request() => {
+                // Over the VM's request limit: dropped before the stack sees it.
+                self.counters.frames_in += 1;
+                self.counters.rate_limited += 1;
+                if let Some(n) = self.limited_log.hit() {
+                    log::warn!(
+                        "mmds: request rate limit reached on {}: connection dropped ({n} so far)",
+                        self.config.iface_id
+                    );
+                }
+                self.publish();
+                return Verdict::Consumed;
             }
             _ => {}
         }
         self.counters.frames_in += 1;
         if !self.device.put_rx(frame) {
             self.counters.frames_too_big += 1;
+            self.publish();
             return Verdict::Consumed;
         }
         if matches!(class, FrameClass::Tcp { .. }) {
@@ -338,6 +415,7 @@ impl MmdsStack {
         self.iface.poll(ts, &mut self.device, &mut self.sockets);
         self.service(now);
         self.iface.poll(ts, &mut self.device, &mut self.sockets);
+        self.publish();
     }
 
     /// How long until the stack next needs [`Self::poll`] (`None`: only on input).
@@ -405,21 +483,24 @@ impl MmdsStack {
                         now,
                     };
                     match serve(&conn.request[..conn.request_len], &ctx) {
-                        Parsed::Answer(bytes, status) => Some((bytes, status)),
-                        Parsed::Incomplete if conn.request_len == REQUEST_MAX => Some((
-                            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\nRequest too large.\n"
+                        Parsed::Answer(answer) => Some(answer),
+                        Parsed::Incomplete if conn.request_len == REQUEST_MAX => Some(Answer {
+                            bytes: b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\nRequest too large.\n"
                                 .to_vec(),
-                            400,
-                        )),
+                            audit: audit::AuditEntry::unparsed(400),
+                        }),
                         Parsed::Incomplete => None,
                     }
                 };
                 match answer {
-                    Some((bytes, status)) => {
-                        match status {
+                    Some(Answer { bytes, audit }) => {
+                        match audit.status {
                             200 => self.counters.answers_ok += 1,
                             401 => self.counters.answers_unauthorized += 1,
                             _ => self.counters.answers_error += 1,
+                        }
+                        if let Some(suppressed) = self.config.limits.audit_line() {
+                            log::info!("{}", audit.line(&self.config.iface_id, suppressed));
                         }
                         conn.response = bytes;
                         conn.answered = true;

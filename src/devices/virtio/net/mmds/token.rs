@@ -1,7 +1,9 @@
-//! MMDS V2 session tokens: HMAC-SHA-256 over (interface id, expiry) under a per-VM random key.
+//! MMDS V2 session tokens: HMAC-SHA-256 over (interface id, issue time, expiry) under a per-VM
+//! random key.
 //!
-//! A token is `hex(expiry_ms) || hex(tag)`: 16 + 64 hex digits. The expiry counts milliseconds
-//! from the authority's epoch (a monotonic instant taken when the VM's responders were made),
+//! A token is `hex(issued_ms) || hex(expiry_ms) || hex(tag)`: 16 + 16 + 64 hex digits. The
+//! issue time lets the audit log give a token's age (never the token). Both times count
+//! milliseconds from the authority's epoch (a monotonic instant taken when the VM's responders were made),
 //! so the wall clock cannot move it. The tag binds the interface id, so a token issued on one
 //! interface is refused on another; the key is drawn per VM (and anew for a restored clone),
 //! so a token from another VM is refused. Checking is constant-time in the tag and refuses any
@@ -21,7 +23,7 @@ pub const PATH_TO_TOKEN: &str = "/latest/api/token";
 /// Length of a key in bytes.
 pub const KEY_LEN: usize = 32;
 /// Length of a token string.
-pub const TOKEN_LEN: usize = 16 + 64;
+pub const TOKEN_LEN: usize = 16 + 16 + 64;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -64,6 +66,15 @@ impl TokenKey {
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
         Self(bytes)
     }
+}
+
+/// What a valid token says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTimes {
+    /// Time since it was issued.
+    pub age: Duration,
+    /// Time until it expires.
+    pub remaining: Duration,
 }
 
 /// Issues and checks the tokens of one interface.
@@ -111,11 +122,12 @@ impl TokenAuthority {
     }
 
     /// The MAC state over the token's fields (HMAC takes any key length: never `None`).
-    fn mac(&self, expiry_ms: u64) -> Option<HmacSha256> {
+    fn mac(&self, issued_ms: u64, expiry_ms: u64) -> Option<HmacSha256> {
         let mut mac = HmacSha256::new_from_slice(&self.key.0).ok()?;
-        mac.update(b"palisade-mmds-token-v1");
+        mac.update(b"palisade-mmds-token-v2");
         mac.update(&(self.iface_id.len() as u64).to_le_bytes());
         mac.update(self.iface_id.as_bytes());
+        mac.update(&issued_ms.to_le_bytes());
         mac.update(&expiry_ms.to_le_bytes());
         Some(mac)
     }
@@ -129,35 +141,42 @@ impl TokenAuthority {
         if !(MIN_TOKEN_TTL_SECONDS..=MAX_TOKEN_TTL_SECONDS).contains(&ttl_seconds) {
             return Err(TokenError::InvalidTtl(ttl_seconds));
         }
-        let expiry_ms = self
-            .millis_since_epoch(now)
+        let issued_ms = self.millis_since_epoch(now);
+        let expiry_ms = issued_ms
             .saturating_add(Duration::from_secs(u64::from(ttl_seconds)).as_millis() as u64);
         let tag = self
-            .mac(expiry_ms)
+            .mac(issued_ms, expiry_ms)
             .ok_or(TokenError::Key)?
             .finalize()
             .into_bytes();
         let mut token = String::with_capacity(TOKEN_LEN);
+        encode_hex(&issued_ms.to_be_bytes(), &mut token);
         encode_hex(&expiry_ms.to_be_bytes(), &mut token);
         encode_hex(&tag, &mut token);
         Ok(token)
     }
 
     /// Whether `token` was issued by this authority (same key, same interface) and has not
-    /// expired at `now`. Returns the token's remaining lifetime when valid.
-    pub fn check(&self, token: &str, now: Instant) -> Option<Duration> {
+    /// expired at `now`. Returns its age and remaining lifetime when valid.
+    pub fn check(&self, token: &str, now: Instant) -> Option<TokenTimes> {
         let bytes = token.trim().as_bytes();
         if bytes.len() != TOKEN_LEN {
             return None;
         }
+        let mut issued = [0u8; 8];
+        decode_hex(&bytes[..16], &mut issued)?;
         let mut expiry = [0u8; 8];
-        decode_hex(&bytes[..16], &mut expiry)?;
+        decode_hex(&bytes[16..32], &mut expiry)?;
         let mut tag = [0u8; 32];
-        decode_hex(&bytes[16..], &mut tag)?;
+        decode_hex(&bytes[32..], &mut tag)?;
+        let issued_ms = u64::from_be_bytes(issued);
         let expiry_ms = u64::from_be_bytes(expiry);
-        self.mac(expiry_ms)?.verify_slice(&tag).ok()?;
+        self.mac(issued_ms, expiry_ms)?.verify_slice(&tag).ok()?;
         let now_ms = self.millis_since_epoch(now);
-        (now_ms < expiry_ms).then(|| Duration::from_millis(expiry_ms - now_ms))
+        (now_ms < expiry_ms).then(|| TokenTimes {
+            age: Duration::from_millis(now_ms.saturating_sub(issued_ms)),
+            remaining: Duration::from_millis(expiry_ms - now_ms),
+        })
     }
 }
 
@@ -192,8 +211,11 @@ mod tests {
         let t0 = Instant::now();
         let a = authority(1, "eth0", t0);
         let token = a.issue(1, t0).unwrap();
-        // Push the expiry far out, keeping the tag: the tag no longer matches.
-        let forged = format!("7fffffffffffffff{}", &token[16..]);
+        // Push the expiry far out, or the issue time back, keeping the tag: it no longer
+        // matches.
+        let forged = format!("{}7fffffffffffffff{}", &token[..16], &token[32..]);
+        assert!(a.check(&forged, t0).is_none());
+        let forged = format!("00000000000003e8{}", &token[16..]);
         assert!(a.check(&forged, t0).is_none());
         assert!(a.check("", t0).is_none());
         assert!(a.check(&"z".repeat(TOKEN_LEN), t0).is_none());
@@ -207,5 +229,15 @@ mod tests {
         assert_eq!(a.issue(0, t0), Err(TokenError::InvalidTtl(0)));
         assert_eq!(a.issue(21601, t0), Err(TokenError::InvalidTtl(21601)));
         assert!(a.issue(21600, t0).is_ok());
+    }
+
+    #[test]
+    fn a_valid_token_tells_its_age_and_remaining_lifetime() {
+        let t0 = Instant::now();
+        let a = authority(1, "eth0", t0);
+        let token = a.issue(60, t0 + Duration::from_secs(5)).unwrap();
+        let times = a.check(&token, t0 + Duration::from_secs(17)).unwrap();
+        assert_eq!(times.age, Duration::from_secs(12));
+        assert_eq!(times.remaining, Duration::from_secs(48));
     }
 }

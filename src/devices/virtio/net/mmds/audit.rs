@@ -1,0 +1,112 @@
+//! The MMDS audit line: one log line per answered guest request, with the interface, method,
+//! path, status and, for a request that carried a valid V2 token, the token's age in seconds.
+//! Never the token, never the answer.
+//!
+//! Method and path are guest bytes: every byte outside printable ASCII (and space, `\`, `"`)
+//! is written as `\xNN`, and they are cut at [`METHOD_MAX`] and [`PATH_MAX`] bytes (a cut
+//! ends in `...`), so a guest can neither inject a line nor make one long. Lines are limited
+//! per VM ([`super::limits`]); the next line written counts those suppressed:
+//!
+//! `mmds request: iface=eth0 method=GET path=/latest/meta-data/iam status=200 token_age_s=12
+//! suppressed=0`
+
+use std::fmt::Write;
+use std::time::Duration;
+
+/// Bytes of the path kept.
+pub const PATH_MAX: usize = 128;
+/// Bytes of the method kept.
+pub const METHOD_MAX: usize = 16;
+
+/// What one line says about a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// The method, escaped and cut (`-` when the request line could not be parsed).
+    pub method: String,
+    /// The path, escaped and cut (`-` when the request line could not be parsed).
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+    /// The age of the valid token the request carried.
+    pub token_age: Option<Duration>,
+}
+
+/// `bytes` with everything but printable ASCII escaped, cut at `max` input bytes.
+pub fn escape(bytes: &[u8], max: usize) -> String {
+    let mut out = String::with_capacity(bytes.len().min(max) + 3);
+    for &b in bytes.iter().take(max) {
+        match b {
+            b'!'..=b'~' if b != b'\\' && b != b'"' => out.push(char::from(b)),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    if bytes.len() > max {
+        out.push_str("...");
+    }
+    out
+}
+
+impl AuditEntry {
+    /// An entry for a request whose line could not be read.
+    pub fn unparsed(status: u16) -> Self {
+        Self {
+            method: "-".to_string(),
+            path: "-".to_string(),
+            status,
+            token_age: None,
+        }
+    }
+
+    /// The line for interface `iface`, `suppressed` lines having been dropped before it.
+    pub fn line(&self, iface: &str, suppressed: u64) -> String {
+        let mut line = format!(
+            "mmds request: iface={iface} method={} path={} status={}",
+            self.method, self.path, self.status
+        );
+        if let Some(age) = self.token_age {
+            let _ = write!(line, " token_age_s={}", age.as_secs());
+        }
+        let _ = write!(line, " suppressed={suppressed}");
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_bytes_are_escaped_and_cut_so_no_line_can_be_injected() {
+        assert_eq!(escape(b"/latest/meta-data", PATH_MAX), "/latest/meta-data");
+        assert_eq!(
+            escape(b"/a\r\nmmds request: fake \"x\\\x7f\xff", PATH_MAX),
+            "/a\\x0d\\x0ammds\\x20request:\\x20fake\\x20\\x22x\\x5c\\x7f\\xff"
+        );
+        let long = escape(&[b'a'; 1000], PATH_MAX);
+        assert_eq!(long.len(), PATH_MAX + 3);
+        assert!(long.ends_with("..."));
+        // The worst case stays bounded: every byte escaped.
+        assert_eq!(escape(&[0u8; 1000], PATH_MAX).len(), PATH_MAX * 4 + 3);
+    }
+
+    #[test]
+    fn the_line_names_the_token_age_and_never_more() {
+        let entry = AuditEntry {
+            method: "GET".into(),
+            path: "/latest/meta-data/iam".into(),
+            status: 200,
+            token_age: Some(Duration::from_millis(12_900)),
+        };
+        assert_eq!(
+            entry.line("eth0", 3),
+            "mmds request: iface=eth0 method=GET path=/latest/meta-data/iam status=200 \
+             token_age_s=12 suppressed=3"
+        );
+        assert_eq!(
+            AuditEntry::unparsed(400).line("eth1", 0),
+            "mmds request: iface=eth1 method=- path=- status=400 suppressed=0"
+        );
+    }
+}

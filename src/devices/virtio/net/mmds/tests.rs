@@ -472,3 +472,226 @@ fn a_put_and_patch_to_the_store_after_the_stack_started_are_what_the_guest_reads
     let response = Client::new(40003).exchange(&mut stack, t0, get);
     assert_eq!(body_of(&response), r#"{"w":3}"#, "{response}");
 }
+
+/// Captures the log lines the calling thread emits (tests run on their own threads, so each
+/// sees only its own lines).
+mod capture {
+    use std::cell::RefCell;
+    use std::sync::Once;
+
+    use log::{LevelFilter, Log, Metadata, Record};
+
+    thread_local!(static LINES: RefCell<Option<Vec<String>>> = const { RefCell::new(None) });
+
+    struct Capture;
+
+    impl Log for Capture {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &Record<'_>) {
+            LINES.with(|l| {
+                if let Some(lines) = l.borrow_mut().as_mut() {
+                    lines.push(record.args().to_string());
+                }
+            });
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: Capture = Capture;
+    static INSTALL: Once = Once::new();
+
+    /// The lines `f` logs.
+    pub fn lines_of(f: impl FnOnce()) -> Vec<String> {
+        INSTALL.call_once(|| {
+            log::set_logger(&CAPTURE).unwrap();
+            log::set_max_level(LevelFilter::Info);
+        });
+        LINES.with(|l| *l.borrow_mut() = Some(Vec::new()));
+        f();
+        LINES.with(|l| l.borrow_mut().take().unwrap())
+    }
+}
+
+fn audit_lines(lines: &[String]) -> Vec<&String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("mmds request: "))
+        .collect()
+}
+
+#[test]
+fn each_answered_request_gives_one_audit_line_with_the_token_age_never_the_token_or_values() {
+    let t0 = Instant::now();
+    let mut stack = stack_with(MmdsVersion::V2, 1, "eth0", t0);
+    let mut token = String::new();
+    let lines = capture::lines_of(|| {
+        token = body_of(&put_token(&mut stack, 41000, t0, "")).to_string();
+        let later = t0 + Duration::from_secs(7);
+        let get = format!(
+            "GET /latest/meta-data/instance-id HTTP/1.1\r\nX-metadata-token: {token}\r\n\r\n"
+        );
+        let response = Client::new(41001).exchange(&mut stack, later, &get);
+        assert_eq!(body_of(&response), "i-1234");
+        let bad = "GET /latest HTTP/1.1\r\nX-metadata-token: forged\r\n\r\n";
+        Client::new(41002).exchange(&mut stack, later, bad);
+        let long = format!("GET /{}%0a HTTP/1.1\r\n\r\n", "p".repeat(300));
+        Client::new(41003).exchange(&mut stack, later, &long);
+        Client::new(41004).exchange(&mut stack, later, "GET /\x01 HTTP/1.1\r\n\r\n");
+    });
+    let audit = audit_lines(&lines);
+    assert_eq!(audit.len(), 5, "{lines:#?}");
+    assert_eq!(
+        audit[0],
+        "mmds request: iface=eth0 method=PUT path=/latest/api/token status=200 suppressed=0"
+    );
+    assert_eq!(
+        audit[1],
+        "mmds request: iface=eth0 method=GET path=/latest/meta-data/instance-id status=200 \
+         token_age_s=7 suppressed=0"
+    );
+    assert_eq!(
+        audit[2],
+        "mmds request: iface=eth0 method=GET path=/latest status=401 suppressed=0"
+    );
+    // A long path is cut at 128 bytes; a request line httparse refuses is logged as `-`.
+    assert!(audit[3].contains(&format!(" path=/{}... status=401", "p".repeat(127))));
+    assert_eq!(
+        audit[4],
+        "mmds request: iface=eth0 method=- path=- status=400 suppressed=0"
+    );
+    for line in &lines {
+        assert!(!line.contains(&token) && !line.contains("i-1234"), "{line}");
+    }
+}
+
+#[test]
+fn audit_lines_over_the_vm_budget_are_suppressed_and_counted_in_the_next_one() {
+    let t0 = Instant::now();
+    let lines_bucket = crate::rate_limiter::TokenBucketConfig {
+        size: 2,
+        one_time_burst: None,
+        refill_time: 3_600_000,
+    };
+    let mut config = MmdsNetConfig::new("eth0");
+    config.limits = MmdsLimits::new(&crate::rate_limiter::RateLimiterConfig::default(), &lines_bucket);
+    let limits = config.limits.clone();
+    let data = Arc::new(RwLock::new(json!({})));
+    let mut stack = MmdsStack::new(config, TokenKey::from_bytes([1; 32]), data, 7, t0).unwrap();
+    let lines = capture::lines_of(|| {
+        for port in 0..5 {
+            Client::new(41100 + port).exchange(&mut stack, t0, "GET / HTTP/1.1\r\n\r\n");
+        }
+    });
+    assert_eq!(audit_lines(&lines).len(), 2, "{lines:#?}");
+    assert_eq!(stack.counters().answers_unauthorized, 5, "every request is counted");
+    // The budget is the VM's: another interface's line is suppressed too (the line that
+    // the next token allows says how many were: limits.rs tests it).
+    assert_eq!(limits.audit_line(), None);
+}
+
+/// Two interfaces of one VM sharing a request limit of `size` connections.
+fn two_interfaces_limited_to(size: u64, t0: Instant) -> (MmdsStack, MmdsStack) {
+    let ops = crate::rate_limiter::TokenBucketConfig {
+        size,
+        one_time_burst: None,
+        refill_time: 3_600_000,
+    };
+    let limits = MmdsLimits::new(
+        &crate::rate_limiter::RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(ops),
+        },
+        &limits::AUDIT_LINE_BUDGET,
+    );
+    let data = Arc::new(RwLock::new(json!({"k": "v"})));
+    let key = TokenKey::from_bytes([1; 32]);
+    let stack = |iface: &str| {
+        let mut config = MmdsNetConfig::new(iface);
+        config.version = MmdsVersion::V1;
+        config.limits = limits.clone();
+        MmdsStack::new(config, key.clone(), data.clone(), 7, t0).unwrap()
+    };
+    (stack("eth0"), stack("eth1"))
+}
+
+#[test]
+fn syns_over_the_vm_request_limit_are_dropped_unanswered_counted_and_shared_by_interfaces() {
+    let t0 = Instant::now();
+    let (mut eth0, mut eth1) = two_interfaces_limited_to(3, t0);
+    let get = "GET /k HTTP/1.1\r\n\r\n";
+    assert_eq!(body_of(&Client::new(42000).exchange(&mut eth0, t0, get)), "v");
+    assert_eq!(body_of(&Client::new(42001).exchange(&mut eth1, t0, get)), "v");
+    assert_eq!(body_of(&Client::new(42002).exchange(&mut eth0, t0, get)), "v");
+    for stack in [&mut eth0, &mut eth1] {
+        let syn = Client::new(42003).segment(true, false, b"");
+        assert_eq!(stack.handle_guest_frame(&syn, t0), Verdict::Consumed);
+        assert!(drain(stack).is_empty(), "no SYN-ACK, no RST: dropped");
+        assert_eq!(stack.counters().rate_limited, 1);
+        assert_eq!(stack.counters().syn_refused, 0);
+    }
+    assert_eq!(eth0.counters().answers_ok + eth1.counters().answers_ok, 3);
+}
+
+#[test]
+fn every_mmds_counter_is_published_to_the_interface_metrics() {
+    use crate::metrics::NetDeviceMetrics;
+
+    let t0 = Instant::now();
+    // Room for the two requests, one trickling connection and the half-open ones.
+    let (mut stack, _) = two_interfaces_limited_to(MAX_CONNECTIONS as u64 + 3, t0);
+    let m = Arc::new(NetDeviceMetrics::new());
+    stack.set_metrics(m.clone());
+    let ok = Client::new(43000).exchange(&mut stack, t0, "GET /k HTTP/1.1\r\n\r\n");
+    assert_eq!(status_of(&ok), 200);
+    let err = Client::new(43001).exchange(&mut stack, t0, "GET /none HTTP/1.1\r\n\r\n");
+    assert_eq!(status_of(&err), 404);
+    // A fragment and a frame too big for the input buffer are dropped.
+    let mut fragment = Client::new(43002).segment(true, false, b"");
+    fragment[14 + 6] = 0x20;
+    stack.handle_guest_frame(&fragment, t0);
+    let mut huge = Client::new(43003).segment(false, false, b"");
+    huge.resize(device::MAX_RX_FRAME + 1, 0);
+    stack.handle_guest_frame(&huge, t0);
+    // A client that trickles its request a byte at a time is cut at the deadline.
+    let mut slow = Client::new(43004);
+    slow.send(&mut stack, t0, true, false, b"");
+    for secs in [4, 8] {
+        slow.send(&mut stack, t0 + Duration::from_secs(secs), false, false, b"G");
+    }
+    let at_deadline = t0 + CONN_DEADLINE + Duration::from_millis(500);
+    slow.send(&mut stack, at_deadline, false, false, b"E");
+    assert!(slow.rst, "aborted");
+    // Half-open connections fill every slot: the next SYN is refused (RST).
+    for i in 0..MAX_CONNECTIONS as u16 + 1 {
+        let syn = Client::new(43100 + i).segment(true, false, b"");
+        stack.handle_guest_frame(&syn, at_deadline);
+    }
+    // ARP requests nobody drains: the guest-bound queue fills.
+    for _ in 0..TX_QUEUE_FRAMES + 5 {
+        stack.handle_guest_frame(&arp_request(DEFAULT_IPV4.octets()), at_deadline);
+    }
+    drain(&mut stack);
+    // Once the half-open ones time out, a SYN finds a slot but the VM's limit is spent.
+    let later = at_deadline + CONN_DEADLINE;
+    stack.poll(later);
+    drain(&mut stack);
+    let syn = Client::new(43200).segment(true, false, b"");
+    stack.handle_guest_frame(&syn, later);
+    let c = stack.counters();
+    let published = [
+        (m.mmds_answers_ok.count(), c.answers_ok, 1),
+        (m.mmds_answers_error.count(), c.answers_error, 1),
+        (m.mmds_fragments.count(), c.fragments, 1),
+        (m.mmds_frames_too_big.count(), c.frames_too_big, 1),
+        (m.mmds_syn_refused.count(), c.syn_refused, 1),
+        (m.mmds_rate_limited.count(), c.rate_limited, 1),
+        (m.mmds_deadline_aborts.count(), c.deadline_aborts, 1),
+    ];
+    for (i, (metric, counter, expected)) in published.into_iter().enumerate() {
+        assert_eq!((metric, counter), (expected, expected), "row {i}: {c:?}");
+    }
+    assert!(c.queue_full > 0 && m.mmds_queue_full.count() == c.queue_full, "{c:?}");
+    assert_eq!(m.mmds_answers_unauthorized.count(), c.answers_unauthorized);
+}

@@ -128,8 +128,8 @@ metric_group! {
         mmds_answers_unauthorized: Counter,
         /// MMDS requests answered with another 4xx or 5xx (Palisade's).
         mmds_answers_error: Counter,
-        /// MMDS connection attempts (SYNs) dropped over the VM's request rate limit
-        /// (Palisade's).
+        /// MMDS connection attempts (SYNs) dropped over the VM's request rate limit, and
+        /// MMDS frames over its frame limit (Palisade's).
         mmds_rate_limited: Counter,
         /// MMDS SYNs refused (RST) because every connection slot was taken (Palisade's).
         mmds_syn_refused: Counter,

@@ -482,3 +482,21 @@ fn without_mmds_frames_to_the_mmds_address_follow_the_firewall_as_any_other() {
     assert_eq!(r.net.metrics.mmds_other_drops.count(), 0);
     assert!(r.net.mmds_counters().is_none());
 }
+
+#[test]
+fn on_an_mmds_interface_the_responders_counters_reach_the_net_metrics_group() {
+    let mem = memory();
+    let mut r = mmds_rig(&mem, config(None));
+    // A TCP fragment to the MMDS address: the responder drops and counts it.
+    let mut fragment = udp_frame(MAC, [10, 0, 0, 2], MMDS_IP);
+    fragment[14 + 9] = 6;
+    fragment[14 + 6] = 0x20;
+    let l0 = put_tx(&mem, 0x10_0000, &fragment);
+    queue_tx(&r, &[(0x10_0000, l0)]);
+    r.net.process_tx();
+    assert_eq!(peer_recv(&r.peer), None);
+    let m = &r.net.metrics;
+    assert_eq!(m.mmds_fragments.count(), 1);
+    assert_eq!(m.mmds_frames_in.count(), 1);
+    assert_eq!(r.net.mmds_counters().unwrap().fragments, 1);
+}

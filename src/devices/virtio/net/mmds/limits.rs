@@ -9,12 +9,22 @@
 //! it after its own backoff (1 s, then 3 s, 7 s ...), by when the bucket has refilled — an
 //! honest client that bursts past the limit is delayed, not failed.
 //!
+//! The frames of the service (ARP, TCP segments) pay from a second bucket, sized from the
+//! first: [`FRAMES_PER_REQUEST`] frames per request, over the same refill time (4000 per 2 s
+//! by default). A request takes 5 to 10 frames (40 for an answer of tens of KiB), so honest
+//! traffic never meets it; what it bounds is the stack's work for frames that open nothing
+//! (stray segments answered by RST, ARP floods): a frame over it is dropped before the stack
+//! sees it and counted as rate limited. Without a request limit there is no frame limit.
+//!
 //! Audit lines ([`super::audit`]) have their own bucket ([`AUDIT_LINE_BUDGET`]); a line over
 //! it is suppressed and counted, and the next line written says how many were.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::rate_limiter::{BucketReduction, RateLimiterConfig, TokenBucket, TokenBucketConfig};
+
+/// Frames of the service allowed per request of the request limit.
+pub const FRAMES_PER_REQUEST: u64 = 40;
 
 /// Audit lines per VM: a burst of 100, refilled at 10 a second.
 pub const AUDIT_LINE_BUDGET: TokenBucketConfig = TokenBucketConfig {
@@ -26,6 +36,7 @@ pub const AUDIT_LINE_BUDGET: TokenBucketConfig = TokenBucketConfig {
 #[derive(Debug)]
 struct Buckets {
     requests: Option<TokenBucket>,
+    frames: Option<TokenBucket>,
     lines: Option<TokenBucket>,
     suppressed_lines: u64,
 }
@@ -51,8 +62,17 @@ fn take_one(bucket: &mut Option<TokenBucket>) -> bool {
 impl MmdsLimits {
     /// Limits with the `ops` bucket of `requests` (none: no limit) and `lines` for audit lines.
     pub fn new(requests: &RateLimiterConfig, lines: &TokenBucketConfig) -> Self {
+        let ops = requests.ops.as_ref();
+        let per = |n: u64| n.saturating_mul(FRAMES_PER_REQUEST);
         Self(Arc::new(Mutex::new(Buckets {
-            requests: requests.ops.as_ref().and_then(TokenBucket::from_config),
+            requests: ops.and_then(TokenBucket::from_config),
+            frames: ops.and_then(|r| {
+                TokenBucket::new(
+                    per(r.size),
+                    per(r.one_time_burst.unwrap_or(0)),
+                    r.refill_time,
+                )
+            }),
             lines: TokenBucket::from_config(lines),
             suppressed_lines: 0,
         })))
@@ -65,6 +85,11 @@ impl MmdsLimits {
     /// Charges one request (a connection about to open); false: over the limit.
     pub fn admit_request(&self) -> bool {
         take_one(&mut self.lock().requests)
+    }
+
+    /// Charges one frame of the service; false: over the limit.
+    pub fn admit_frame(&self) -> bool {
+        take_one(&mut self.lock().frames)
     }
 
     /// Asks to write one audit line: `Some(n)` with the number of lines suppressed since the
@@ -111,9 +136,23 @@ mod tests {
     }
 
     #[test]
+    fn frames_are_limited_to_forty_per_request_of_the_limit() {
+        let limits = MmdsLimits::new(
+            &RateLimiterConfig {
+                bandwidth: None,
+                ops: Some(bucket(3)),
+            },
+            &bucket(1),
+        );
+        assert_eq!((0..1000).filter(|_| limits.admit_frame()).count(), 120);
+        // Requests have their own bucket.
+        assert!(limits.admit_request());
+    }
+
+    #[test]
     fn no_ops_bucket_is_no_limit() {
         let limits = MmdsLimits::new(&RateLimiterConfig::default(), &bucket(1));
-        assert!((0..10_000).all(|_| limits.admit_request()));
+        assert!((0..10_000).all(|_| limits.admit_request() && limits.admit_frame()));
     }
 
     #[test]

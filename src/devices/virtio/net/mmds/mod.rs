@@ -35,8 +35,9 @@
 //! within [`CONN_DEADLINE`] is aborted. Response bodies are bounded by the data store's size
 //! limit (set by the API, not the guest). Answers leave with the configured IP TTL (1 by
 //! default): sockets set it, and the device stamps it on every IPv4 frame (RSTs included).
-//! Connection opens (one request each) pay from the VM's request bucket ([`limits`]); a SYN
-//! over the limit is dropped and counted ([`MmdsCounters::rate_limited`]).
+//! Connection opens (one request each) pay from the VM's request bucket, every frame from its
+//! frame bucket ([`limits`]); a SYN or frame over the limit is dropped and counted
+//! ([`MmdsCounters::rate_limited`]).
 //!
 //! # Audit and metrics
 //! Every answered request gives one audit line ([`audit`]: interface, method, path, status,
@@ -164,7 +165,7 @@ pub struct MmdsCounters {
     pub fragments: u64,
     /// SYNs that found no listening socket (smoltcp answers RST).
     pub syn_refused: u64,
-    /// SYNs dropped over the VM's request rate limit.
+    /// SYNs dropped over the VM's request limit, and frames over its frame limit.
     pub rate_limited: u64,
     /// Times the guest-bound queue was full when the stack had a frame.
     pub queue_full: u64,
@@ -363,6 +364,14 @@ impl MmdsStack {
                 self.publish();
                 return Verdict::Consumed;
             }
+            _ if !self.config.limits.admit_frame() => {
+                // Over the VM's frame limit: dropped before the stack sees it.
+                self.counters.frames_in += 1;
+                self.counters.rate_limited += 1;
+                self.log_rate_limited("frame");
+                self.publish();
+                return Verdict::Consumed;
+            }
             FrameClass::Tcp { syn: true } if !self.any_listening() => {
                 self.counters.syn_refused += 1;
             }
@@ -370,12 +379,7 @@ impl MmdsStack {
                 // Over the VM's request limit: dropped before the stack sees it.
                 self.counters.frames_in += 1;
                 self.counters.rate_limited += 1;
-                if let Some(n) = self.limited_log.hit() {
-                    log::warn!(
-                        "mmds: request rate limit reached on {}: connection dropped ({n} so far)",
-                        self.config.iface_id
-                    );
-                }
+                self.log_rate_limited("connection");
                 self.publish();
                 return Verdict::Consumed;
             }
@@ -393,6 +397,16 @@ impl MmdsStack {
         self.poll(now);
         self.device.clear_rx();
         Verdict::Consumed
+    }
+
+    /// A rate-limited warning that the VM's limit dropped a `what`.
+    fn log_rate_limited(&self, what: &str) {
+        if let Some(n) = self.limited_log.hit() {
+            log::warn!(
+                "mmds: rate limit reached on {}: {what} dropped ({n} drops so far)",
+                self.config.iface_id
+            );
+        }
     }
 
     /// The next frame for the guest's RX queue.

@@ -695,3 +695,22 @@ fn every_mmds_counter_is_published_to_the_interface_metrics() {
     assert!(c.queue_full > 0 && m.mmds_queue_full.count() == c.queue_full, "{c:?}");
     assert_eq!(m.mmds_answers_unauthorized.count(), c.answers_unauthorized);
 }
+
+#[test]
+fn stray_segments_beyond_the_vm_frame_limit_are_dropped_before_the_stack() {
+    let t0 = Instant::now();
+    // One request a VM: 40 frames.
+    let (mut stack, _) = two_interfaces_limited_to(1, t0);
+    // The guest's ARP (one frame of the budget) teaches the stack its MAC.
+    stack.handle_guest_frame(&arp_request(DEFAULT_IPV4.octets()), t0);
+    let mut rsts = drain(&mut stack).len();
+    for i in 0..99u16 {
+        // An ACK for no connection: smoltcp would answer each with an RST.
+        let stray = Client::new(44000 + i).segment(false, false, b"x");
+        assert_eq!(stack.handle_guest_frame(&stray, t0), Verdict::Consumed);
+        rsts += drain(&mut stack).len();
+    }
+    assert_eq!(rsts, limits::FRAMES_PER_REQUEST as usize);
+    assert_eq!(stack.counters().rate_limited, 100 - limits::FRAMES_PER_REQUEST);
+    assert_eq!(stack.counters().frames_in, 100);
+}

@@ -183,8 +183,7 @@ mod tests {
             assert_eq!(u64::from(config.validated(eth0).unwrap().hop_limit()), ok);
         }
         for bad in [0u64, 256, u64::MAX] {
-            let config =
-                parse(json!({"network_interfaces": ["eth0"], "hop_limit": bad})).unwrap();
+            let config = parse(json!({"network_interfaces": ["eth0"], "hop_limit": bad})).unwrap();
             let err = config.validated(eth0).unwrap_err();
             assert_eq!(err, MmdsConfigError::InvalidHopLimit(bad));
             assert!(err.to_string().contains("between 1 and 255"), "{err}");

@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use super::Controller;
 use crate::config::validate_mmds;
-use crate::devices::virtio::net::mmds::token::TokenError;
 use crate::devices::virtio::net::mmds::limits::AUDIT_LINE_BUDGET;
+use crate::devices::virtio::net::mmds::token::TokenError;
 use crate::devices::virtio::net::mmds::{
     MmdsLimits, MmdsNetConfig, MmdsNetError, MmdsStack, MmdsVersion as NetVersion, TokenKey,
 };

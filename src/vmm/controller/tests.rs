@@ -293,5 +293,8 @@ fn mmds_config_names_configured_interfaces_and_shows_in_vm_config() {
     .unwrap();
     let shown = &full_config(&mut c)["mmds-config"];
     assert_eq!(shown["hop_limit"], 64);
-    assert_eq!(shown["rate_limiter"], json!({"ops": {"size": 5, "refill_time": 1000}}));
+    assert_eq!(
+        shown["rate_limiter"],
+        json!({"ops": {"size": 5, "refill_time": 1000}})
+    );
 }

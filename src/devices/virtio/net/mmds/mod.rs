@@ -327,10 +327,18 @@ impl MmdsStack {
             (&m.mmds_answers_error, now.answers_error, was.answers_error),
             (&m.mmds_rate_limited, now.rate_limited, was.rate_limited),
             (&m.mmds_syn_refused, now.syn_refused, was.syn_refused),
-            (&m.mmds_deadline_aborts, now.deadline_aborts, was.deadline_aborts),
+            (
+                &m.mmds_deadline_aborts,
+                now.deadline_aborts,
+                was.deadline_aborts,
+            ),
             (&m.mmds_queue_full, now.queue_full, was.queue_full),
             (&m.mmds_fragments, now.fragments, was.fragments),
-            (&m.mmds_frames_too_big, now.frames_too_big, was.frames_too_big),
+            (
+                &m.mmds_frames_too_big,
+                now.frames_too_big,
+                was.frames_too_big,
+            ),
         ];
         for (counter, now, was) in pairs {
             if now > was {

@@ -575,7 +575,10 @@ fn audit_lines_over_the_vm_budget_are_suppressed_and_counted_in_the_next_one() {
         refill_time: 3_600_000,
     };
     let mut config = MmdsNetConfig::new("eth0");
-    config.limits = MmdsLimits::new(&crate::rate_limiter::RateLimiterConfig::default(), &lines_bucket);
+    config.limits = MmdsLimits::new(
+        &crate::rate_limiter::RateLimiterConfig::default(),
+        &lines_bucket,
+    );
     let limits = config.limits.clone();
     let data = Arc::new(RwLock::new(json!({})));
     let mut stack = MmdsStack::new(config, TokenKey::from_bytes([1; 32]), data, 7, t0).unwrap();
@@ -585,7 +588,11 @@ fn audit_lines_over_the_vm_budget_are_suppressed_and_counted_in_the_next_one() {
         }
     });
     assert_eq!(audit_lines(&lines).len(), 2, "{lines:#?}");
-    assert_eq!(stack.counters().answers_unauthorized, 5, "every request is counted");
+    assert_eq!(
+        stack.counters().answers_unauthorized,
+        5,
+        "every request is counted"
+    );
     // The budget is the VM's: another interface's line is suppressed too (the line that
     // the next token allows says how many were: limits.rs tests it).
     assert_eq!(limits.audit_line(), None);
@@ -621,9 +628,18 @@ fn syns_over_the_vm_request_limit_are_dropped_unanswered_counted_and_shared_by_i
     let t0 = Instant::now();
     let (mut eth0, mut eth1) = two_interfaces_limited_to(3, t0);
     let get = "GET /k HTTP/1.1\r\n\r\n";
-    assert_eq!(body_of(&Client::new(42000).exchange(&mut eth0, t0, get)), "v");
-    assert_eq!(body_of(&Client::new(42001).exchange(&mut eth1, t0, get)), "v");
-    assert_eq!(body_of(&Client::new(42002).exchange(&mut eth0, t0, get)), "v");
+    assert_eq!(
+        body_of(&Client::new(42000).exchange(&mut eth0, t0, get)),
+        "v"
+    );
+    assert_eq!(
+        body_of(&Client::new(42001).exchange(&mut eth1, t0, get)),
+        "v"
+    );
+    assert_eq!(
+        body_of(&Client::new(42002).exchange(&mut eth0, t0, get)),
+        "v"
+    );
     for stack in [&mut eth0, &mut eth1] {
         let syn = Client::new(42003).segment(true, false, b"");
         assert_eq!(stack.handle_guest_frame(&syn, t0), Verdict::Consumed);
@@ -658,7 +674,13 @@ fn every_mmds_counter_is_published_to_the_interface_metrics() {
     let mut slow = Client::new(43004);
     slow.send(&mut stack, t0, true, false, b"");
     for secs in [4, 8] {
-        slow.send(&mut stack, t0 + Duration::from_secs(secs), false, false, b"G");
+        slow.send(
+            &mut stack,
+            t0 + Duration::from_secs(secs),
+            false,
+            false,
+            b"G",
+        );
     }
     let at_deadline = t0 + CONN_DEADLINE + Duration::from_millis(500);
     slow.send(&mut stack, at_deadline, false, false, b"E");
@@ -692,7 +714,10 @@ fn every_mmds_counter_is_published_to_the_interface_metrics() {
     for (i, (metric, counter, expected)) in published.into_iter().enumerate() {
         assert_eq!((metric, counter), (expected, expected), "row {i}: {c:?}");
     }
-    assert!(c.queue_full > 0 && m.mmds_queue_full.count() == c.queue_full, "{c:?}");
+    assert!(
+        c.queue_full > 0 && m.mmds_queue_full.count() == c.queue_full,
+        "{c:?}"
+    );
     assert_eq!(m.mmds_answers_unauthorized.count(), c.answers_unauthorized);
 }
 
@@ -711,6 +736,119 @@ fn stray_segments_beyond_the_vm_frame_limit_are_dropped_before_the_stack() {
         rsts += drain(&mut stack).len();
     }
     assert_eq!(rsts, limits::FRAMES_PER_REQUEST as usize);
-    assert_eq!(stack.counters().rate_limited, 100 - limits::FRAMES_PER_REQUEST);
+    assert_eq!(
+        stack.counters().rate_limited,
+        100 - limits::FRAMES_PER_REQUEST
+    );
     assert_eq!(stack.counters().frames_in, 100);
+}
+
+/// Not a check: prints what the VMM thread spends on MMDS traffic, per guest frame and per
+/// request, for the report and README. Run it optimised:
+/// `cargo test --release --lib measure_mmds_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run by hand with --release"]
+fn measure_mmds_cost_per_frame_and_request() {
+    let t0 = Instant::now();
+    let unlimited = MmdsLimits::new(
+        &crate::rate_limiter::RateLimiterConfig::default(),
+        &limits::AUDIT_LINE_BUDGET,
+    );
+    let fresh = |version| {
+        let mut config = MmdsNetConfig::new("eth0");
+        config.version = version;
+        config.limits = unlimited.clone();
+        let data = Arc::new(RwLock::new(json!({
+            "latest": {"meta-data": {"instance-id": "i-1234", "iam": {"security-credentials":
+                {"role": {"AccessKeyId": "A".repeat(20), "SecretAccessKey": "S".repeat(40),
+                          "Token": "T".repeat(800)}}}}}
+        })));
+        MmdsStack::new(config, TokenKey::from_bytes([1; 32]), data, 7, t0).unwrap()
+    };
+    let report = |what: &str, n: u32, elapsed: Duration| {
+        println!(
+            "{what}: {:.2} us each ({n} in {elapsed:?})",
+            elapsed.as_secs_f64() * 1e6 / f64::from(n)
+        );
+    };
+    // Whole requests, every guest frame of them included.
+    for (version, name) in [(MmdsVersion::V1, "V1 GET"), (MmdsVersion::V2, "V2 GET")] {
+        let mut stack = fresh(version);
+        let token = body_of(&put_token(&mut stack, 1000, t0, "")).to_string();
+        let get = format!(
+            "GET /latest/meta-data/iam/security-credentials/role HTTP/1.1\r\n\
+             Accept: application/json\r\nX-metadata-token: {token}\r\n\r\n"
+        );
+        let n = 2000u32;
+        let frames_before = stack.counters().frames_in;
+        let start = Instant::now();
+        for i in 0..n {
+            let response = Client::new(2000 + (i % 20000) as u16).exchange(&mut stack, t0, &get);
+            assert_eq!(status_of(&response), 200);
+        }
+        let elapsed = start.elapsed();
+        let frames = stack.counters().frames_in - frames_before;
+        report(
+            &format!(
+                "{name} request ({} guest frames each)",
+                frames / u64::from(n)
+            ),
+            n,
+            elapsed,
+        );
+    }
+    // Single frames that open nothing.
+    let n = 100_000u32;
+    let mut stack = fresh(MmdsVersion::V2);
+    stack.handle_guest_frame(&arp_request(DEFAULT_IPV4.octets()), t0);
+    drain(&mut stack);
+    let stray = Client::new(3000).segment(false, false, b"x");
+    let start = Instant::now();
+    for _ in 0..n {
+        stack.handle_guest_frame(&stray, t0);
+        drain(&mut stack);
+    }
+    report("stray segment answered by RST", n, start.elapsed());
+    let arp = arp_request(DEFAULT_IPV4.octets());
+    let start = Instant::now();
+    for _ in 0..n {
+        stack.handle_guest_frame(&arp, t0);
+        drain(&mut stack);
+    }
+    report("ARP request answered", n, start.elapsed());
+    for i in 0..MAX_CONNECTIONS as u16 {
+        stack.handle_guest_frame(&Client::new(4000 + i).segment(true, false, b""), t0);
+    }
+    drain(&mut stack);
+    let syn = Client::new(5000).segment(true, false, b"");
+    let start = Instant::now();
+    for _ in 0..n {
+        stack.handle_guest_frame(&syn, t0);
+        drain(&mut stack);
+    }
+    report("SYN refused, every slot taken", n, start.elapsed());
+    let (mut limited, _) = two_interfaces_limited_to(1, t0);
+    for _ in 0..limits::FRAMES_PER_REQUEST {
+        limited.handle_guest_frame(&stray, t0);
+    }
+    drain(&mut limited);
+    let start = Instant::now();
+    for _ in 0..n {
+        limited.handle_guest_frame(&stray, t0);
+    }
+    report("frame over the VM frame limit, dropped", n, start.elapsed());
+    let other = {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(GUEST_MAC, [0xaa; 6])
+            .ipv4(GUEST_IP, [8, 8, 8, 8], 64)
+            .udp(1000, 53)
+            .write(&mut f, b"query")
+            .unwrap();
+        f
+    };
+    let start = Instant::now();
+    for _ in 0..n {
+        stack.handle_guest_frame(&other, t0);
+    }
+    report("frame that is not MMDS traffic, passed", n, start.elapsed());
 }

@@ -1,7 +1,8 @@
 //! The MMDS data store and its configuration through the API socket, the config file and
 //! `--metadata`, answered with Firecracker's status codes and fault messages (read from its
-//! `rpc_interface.rs`, `mmds/data_store.rs` and `vmm_config/mmds.rs`). The guest-facing
-//! service is not served yet: these tests prove the orchestrator's side.
+//! `rpc_interface.rs`, `mmds/data_store.rs` and `vmm_config/mmds.rs`), and Palisade's
+//! `mmds-config` extensions (`hop_limit`, `rate_limiter`). These tests prove the
+//! orchestrator's side; tests/mmds_linux.rs the guest's.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -157,7 +158,13 @@ fn mmds_config_is_pre_boot_only_and_the_store_serves_after_boot() {
     let Some(ns) = TapNetns::create(test) else {
         return;
     };
-    let mut vm = ApiVm::start_in_netns(tempfile::tempdir().unwrap(), Some(&ns.name), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let metrics = out.path().join("metrics.jsonl");
+    let mut vm = ApiVm::start_in_netns(
+        tempfile::tempdir().unwrap(),
+        Some(&ns.name),
+        &["--metrics-path", metrics.to_str().unwrap()],
+    );
     let mut c = vm.client();
     let r = c.put(
         "/network-interfaces/eth0",
@@ -175,7 +182,51 @@ fn mmds_config_is_pre_boot_only_and_the_store_serves_after_boot() {
     assert_eq!(
         c.get("/vm/config").json()["mmds-config"],
         json!({"version": "V2", "network_interfaces": ["eth0"],
-               "ipv4_address": "169.254.169.254", "imds_compat": false})
+               "ipv4_address": "169.254.169.254", "imds_compat": false, "hop_limit": 1,
+               "rate_limiter": {"ops": {"size": 100, "refill_time": 2000}}})
+    );
+    // Palisade's extensions: refused with Firecracker's prefix, then shown as set.
+    let refused = [
+        (
+            json!({"network_interfaces": ["eth0"], "hop_limit": 0}),
+            "MMMDS config error: The MMDS hop limit 0 is out of range: give a value between 1 \
+             and 255.",
+        ),
+        (
+            json!({"network_interfaces": ["eth0"], "hop_limit": 256}),
+            "MMMDS config error: The MMDS hop limit 256 is out of range: give a value between \
+             1 and 255.",
+        ),
+        (
+            json!({"network_interfaces": ["eth0"],
+                   "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}),
+            "MMMDS config error: The MMDS rate limiter counts requests: give an `ops` bucket; \
+             `bandwidth` is not supported.",
+        ),
+    ];
+    for (body, message) in refused {
+        let r = c.put("/mmds/config", body.clone());
+        assert_eq!((r.status, r.fault().as_str()), (400, message), "{body}");
+    }
+    for body in [
+        json!({"network_interfaces": ["eth0"], "hop_limit": -1}),
+        json!({"network_interfaces": ["eth0"], "hop_limit": "64"}),
+        json!({"network_interfaces": ["eth0"], "rate_limiter": {"ops": {"size": 1}}}),
+    ] {
+        let r = c.put("/mmds/config", body.clone());
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+    }
+    let r = c.put(
+        "/mmds/config",
+        json!({"network_interfaces": ["eth0"], "hop_limit": 64,
+               "rate_limiter": {"ops": {"size": 10, "refill_time": 1000, "one_time_burst": 5}}}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let shown = c.get("/vm/config").json()["mmds-config"].clone();
+    assert_eq!(shown["hop_limit"], 64);
+    assert_eq!(
+        shown["rate_limiter"],
+        json!({"ops": {"size": 10, "refill_time": 1000, "one_time_burst": 5}})
     );
     let r = c.put("/mmds", metadata());
     assert_eq!(r.status, 204, "{}", r.body);
@@ -189,6 +240,31 @@ fn mmds_config_is_pre_boot_only_and_the_store_serves_after_boot() {
     let r = c.put("/mmds", json!({"replaced": true}));
     assert_eq!(r.status, 204, "{}", r.body);
     assert_eq!(c.get("/mmds").json(), json!({"replaced": true}));
+    // The interface's metrics group has every counter of its responder.
+    let r = c.put("/actions", json!({"action_type": "FlushMetrics"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    for key in [
+        "mmds_frames_in",
+        "mmds_frames_out",
+        "mmds_other_drops",
+        "mmds_answers_ok",
+        "mmds_answers_unauthorized",
+        "mmds_answers_error",
+        "mmds_rate_limited",
+        "mmds_syn_refused",
+        "mmds_deadline_aborts",
+        "mmds_queue_full",
+        "mmds_fragments",
+        "mmds_frames_too_big",
+    ] {
+        assert!(
+            last["net_eth0"][key].is_u64(),
+            "{key}: {}",
+            last["net_eth0"]
+        );
+    }
     let stderr = vm.running.stderr();
     assert!(stderr.contains("MMDS V1 configured"), "{stderr}");
 }
@@ -240,7 +316,8 @@ fn metadata_file_and_config_file_mmds_config_fill_the_store_and_the_vm_config() 
     assert_eq!(
         c.get("/vm/config").json()["mmds-config"],
         json!({"version": "V2", "network_interfaces": ["eth0"],
-               "ipv4_address": "169.254.169.254", "imds_compat": true})
+               "ipv4_address": "169.254.169.254", "imds_compat": true, "hop_limit": 1,
+               "rate_limiter": {"ops": {"size": 100, "refill_time": 2000}}})
     );
 }
 

@@ -216,6 +216,13 @@ pub struct MmdsStack {
     metrics: Option<Arc<NetDeviceMetrics>>,
     published: MmdsCounters,
     limited_log: RateLimitedLog,
+    /// Where audit lines go ([`log_audit_line`] unless a test captures them).
+    audit_sink: fn(&str),
+}
+
+/// Writes an audit line to the log, at `info` level.
+pub fn log_audit_line(line: &str) {
+    log::info!("{line}");
 }
 
 impl std::fmt::Debug for MmdsStack {
@@ -296,6 +303,7 @@ impl MmdsStack {
             metrics: None,
             published: MmdsCounters::default(),
             limited_log: RateLimitedLog::new(),
+            audit_sink: log_audit_line,
         })
     }
 
@@ -308,6 +316,11 @@ impl MmdsStack {
     pub fn set_metrics(&mut self, metrics: Arc<NetDeviceMetrics>) {
         self.metrics = Some(metrics);
         self.publish();
+    }
+
+    /// Sends audit lines to `sink` instead of the log (tests capture them so).
+    pub fn set_audit_sink(&mut self, sink: fn(&str)) {
+        self.audit_sink = sink;
     }
 
     /// Adds to the metrics what was counted since the last call.
@@ -522,7 +535,7 @@ impl MmdsStack {
                             _ => self.counters.answers_error += 1,
                         }
                         if let Some(suppressed) = self.config.limits.audit_line() {
-                            log::info!("{}", audit.line(&self.config.iface_id, suppressed));
+                            (self.audit_sink)(&audit.line(&self.config.iface_id, suppressed));
                         }
                         conn.response = bytes;
                         conn.answered = true;

@@ -473,44 +473,20 @@ fn a_put_and_patch_to_the_store_after_the_stack_started_are_what_the_guest_reads
     assert_eq!(body_of(&response), r#"{"w":3}"#, "{response}");
 }
 
-/// Captures the log lines the calling thread emits (tests run on their own threads, so each
-/// sees only its own lines).
+/// Captures the audit lines of stacks whose sink is [`capture::sink`], per test thread.
 mod capture {
     use std::cell::RefCell;
-    use std::sync::Once;
 
-    use log::{LevelFilter, Log, Metadata, Record};
+    thread_local!(static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) });
 
-    thread_local!(static LINES: RefCell<Option<Vec<String>>> = const { RefCell::new(None) });
-
-    struct Capture;
-
-    impl Log for Capture {
-        fn enabled(&self, _: &Metadata<'_>) -> bool {
-            true
-        }
-        fn log(&self, record: &Record<'_>) {
-            LINES.with(|l| {
-                if let Some(lines) = l.borrow_mut().as_mut() {
-                    lines.push(record.args().to_string());
-                }
-            });
-        }
-        fn flush(&self) {}
+    /// An audit sink that keeps the line for [`take`].
+    pub fn sink(line: &str) {
+        LINES.with(|l| l.borrow_mut().push(line.to_string()));
     }
 
-    static CAPTURE: Capture = Capture;
-    static INSTALL: Once = Once::new();
-
-    /// The lines `f` logs.
-    pub fn lines_of(f: impl FnOnce()) -> Vec<String> {
-        INSTALL.call_once(|| {
-            log::set_logger(&CAPTURE).unwrap();
-            log::set_max_level(LevelFilter::Info);
-        });
-        LINES.with(|l| *l.borrow_mut() = Some(Vec::new()));
-        f();
-        LINES.with(|l| l.borrow_mut().take().unwrap())
+    /// The lines captured on this thread so far.
+    pub fn take() -> Vec<String> {
+        LINES.with(|l| std::mem::take(&mut *l.borrow_mut()))
     }
 }
 
@@ -525,9 +501,9 @@ fn audit_lines(lines: &[String]) -> Vec<&String> {
 fn each_answered_request_gives_one_audit_line_with_the_token_age_never_the_token_or_values() {
     let t0 = Instant::now();
     let mut stack = stack_with(MmdsVersion::V2, 1, "eth0", t0);
-    let mut token = String::new();
-    let lines = capture::lines_of(|| {
-        token = body_of(&put_token(&mut stack, 41000, t0, "")).to_string();
+    stack.set_audit_sink(capture::sink);
+    let token = {
+        let token = body_of(&put_token(&mut stack, 41000, t0, "")).to_string();
         let later = t0 + Duration::from_secs(7);
         let get = format!(
             "GET /latest/meta-data/instance-id HTTP/1.1\r\nX-metadata-token: {token}\r\n\r\n"
@@ -539,7 +515,9 @@ fn each_answered_request_gives_one_audit_line_with_the_token_age_never_the_token
         let long = format!("GET /{}%0a HTTP/1.1\r\n\r\n", "p".repeat(300));
         Client::new(41003).exchange(&mut stack, later, &long);
         Client::new(41004).exchange(&mut stack, later, "GET /\x01 HTTP/1.1\r\n\r\n");
-    });
+        token
+    };
+    let lines = capture::take();
     let audit = audit_lines(&lines);
     assert_eq!(audit.len(), 5, "{lines:#?}");
     assert_eq!(
@@ -582,11 +560,11 @@ fn audit_lines_over_the_vm_budget_are_suppressed_and_counted_in_the_next_one() {
     let limits = config.limits.clone();
     let data = Arc::new(RwLock::new(json!({})));
     let mut stack = MmdsStack::new(config, TokenKey::from_bytes([1; 32]), data, 7, t0).unwrap();
-    let lines = capture::lines_of(|| {
-        for port in 0..5 {
-            Client::new(41100 + port).exchange(&mut stack, t0, "GET / HTTP/1.1\r\n\r\n");
-        }
-    });
+    stack.set_audit_sink(capture::sink);
+    for port in 0..5 {
+        Client::new(41100 + port).exchange(&mut stack, t0, "GET / HTTP/1.1\r\n\r\n");
+    }
+    let lines = capture::take();
     assert_eq!(audit_lines(&lines).len(), 2, "{lines:#?}");
     assert_eq!(
         stack.counters().answers_unauthorized,

@@ -78,17 +78,8 @@ impl Controller {
             };
             let mut seed = [0u8; 8];
             host_random(&mut seed).map_err(MmdsStartError::Seed)?;
-            let mut net_config = MmdsNetConfig::new(iface);
-            net_config.ipv4_address = config.ipv4_addr();
-            net_config.imds_compat = config.imds_compat;
-            net_config.hop_limit = config.hop_limit();
-            net_config.limits = limits.clone();
-            net_config.version = match config.version {
-                MmdsVersion::V1 => NetVersion::V1,
-                MmdsVersion::V2 => NetVersion::V2,
-            };
             let stack = MmdsStack::new(
-                net_config,
+                mmds_net_config(config, iface, &limits),
                 key.clone(),
                 store.shared(),
                 u64::from_le_bytes(seed),
@@ -128,6 +119,25 @@ impl Controller {
     }
 }
 
+/// The responder configuration of interface `iface` from the VM's `config`, sharing the VM's
+/// `limits`.
+pub(super) fn mmds_net_config(
+    config: &MmdsConfig,
+    iface: &str,
+    limits: &MmdsLimits,
+) -> MmdsNetConfig {
+    let mut net_config = MmdsNetConfig::new(iface);
+    net_config.ipv4_address = config.ipv4_addr();
+    net_config.imds_compat = config.imds_compat;
+    net_config.hop_limit = config.hop_limit();
+    net_config.limits = limits.clone();
+    net_config.version = match config.version {
+        MmdsVersion::V1 => NetVersion::V1,
+        MmdsVersion::V2 => NetVersion::V2,
+    };
+    net_config
+}
+
 /// What a data action does to the store.
 pub(super) enum MmdsData {
     /// `PUT /mmds`.
@@ -136,4 +146,35 @@ pub(super) enum MmdsData {
     Patch(Value),
     /// `GET /mmds`.
     Get,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_responders_get_the_configured_hop_limit_and_one_shared_request_limit() {
+        let config: MmdsConfig = serde_json::from_value(json!({
+            "network_interfaces": ["eth0", "eth1"], "hop_limit": 64, "version": "V1",
+            "rate_limiter": {"ops": {"size": 1, "refill_time": 3_600_000}}
+        }))
+        .unwrap();
+        let config = config.validated(|_| true).unwrap();
+        let limits = MmdsLimits::new(&config.rate_limiter(), &AUDIT_LINE_BUDGET);
+        let eth0 = mmds_net_config(&config, "eth0", &limits);
+        let eth1 = mmds_net_config(&config, "eth1", &limits);
+        assert_eq!((eth0.hop_limit, eth0.version), (64, NetVersion::V1));
+        assert_eq!(eth1.iface_id, "eth1");
+        // One token for the VM: eth0 takes it, eth1 finds none.
+        assert!(eth0.limits.admit_request());
+        assert!(!eth1.limits.admit_request());
+        let default: MmdsConfig =
+            serde_json::from_value(json!({"network_interfaces": ["eth0"]})).unwrap();
+        let default = default.validated(|_| true).unwrap();
+        assert_eq!(mmds_net_config(&default, "eth0", &limits).hop_limit, 1);
+    }
 }

@@ -10,9 +10,9 @@
 //! honest client that bursts past the limit is delayed, not failed.
 //!
 //! The frames of the service (ARP, TCP segments) pay from a second bucket, sized from the
-//! first: [`FRAMES_PER_REQUEST`] frames per request, over the same refill time (4000 per 2 s
-//! by default). A request takes 5 to 10 frames (40 for an answer of tens of KiB), so honest
-//! traffic never meets it; what it bounds is the stack's work for frames that open nothing
+//! first: [`FRAMES_PER_REQUEST`] frames per request, over the same refill time (6400 per 2 s
+//! by default). A request takes 7 guest frames (about 50 for an answer of 50 KB, the default
+//! store limit), so honest traffic never meets it; what it bounds is the stack's work for frames that open nothing
 //! (stray segments answered by RST, ARP floods): a frame over it is dropped before the stack
 //! sees it and counted as rate limited. Without a request limit there is no frame limit.
 //!
@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::rate_limiter::{BucketReduction, RateLimiterConfig, TokenBucket, TokenBucketConfig};
 
 /// Frames of the service allowed per request of the request limit.
-pub const FRAMES_PER_REQUEST: u64 = 40;
+pub const FRAMES_PER_REQUEST: u64 = 64;
 
 /// Audit lines per VM: a burst of 100, refilled at 10 a second.
 pub const AUDIT_LINE_BUDGET: TokenBucketConfig = TokenBucketConfig {
@@ -136,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_limited_to_forty_per_request_of_the_limit() {
+    fn frames_are_limited_to_64_per_request_of_the_limit() {
         let limits = MmdsLimits::new(
             &RateLimiterConfig {
                 bandwidth: None,
@@ -144,7 +144,7 @@ mod tests {
             },
             &bucket(1),
         );
-        assert_eq!((0..1000).filter(|_| limits.admit_frame()).count(), 120);
+        assert_eq!((0..1000).filter(|_| limits.admit_frame()).count(), 3 * 64);
         // Requests have their own bucket.
         assert!(limits.admit_request());
     }

@@ -702,7 +702,7 @@ fn every_mmds_counter_is_published_to_the_interface_metrics() {
 #[test]
 fn stray_segments_beyond_the_vm_frame_limit_are_dropped_before_the_stack() {
     let t0 = Instant::now();
-    // One request a VM: 40 frames.
+    // One request a VM: 64 frames.
     let (mut stack, _) = two_interfaces_limited_to(1, t0);
     // The guest's ARP (one frame of the budget) teaches the stack its MAC.
     stack.handle_guest_frame(&arp_request(DEFAULT_IPV4.octets()), t0);
@@ -739,7 +739,9 @@ fn measure_mmds_cost_per_frame_and_request() {
         let data = Arc::new(RwLock::new(json!({
             "latest": {"meta-data": {"instance-id": "i-1234", "iam": {"security-credentials":
                 {"role": {"AccessKeyId": "A".repeat(20), "SecretAccessKey": "S".repeat(40),
-                          "Token": "T".repeat(800)}}}}}
+                          "Token": "T".repeat(800)}}}}},
+            // About the default store limit (51200 bytes): the largest answer there is.
+            "big": "x".repeat(50_000)
         })));
         MmdsStack::new(config, TokenKey::from_bytes([1; 32]), data, 7, t0).unwrap()
     };
@@ -750,14 +752,17 @@ fn measure_mmds_cost_per_frame_and_request() {
         );
     };
     // Whole requests, every guest frame of them included.
-    for (version, name) in [(MmdsVersion::V1, "V1 GET"), (MmdsVersion::V2, "V2 GET")] {
+    let role = "/latest/meta-data/iam/security-credentials/role";
+    for (version, name, path, n) in [
+        (MmdsVersion::V1, "V1 GET of 1 KB", role, 2000u32),
+        (MmdsVersion::V2, "V2 GET of 1 KB", role, 2000),
+        (MmdsVersion::V2, "V2 GET of 50 KB", "/big", 200),
+    ] {
         let mut stack = fresh(version);
         let token = body_of(&put_token(&mut stack, 1000, t0, "")).to_string();
         let get = format!(
-            "GET /latest/meta-data/iam/security-credentials/role HTTP/1.1\r\n\
-             Accept: application/json\r\nX-metadata-token: {token}\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nAccept: application/json\r\nX-metadata-token: {token}\r\n\r\n"
         );
-        let n = 2000u32;
         let frames_before = stack.counters().frames_in;
         let start = Instant::now();
         for i in 0..n {

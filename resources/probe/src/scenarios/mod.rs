@@ -16,6 +16,8 @@ mod kbd;
 mod mem;
 mod mmds_flood;
 mod mmds_get;
+mod mmds_hostile;
+mod mmds_hostile_raw;
 mod net_echo;
 mod net_flood;
 mod net_forge;
@@ -75,6 +77,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: chain_hostile::NAME, run: chain_hostile::run },
     Scenario { name: mmds_get::NAME, run: mmds_get::run },
     Scenario { name: mmds_flood::NAME, run: mmds_flood::run },
+    Scenario { name: mmds_hostile::NAME, run: mmds_hostile::run },
     Scenario { name: vsock_echo::NAME, run: vsock_echo::run },
     Scenario { name: vsock_connect::NAME, run: vsock_connect::run },
     Scenario { name: vsock_many::NAME, run: vsock_many::run },

@@ -114,7 +114,9 @@ fn arp_many(s: &mut Session) -> u64 {
 }
 
 /// 500 SYNs from distinct ports, never completed; the SYN-ACKs (at most one per socket) are
-/// reset after the flood, freeing the sockets.
+/// then reset with a bare RST, as a guest kernel answers a SYN-ACK it did not ask for. Then
+/// eight connections are opened again and again (200 ms apart) until all eight are held at
+/// once (15 s at most): how long the flood kept the sockets. They are reset (RST|ACK) after.
 fn syn_flood(s: &mut Session) {
     let srv = server(s);
     let (mut rst, mut synack) = (0u64, 0u64);
@@ -149,10 +151,34 @@ fn syn_flood(s: &mut Session) {
     for &(port, seq) in to_reset.iter().take(synack as usize) {
         tcp_client::send(s, &srv, port, &Out { seq, ack: 0, flags: RST, window: 0, payload: &[] });
     }
+    let recover = tsc();
+    let mut held: [Option<tcp_client::Conn>; 8] = Default::default();
+    let mut port = 31000u16;
+    while !s.params.secs_passed(recover, 15) && held.iter().any(Option::is_none) {
+        for slot in held.iter_mut().filter(|c| c.is_none()) {
+            port += 1;
+            *slot = connect(s, &srv, port).ok();
+        }
+        let pause = tsc();
+        while held.iter().any(Option::is_none) && s.params.usecs_since(pause) < 200_000 {
+            if let Some(frame) = s.net.recv() {
+                s.answer_arp(frame);
+            }
+        }
+    }
+    let recovered_ms = s.params.usecs_since(recover) / 1000;
+    let reopened = held.iter().flatten().count() as u64;
+    for c in held.iter().flatten() {
+        tcp_client::send(s, &srv, c.local_port, &Out { seq: c.snd_nxt, ack: c.rcv_nxt, flags: RST | ACK, window: 0, payload: &[] });
+    }
     put_str("flood rst=");
     put_dec(rst);
     put_str(" synack=");
     put_dec(synack);
+    put_str(" reopened=");
+    put_dec(reopened);
+    put_str(" recovered_ms=");
+    put_dec(recovered_ms);
 }
 
 /// Eight connections dribbling a request head one byte a second; a ninth; until all eight
@@ -161,9 +187,12 @@ fn slowloris(s: &mut Session, ports: &mut Ports) {
     let srv = server(s);
     let mut conns: [Option<(tcp_client::Conn, Option<u64>)>; 8] = Default::default();
     let start = tsc();
+    let (mut refused_rst, mut refused_timeout) = (0u64, 0u64);
     for slot in conns.iter_mut() {
-        if let Ok(c) = connect(s, &srv, ports.next()) {
-            *slot = Some((c, None));
+        match connect(s, &srv, ports.next()) {
+            Ok(c) => *slot = Some((c, None)),
+            Err(tcp_client::Refused::Rst) => refused_rst += 1,
+            Err(tcp_client::Refused::Timeout) => refused_timeout += 1,
         }
     }
     let extra = match connect(s, &srv, ports.next()) {
@@ -205,6 +234,10 @@ fn slowloris(s: &mut Session, ports: &mut Ports) {
     let opened = conns.iter().flatten().count() as u64;
     put_str("slow opened=");
     put_dec(opened);
+    put_str(" refused_rst=");
+    put_dec(refused_rst);
+    put_str(" refused_timeout=");
+    put_dec(refused_timeout);
     put_str(" extra=");
     put_str(extra);
     put_str(" aborted=");

@@ -14,6 +14,7 @@ mod hello;
 mod idle;
 mod kbd;
 mod mem;
+mod mmds_bench;
 mod mmds_flood;
 mod mmds_get;
 mod mmds_hostile;
@@ -77,6 +78,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: chain_hostile::NAME, run: chain_hostile::run },
     Scenario { name: mmds_get::NAME, run: mmds_get::run },
     Scenario { name: mmds_flood::NAME, run: mmds_flood::run },
+    Scenario { name: mmds_bench::NAME, run: mmds_bench::run },
     Scenario { name: mmds_hostile::NAME, run: mmds_hostile::run },
     Scenario { name: vsock_echo::NAME, run: vsock_echo::run },
     Scenario { name: vsock_connect::NAME, run: vsock_connect::run },

@@ -14,8 +14,8 @@ use super::common::netns::{TapNetns, GUEST_MAC};
 use super::common::{RunningVm, TestVm};
 use super::host::{vm_rss_kib, ApiWatch};
 use super::{
-    api_probe, can_attack, capture, flush_metrics, latency_row, spawn_with_api, Table, RSS_GROWTH_KIB,
-    TIMEOUT,
+    api_probe, can_attack, capture, flush_metrics, latency_row, spawn_with_api, Table,
+    RSS_GROWTH_KIB, TIMEOUT,
 };
 
 const GO_PORT: u16 = 7400;
@@ -166,7 +166,8 @@ fn mmds_attacks_from_the_guest_are_refused_counted_and_never_reach_the_tap() {
         "guest_mac": GUEST_MAC}]);
     vm.config["mmds-config"] = json!({"network_interfaces": ["eth0"]});
     let data = vm.dir.path().join("metadata.json");
-    let store = json!({"latest": {"meta-data": {"instance-id": "i-hostile"}}, "big": "b".repeat(BIG)});
+    let store =
+        json!({"latest": {"meta-data": {"instance-id": "i-hostile"}}, "big": "b".repeat(BIG)});
     std::fs::write(&data, store.to_string()).unwrap();
     vm.args
         .extend(["--metadata".into(), data.to_str().unwrap().into()]);
@@ -232,7 +233,11 @@ fn mmds_attacks_from_the_guest_are_refused_counted_and_never_reach_the_tap() {
         ),
         on_tap.is_empty() && ended,
     );
-    latency_row(&mut table, "mmds: API GET / during the MMDS attacks", latency);
+    latency_row(
+        &mut table,
+        "mmds: API GET / during the MMDS attacks",
+        latency,
+    );
     table.record(
         "mmds: VMM memory across the attacks",
         &format!("VmRSS grows < {} MiB", RSS_GROWTH_KIB / 1024),

@@ -500,7 +500,9 @@ fn a_connection_reset_in_syn_received_frees_its_socket_with_a_fresh_deadline() {
     // New connections 9 s after the first ones opened get every socket, and keep them past
     // the first ones' deadline: theirs counts from their own opening.
     let t1 = t0 + Duration::from_secs(9);
-    let mut second: Vec<Client> = (0..MAX_CONNECTIONS as u16).map(|i| Client::new(40000 + i)).collect();
+    let mut second: Vec<Client> = (0..MAX_CONNECTIONS as u16)
+        .map(|i| Client::new(40000 + i))
+        .collect();
     for c in &mut second {
         c.send(&mut stack, t1, true, false, b"");
         assert!(c.ack != 0 && !c.rst, "port {} refused", c.port);

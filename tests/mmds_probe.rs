@@ -169,6 +169,13 @@ fn a_connection_flood_against_mmds_stays_bounded_and_the_api_keeps_answering() {
     println!("{line}");
     assert_eq!(field(&line, "synack"), "0", "{line}");
     assert_eq!(field(&line, "held_dead"), "8", "{line}");
+    // The VMM reset the idle held connections itself, by the 10 s deadline (smoltcp's 5 s
+    // timeout without input comes first), with a second of timer slack.
+    let held_rst_usecs: u64 = field(&line, "held_rst_usecs").parse().unwrap();
+    assert!(
+        (1..=11_000_000).contains(&held_rst_usecs),
+        "held connections reset after {held_rst_usecs} us: {line}"
+    );
     assert_eq!(field(&line, "after"), "200", "{line}");
     let rst: u64 = field(&line, "rst").parse().unwrap();
     assert!(rst > 0, "the excess SYNs are answered with RSTs: {line}");

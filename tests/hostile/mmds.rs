@@ -43,7 +43,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("fragments", "a SYN to port 80 in two IPv4 fragments", "no answer, not on the tap, consumed (mmds_frames_in +2)"),
     ("arp-many-senders", "1,000 ARP requests for the MMDS address from 1,000 sender IPs/MACs", "at most one reply each, not on the tap, still served"),
     ("syn-flood", "500 SYNs from distinct ports, never completed, the SYN-ACKs answered with bare RSTs", "at most 8 SYN-ACKs (the sockets), RSTs for the rest; 8 connections open at once again within 12 s"),
-    ("slowloris", "8 connections dribbling a head 1 byte/s, a 9th", "9th refused (RST), the 8 aborted at the 10 s deadline"),
+    ("slowloris", "8 half-open connections reset (RST|ACK) after 4 s, then 8 connections dribbling a head 1 byte/s, a 9th", "the 8 sockets free again; 9th refused (RST); the 8 aborted at their own 10 s deadline"),
 ];
 
 /// The text after `key=` in `detail`, up to the next space.
@@ -89,10 +89,12 @@ fn judge(name: &str, d: &str, delta: &Value, on_tap: usize) -> bool {
                 && get("mmds_frames_in") >= 500
         }
         "slowloris" => {
-            num(d, "opened") == 8
+            num(d, "halfopen") == 8
+                && num(d, "opened") == 8
                 && word(d, "extra") == "rst"
                 && num(d, "aborted") == 8
-                && (9_000..=14_000).contains(&num(d, "max_ms"))
+                && num(d, "min_ms") >= 9_000
+                && num(d, "max_ms") <= 14_000
         }
         _ => false,
     }

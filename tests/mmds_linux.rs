@@ -286,24 +286,34 @@ fn v2_guests_read_metadata_only_with_a_live_token_of_their_own_vm_and_interface_
 
     checks.run("token_with_ttl_1_works_at_once_and_is_401_after_it_expires", || {
         // In one guest script, so that only the guest's own `sleep 2` separates the two
-        // GETs; the uptime stamps say how long the first GET took after the PUT started.
+        // GETs. The first GET's connection is open before the token is asked for (its
+        // request waits in a fifo), so "at once" is one segment after the token arrived;
+        // uptime stamps: PUT sent, token read, first GET answered.
         let script = "printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\
 X-metadata-token-ttl-seconds: 1\\r\\n\\r\\n' >/tmp/put
+rm -f /tmp/getfifo && mkfifo /tmp/getfifo || exit 1
+exec 3<>/tmp/getfifo
+nc -w 5 169.254.169.254 80 </tmp/getfifo >/tmp/fresh 3>&- &
+getter=$!
 read -r t0 _ </proc/uptime
 nc -w 5 169.254.169.254 80 </tmp/put >/tmp/tok || exit 1
 tok= line=
 while IFS= read -r line || [ -n \"$line\" ]; do tok=$line; done </tmp/tok
+read -r t1 _ </proc/uptime
+printf 'GET /latest/meta-data/instance-id HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\
+X-metadata-token: %s\\r\\n\\r\\n' \"$tok\" >&3
+exec 3>&-
+wait $getter || exit 1
+read -r t2 _ </proc/uptime
 printf 'GET /latest/meta-data/instance-id HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\
 X-metadata-token: %s\\r\\n\\r\\n' \"$tok\" >/tmp/get
-nc -w 5 169.254.169.254 80 </tmp/get >/tmp/fresh || exit 1
-read -r t1 _ </proc/uptime
 sleep 2
 nc -w 5 169.254.169.254 80 </tmp/get >/tmp/expired || exit 1
-echo \"$t0 $t1\"";
+echo \"$t0 $t1 $t2\"";
         let times = sh(ua, script);
+        println!("token ttl 1: guest uptimes at PUT, token, fresh GET answered: {times}");
         let fresh = sh(ua, "cat /tmp/fresh");
         let expired = sh(ua, "cat /tmp/expired");
-        println!("token ttl 1: PUT started, GET answered at guest uptimes {times}");
         assert_eq!(status_of(&fresh), 200, "fresh: {fresh}");
         assert_eq!(body_of(&fresh), "i-patched");
         assert_eq!(status_of(&expired), 401, "expired: {expired}");

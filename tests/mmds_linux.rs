@@ -29,8 +29,8 @@ use serde_json::{json, Value};
 use common::agent::{exec, sh, wait_for_agent};
 use common::linux::boot_source;
 use common::mmds_guest::{
-    add_tap, body_of, guest_get, guest_http, guest_token, guest_token_response,
-    net_totals, ns_ip, status_of, HostListener, MMDS_IP,
+    add_tap, body_of, guest_get, guest_http, guest_token, guest_token_response, net_totals, ns_ip,
+    status_of, HostListener, MMDS_IP,
 };
 use common::netns::TapNetns;
 use common::{kvm_available, ApiVm};
@@ -130,7 +130,10 @@ impl Checks {
     fn run(&mut self, name: &str, check: impl FnOnce()) {
         let start = Instant::now();
         match catch_unwind(AssertUnwindSafe(check)) {
-            Ok(()) => println!("check {name}: pass ({:.1} s)", start.elapsed().as_secs_f64()),
+            Ok(()) => println!(
+                "check {name}: pass ({:.1} s)",
+                start.elapsed().as_secs_f64()
+            ),
             Err(e) => {
                 let why = e
                     .downcast_ref::<String>()
@@ -177,7 +180,11 @@ fn guest_snmp(uds: &Path) -> BTreeMap<String, u64> {
 fn guest_nc_stdout(uds: &Path, addr: &str) -> String {
     exec(
         uds,
-        &["sh", "-c", &format!("timeout 8 nc -w 4 {addr} 80 </dev/null")],
+        &[
+            "sh",
+            "-c",
+            &format!("timeout 8 nc -w 4 {addr} 80 </dev/null"),
+        ],
     )
     .unwrap()
     .stdout
@@ -242,8 +249,7 @@ fn v2_guests_read_metadata_only_with_a_live_token_of_their_own_vm_and_interface_
          cat /sys/class/net/eth0/address /sys/class/net/eth1/address /sys/class/net/eth2/address",
     );
     assert_eq!(
-        macs,
-        "06:00:0a:00:00:02\n06:00:0a:00:01:02\n06:00:0a:00:02:02\n",
+        macs, "06:00:0a:00:00:02\n06:00:0a:00:01:02\n06:00:0a:00:02:02\n",
         "the guest's eth0..eth2 are the configured interfaces in order"
     );
     let a_uds = a.uds().to_path_buf();
@@ -251,7 +257,10 @@ fn v2_guests_read_metadata_only_with_a_live_token_of_their_own_vm_and_interface_
     let mut checks = Checks::default();
 
     checks.run("v2_get_without_a_token_is_401_and_with_one_200", || {
-        let refused = guest_http(ua, &["GET /latest/meta-data HTTP/1.1", "Host: 169.254.169.254"]);
+        let refused = guest_http(
+            ua,
+            &["GET /latest/meta-data HTTP/1.1", "Host: 169.254.169.254"],
+        );
         assert_eq!(status_of(&refused), 401, "{refused}");
         let token = guest_token(ua, 60);
         let got = guest_get(ua, "/latest/meta-data", Some(&token));
@@ -271,25 +280,30 @@ fn v2_guests_read_metadata_only_with_a_live_token_of_their_own_vm_and_interface_
         assert_eq!(body_of(&got), "i-palisade");
     });
 
-    checks.run("patch_through_the_api_after_boot_is_what_the_next_get_sees", || {
-        let r = a.vm.client().patch(
-            "/mmds",
-            json!({"latest": {"meta-data": {"instance-id": "i-patched", "zone": null}}}),
-        );
-        assert_eq!(r.status, 204, "{}", r.body);
-        let token = guest_token(ua, 60);
-        let got = guest_get(ua, "/latest/meta-data", Some(&token));
-        assert_eq!(status_of(&got), 200, "{got}");
-        let body: Value = serde_json::from_str(body_of(&got)).unwrap();
-        assert_eq!(body, json!({"instance-id": "i-patched"}));
-    });
+    checks.run(
+        "patch_through_the_api_after_boot_is_what_the_next_get_sees",
+        || {
+            let r = a.vm.client().patch(
+                "/mmds",
+                json!({"latest": {"meta-data": {"instance-id": "i-patched", "zone": null}}}),
+            );
+            assert_eq!(r.status, 204, "{}", r.body);
+            let token = guest_token(ua, 60);
+            let got = guest_get(ua, "/latest/meta-data", Some(&token));
+            assert_eq!(status_of(&got), 200, "{got}");
+            let body: Value = serde_json::from_str(body_of(&got)).unwrap();
+            assert_eq!(body, json!({"instance-id": "i-patched"}));
+        },
+    );
 
-    checks.run("token_with_ttl_1_works_at_once_and_is_401_after_it_expires", || {
-        // In one guest script, so that only the guest's own `sleep 2` separates the two
-        // GETs. The first GET's connection is open before the token is asked for (its
-        // request waits in a fifo), so "at once" is one segment after the token arrived;
-        // uptime stamps: PUT sent, token read, first GET answered.
-        let script = "printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\
+    checks.run(
+        "token_with_ttl_1_works_at_once_and_is_401_after_it_expires",
+        || {
+            // In one guest script, so that only the guest's own `sleep 2` separates the two
+            // GETs. The first GET's connection is open before the token is asked for (its
+            // request waits in a fifo), so "at once" is one segment after the token arrived;
+            // uptime stamps: PUT sent, token read, first GET answered.
+            let script = "printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\
 X-metadata-token-ttl-seconds: 1\\r\\n\\r\\n' >/tmp/put
 rm -f /tmp/getfifo && mkfifo /tmp/getfifo || exit 1
 exec 3<>/tmp/getfifo
@@ -310,15 +324,16 @@ X-metadata-token: %s\\r\\n\\r\\n' \"$tok\" >/tmp/get
 sleep 2
 nc -w 5 169.254.169.254 80 </tmp/get >/tmp/expired || exit 1
 echo \"$t0 $t1 $t2\"";
-        let times = sh(ua, script);
-        println!("token ttl 1: guest uptimes at PUT, token, fresh GET answered: {times}");
-        let fresh = sh(ua, "cat /tmp/fresh");
-        let expired = sh(ua, "cat /tmp/expired");
-        assert_eq!(status_of(&fresh), 200, "fresh: {fresh}");
-        assert_eq!(body_of(&fresh), "i-patched");
-        assert_eq!(status_of(&expired), 401, "expired: {expired}");
-        assert_eq!(body_of(&expired), "MMDS token not valid.", "{expired}");
-    });
+            let times = sh(ua, script);
+            println!("token ttl 1: guest uptimes at PUT, token, fresh GET answered: {times}");
+            let fresh = sh(ua, "cat /tmp/fresh");
+            let expired = sh(ua, "cat /tmp/expired");
+            assert_eq!(status_of(&fresh), 200, "fresh: {fresh}");
+            assert_eq!(body_of(&fresh), "i-patched");
+            assert_eq!(status_of(&expired), 401, "expired: {expired}");
+            assert_eq!(body_of(&expired), "MMDS token not valid.", "{expired}");
+        },
+    );
 
     checks.run("token_put_with_x_forwarded_for_is_400", || {
         let refused = guest_token_response(ua, 60, &["X-Forwarded-For: 10.0.0.9"]);
@@ -331,68 +346,102 @@ echo \"$t0 $t1 $t2\"";
         guest_token(ua, 60);
     });
 
-    checks.run("token_from_eth0_is_401_on_eth1_whose_own_token_is_200", || {
-        let eth0_token = guest_token(ua, 60);
-        sh(ua, "ip route replace 169.254.169.254 dev eth1");
-        let before = a.counters("eth1");
-        let refused = guest_get(ua, "/latest/meta-data", Some(&eth0_token));
-        let eth1_token = guest_token(ua, 60);
-        let got = guest_get(ua, "/latest/meta-data", Some(&eth1_token));
-        let eth1_refused_on_eth0 = {
-            sh(ua, "ip route replace 169.254.169.254 dev eth0");
-            guest_get(ua, "/latest/meta-data", Some(&eth1_token))
-        };
-        let after = a.counters("eth1");
-        assert_eq!(status_of(&refused), 401, "eth0's token on eth1: {refused}");
-        assert_eq!(body_of(&refused), "MMDS token not valid.");
-        assert_eq!(status_of(&got), 200, "eth1's token on eth1: {got}");
-        assert_eq!(
-            status_of(&eth1_refused_on_eth0),
-            401,
-            "eth1's token on eth0: {eth1_refused_on_eth0}"
-        );
-        // The requests went to eth1's responder (the route took them there).
-        assert!(
-            counter(&after, "mmds_frames_in") > counter(&before, "mmds_frames_in"),
-            "{before:?} -> {after:?}"
-        );
-    });
-
-    checks.run("deny_all_egress_still_reaches_mmds_but_not_the_tap_host", || {
-        let before = a.counters("eth0");
-        // The host listener answers through eth1 (no firewall)...
-        let via_eth1 = guest_nc_stdout(ua, "10.0.1.1");
-        assert_eq!(via_eth1, HOST_BANNER, "the positive control through eth1");
-        // ...and is unreachable through eth0, whose egress policy denies everything...
-        let via_eth0 = guest_nc_stdout(ua, "10.0.0.1");
-        // ...where MMDS still answers.
-        let token = guest_token(ua, 60);
-        let got = guest_get(ua, "/latest/meta-data/instance-id", Some(&token));
-        let after = a.counters("eth0");
-        println!("eth0 before {before:?}\neth0 after {after:?}");
-        assert_eq!(via_eth0, "", "TCP to 10.0.0.1 through eth0 got an answer");
-        assert!(
-            counter(&after, "fw_egress_drops") > counter(&before, "fw_egress_drops"),
-            "the firewall dropped nothing: {before:?} -> {after:?}"
-        );
-        assert_eq!(status_of(&got), 200, "{got}");
-        assert!(counter(&after, "mmds_frames_in") >= counter(&before, "mmds_frames_in") + 6);
-    });
+    checks.run(
+        "token_from_eth0_is_401_on_eth1_whose_own_token_is_200",
+        || {
+            let eth0_token = guest_token(ua, 60);
+            sh(ua, "ip route replace 169.254.169.254 dev eth1");
+            let before = a.counters("eth1");
+            let refused = guest_get(ua, "/latest/meta-data", Some(&eth0_token));
+            let eth1_token = guest_token(ua, 60);
+            let got = guest_get(ua, "/latest/meta-data", Some(&eth1_token));
+            let eth1_refused_on_eth0 = {
+                sh(ua, "ip route replace 169.254.169.254 dev eth0");
+                guest_get(ua, "/latest/meta-data", Some(&eth1_token))
+            };
+            let after = a.counters("eth1");
+            assert_eq!(status_of(&refused), 401, "eth0's token on eth1: {refused}");
+            assert_eq!(body_of(&refused), "MMDS token not valid.");
+            assert_eq!(status_of(&got), 200, "eth1's token on eth1: {got}");
+            assert_eq!(
+                status_of(&eth1_refused_on_eth0),
+                401,
+                "eth1's token on eth0: {eth1_refused_on_eth0}"
+            );
+            // The requests went to eth1's responder (the route took them there).
+            assert!(
+                counter(&after, "mmds_frames_in") > counter(&before, "mmds_frames_in"),
+                "{before:?} -> {after:?}"
+            );
+        },
+    );
 
     checks.run(
-        "mmds_address_routed_out_of_an_unlisted_interface_reaches_its_tap_unanswered_by_mmds",
+        "deny_all_egress_still_reaches_mmds_but_not_the_tap_host",
+        || {
+            let before = a.counters("eth0");
+            // The host listener answers through eth1 (no firewall)...
+            let via_eth1 = guest_nc_stdout(ua, "10.0.1.1");
+            assert_eq!(via_eth1, HOST_BANNER, "the positive control through eth1");
+            // ...and is unreachable through eth0, whose egress policy denies everything...
+            let via_eth0 = guest_nc_stdout(ua, "10.0.0.1");
+            // ...where MMDS still answers.
+            let token = guest_token(ua, 60);
+            let got = guest_get(ua, "/latest/meta-data/instance-id", Some(&token));
+            let after = a.counters("eth0");
+            println!("eth0 before {before:?}\neth0 after {after:?}");
+            assert_eq!(via_eth0, "", "TCP to 10.0.0.1 through eth0 got an answer");
+            assert!(
+                counter(&after, "fw_egress_drops") > counter(&before, "fw_egress_drops"),
+                "the firewall dropped nothing: {before:?} -> {after:?}"
+            );
+            assert_eq!(status_of(&got), 200, "{got}");
+            assert!(counter(&after, "mmds_frames_in") >= counter(&before, "mmds_frames_in") + 6);
+        },
+    );
+
+    checks.run(
+        "mmds_address_routed_out_of_an_unlisted_interface_reaches_its_tap_and_its_tenant_rules",
         || {
             // The namespace owns 169.254.169.254 on tap2: whatever answers there is the host.
             ns_ip(&ns_a, &["addr", "add", "169.254.169.254/32", "dev", "tap2"]);
             sh(ua, "ip route replace 169.254.169.254 dev eth2");
-            let got = guest_http(ua, &["GET /latest/meta-data HTTP/1.1", "Host: 169.254.169.254"]);
-            let counters = a.counters("eth2");
+            let got = guest_http(
+                ua,
+                &["GET /latest/meta-data HTTP/1.1", "Host: 169.254.169.254"],
+            );
+            let before = a.counters("eth2");
+            // A tenant rule denying it is what judges the next one (MMDS does not bypass it).
+            let r = a.vm.client().patch(
+                "/network-interfaces/eth2",
+                json!({"iface_id": "eth2", "firewall": {
+                    "allowed_ips": ["10.0.2.2/32"], "default_ingress": "allow",
+                    "egress": [{"action": "deny", "proto": "tcp", "ports": "80",
+                                "cidr": "169.254.169.254/32"}]}}),
+            );
+            let denied = guest_nc_stdout(ua, MMDS_IP);
+            let after = a.counters("eth2");
+            // Back to what a guest_mac without a firewall object means (the relay check
+            // below forwards through eth2).
+            let restored = a.vm.client().patch(
+                "/network-interfaces/eth2",
+                json!({"iface_id": "eth2", "firewall": {
+                    "allowed_ips": ["0.0.0.0/0", "::/0"], "default_ingress": "allow"}}),
+            );
             sh(ua, "ip route replace 169.254.169.254 dev eth0");
             ns_ip(&ns_a, &["addr", "del", "169.254.169.254/32", "dev", "tap2"]);
-            println!("eth2 {counters:?}");
+            println!("eth2 before the rule {before:?}\neth2 after {after:?}");
             assert_eq!(got, HOST_BANNER, "not the tap's host");
-            assert_eq!(counter(&counters, "mmds_frames_in"), 0, "{counters:?}");
-            assert!(counter(&counters, "tx_packets_count") > 0, "{counters:?}");
+            assert_eq!(counter(&before, "mmds_frames_in"), 0, "{before:?}");
+            assert!(counter(&before, "tx_packets_count") > 0, "{before:?}");
+            assert_eq!(r.status, 204, "{}", r.body);
+            assert_eq!(denied, "", "the tenant's deny rule let it through");
+            assert!(
+                counter(&after, "fw_rule_deny") > counter(&before, "fw_rule_deny"),
+                "{before:?} -> {after:?}"
+            );
+            assert_eq!(counter(&after, "mmds_frames_in"), 0, "{after:?}");
+            assert_eq!(restored.status, 204, "{}", restored.body);
         },
     );
 
@@ -464,17 +513,20 @@ echo \"$t0 $t1 $t2\"";
         },
     );
 
-    checks.run("token_from_another_vm_is_401_there_and_200_in_its_own", || {
-        let a_token = guest_token(ua, 60);
-        let in_b = guest_get(b.uds(), "/latest/meta-data", Some(&a_token));
-        let b_token = guest_token(b.uds(), 60);
-        let b_own = guest_get(b.uds(), "/latest/meta-data", Some(&b_token));
-        let a_own = guest_get(ua, "/latest/meta-data", Some(&a_token));
-        assert_eq!(status_of(&in_b), 401, "A's token in B: {in_b}");
-        assert_eq!(body_of(&in_b), "MMDS token not valid.");
-        assert_eq!(status_of(&b_own), 200, "B's token in B: {b_own}");
-        assert_eq!(status_of(&a_own), 200, "A's token in A: {a_own}");
-    });
+    checks.run(
+        "token_from_another_vm_is_401_there_and_200_in_its_own",
+        || {
+            let a_token = guest_token(ua, 60);
+            let in_b = guest_get(b.uds(), "/latest/meta-data", Some(&a_token));
+            let b_token = guest_token(b.uds(), 60);
+            let b_own = guest_get(b.uds(), "/latest/meta-data", Some(&b_token));
+            let a_own = guest_get(ua, "/latest/meta-data", Some(&a_token));
+            assert_eq!(status_of(&in_b), 401, "A's token in B: {in_b}");
+            assert_eq!(body_of(&in_b), "MMDS token not valid.");
+            assert_eq!(status_of(&b_own), 200, "B's token in B: {b_own}");
+            assert_eq!(status_of(&a_own), 200, "A's token in A: {a_own}");
+        },
+    );
 
     let run_a = a.vm.running.kill();
     let run_b = b.vm.running.kill();
@@ -507,18 +559,21 @@ fn v1_guest_reads_the_imds_listing_without_a_token() {
     let mut checks = Checks::default();
     let uc = c.uds().to_path_buf();
     let uc = uc.as_path();
-    checks.run("v1_get_without_a_token_is_200_in_the_imds_text_form", || {
-        // Accept: application/json, yet imds_compat answers in text.
-        let listing = guest_get(uc, "/latest/meta-data", None);
-        assert_eq!(status_of(&listing), 200, "{listing}");
-        assert!(listing.contains("Content-Type: text/plain"), "{listing}");
-        assert_eq!(body_of(&listing), "instance-id\nzone");
-        let id = guest_get(uc, "/latest/meta-data/instance-id", None);
-        assert_eq!(status_of(&id), 200, "{id}");
-        assert_eq!(body_of(&id), "i-palisade");
-        // Tokens are still issued (a V2 client works against V1).
-        guest_token(uc, 60);
-    });
+    checks.run(
+        "v1_get_without_a_token_is_200_in_the_imds_text_form",
+        || {
+            // Accept: application/json, yet imds_compat answers in text.
+            let listing = guest_get(uc, "/latest/meta-data", None);
+            assert_eq!(status_of(&listing), 200, "{listing}");
+            assert!(listing.contains("Content-Type: text/plain"), "{listing}");
+            assert_eq!(body_of(&listing), "instance-id\nzone");
+            let id = guest_get(uc, "/latest/meta-data/instance-id", None);
+            assert_eq!(status_of(&id), 200, "{id}");
+            assert_eq!(body_of(&id), "i-palisade");
+            // Tokens are still issued (a V2 client works against V1).
+            guest_token(uc, 60);
+        },
+    );
     checks.run("v1_logs_a_warning", || {
         let log = c.vm.running.stderr();
         assert!(log.contains("MMDS V1 configured"), "{log}");

@@ -262,6 +262,10 @@ fn v2_guests_read_metadata_only_with_a_live_token_of_their_own_vm_and_interface_
             &["GET /latest/meta-data HTTP/1.1", "Host: 169.254.169.254"],
         );
         assert_eq!(status_of(&refused), 401, "{refused}");
+        assert!(
+            body_of(&refused).starts_with("No MMDS token provided."),
+            "{refused}"
+        );
         let token = guest_token(ua, 60);
         let got = guest_get(ua, "/latest/meta-data", Some(&token));
         assert_eq!(status_of(&got), 200, "{got}");

@@ -196,7 +196,11 @@ fn a_snapshot_of_a_vm_without_mmds_restores_without_it() {
 
     let state = saved_state(&saved.state);
     assert_eq!(state.recorded_mmds().unwrap(), None);
-    assert!(!state.device_configs.contains("mmds"), "{}", state.device_configs);
+    assert!(
+        !state.device_configs.contains("mmds"),
+        "{}",
+        state.device_configs
+    );
     assert!(describe(&saved.state).contains("mmds-config: none"));
 
     let snapshot_dir = saved.dir.path().to_string_lossy().into_owned();

@@ -223,14 +223,20 @@ impl MachineState {
 
 /// `mmds` checked as `PUT /mmds/config` checks it (link-local address, a non-empty list of
 /// interfaces), every interface one of `nets` (`network_overrides` keep the `iface_id`s).
+/// Each interface is kept once: a state file may repeat a name far more often than a PUT
+/// body can, and each name costs a responder at load.
 fn checked_mmds(mmds: MmdsConfig, nets: &[NetState]) -> Result<MmdsConfig, RestoredConfigError> {
     // An interface whose configuration does not parse is refused by its own restore.
     let ids: Vec<String> = nets
         .iter()
         .filter_map(|net| net.config().ok().map(|c| c.iface_id))
         .collect();
-    mmds.validated(|id| ids.iter().any(|i| i == id))
-        .map_err(RestoredConfigError::Mmds)
+    let mut mmds = mmds
+        .validated(|id| ids.iter().any(|i| i == id))
+        .map_err(RestoredConfigError::Mmds)?;
+    let mut seen = std::collections::BTreeSet::new();
+    mmds.network_interfaces.retain(|id| seen.insert(id.clone()));
+    Ok(mmds)
 }
 
 impl RunningVm {
@@ -473,6 +479,14 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<DeviceConfigs>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_saved_mmds_config_repeating_an_interface_keeps_it_once() {
+        let names = vec!["eth0"; 100_000];
+        let config = mmds(json!({"network_interfaces": names}));
+        let got = checked_mmds(config, &[net("eth0")]).unwrap();
+        assert_eq!(got.network_interfaces, vec!["eth0".to_string()]);
     }
 
     #[test]

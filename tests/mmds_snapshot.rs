@@ -165,8 +165,32 @@ fn mmds_config_is_saved_and_restored_and_the_store_is_not_in_the_files() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json(), json!({"clone": "new-data"}));
     // PUT /mmds/config stays a boot-time resource on the restored VM.
-    let r = c.put("/mmds/config", config);
+    let r = c.put("/mmds/config", config.clone());
     assert_eq!(r.status, 400, "{}", r.body);
+    // The clone's own snapshot carries the configuration on, and its store is not in it.
+    let again = tempfile::tempdir_in(saved.dir.path()).unwrap();
+    let resaved = pause_and_save(&mut c, again);
+    let state = saved_state(&resaved.state);
+    assert_eq!(state.recorded_mmds().unwrap(), Some(expected));
+    assert!(!contains(
+        &std::fs::read(&resaved.state).unwrap(),
+        "new-data"
+    ));
+    drop(clone);
+
+    // A clone whose process put nothing in its store serves an empty one.
+    let clone = ApiVm::start_in_netns(
+        tempfile::tempdir().unwrap(),
+        Some(&ns.name),
+        &["--snapshot-dir", &snapshot_dir],
+    );
+    let mut c = clone.client();
+    let r = c.put("/snapshot/load", load_body(&saved));
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    let r = c.get("/mmds");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), json!({}));
+    assert_eq!(c.get("/vm/config").json()["mmds-config"], config);
 }
 
 #[test]

@@ -482,3 +482,23 @@ fn without_mmds_frames_to_the_mmds_address_follow_the_firewall_as_any_other() {
     assert_eq!(r.net.metrics.mmds_other_drops.count(), 0);
     assert!(r.net.mmds_counters().is_none());
 }
+
+#[test]
+fn mmds_frames_are_charged_to_the_tx_limiter_so_a_limit_bounds_them_too() {
+    let mem = memory();
+    let mut cfg = config(None);
+    cfg.tx_rate_limiter = ops_limit(1, 3_600_000);
+    let mut r = mmds_rig(&mem, cfg);
+    let l0 = put_tx(&mem, 0x10_0000, &arp_request(MMDS_IP));
+    queue_tx(&r, &[(0x10_0000, l0), (0x10_0000, l0)]);
+    r.net.process_tx();
+    assert_eq!(
+        r.txq.used().idx().load(),
+        1,
+        "the second MMDS frame waits for tokens"
+    );
+    let m = &r.net.metrics;
+    assert_eq!(m.mmds_frames_in.count(), 1);
+    assert_eq!(m.tx_rate_limiter_throttled.count(), 1);
+    assert_eq!(peer_recv(&r.peer), None);
+}

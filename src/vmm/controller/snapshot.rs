@@ -244,6 +244,18 @@ impl Controller {
             &devices,
         )
         .map_err(SnapshotError::Mmds)?;
+        if let Some(mmds) = &mmds_config {
+            log::info!(
+                "MMDS {:?} restored on {} with a new token key (tokens issued before the \
+                 snapshot are refused); the data store is this process's ({} bytes)",
+                mmds.version,
+                mmds.network_interfaces.join(", "),
+                self.mmds
+                    .as_ref()
+                    .or(new_store.as_ref())
+                    .map_or(0, MmdsStore::size)
+            );
+        }
         // The restored drives are the VM's (PATCH /drives, GET /vm/config, Landlock).
         self.resources.drives = drives;
         self.resources.entropy = entropy;

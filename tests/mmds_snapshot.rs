@@ -4,7 +4,8 @@
 //! allowed and does not count as configuring the VM) under a new token key, so tokens the
 //! parent issued are refused. The probe guest checks the files and the API quickly; the
 //! Linux guest (busybox `nc` through the vsock agent, as in tests/mmds_linux.rs) checks what a
-//! guest sees across the load: its old token gets 401, a new one reads the new data.
+//! guest sees across the load: the parent's token gets 401 in each clone, as does one clone's
+//! token in its sibling, and a new token reads the clone's own data.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -304,17 +305,58 @@ fn guest_get(uds: &Path, path: &str, token: &str) -> String {
     )
 }
 
+/// A new VMM process in `ns` restored from `saved` on `tap` (`network_overrides`), its store
+/// filled with `instance_id` by `PUT /mmds` before the load; the clone and its vsock socket.
+fn start_clone(saved: &Saved, ns: &TapNetns, tap: &str, instance_id: &str) -> (ApiVm, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let snapshot_dir = saved.dir.path().to_string_lossy().into_owned();
+    let clone = ApiVm::start_in_netns(dir, Some(&ns.name), &["--snapshot-dir", &snapshot_dir]);
+    let mut c = clone.client();
+    put_ok(
+        &mut c,
+        "/mmds",
+        json!({"latest": {"meta-data": {"instance-id": instance_id}}}),
+    );
+    let mut body = load_body(saved);
+    body["network_overrides"] = json!([{"iface_id": "eth0", "host_dev_name": tap}]);
+    body["vsock_override"] = json!({"uds_path": uds});
+    let r = c.put("/snapshot/load", body);
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    let full = c.get("/vm/config").json();
+    assert_eq!(
+        full["mmds-config"]["network_interfaces"],
+        json!(["eth0"]),
+        "{full}"
+    );
+    wait_for_agent(&uds, LINUX_TIMEOUT);
+    (clone, uds)
+}
+
+/// The clone's guest reads its own store with its own new token, which it returns.
+fn clone_reads_its_own_store(uds: &Path, instance_id: &str) -> String {
+    let token = guest_token(uds);
+    let got = guest_get(uds, "/latest/meta-data", &token);
+    assert_eq!(status_of(&got), 200, "{got}");
+    let value: Value = serde_json::from_str(body_of(&got)).unwrap();
+    assert_eq!(value, json!({"instance-id": instance_id}));
+    token
+}
+
 #[test]
-fn linux_clone_refuses_the_parents_token_and_serves_its_own_store_with_a_new_one() {
-    let test = "linux_clone_refuses_the_parents_token_and_serves_its_own_store_with_a_new_one";
+fn linux_clones_refuse_the_parents_and_each_others_tokens_and_serve_their_own_stores() {
+    let test = "linux_clones_refuse_the_parents_and_each_others_tokens_and_serve_their_own_stores";
     if !kvm_available(test) {
         return;
     }
     let Some(parent_ns) = TapNetns::create(test) else {
         return;
     };
-    // The clone runs in a namespace of its own, on tap1 (`network_overrides`).
-    let Some(clone_ns) = TapNetns::create_with_tap(test, "tap1") else {
+    // Each clone runs in a namespace of its own, on its own tap (`network_overrides`).
+    let Some(ns_a) = TapNetns::create_with_tap(test, "tap1") else {
+        return;
+    };
+    let Some(ns_b) = TapNetns::create_with_tap(test, "tap2") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -354,53 +396,31 @@ fn linux_clone_refuses_the_parents_token_and_serves_its_own_store_with_a_new_one
     let mut running = vm.running;
     running.wait_for_output("palisade-net: eth0 up", LINUX_TIMEOUT);
     wait_for_agent(&uds, LINUX_TIMEOUT);
-    let token = guest_token(&uds);
-    let got = guest_get(&uds, "/latest/meta-data/instance-id", &token);
+    let parent_token = guest_token(&uds);
+    let got = guest_get(&uds, "/latest/meta-data/instance-id", &parent_token);
     assert_eq!(status_of(&got), 200, "{got}");
     assert_eq!(body_of(&got), "\"i-parent\"", "{got}");
     let saved = pause_and_save(&mut c, dir);
     running.kill();
     assert!(!contains(&std::fs::read(&saved.state).unwrap(), SECRET));
 
-    let clone_dir = tempfile::tempdir().unwrap();
-    let clone_uds = clone_dir.path().join("v.sock");
-    let snapshot_dir = saved.dir.path().to_string_lossy().into_owned();
-    let clone = ApiVm::start_in_netns(
-        clone_dir,
-        Some(&clone_ns.name),
-        &["--snapshot-dir", &snapshot_dir],
-    );
-    let mut c = clone.client();
-    put_ok(
-        &mut c,
-        "/mmds",
-        json!({"latest": {"meta-data": {"instance-id": "i-clone"}}}),
-    );
-    let mut body = load_body(&saved);
-    body["network_overrides"] = json!([{"iface_id": "eth0", "host_dev_name": "tap1"}]);
-    body["vsock_override"] = json!({"uds_path": clone_uds});
-    let r = c.put("/snapshot/load", body);
-    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
-    let full = c.get("/vm/config").json();
-    assert_eq!(
-        full["mmds-config"]["network_interfaces"],
-        json!(["eth0"]),
-        "{full}"
-    );
-    wait_for_agent(&clone_uds, LINUX_TIMEOUT);
-
-    // The parent's token (6 hours left) is refused: the clone's key is new.
-    let old = guest_get(&clone_uds, "/latest/meta-data/instance-id", &token);
+    // Clone A: the parent's token (6 hours left) is refused, its key is new; a new token
+    // reads A's store, PUT before the load.
+    let (clone_a, uds_a) = start_clone(&saved, &ns_a, "tap1", "i-clone-a");
+    let old = guest_get(&uds_a, "/latest/meta-data/instance-id", &parent_token);
     assert_eq!(status_of(&old), 401, "{old}");
-    // A new token reads the clone's store, PUT before the load.
-    let token = guest_token(&clone_uds);
-    let got = guest_get(&clone_uds, "/latest/meta-data", &token);
-    assert_eq!(status_of(&got), 200, "{got}");
-    let value: Value = serde_json::from_str(body_of(&got)).unwrap();
-    assert_eq!(value, json!({"instance-id": "i-clone"}));
-    // And a PATCH after the load is what the guest reads next.
-    let r = c.patch("/mmds", json!({"latest": {"meta-data": {"zone": "z2"}}}));
+    let token_a = clone_reads_its_own_store(&uds_a, "i-clone-a");
+    // A PATCH after the load is what the guest reads next.
+    let r = clone_a
+        .client()
+        .patch("/mmds", json!({"latest": {"meta-data": {"zone": "z2"}}}));
     assert_eq!(r.status, 204, "{}", r.body);
-    let got = guest_get(&clone_uds, "/latest/meta-data/zone", &token);
+    let got = guest_get(&uds_a, "/latest/meta-data/zone", &token_a);
     assert_eq!(body_of(&got), "\"z2\"", "{got}");
+
+    // Clone B, from the same snapshot at the same time: A's token is refused there.
+    let (_clone_b, uds_b) = start_clone(&saved, &ns_b, "tap2", "i-clone-b");
+    let other = guest_get(&uds_b, "/latest/meta-data/instance-id", &token_a);
+    assert_eq!(status_of(&other), 401, "{other}");
+    clone_reads_its_own_store(&uds_b, "i-clone-b");
 }

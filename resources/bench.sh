@@ -4,7 +4,7 @@
 # (Guest-boot-time, measured from the VMM's start to the guest's write), the wall time
 # from exec to exit (boot, `hello` scenario, power-off) and the VMM's peak RSS.
 # Then virtio-blk, vsock and snapshots (against Firecracker when FIRECRACKER_BIN is set) and virtio-net
-# throughput (root: the network part makes a namespace).
+# throughput and MMDS request latency (root: the network parts make namespaces).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -155,3 +155,8 @@ for rules in 0 10 1000; do
     net_run "guest->host, $label" "$rules" net-tx "probe.count=$net_count probe.size=1472"
     net_run "host->guest, $label" "$rules" net-rx "probe.count=$net_count probe.port=5000 probe.secs=15"
 done
+
+# MMDS: request latency seen from the probe guest (token PUT, GET with a token; a whole
+# connection each), resources/mmds_bench.sh in a namespace of its own.
+echo "MMDS, probe guest, release build"
+bash resources/mmds_bench.sh "$bin" "$probe"

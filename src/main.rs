@@ -140,8 +140,11 @@ fn main() {
 /// authenticated, so the output says so) and gives the exit code.
 fn describe_snapshot(path: &std::path::Path) -> i32 {
     use palisade::snapshot::StateFile;
-    let header = StateFile::read(path).and_then(|bytes| StateFile::header(&bytes));
-    match header {
+    let bytes = match StateFile::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => return fail(error_chain(&e), ExitCode::BadConfiguration),
+    };
+    match StateFile::header(&bytes) {
         Ok(h) => {
             println!("format version: {}", h.version);
             println!(
@@ -162,10 +165,27 @@ fn describe_snapshot(path: &std::path::Path) -> i32 {
                     "no"
                 }
             );
-            println!("(header not authenticated: only a load checks the tag)");
+            println!("mmds-config: {}", describe_mmds(&bytes));
+            println!("(not authenticated: only a load checks the tag)");
             0
         }
         Err(e) => fail(error_chain(&e), ExitCode::BadConfiguration),
+    }
+}
+
+/// The MMDS configuration a state file records (`none` without MMDS; the data store is
+/// never in a state file), as JSON, or why it cannot be read.
+fn describe_mmds(bytes: &[u8]) -> String {
+    use palisade::snapshot::StateFile;
+    use palisade::vmm::machine_state::MachineState;
+    let state = StateFile::unverified_state::<MachineState>(bytes);
+    match state.map(|s| s.recorded_mmds()) {
+        Ok(Ok(None)) => "none".to_string(),
+        Ok(Ok(Some(config))) => {
+            serde_json::to_string(&config).unwrap_or_else(|e| format!("(cannot encode: {e})"))
+        }
+        Ok(Err(e)) => format!("(unreadable: {})", error_chain(&e)),
+        Err(e) => format!("(unreadable: {})", error_chain(&e)),
     }
 }
 

@@ -8,7 +8,8 @@
 //! chains of blk-hostile, sent to virtio-rng and to both virtio-net queues, are hostile/chains.rs.
 //! The vsock attacks (bad packets, a guest that stops reading, the connection cap, stuck host
 //! clients) are hostile/vsock.rs. Hostile snapshot state files (sealed again without a key,
-//! one field changed per case, each loaded into a fresh VMM) are hostile/snapshot.rs.
+//! one field changed per case, each loaded into a fresh VMM) are hostile/snapshot.rs. The
+//! attacks on the metadata service (MMDS) from its guest are hostile/mmds.rs.
 //!
 //! Latency: the target is `GET /` under 100 ms throughout an attack, and the table reports
 //! the measured maximum against it. The tests assert 5 s: what they guard against is the
@@ -24,6 +25,8 @@ mod chains;
 mod common;
 #[path = "hostile/host.rs"]
 mod host;
+#[path = "hostile/mmds.rs"]
+mod mmds;
 #[path = "hostile/net_flood.rs"]
 mod net_flood;
 #[path = "hostile/net_forge.rs"]

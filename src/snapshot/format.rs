@@ -256,6 +256,26 @@ impl StateFile {
         })
     }
 
+    /// Decodes the state section of `bytes` after checking the header only: NOT
+    /// authenticated (for `--describe-snapshot`, which has no key). Bounded as a load is:
+    /// the section is at most [`MAX_STATE_LEN`] bytes and must decode exactly.
+    pub fn unverified_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FormatError> {
+        let header = Self::header(bytes)?;
+        let state =
+            bytes
+                .get(HEADER_LEN..HEADER_LEN + header.state_len)
+                .ok_or(FormatError::Truncated {
+                    found: bytes.len() as u64,
+                    needed: (HEADER_LEN + header.state_len) as u64,
+                })?;
+        let (value, rest) =
+            postcard::take_from_bytes::<T>(state).map_err(FormatError::Malformed)?;
+        if !rest.is_empty() {
+            return Err(FormatError::UndecodedBytes(rest.len()));
+        }
+        Ok(value)
+    }
+
     /// Checks the header and the tag of `bytes` with `key` (see the module doc for each
     /// refusal). Nothing sized by the file is allocated.
     pub fn open<'a>(

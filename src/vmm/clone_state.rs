@@ -190,6 +190,7 @@ mod tests {
                 rate_limiter: limiter,
             }),
             vsock: None,
+            mmds: None,
         }
     }
 

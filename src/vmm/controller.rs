@@ -20,6 +20,7 @@ use crate::mmds::MmdsStore;
 use crate::vmm::device_manager::{Subscriber, VirtioDevices};
 
 use self::mmds::MmdsData;
+pub use self::mmds::MmdsStartError;
 use self::rules::{ActionKind, VmState};
 pub use self::start::StartError;
 use super::action::{ActionError, ActionResult, InstanceInfo, VersionInfo, VmmAction, VmmData};
@@ -162,7 +163,12 @@ impl Controller {
         };
         let BuiltVm { vmm, devices } =
             build_vm(&self.resources, &self.opts, opened).map_err(StartError::Build)?;
-        self.attach_mmds(&devices).map_err(StartError::Mmds)?;
+        self.attach_mmds(
+            self.resources.mmds_config.as_ref(),
+            self.mmds.as_ref(),
+            &devices,
+        )
+        .map_err(StartError::Mmds)?;
         let running = vmm.start().map_err(|e| StartError::Start(Box::new(e)))?;
         self.running = Some(running);
         self.new_subscribers = devices.subscribers();

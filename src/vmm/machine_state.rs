@@ -19,6 +19,7 @@ use crate::devices::i8042::I8042State;
 use crate::devices::serial::UartState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::devices::virtio::net::snapshot::NetState;
+use crate::mmds::{MmdsConfig, MmdsConfigError};
 use crate::snapshot::{
     commit_pair, FormatError, MemoryIdentity, Replacement, SnapshotKey, StateFile,
 };
@@ -76,6 +77,11 @@ pub struct DeviceConfigs {
     /// The vsock device (its policy as patched); absent in state files of VMs without one.
     #[serde(default)]
     pub vsock: Option<VsockDeviceConfig>,
+    /// The MMDS configuration as validated (`mmds-config`), never the data store; absent in
+    /// state files of VMs without MMDS and in those of builds before MMDS (JSON, so fields
+    /// added later with serde defaults stay readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmds: Option<MmdsConfig>,
 }
 
 /// The virtio devices' configurations of a state file, each checked as its PUT would be.
@@ -86,6 +92,9 @@ pub struct CheckedDeviceConfigs {
     pub entropy: Option<EntropyConfig>,
     /// The vsock device.
     pub vsock: Option<VsockDeviceConfig>,
+    /// The MMDS configuration, checked as `PUT /mmds/config` checks it against the state
+    /// file's network interfaces.
+    pub mmds: Option<MmdsConfig>,
 }
 
 /// What `RunningVm::save` saves besides the vCPUs, the VM and memory.
@@ -98,6 +107,8 @@ pub struct SaveInput<'a> {
     pub entropy: Option<&'a EntropyConfig>,
     /// The vsock device.
     pub vsock: Option<&'a VsockDeviceConfig>,
+    /// The MMDS configuration (the data store is never saved).
+    pub mmds: Option<&'a MmdsConfig>,
     /// The virtio transports, in slot order.
     pub transports: &'a [Arc<Mutex<MmioTransport>>],
     /// The rate limiters' remaining budgets.
@@ -159,6 +170,9 @@ pub enum RestoredConfigError {
     /// A host path of an unkeyed state file lies outside the snapshot directories.
     #[error(transparent)]
     Path(#[from] super::restored_paths::RestoredPathError),
+    /// The MMDS configuration is refused (as `PUT /mmds/config` refuses it).
+    #[error("Its mmds-config is refused")]
+    Mmds(#[source] MmdsConfigError),
 }
 
 impl MachineState {
@@ -188,12 +202,41 @@ impl MachineState {
         if let Some(vsock) = &configs.vsock {
             vsock.validate()?;
         }
+        let mmds = configs
+            .mmds
+            .map(|mmds| checked_mmds(mmds, &self.nets))
+            .transpose()?;
         Ok(CheckedDeviceConfigs {
             drives,
             entropy: configs.entropy,
             vsock: configs.vsock,
+            mmds,
         })
     }
+
+    /// The MMDS configuration recorded in the state, unchecked (`--describe-snapshot`).
+    pub fn recorded_mmds(&self) -> Result<Option<MmdsConfig>, RestoredConfigError> {
+        let configs: DeviceConfigs = serde_json::from_str(&self.device_configs)?;
+        Ok(configs.mmds)
+    }
+}
+
+/// `mmds` checked as `PUT /mmds/config` checks it (link-local address, a non-empty list of
+/// interfaces), every interface one of `nets` (`network_overrides` keep the `iface_id`s).
+/// Each interface is kept once: a state file may repeat a name far more often than a PUT
+/// body can, and each name costs a responder at load.
+fn checked_mmds(mmds: MmdsConfig, nets: &[NetState]) -> Result<MmdsConfig, RestoredConfigError> {
+    // An interface whose configuration does not parse is refused by its own restore.
+    let ids: Vec<String> = nets
+        .iter()
+        .filter_map(|net| net.config().ok().map(|c| c.iface_id))
+        .collect();
+    let mut mmds = mmds
+        .validated(|id| ids.iter().any(|i| i == id))
+        .map_err(RestoredConfigError::Mmds)?;
+    let mut seen = std::collections::BTreeSet::new();
+    mmds.network_interfaces.retain(|id| seen.insert(id.clone()));
+    Ok(mmds)
 }
 
 impl RunningVm {
@@ -252,6 +295,7 @@ impl RunningVm {
             drives: input.drives.iter().cloned().collect(),
             entropy: input.entropy.cloned(),
             vsock: input.vsock.cloned(),
+            mmds: input.mmds.cloned(),
         })
         .map_err(SaveError::MachineConfig)?;
         let machine_config =
@@ -333,4 +377,123 @@ fn commit_state(new_state: Replacement) -> Result<(), SaveError> {
     new_state
         .commit()
         .map_err(|e| SaveError::StateFile(FormatError::Io("replace", e)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::mmds::{MmdsVersion, DEFAULT_IPV4_ADDRESS};
+    use crate::rate_limiter::RateLimiterState;
+
+    fn net(id: &str) -> NetState {
+        NetState {
+            config: json!({"iface_id": id, "host_dev_name": format!("tap-{id}")}).to_string(),
+            rx_limiter: RateLimiterState::default(),
+            tx_limiter: RateLimiterState::default(),
+            firewall: None,
+        }
+    }
+
+    fn mmds(value: serde_json::Value) -> MmdsConfig {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn refusal(config: MmdsConfig, nets: &[NetState]) -> MmdsConfigError {
+        match checked_mmds(config, nets) {
+            Err(RestoredConfigError::Mmds(e)) => e,
+            other => panic!("not refused as MMDS: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn device_configs_without_mmds_stay_without_it_and_older_ones_parse() {
+        let none = serde_json::to_string(&DeviceConfigs::default()).unwrap();
+        assert!(!none.contains("mmds"), "{none}");
+        // A state file written before MMDS existed.
+        let old: DeviceConfigs =
+            serde_json::from_str(r#"{"drives": [], "entropy": null, "vsock": null}"#).unwrap();
+        assert!(old.mmds.is_none());
+    }
+
+    #[test]
+    fn device_configs_round_trip_the_mmds_config_with_its_defaults() {
+        let configs = DeviceConfigs {
+            mmds: Some(mmds(
+                json!({"network_interfaces": ["eth0"], "imds_compat": true}),
+            )),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&configs).unwrap();
+        let back: DeviceConfigs = serde_json::from_str(&text).unwrap();
+        let got = back.mmds.unwrap();
+        assert_eq!(got.version, MmdsVersion::V2);
+        assert!(got.imds_compat);
+        assert_eq!(got.network_interfaces, vec!["eth0".to_string()]);
+    }
+
+    #[test]
+    fn a_saved_mmds_config_naming_an_interface_the_state_lacks_is_refused() {
+        let config = mmds(json!({"network_interfaces": ["eth0", "eth9"]}));
+        assert_eq!(
+            refusal(config, &[net("eth0")]),
+            MmdsConfigError::InvalidNetworkInterfaceId
+        );
+        let config = mmds(json!({"network_interfaces": ["eth0"]}));
+        assert_eq!(
+            refusal(config, &[]),
+            MmdsConfigError::InvalidNetworkInterfaceId
+        );
+    }
+
+    #[test]
+    fn a_saved_mmds_config_with_a_non_link_local_address_is_refused() {
+        for addr in ["10.0.0.1", "169.254.0.1", "169.254.255.1", "0.0.0.0"] {
+            let config = mmds(json!({"network_interfaces": ["eth0"], "ipv4_address": addr}));
+            assert_eq!(
+                refusal(config, &[net("eth0")]),
+                MmdsConfigError::InvalidIpv4Addr,
+                "{addr}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_saved_mmds_config_with_no_interface_is_refused() {
+        let config = mmds(json!({"network_interfaces": []}));
+        assert_eq!(
+            refusal(config, &[net("eth0")]),
+            MmdsConfigError::EmptyNetworkIfaceList
+        );
+    }
+
+    #[test]
+    fn a_saved_mmds_config_with_an_unknown_field_or_version_does_not_parse() {
+        for bad in [
+            r#"{"drives": [], "mmds": {"network_interfaces": ["eth0"], "key": "x"}}"#,
+            r#"{"drives": [], "mmds": {"network_interfaces": ["eth0"], "version": "V3"}}"#,
+            r#"{"drives": [], "mmds": {"network_interfaces": "eth0"}}"#,
+        ] {
+            assert!(serde_json::from_str::<DeviceConfigs>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_saved_mmds_config_repeating_an_interface_keeps_it_once() {
+        let names = vec!["eth0"; 100_000];
+        let config = mmds(json!({"network_interfaces": names}));
+        let got = checked_mmds(config, &[net("eth0")]).unwrap();
+        assert_eq!(got.network_interfaces, vec!["eth0".to_string()]);
+    }
+
+    #[test]
+    fn a_valid_saved_mmds_config_is_kept_with_its_address_filled_in() {
+        let config = mmds(json!({"version": "V1", "network_interfaces": ["eth1"]}));
+        let got = checked_mmds(config, &[net("eth0"), net("eth1")]).unwrap();
+        assert_eq!(got.ipv4_address, Some(DEFAULT_IPV4_ADDRESS));
+        assert_eq!(got.version, MmdsVersion::V1);
+    }
 }

@@ -221,6 +221,9 @@ pub enum SnapshotError {
     /// The Landlock layer could not be applied to the restored VM.
     #[error("Cannot confine the restored microVM")]
     Landlock(#[source] crate::sandbox::SandboxError),
+    /// The restored VM's MMDS responders could not be set up.
+    #[error("Cannot restore MMDS")]
+    Mmds(#[source] crate::vmm::controller::MmdsStartError),
     /// The restored VM could not start.
     #[error("Cannot start the restored microVM")]
     Start(#[source] Box<crate::vmm::RunError>),

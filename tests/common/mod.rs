@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod linux;
+pub mod mmds_guest;
 pub mod netns;
 pub mod skip;
 pub mod vsock;

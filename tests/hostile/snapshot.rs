@@ -878,6 +878,55 @@ fn hostile_network_state_in_an_unkeyed_state_file_is_refused_and_the_vmm_then_lo
             },
         ),
     ];
+    // MMDS (issue 15): the state records `mmds-config`, checked at load as PUT /mmds/config
+    // checks it against the state's own interfaces, before any tap opens.
+    let mmds = |attack: &str, expect: Expect, config: Value| {
+        case(attack, expect, &base, move |s| {
+            devices(s, |d| d["mmds"] = config);
+        })
+    };
+    cases.extend([
+        mmds(
+            "mmds: config naming eth9, which the state does not have",
+            Refused,
+            json!({"network_interfaces": ["eth0", "eth9"]}),
+        ),
+        mmds(
+            "mmds: ipv4_address 10.0.0.1 (not link-local: the guest's gateway subnet)",
+            Refused,
+            json!({"network_interfaces": ["eth0"], "ipv4_address": "10.0.0.1"}),
+        ),
+        mmds(
+            "mmds: ipv4_address 169.254.0.1 (the reserved first /24)",
+            Refused,
+            json!({"network_interfaces": ["eth0"], "ipv4_address": "169.254.0.1"}),
+        ),
+        mmds(
+            "mmds: no interface",
+            Refused,
+            json!({"network_interfaces": []}),
+        ),
+        mmds(
+            "mmds: a token key field planted in the config",
+            Refused,
+            json!({"network_interfaces": ["eth0"], "token_key": "00112233445566778899aabbccddeeff"}),
+        ),
+        mmds(
+            "mmds: version V3",
+            Refused,
+            json!({"network_interfaces": ["eth0"], "version": "V3"}),
+        ),
+        mmds(
+            "mmds: eth0 named 1,000,000 times (kept once: one responder)",
+            Expect::RefusedOrSurvives,
+            json!({"network_interfaces": vec!["eth0"; 1_000_000]}),
+        ),
+        mmds(
+            "mmds: V1 enabled on eth0 by an unkeyed file (trusted as written, as its firewall is)",
+            Expect::RefusedOrSurvives,
+            json!({"network_interfaces": ["eth0"], "version": "V1"}),
+        ),
+    ]);
     let mut c = case(
         "net: flow_log /etc/palisade-hostile-flows.jsonl",
         Refused,

@@ -89,6 +89,15 @@ impl ResultLine {
         self
     }
 
+    /// Appends ` key=text`.
+    pub fn word(self, key: &str, text: &[u8]) -> Self {
+        put_byte(b' ');
+        put_str(key);
+        put_byte(b'=');
+        put_bytes(text);
+        self
+    }
+
     /// Appends ` key=0xhex`.
     pub fn hex(self, key: &str, value: u64) -> Self {
         put_byte(b' ');

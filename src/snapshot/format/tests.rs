@@ -276,3 +276,23 @@ fn header_describes_a_keyed_file_without_the_key_but_checks_its_shape() {
         Err(FormatError::Truncated { .. })
     ));
 }
+
+#[test]
+fn unverified_state_decodes_a_keyed_file_without_the_key_but_refuses_a_bad_shape() {
+    assert_eq!(
+        StateFile::unverified_state::<Sample>(&encoded()).unwrap(),
+        sample()
+    );
+    let mut short = encoded();
+    short.pop();
+    assert!(matches!(
+        StateFile::unverified_state::<Sample>(&short),
+        Err(FormatError::Truncated { .. })
+    ));
+    // A state section that holds more than the type: refused, not half-read.
+    let longer = StateFile::encode(&(sample(), 7u8), Some(&key()), &mem()).unwrap();
+    assert!(matches!(
+        StateFile::unverified_state::<Sample>(&longer),
+        Err(FormatError::UndecodedBytes(_))
+    ));
+}

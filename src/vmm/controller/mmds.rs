@@ -60,12 +60,18 @@ impl Controller {
         self.mmds.as_ref()
     }
 
-    /// Gives every interface named in `mmds-config` its responder, reading the store's own
-    /// value (so PUT and PATCH after boot are what the guest reads next). One token key and
-    /// one request limit per VM; tokens are bound to the interface. Nothing to do without
-    /// `mmds-config`.
-    pub(super) fn attach_mmds(&self, devices: &VirtioDevices) -> Result<(), MmdsStartError> {
-        let (Some(config), Some(store)) = (&self.resources.mmds_config, &self.mmds) else {
+    /// Gives every interface named in `config` its responder, reading `store`'s own value
+    /// (so PUT and PATCH after boot are what the guest reads next). One token key and one
+    /// request limit per VM, drawn here: a VM built at start and one restored from a snapshot
+    /// (which never holds the key) each get a new key, so tokens of the parent VM are refused
+    /// by its clones. Tokens are bound to the interface. Nothing to do without `mmds-config`.
+    pub(super) fn attach_mmds(
+        &self,
+        config: Option<&MmdsConfig>,
+        store: Option<&MmdsStore>,
+        devices: &VirtioDevices,
+    ) -> Result<(), MmdsStartError> {
+        let (Some(config), Some(store)) = (config, store) else {
             return Ok(());
         };
         let key = TokenKey::random().map_err(MmdsStartError::Key)?;

@@ -13,6 +13,7 @@ use super::vsock::create_vsock;
 use super::Controller;
 use crate::devices::virtio::net::config::InterfaceList;
 use crate::devices::virtio::net::snapshot::{NetState, RestoredNet};
+use crate::mmds::MmdsStore;
 use crate::snapshot::StateFile;
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
 use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs, RestoredMemory};
@@ -112,6 +113,7 @@ impl Controller {
             drives: &self.resources.drives,
             entropy: self.resources.entropy.as_ref(),
             vsock: self.resources.vsock.as_ref(),
+            mmds: self.resources.mmds_config.as_ref(),
             transports: self.devices.transports(),
             limiters: self.devices.save_limiters(),
             nets: &nets,
@@ -184,6 +186,7 @@ impl Controller {
             drives,
             entropy,
             vsock,
+            mmds: mmds_config,
         } = configs;
         if state.mem_size != opened.memory.size
             || state.mem_size != (config.mem_size_mib as u64) << 20
@@ -228,6 +231,31 @@ impl Controller {
             params.clock_realtime,
         )
         .map_err(SnapshotError::Restore)?;
+        // MMDS as Firecracker restores it: the configuration from the state file, the data
+        // store this process has (`--metadata`, `PUT /mmds` before the load; empty if none),
+        // never one from the file. A new token key: the parent's tokens are refused here.
+        let new_store = match (&mmds_config, &self.mmds) {
+            (Some(_), None) => Some(MmdsStore::new(self.mmds_size_limit)),
+            _ => None,
+        };
+        self.attach_mmds(
+            mmds_config.as_ref(),
+            self.mmds.as_ref().or(new_store.as_ref()),
+            &devices,
+        )
+        .map_err(SnapshotError::Mmds)?;
+        if let Some(mmds) = &mmds_config {
+            log::info!(
+                "MMDS {:?} restored on {} with a new token key (tokens issued before the \
+                 snapshot are refused); the data store is this process's ({} bytes)",
+                mmds.version,
+                mmds.network_interfaces.join(", "),
+                self.mmds
+                    .as_ref()
+                    .or(new_store.as_ref())
+                    .map_or(0, MmdsStore::size)
+            );
+        }
         // The restored drives are the VM's (PATCH /drives, GET /vm/config, Landlock).
         self.resources.drives = drives;
         self.resources.entropy = entropy;
@@ -251,6 +279,10 @@ impl Controller {
             .launch(params.resume_vm)
             .map_err(|e| SnapshotError::Start(Box::new(e)))?;
         self.resources.machine_config = config;
+        self.resources.mmds_config = mmds_config;
+        if new_store.is_some() {
+            self.mmds = new_store;
+        }
         self.configured = true;
         self.running = Some(running);
         self.new_subscribers = devices.subscribers();

@@ -14,6 +14,11 @@ mod hello;
 mod idle;
 mod kbd;
 mod mem;
+mod mmds_bench;
+mod mmds_flood;
+mod mmds_get;
+mod mmds_hostile;
+mod mmds_hostile_raw;
 mod net_echo;
 mod net_flood;
 mod net_forge;
@@ -71,6 +76,10 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: net_hostile::NAME, run: net_hostile::run },
     Scenario { name: virtio_hostile::NAME, run: virtio_hostile::run },
     Scenario { name: chain_hostile::NAME, run: chain_hostile::run },
+    Scenario { name: mmds_get::NAME, run: mmds_get::run },
+    Scenario { name: mmds_flood::NAME, run: mmds_flood::run },
+    Scenario { name: mmds_bench::NAME, run: mmds_bench::run },
+    Scenario { name: mmds_hostile::NAME, run: mmds_hostile::run },
     Scenario { name: vsock_echo::NAME, run: vsock_echo::run },
     Scenario { name: vsock_connect::NAME, run: vsock_connect::run },
     Scenario { name: vsock_many::NAME, run: vsock_many::run },

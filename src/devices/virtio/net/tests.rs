@@ -500,3 +500,23 @@ fn on_an_mmds_interface_the_responders_counters_reach_the_net_metrics_group() {
     assert_eq!(m.mmds_frames_in.count(), 1);
     assert_eq!(r.net.mmds_counters().unwrap().fragments, 1);
 }
+
+#[test]
+fn mmds_frames_are_charged_to_the_tx_limiter_so_a_limit_bounds_them_too() {
+    let mem = memory();
+    let mut cfg = config(None);
+    cfg.tx_rate_limiter = ops_limit(1, 3_600_000);
+    let mut r = mmds_rig(&mem, cfg);
+    let l0 = put_tx(&mem, 0x10_0000, &arp_request(MMDS_IP));
+    queue_tx(&r, &[(0x10_0000, l0), (0x10_0000, l0)]);
+    r.net.process_tx();
+    assert_eq!(
+        r.txq.used().idx().load(),
+        1,
+        "the second MMDS frame waits for tokens"
+    );
+    let m = &r.net.metrics;
+    assert_eq!(m.mmds_frames_in.count(), 1);
+    assert_eq!(m.tx_rate_limiter_throttled.count(), 1);
+    assert_eq!(peer_recv(&r.peer), None);
+}

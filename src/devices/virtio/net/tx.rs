@@ -1,6 +1,7 @@
 //! Transmit: each chain of the TX queue is one frame with its virtio-net header. It is copied
 //! out of guest memory (so the guest cannot change it after the firewall looked at it),
-//! charged to the TX limiter, judged by the firewall, and written to the tap. Every chain is
+//! charged to the TX limiter, offered to the MMDS responder on an MMDS interface, judged by
+//! the firewall, and written to the tap. Every chain is
 //! consumed with used length 0, whatever happened to its frame.
 
 use palisade_firewall::Verdict;
@@ -47,19 +48,6 @@ impl Worker<'_, ()> {
         let (hdr, eth) = self.frame.buf[..len].split_at(VNET_HDR_LEN);
         let offloads = TxOffloads::from_features(self.features);
         let checked = vnet_hdr::check_tx(hdr, eth, offloads);
-        // MMDS first: its frames never reach the limiter, the firewall or the tap, and no
-        // other frame to its address leaves this interface.
-        if let Some(stack) = self.mmds.as_deref_mut() {
-            let plain = checked.as_ref().is_ok_and(|h| !h.is_gso());
-            if plain && stack.handle_guest_frame(eth, self.now) == MmdsVerdict::Consumed {
-                self.metrics.mmds_frames_in.inc();
-                return moved(len);
-            }
-            if classify::ipv4_to(eth, stack.address()) {
-                self.metrics.mmds_other_drops.inc();
-                return moved(len);
-            }
-        }
         // Charge first, a refused header too (so a guest cannot make us copy and parse frames
         // beyond its limits), and a GSO frame as the segments the host will send; a throttled
         // frame stays in the ring and is judged once, when it goes.
@@ -72,6 +60,23 @@ impl Worker<'_, ()> {
             self.limiter.manual_replenish(ops, TokenType::Ops);
             self.metrics.tx_rate_limiter_throttled.inc();
             return ChainOutcome::Throttled;
+        }
+        // MMDS before the firewall: its frames (charged to the limiter like any other, so a
+        // limit on the interface bounds them too) never reach the firewall or the tap, and no
+        // other frame to its address leaves this interface.
+        if let Some(stack) = self.mmds.as_deref_mut() {
+            let eth = &self.frame.buf[VNET_HDR_LEN..len];
+            let plain = checked.as_ref().is_ok_and(|h| !h.is_gso());
+            if plain && stack.handle_guest_frame(eth, self.now) == MmdsVerdict::Consumed {
+                self.metrics.mmds_frames_in.inc();
+                return moved(len);
+            }
+            if classify::ipv4_to(eth, stack.address()) {
+                self.limiter.manual_replenish(ops, TokenType::Ops);
+                self.limiter.manual_replenish(frame_len, TokenType::Bytes);
+                self.metrics.mmds_other_drops.inc();
+                return moved(len);
+            }
         }
         let header = match checked {
             Ok(header) => header,

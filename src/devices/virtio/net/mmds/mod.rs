@@ -483,7 +483,14 @@ impl MmdsStack {
         for conn in &mut self.conns {
             let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             match socket.state() {
-                tcp::State::Listen => continue,
+                tcp::State::Listen => {
+                    // An RST in SYN-RECEIVED puts the socket back to LISTEN by itself: the
+                    // connection's deadline must not carry over to the next one.
+                    if conn.opened.is_some() {
+                        conn.reset();
+                    }
+                    continue;
+                }
                 tcp::State::Closed | tcp::State::TimeWait => {
                     conn.reset();
                     socket.abort();

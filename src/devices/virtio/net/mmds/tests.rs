@@ -860,3 +860,46 @@ fn measure_mmds_cost_per_frame_and_request() {
     }
     report("frame that is not MMDS traffic, passed", n, start.elapsed());
 }
+
+#[test]
+fn a_connection_reset_in_syn_received_frees_its_socket_with_a_fresh_deadline() {
+    let t0 = Instant::now();
+    let mut stack = stack_with(MmdsVersion::V2, 1, "eth0", t0);
+    stack.handle_guest_frame(&arp_request(DEFAULT_IPV4.octets()), t0);
+    drain(&mut stack);
+    // Eight half-open connections take every socket.
+    for port in 30000..30000 + MAX_CONNECTIONS as u16 {
+        let mut c = Client::new(port);
+        stack.handle_guest_frame(&c.segment(true, false, b""), t0);
+        drain(&mut stack);
+        c.seq += 1;
+        // The guest resets each (RST|ACK, as an ACK-carrying RST is not taken by a listening
+        // socket ahead of it): the socket listens again.
+        let rst = PacketBuilder::ethernet2(GUEST_MAC, DEFAULT_MAC)
+            .ipv4(GUEST_IP, DEFAULT_IPV4.octets(), 64)
+            .tcp(c.port, 80, c.seq, 0)
+            .rst()
+            .ack(0);
+        let mut frame = Vec::new();
+        rst.write(&mut frame, b"").unwrap();
+        stack.handle_guest_frame(&frame, t0 + Duration::from_secs(9));
+        drain(&mut stack);
+    }
+    // New connections 9 s after the first ones opened get every socket, and keep them past
+    // the first ones' deadline: theirs counts from their own opening.
+    let t1 = t0 + Duration::from_secs(9);
+    let mut second: Vec<Client> = (0..MAX_CONNECTIONS as u16)
+        .map(|i| Client::new(40000 + i))
+        .collect();
+    for c in &mut second {
+        c.send(&mut stack, t1, true, false, b"");
+        assert!(c.ack != 0 && !c.rst, "port {} refused", c.port);
+    }
+    let t2 = t0 + Duration::from_secs(12);
+    stack.poll(t2);
+    for c in &mut second {
+        c.receive(&mut stack, t2);
+        assert!(!c.rst, "port {} aborted 3 s after it opened", c.port);
+    }
+    assert_eq!(stack.counters().deadline_aborts, 0);
+}

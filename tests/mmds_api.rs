@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use common::api::{wait_for_socket, ApiClient};
-use common::netns::TapNetns;
+use common::netns::{net_totals, net_vm, TapNetns};
 use common::{kvm_available, probe_path, ApiVm, TestVm};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -377,4 +377,92 @@ fn bad_metadata_files_and_mmds_config_sections_stop_the_vmm_as_bad_configuration
         "{}",
         run.stderr
     );
+}
+
+/// The probe's `mmds-get` (a token PUT, then a GET with it, each its own connection) against
+/// MMDS V2 on eth0 with Palisade's `extra` mmds-config fields.
+fn mmds_get_vm(ns: &TapNetns, extra: Value) -> TestVm {
+    let mut vm = net_vm(ns, "mmds-get", "probe.peer=169.254.169.254:80", None);
+    let mut config = json!({"network_interfaces": ["eth0"]});
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    vm.config["mmds-config"] = config;
+    let data = vm.dir.path().join("metadata.json");
+    std::fs::write(&data, metadata().to_string()).unwrap();
+    vm.args
+        .extend(["--metadata".into(), data.to_str().unwrap().into()]);
+    vm
+}
+
+#[test]
+fn answers_leave_with_the_configured_hop_limit_and_each_request_gets_one_audit_line() {
+    let test = "answers_leave_with_the_configured_hop_limit_and_each_request_gets_one_audit_line";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some(ns) = TapNetns::create(test) else {
+        return;
+    };
+    let vm = mmds_get_vm(&ns, json!({"hop_limit": 7}));
+    let run = vm.run(TIMEOUT);
+    run.assert_success();
+    let line = run.assert_probe_ok("mmds-get");
+    for ttl in ["syn_ack_ttl=7", "min_ttl=7", "max_ttl=7"] {
+        assert!(line.contains(ttl), "{line}");
+    }
+    let audit: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("mmds request: "))
+        .collect();
+    assert_eq!(audit.len(), 2, "{}", run.stderr);
+    assert!(
+        audit[0].ends_with(
+            "mmds request: iface=eth0 method=PUT path=/latest/api/token status=200 suppressed=0"
+        ),
+        "{audit:?}"
+    );
+    assert!(
+        audit[1].ends_with(
+            "mmds request: iface=eth0 method=GET path=/latest/meta-data/instance-id status=200 \
+             token_age_s=0 suppressed=0"
+        ),
+        "{audit:?}"
+    );
+    // Never a value of the store.
+    assert!(!run.stderr.contains("i-1"), "{}", run.stderr);
+    let m = net_totals(&vm);
+    assert_eq!(m.get("mmds_answers_ok"), Some(&2), "{m:?}");
+}
+
+#[test]
+fn a_connection_over_the_vm_request_limit_is_dropped_counted_and_logged() {
+    let test = "a_connection_over_the_vm_request_limit_is_dropped_counted_and_logged";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some(ns) = TapNetns::create(test) else {
+        return;
+    };
+    // One request an hour: the token PUT is answered, the GET's SYN is dropped.
+    let limit = json!({"ops": {"size": 1, "refill_time": 3_600_000}});
+    let vm = mmds_get_vm(&ns, json!({"rate_limiter": limit}));
+    let run = vm.run(TIMEOUT);
+    run.assert_success();
+    assert!(
+        run.stdout.contains("probe: mmds-get fail get-refused"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("mmds: rate limit reached on eth0: connection dropped (1 drops so far)"),
+        "{}",
+        run.stderr
+    );
+    let m = net_totals(&vm);
+    assert_eq!(m.get("mmds_answers_ok"), Some(&1), "{m:?}");
+    assert!(m.get("mmds_rate_limited").is_some_and(|&n| n >= 1), "{m:?}");
+    assert_eq!(m.get("mmds_syn_refused").copied().unwrap_or(0), 0, "{m:?}");
 }

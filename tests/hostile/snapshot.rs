@@ -922,6 +922,22 @@ fn hostile_network_state_in_an_unkeyed_state_file_is_refused_and_the_vmm_then_lo
             json!({"network_interfaces": vec!["eth0"; 1_000_000]}),
         ),
         mmds(
+            "mmds: hop_limit 0 (every answer undeliverable)",
+            Refused,
+            json!({"network_interfaces": ["eth0"], "hop_limit": 0}),
+        ),
+        mmds(
+            "mmds: hop_limit 2^64-1",
+            Refused,
+            json!({"network_interfaces": ["eth0"], "hop_limit": u64::MAX}),
+        ),
+        mmds(
+            "mmds: a bandwidth bucket in rate_limiter (it counts requests only)",
+            Refused,
+            json!({"network_interfaces": ["eth0"],
+                   "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}),
+        ),
+        mmds(
             "mmds: V1 enabled on eth0 by an unkeyed file (trusted as written, as its firewall is)",
             Expect::RefusedOrSurvives,
             json!({"network_interfaces": ["eth0"], "version": "V1"}),

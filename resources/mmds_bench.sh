@@ -6,8 +6,9 @@
 # timed in the guest with the TSC. Prints the medians and 99th percentiles, then the same as
 # one JSON line. Needs root.
 #   resources/mmds_bench.sh [PALISADE_BIN PROBE_ELF]   (default: build both, release)
-# BENCH_MMDS_REQUESTS (default 50): keep it within the per-VM request rate limit's burst, or
-# the answers over it count as errors.
+# BENCH_MMDS_REQUESTS (default 50; PUTs and GETs: 2N connections): keep 2N within the per-VM
+# request rate limit's burst (100), or the SYNs over it are dropped and those requests time
+# out and count as errors.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod arch;
+pub mod audit;
 pub mod config;
 pub mod devices;
 pub mod logger;

@@ -361,6 +361,11 @@ fn start_api(cli: &Cli, seccomp: Arc<seccomp::SeccompFilters>) -> Result<ApiChan
         .map(api::audit::AuditLog::open)
         .transpose()
         .map_err(|e| e.to_string())?;
+    if let Some(log) = &audit {
+        // Devices (MMDS reads) append their records to the same file.
+        let device_log = log.try_clone().map_err(|e| format!("audit log: {e}"))?;
+        palisade::audit::install_device_log(device_log);
+    }
     let listener = api::bind(&cli.api_sock).map_err(|e| e.to_string())?;
     let allowed_uids = if cli.api_allowed_uids.is_empty() {
         // SAFETY: geteuid has no preconditions and cannot fail.

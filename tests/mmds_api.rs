@@ -404,7 +404,17 @@ fn answers_leave_with_the_configured_hop_limit_and_each_request_gets_one_audit_l
     let Some(ns) = TapNetns::create(test) else {
         return;
     };
-    let vm = mmds_get_vm(&ns, json!({"hop_limit": 7}));
+    let mut vm = mmds_get_vm(&ns, json!({"hop_limit": 7}));
+    // With the API up, MMDS reads go to the --audit-log file too.
+    let audit_path = vm.dir.path().join("audit.jsonl");
+    let sock = vm.dir.path().join("api.sock");
+    vm.args.retain(|a| a != "--no-api");
+    vm.args.extend([
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--audit-log".into(),
+        audit_path.to_str().unwrap().into(),
+    ]);
     let run = vm.run(TIMEOUT);
     run.assert_success();
     let line = run.assert_probe_ok("mmds-get");
@@ -434,6 +444,35 @@ fn answers_leave_with_the_configured_hop_limit_and_each_request_gets_one_audit_l
     assert!(!run.stderr.contains("i-1"), "{}", run.stderr);
     let m = net_totals(&vm);
     assert_eq!(m.get("mmds_answers_ok"), Some(&2), "{m:?}");
+    // The audit log holds the same two reads as records, and never a value or the token.
+    let text = std::fs::read_to_string(&audit_path).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["event"] == "mmds")
+        .collect();
+    assert_eq!(records.len(), 2, "{text}");
+    assert_eq!(records[0]["method"], "PUT", "{text}");
+    assert_eq!(records[0]["path"], "/latest/api/token", "{text}");
+    assert_eq!(records[0]["status"], 200, "{text}");
+    assert!(records[0].get("token_age_s").is_none(), "{text}");
+    assert_eq!(records[1]["method"], "GET", "{text}");
+    assert_eq!(
+        records[1]["path"], "/latest/meta-data/instance-id",
+        "{text}"
+    );
+    assert_eq!(records[1]["iface"], "eth0", "{text}");
+    assert_eq!(records[1]["token_age_s"], 0, "{text}");
+    assert!(!text.contains("i-1"), "{text}");
+    let hex_run = text
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        hex_run < 32,
+        "something token-like in the audit log: {text}"
+    );
 }
 
 #[test]

@@ -1,25 +1,10 @@
 //! The audit log: one JSON line per API request and per refused connection, with the peer's
 //! credentials. Never request bodies (they may hold secrets). Writes never block the API.
-
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::time::{SystemTime, UNIX_EPOCH};
+//! The file itself is [`crate::audit`]'s, which devices write to as well (MMDS reads).
 
 use serde::Serialize;
 
-/// Errors of audit log setup.
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    /// The file cannot be opened.
-    #[error("Cannot open the audit log {path}: {source}")]
-    Open {
-        /// Path given.
-        path: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-}
+pub use crate::audit::{utc_now, AuditError, AuditLog};
 
 /// Credentials of the process at the other end of a connection (SO_PEERCRED).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -55,38 +40,6 @@ pub struct AuditRecord<'a> {
     pub duration_us: u64,
 }
 
-/// Where records go.
-pub struct AuditLog {
-    file: File,
-}
-
-impl AuditLog {
-    /// Opens (creating with mode 0600) `path` for appending, non-blocking.
-    pub fn open(path: &str) -> Result<Self, AuditError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|source| AuditError::Open {
-                path: path.to_string(),
-                source,
-            })?;
-        Ok(Self { file })
-    }
-
-    /// Appends one line; a line that cannot be written now is counted as lost.
-    pub fn write(&mut self, record: &AuditRecord) -> bool {
-        let mut line = serde_json::to_vec(record).unwrap_or_default();
-        line.push(b'\n');
-        match self.file.write(&line) {
-            Ok(n) => n == line.len(),
-            Err(_) => false,
-        }
-    }
-}
-
 /// Truncates attacker-controlled paths before they are logged.
 pub fn loggable_path(path: &str) -> &str {
     match path.char_indices().nth(256) {
@@ -95,35 +48,9 @@ pub fn loggable_path(path: &str) -> &str {
     }
 }
 
-/// The current UTC time as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-pub fn utc_now() -> String {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format_utc(since.as_secs(), since.subsec_micros())
-}
-
-fn format_utc(secs: u64, micros: u32) -> String {
-    let (year, month, day) = crate::logger::civil_from_days(secs / 86_400);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_formatting_matches_known_dates() {
-        assert_eq!(format_utc(0, 0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(format_utc(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
-        assert_eq!(format_utc(1_795_000_000, 0), "2026-11-18T11:06:40.000000Z");
-    }
 
     #[test]
     fn records_are_json_lines_without_bodies() {

@@ -9,9 +9,14 @@
 //!
 //! `mmds request: iface=eth0 method=GET path=/latest/meta-data/iam status=200 token_age_s=12
 //! suppressed=0`
+//!
+//! The same entry, as a JSON record ([`AuditEntry::record`]), goes to the `--audit-log` file
+//! beside the API's records (`"event": "mmds"`), under the same budget.
 
 use std::fmt::Write;
 use std::time::Duration;
+
+use serde::Serialize;
 
 /// Bytes of the path kept.
 pub const PATH_MAX: usize = 128;
@@ -73,6 +78,44 @@ impl AuditEntry {
     }
 }
 
+/// The audit-log record of one answered guest request.
+#[derive(Debug, Serialize)]
+pub struct AuditRecord<'a> {
+    /// UTC time, RFC 3339 with microseconds.
+    pub time: String,
+    /// Always `mmds`.
+    pub event: &'static str,
+    /// The interface the request came in on.
+    pub iface: &'a str,
+    /// The method, escaped and cut.
+    pub method: &'a str,
+    /// The path, escaped and cut.
+    pub path: &'a str,
+    /// The status answered.
+    pub status: u16,
+    /// Age in seconds of the valid token the request carried (absent: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_age_s: Option<u64>,
+    /// Records suppressed by the budget since the previous one.
+    pub suppressed: u64,
+}
+
+impl AuditEntry {
+    /// The audit-log record of this entry on interface `iface`.
+    pub fn record<'a>(&'a self, iface: &'a str, suppressed: u64) -> AuditRecord<'a> {
+        AuditRecord {
+            time: crate::audit::utc_now(),
+            event: "mmds",
+            iface,
+            method: &self.method,
+            path: &self.path,
+            status: self.status,
+            token_age_s: self.token_age.map(|age| age.as_secs()),
+            suppressed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +151,27 @@ mod tests {
             AuditEntry::unparsed(400).line("eth1", 0),
             "mmds request: iface=eth1 method=- path=- status=400 suppressed=0"
         );
+    }
+
+    #[test]
+    fn the_audit_log_record_carries_the_line_fields_and_no_token_age_without_a_token() {
+        let mut entry = AuditEntry {
+            method: "GET".into(),
+            path: "/latest/meta-data".into(),
+            status: 200,
+            token_age: Some(Duration::from_secs(7)),
+        };
+        let v = serde_json::to_value(entry.record("eth0", 2)).unwrap();
+        assert_eq!(v["event"], "mmds");
+        assert_eq!(v["iface"], "eth0");
+        assert_eq!(v["path"], "/latest/meta-data");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["token_age_s"], 7);
+        assert_eq!(v["suppressed"], 2);
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        entry.token_age = None;
+        let v = serde_json::to_value(entry.record("eth0", 0)).unwrap();
+        assert!(v.get("token_age_s").is_none(), "{v}");
+        assert_eq!(v.as_object().unwrap().len(), 7, "no other field: {v}");
     }
 }

@@ -542,7 +542,9 @@ impl MmdsStack {
                             _ => self.counters.answers_error += 1,
                         }
                         if let Some(suppressed) = self.config.limits.audit_line() {
-                            (self.audit_sink)(&audit.line(&self.config.iface_id, suppressed));
+                            let iface = &self.config.iface_id;
+                            (self.audit_sink)(&audit.line(iface, suppressed));
+                            crate::audit::device_record(&audit.record(iface, suppressed));
                         }
                         conn.response = bytes;
                         conn.answered = true;

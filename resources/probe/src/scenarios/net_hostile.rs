@@ -41,8 +41,8 @@ fn frame_buf(len: usize) -> &'static mut [u8] {
 
 /// The frame buffer as it is.
 fn frame_mut(len: usize) -> &'static mut [u8] {
-    // SAFETY: FRAME.. lies in the DMA window, unused by Net (its rings and buffers are below
-    // DATA_START + 0x30000) and free until the device took the previous frame (send_at waits).
+    // SAFETY: FRAME.. lies in the DMA window, unused by Net (its rings, buffers and scratch are below
+    // DATA_START + 0x5_1000) and free until the device took the previous frame (send_at waits).
     unsafe { core::slice::from_raw_parts_mut((FRAME + HDR as u64) as *mut u8, len) }
 }
 

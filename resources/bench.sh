@@ -156,6 +156,9 @@ for rules in 0 10 1000; do
     net_run "host->guest, $label" "$rules" net-rx "probe.count=$net_count probe.port=5000 probe.secs=15"
 done
 
+# Network side by side (resources/net_compare.py): 64/1514-byte frames both ways, firewall off/10/1,000/10,000 rules and Firecracker, VMM CPU per frame, ping RTT.
+python3 resources/net_compare.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} --runs "${BENCH_NET_RUNS:-11}" ${BENCH_NET_JSON:+--json "$BENCH_NET_JSON"}
+
 # MMDS: request latency seen from the probe guest (token PUT, GET with a token; a whole
 # connection each), resources/mmds_bench.sh in a namespace of its own.
 echo "MMDS, probe guest, release build"

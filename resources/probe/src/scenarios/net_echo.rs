@@ -1,6 +1,7 @@
 //! `net-echo`: for `probe.secs`, answers ARP, ICMP echo requests and UDP datagrams to
-//! `probe.port` (sent back to where they came from).
-//! `probe: net-echo ready`, then `probe: net-echo ok pings=N udp=M`.
+//! `probe.port` (sent back to where they came from); a request whose answer would not fit one
+//! TX buffer (the RX side takes frames up to 64 KiB) is dropped and counted.
+//! `probe: net-echo ready`, then `probe: net-echo ok pings=N too_big=K udp=M`.
 
 use crate::netstack::{checksum, eth, ethertype, fail, ipv4, udp, Session, ETH, ETH_IPV4, IP, PROTO_ICMP, UDP};
 use crate::serial::{put_str, ResultLine};
@@ -21,7 +22,7 @@ pub fn run(boot: &BootInfo) {
     put_str("probe: net-echo ready\n");
     let (ip, port, mac) = (s.params.ip, s.params.port, s.net.mac);
     let begin = tsc();
-    let (mut pings, mut datagrams) = (0u64, 0u64);
+    let (mut pings, mut datagrams, mut too_big) = (0u64, 0u64, 0u64);
     while !s.params.secs_passed(begin, s.params.secs) {
         let Some(frame) = s.net.recv() else { continue };
         if s.answer_arp(frame) || ethertype(frame) != ETH_IPV4 || frame.len() < ETH + IP + 8 {
@@ -36,6 +37,10 @@ pub fn run(boot: &BootInfo) {
         let l4 = &h[IP..total];
         if h[9] == PROTO_ICMP && l4[0] == 8 {
             let buf = s.net.tx_buffer();
+            if ETH + IP + l4.len() > buf.len() {
+                too_big += 1;
+                continue;
+            }
             eth(buf, src_mac, mac, ETH_IPV4);
             let icmp = &mut buf[ETH + IP..ETH + IP + l4.len()];
             icmp.copy_from_slice(l4);
@@ -51,6 +56,10 @@ pub fn run(boot: &BootInfo) {
             let src_port = u16::from_be_bytes([l4[0], l4[1]]);
             let payload = &l4[UDP..];
             let buf = s.net.tx_buffer();
+            if ETH + IP + UDP + payload.len() > buf.len() {
+                too_big += 1;
+                continue;
+            }
             eth(buf, src_mac, mac, ETH_IPV4);
             buf[ETH + IP + UDP..ETH + IP + UDP + payload.len()].copy_from_slice(payload);
             let len = udp(buf, (ip, port), (src_ip, src_port), payload.len());
@@ -59,5 +68,5 @@ pub fn run(boot: &BootInfo) {
             datagrams += 1;
         }
     }
-    ResultLine::ok(NAME.as_bytes()).dec("pings", pings).dec("udp", datagrams).end();
+    ResultLine::ok(NAME.as_bytes()).dec("pings", pings).dec("too_big", too_big).dec("udp", datagrams).end();
 }

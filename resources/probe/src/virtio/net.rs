@@ -6,10 +6,10 @@
 //! - features: VERSION_1, and MAC and MRG_RXBUF when offered (plus what the caller wants);
 //! - the MAC comes from the config space; without F_MAC the driver makes up a locally
 //!   administered one, as the spec requires (a zero source MAC is not a valid frame);
-//! - RX buffers: the spec asks for >= 1,526 bytes each without MRG_RXBUF or guest TSO. Firecracker
-//!   also reads from its tap only while the chains it holds add up to one largest frame
-//!   (65,562 bytes), so 32 x 2 KiB (65,536) starved it; 32 x 4 KiB leaves it room with up to 15
-//!   buffers awaiting the driver;
+//! - RX buffers: the spec asks for >= 1,526 bytes each without MRG_RXBUF or guest TSO.
+//!   Firecracker also reads from its tap only while the chains it holds add up to one largest
+//!   frame (65,562 bytes), so 32 x 2 KiB (65,536) starved it; 32 x 4 KiB leaves it room with
+//!   up to 15 buffers awaiting the driver;
 //! - with MRG_RXBUF the header's num_buffers says how many used buffers make the frame; one is
 //!   the usual case (a frame <= 4,084 bytes), more are gathered into a 64 KiB scratch area.
 //!

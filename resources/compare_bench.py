@@ -22,7 +22,8 @@ Figures:
    (one connection each) to the boot-timer write, timed from the first PUT and from the
    InstanceStart request; (b) config file (`--no-api --config-file`): spawn to the
    boot-timer write; (c) the same run: spawn to exit of the `hello` scenario (the guest
-   boots, resets through the i8042, the VMM exits and is reaped), and its CPU time (rusage).
+   boots, resets through the i8042, the VMM exits and is reaped), and its CPU time (rusage;
+   not its ru_maxrss: a posix_spawn child keeps the spawning Python's high-water mark).
 3. memory, `idle` guest, 1 s after its `probe: idle ok`: RSS outside the guest memory mapping
    (the anonymous mapping of exactly 128 MiB in /proc/PID/smaps), the same for the private
    part (Private_Clean + Private_Dirty), and the peak (VmHWM minus the guest mapping's RSS).
@@ -397,8 +398,7 @@ def measure(results, notes, name, key_fn, runs, vmms):
                 notes.setdefault(vmm.name, {})[name] = str(e).splitlines()[0]
                 sys.stderr.write(f"{vmm.name} {name}: {e}\n")
                 vmms = [v for v in vmms if v is not vmm]  # no more runs of a broken setup
-        sys.stderr.write(f"  {name}: round {r + 1}/{runs}\r")
-    sys.stderr.write("\n")
+    sys.stderr.write(f"compare_bench: {name}: {runs} rounds done\n")
 
 
 def summary(values):

@@ -46,11 +46,13 @@ stats "VMM peak RSS" MiB <"$work/rss"
 # Side by side with Firecracker (issue 16, figures 1-4 and 7; resources/compare_bench.py):
 # API socket answering (wall, CPU), API-flow and config-file boot to the boot timer, exec to
 # exit, memory outside guest RAM (idle, peak), 50 guests at once, the jailers' start to API
-# socket; alternating, medians of BENCH_COMPARE_RUNS (default 11). Palisade's column only
+# socket; alternating, medians of BENCH_COMPARE_QUICK_RUNS (default 51) for the timings of
+# one VMM, BENCH_COMPARE_RUNS (default 11) for memory and density. Palisade's column only
 # without FIRECRACKER_BIN; FIRECRACKER_JAILER_BIN adds Firecracker's jailer. JSON to
 # BENCH_COMPARE_JSON (default /tmp/palisade-compare-bench.json).
 python3 resources/compare_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
-    --runs "${BENCH_COMPARE_RUNS:-11}" --density "${BENCH_DENSITY:-50}" \
+    --runs "${BENCH_COMPARE_RUNS:-11}" --quick-runs "${BENCH_COMPARE_QUICK_RUNS:-51}" \
+    --density "${BENCH_DENSITY:-50}" \
     --palisade-jailer "$root/target/release/palisade-jailer" \
     ${FIRECRACKER_JAILER_BIN:+--firecracker-jailer "$FIRECRACKER_JAILER_BIN"}
 

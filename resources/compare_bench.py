@@ -2,14 +2,16 @@
 """Palisade and Firecracker side by side (issue 16, figures 1-4 and 7), stdlib only; part of
 the benchmark command (resources/bench.sh).
 
-    compare_bench.py PROBE_ELF PALISADE_BIN [FIRECRACKER_BIN] [--runs N] [--density K]
+    compare_bench.py PROBE_ELF PALISADE_BIN [FIRECRACKER_BIN] [--runs N] [--quick-runs M]
+                     [--density K] [--density-runs R]
                      [--palisade-jailer BIN] [--firecracker-jailer BIN] [--json PATH]
 
 Both VMMs boot the same probe guest with the same configuration: 1 vCPU, 128 MiB, kernel
 arguments `console=ttyS0 reboot=k panic=1 probe.run=SCENARIO`, `--boot-timer`, default log
 level (Firecracker logs its `Guest-boot-time` line at Info, as Palisade does). Every figure is
-measured N times per VMM (default 11), the two VMMs alternating within each round (and which
-one goes first alternating between rounds). Times are taken on the host: before the VMM is
+measured in rounds, one run of each VMM per round (which one goes first alternating
+between rounds): --quick-runs rounds (default 51) of figures 1, 2 and 7, which take tens of
+milliseconds each and are the noisiest, --runs (default 11) of figures 3 and 4. Times are taken on the host: before the VMM is
 spawned (posix_spawn), and from the log timestamp of the VMM's `Guest-boot-time` line (written
 by the vCPU thread when the guest writes the boot-timer port; both VMMs print the same
 wall-clock format).
@@ -438,7 +440,9 @@ def main():
     ap.add_argument("probe")
     ap.add_argument("palisade")
     ap.add_argument("firecracker", nargs="?")
-    ap.add_argument("--runs", type=int, default=11)
+    ap.add_argument("--runs", type=int, default=11, help="rounds of figures 3 and 4")
+    ap.add_argument("--quick-runs", type=int, default=51,
+                    help="rounds of figures 1, 2 and 7 (tens of ms each; noisier)")
     ap.add_argument("--density", type=int, default=50)
     ap.add_argument("--density-runs", type=int, help="rounds of figure 4 (default: --runs)")
     ap.add_argument("--palisade-jailer")
@@ -457,9 +461,9 @@ def main():
             notes["firecracker"] = {"all": "FIRECRACKER_BIN not set"}
         results = {v.name: {} for v in vmms}
         results.setdefault("firecracker", {})
-        measure(results, notes, "api socket", Vmm.api_socket, a.runs, vmms)
-        measure(results, notes, "api boot", Vmm.api_boot, a.runs, vmms)
-        measure(results, notes, "config boot", Vmm.config_boot, a.runs, vmms)
+        measure(results, notes, "api socket", Vmm.api_socket, a.quick_runs, vmms)
+        measure(results, notes, "api boot", Vmm.api_boot, a.quick_runs, vmms)
+        measure(results, notes, "config boot", Vmm.config_boot, a.quick_runs, vmms)
         measure(results, notes, "memory", Vmm.memory, a.runs, vmms)
         measure(results, notes, "density", lambda v: v.density(a.density),
                 a.density_runs or a.runs, vmms)
@@ -481,11 +485,12 @@ def main():
             elif a.firecracker:
                 notes.setdefault("firecracker", {})["jailer"] = "FIRECRACKER_JAILER_BIN not set"
         if jailers:
-            measure(results, notes, "jailer", Jailer.api_socket, a.runs, jailers)
+            measure(results, notes, "jailer", Jailer.api_socket, a.quick_runs, jailers)
     load_after = read("/proc/loadavg").split()[:3]
 
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "commit": commit(), "host": host_info(), "runs": a.runs, "density": a.density,
+              "commit": commit(), "host": host_info(), "runs": a.runs, "quick_runs": a.quick_runs,
+              "density": a.density,
               "guest": f"probe, 1 vCPU, {MEM_MIB} MiB, --boot-timer",
               "load_before": load_before, "load_after": load_after, "notes": notes,
               "figures": {}}
@@ -493,9 +498,10 @@ def main():
     print(f"Palisade vs Firecracker, {report['date']}, commit {report['commit']}, "
           f"{h['cpus']} CPUs ({h['cpu']}), {h['kvm']}, load {' '.join(load_before)} -> "
           f"{' '.join(load_after)}")
-    print(f"probe guest, 1 vCPU, {MEM_MIB} MiB, release builds, medians [min-max] of "
-          f"{a.runs} runs each, alternating (density: {a.density} guests, "
-          f"{a.density_runs or a.runs} runs); ratio P/F below 1: Palisade faster/smaller")
+    print(f"probe guest, 1 vCPU, {MEM_MIB} MiB, release builds, medians [min-max], "
+          f"alternating: {a.quick_runs} runs each of figures 1, 2, 7, {a.runs} of 3, "
+          f"{a.density_runs or a.runs} of 4 ({a.density} guests at once); "
+          f"P/F below 1: Palisade faster/smaller")
     print(f"{'fig':4}{'figure':38}{'unit':5}{'Palisade':>24}{'Firecracker':>24}{'P/F':>7}")
     for key, fig, label, unit in FIGURES:
         p = summary(results["palisade"].get(key, []))

@@ -84,7 +84,9 @@ def spawn(cmd, out_path, setsid=False):
     out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     try:
-        return os.posix_spawn(cmd[0], cmd, dict(os.environ), setsid=setsid, file_actions=[
+        # TZ=UTC: both VMMs stamp log lines in local time; stamp_ns reads them as UTC.
+        return os.posix_spawn(cmd[0], cmd, dict(os.environ, TZ="UTC"), setsid=setsid,
+                              file_actions=[
             (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out, 1),
             (os.POSIX_SPAWN_DUP2, out, 2)])
     finally:
@@ -140,6 +142,15 @@ def boot_line(text):
         if BOOT_LINE in line:
             return line
     return None
+
+
+def since_ms(line, t0_ns):
+    """Milliseconds from t0_ns (time.time_ns()) to the time stamped on `line`; a stamp before
+    t0 or a minute after it means the clocks disagree (a local-time stamp, say), not a figure."""
+    ms = (stamp_ns(line) - t0_ns) / 1e6
+    if not 0 <= ms < 60_000:
+        raise BenchError(f"log stamp {ms:.1f} ms from the host's clock: {line!r}")
+    return ms
 
 
 def wait_file(path, needle, pid, what):
@@ -244,10 +255,10 @@ class Vmm:
             if http(sock, "PUT", "/actions", {"action_type": "InstanceStart"}) != 204:
                 raise BenchError(f"InstanceStart refused:\n{read(out)}")
             text = wait_file(out, BOOT_LINE, pid, f"{self.name} API boot")
-            t_boot = stamp_ns(boot_line(text))
+            line = boot_line(text)
         finally:
             kill(pid)
-        return {"api_flow_boot": (t_boot - t0) / 1e6, "start_boot": (t_boot - t_start) / 1e6}
+        return {"api_flow_boot": since_ms(line, t0), "start_boot": since_ms(line, t_start)}
 
     # Figure 2 (b) and (c).
     def config_boot(self):
@@ -261,7 +272,7 @@ class Vmm:
         line = boot_line(text)
         if status != 0 or "probe: hello ok" not in text or line is None:
             raise BenchError(f"{self.name} hello: status {status}:\n{text}")
-        return {"config_boot": (stamp_ns(line) - t0_wall) / 1e6, "exec_exit": (t1 - t0) * 1e3,
+        return {"config_boot": since_ms(line, t0_wall), "exec_exit": (t1 - t0) * 1e3,
                 "exec_exit_cpu": (usage.ru_utime + usage.ru_stime) * 1e3}
 
     # Figure 3.
@@ -293,16 +304,16 @@ class Vmm:
         pids = [spawn([self.binary, "--no-api", "--boot-timer", "--config-file", path], out)
                 for out in outs]
         try:
-            last = 0
+            last = 0.0
             for pid, out in zip(pids, outs):
-                last = max(last, stamp_ns(boot_line(
-                    wait_file(out, BOOT_LINE, pid, f"{self.name} density"))))
+                last = max(last, since_ms(boot_line(
+                    wait_file(out, BOOT_LINE, pid, f"{self.name} density")), t0))
             rss = sum(status_kib(pid, "VmRSS") for pid in pids)
             pss = sum(rollup_kib(pid, "Pss") for pid in pids)
         finally:
             for pid in pids:
                 kill(pid)
-        return {"density_boot": (last - t0) / 1e6, "density_rss": rss / count / 1024,
+        return {"density_boot": last, "density_rss": rss / count / 1024,
                 "density_pss": pss / count / 1024}
 
 

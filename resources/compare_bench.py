@@ -11,10 +11,10 @@ arguments `console=ttyS0 reboot=k panic=1 probe.run=SCENARIO`, `--boot-timer`, d
 level (Firecracker logs its `Guest-boot-time` line at Info, as Palisade does). Every figure is
 measured in rounds, one run of each VMM per round (which one goes first alternating
 between rounds): --quick-runs rounds (default 51) of figures 1, 2 and 7, which take tens of
-milliseconds each and are the noisiest, --runs (default 11) of figures 3 and 4. Times are taken on the host: before the VMM is
-spawned (posix_spawn), and from the log timestamp of the VMM's `Guest-boot-time` line (written
-by the vCPU thread when the guest writes the boot-timer port; both VMMs print the same
-wall-clock format).
+milliseconds each and are the noisiest, --runs (default 11) of figures 3 and 4. Times are
+taken on the host: before the VMM is spawned (posix_spawn), and from the log timestamp of the
+VMM's `Guest-boot-time` line (written by the vCPU thread when the guest writes the boot-timer
+port; both VMMs print the same wall-clock format, in UTC: they run with TZ=UTC).
 
 Figures:
 1. API socket: spawn with `--api-sock` to the first `GET /` answered (200); CPU time of the

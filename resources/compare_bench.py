@@ -430,6 +430,12 @@ def host_info():
     return {"cpus": os.cpu_count(), "cpu": model, "kvm": kvm, "kernel": os.uname().release}
 
 
+def version(binary):
+    """The first line `BINARY --version` prints."""
+    r = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=TIMEOUT)
+    return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else "?"
+
+
 def commit():
     here = os.path.dirname(os.path.abspath(__file__))
     r = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
@@ -503,12 +509,14 @@ def main():
               "commit": commit(), "host": host_info(), "runs": a.runs, "quick_runs": a.quick_runs,
               "density": a.density,
               "guest": f"probe, 1 vCPU, {MEM_MIB} MiB, --boot-timer",
+              "versions": {v.name: version(v.binary) for v in vmms},
               "load_before": load_before, "load_after": load_after, "notes": notes,
               "figures": {}}
     h = report["host"]
     print(f"Palisade vs Firecracker, {report['date']}, commit {report['commit']}, "
           f"{h['cpus']} CPUs ({h['cpu']}), {h['kvm']}, load {' '.join(load_before)} -> "
           f"{' '.join(load_after)}")
+    print(", ".join(report["versions"].values()))
     print(f"probe guest, 1 vCPU, {MEM_MIB} MiB, release builds, medians [min-max], "
           f"alternating: {a.quick_runs} runs each of figures 1, 2, 7, {a.runs} of 3, "
           f"{a.density_runs or a.runs} of 4 ({a.density} guests at once); "

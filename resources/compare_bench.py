@@ -63,7 +63,10 @@ TIMEOUT = 60  # seconds for any one step; a slow VMM is a figure, not a hang
 MEM_MIB = 128
 JAIL_UID = 10000
 BOOT_LINE = "Guest-boot-time"
-STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{9}) ")
+STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{9}) \[[^\]\n]*\] " + BOOT_LINE)
+# A log line; Firecracker writes its log and the serial port to stdout, so one can land in the
+# middle of a serial line ("probe: idle<log line>\n ok").
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9} \[[^\n]*\n")
 
 
 class BenchError(Exception):
@@ -128,9 +131,14 @@ def wait4(pid):
     return status, usage
 
 
+def serial(text):
+    """The output without the VMM's log lines: the guest's serial lines whole again."""
+    return LOG_LINE.sub("", text)
+
+
 def stamp_ns(line):
-    """The wall-clock time (ns since the epoch, UTC) a VMM log line carries."""
-    m = STAMP.match(line)
+    """The wall-clock time (ns since the epoch, UTC) the boot-time log line carries."""
+    m = STAMP.search(line)
     if not m:
         raise BenchError(f"no timestamp on {line!r}")
     secs = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
@@ -158,11 +166,11 @@ def wait_file(path, needle, pid, what):
     deadline = time.monotonic() + TIMEOUT
     while True:
         text = read(path)
-        if needle in text:
+        if needle in text or needle in serial(text):
             return text
         if time.monotonic() > deadline or os.waitpid(pid, os.WNOHANG)[0] != 0:
             text = read(path)  # what it wrote before it exited
-            if needle in text:
+            if needle in text or needle in serial(text):
                 return text
             raise BenchError(f"{what}: no {needle!r}:\n{text}")
         time.sleep(0.001)
@@ -270,7 +278,7 @@ class Vmm:
         t1 = time.perf_counter()
         text = read(out)
         line = boot_line(text)
-        if status != 0 or "probe: hello ok" not in text or line is None:
+        if status != 0 or "probe: hello ok" not in serial(text) or line is None:
             raise BenchError(f"{self.name} hello: status {status}:\n{text}")
         return {"config_boot": since_ms(line, t0_wall), "exec_exit": (t1 - t0) * 1e3,
                 "exec_exit_cpu": (usage.ru_utime + usage.ru_stime) * 1e3}

@@ -27,8 +27,9 @@ Figures:
    boots, resets through the i8042, the VMM exits and is reaped), and its CPU time (rusage;
    not its ru_maxrss: a posix_spawn child keeps the spawning Python's high-water mark).
 3. memory, `idle` guest, 1 s after its `probe: idle ok`: RSS outside the guest memory mapping
-   (the anonymous mapping of exactly 128 MiB in /proc/PID/smaps), the same for the private
-   part (Private_Clean + Private_Dirty), and the peak (VmHWM minus the guest mapping's RSS).
+   (the anonymous mapping of exactly 128 MiB in /proc/PID/smaps), its anonymous part (heap,
+   stacks: what each VMM process costs on its own; the rest is binary and library pages that
+   processes of one binary share), and the peak (VmHWM minus the guest mapping's RSS).
 4. density: K (default 50) `idle` guests spawned at once, config file each: spawn of the
    first to the last boot-timer write; then the sum of RSS and of PSS (smaps_rollup) over the
    K processes, per guest.
@@ -299,9 +300,8 @@ class Vmm:
             raise BenchError(f"{self.name}: {len(guest)} anonymous {MEM_MIB} MiB mappings")
         g = guest[0]
         rss = sum(m["Rss"] for m in maps) - g["Rss"]
-        private = sum(m["Private_Clean"] + m["Private_Dirty"] for m in maps) - (
-            g["Private_Clean"] + g["Private_Dirty"])
-        return {"mem_rss": rss / 1024, "mem_private": private / 1024,
+        anon = sum(m["Anonymous"] for m in maps) - g["Anonymous"]
+        return {"mem_rss": rss / 1024, "mem_anon": anon / 1024,
                 "mem_peak": (hwm - g["Rss"]) / 1024, "guest_rss": g["Rss"] / 1024}
 
     # Figure 4.
@@ -331,8 +331,7 @@ def smaps(pid):
         for line in f:
             fields = line.split()
             if re.match(r"^[0-9a-f]+-[0-9a-f]+$", fields[0]):
-                cur = {"path": " ".join(fields[5:]), "Size": 0, "Rss": 0,
-                       "Private_Clean": 0, "Private_Dirty": 0}
+                cur = {"path": " ".join(fields[5:]), "Size": 0, "Rss": 0, "Anonymous": 0}
                 maps.append(cur)
             elif fields[0].rstrip(":") in cur:
                 cur[fields[0].rstrip(":")] = int(fields[1])
@@ -397,7 +396,7 @@ FIGURES = [  # key, figure, label, unit
     ("exec_exit", "2c", "hello: exec to exit", "ms"),
     ("exec_exit_cpu", "2c", "hello: VMM CPU, exec to exit", "ms"),
     ("mem_rss", "3", "RSS outside guest memory, idle", "MiB"),
-    ("mem_private", "3", "private outside guest memory, idle", "MiB"),
+    ("mem_anon", "3", "anonymous outside guest memory, idle", "MiB"),
     ("mem_peak", "3", "peak (VmHWM - guest RSS)", "MiB"),
     ("guest_rss", "3", "guest memory touched (info)", "MiB"),
     ("density_boot", "4", "density: spawn to all booted", "ms"),

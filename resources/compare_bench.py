@@ -39,8 +39,8 @@ Figures:
    jail. palisade-jailer also applies Landlock; neither gets cgroups or a pid namespace.
 
 Prints per figure: Palisade median [min-max], Firecracker median [min-max], ratio P/F
-(below 1: Palisade is faster / smaller). Where a figure cannot be measured for one VMM, the
-row says why. Writes everything (every value) as JSON to --json, default
+(below 1: Palisade is faster / smaller). Where a figure cannot be measured for one VMM, its
+cell is `-` and a `not measured:` line under the table says why (never a made-up number). Writes everything (every value) as JSON to --json, default
 $BENCH_COMPARE_JSON or /tmp/palisade-compare-bench.json.
 """
 import argparse

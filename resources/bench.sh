@@ -50,9 +50,13 @@ stats "VMM peak RSS" MiB <"$work/rss"
 # one VMM, BENCH_COMPARE_RUNS (default 11) for memory and density. Palisade's column only
 # without FIRECRACKER_BIN; FIRECRACKER_JAILER_BIN adds Firecracker's jailer. JSON to
 # BENCH_COMPARE_JSON (default /tmp/palisade-compare-bench.json).
+# Also the Linux test guest's exec to user space (built or taken from its cache by
+# resources/guest/build.sh; BENCH_COMPARE_LINUX_RUNS rounds, default 11, ~13 s a boot here).
+linux_guest=$(bash resources/guest/build.sh | tail -n 1)
 python3 resources/compare_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
     --runs "${BENCH_COMPARE_RUNS:-11}" --quick-runs "${BENCH_COMPARE_QUICK_RUNS:-51}" \
     --density "${BENCH_DENSITY:-50}" \
+    --linux "$linux_guest" --linux-runs "${BENCH_COMPARE_LINUX_RUNS:-11}" \
     --palisade-jailer "$root/target/release/palisade-jailer" \
     ${FIRECRACKER_JAILER_BIN:+--firecracker-jailer "$FIRECRACKER_JAILER_BIN"}
 
@@ -99,8 +103,7 @@ python3 resources/vsock_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKE
 # its shell, 128 MiB and 1 GiB; Palisade
 # keyed (HMAC over state + memory size), keyed with hash_memory (SHA-256 of the memory file),
 # and Firecracker when FIRECRACKER_BIN is set, alternating (resources/snapshot_bench.py).
-# The Linux test guest too (built or taken from its cache by resources/guest/build.sh).
-linux_guest=$(bash resources/guest/build.sh | tail -n 1)
+# The Linux test guest too (built above).
 python3 resources/snapshot_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
     --runs "${BENCH_SNAPSHOT_RUNS:-5}" --mib 128 1024 --linux "$linux_guest"
 

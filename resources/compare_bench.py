@@ -3,7 +3,7 @@
 the benchmark command (resources/bench.sh).
 
     compare_bench.py PROBE_ELF PALISADE_BIN [FIRECRACKER_BIN] [--runs N] [--quick-runs M]
-                     [--density K] [--density-runs R]
+                     [--density K] [--density-runs R] [--linux GUEST_DIR] [--linux-runs L]
                      [--palisade-jailer BIN] [--firecracker-jailer BIN] [--json PATH]
 
 Both VMMs boot the same probe guest with the same configuration: 1 vCPU, 128 MiB, kernel
@@ -25,7 +25,9 @@ Figures:
    InstanceStart request; (b) config file (`--no-api --config-file`): spawn to the
    boot-timer write; (c) the same run: spawn to exit of the `hello` scenario (the guest
    boots, resets through the i8042, the VMM exits and is reaped), and its CPU time (rusage;
-   not its ru_maxrss: a posix_spawn child keeps the spawning Python's high-water mark).
+   not its ru_maxrss: a posix_spawn child keeps the spawning Python's high-water mark);
+   (d) with --linux GUEST_DIR, the Linux test guest (its vmlinux, initramfs and boot_args,
+   same vCPU and memory): exec to the boot-timer write of its agent in user space.
 3. memory, `idle` guest, 1 s after its `probe: idle ok`: RSS outside the guest memory mapping
    (the anonymous mapping of exactly 128 MiB in /proc/PID/smaps), its anonymous part (heap,
    stacks: what each VMM process costs on its own; the rest is binary and library pages that
@@ -64,6 +66,8 @@ TIMEOUT = 60  # seconds for any one step; a slow VMM is a figure, not a hang
 MEM_MIB = 128
 JAIL_UID = 10000
 BOOT_LINE = "Guest-boot-time"
+LINUX_UP = "palisade-guest: ready"  # the Linux test guest's agent, after its boot-timer write
+LINUX_TIMEOUT = 120  # seconds: the Linux guest boots in ~13 s on a host without VT-x
 STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{9}) \[[^\]\n]*\] " + BOOT_LINE)
 # A log line; Firecracker writes its log and the serial port to stdout, so one can land in the
 # middle of a serial line ("probe: idle<log line>\n ok").
@@ -162,9 +166,10 @@ def since_ms(line, t0_ns):
     return ms
 
 
-def wait_file(path, needle, pid, what):
-    """Polls `path` (1 ms) until it holds `needle`: its text. Fails if the VMM died."""
-    deadline = time.monotonic() + TIMEOUT
+def wait_file(path, needle, pid, what, timeout=TIMEOUT, poll=0.001):
+    """Polls `path` (every `poll` s) until it holds `needle`: its text. Fails if the VMM
+    died."""
+    deadline = time.monotonic() + timeout
     while True:
         text = read(path)
         if needle in text or needle in serial(text):
@@ -174,7 +179,7 @@ def wait_file(path, needle, pid, what):
             if needle in text or needle in serial(text):
                 return text
             raise BenchError(f"{what}: no {needle!r}:\n{text}")
-        time.sleep(0.001)
+        time.sleep(poll)
 
 
 def http(path, method, url, body=None):
@@ -283,6 +288,30 @@ class Vmm:
             raise BenchError(f"{self.name} hello: status {status}:\n{text}")
         return {"config_boot": since_ms(line, t0_wall), "exec_exit": (t1 - t0) * 1e3,
                 "exec_exit_cpu": (usage.ru_utime + usage.ru_stime) * 1e3}
+
+    # Figure 2 (d).
+    def linux_boot(self, guest_dir):
+        with open(os.path.join(guest_dir, "boot_args")) as f:
+            args = f.read().strip()
+        cfg = config(self.probe, "hello")
+        cfg["boot-source"] = {"kernel_image_path": os.path.join(guest_dir, "vmlinux"),
+                              "initrd_path": os.path.join(guest_dir, "initramfs.cpio"),
+                              "boot_args": args}
+        path, out = self.path(".json"), self.path(".log")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        t0 = time.time_ns()
+        pid = spawn([self.binary, "--no-api", "--boot-timer", "--config-file", path], out)
+        try:
+            # The guest agent writes the boot timer in user space, then says it is ready.
+            text = wait_file(out, LINUX_UP, pid, f"{self.name} Linux guest", LINUX_TIMEOUT,
+                             poll=0.01)  # the stamp is the figure; the poll only ends it
+            line = boot_line(text)
+            if line is None:
+                raise BenchError(f"{self.name} Linux guest: no {BOOT_LINE} line:\n{text}")
+        finally:
+            kill(pid)
+        return {"linux_boot": since_ms(line, t0)}
 
     # Figure 3.
     def memory(self):
@@ -395,6 +424,7 @@ FIGURES = [  # key, figure, label, unit
     ("config_boot", "2b", "config file: exec to boot timer", "ms"),
     ("exec_exit", "2c", "hello: exec to exit", "ms"),
     ("exec_exit_cpu", "2c", "hello: VMM CPU, exec to exit", "ms"),
+    ("linux_boot", "2d", "Linux guest: exec to user space", "ms"),
     ("mem_rss", "3", "RSS outside guest memory, idle", "MiB"),
     ("mem_anon", "3", "anonymous outside guest memory, idle", "MiB"),
     ("mem_peak", "3", "peak (VmHWM - guest RSS)", "MiB"),
@@ -469,6 +499,10 @@ def main():
                     help="rounds of figures 1, 2 and 7 (tens of ms each; noisier)")
     ap.add_argument("--density", type=int, default=50)
     ap.add_argument("--density-runs", type=int, help="rounds of figure 4 (default: --runs)")
+    ap.add_argument("--linux", metavar="GUEST_DIR",
+                    help="also figure 2d: the Linux test guest (vmlinux, initramfs.cpio, "
+                         "boot_args) of this resources/guest/build.sh directory")
+    ap.add_argument("--linux-runs", type=int, help="rounds of figure 2d (default: --runs)")
     ap.add_argument("--palisade-jailer")
     ap.add_argument("--firecracker-jailer")
     ap.add_argument("--json", default=os.environ.get("BENCH_COMPARE_JSON",
@@ -488,6 +522,12 @@ def main():
         measure(results, notes, "api socket", Vmm.api_socket, a.quick_runs, vmms)
         measure(results, notes, "api boot", Vmm.api_boot, a.quick_runs, vmms)
         measure(results, notes, "config boot", Vmm.config_boot, a.quick_runs, vmms)
+        if a.linux:
+            guest_dir = os.path.abspath(a.linux)
+            measure(results, notes, "linux boot", lambda v: v.linux_boot(guest_dir),
+                    a.linux_runs or a.runs, vmms)
+        else:
+            notes["both VMMs"] = {"figure 2d": "no --linux GUEST_DIR"}
         measure(results, notes, "memory", Vmm.memory, a.runs, vmms)
         measure(results, notes, "density", lambda v: v.density(a.density),
                 a.density_runs or a.runs, vmms)
@@ -514,6 +554,8 @@ def main():
 
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "commit": commit(), "host": host_info(), "runs": a.runs, "quick_runs": a.quick_runs,
+              "density_runs": a.density_runs or a.runs,
+              "linux_runs": (a.linux_runs or a.runs) if a.linux else 0,
               "density": a.density,
               "guest": f"probe, 1 vCPU, {MEM_MIB} MiB, --boot-timer",
               "versions": {v.name: version(v.binary) for v in vmms},
@@ -525,7 +567,8 @@ def main():
           f"{' '.join(load_after)}")
     print(", ".join(report["versions"].values()))
     print(f"probe guest, 1 vCPU, {MEM_MIB} MiB, release builds, medians [min-max], "
-          f"alternating: {a.quick_runs} runs each of figures 1, 2, 7, {a.runs} of 3, "
+          f"alternating: {a.quick_runs} runs each of figures 1, 2a-c, 7, "
+          f"{(a.linux_runs or a.runs) if a.linux else 0} of 2d, {a.runs} of 3, "
           f"{a.density_runs or a.runs} of 4 ({a.density} guests at once); "
           f"P/F below 1: Palisade faster/smaller")
     print(f"{'fig':4}{'figure':38}{'unit':5}{'Palisade':>24}{'Firecracker':>24}{'P/F':>7}")

@@ -3,6 +3,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use kvm_bindings::CpuId;
+
 use crate::arch::x86_64::boot_params::{write_boot_params, BootInfo};
 use crate::arch::x86_64::cpuid::VcpuTopology;
 use crate::arch::x86_64::layout::{
@@ -153,7 +155,6 @@ pub fn build_vm(
         .as_ref()
         .ok_or(BuildError::MissingKernelConfig)?;
     let machine = &resources.machine_config;
-    let vm = Vm::new()?;
     let memory_options = MemoryOptions {
         backing: match machine.huge_pages {
             HugePages::None => Backing::Normal,
@@ -163,9 +164,6 @@ pub fn build_vm(
         lock: machine.mem_lock,
         track_dirty_pages: machine.track_dirty_pages,
     };
-    let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
-    vm.register_memory(&mem)?;
-
     let OpenedFiles {
         boot: files,
         taps,
@@ -175,11 +173,17 @@ pub fn build_vm(
         kernel: mut kernel_file,
         initrd: initrd_file,
     } = files;
-    let kernel = kernel::load_kernel(&mem, &mut kernel_file, &boot.kernel_image_path)?;
-    let initrd_path = boot.initrd_path.as_deref().unwrap_or_default();
-    let initrd = initrd_file
-        .map(|mut file| kernel::load_initrd(&mem, &mut file, initrd_path, kernel.end))
-        .transpose()?;
+    // Guest memory and the kernel while another thread creates the irqchip and PIT.
+    let (vm, (mem, kernel, initrd)) = Vm::new_overlapped(|vm| {
+        let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
+        vm.register_memory(&mem)?;
+        let kernel = kernel::load_kernel(&mem, &mut kernel_file, &boot.kernel_image_path)?;
+        let initrd_path = boot.initrd_path.as_deref().unwrap_or_default();
+        let initrd = initrd_file
+            .map(|mut file| kernel::load_initrd(&mem, &mut file, initrd_path, kernel.end))
+            .transpose()?;
+        Ok::<_, BuildError>((mem, kernel, initrd))
+    })?;
     let exit = opts.exit.clone();
     let mut buses = Buses::default();
     let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses, None)?;
@@ -234,6 +238,7 @@ pub fn build_vm(
         machine.mem_size_mib
     );
 
+    // Read once: the vCPUs and the snapshot host probe both need it.
     let supported = vm.supported_cpuid()?;
     let vcpus = (0..machine.vcpu_count)
         .map(|index| {
@@ -250,7 +255,7 @@ pub fn build_vm(
         Arc::new(buses),
         mem,
         exit,
-        probe_snapshot_host(&vm),
+        probe_snapshot_host(&vm, &supported),
     ));
     let vmm = Vmm {
         vm,
@@ -311,8 +316,8 @@ fn legacy_devices(
 
 /// What snapshots of this VM check against, asked of KVM before any seccomp filter; a host
 /// that cannot snapshot still boots.
-fn probe_snapshot_host(vm: &Vm) -> Option<Host> {
-    Host::probe(vm.kvm())
+fn probe_snapshot_host(vm: &Vm, supported: &CpuId) -> Option<Host> {
+    Host::probe_with(vm.kvm(), supported)
         .map_err(|e| log::warn!("Snapshots are unavailable on this host: {e}"))
         .ok()
 }

@@ -44,6 +44,9 @@ pub enum VmError {
     /// Too many memory regions.
     #[error("Too many guest memory regions for KVM's slots")]
     TooManySlots,
+    /// The thread creating the irqchip and PIT could not start or did not finish.
+    #[error("The thread creating the in-kernel irqchip and PIT failed")]
+    ChipThread(#[source] std::io::Error),
 }
 
 /// The VM and the host KVM handle it came from.
@@ -56,6 +59,47 @@ impl Vm {
     /// Opens /dev/kvm, checks the API version and capabilities, and creates a VM with the
     /// in-kernel irqchip and PIT.
     pub fn new() -> Result<Self, VmError> {
+        let vm = Self::bare()?;
+        vm.create_irqchip_and_pit()?;
+        Ok(vm)
+    }
+
+    /// As `new`, with `meanwhile(&vm)` run on this thread while a scoped thread creates the
+    /// in-kernel irqchip and PIT; returns once both are done. Both ioctls spend most of their
+    /// time asleep in KVM (SRCU grace periods, the PIT's kernel thread), as does registering
+    /// guest memory: overlapped, the waits add up to the longer one, not the sum.
+    /// `meanwhile` must not need the irqchip (no irqfd, no vCPU). An irqchip or PIT error wins
+    /// over `meanwhile`'s, as when they ran one after the other.
+    pub fn new_overlapped<T, E>(
+        meanwhile: impl FnOnce(&Vm) -> Result<T, E>,
+    ) -> Result<(Self, T), E>
+    where
+        E: From<VmError>,
+    {
+        let vm = Self::bare()?;
+        let (chip, out) = std::thread::scope(|scope| {
+            let chip = std::thread::Builder::new()
+                .name("vmm-irqchip".to_string())
+                .spawn_scoped(scope, || vm.create_irqchip_and_pit());
+            let out = meanwhile(&vm);
+            let chip = match chip {
+                Ok(handle) => handle.join().unwrap_or_else(|_| {
+                    Err(VmError::ChipThread(std::io::Error::other("it panicked")))
+                }),
+                // No thread: create them here, after `meanwhile`.
+                Err(e) => {
+                    log::debug!("No irqchip thread ({e}); creating the irqchip in line");
+                    vm.create_irqchip_and_pit()
+                }
+            };
+            (chip, out)
+        });
+        chip?;
+        Ok((vm, out?))
+    }
+
+    /// The VM without irqchip and PIT.
+    fn bare() -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let version = kvm.get_api_version();
         if version != KVM_API_VERSION {
@@ -71,15 +115,21 @@ impl Vm {
             .map_err(|e| VmError::Kvm("create the VM", e))?;
         fd.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(|e| VmError::Kvm("set the TSS address", e))?;
-        fd.create_irq_chip()
+        Ok(Self { kvm, fd })
+    }
+
+    /// KVM_CREATE_IRQCHIP, then KVM_CREATE_PIT2 (KVM wants the PIC first).
+    fn create_irqchip_and_pit(&self) -> Result<(), VmError> {
+        self.fd
+            .create_irq_chip()
             .map_err(|e| VmError::Kvm("create the in-kernel irqchip", e))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        fd.create_pit2(pit)
-            .map_err(|e| VmError::Kvm("create the in-kernel PIT", e))?;
-        Ok(Self { kvm, fd })
+        self.fd
+            .create_pit2(pit)
+            .map_err(|e| VmError::Kvm("create the in-kernel PIT", e))
     }
 
     /// The VM file descriptor.

@@ -136,6 +136,8 @@ pub struct OpenedFiles {
     pub taps: OpenTaps,
     /// The vsock device, created (its listener bound) before the Landlock layer.
     pub vsock: Option<Vsock>,
+    /// The KVM VM, with its irqchip and PIT, when it was made ahead (API mode).
+    pub vm: Option<Vm>,
 }
 
 /// Builds the VM: KVM VM, guest memory, kernel, initrd, devices (the virtio ones add to the
@@ -168,13 +170,13 @@ pub fn build_vm(
         boot: files,
         taps,
         vsock,
+        vm: prepared,
     } = opened;
     let BootFiles {
         kernel: mut kernel_file,
         initrd: initrd_file,
     } = files;
-    // Guest memory and the kernel while another thread creates the irqchip and PIT.
-    let (vm, (mem, kernel, initrd)) = Vm::new_overlapped(|vm| {
+    let load = |vm: &Vm| {
         let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
         vm.register_memory(&mem)?;
         let kernel = kernel::load_kernel(&mem, &mut kernel_file, &boot.kernel_image_path)?;
@@ -183,7 +185,15 @@ pub fn build_vm(
             .map(|mut file| kernel::load_initrd(&mem, &mut file, initrd_path, kernel.end))
             .transpose()?;
         Ok::<_, BuildError>((mem, kernel, initrd))
-    })?;
+    };
+    let (vm, (mem, kernel, initrd)) = match prepared {
+        Some(vm) => {
+            let loaded = load(&vm)?;
+            (vm, loaded)
+        }
+        // Guest memory and the kernel while another thread creates the irqchip and PIT.
+        None => Vm::new_overlapped(load)?,
+    };
     let exit = opts.exit.clone();
     let mut buses = Buses::default();
     let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses, None)?;
@@ -342,9 +352,13 @@ pub fn build_restored_vm(
     memory: &RestoredMemory,
     opts: &BuildOptions,
     clock_realtime: bool,
+    prepared: Option<Vm>,
 ) -> Result<BuiltVm, BuildError> {
     let machine = configs.machine;
-    let vm = Vm::new()?;
+    let vm = match prepared {
+        Some(vm) => vm,
+        None => Vm::new()?,
+    };
     let host = Host::probe(vm.kvm()).map_err(BuildError::Restore)?;
     // Every vCPU's and the VM's state is checked before guest memory exists: a state refused
     // here costs no mapping and never reaches a Uffd handler (which keeps the userfaultfd, a

@@ -176,90 +176,98 @@ pub fn build_vm(
         kernel: mut kernel_file,
         initrd: initrd_file,
     } = files;
-    let load = |vm: &Vm| {
-        let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
-        vm.register_memory(&mem)?;
+    let (vm, irqchip_made) = match prepared {
+        Some(vm) => (vm, true),
+        None => (Vm::bare()?, false),
+    };
+    let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
+    let load = || {
         let kernel = kernel::load_kernel(&mem, &mut kernel_file, &boot.kernel_image_path)?;
         let initrd_path = boot.initrd_path.as_deref().unwrap_or_default();
         let initrd = initrd_file
             .map(|mut file| kernel::load_initrd(&mem, &mut file, initrd_path, kernel.end))
             .transpose()?;
-        Ok::<_, BuildError>((mem, kernel, initrd))
+        Ok::<_, BuildError>((kernel, initrd))
     };
-    let (vm, (mem, kernel, initrd)) = match prepared {
-        Some(vm) => {
-            let loaded = load(&vm)?;
-            (vm, loaded)
-        }
-        // Guest memory and the kernel while another thread creates the irqchip and PIT.
-        None => Vm::new_overlapped(load)?,
-    };
-    let exit = opts.exit.clone();
-    let mut buses = Buses::default();
-    let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses, None)?;
-    let generation = GenerationState::first().map_err(BuildError::Generation)?;
-    attach_generation_id(&mut buses, &generation)?;
-    if let Some(timer) = boot_timer {
-        buses
-            .mmio
-            .insert(timer, BOOT_TIMER_START, BOOT_TIMER_SIZE)?;
-    }
-    let mut cmdline = kernel::build_command_line(boot.boot_args.as_deref())?;
-    let devices = attach_devices(
-        &mut AttachContext {
-            vm: vm.fd(),
-            mem: &mem,
-            mmio: &mut buses.mmio,
-            cmdline: &mut cmdline,
-            slots: Slots::default(),
-        },
-        DeviceConfigs {
-            drives: &resources.drives,
-            entropy: resources.entropy.as_ref(),
-            nets: &resources.network_interfaces,
-            taps,
-            restored_nets: Vec::new(),
-            vsock,
-        },
-    )?;
-    cmdline
-        .insert(
-            "palisade_genid",
-            &format!("{}K@{GENERATION_ID_START:#x}", GENERATION_ID_SIZE >> 10),
-        )
-        .map_err(BuildError::GenerationCmdline)?;
-    let cmdline_len = kernel::load_command_line(&mem, &cmdline)?;
-    write_boot_params(
-        &mem,
-        &BootInfo {
-            cmdline_len,
-            initrd,
-            setup_header: kernel.setup_header,
-            mode: kernel.entry.mode,
-        },
-    )?;
-    setup_mptable(&mem, machine.vcpu_count)?;
-    log::info!(
-        "Kernel {} loaded, entry {:#x} ({:?}), {} vCPU(s), {} MiB",
-        boot.kernel_image_path,
-        kernel.entry.address,
-        kernel.entry.mode,
-        machine.vcpu_count,
-        machine.mem_size_mib
-    );
-
-    // Read once: the vCPUs and the snapshot host probe both need it.
-    let supported = vm.supported_cpuid()?;
-    let vcpus = (0..machine.vcpu_count)
-        .map(|index| {
-            let topo = VcpuTopology {
-                index,
-                count: machine.vcpu_count,
-                smt: machine.smt,
+    // KVM's VM-level set-up sleeps on grace periods: guest memory is registered on one
+    // thread for the whole build, and the irqchip and PIT made on another while the kernel
+    // loads. Both are done before anything runs the guest.
+    let (devices, legacy, generation, vcpus, supported, buses, exit) =
+        vm.register_memory_while(&mem, || {
+            let (kernel, initrd) = if irqchip_made {
+                load()?
+            } else {
+                vm.create_irqchip_and_pit_while(load)?
             };
-            Vcpu::new(&vm, &mem, &supported, topo, kernel.entry)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+            let exit = opts.exit.clone();
+            let mut buses = Buses::default();
+            let legacy = legacy_devices(&vm, &exit, &mut buses, None)?;
+            let generation = GenerationState::first().map_err(BuildError::Generation)?;
+            attach_generation_id(&mut buses, &generation)?;
+            if let Some(timer) = boot_timer {
+                buses
+                    .mmio
+                    .insert(timer, BOOT_TIMER_START, BOOT_TIMER_SIZE)?;
+            }
+            let mut cmdline = kernel::build_command_line(boot.boot_args.as_deref())?;
+            let devices = attach_devices(
+                &mut AttachContext {
+                    vm: vm.fd(),
+                    mem: &mem,
+                    mmio: &mut buses.mmio,
+                    cmdline: &mut cmdline,
+                    slots: Slots::default(),
+                },
+                DeviceConfigs {
+                    drives: &resources.drives,
+                    entropy: resources.entropy.as_ref(),
+                    nets: &resources.network_interfaces,
+                    taps,
+                    restored_nets: Vec::new(),
+                    vsock,
+                },
+            )?;
+            cmdline
+                .insert(
+                    "palisade_genid",
+                    &format!("{}K@{GENERATION_ID_START:#x}", GENERATION_ID_SIZE >> 10),
+                )
+                .map_err(BuildError::GenerationCmdline)?;
+            let cmdline_len = kernel::load_command_line(&mem, &cmdline)?;
+            write_boot_params(
+                &mem,
+                &BootInfo {
+                    cmdline_len,
+                    initrd,
+                    setup_header: kernel.setup_header,
+                    mode: kernel.entry.mode,
+                },
+            )?;
+            setup_mptable(&mem, machine.vcpu_count)?;
+            log::info!(
+                "Kernel {} loaded, entry {:#x} ({:?}), {} vCPU(s), {} MiB",
+                boot.kernel_image_path,
+                kernel.entry.address,
+                kernel.entry.mode,
+                machine.vcpu_count,
+                machine.mem_size_mib
+            );
+
+            // Read once: the vCPUs and the snapshot host probe both need it.
+            let supported = vm.supported_cpuid()?;
+            let vcpus = (0..machine.vcpu_count)
+                .map(|index| {
+                    let topo = VcpuTopology {
+                        index,
+                        count: machine.vcpu_count,
+                        smt: machine.smt,
+                    };
+                    Vcpu::new(&vm, &mem, &supported, topo, kernel.entry)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, BuildError>((devices, legacy, generation, vcpus, supported, buses, exit))
+        })?;
+    let (serial, i8042) = legacy;
 
     let shared = Arc::new(VcpuShared::new(
         Arc::new(buses),

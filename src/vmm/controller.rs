@@ -17,8 +17,8 @@ use std::time::Instant;
 use crate::config::{host_memory_mib, BlockDeviceUpdate, BootFiles, VmResources};
 use crate::devices::virtio::vsock::Vsock;
 use crate::mmds::MmdsStore;
-use crate::vstate::prepared::PreparedVm;
 use crate::vmm::device_manager::{Subscriber, VirtioDevices};
+use crate::vstate::prepared::PreparedVm;
 
 use self::mmds::MmdsData;
 pub use self::mmds::MmdsStartError;

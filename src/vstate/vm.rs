@@ -44,9 +44,10 @@ pub enum VmError {
     /// Too many memory regions.
     #[error("Too many guest memory regions for KVM's slots")]
     TooManySlots,
-    /// The thread creating the irqchip and PIT could not start or did not finish.
-    #[error("The thread creating the in-kernel irqchip and PIT failed")]
-    ChipThread(#[source] std::io::Error),
+    /// A set-up thread (irqchip and PIT, memory registration) could not start or did not
+    /// finish.
+    #[error("A VM set-up thread failed")]
+    SetupThread(#[source] std::io::Error),
 }
 
 /// The VM and the host KVM handle it came from.
@@ -64,42 +65,32 @@ impl Vm {
         Ok(vm)
     }
 
-    /// As `new`, with `meanwhile(&vm)` run on this thread while a scoped thread creates the
-    /// in-kernel irqchip and PIT; returns once both are done. Both ioctls spend most of their
-    /// time asleep in KVM (SRCU grace periods, the PIT's kernel thread), as does registering
-    /// guest memory: overlapped, the waits add up to the longer one, not the sum.
-    /// `meanwhile` must not need the irqchip (no irqfd, no vCPU). An irqchip or PIT error wins
-    /// over `meanwhile`'s, as when they ran one after the other.
-    pub fn new_overlapped<T, E>(
-        meanwhile: impl FnOnce(&Vm) -> Result<T, E>,
-    ) -> Result<(Self, T), E>
-    where
-        E: From<VmError>,
-    {
-        let vm = Self::bare()?;
-        let (chip, out) = std::thread::scope(|scope| {
-            let chip = std::thread::Builder::new()
-                .name("vmm-irqchip".to_string())
-                .spawn_scoped(scope, || vm.create_irqchip_and_pit());
-            let out = meanwhile(&vm);
-            let chip = match chip {
-                Ok(handle) => handle.join().unwrap_or_else(|_| {
-                    Err(VmError::ChipThread(std::io::Error::other("it panicked")))
-                }),
-                // No thread: create them here, after `meanwhile`.
-                Err(e) => {
-                    log::debug!("No irqchip thread ({e}); creating the irqchip in line");
-                    vm.create_irqchip_and_pit()
-                }
-            };
-            (chip, out)
-        });
-        chip?;
-        Ok((vm, out?))
+    /// Runs `meanwhile` on this thread while a scoped thread creates the in-kernel irqchip
+    /// and PIT of a `bare` VM; returns once both are done, an irqchip or PIT error first.
+    /// Both ioctls spend most of their time asleep in KVM (SRCU grace periods, the PIT's
+    /// kernel thread): overlapped with other work, the waits cost nothing. `meanwhile` must
+    /// not need the irqchip (no irqfd, no vCPU).
+    pub fn create_irqchip_and_pit_while<T, E: From<VmError>>(
+        &self,
+        meanwhile: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        overlap(|| self.create_irqchip_and_pit(), meanwhile)
     }
 
-    /// The VM without irqchip and PIT.
-    fn bare() -> Result<Self, VmError> {
+    /// Runs `meanwhile` on this thread while a scoped thread registers `mem` (as
+    /// `register_memory`); returns once both are done, a registration error first. KVM waits
+    /// for an SRCU grace period to install a memory slot; overlapped, that wait costs
+    /// nothing. `meanwhile` must not run the guest.
+    pub fn register_memory_while<T, E: From<VmError>>(
+        &self,
+        mem: &GuestMemory,
+        meanwhile: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        overlap(|| self.register_memory(mem), meanwhile)
+    }
+
+    /// The VM without irqchip and PIT (`create_irqchip_and_pit_while` makes them).
+    pub fn bare() -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let version = kvm.get_api_version();
         if version != KVM_API_VERSION {
@@ -187,4 +178,23 @@ impl Vm {
             .register_irqfd(evt, gsi)
             .map_err(|e| VmError::Kvm("register an irqfd", e))
     }
+}
+
+/// Runs `background` on a scoped thread and `meanwhile` here; both results once both are done,
+/// `background`'s error first.
+fn overlap<T, E: From<VmError>>(
+    background: impl FnOnce() -> Result<(), VmError> + Send,
+    meanwhile: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("vmm-setup".to_string())
+            .spawn_scoped(scope, background)
+            .map_err(VmError::SetupThread)?;
+        let out = meanwhile();
+        handle
+            .join()
+            .unwrap_or_else(|_| Err(VmError::SetupThread(std::io::Error::other("it panicked"))))?;
+        out
+    })
 }

@@ -198,3 +198,45 @@ fn overlap<T, E: From<VmError>>(
         out
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn overlap_runs_the_background_while_meanwhile_runs() {
+        // Each side waits for the other: done one after the other, neither would see its
+        // message before the deadline.
+        let (to_background, background_rx) = channel();
+        let (to_meanwhile, meanwhile_rx) = channel();
+        let out = overlap(
+            move || {
+                to_meanwhile.send(()).unwrap();
+                background_rx.recv_timeout(DEADLINE).unwrap();
+                Ok(())
+            },
+            move || {
+                to_background.send(()).unwrap();
+                meanwhile_rx.recv_timeout(DEADLINE).unwrap();
+                Ok::<_, VmError>(7)
+            },
+        );
+        assert_eq!(out.unwrap(), 7);
+    }
+
+    #[test]
+    fn overlap_reports_the_background_error_before_meanwhiles() {
+        let out: Result<(), VmError> = overlap(
+            || Err(VmError::TooManySlots),
+            || Err(VmError::ApiVersion(1)),
+        );
+        assert!(matches!(out, Err(VmError::TooManySlots)), "{out:?}");
+        let out: Result<(), VmError> = overlap(|| Ok(()), || Err(VmError::ApiVersion(1)));
+        assert!(matches!(out, Err(VmError::ApiVersion(1))), "{out:?}");
+    }
+}

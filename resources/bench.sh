@@ -3,14 +3,15 @@
 # Prints, over N runs (default 20): the guest's boot time from the boot timer
 # (Guest-boot-time, measured from the VMM's start to the guest's write), the wall time
 # from exec to exit (boot, `hello` scenario, power-off) and the VMM's peak RSS.
-# Then virtio-blk, vsock and snapshots (against Firecracker when FIRECRACKER_BIN is set) and virtio-net
+# Then Palisade beside Firecracker (resources/compare_bench.py; Firecracker's column when
+# FIRECRACKER_BIN is set), virtio-blk, vsock and snapshots (against Firecracker when FIRECRACKER_BIN is set) and virtio-net
 # throughput and MMDS request latency (root: the network parts make namespaces).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 runs=${1:-20}
 command -v /usr/bin/time >/dev/null || { apt-get update -q && apt-get install -y -q time; } >&2
-cargo build --release --locked -q
+cargo build --release --locked -q -p palisade -p palisade-jailer
 bin=$root/target/release/palisade
 probe=$(bash resources/probe/build.sh | tail -n 1)
 work=$(mktemp -d)
@@ -41,6 +42,23 @@ echo "probe guest, 1 vCPU, 128 MiB, release build, $runs runs"
 stats "guest boot time" ms <"$work/boot"
 stats "exec to exit" ms <"$work/wall"
 stats "VMM peak RSS" MiB <"$work/rss"
+
+# Side by side with Firecracker (issue 16, figures 1-4 and 7; resources/compare_bench.py):
+# API socket answering (wall, CPU), API-flow and config-file boot to the boot timer, exec to
+# exit, memory outside guest RAM (idle, peak), 50 guests at once, the jailers' start to API
+# socket; alternating, medians of BENCH_COMPARE_QUICK_RUNS (default 51) for the timings of
+# one VMM, BENCH_COMPARE_RUNS (default 11) for memory and density. Palisade's column only
+# without FIRECRACKER_BIN; FIRECRACKER_JAILER_BIN adds Firecracker's jailer. JSON to
+# BENCH_COMPARE_JSON (default /tmp/palisade-compare-bench.json).
+# Also the Linux test guest's exec to user space (built or taken from its cache by
+# resources/guest/build.sh; BENCH_COMPARE_LINUX_RUNS rounds, default 11, ~13 s a boot here).
+linux_guest=$(bash resources/guest/build.sh | tail -n 1)
+python3 resources/compare_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
+    --runs "${BENCH_COMPARE_RUNS:-11}" --quick-runs "${BENCH_COMPARE_QUICK_RUNS:-51}" \
+    --density "${BENCH_DENSITY:-50}" \
+    --linux "$linux_guest" --linux-runs "${BENCH_COMPARE_LINUX_RUNS:-11}" \
+    --palisade-jailer "$root/target/release/palisade-jailer" \
+    ${FIRECRACKER_JAILER_BIN:+--firecracker-jailer "$FIRECRACKER_JAILER_BIN"}
 
 # Block throughput: the probe guest's sequential read, then write, of a whole drive file
 # (blk-bench, 1 MiB per request, one request in flight), without and with a rate limiter.
@@ -85,8 +103,7 @@ python3 resources/vsock_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKE
 # its shell, 128 MiB and 1 GiB; Palisade
 # keyed (HMAC over state + memory size), keyed with hash_memory (SHA-256 of the memory file),
 # and Firecracker when FIRECRACKER_BIN is set, alternating (resources/snapshot_bench.py).
-# The Linux test guest too (built or taken from its cache by resources/guest/build.sh).
-linux_guest=$(bash resources/guest/build.sh | tail -n 1)
+# The Linux test guest too (built above).
 python3 resources/snapshot_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
     --runs "${BENCH_SNAPSHOT_RUNS:-5}" --mib 128 1024 --linux "$linux_guest"
 

@@ -309,6 +309,10 @@ fn run(cli: &Cli, start: Instant) -> i32 {
                 api_server
                     .process_startup_time_cpu_us
                     .store(devices::boot_timer::process_cpu_time_us());
+                if cli.config_file.is_none() {
+                    // The socket answers first; the KVM VM is made while the client configures.
+                    controller.prepare_vm();
+                }
                 Some(channel)
             }
             Err(e) => return fail(e, ExitCode::VmmError),

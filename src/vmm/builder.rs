@@ -3,6 +3,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use kvm_bindings::CpuId;
+
 use crate::arch::x86_64::boot_params::{write_boot_params, BootInfo};
 use crate::arch::x86_64::cpuid::VcpuTopology;
 use crate::arch::x86_64::layout::{
@@ -134,6 +136,8 @@ pub struct OpenedFiles {
     pub taps: OpenTaps,
     /// The vsock device, created (its listener bound) before the Landlock layer.
     pub vsock: Option<Vsock>,
+    /// The KVM VM, with its irqchip and PIT, when it was made ahead (API mode).
+    pub vm: Option<Vm>,
 }
 
 /// Builds the VM: KVM VM, guest memory, kernel, initrd, devices (the virtio ones add to the
@@ -153,7 +157,6 @@ pub fn build_vm(
         .as_ref()
         .ok_or(BuildError::MissingKernelConfig)?;
     let machine = &resources.machine_config;
-    let vm = Vm::new()?;
     let memory_options = MemoryOptions {
         backing: match machine.huge_pages {
             HugePages::None => Backing::Normal,
@@ -163,94 +166,114 @@ pub fn build_vm(
         lock: machine.mem_lock,
         track_dirty_pages: machine.track_dirty_pages,
     };
-    let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
-    vm.register_memory(&mem)?;
-
     let OpenedFiles {
         boot: files,
         taps,
         vsock,
+        vm: prepared,
     } = opened;
     let BootFiles {
         kernel: mut kernel_file,
         initrd: initrd_file,
     } = files;
-    let kernel = kernel::load_kernel(&mem, &mut kernel_file, &boot.kernel_image_path)?;
-    let initrd_path = boot.initrd_path.as_deref().unwrap_or_default();
-    let initrd = initrd_file
-        .map(|mut file| kernel::load_initrd(&mem, &mut file, initrd_path, kernel.end))
-        .transpose()?;
-    let exit = opts.exit.clone();
-    let mut buses = Buses::default();
-    let (serial, i8042) = legacy_devices(&vm, &exit, &mut buses, None)?;
-    let generation = GenerationState::first().map_err(BuildError::Generation)?;
-    attach_generation_id(&mut buses, &generation)?;
-    if let Some(timer) = boot_timer {
-        buses
-            .mmio
-            .insert(timer, BOOT_TIMER_START, BOOT_TIMER_SIZE)?;
-    }
-    let mut cmdline = kernel::build_command_line(boot.boot_args.as_deref())?;
-    let devices = attach_devices(
-        &mut AttachContext {
-            vm: vm.fd(),
-            mem: &mem,
-            mmio: &mut buses.mmio,
-            cmdline: &mut cmdline,
-            slots: Slots::default(),
-        },
-        DeviceConfigs {
-            drives: &resources.drives,
-            entropy: resources.entropy.as_ref(),
-            nets: &resources.network_interfaces,
-            taps,
-            restored_nets: Vec::new(),
-            vsock,
-        },
-    )?;
-    cmdline
-        .insert(
-            "palisade_genid",
-            &format!("{}K@{GENERATION_ID_START:#x}", GENERATION_ID_SIZE >> 10),
-        )
-        .map_err(BuildError::GenerationCmdline)?;
-    let cmdline_len = kernel::load_command_line(&mem, &cmdline)?;
-    write_boot_params(
-        &mem,
-        &BootInfo {
-            cmdline_len,
-            initrd,
-            setup_header: kernel.setup_header,
-            mode: kernel.entry.mode,
-        },
-    )?;
-    setup_mptable(&mem, machine.vcpu_count)?;
-    log::info!(
-        "Kernel {} loaded, entry {:#x} ({:?}), {} vCPU(s), {} MiB",
-        boot.kernel_image_path,
-        kernel.entry.address,
-        kernel.entry.mode,
-        machine.vcpu_count,
-        machine.mem_size_mib
-    );
-
-    let supported = vm.supported_cpuid()?;
-    let vcpus = (0..machine.vcpu_count)
-        .map(|index| {
-            let topo = VcpuTopology {
-                index,
-                count: machine.vcpu_count,
-                smt: machine.smt,
+    let (vm, irqchip_made) = match prepared {
+        Some(vm) => (vm, true),
+        None => (Vm::bare()?, false),
+    };
+    let mem = create_guest_memory((machine.mem_size_mib as u64) << 20, memory_options)?;
+    let load = || {
+        let kernel = kernel::load_kernel(&mem, &mut kernel_file, &boot.kernel_image_path)?;
+        let initrd_path = boot.initrd_path.as_deref().unwrap_or_default();
+        let initrd = initrd_file
+            .map(|mut file| kernel::load_initrd(&mem, &mut file, initrd_path, kernel.end))
+            .transpose()?;
+        Ok::<_, BuildError>((kernel, initrd))
+    };
+    // KVM's VM-level set-up sleeps on grace periods: guest memory is registered on one
+    // thread for the whole build, and the irqchip and PIT made on another while the kernel
+    // loads. Both are done before anything runs the guest.
+    let (devices, legacy, generation, vcpus, supported, buses, exit) =
+        vm.register_memory_while(&mem, || {
+            let (kernel, initrd) = if irqchip_made {
+                load()?
+            } else {
+                vm.create_irqchip_and_pit_while(load)?
             };
-            Vcpu::new(&vm, &mem, &supported, topo, kernel.entry)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+            let exit = opts.exit.clone();
+            let mut buses = Buses::default();
+            let legacy = legacy_devices(&vm, &exit, &mut buses, None)?;
+            let generation = GenerationState::first().map_err(BuildError::Generation)?;
+            attach_generation_id(&mut buses, &generation)?;
+            if let Some(timer) = boot_timer {
+                buses
+                    .mmio
+                    .insert(timer, BOOT_TIMER_START, BOOT_TIMER_SIZE)?;
+            }
+            let mut cmdline = kernel::build_command_line(boot.boot_args.as_deref())?;
+            let devices = attach_devices(
+                &mut AttachContext {
+                    vm: vm.fd(),
+                    mem: &mem,
+                    mmio: &mut buses.mmio,
+                    cmdline: &mut cmdline,
+                    slots: Slots::default(),
+                },
+                DeviceConfigs {
+                    drives: &resources.drives,
+                    entropy: resources.entropy.as_ref(),
+                    nets: &resources.network_interfaces,
+                    taps,
+                    restored_nets: Vec::new(),
+                    vsock,
+                },
+            )?;
+            cmdline
+                .insert(
+                    "palisade_genid",
+                    &format!("{}K@{GENERATION_ID_START:#x}", GENERATION_ID_SIZE >> 10),
+                )
+                .map_err(BuildError::GenerationCmdline)?;
+            let cmdline_len = kernel::load_command_line(&mem, &cmdline)?;
+            write_boot_params(
+                &mem,
+                &BootInfo {
+                    cmdline_len,
+                    initrd,
+                    setup_header: kernel.setup_header,
+                    mode: kernel.entry.mode,
+                },
+            )?;
+            setup_mptable(&mem, machine.vcpu_count)?;
+            log::info!(
+                "Kernel {} loaded, entry {:#x} ({:?}), {} vCPU(s), {} MiB",
+                boot.kernel_image_path,
+                kernel.entry.address,
+                kernel.entry.mode,
+                machine.vcpu_count,
+                machine.mem_size_mib
+            );
+
+            // Read once: the vCPUs and the snapshot host probe both need it.
+            let supported = vm.supported_cpuid()?;
+            let vcpus = (0..machine.vcpu_count)
+                .map(|index| {
+                    let topo = VcpuTopology {
+                        index,
+                        count: machine.vcpu_count,
+                        smt: machine.smt,
+                    };
+                    Vcpu::new(&vm, &mem, &supported, topo, kernel.entry)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, BuildError>((devices, legacy, generation, vcpus, supported, buses, exit))
+        })?;
+    let (serial, i8042) = legacy;
 
     let shared = Arc::new(VcpuShared::new(
         Arc::new(buses),
         mem,
         exit,
-        probe_snapshot_host(&vm),
+        probe_snapshot_host(&vm, &supported),
     ));
     let vmm = Vmm {
         vm,
@@ -311,8 +334,8 @@ fn legacy_devices(
 
 /// What snapshots of this VM check against, asked of KVM before any seccomp filter; a host
 /// that cannot snapshot still boots.
-fn probe_snapshot_host(vm: &Vm) -> Option<Host> {
-    Host::probe(vm.kvm())
+fn probe_snapshot_host(vm: &Vm, supported: &CpuId) -> Option<Host> {
+    Host::probe_with(vm.kvm(), supported)
         .map_err(|e| log::warn!("Snapshots are unavailable on this host: {e}"))
         .ok()
 }
@@ -337,9 +360,13 @@ pub fn build_restored_vm(
     memory: &RestoredMemory,
     opts: &BuildOptions,
     clock_realtime: bool,
+    prepared: Option<Vm>,
 ) -> Result<BuiltVm, BuildError> {
     let machine = configs.machine;
-    let vm = Vm::new()?;
+    let vm = match prepared {
+        Some(vm) => vm,
+        None => Vm::new()?,
+    };
     let host = Host::probe(vm.kvm()).map_err(BuildError::Restore)?;
     // Every vCPU's and the VM's state is checked before guest memory exists: a state refused
     // here costs no mapping and never reaches a Uffd handler (which keeps the userfaultfd, a

@@ -18,6 +18,7 @@ use crate::config::{host_memory_mib, BlockDeviceUpdate, BootFiles, VmResources};
 use crate::devices::virtio::vsock::Vsock;
 use crate::mmds::MmdsStore;
 use crate::vmm::device_manager::{Subscriber, VirtioDevices};
+use crate::vstate::prepared::PreparedVm;
 
 use self::mmds::MmdsData;
 pub use self::mmds::MmdsStartError;
@@ -61,6 +62,8 @@ pub struct Controller {
     mmds: Option<MmdsStore>,
     /// Its size limit (`--mmds-size-limit`).
     mmds_size_limit: usize,
+    /// The KVM VM made ahead for InstanceStart or a snapshot load (API mode).
+    prepared: PreparedVm,
 }
 
 impl Controller {
@@ -80,7 +83,15 @@ impl Controller {
             loaded_memory: None,
             mmds: None,
             mmds_size_limit: crate::mmds::DEFAULT_SIZE_LIMIT,
+            prepared: PreparedVm::default(),
         }
+    }
+
+    /// Starts creating the KVM VM (irqchip and PIT included) on a thread of its own, for
+    /// InstanceStart or a snapshot load to take: an API client's configuring requests then
+    /// overlap KVM's VM-level set-up. Without it (or when it failed) they create the VM.
+    pub fn prepare_vm(&mut self) {
+        self.prepared = PreparedVm::spawn();
     }
 
     /// Devices of a VM that just started, for the event loop to serve (once).
@@ -160,6 +171,7 @@ impl Controller {
             boot: boot.ok_or(StartError::Build(BuildError::MissingKernelConfig))?,
             taps: std::mem::take(&mut self.taps),
             vsock: self.vsock.take(),
+            vm: self.prepared.take(),
         };
         let BuiltVm { vmm, devices } =
             build_vm(&self.resources, &self.opts, opened).map_err(StartError::Build)?;

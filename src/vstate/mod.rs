@@ -3,6 +3,7 @@
 pub mod dirty;
 pub mod exit;
 pub mod memory;
+pub mod prepared;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

@@ -44,6 +44,10 @@ pub enum VmError {
     /// Too many memory regions.
     #[error("Too many guest memory regions for KVM's slots")]
     TooManySlots,
+    /// A set-up thread (irqchip and PIT, memory registration) could not start or did not
+    /// finish.
+    #[error("A VM set-up thread failed")]
+    SetupThread(#[source] std::io::Error),
 }
 
 /// The VM and the host KVM handle it came from.
@@ -56,6 +60,37 @@ impl Vm {
     /// Opens /dev/kvm, checks the API version and capabilities, and creates a VM with the
     /// in-kernel irqchip and PIT.
     pub fn new() -> Result<Self, VmError> {
+        let vm = Self::bare()?;
+        vm.create_irqchip_and_pit()?;
+        Ok(vm)
+    }
+
+    /// Runs `meanwhile` on this thread while a scoped thread creates the in-kernel irqchip
+    /// and PIT of a `bare` VM; returns once both are done, an irqchip or PIT error first.
+    /// Both ioctls spend most of their time asleep in KVM (SRCU grace periods, the PIT's
+    /// kernel thread): overlapped with other work, the waits cost nothing. `meanwhile` must
+    /// not need the irqchip (no irqfd, no vCPU).
+    pub fn create_irqchip_and_pit_while<T, E: From<VmError>>(
+        &self,
+        meanwhile: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        overlap(|| self.create_irqchip_and_pit(), meanwhile)
+    }
+
+    /// Runs `meanwhile` on this thread while a scoped thread registers `mem` (as
+    /// `register_memory`); returns once both are done, a registration error first. KVM waits
+    /// for an SRCU grace period to install a memory slot; overlapped, that wait costs
+    /// nothing. `meanwhile` must not run the guest.
+    pub fn register_memory_while<T, E: From<VmError>>(
+        &self,
+        mem: &GuestMemory,
+        meanwhile: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        overlap(|| self.register_memory(mem), meanwhile)
+    }
+
+    /// The VM without irqchip and PIT (`create_irqchip_and_pit_while` makes them).
+    pub fn bare() -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let version = kvm.get_api_version();
         if version != KVM_API_VERSION {
@@ -71,15 +106,21 @@ impl Vm {
             .map_err(|e| VmError::Kvm("create the VM", e))?;
         fd.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(|e| VmError::Kvm("set the TSS address", e))?;
-        fd.create_irq_chip()
+        Ok(Self { kvm, fd })
+    }
+
+    /// KVM_CREATE_IRQCHIP, then KVM_CREATE_PIT2 (KVM wants the PIC first).
+    fn create_irqchip_and_pit(&self) -> Result<(), VmError> {
+        self.fd
+            .create_irq_chip()
             .map_err(|e| VmError::Kvm("create the in-kernel irqchip", e))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        fd.create_pit2(pit)
-            .map_err(|e| VmError::Kvm("create the in-kernel PIT", e))?;
-        Ok(Self { kvm, fd })
+        self.fd
+            .create_pit2(pit)
+            .map_err(|e| VmError::Kvm("create the in-kernel PIT", e))
     }
 
     /// The VM file descriptor.
@@ -136,5 +177,66 @@ impl Vm {
         self.fd
             .register_irqfd(evt, gsi)
             .map_err(|e| VmError::Kvm("register an irqfd", e))
+    }
+}
+
+/// Runs `background` on a scoped thread and `meanwhile` here; both results once both are done,
+/// `background`'s error first.
+fn overlap<T, E: From<VmError>>(
+    background: impl FnOnce() -> Result<(), VmError> + Send,
+    meanwhile: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("vmm-setup".to_string())
+            .spawn_scoped(scope, background)
+            .map_err(VmError::SetupThread)?;
+        let out = meanwhile();
+        handle
+            .join()
+            .unwrap_or_else(|_| Err(VmError::SetupThread(std::io::Error::other("it panicked"))))?;
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn overlap_runs_the_background_while_meanwhile_runs() {
+        // Each side waits for the other: done one after the other, neither would see its
+        // message before the deadline.
+        let (to_background, background_rx) = channel();
+        let (to_meanwhile, meanwhile_rx) = channel();
+        let out = overlap(
+            move || {
+                to_meanwhile.send(()).unwrap();
+                background_rx.recv_timeout(DEADLINE).unwrap();
+                Ok(())
+            },
+            move || {
+                to_background.send(()).unwrap();
+                meanwhile_rx.recv_timeout(DEADLINE).unwrap();
+                Ok::<_, VmError>(7)
+            },
+        );
+        assert_eq!(out.unwrap(), 7);
+    }
+
+    #[test]
+    fn overlap_reports_the_background_error_before_meanwhiles() {
+        let out: Result<(), VmError> = overlap(
+            || Err(VmError::TooManySlots),
+            || Err(VmError::ApiVersion(1)),
+        );
+        assert!(matches!(out, Err(VmError::TooManySlots)), "{out:?}");
+        let out: Result<(), VmError> = overlap(|| Ok(()), || Err(VmError::ApiVersion(1)));
+        assert!(matches!(out, Err(VmError::ApiVersion(1))), "{out:?}");
     }
 }

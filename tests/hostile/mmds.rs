@@ -42,7 +42,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("tcp-22", "TCP SYN to the MMDS address port 22", "no answer, not on the tap, mmds_other_drops +1"),
     ("fragments", "a SYN to port 80 in two IPv4 fragments", "no answer, not on the tap, consumed (mmds_frames_in +2)"),
     ("arp-many-senders", "1,000 ARP requests for the MMDS address from 1,000 sender IPs/MACs", "at most one reply each, not on the tap, still served"),
-    ("syn-flood", "500 SYNs from distinct ports, never completed, the SYN-ACKs answered with bare RSTs", "at most 8 SYN-ACKs (the sockets), RSTs for the rest; 8 connections open at once again within 12 s"),
+    ("syn-flood", "500 SYNs from distinct ports, never completed, the SYN-ACKs answered with bare RSTs", "SYN-ACKs from at most 8 ports (the sockets; a port's SYN-ACK may be retransmitted), RSTs for the rest; 8 connections open at once again within 12 s"),
     ("slowloris", "8 half-open connections reset (RST|ACK) after 4 s, then 8 connections dribbling a head 1 byte/s, a 9th", "the 8 sockets free again; 9th refused (RST); the 8 aborted at their own 10 s deadline"),
 ];
 

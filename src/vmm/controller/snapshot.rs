@@ -229,6 +229,7 @@ impl Controller {
             &memory,
             &self.opts,
             params.clock_realtime,
+            self.prepared.take(),
         )
         .map_err(SnapshotError::Restore)?;
         // MMDS as Firecracker restores it: the configuration from the state file, the data

@@ -14,6 +14,7 @@ pub mod uffd_abi;
 pub mod vcpu_state;
 pub mod vm_state;
 
+use kvm_bindings::CpuId;
 use kvm_ioctls::{Cap, Kvm};
 
 pub use memory_file::{
@@ -101,6 +102,14 @@ pub struct Host {
 impl Host {
     /// Asks KVM.
     pub fn probe(kvm: &Kvm) -> Result<Self, StateError> {
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| StateError::Kvm("read the supported CPUID", e))?;
+        Self::probe_with(kvm, &supported)
+    }
+
+    /// As `probe`, with the CPUID KVM supports already read (`supported`).
+    pub fn probe_with(kvm: &Kvm, supported: &CpuId) -> Result<Self, StateError> {
         if !kvm.check_extension(Cap::Xsave) {
             return Err(StateError::MissingCap("KVM_CAP_XSAVE"));
         }
@@ -120,9 +129,6 @@ impl Host {
         // (AMX); 0 or a smaller value means the legacy 4 KiB area.
         let size = usize::try_from(kvm.check_extension_int(Cap::Xsave2)).unwrap_or(0);
         let xsave_words = (size / 4).max(LEGACY_XSAVE_WORDS);
-        let supported = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| StateError::Kvm("read the supported CPUID", e))?;
         let mut cpuid_leaves: Vec<(u32, u32)> = supported
             .as_slice()
             .iter()

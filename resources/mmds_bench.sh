@@ -38,6 +38,10 @@ JSON
 ip netns exec "$ns" "$bin" --no-api --config-file "$work/mmds.json" --metadata "$work/metadata.json" \
     >"$work/mmds.out" 2>"$work/log" || { cat "$work/mmds.out" "$work/log" >&2; exit 1; }
 line=$(grep "probe: mmds-bench ok" "$work/mmds.out") || { cat "$work/mmds.out" "$work/log" >&2; exit 1; }
+case " $line " in
+*" errors=0 "*) ;;
+*) echo "mmds_bench: requests failed: $line" >&2; exit 1 ;;
+esac
 echo "$line" | awk '{
     for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
     printf "MMDS token PUT (connect+PUT+close)  median %6d us  p99 %6d us  (n=%d)\n", v["put_median_us"], v["put_p99_us"], v["n"]

@@ -19,9 +19,10 @@ use palisade::snapshot::StateFile;
 use palisade::vmm::machine_state::MachineState;
 use serde_json::{json, Value};
 
-use common::agent::{sh, wait_for_agent};
+use common::agent::wait_for_agent;
 use common::api::ApiClient;
 use common::linux::boot_source;
+use common::mmds_guest::{body_of, guest_get, guest_token, status_of};
 use common::netns::{TapNetns, GUEST_MAC};
 use common::{kvm_available, palisade_bin, probe_path, ApiVm};
 
@@ -250,64 +251,6 @@ fn a_snapshot_of_a_vm_without_mmds_restores_without_it() {
     assert!(r.fault().contains("not initialized"), "{}", r.body);
 }
 
-/// One HTTP request from the guest to the MMDS address through busybox nc; the whole
-/// response (the service closes after it).
-fn guest_http(uds: &Path, request_lines: &[&str]) -> String {
-    let mut request = String::new();
-    for line in request_lines {
-        request.push_str(line);
-        request.push_str("\\r\\n");
-    }
-    request.push_str("\\r\\n");
-    sh(
-        uds,
-        &format!("printf '{request}' | nc -w 5 169.254.169.254 80"),
-    )
-}
-
-fn status_of(response: &str) -> u16 {
-    response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
-}
-
-fn body_of(response: &str) -> &str {
-    response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no body: {response:?}"))
-        .1
-}
-
-/// A V2 token taken by the guest, valid for 6 hours (so a refusal is not its expiry).
-fn guest_token(uds: &Path) -> String {
-    let r = guest_http(
-        uds,
-        &[
-            "PUT /latest/api/token HTTP/1.1",
-            "Host: 169.254.169.254",
-            "X-metadata-token-ttl-seconds: 21600",
-        ],
-    );
-    assert_eq!(status_of(&r), 200, "{r}");
-    let token = body_of(&r).trim().to_string();
-    assert!(!token.is_empty() && !token.contains('\''), "{token:?}");
-    token
-}
-
-/// The guest's GET of `path` with `token`.
-fn guest_get(uds: &Path, path: &str, token: &str) -> String {
-    guest_http(
-        uds,
-        &[
-            &format!("GET {path} HTTP/1.1"),
-            "Host: 169.254.169.254",
-            "Accept: application/json",
-            &format!("X-metadata-token: {token}"),
-        ],
-    )
-}
-
 /// A new VMM process in `ns` restored from `saved` on `tap` (`network_overrides`), its store
 /// filled with `instance_id` by `PUT /mmds` before the load; the clone and its vsock socket.
 fn start_clone(saved: &Saved, ns: &TapNetns, tap: &str, instance_id: &str) -> (ApiVm, PathBuf) {
@@ -338,8 +281,8 @@ fn start_clone(saved: &Saved, ns: &TapNetns, tap: &str, instance_id: &str) -> (A
 
 /// The clone's guest reads its own store with its own new token, which it returns.
 fn clone_reads_its_own_store(uds: &Path, instance_id: &str) -> String {
-    let token = guest_token(uds);
-    let got = guest_get(uds, "/latest/meta-data", &token);
+    let token = guest_token(uds, 21600);
+    let got = guest_get(uds, "/latest/meta-data", Some(&token));
     assert_eq!(status_of(&got), 200, "{got}");
     let value: Value = serde_json::from_str(body_of(&got)).unwrap();
     assert_eq!(value, json!({"instance-id": instance_id}));
@@ -399,8 +342,8 @@ fn linux_clones_refuse_the_parents_and_each_others_tokens_and_serve_their_own_st
     let mut running = vm.running;
     running.wait_for_output("palisade-net: eth0 up", LINUX_TIMEOUT);
     wait_for_agent(&uds, LINUX_TIMEOUT);
-    let parent_token = guest_token(&uds);
-    let got = guest_get(&uds, "/latest/meta-data/instance-id", &parent_token);
+    let parent_token = guest_token(&uds, 21600);
+    let got = guest_get(&uds, "/latest/meta-data/instance-id", Some(&parent_token));
     assert_eq!(status_of(&got), 200, "{got}");
     assert_eq!(body_of(&got), "\"i-parent\"", "{got}");
     let saved = pause_and_save(&mut c, dir);
@@ -410,7 +353,7 @@ fn linux_clones_refuse_the_parents_and_each_others_tokens_and_serve_their_own_st
     // Clone A: the parent's token (6 hours left) is refused, its key is new; a new token
     // reads A's store, PUT before the load.
     let (clone_a, uds_a) = start_clone(&saved, &ns_a, "tap1", "i-clone-a");
-    let old = guest_get(&uds_a, "/latest/meta-data/instance-id", &parent_token);
+    let old = guest_get(&uds_a, "/latest/meta-data/instance-id", Some(&parent_token));
     assert_eq!(status_of(&old), 401, "{old}");
     let token_a = clone_reads_its_own_store(&uds_a, "i-clone-a");
     // A PATCH after the load is what the guest reads next.
@@ -418,12 +361,12 @@ fn linux_clones_refuse_the_parents_and_each_others_tokens_and_serve_their_own_st
         .client()
         .patch("/mmds", json!({"latest": {"meta-data": {"zone": "z2"}}}));
     assert_eq!(r.status, 204, "{}", r.body);
-    let got = guest_get(&uds_a, "/latest/meta-data/zone", &token_a);
+    let got = guest_get(&uds_a, "/latest/meta-data/zone", Some(&token_a));
     assert_eq!(body_of(&got), "\"z2\"", "{got}");
 
     // Clone B, from the same snapshot at the same time: A's token is refused there.
     let (_clone_b, uds_b) = start_clone(&saved, &ns_b, "tap2", "i-clone-b");
-    let other = guest_get(&uds_b, "/latest/meta-data/instance-id", &token_a);
+    let other = guest_get(&uds_b, "/latest/meta-data/instance-id", Some(&token_a));
     assert_eq!(status_of(&other), 401, "{other}");
     clone_reads_its_own_store(&uds_b, "i-clone-b");
 }

@@ -15,10 +15,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use palisade::rate_limiter::RateLimiterConfig;
 use palisade::devices::virtio::net::mmds::classify::{classify, FrameClass};
 use palisade::devices::virtio::net::mmds::device::MTU;
+use palisade::devices::virtio::net::mmds::limits::AUDIT_LINE_BUDGET;
 use palisade::devices::virtio::net::mmds::{
-    MmdsNetConfig, MmdsStack, MmdsVersion, TokenKey, Verdict, DEFAULT_IPV4, DEFAULT_MAC,
+    MmdsLimits, MmdsNetConfig, MmdsStack, MmdsVersion, TokenKey, Verdict, DEFAULT_IPV4, DEFAULT_MAC,
     TX_QUEUE_FRAMES,
 };
 
@@ -84,6 +86,9 @@ fuzz_target!(|data: &[u8]| {
         MmdsVersion::V1
     };
     config.imds_compat = selector & 2 != 0;
+    // No request limit: the wall-clock buckets would make a long input's path depend on
+    // timing, so a crash might not replay.
+    config.limits = MmdsLimits::new(&RateLimiterConfig::default(), &AUDIT_LINE_BUDGET);
     let store = Arc::new(RwLock::new(serde_json::json!({
         "latest": {"meta-data": {"instance-id": "i-1", "n": 1, "l": [1, 2]}}
     })));

@@ -15,7 +15,7 @@ pub const DEFAULT_IPV4_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
 /// The IP TTL of answers unless configured: a router (a container bridge or NAT inside the
 /// guest) cannot relay them, as IMDSv2's hop limit does.
-pub const DEFAULT_HOP_LIMIT: u64 = 1;
+pub const DEFAULT_HOP_LIMIT: u8 = 1;
 
 /// The per-VM request limit unless configured: a burst of 100 connections (each carries one
 /// request), refilled at 50 a second. An honest guest reads a few dozen paths at boot
@@ -102,7 +102,7 @@ impl MmdsConfig {
         self.hop_limit
             .and_then(|h| u8::try_from(h).ok())
             .filter(|&h| h > 0)
-            .unwrap_or(DEFAULT_HOP_LIMIT as u8)
+            .unwrap_or(DEFAULT_HOP_LIMIT)
     }
 
     /// The request limit, the default filled in.
@@ -121,13 +121,17 @@ impl MmdsConfig {
         if !is_link_local_valid(addr) {
             return Err(MmdsConfigError::InvalidIpv4Addr);
         }
+        // Each interface once (a list naming one thousands of times is not thousands of
+        // responders), in the order given.
+        let mut seen = std::collections::HashSet::new();
+        self.network_interfaces.retain(|id| seen.insert(id.clone()));
         if self.network_interfaces.is_empty() {
             return Err(MmdsConfigError::EmptyNetworkIfaceList);
         }
         if !self.network_interfaces.iter().all(|id| iface_exists(id)) {
             return Err(MmdsConfigError::InvalidNetworkInterfaceId);
         }
-        let hop_limit = self.hop_limit.unwrap_or(DEFAULT_HOP_LIMIT);
+        let hop_limit = self.hop_limit.unwrap_or(u64::from(DEFAULT_HOP_LIMIT));
         if !(1..=255).contains(&hop_limit) {
             return Err(MmdsConfigError::InvalidHopLimit(hop_limit));
         }
@@ -263,6 +267,18 @@ mod tests {
                 assert_eq!(got, Err(MmdsConfigError::InvalidIpv4Addr), "{addr}");
             }
         }
+    }
+
+    #[test]
+    fn an_interface_named_many_times_is_kept_once_in_order() {
+        let mut names = vec!["eth0".to_string(); 10_000];
+        names.insert(1, "eth1".into());
+        let config = MmdsConfig {
+            network_interfaces: names,
+            ..parse(json!({"network_interfaces": ["eth0"]})).unwrap()
+        };
+        let config = config.validated(|id| id == "eth0" || id == "eth1").unwrap();
+        assert_eq!(config.network_interfaces, ["eth0", "eth1"]);
     }
 
     #[test]

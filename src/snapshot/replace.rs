@@ -180,7 +180,12 @@ pub fn commit_pair(mut first: Replacement, mut second: Replacement) -> io::Resul
     first.committed = true;
     if let FirstIn::Exchanged = how {
         // The old first file, now at the temporary name.
-        let _ = std::fs::remove_file(&first.temp);
+        if let Err(e) = std::fs::remove_file(&first.temp) {
+            log::warn!(
+                "Snapshot committed, but the replaced file {} was not removed: {e}",
+                first.temp.display()
+            );
+        }
     }
     Ok(())
 }

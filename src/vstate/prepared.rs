@@ -34,7 +34,10 @@ impl PreparedVm {
                 log::debug!("The VM prepared ahead failed ({e}); creating it now");
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                log::warn!("The thread preparing the VM ahead panicked; creating it now");
+                None
+            }
         }
     }
 }

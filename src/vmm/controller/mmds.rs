@@ -13,10 +13,10 @@ use crate::config::validate_mmds;
 use crate::devices::virtio::net::mmds::limits::AUDIT_LINE_BUDGET;
 use crate::devices::virtio::net::mmds::token::TokenError;
 use crate::devices::virtio::net::mmds::{
-    MmdsLimits, MmdsNetConfig, MmdsNetError, MmdsStack, MmdsVersion as NetVersion, TokenKey,
+    MmdsLimits, MmdsNetConfig, MmdsNetError, MmdsStack, TokenKey,
 };
 use crate::devices::virtio::rng::host_random;
-use crate::mmds::{MmdsConfig, MmdsStore, MmdsVersion, StoreError};
+use crate::mmds::{MmdsConfig, MmdsStore, StoreError};
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
 use crate::vmm::device_manager::VirtioDevices;
 
@@ -137,10 +137,7 @@ pub(super) fn mmds_net_config(
     net_config.imds_compat = config.imds_compat;
     net_config.hop_limit = config.hop_limit();
     net_config.limits = limits.clone();
-    net_config.version = match config.version {
-        MmdsVersion::V1 => NetVersion::V1,
-        MmdsVersion::V2 => NetVersion::V2,
-    };
+    net_config.version = config.version;
     net_config
 }
 
@@ -161,6 +158,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::mmds::MmdsVersion;
 
     #[test]
     fn the_responders_get_the_configured_hop_limit_and_one_shared_request_limit() {
@@ -173,7 +171,7 @@ mod tests {
         let limits = MmdsLimits::new(&config.rate_limiter(), &AUDIT_LINE_BUDGET);
         let eth0 = mmds_net_config(&config, "eth0", &limits);
         let eth1 = mmds_net_config(&config, "eth1", &limits);
-        assert_eq!((eth0.hop_limit, eth0.version), (64, NetVersion::V1));
+        assert_eq!((eth0.hop_limit, eth0.version), (64, MmdsVersion::V1));
         assert_eq!(eth1.iface_id, "eth1");
         // One token for the VM: eth0 takes it, eth1 finds none.
         assert!(eth0.limits.admit_request());

@@ -35,14 +35,8 @@ const MSG_NO_TOKEN: &str = "No MMDS token provided. Use `X-metadata-token` or `X
 const MSG_NO_TTL: &str = "Token time to live value not found. Use `X-metadata-token-ttl-seconds` or `X-aws-ec2-metadata-token-ttl-seconds` header to specify the token's lifetime.";
 const MSG_UNSUPPORTED_TYPE: &str = "Cannot retrieve value. The value has an unsupported type.";
 
-/// The MMDS protocol version of an interface's service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MmdsVersion {
-    /// No session tokens required.
-    V1,
-    /// `GET` requires a session token.
-    V2,
-}
+/// The MMDS protocol version of an interface's service (the API's type).
+pub use crate::mmds::MmdsVersion;
 
 /// What the service answers from.
 #[derive(Debug)]

@@ -14,9 +14,8 @@
 //!   complete), bypassing the firewall's `ingress`: they were made by the VMM, not received.
 //!   After draining, the device calls [`MmdsStack::poll`], which lets the stack emit what the
 //!   full queue held back. A queue that stays full only makes TCP retransmit later.
-//! - Timers: [`MmdsStack::poll`] on the device's 1 s timer (or at
-//!   [`MmdsStack::poll_delay`]) drives retransmissions, time-outs and the per-connection
-//!   deadline ([`CONN_DEADLINE`]).
+//! - Timers: [`MmdsStack::poll`] on the device's 1 s timer drives retransmissions, time-outs
+//!   and the per-connection deadline ([`CONN_DEADLINE`]).
 //! - The firewall's part: it must know the MMDS address of the interface so that (a) no other
 //!   frame to 169.254.169.254 (ICMP, UDP, TCP to another port, which this stack passes on) reaches
 //!   the tap when MMDS is enabled on the interface, (b) frames to that address are not counted
@@ -87,12 +86,12 @@ pub const REQUEST_MAX: usize = 4096;
 pub const TX_QUEUE_FRAMES: usize = 64;
 /// A connection is aborted this long after it opened, answered or not.
 pub const CONN_DEADLINE: Duration = Duration::from_secs(10);
-/// The MMDS address unless configured.
-pub const DEFAULT_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// The MMDS address unless configured (the API's default).
+pub use crate::mmds::DEFAULT_IPV4_ADDRESS as DEFAULT_IPV4;
 /// The MAC the MMDS address answers ARP with unless configured (locally administered).
 pub const DEFAULT_MAC: [u8; 6] = [0x06, 0x01, 0x23, 0x45, 0x67, 0x01];
-/// The IP TTL of answers unless configured.
-pub const DEFAULT_HOP_LIMIT: u8 = 1;
+/// The IP TTL of answers unless configured (the API's default).
+pub use crate::mmds::DEFAULT_HOP_LIMIT;
 
 /// Why a stack could not be made.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -368,11 +367,6 @@ impl MmdsStack {
         c
     }
 
-    /// The interface's token authority (tests and the audit log read token ages with it).
-    pub fn tokens(&self) -> &TokenAuthority {
-        &self.tokens
-    }
-
     /// Takes a frame the guest sent. MMDS traffic is consumed (answers queue up for
     /// [`Self::pop_guest_frame`]); anything else is [`Verdict::Pass`], untouched.
     pub fn handle_guest_frame(&mut self, frame: &[u8], now: Instant) -> Verdict {
@@ -453,25 +447,6 @@ impl MmdsStack {
         self.publish();
     }
 
-    /// How long until the stack next needs [`Self::poll`] (`None`: only on input).
-    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
-        let ts = smol_now(self.epoch, now);
-        let stack = self
-            .iface
-            .poll_delay(ts, &self.sockets)
-            .map(|d| Duration::from_micros(d.total_micros()));
-        let deadline = self
-            .conns
-            .iter()
-            .filter_map(|c| c.opened)
-            .map(|t| (t + CONN_DEADLINE).saturating_duration_since(now))
-            .min();
-        match (stack, deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
     fn any_listening(&self) -> bool {
         self.conns
             .iter()
@@ -510,10 +485,21 @@ impl MmdsStack {
                 continue;
             }
             if !conn.answered {
+                let mut fresh = 0;
                 if socket.can_recv() {
                     if let Ok(n) = socket.recv_slice(&mut conn.request[conn.request_len..]) {
                         conn.request_len += n;
+                        fresh = n;
                     }
+                }
+                if fresh == 0 {
+                    // Nothing new since the last parse: the head is as incomplete as it was
+                    // (a guest holding unfinished heads does not make every frame reparse them).
+                    if socket.state() == tcp::State::CloseWait {
+                        // The peer closed before a whole request: close our side too.
+                        socket.close();
+                    }
+                    continue;
                 }
                 let answer = {
                     let data = self.data.read().unwrap_or_else(|e| e.into_inner());

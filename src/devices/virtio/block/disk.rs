@@ -158,6 +158,12 @@ impl Disk {
         Ok(total)
     }
 
+    /// The open file, for the io_uring engine (the file stays open while a request that
+    /// names it is in flight: the device waits for them before it drops a `Disk`).
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
+
     /// Makes written data durable (fdatasync).
     pub fn sync(&self) -> Result<(), DiskError> {
         self.file.sync_data().map_err(DiskError::Io)

@@ -11,8 +11,8 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::config::CacheType;
 use super::disk::Disk;
-use super::exec::{self, ExecContext};
 use super::disk::SECTOR_SIZE;
+use super::exec::{self, ExecContext};
 use super::request::{Request, RequestType, HEADER_SIZE, ID_BYTES};
 use super::uring::{AsyncEngine, Completion, Pending};
 use super::{Block, GuestLogs};
@@ -157,7 +157,10 @@ impl Worker<'_> {
             Err(e) => {
                 self.metrics.invalid_reqs_count.inc();
                 if let Some(n) = self.logs.io_error.hit() {
-                    log::warn!("Drive {}: request not submitted: {e} ({n} so far)", self.drive);
+                    log::warn!(
+                        "Drive {}: request not submitted: {e} ({n} so far)",
+                        self.drive
+                    );
                 }
                 self.finish(status, VIRTIO_BLK_S_IOERR, 0)
             }
@@ -215,7 +218,7 @@ impl Block {
 
     /// The engine signalled completions: each writes its status and goes to the used ring;
     /// then chains that waited for a free slot are served.
-    fn on_completions(&mut self) {
+    pub(super) fn on_completions(&mut self) {
         let Some(engine) = self.engine.as_mut() else {
             return;
         };
@@ -267,7 +270,11 @@ impl Block {
                     0
                 }
             };
-            let status = if ok { VIRTIO_BLK_S_OK } else { VIRTIO_BLK_S_IOERR };
+            let status = if ok {
+                VIRTIO_BLK_S_OK
+            } else {
+                VIRTIO_BLK_S_IOERR
+            };
             if broken.is_some() {
                 continue;
             }

@@ -44,7 +44,8 @@ fn wait_reap(engine: &mut AsyncEngine) -> Vec<Completion> {
         revents: 0,
     };
     // SAFETY: poll on one valid pollfd.
-    assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1, "no completion");
+    let ready = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    assert_eq!(ready, 1, "no completion");
     let mut out = Vec::new();
     engine.reap(&mut out);
     out
@@ -59,10 +60,22 @@ fn completions_come_back_in_the_order_the_kernel_finishes_them_not_the_submissio
     let a = [(GuestAddress(0x1000), 4usize)];
     let b = [(GuestAddress(0x2000), 4usize)];
     engine
-        .push(&mem, a_read.as_raw_fd(), 0, read_request(1, 4), a.into_iter())
+        .push(
+            &mem,
+            a_read.as_raw_fd(),
+            0,
+            read_request(1, 4),
+            a.into_iter(),
+        )
         .unwrap();
     engine
-        .push(&mem, b_read.as_raw_fd(), 0, read_request(2, 4), b.into_iter())
+        .push(
+            &mem,
+            b_read.as_raw_fd(),
+            0,
+            read_request(2, 4),
+            b.into_iter(),
+        )
         .unwrap();
     engine.submit().unwrap();
     assert_eq!(engine.in_flight(), 2);
@@ -93,14 +106,26 @@ fn a_full_engine_takes_nothing_more_until_a_request_completes() {
         assert!(engine.has_room());
         let piece = [(GuestAddress(0x1000 * u64::from(head + 1)), 1usize)];
         engine
-            .push(&mem, r.as_raw_fd(), 0, read_request(head, 1), piece.into_iter())
+            .push(
+                &mem,
+                r.as_raw_fd(),
+                0,
+                read_request(head, 1),
+                piece.into_iter(),
+            )
             .unwrap();
     }
     engine.submit().unwrap();
     assert!(!engine.has_room());
     let piece = [(GuestAddress(0x3000), 1usize)];
     assert!(matches!(
-        engine.push(&mem, r.as_raw_fd(), 0, read_request(9, 1), piece.into_iter()),
+        engine.push(
+            &mem,
+            r.as_raw_fd(),
+            0,
+            read_request(9, 1),
+            piece.into_iter()
+        ),
         Err(UringError::SubmissionFull)
     ));
     w.write_all(b"x").unwrap();
@@ -119,7 +144,13 @@ fn quiesce_waits_for_requests_in_flight_and_orphans_what_outlives_its_deadline()
     let (r, mut w) = pipe();
     let piece = [(GuestAddress(0x1000), 4usize)];
     engine
-        .push(&mem, r.as_raw_fd(), 0, read_request(3, 4), piece.into_iter())
+        .push(
+            &mem,
+            r.as_raw_fd(),
+            0,
+            read_request(3, 4),
+            piece.into_iter(),
+        )
         .unwrap();
     // Nothing to read: the request outlives a short deadline and is orphaned.
     assert_eq!(engine.quiesce(Duration::from_millis(50), drop), 1);
@@ -132,7 +163,13 @@ fn quiesce_waits_for_requests_in_flight_and_orphans_what_outlives_its_deadline()
 
     // A request the kernel finishes within the deadline is handed over.
     engine
-        .push(&mem, r.as_raw_fd(), 0, read_request(4, 4), piece.into_iter())
+        .push(
+            &mem,
+            r.as_raw_fd(),
+            0,
+            read_request(4, 4),
+            piece.into_iter(),
+        )
         .unwrap();
     w.write_all(b"done").unwrap();
     let mut seen = Vec::new();
@@ -148,7 +185,13 @@ fn a_buffer_outside_guest_memory_is_refused_before_submission() {
     let (r, _w) = pipe();
     let piece = [(GuestAddress(0xf_f000), 0x2000usize)];
     assert!(matches!(
-        engine.push(&mem, r.as_raw_fd(), 0, read_request(0, 0x2000), piece.into_iter()),
+        engine.push(
+            &mem,
+            r.as_raw_fd(),
+            0,
+            read_request(0, 0x2000),
+            piece.into_iter()
+        ),
         Err(UringError::Buffer(_))
     ));
     assert_eq!(engine.in_flight(), 0);

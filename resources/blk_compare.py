@@ -96,7 +96,7 @@ def main():
     ap.add_argument("--runs", type=int, default=11)
     ap.add_argument("--ops", type=int, default=20000)
     ap.add_argument("--qd", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--engines", nargs="+", default=["Sync"], choices=["Sync", "Async"])
+    ap.add_argument("--engines", nargs="+", default=["Sync", "Async"], choices=["Sync", "Async"])
     ap.add_argument("--palisade-engines", nargs="+", choices=["Sync", "Async"],
                     help="Palisade's engines when not those of --engines")
     ap.add_argument("--mib", type=int, default=256)

@@ -16,6 +16,11 @@ bin=$root/target/release/palisade
 probe=$(bash resources/probe/build.sh | tail -n 1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# Every side-by-side benchmark writes its figures as JSON here; the last step prints them as
+# one table (resources/bench_table.py).
+out=${BENCH_OUT:-/tmp/palisade-bench}
+mkdir -p "$out"
+rm -f "$out"/*.json
 cat >"$work/vm.json" <<JSON
 {"boot-source": {"kernel_image_path": "$probe", "boot_args": "console=ttyS0 probe.run=hello"},
  "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}
@@ -58,7 +63,8 @@ python3 resources/compare_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRAC
     --density "${BENCH_DENSITY:-50}" \
     --linux "$linux_guest" --linux-runs "${BENCH_COMPARE_LINUX_RUNS:-11}" \
     --palisade-jailer "$root/target/release/palisade-jailer" \
-    ${FIRECRACKER_JAILER_BIN:+--firecracker-jailer "$FIRECRACKER_JAILER_BIN"}
+    ${FIRECRACKER_JAILER_BIN:+--firecracker-jailer "$FIRECRACKER_JAILER_BIN"} \
+    --json "$out/compare.json"
 
 # Block throughput: the probe guest's sequential read, then write, of a whole drive file
 # (blk-bench, 1 MiB per request, one request in flight), without and with a rate limiter.
@@ -96,7 +102,7 @@ blk_run "limiter 20 MiB/s (2 MiB / 100 ms)" \
 # FIRECRACKER_BIN names a Firecracker binary, Firecracker in the same run, alternating; medians
 # and the Palisade / Firecracker ratios (resources/vsock_bench.py).
 python3 resources/vsock_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
-    --runs "${BENCH_VSOCK_RUNS:-5}" --mib "${BENCH_VSOCK_MIB:-256}"
+    --runs "${BENCH_VSOCK_RUNS:-5}" --mib "${BENCH_VSOCK_MIB:-256}" --json "$out/vsock.json"
 
 # Snapshots: Full create and restore (load with resume_vm in a new process, and load to the
 # guest running again) of the probe guest with all RAM written and of the Linux test guest at
@@ -105,7 +111,8 @@ python3 resources/vsock_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKE
 # and Firecracker when FIRECRACKER_BIN is set, alternating (resources/snapshot_bench.py).
 # The Linux test guest too (built above).
 python3 resources/snapshot_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
-    --runs "${BENCH_SNAPSHOT_RUNS:-5}" --mib 128 1024 --linux "$linux_guest"
+    --runs "${BENCH_SNAPSHOT_RUNS:-5}" --mib 128 1024 --linux "$linux_guest" \
+    --json "$out/snapshot.json"
 
 # Network throughput: the probe guest on a tap in a network namespace made here (host side
 # 10.0.0.1, guest 10.0.0.2; nothing leaves the namespace). Guest to host: net-tx, 1472-byte
@@ -174,9 +181,14 @@ for rules in 0 10 1000; do
 done
 
 # Network side by side (resources/net_compare.py): 64/1514-byte frames both ways, firewall off/10/1,000/10,000 rules and Firecracker, VMM CPU per frame, ping RTT.
-python3 resources/net_compare.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} --runs "${BENCH_NET_RUNS:-11}" ${BENCH_NET_JSON:+--json "$BENCH_NET_JSON"}
+python3 resources/net_compare.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} --runs "${BENCH_NET_RUNS:-11}" --json "$out/net.json"
 
 # MMDS: request latency seen from the probe guest (token PUT, GET with a token; a whole
 # connection each), resources/mmds_bench.sh in a namespace of its own.
 echo "MMDS, probe guest, release build"
 bash resources/mmds_bench.sh "$bin" "$probe"
+
+# Every side-by-side figure in one table (the README's), from the JSON files above.
+echo "All figures, Palisade beside Firecracker (JSON in $out)"
+python3 resources/bench_table.py "$out"/compare.json "$out"/net.json "$out"/blk.json \
+    "$out"/vsock.json "$out"/snapshot.json

@@ -42,13 +42,14 @@ def main():
     ap.add_argument("json", nargs="+")
     ap.add_argument("--markdown", action="store_true", help="a README table")
     a = ap.parse_args()
-    rows, heads = [], []
+    rows, heads, reports = [], [], []
     for path in a.json:
         if not os.path.exists(path):
             print(f"(no {path}: that benchmark did not run)", file=sys.stderr)
             continue
         with open(path) as f:
             report = json.load(f)
+        reports.append(report)
         load = report.get("load")
         if isinstance(load, list):
             load = max(float(x) for x in load) if load else None
@@ -56,6 +57,10 @@ def main():
                      f"{report.get('commit', '?')}" +
                      (f", load {float(load):.1f}" if load is not None else ""))
         rows += rows_of(report)
+    host = next((r["host"] for r in reports if r.get("host")), None)
+    if host:
+        print(f"host: {host['cpus']} CPUs ({host['cpu']}), {host['kvm']}, "
+              f"Linux {host['kernel']}")
     for h in heads:
         print(h)
     if a.markdown:

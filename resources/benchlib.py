@@ -31,19 +31,39 @@ def row(figure, label, unit, palisade, firecracker, better="lower"):
 
 
 def commit():
+    """This tree's commit, `+dirty` when tracked files differ from it."""
     here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        return subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
+    r = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
+                       capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return r.stdout.strip() + ("+dirty" if dirty else "") if r.returncode == 0 else "?"
+
+
+def host_info():
+    """CPUs, CPU model, which KVM (kvm_pvm: without hardware virtualization), kernel."""
+    with open("/proc/cpuinfo") as f:
+        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                     "?")
+    kvm = "kvm_pvm (no hardware virtualization)" if os.path.isdir("/sys/module/kvm_pvm") else (
+        "kvm_intel" if os.path.isdir("/sys/module/kvm_intel") else
+        "kvm_amd" if os.path.isdir("/sys/module/kvm_amd") else "kvm")
+    return {"cpus": os.cpu_count(), "cpu": model, "kvm": kvm, "kernel": os.uname().release}
+
+
+def version(binary):
+    """The first line `BINARY --version` prints."""
+    r = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60)
+    out = (r.stdout or r.stderr).strip()
+    return out.splitlines()[0] if out else "?"
 
 
 def write_rows(path, source, rows, **meta):
     """The rows of one benchmark, with when, where and under what load they were taken."""
     report = {"source": source,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "commit": commit(), "load": os.getloadavg()[0], "rows": rows}
+              "commit": commit(), "host": host_info(), "load": os.getloadavg()[0],
+              "rows": rows}
     report.update(meta)
     with open(path, "w") as f:
         json.dump(report, f, indent=1)

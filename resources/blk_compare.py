@@ -17,7 +17,8 @@ cache serves it; the page cache is not dropped between passes, so after the firs
 file is cached for every setup alike). Random offsets come from the probe's fixed-seed PRNG:
 the same sequence under both VMMs. Prints the median [min-max] of IOPS and MiB/s over N
 rounds and the Palisade / Firecracker ratio per engine (above 1: Palisade faster);
-BLK_COMPARE_JSON (or --json) names a file for every sample.
+--json (or BLK_COMPARE_JSON) names a file for the figure-6 rows (resources/benchlib.py: IOPS
+per engine, pattern and queue depth; MiB/s is IOPS x 4 KiB) with every sample.
 """
 import argparse
 import json
@@ -29,6 +30,7 @@ import tempfile
 import threading
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import benchlib  # noqa: E402
 import net_compare  # noqa: E402  (Vmm's serial reader, tsc_mhz; puts probe/ on sys.path)
 import vsock_peer  # noqa: E402
 
@@ -154,9 +156,20 @@ def report(a, setups, samples, load, fs):
     if fc_pairs:
         print("(P/F: Palisade / Firecracker with the same engine; above 1 is faster)")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"runs": a.runs, "ops": a.ops, "fs": fs, "load": load,
-                       "samples": samples, "medians": med}, f, indent=1)
+        rows = []
+        for e in a.engines:
+            p, f = samples.get(f"Palisade {e}"), samples.get(f"Firecracker {e}")
+            if p is None:
+                continue
+            for qd in a.qd:
+                for ps in PASSES:
+                    key = f"{ps}_qd{qd}"
+                    rows.append(benchlib.row(
+                        "6", f"block {e} 4 KiB {ps} qd{qd}", "kIOPS",
+                        [v / 1e3 for v in p[key]], [v / 1e3 for v in (f or {}).get(key, [])],
+                        better="higher"))
+        benchlib.write_rows(a.json, "blk_compare", rows, runs=a.runs, ops=a.ops, fs=fs,
+                            load_range=[min(load), max(load)], samples=samples)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ struct Worker<'a> {
     engine: Option<&'a mut AsyncEngine>,
     /// Chains handed to the engine in this drain.
     taken: bool,
+    /// A chain waited for a free slot of the engine.
+    full: bool,
 }
 
 impl Worker<'_> {
@@ -68,6 +70,7 @@ impl Worker<'_> {
         let is_data = matches!(req.kind, RequestType::In | RequestType::Out);
         if is_data && self.engine.as_ref().is_some_and(|e| !e.has_room()) {
             // Every slot is taken: the chain waits in the ring for a completion.
+            self.full = true;
             return ChainOutcome::Throttled;
         }
         if !self.limiter.consume(1, TokenType::Ops) {
@@ -196,16 +199,38 @@ impl Block {
             logs: &self.logs,
             engine: self.engine.as_mut(),
             taken: false,
+            full: false,
         };
         let [queue] = &mut active.queues;
         let (end, used_any) = drain(queue, &active.mem, |q, head| {
             let outcome = worker.handle(q, head);
             charge_descriptors(outcome, worker.segments.len())
         });
-        let taken = worker.taken;
-        if let Some(Err(e)) = self.engine.as_mut().map(AsyncEngine::submit) {
-            self.metrics.event_fails.inc();
-            log::error!("Drive {}: {e}", self.id);
+        let (taken, full) = (worker.taken, worker.full);
+        let (end, used_any, freed) = match self.engine.as_mut() {
+            Some(engine) => {
+                if let Err(e) = engine.submit() {
+                    self.metrics.event_fails.inc();
+                    log::error!("Drive {}: {e}", self.id);
+                }
+                // What the kernel finished during the submission (the page cache served it)
+                // is answered in this pass, not after a round trip through the event loop.
+                let mut done = std::mem::take(&mut self.completions);
+                engine.reap_ready(&mut done);
+                let freed = !done.is_empty();
+                let (used, broken) = self.complete_into(&mut done);
+                self.completions = done;
+                let end = match broken {
+                    Some(e) if !matches!(end, DrainEnd::Broken(_)) => DrainEnd::Broken(e),
+                    _ => end,
+                };
+                (end, used_any || used, freed)
+            }
+            None => (end, used_any, false),
+        };
+        // Chains left waiting for a free slot go when one was freed: come back to them.
+        if full && freed && matches!(end, DrainEnd::Throttled) {
+            self.core.kick(0);
         }
         // The core kicks the queue when the budget ran out (the driver keeps the ring full).
         match self.core.finish_drain(0, end, used_any) {
@@ -235,10 +260,22 @@ impl Block {
         if done.is_empty() {
             return;
         }
+        let (used_any, broken) = self.complete_into(done);
+        let end = broken.map_or(DrainEnd::Empty, DrainEnd::Broken);
+        self.core.finish_drain(0, end, used_any);
+    }
+
+    /// Writes the status of each of `done` (emptied) and puts it in the used ring; returns
+    /// whether any went there and why the queue broke, if it did. Dropped when the device is
+    /// not serving (reset, or waiting for one).
+    fn complete_into(&mut self, done: &mut Vec<Completion>) -> (bool, Option<QueueError>) {
+        if done.is_empty() {
+            return (false, None);
+        }
         let needs_reset = self.core.interrupt.needs_reset();
         let Some(active) = self.core.active.as_mut().filter(|_| !needs_reset) else {
             done.clear();
-            return;
+            return (false, None);
         };
         let [queue] = &mut active.queues;
         let mut used_any = false;
@@ -287,8 +324,7 @@ impl Block {
                 Err(e) => broken = Some(QueueError::Used(e)),
             }
         }
-        let end = broken.map_or(DrainEnd::Empty, DrainEnd::Broken);
-        self.core.finish_drain(0, end, used_any);
+        (used_any, broken)
     }
 }
 

@@ -233,6 +233,14 @@ impl AsyncEngine {
         self.reap_ring(out);
     }
 
+    /// As `reap` when the ring holds completions; nothing (and no syscall) otherwise. The
+    /// device calls it right after a submission, for what the kernel finished inline.
+    pub fn reap_ready(&mut self, out: &mut Vec<Completion>) {
+        if self.in_flight > 0 && !self.ring.completion().is_empty() {
+            self.reap(out);
+        }
+    }
+
     /// As `reap`, leaving the completion event as it is (no syscall: a reset runs on a vCPU
     /// thread, whose filter has io_uring_enter only).
     fn reap_ring(&mut self, out: &mut Vec<Completion>) {

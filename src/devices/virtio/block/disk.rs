@@ -99,6 +99,16 @@ impl Disk {
         })
     }
 
+    /// A disk of `sectors` over any file (a pipe, for tests that decide when reads finish).
+    #[cfg(test)]
+    pub fn from_file_for_test(file: File, sectors: u64) -> Self {
+        Self {
+            file,
+            path: "test".into(),
+            sectors,
+        }
+    }
+
     /// Capacity in sectors.
     pub fn sectors(&self) -> u64 {
         self.sectors

@@ -68,8 +68,12 @@ impl Worker<'_> {
             }
         };
         let is_data = matches!(req.kind, RequestType::In | RequestType::Out);
-        if is_data && self.engine.as_ref().is_some_and(|e| !e.has_room()) {
-            // Every slot is taken: the chain waits in the ring for a completion.
+        let queue_size = usize::from(queue.size());
+        if is_data
+            && (self.engine.as_ref()).is_some_and(|e| !e.has_room() || e.in_flight() >= queue_size)
+        {
+            // A queue's worth is in flight (a driver can post a head again while it is): the
+            // chain waits in the ring for a completion.
             self.full = true;
             return ChainOutcome::Throttled;
         }

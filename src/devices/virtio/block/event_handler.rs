@@ -185,9 +185,19 @@ impl Worker<'_> {
 
 impl Block {
     /// Serves the queue: at most one queue's worth of chains, then yields to the event loop.
+    /// On an `Async` drive the completions the kernel posted are answered in the same pass
+    /// (before the drain, so their slots take new chains, and after the submission, for what
+    /// the page cache served at once), with one interrupt for all.
     pub fn process_queue(&mut self) {
+        let mut done = std::mem::take(&mut self.completions);
+        if let Some(engine) = self.engine.as_mut() {
+            engine.reap_ready(&mut done);
+        }
         let throttled = &self.metrics.rate_limiter_throttled_events;
         let Some(active) = self.core.serving(&self.limiter, Some(throttled)) else {
+            // Completions still go to the used ring (dropped when the device needs a reset).
+            self.complete(&mut done);
+            self.completions = done;
             return;
         };
         let mut worker = Worker {
@@ -211,27 +221,22 @@ impl Block {
             charge_descriptors(outcome, worker.segments.len())
         });
         let (taken, full) = (worker.taken, worker.full);
-        let (end, used_any, freed) = match self.engine.as_mut() {
-            Some(engine) => {
-                if let Err(e) = engine.submit() {
-                    self.metrics.event_fails.inc();
-                    log::error!("Drive {}: {e}", self.id);
-                }
-                // What the kernel finished during the submission (the page cache served it)
-                // is answered in this pass, not after a round trip through the event loop.
-                let mut done = std::mem::take(&mut self.completions);
-                engine.reap_ready(&mut done);
-                let freed = !done.is_empty();
-                let (used, broken) = self.complete_into(&mut done);
-                self.completions = done;
-                let end = match broken {
-                    Some(e) if !matches!(end, DrainEnd::Broken(_)) => DrainEnd::Broken(e),
-                    _ => end,
-                };
-                (end, used_any || used, freed)
+        let before = done.len();
+        if let Some(engine) = self.engine.as_mut() {
+            if let Err(e) = engine.submit() {
+                self.metrics.event_fails.inc();
+                log::error!("Drive {}: {e}", self.id);
             }
-            None => (end, used_any, false),
+            engine.reap_ready(&mut done);
+        }
+        let freed = done.len() > before;
+        let (used, broken) = self.complete_into(&mut done);
+        self.completions = done;
+        let end = match broken {
+            Some(e) if !matches!(end, DrainEnd::Broken(_)) => DrainEnd::Broken(e),
+            _ => end,
         };
+        let used_any = used_any || used;
         // Chains left waiting for a free slot go when one was freed: come back to them.
         if full && freed && matches!(end, DrainEnd::Throttled) {
             self.core.kick(0);
@@ -245,16 +250,11 @@ impl Block {
         }
     }
 
-    /// The engine signalled completions: each writes its status and goes to the used ring;
-    /// then chains that waited for a free slot are served.
+    /// The engine signalled completions: the queue is served, completions first.
     pub(super) fn on_completions(&mut self) {
-        let Some(engine) = self.engine.as_mut() else {
-            return;
-        };
-        let mut done = std::mem::take(&mut self.completions);
-        engine.reap(&mut done);
-        self.complete(&mut done);
-        self.completions = done;
+        if let Some(engine) = &self.engine {
+            engine.consume_event();
+        }
         self.process_queue();
     }
 

@@ -229,12 +229,17 @@ impl AsyncEngine {
     /// Consumes the completion event and returns the finished requests (orphans dropped),
     /// in the order the kernel finished them.
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
-        let _ = self.completion.read();
+        self.consume_event();
         self.reap_ring(out);
     }
 
-    /// As `reap` when the ring holds completions; nothing (and no syscall) otherwise. The
-    /// device calls it right after a submission, for what the kernel finished inline.
+    /// Reads the completion event (the event loop watches it level-triggered).
+    pub fn consume_event(&self) {
+        let _ = self.completion.read();
+    }
+
+    /// As `reap` when the ring holds completions; nothing (and no syscall) otherwise: the
+    /// device calls it around each drain.
     pub fn reap_ready(&mut self, out: &mut Vec<Completion>) {
         if self.in_flight > 0 && !self.ring.completion().is_empty() {
             self.reap(out);

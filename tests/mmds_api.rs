@@ -396,7 +396,8 @@ fn mmds_get_vm(ns: &TapNetns, extra: Value) -> TestVm {
 }
 
 #[test]
-fn answers_leave_with_the_configured_hop_limit_and_each_request_gets_one_audit_record_no_log_line() {
+fn answers_leave_with_the_configured_hop_limit_and_each_request_gets_one_audit_record_no_log_line()
+{
     let test =
         "answers_leave_with_the_configured_hop_limit_and_each_request_gets_one_audit_record_no_log_line";
     if !kvm_available(test) {

@@ -145,9 +145,7 @@ impl Rig {
     }
 
     fn used_idx(&self) -> u16 {
-        self.mem
-            .read_obj(GuestAddress(RINGS + 0x2000 + 2))
-            .unwrap()
+        self.mem.read_obj(GuestAddress(RINGS + 0x2000 + 2)).unwrap()
     }
 
     fn entries(&self) -> u64 {
@@ -185,7 +183,11 @@ fn a_stale_kick_across_the_drivers_reset_and_the_next_activation_counts_no_secon
         rig.open();
         while rig.handle_kick() {}
         assert!(!rig.needs_reset());
-        assert_eq!(rig.entries(), 1, "after activation {handled_after_activation}");
+        assert_eq!(
+            rig.entries(),
+            1,
+            "after activation {handled_after_activation}"
+        );
         assert!(rig.good_request_is_served());
         assert_eq!(rig.entries(), 1);
     }

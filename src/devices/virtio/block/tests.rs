@@ -566,69 +566,128 @@ fn an_async_read_past_a_shrunk_file_gets_ioerr_at_completion() {
     assert_eq!(f.used(&q, 0), (0, 1));
 }
 
-#[test]
-fn an_async_drive_never_has_more_requests_in_flight_than_the_queue_size() {
-    use std::os::fd::FromRawFd;
-    let f = Fixture::new();
-    let q = MockSplitQueue::new(&f.mem, 16);
-    let mut config = f.config();
-    config.io_engine = IoEngine::Async;
-    // The mock puts its used ring over the second half of a full available ring: this test
-    // fills it, so the used ring goes elsewhere.
-    const USED: u64 = 0x8000;
-    let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
-    queue.try_set_used_ring_address(GuestAddress(USED)).unwrap();
-    let mut block = Block::new(&config, Arc::new(BlockDeviceMetrics::new())).unwrap();
-    block
-        .activate(ActivateContext {
-            mem: f.mem.clone(),
-            queues: vec![queue],
-            features: VIRTIO_F_VERSION_1,
-        })
-        .unwrap();
-    // The drive reads a pipe: its reads stay in flight until the test writes to it.
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array it is given.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both descriptors are new and owned by nothing else.
-    let read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
-    // SAFETY: as above.
-    let mut write_end = unsafe { std::fs::File::from_raw_fd(fds[1]) };
-    block.disk = Disk::from_file_for_test(read_end, SECTORS);
-    // Two chains (heads 0 and 2): a header, then 512 bytes of data and the status byte.
-    f.header(VIRTIO_BLK_T_IN, 0);
-    let descs = [
-        RawDescriptor::from(Descriptor::new(HEADER, 16, VRING_DESC_F_NEXT as u16, 1)),
-        RawDescriptor::from(Descriptor::new(DATA, 513, W, 0)),
-        RawDescriptor::from(Descriptor::new(HEADER, 16, VRING_DESC_F_NEXT as u16, 3)),
-        RawDescriptor::from(Descriptor::new(DATA + 0x1000, 513, W, 0)),
-    ];
-    q.add_desc_chains(&descs, 0).unwrap();
-    // The hostile driver posts both heads again and again, 32 times in all.
-    let post = |from: u16, to: u16| {
+/// The used ring of [`PipeDrive`]'s queue (the mock puts its own over the second half of a
+/// full available ring).
+const PIPE_USED: u64 = 0x8000;
+
+/// An active Async drive reading a pipe (its reads stay in flight until the test writes to
+/// it) over a 16-entry queue holding two read chains, heads 0 and 2.
+struct PipeDrive<'a> {
+    q: MockSplitQueue<'a, GuestMemory>,
+    block: Block,
+    write_end: std::fs::File,
+}
+
+impl<'a> PipeDrive<'a> {
+    fn new(f: &'a Fixture) -> Self {
+        use std::os::fd::FromRawFd;
+        let q = MockSplitQueue::new(&f.mem, 16);
+        let mut config = f.config();
+        config.io_engine = IoEngine::Async;
+        let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
+        queue
+            .try_set_used_ring_address(GuestAddress(PIPE_USED))
+            .unwrap();
+        let mut block = Block::new(&config, Arc::new(BlockDeviceMetrics::new())).unwrap();
+        block
+            .activate(ActivateContext {
+                mem: f.mem.clone(),
+                queues: vec![queue],
+                features: VIRTIO_F_VERSION_1,
+            })
+            .unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the two-element array it is given.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both descriptors are new and owned by nothing else.
+        let read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        // SAFETY: as above.
+        let write_end = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+        block.disk = Disk::from_file_for_test(read_end, SECTORS);
+        // A header, then 512 bytes of data and the status byte.
+        f.header(VIRTIO_BLK_T_IN, 0);
+        let descs = [
+            RawDescriptor::from(Descriptor::new(HEADER, 16, VRING_DESC_F_NEXT as u16, 1)),
+            RawDescriptor::from(Descriptor::new(DATA, 513, W, 0)),
+            RawDescriptor::from(Descriptor::new(HEADER, 16, VRING_DESC_F_NEXT as u16, 3)),
+            RawDescriptor::from(Descriptor::new(DATA + 0x1000, 513, W, 0)),
+        ];
+        q.add_desc_chains(&descs, 0).unwrap();
+        Self {
+            q,
+            block,
+            write_end,
+        }
+    }
+
+    /// Makes available entries `from..to`, heads 0 and 2 in turn (a head posted again while
+    /// it is in flight, as a hostile driver may).
+    fn post(&self, from: u16, to: u16) {
         for i in from..to {
             let head = if i % 2 == 0 { 0 } else { 2 };
-            let slot = q.avail().ring().ref_at(usize::from(i % 16)).unwrap();
+            let slot = self.q.avail().ring().ref_at(usize::from(i % 16)).unwrap();
             slot.store(u16::to_le(head));
         }
-        q.avail().idx().store(u16::to_le(to));
-    };
-    post(0, 16);
-    block.process_queue();
-    while block.core.queue_events[0].read().is_ok() {
-        block.process_queue();
+        self.q.avail().idx().store(u16::to_le(to));
     }
-    assert_eq!(block.engine.as_ref().unwrap().in_flight(), 16);
-    post(16, 32);
-    block.process_queue();
+
+    fn used_idx(&self, f: &Fixture) -> u16 {
+        f.mem.read_obj(GuestAddress(PIPE_USED + 2)).unwrap()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.block.engine.as_ref().unwrap().in_flight()
+    }
+}
+
+#[test]
+fn an_async_drive_never_has_more_requests_in_flight_than_the_queue_size() {
+    let f = Fixture::new();
+    let mut p = PipeDrive::new(&f);
+    p.post(0, 16);
+    p.block.process_queue();
+    while p.block.core.queue_events[0].read().is_ok() {
+        p.block.process_queue();
+    }
+    assert_eq!(p.in_flight(), 16);
+    p.post(16, 32);
+    p.block.process_queue();
     // No more than the queue size: the next 16 wait in the ring.
-    assert_eq!(block.engine.as_ref().unwrap().in_flight(), 16);
-    let used: u16 = f.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-    assert_eq!(used, 0);
+    assert_eq!(p.in_flight(), 16);
+    assert_eq!(p.used_idx(&f), 0);
     // Completions let them in.
-    write_end.write_all(&[0x5a; 512 * 32]).unwrap();
-    complete_async(&mut block);
-    let used: u16 = f.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-    assert_eq!(used, 32);
-    assert_eq!(block.metrics.read_count.count(), 32);
+    p.write_end.write_all(&[0x5a; 512 * 32]).unwrap();
+    complete_async(&mut p.block);
+    assert_eq!(p.used_idx(&f), 32);
+    assert_eq!(p.block.metrics.read_count.count(), 32);
+}
+
+#[test]
+fn a_reset_with_async_requests_in_flight_waits_for_them_and_puts_none_in_the_used_ring() {
+    let f = Fixture::new();
+    let mut p = PipeDrive::new(&f);
+    p.post(0, 4);
+    p.block.process_queue();
+    assert_eq!(p.in_flight(), 4);
+    // The kernel finishes them; nobody reaps them before the driver's reset does.
+    p.write_end.write_all(&[0x5a; 512 * 4]).unwrap();
+    let queues = p.block.reset();
+    assert_eq!(queues.len(), 1);
+    assert_eq!(p.in_flight(), 0);
+    assert_eq!(p.used_idx(&f), 0);
+    assert_eq!(p.block.metrics.read_count.count(), 0);
+}
+
+#[test]
+fn a_snapshot_or_a_file_change_waits_for_async_requests_in_flight_and_answers_them() {
+    let f = Fixture::new();
+    let mut p = PipeDrive::new(&f);
+    p.post(0, 3);
+    p.block.process_queue();
+    assert_eq!(p.in_flight(), 3);
+    p.write_end.write_all(&[0x5a; 512 * 3]).unwrap();
+    p.block.quiesce();
+    assert_eq!(p.in_flight(), 0);
+    assert_eq!(p.used_idx(&f), 3);
+    assert_eq!(p.block.metrics.read_count.count(), 3);
 }

@@ -102,6 +102,8 @@ impl Vmm {
         }
         // INVARIANT: the VMM thread is filtered before any vCPU runs guest code.
         if failure.is_none() {
+            // Its filter has no io_uring_setup: a drive built from now on is an error.
+            crate::devices::virtio::block::uring::seal_thread();
             failure = self
                 .seccomp
                 .apply(ThreadKind::Vmm)

@@ -22,13 +22,13 @@ pub enum BlockConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// `io_engine: "Async"` on a host whose kernel refuses io_uring.
-    #[error("drive {drive_id}: io_engine Async needs io_uring, which this host refuses: {source}")]
+    /// `io_engine: "Async"` on a host whose kernel refuses io_uring, or its restrictions.
+    #[error("drive {drive_id}: io_engine Async needs a restricted io_uring, which this host refuses: {source}")]
     IoUring {
         /// The drive.
         drive_id: String,
         /// Why.
-        source: std::io::Error,
+        source: super::uring::UringError,
     },
 }
 
@@ -107,17 +107,21 @@ impl BlockDeviceConfig {
                 self.drive_id
             );
         }
-        super::disk::open_backing(&self.path_on_host, self.is_read_only)
-            .map(drop)
-            .map_err(|source| BlockConfigError::Open {
-                drive_id: self.drive_id.clone(),
-                path: self.path_on_host.clone(),
-                source,
+        let file =
+            super::disk::open_backing(&self.path_on_host, self.is_read_only).map_err(|source| {
+                BlockConfigError::Open {
+                    drive_id: self.drive_id.clone(),
+                    path: self.path_on_host.clone(),
+                    source,
+                }
             })?;
         if self.io_engine == IoEngine::Async {
-            super::uring::check_available().map_err(|source| BlockConfigError::IoUring {
-                drive_id: self.drive_id.clone(),
-                source,
+            use std::os::fd::AsRawFd;
+            super::uring::check_available(file.as_raw_fd()).map_err(|source| {
+                BlockConfigError::IoUring {
+                    drive_id: self.drive_id.clone(),
+                    source,
+                }
             })?;
         }
         Ok(())

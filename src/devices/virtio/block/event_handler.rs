@@ -152,9 +152,8 @@ impl Worker<'_> {
             kind: req.kind,
             len: req.data_len,
         };
-        let fd = self.disk.as_raw_fd();
         let offset = req.sector * SECTOR_SIZE;
-        Some(match engine.push(self.mem, fd, offset, pending, pieces) {
+        Some(match engine.push(self.mem, offset, pending, pieces) {
             Ok(()) => {
                 self.taken = true;
                 ChainOutcome::Taken {

@@ -110,7 +110,8 @@ impl Block {
         let engine = match config.io_engine {
             IoEngine::Sync => None,
             IoEngine::Async => Some(
-                AsyncEngine::new().map_err(|e| BlockError::Uring(config.drive_id.clone(), e))?,
+                AsyncEngine::new(disk.as_raw_fd())
+                    .map_err(|e| BlockError::Uring(config.drive_id.clone(), e))?,
             ),
         };
         let label = DeviceLabel {
@@ -212,6 +213,12 @@ impl Block {
         let disk =
             Disk::open(path, self.read_only).inspect_err(|_| self.metrics.update_fails.inc())?;
         self.quiesce();
+        if let Some(engine) = &self.engine {
+            engine
+                .set_file(disk.as_raw_fd())
+                .map_err(|e| BlockError::Uring(self.id.clone(), e))
+                .inspect_err(|_| self.metrics.update_fails.inc())?;
+        }
         log::info!(
             "Drive {}: {} -> {} ({} sectors)",
             self.id,

@@ -603,6 +603,11 @@ impl<'a> PipeDrive<'a> {
         let read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
         // SAFETY: as above.
         let write_end = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+        {
+            use std::os::fd::AsRawFd;
+            let engine = block.engine.as_ref().unwrap();
+            engine.set_file(read_end.as_raw_fd()).unwrap();
+        }
         block.disk = Disk::from_file_for_test(read_end, SECTORS);
         // A header, then 512 bytes of data and the status byte.
         f.header(VIRTIO_BLK_T_IN, 0);

@@ -15,11 +15,21 @@
 //! or against a stale file, and a snapshot never records a half-done request. What is still
 //! in flight at the deadline is orphaned: its completion is dropped, its slot stays taken
 //! until the kernel gives it back.
+//!
+//! The ring cannot be turned against the seccomp filter (whose rules io_uring's operations
+//! never meet): it is made while the drive is built, before the VMM thread is filtered
+//! (`io_uring_setup` is not in the filter), disabled until its drive file (fixed file, slot
+//! 0) and eventfd are registered and the kernel's restrictions are in place: its SQEs may only
+//! be READV or WRITEV on a fixed file, and the only `io_uring_register` left is
+//! FILES_UPDATE (a PATCH of the drive's path swaps slot 0). Any other SQE completes with
+//! -EACCES; any other register operation fails with EACCES.
 
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::register::Restriction;
+use io_uring::{opcode, squeue, types, IoUring};
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -31,12 +41,38 @@ use crate::vstate::memory::GuestMemory;
 /// How long [`AsyncEngine::quiesce`] waits for requests in flight.
 pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `IORING_REGISTER_FILES_UPDATE` (include/uapi/linux/io_uring.h): the one register
+/// operation a drive's ring allows once it runs; the seccomp profile allows no other.
+pub const IORING_REGISTER_FILES_UPDATE: u8 = 6;
+
+/// The fixed-file slot of the drive file.
+const FILE_SLOT: u32 = 0;
+
+thread_local! {
+    /// Set on the thread whose seccomp filter no longer allows `io_uring_setup`.
+    static SEALED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called on the VMM thread just before its seccomp filter is installed: a ring made on it
+/// after that fails with [`UringError::Sealed`] instead of calling `io_uring_setup` (which
+/// the filter kills). No path builds a drive then (drives are built before `InstanceStart`
+/// or at a snapshot load, both before the filter); this keeps it so.
+pub fn seal_thread() {
+    SEALED.with(|s| s.set(true));
+}
+
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum UringError {
     /// io_uring_setup failed (EPERM, ENOSYS: the kernel refuses io_uring).
     #[error("io_uring is not available: {0}")]
     Setup(#[source] std::io::Error),
+    /// A ring was asked for after the thread's seccomp filter was installed.
+    #[error("An io_uring cannot be made after the VMM thread's seccomp filter is installed")]
+    Sealed,
+    /// The drive file cannot be registered, or the restrictions cannot be put in place.
+    #[error("Cannot restrict the io_uring to the drive file: {0}")]
+    Restrict(#[source] std::io::Error),
     /// The completion eventfd cannot be made or registered.
     #[error("Cannot set up the io_uring completion event: {0}")]
     Event(#[source] std::io::Error),
@@ -51,9 +87,42 @@ pub enum UringError {
     Enter(#[source] std::io::Error),
 }
 
-/// Whether this host lets a process make an io_uring: makes (and drops) a ring of one entry.
-pub fn check_available() -> std::io::Result<()> {
-    IoUring::new(1).map(drop)
+/// Whether this host lets a process make the drive's restricted ring on `file`: makes (and
+/// drops) one of one entry.
+pub fn check_available(file: RawFd) -> Result<(), UringError> {
+    AsyncEngine::with_slots(1, file).map(drop)
+}
+
+/// A disabled ring of `entries` on `file` (fixed file, slot 0), its completions signalled on
+/// `completion`, restricted (READV and WRITEV SQEs on a fixed file; FILES_UPDATE), enabled.
+fn restricted_ring(entries: u32, file: RawFd, completion: RawFd) -> Result<IoUring, UringError> {
+    if SEALED.with(Cell::get) {
+        return Err(UringError::Sealed);
+    }
+    let ring = IoUring::builder()
+        .setup_r_disabled()
+        .build(entries)
+        .map_err(UringError::Setup)?;
+    let submitter = ring.submitter();
+    submitter
+        .register_eventfd(completion)
+        .map_err(UringError::Event)?;
+    submitter
+        .register_files(&[file])
+        .map_err(UringError::Restrict)?;
+    let mut rules = [
+        Restriction::sqe_op(opcode::Readv::CODE),
+        Restriction::sqe_op(opcode::Writev::CODE),
+        Restriction::sqe_flags_required(squeue::Flags::FIXED_FILE.bits()),
+        Restriction::register_op(IORING_REGISTER_FILES_UPDATE),
+    ];
+    submitter
+        .register_restrictions(&mut rules)
+        .map_err(UringError::Restrict)?;
+    submitter
+        .register_enable_rings()
+        .map_err(UringError::Restrict)?;
+    Ok(ring)
 }
 
 /// An iovec (`struct iovec`'s layout), kept as integers so that the engine is `Send`.
@@ -115,19 +184,20 @@ pub struct AsyncEngine {
 }
 
 impl AsyncEngine {
-    /// A ring of [`MAX_QUEUE_SIZE`] entries and as many slots, its completions signalled on
-    /// a fresh eventfd.
-    pub fn new() -> Result<Self, UringError> {
-        Self::with_slots(MAX_QUEUE_SIZE)
+    /// A restricted ring on the drive file `file` of [`MAX_QUEUE_SIZE`] entries and as many
+    /// slots, its completions signalled on a fresh eventfd.
+    pub fn new(file: RawFd) -> Result<Self, UringError> {
+        Self::with_slots(MAX_QUEUE_SIZE, file)
     }
 
     /// As `new`, with `slots` requests in flight at most.
-    pub fn with_slots(slots: u16) -> Result<Self, UringError> {
-        let ring = IoUring::new(u32::from(slots).next_power_of_two()).map_err(UringError::Setup)?;
+    pub fn with_slots(slots: u16, file: RawFd) -> Result<Self, UringError> {
         let completion = EventFd::new(EFD_NONBLOCK).map_err(UringError::Event)?;
-        ring.submitter()
-            .register_eventfd(completion.as_raw_fd())
-            .map_err(UringError::Event)?;
+        let ring = restricted_ring(
+            u32::from(slots).next_power_of_two(),
+            file,
+            completion.as_raw_fd(),
+        )?;
         Ok(Self {
             ring,
             completion,
@@ -144,6 +214,16 @@ impl AsyncEngine {
         &self.completion
     }
 
+    /// Makes `file` the drive file of the requests pushed from now on (FILES_UPDATE of slot
+    /// 0; requests in flight keep the file they were issued on).
+    pub fn set_file(&self, file: RawFd) -> Result<(), UringError> {
+        self.ring
+            .submitter()
+            .register_files_update(FILE_SLOT, &[file])
+            .map(drop)
+            .map_err(UringError::Restrict)
+    }
+
     /// Requests taken and not yet completed (orphans included).
     pub fn in_flight(&self) -> usize {
         self.in_flight
@@ -154,7 +234,7 @@ impl AsyncEngine {
         !self.free.is_empty()
     }
 
-    /// Queues the read or write `request` of the file `fd` at byte `offset` between the
+    /// Queues the read or write `request` of the drive file at byte `offset` between the
     /// file and the guest memory `pieces` (checked by the caller to lie in guest memory with
     /// the access `request.kind` needs), without submitting it ([`Self::submit`] does). A read
     /// marks its pieces dirty now: a snapshot, the only reader of the dirty bitmap, waits for
@@ -162,7 +242,6 @@ impl AsyncEngine {
     pub fn push(
         &mut self,
         mem: &GuestMemory,
-        fd: RawFd,
         offset: u64,
         request: Pending,
         pieces: impl Iterator<Item = (GuestAddress, usize)>,
@@ -191,11 +270,13 @@ impl AsyncEngine {
         }
         let iovecs = slot.iovecs.as_ptr().cast::<libc::iovec>();
         let count = slot.iovecs.len() as u32;
+        // Fixed sets IOSQE_FIXED_FILE, which the ring requires of every SQE.
+        let file = types::Fixed(FILE_SLOT);
         let entry = match request.kind {
-            RequestType::In => opcode::Readv::new(types::Fd(fd), iovecs, count)
+            RequestType::In => opcode::Readv::new(file, iovecs, count)
                 .offset(offset)
                 .build(),
-            _ => opcode::Writev::new(types::Fd(fd), iovecs, count)
+            _ => opcode::Writev::new(file, iovecs, count)
                 .offset(offset)
                 .build(),
         }

@@ -54,28 +54,19 @@ fn wait_reap(engine: &mut AsyncEngine) -> Vec<Completion> {
 #[test]
 fn completions_come_back_in_the_order_the_kernel_finishes_them_not_the_submission_order() {
     let mem = memory();
-    let mut engine = AsyncEngine::with_slots(4).unwrap();
     let (a_read, mut a_write) = pipe();
     let (b_read, mut b_write) = pipe();
+    let mut engine = AsyncEngine::with_slots(4, a_read.as_raw_fd()).unwrap();
     let a = [(GuestAddress(0x1000), 4usize)];
     let b = [(GuestAddress(0x2000), 4usize)];
     engine
-        .push(
-            &mem,
-            a_read.as_raw_fd(),
-            0,
-            read_request(1, 4),
-            a.into_iter(),
-        )
+        .push(&mem, 0, read_request(1, 4), a.into_iter())
         .unwrap();
+    engine.submit().unwrap();
+    // The first request keeps the file it was issued on.
+    engine.set_file(b_read.as_raw_fd()).unwrap();
     engine
-        .push(
-            &mem,
-            b_read.as_raw_fd(),
-            0,
-            read_request(2, 4),
-            b.into_iter(),
-        )
+        .push(&mem, 0, read_request(2, 4), b.into_iter())
         .unwrap();
     engine.submit().unwrap();
     assert_eq!(engine.in_flight(), 2);
@@ -100,32 +91,20 @@ fn completions_come_back_in_the_order_the_kernel_finishes_them_not_the_submissio
 #[test]
 fn a_full_engine_takes_nothing_more_until_a_request_completes() {
     let mem = memory();
-    let mut engine = AsyncEngine::with_slots(2).unwrap();
     let (r, mut w) = pipe();
+    let mut engine = AsyncEngine::with_slots(2, r.as_raw_fd()).unwrap();
     for head in 0..2 {
         assert!(engine.has_room());
         let piece = [(GuestAddress(0x1000 * u64::from(head + 1)), 1usize)];
         engine
-            .push(
-                &mem,
-                r.as_raw_fd(),
-                0,
-                read_request(head, 1),
-                piece.into_iter(),
-            )
+            .push(&mem, 0, read_request(head, 1), piece.into_iter())
             .unwrap();
     }
     engine.submit().unwrap();
     assert!(!engine.has_room());
     let piece = [(GuestAddress(0x3000), 1usize)];
     assert!(matches!(
-        engine.push(
-            &mem,
-            r.as_raw_fd(),
-            0,
-            read_request(9, 1),
-            piece.into_iter()
-        ),
+        engine.push(&mem, 0, read_request(9, 1), piece.into_iter()),
         Err(UringError::SubmissionFull)
     ));
     w.write_all(b"x").unwrap();
@@ -140,17 +119,11 @@ fn a_full_engine_takes_nothing_more_until_a_request_completes() {
 #[test]
 fn quiesce_waits_for_requests_in_flight_and_orphans_what_outlives_its_deadline() {
     let mem = memory();
-    let mut engine = AsyncEngine::with_slots(4).unwrap();
     let (r, mut w) = pipe();
+    let mut engine = AsyncEngine::with_slots(4, r.as_raw_fd()).unwrap();
     let piece = [(GuestAddress(0x1000), 4usize)];
     engine
-        .push(
-            &mem,
-            r.as_raw_fd(),
-            0,
-            read_request(3, 4),
-            piece.into_iter(),
-        )
+        .push(&mem, 0, read_request(3, 4), piece.into_iter())
         .unwrap();
     // Nothing to read: the request outlives a short deadline and is orphaned.
     assert_eq!(engine.quiesce(Duration::from_millis(50), drop), 1);
@@ -163,13 +136,7 @@ fn quiesce_waits_for_requests_in_flight_and_orphans_what_outlives_its_deadline()
 
     // A request the kernel finishes within the deadline is handed over.
     engine
-        .push(
-            &mem,
-            r.as_raw_fd(),
-            0,
-            read_request(4, 4),
-            piece.into_iter(),
-        )
+        .push(&mem, 0, read_request(4, 4), piece.into_iter())
         .unwrap();
     w.write_all(b"done").unwrap();
     let mut seen = Vec::new();
@@ -181,19 +148,100 @@ fn quiesce_waits_for_requests_in_flight_and_orphans_what_outlives_its_deadline()
 #[test]
 fn a_buffer_outside_guest_memory_is_refused_before_submission() {
     let mem = memory();
-    let mut engine = AsyncEngine::with_slots(2).unwrap();
     let (r, _w) = pipe();
+    let mut engine = AsyncEngine::with_slots(2, r.as_raw_fd()).unwrap();
     let piece = [(GuestAddress(0xf_f000), 0x2000usize)];
     assert!(matches!(
-        engine.push(
-            &mem,
-            r.as_raw_fd(),
-            0,
-            read_request(0, 0x2000),
-            piece.into_iter()
-        ),
+        engine.push(&mem, 0, read_request(0, 0x2000), piece.into_iter()),
         Err(UringError::Buffer(_))
     ));
     assert_eq!(engine.in_flight(), 0);
     assert!(engine.has_room());
+}
+
+const EACCES: i32 = libc::EACCES;
+
+/// Pushes `entry` straight onto the engine's ring (as a thread holding the ring fd could),
+/// submits it and returns its completion's result.
+fn raw_result(engine: &mut AsyncEngine, entry: squeue::Entry) -> i32 {
+    let entry = entry.user_data(u64::MAX);
+    // SAFETY: the entry's buffers (if any) outlive the wait below.
+    unsafe { engine.ring.submission().push(&entry) }.unwrap();
+    engine.ring.submit_and_wait(1).unwrap();
+    let c = engine.ring.completion().next().unwrap();
+    assert_eq!(c.user_data(), u64::MAX);
+    c.result()
+}
+
+#[test]
+fn a_drive_ring_refuses_openat_and_any_sqe_on_a_file_that_is_not_the_fixed_drive_file() {
+    let (r, _w) = pipe();
+    let mut engine = AsyncEngine::with_slots(2, r.as_raw_fd()).unwrap();
+    let path = std::ffi::CString::new("/etc/hostname").unwrap();
+    let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+        .flags(libc::O_RDONLY)
+        .build();
+    assert_eq!(raw_result(&mut engine, open), -EACCES, "OPENAT");
+
+    let (other, _other_w) = pipe();
+    let mut buf = [0u8; 4];
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let readv = opcode::Readv::new(types::Fd(other.as_raw_fd()), &iov, 1).build();
+    assert_eq!(raw_result(&mut engine, readv), -EACCES, "READV, plain fd");
+    let writev = opcode::Writev::new(types::Fd(other.as_raw_fd()), &iov, 1).build();
+    assert_eq!(raw_result(&mut engine, writev), -EACCES, "WRITEV, plain fd");
+    // An opcode outside the list is refused even on the fixed file.
+    let read = opcode::Read::new(types::Fixed(0), buf.as_mut_ptr(), 4).build();
+    assert_eq!(raw_result(&mut engine, read), -EACCES, "READ");
+    let nop = opcode::Nop::new().build();
+    assert_eq!(raw_result(&mut engine, nop), -EACCES, "NOP");
+}
+
+#[test]
+fn a_drive_ring_refuses_every_register_operation_but_files_update() {
+    let (r, _w) = pipe();
+    let (other, _other_w) = pipe();
+    let engine = AsyncEngine::with_slots(2, r.as_raw_fd()).unwrap();
+    let s = engine.ring.submitter();
+    let refused = |what: &str, result: std::io::Result<()>| {
+        assert_eq!(
+            result.unwrap_err().raw_os_error(),
+            Some(EACCES),
+            "{what} is allowed"
+        );
+    };
+    refused("REGISTER_FILES", s.register_files(&[other.as_raw_fd()]));
+    refused("UNREGISTER_FILES", s.unregister_files());
+    refused("REGISTER_EVENTFD", s.register_eventfd(other.as_raw_fd()));
+    refused("UNREGISTER_EVENTFD", s.unregister_eventfd());
+    refused("REGISTER_PERSONALITY", s.register_personality().map(drop));
+    refused("ENABLE_RINGS", s.register_enable_rings());
+    let mut probe = io_uring::Probe::new();
+    refused("REGISTER_PROBE", s.register_probe(&mut probe));
+    let mut buf = [0u8; 8];
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: the buffer outlives the call (which the ring refuses).
+    refused("REGISTER_BUFFERS", unsafe { s.register_buffers(&[iov]) });
+    // A PATCH of the drive's path swaps the fixed file.
+    engine.set_file(other.as_raw_fd()).unwrap();
+}
+
+#[test]
+fn no_ring_is_made_on_a_thread_sealed_before_its_seccomp_filter() {
+    let (r, _w) = pipe();
+    let fd = r.as_raw_fd();
+    let sealed = std::thread::spawn(move || {
+        seal_thread();
+        AsyncEngine::with_slots(2, fd).err()
+    })
+    .join()
+    .unwrap();
+    assert!(matches!(sealed, Some(UringError::Sealed)), "{sealed:?}");
+    assert!(check_available(fd).is_ok(), "another thread is not sealed");
 }

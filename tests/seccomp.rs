@@ -200,3 +200,76 @@ fn no_seccomp_runs_unfiltered_with_a_warning_and_bad_filters_are_refused() {
         run.stderr
     );
 }
+
+/// Forks; the child installs the embedded filter of `kind` (as that thread does at start),
+/// runs `call` and exits 0. Returns how the child ended.
+fn in_filtered_child(kind: palisade::seccomp::ThreadKind, call: fn()) -> std::process::ExitStatus {
+    let filters = palisade::seccomp::SeccompFilters::embedded();
+    // SAFETY: the child only installs a filter from memory already built, makes raw
+    // syscalls and exits with _exit: nothing that needs another thread of the parent.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        if filters.apply(kind).is_err() {
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(99) };
+        }
+        call();
+        // SAFETY: as above.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    std::process::ExitStatus::from_raw(status)
+}
+
+const IORING_REGISTER_FILES: libc::c_long = 2;
+const IORING_REGISTER_FILES_UPDATE: libc::c_long = 6;
+
+fn io_uring_setup() {
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes the 120-byte io_uring_params it is given.
+    unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) };
+}
+
+fn io_uring_register_files() {
+    // SAFETY: fd -1: the kernel returns EBADF if the filter lets the call through.
+    unsafe { libc::syscall(libc::SYS_io_uring_register, -1, IORING_REGISTER_FILES, 0, 0) };
+}
+
+fn io_uring_register_files_update_and_enter() {
+    // SAFETY: fd -1: the kernel returns EBADF without touching memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            -1,
+            IORING_REGISTER_FILES_UPDATE,
+            0,
+            0,
+        );
+        libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0);
+    }
+}
+
+#[test]
+fn no_filtered_thread_can_make_an_io_uring_or_register_anything_but_a_file_update() {
+    use palisade::seccomp::ThreadKind;
+    for kind in [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu] {
+        let status = in_filtered_child(kind, io_uring_setup);
+        assert_eq!(
+            status.signal(),
+            Some(SIGSYS),
+            "{kind:?} io_uring_setup: {status:?}"
+        );
+        let status = in_filtered_child(kind, io_uring_register_files);
+        assert_eq!(
+            status.signal(),
+            Some(SIGSYS),
+            "{kind:?} REGISTER_FILES: {status:?}"
+        );
+    }
+    // What the Async engine needs once the VMM runs stays allowed.
+    let status = in_filtered_child(ThreadKind::Vmm, io_uring_register_files_update_and_enter);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

@@ -247,9 +247,10 @@ fn io_uring_register_files_update_and_enter() {
             IORING_REGISTER_FILES_UPDATE,
             0,
             0,
-        );
-        libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0);
-    }
+        )
+    };
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0) };
 }
 
 #[test]

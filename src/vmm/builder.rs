@@ -194,10 +194,16 @@ pub fn build_vm(
     // loads. Both are done before anything runs the guest.
     let (devices, legacy, generation, vcpus, supported, buses, exit) =
         vm.register_memory_while(&mem, || {
-            let (kernel, initrd) = if irqchip_made {
-                load()?
+            // KVM's CPUID list is read once (the vCPUs and the snapshot host probe both need
+            // it). It costs CPU, not sleep (KVM executes CPUID per leaf, a trap of its own
+            // on a nested host): read while the irqchip and PIT wait on grace periods.
+            let ((kernel, initrd), supported) = if irqchip_made {
+                (load()?, None)
             } else {
-                vm.create_irqchip_and_pit_while(load)?
+                vm.create_irqchip_and_pit_while(|| {
+                    let loaded = load()?;
+                    Ok::<_, BuildError>((loaded, Some(vm.supported_cpuid()?)))
+                })?
             };
             let exit = opts.exit.clone();
             let mut buses = Buses::default();
@@ -253,8 +259,10 @@ pub fn build_vm(
                 machine.mem_size_mib
             );
 
-            // Read once: the vCPUs and the snapshot host probe both need it.
-            let supported = vm.supported_cpuid()?;
+            let supported = match supported {
+                Some(supported) => supported,
+                None => vm.supported_cpuid()?,
+            };
             let vcpus = (0..machine.vcpu_count)
                 .map(|index| {
                     let topo = VcpuTopology {

@@ -194,15 +194,15 @@ pub fn build_vm(
     // loads. Both are done before anything runs the guest.
     let (devices, legacy, generation, vcpus, supported, buses, exit) =
         vm.register_memory_while(&mem, || {
-            // KVM's CPUID list is read once (the vCPUs and the snapshot host probe both need
-            // it). It costs CPU, not sleep (KVM executes CPUID per leaf, a trap of its own
-            // on a nested host): read while the irqchip and PIT wait on grace periods.
-            let ((kernel, initrd), supported) = if irqchip_made {
-                (load()?, None)
+            // KVM's CPUID list (read once, kept by the VM) costs CPU, not sleep: read while
+            // the irqchip and PIT wait on grace periods (a VM prepared ahead read it then).
+            let (kernel, initrd) = if irqchip_made {
+                load()?
             } else {
                 vm.create_irqchip_and_pit_while(|| {
                     let loaded = load()?;
-                    Ok::<_, BuildError>((loaded, Some(vm.supported_cpuid()?)))
+                    vm.supported_cpuid()?;
+                    Ok::<_, BuildError>(loaded)
                 })?
             };
             let exit = opts.exit.clone();
@@ -259,10 +259,8 @@ pub fn build_vm(
                 machine.mem_size_mib
             );
 
-            let supported = match supported {
-                Some(supported) => supported,
-                None => vm.supported_cpuid()?,
-            };
+            // The vCPUs and the snapshot host probe both need it.
+            let supported = vm.supported_cpuid()?;
             let vcpus = (0..machine.vcpu_count)
                 .map(|index| {
                     let topo = VcpuTopology {

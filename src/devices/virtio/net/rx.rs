@@ -1,6 +1,7 @@
 //! Receive: frames are read from the tap (with their virtio-net header) into the device's
 //! buffer, judged by the firewall (`ingress`), charged to the RX limiter and copied whole into
-//! one chain of the RX queue. A frame waits in the device while the guest has no buffer or the
+//! one chain of the RX queue (with mergeable buffers, into as many as the frame needs:
+//! [`super::rx_mergeable`]). A frame waits in the device while the guest has no buffer or the
 //! limiter is blocked; the tap is read only when that frame has gone. A dropped frame never
 //! touches guest memory.
 //!
@@ -25,7 +26,7 @@ use crate::rate_limiter::TokenType;
 /// Frames the firewall may drop while one chain waits, before the device yields.
 const DROPS_PER_CHAIN: usize = 256;
 /// Offset of `num_buffers` in the virtio 1.x header.
-const NUM_BUFFERS: usize = 10;
+pub(super) const NUM_BUFFERS: usize = 10;
 
 /// Why a chain was left in the ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use std::sync::atomic::{fence, Ordering};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
-use super::rx::Wait;
+use super::rx::{Wait, NUM_BUFFERS};
 use super::tap::VNET_HDR_LEN;
 use super::worker::Worker;
 use super::{Net, RX};
@@ -30,8 +30,6 @@ use crate::devices::virtio::queue::{DESCRIPTOR_COST, MAX_QUEUE_SIZE};
 use crate::rate_limiter::TokenType;
 use crate::vstate::memory::GuestMemory;
 
-/// Offset of `num_buffers` in the virtio 1.x header.
-const NUM_BUFFERS: usize = 10;
 /// Bytes of a used ring's header (flags, idx) and of one of its elements.
 const USED_HEADER: u64 = 4;
 const USED_ELEMENT: u64 = 8;
@@ -135,20 +133,10 @@ impl Worker<'_, MergeState> {
                         "RX frame dropped",
                         &format_args!("the RX ring cannot hold a {len}-byte frame"),
                     );
-                    for (_, used_len) in gathered.chains.iter_mut() {
-                        *used_len = 0;
+                    if let Err(e) = return_unused(queue, mem, &gathered.chains) {
+                        break DrainEnd::Broken(QueueError::Used(e));
                     }
-                    for &(head, _) in &gathered.chains {
-                        if let Err(e) = queue.add_used(mem, head, 0) {
-                            return self.finish(
-                                queue,
-                                DrainEnd::Broken(QueueError::Used(e)),
-                                old_used,
-                                used_any,
-                            );
-                        }
-                        used_any = true;
-                    }
+                    used_any |= !gathered.chains.is_empty();
                     moved = moved.saturating_add(BYTE_BUDGET);
                 }
                 Err(e) => break DrainEnd::Broken(e),
@@ -256,11 +244,7 @@ impl Worker<'_, MergeState> {
         why: &dyn std::fmt::Display,
     ) -> Result<(), QueueError> {
         let _ = self.refuse_chain(&self.metrics.rx_fails, "RX chain refused", why);
-        for &(held, _) in &gathered.chains {
-            queue
-                .add_used(self.mem, held, 0)
-                .map_err(QueueError::Used)?;
-        }
+        return_unused(queue, self.mem, &gathered.chains).map_err(QueueError::Used)?;
         gathered.chains.clear();
         queue.add_used(self.mem, head, 0).map_err(QueueError::Used)
     }
@@ -306,6 +290,17 @@ fn publish(
     }
     queue.set_next_used(first.wrapping_add(rest.len() as u16));
     queue.add_used(mem, last_head, last_len)
+}
+
+/// Gives `chains` back to the driver unused (length 0).
+fn return_unused(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    chains: &[(u16, u32)],
+) -> Result<(), virtio_queue::Error> {
+    chains
+        .iter()
+        .try_for_each(|&(head, _)| queue.add_used(mem, head, 0))
 }
 
 /// Enables notifications for buffers past those the ring holds now (the held chains went

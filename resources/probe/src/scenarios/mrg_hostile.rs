@@ -161,6 +161,8 @@ fn held_then_bad(rx: &mut Rx) -> bool {
 }
 
 fn open(dev: MmioDevice) -> Result<Rx, &'static str> {
+    // Reset first: the rings of a live device are not zeroed under it (see Virtqueue::new).
+    dev.reset();
     let q = Virtqueue::new(&dma::queue_area(dev.index), SIZE);
     let tx_area = dma::QueueArea { desc: TX_RINGS, avail: TX_RINGS + 0x1000, used: TX_RINGS + 0x2000, request: 0 };
     let tx = Virtqueue::new(&tx_area, SIZE);

@@ -16,6 +16,11 @@ bin=$root/target/release/palisade
 probe=$(bash resources/probe/build.sh | tail -n 1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# Every side-by-side benchmark writes its figures as JSON here; the last step prints them as
+# one table (resources/bench_table.py).
+out=${BENCH_OUT:-/tmp/palisade-bench}
+mkdir -p "$out"
+rm -f "$out"/*.json
 cat >"$work/vm.json" <<JSON
 {"boot-source": {"kernel_image_path": "$probe", "boot_args": "console=ttyS0 probe.run=hello"},
  "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}
@@ -58,7 +63,8 @@ python3 resources/compare_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRAC
     --density "${BENCH_DENSITY:-50}" \
     --linux "$linux_guest" --linux-runs "${BENCH_COMPARE_LINUX_RUNS:-11}" \
     --palisade-jailer "$root/target/release/palisade-jailer" \
-    ${FIRECRACKER_JAILER_BIN:+--firecracker-jailer "$FIRECRACKER_JAILER_BIN"}
+    ${FIRECRACKER_JAILER_BIN:+--firecracker-jailer "$FIRECRACKER_JAILER_BIN"} \
+    --json "$out/compare.json"
 
 # Block throughput: the probe guest's sequential read, then write, of a whole drive file
 # (blk-bench, 1 MiB per request, one request in flight), without and with a rate limiter.
@@ -96,7 +102,7 @@ blk_run "limiter 20 MiB/s (2 MiB / 100 ms)" \
 # FIRECRACKER_BIN names a Firecracker binary, Firecracker in the same run, alternating; medians
 # and the Palisade / Firecracker ratios (resources/vsock_bench.py).
 python3 resources/vsock_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
-    --runs "${BENCH_VSOCK_RUNS:-5}" --mib "${BENCH_VSOCK_MIB:-256}"
+    --runs "${BENCH_VSOCK_RUNS:-5}" --mib "${BENCH_VSOCK_MIB:-256}" --json "$out/vsock.json"
 
 # Snapshots: Full create and restore (load with resume_vm in a new process, and load to the
 # guest running again) of the probe guest with all RAM written and of the Linux test guest at
@@ -105,78 +111,20 @@ python3 resources/vsock_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKE
 # and Firecracker when FIRECRACKER_BIN is set, alternating (resources/snapshot_bench.py).
 # The Linux test guest too (built above).
 python3 resources/snapshot_bench.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} \
-    --runs "${BENCH_SNAPSHOT_RUNS:-5}" --mib 128 1024 --linux "$linux_guest"
+    --runs "${BENCH_SNAPSHOT_RUNS:-5}" --mib 128 1024 --linux "$linux_guest" \
+    --json "$out/snapshot.json"
 
-# Network throughput: the probe guest on a tap in a network namespace made here (host side
-# 10.0.0.1, guest 10.0.0.2; nothing leaves the namespace). Guest to host: net-tx, 1472-byte
-# UDP payloads (1514-byte frames) to a closed port; host to guest: a Python sender in the
-# namespace floods UDP port 5000 while net-rx counts. Firewall off (no guest_mac), on with
-# 10 rules and on with 1,000 rules (the traffic matches the last one: a new flow scans them
-# all, then its conntrack entry answers).
-net_count=${BENCH_NET_FRAMES:-200000}
-ns=palbench$$
-ip netns add "$ns"
-trap 'ip netns del "$ns" 2>/dev/null; rm -rf "$work"' EXIT
-ip netns exec "$ns" sh -c 'ip tuntap add dev tap0 mode tap && ip addr add 10.0.0.1/24 dev tap0 &&
-    ip link set tap0 up && ip link set lo up'
-tsc_mhz=$(awk -F: '/cpu MHz/ { printf "%d", $2; exit }' /proc/cpuinfo)
-net_rules() { # count -> JSON rules: count-1 denies on other ports, then the allow
-    python3 - "$1" <<'PY'
-import json, sys
-n = int(sys.argv[1])
-rules = [{"action": "deny", "proto": "udp", "ports": str(10000 + i), "cidr": "10.0.0.0/24"} for i in range(n - 1)]
-rules.append({"action": "allow", "proto": "udp", "cidr": "10.0.0.0/24"})
-print(json.dumps(rules))
-PY
-}
-net_run() { # name rules(0 = no firewall) scenario params
-    local iface='"iface_id": "eth0", "host_dev_name": "tap0"'
-    if [ "$2" -gt 0 ]; then
-        local rules; rules=$(net_rules "$2")
-        iface="$iface, \"guest_mac\": \"06:00:0a:00:00:02\", \"firewall\": {\"allowed_ips\": [\"10.0.0.2/32\"], \"egress\": $rules, \"ingress\": $rules, \"default_egress\": \"deny\"}"
-    fi
-    cat >"$work/net.json" <<JSON
-{"boot-source": {"kernel_image_path": "$probe",
-  "boot_args": "console=ttyS0 probe.run=$3 probe.ip=10.0.0.2/24 probe.peer=10.0.0.1:9 probe.tsc_mhz=$tsc_mhz $4"},
- "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
- "network-interfaces": [{$iface}]}
-JSON
-    local sender=
-    if [ "$3" = net-rx ]; then
-        ip netns exec "$ns" python3 -c '
-import socket, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-payload = b"x" * 1472
-end = time.time() + 25
-while time.time() < end:
-    try:
-        for _ in range(1000):
-            s.sendto(payload, ("10.0.0.2", 5000))
-    except OSError:
-        time.sleep(0.01)
-' & sender=$!
-    fi
-    ip netns exec "$ns" "$bin" --no-api --config-file "$work/net.json" >"$work/net.out" 2>"$work/log" ||
-        { cat "$work/net.out" "$work/log" >&2; exit 1; }
-    [ -n "$sender" ] && { kill "$sender"; wait "$sender" 2>/dev/null || true; }
-    local line; line=$(grep "probe: $3 ok" "$work/net.out") || { cat "$work/net.out" "$work/log" >&2; exit 1; }
-    echo "$line" | awk -v name="$1" '{
-        for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-        n = ("sent" in v) ? v["sent"] : v["received"]
-        printf "%-34s %9.0f frames/s  %7.1f Mbit/s  (%d frames)\n",
-               name, n / (v["usecs"] / 1e6), n * 1514 * 8 / v["usecs"], n }'
-}
-echo "virtio-net, probe guest, 1514-byte frames, release build"
-for rules in 0 10 1000; do
-    label="firewall off"; [ "$rules" -gt 0 ] && label="firewall, $rules rules"
-    net_run "guest->host, $label" "$rules" net-tx "probe.count=$net_count probe.size=1472"
-    net_run "host->guest, $label" "$rules" net-rx "probe.count=$net_count probe.port=5000 probe.secs=15"
-done
-
-# Network side by side (resources/net_compare.py): 64/1514-byte frames both ways, firewall off/10/1,000/10,000 rules and Firecracker, VMM CPU per frame, ping RTT.
-python3 resources/net_compare.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} --runs "${BENCH_NET_RUNS:-11}" ${BENCH_NET_JSON:+--json "$BENCH_NET_JSON"}
+# Network (figure 5, resources/net_compare.py; root: it makes a namespace with a tap): the
+# probe guest's frames/s and Mbit/s both ways, 64- and 1514-byte frames, firewall off / 10 /
+# 1,000 / 10,000 rules and Firecracker, alternating; VMM CPU per frame, ping RTT.
+python3 resources/net_compare.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} --runs "${BENCH_NET_RUNS:-11}" --json "$out/net.json"
 
 # MMDS: request latency seen from the probe guest (token PUT, GET with a token; a whole
 # connection each), resources/mmds_bench.sh in a namespace of its own.
 echo "MMDS, probe guest, release build"
 bash resources/mmds_bench.sh "$bin" "$probe"
+
+# Every side-by-side figure in one table (the README's), from the JSON files above.
+echo "All figures, Palisade beside Firecracker (JSON in $out)"
+python3 resources/bench_table.py "$out"/compare.json "$out"/net.json "$out"/blk.json \
+    "$out"/vsock.json "$out"/snapshot.json

@@ -35,6 +35,10 @@ import tempfile
 import threading
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402  (the rows of resources/bench_table.py)
+
 TIMEOUT = 120
 KEY = b"palisade-bench-snapshot-key-0123456789"
 
@@ -240,7 +244,9 @@ def main():
     ap.add_argument("--linux", metavar="GUEST_DIR",
                     help="also the Linux test guest of this build directory (vmlinux, "
                          "initramfs.cpio, boot_args: resources/guest/build.sh)")
+    ap.add_argument("--json", help="write the figures as benchlib rows (figure 8)")
     a = ap.parse_args()
+    rows = []
     guests = [{"kind": "probe", "path": os.path.abspath(a.probe), "name": "probe guest"}]
     if a.linux:
         guests.append({"kind": "linux", "path": os.path.abspath(a.linux),
@@ -284,6 +290,11 @@ def main():
                         cells.append(f"{statistics.median(vals):.1f} "
                                      f"({min(vals):.1f}-{max(vals):.1f})")
                     print(f"  {name:22}" + "".join(f"{c:>26}" for c in cells))
+                for k, label in FIGURES:
+                    rows.append(benchlib.row(
+                        "8", f"snapshot {label}, {guest['name']} {mib} MiB (Palisade keyed)",
+                        "ms", [r[k] for r in seen["Palisade, keyed"]],
+                        [r[k] for r in seen.get("Firecracker", [])]))
                 if a.firecracker:
                     fc = med["Firecracker"]
                     for name in ("Palisade, keyed", "Palisade, keyed+hash"):
@@ -291,6 +302,8 @@ def main():
                         print(f"  {name + ' / FC':22}" + "".join(f"{x:25.2f}x" for x in r))
         if a.firecracker:
             print("(ratios Palisade / Firecracker: below 1 means Palisade is faster)")
+        if a.json:
+            benchlib.write_rows(a.json, "snapshot_bench", rows, runs=a.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if memdir != work:

@@ -33,6 +33,8 @@ import time
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe"))
 import vsock_peer  # noqa: E402  (the probe's host side: Guest, host_connect, run_bench)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402  (the rows of resources/bench_table.py)
 
 PORT = 5000
 vsock_peer.TIMEOUT = 300  # a slow VMM is a figure, not an error
@@ -141,6 +143,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--connects", type=int, default=20)
+    ap.add_argument("--json", help="write the figures as benchlib rows (figure 8)")
     a = ap.parse_args()
     a.palisade = os.path.abspath(a.palisade)
     a.firecracker = a.firecracker and os.path.abspath(a.firecracker)
@@ -170,6 +173,14 @@ def main():
                  for k, _, unit in FIGURES]
             print(f"{name + ' vs FC':22}" + "".join(f"{x:21.2f}x" for x in r))
         print("(ratios: above 1 means Palisade is faster, for throughput and latency alike)")
+    if a.json:
+        # The table's Palisade is the one with a policy (the boundary as deployed).
+        rows = [benchlib.row("8", f"vsock {label} (Palisade with a policy)", unit,
+                             [r[k] for r in seen["Palisade, policy"]],
+                             [r[k] for r in seen.get("Firecracker", [])],
+                             "higher" if unit == "MiB/s" else "lower")
+                for k, label, unit in FIGURES]
+        benchlib.write_rows(a.json, "vsock_bench", rows, runs=a.runs, mib=a.mib)
 
 
 if __name__ == "__main__":

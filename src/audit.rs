@@ -75,10 +75,11 @@ pub fn install_device_log(log: AuditLog) -> bool {
 }
 
 /// Appends a device's record to the device log, if one is installed; counted in the
-/// `palisade` metrics group as the API's lines are.
-pub fn device_record<T: Serialize>(record: &T) {
+/// `palisade` metrics group as the API's lines are. False when there is no device log (the
+/// record went nowhere: the caller may log it instead).
+pub fn device_record<T: Serialize>(record: &T) -> bool {
     let Some(log) = DEVICE_LOG.get() else {
-        return;
+        return false;
     };
     if log
         .lock()
@@ -89,6 +90,7 @@ pub fn device_record<T: Serialize>(record: &T) {
     } else {
         METRICS.palisade.audit_lost_lines.inc();
     }
+    true
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.

@@ -6,7 +6,9 @@
 //! changes one thing, seals it again with the library's own `StateFile::encode` (so the tag
 //! verifies), and loads it into a fresh VMM: it must be refused with 400 within a deadline
 //! (or, where the value is one a guest may set itself, load and leave the VMM answering);
-//! then the good state file must load into the SAME VMM (nothing was half-restored).
+//! then the good state file must load into the SAME VMM (nothing was half-restored). Each
+//! table starts with a control row, the state sealed again unchanged, which must load: a
+//! broken sealer (a tag the loader refuses) would otherwise make every row pass on "bad tag".
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -139,10 +141,22 @@ fn get_root(sock: &Path) -> bool {
 /// What a case is allowed to end in.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Expect {
+    /// The control: 204, and the VMM answers afterwards.
+    Loads,
     /// 400, then the good file loads into the same VMM.
     Refused,
     /// A value a guest may set itself: 400, or a load after which the VMM still answers.
     RefusedOrSurvives,
+}
+
+/// The control row: `base`'s state, decoded and sealed again without a change.
+fn control(base: &Base) -> Case {
+    case(
+        "control: the same state sealed again unchanged",
+        Expect::Loads,
+        base,
+        |_| {},
+    )
 }
 
 /// One attack: a name, the state's change, and optionally a memory file of its own.
@@ -220,7 +234,7 @@ fn outside() -> Outside {
 fn cases(base: &Base, out: &Outside) -> Vec<Case> {
     use Expect::{Refused, RefusedOrSurvives};
     let mem_size = base.state.mem_size;
-    let mut v = Vec::new();
+    let mut v = vec![control(base)];
     // virtio queues (transport 0: the drive, active, queue 0).
     v.push(case(
         "virtio: descriptor table at the end of guest memory",
@@ -680,7 +694,12 @@ fn run_cases(table: &mut Table, base: &Base, cases: Vec<Case>, start: &dyn Fn() 
             Some((r, took)) => {
                 let ms = took.as_millis();
                 match (r.status, c.expect) {
+                    (400, Expect::Loads) => (format!("400 in {ms} ms: {}", r.fault()), false),
                     (400, _) => (format!("400 in {ms} ms: {}", r.fault()), true),
+                    (204, Expect::Loads) => {
+                        let answers = get_root(&sock) && alive(&mut vm);
+                        (format!("204 in {ms} ms; answers GET / {answers}"), answers)
+                    }
                     (204, Expect::RefusedOrSurvives) => {
                         let answers = get_root(&sock) && alive(&mut vm);
                         if answers {
@@ -726,6 +745,7 @@ fn run_cases(table: &mut Table, base: &Base, cases: Vec<Case>, start: &dyn Fn() 
         };
         let good_ok = !refused || good == "good load 204";
         let expected = match c.expect {
+            Expect::Loads => "204 (else every row could pass on a bad tag), the VMM answers",
             Expect::Refused => "400, then the good file loads into the same VMM",
             Expect::RefusedOrSurvives => {
                 "400 (then the good load works), or loads and the VMM keeps answering"
@@ -832,6 +852,7 @@ fn hostile_network_state_in_an_unkeyed_state_file_is_refused_and_the_vmm_then_lo
     use Expect::Refused;
     let flows = base.state.nets[0].firewall.as_ref().unwrap().flows.len();
     let mut cases = vec![
+        control(&base),
         case(
             "net: conntrack table of 100000 flows (cap 64)",
             Refused,

@@ -385,6 +385,10 @@ impl BusDevice for MmioTransport {
 #[path = "mmio_tests.rs"]
 mod tests;
 
+#[cfg(test)]
+#[path = "mmio_kick_tests.rs"]
+mod kick_tests;
+
 #[path = "mmio_state.rs"]
 mod state;
 pub use state::{QueueState, TransportState, TransportStateError};

@@ -127,6 +127,7 @@ fn wait_outcome(blk: &mut Blk) -> Outcome {
 /// The rings outside guest RAM: the device refuses DRIVER_OK with NEEDS_RESET.
 fn rings_outside_ram(dev: MmioDevice) -> bool {
     let area = crate::virtio::dma::queue_area(dev.index);
+    dev.reset(); // before its rings are rewritten (see Virtqueue::new)
     let mut setup = crate::virtio::queue::Virtqueue::new(&area, 16).setup;
     setup.desc = OUTSIDE_RAM;
     if dev.negotiate(0, setup).is_err() {

@@ -210,6 +210,9 @@ struct Rig {
 /// Resets `dev` and brings it up with fresh queues; for net, the queue of `kind`.
 fn open(dev: MmioDevice, kind: Kind) -> Result<Rig, &'static str> {
     let area = dma::queue_area(dev.index);
+    // Reset first: zeroing the rings of a live device moves avail.idx back, a broken queue
+    // the device counts if a late notification makes it look (see Virtqueue::new).
+    dev.reset();
     let q0 = Virtqueue::new(&area, SIZE);
     if kind == Kind::Rng {
         dev.negotiate(0, q0.setup).and_then(|_| dev.start()).map_err(|e| e.as_str())?;

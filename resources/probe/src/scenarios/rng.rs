@@ -36,6 +36,7 @@ pub fn run(boot: &BootInfo) {
     let Some(dev) = virtio::find(boot, DEVICE_ID_RNG) else {
         return fail("no-virtio-rng-device");
     };
+    dev.reset(); // before its rings are rewritten (see Virtqueue::new)
     let mut queue = Virtqueue::new(&dma::queue_area(dev.index), 16);
     if let Err(e) = dev.negotiate(0, queue.setup).and_then(|_| dev.start()) {
         return fail(e.as_str());

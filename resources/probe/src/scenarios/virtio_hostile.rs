@@ -39,6 +39,7 @@ struct Target {
 impl Target {
     /// Full initialisation; returns the request queue.
     fn bring_up(&self) -> Result<Virtqueue, &'static str> {
+        self.dev.reset(); // before its rings are rewritten (see Virtqueue::new)
         let q0 = Virtqueue::new(&dma::queue_area(self.dev.index), 16);
         self.dev.negotiate(0, q0.setup).map_err(|e| e.as_str())?;
         if self.queue_index == 0 {

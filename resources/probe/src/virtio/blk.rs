@@ -51,6 +51,7 @@ impl Blk {
     /// As `open`, with a queue of `size` entries (at most 256: the rings fit the queue area).
     pub fn open_sized(dev: MmioDevice, size: u16) -> Result<Self, BlkError> {
         let area: QueueArea = dma::queue_area(dev.index);
+        dev.reset(); // before its rings are rewritten (see Virtqueue::new)
         let queue = Virtqueue::new(&area, size);
         let features = dev.negotiate(F_RO | F_FLUSH, queue.setup).map_err(BlkError::Init)?;
         dev.start().map_err(BlkError::Init)?;

@@ -63,6 +63,7 @@ impl Net {
     pub fn open_with(dev: MmioDevice, wanted: u64) -> Result<Self, InitError> {
         let rx_area: QueueArea = dma::queue_area(dev.index);
         let tx_area = QueueArea { desc: DATA_START, avail: DATA_START + 0x1000, used: DATA_START + 0x2000, request: 0 };
+        dev.reset(); // before its rings are rewritten (see Virtqueue::new)
         let mut rx = Virtqueue::new(&rx_area, QUEUE_SIZE);
         let tx = Virtqueue::new(&tx_area, QUEUE_SIZE);
         let features = dev.negotiate(F_MAC | F_MRG_RXBUF | wanted, rx.setup)?;

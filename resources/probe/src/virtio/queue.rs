@@ -32,7 +32,9 @@ fn read32(addr: u64) -> u32 {
 }
 
 impl Virtqueue {
-    /// An empty queue of `size` entries in `area` (zeroed).
+    /// An empty queue of `size` entries in `area` (zeroed). Reset the device first when it may
+    /// be live: zeroing its rings moves avail.idx back under it, a broken queue it enters
+    /// needs-reset for (and counts) if a late notification makes it look before the reset.
     pub fn new(area: &QueueArea, size: u16) -> Self {
         super::dma::zero(area.desc, 0x3000);
         Self {

@@ -139,6 +139,7 @@ impl Vsock {
         let tx_area = QueueArea { desc: TX_RINGS, avail: TX_RINGS + 0x1000, used: TX_RINGS + 0x2000, request: 0 };
         let ev_area =
             QueueArea { desc: EVENT_RINGS, avail: EVENT_RINGS + 0x1000, used: EVENT_RINGS + 0x2000, request: 0 };
+        dev.reset(); // before its rings are rewritten (see Virtqueue::new)
         let mut rx = Virtqueue::new(&rx_area, RX_QUEUE_SIZE);
         let tx = Virtqueue::new(&tx_area, TX_SLOTS * 2);
         let mut event = Virtqueue::new(&ev_area, EVENT_SLOTS);

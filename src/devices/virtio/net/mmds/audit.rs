@@ -5,13 +5,15 @@
 //! Method and path are guest bytes: every byte outside printable ASCII (and space, `\`, `"`)
 //! is written as `\xNN`, and they are cut at [`METHOD_MAX`] and [`PATH_MAX`] bytes (a cut
 //! ends in `...`), so a guest can neither inject a line nor make one long. Lines are limited
-//! per VM ([`super::limits`]); the next line written counts those suppressed:
+//! per VM ([`super::limits`]: a burst of 100, then one a second); the next line written counts
+//! those suppressed:
 //!
 //! `mmds request: iface=eth0 method=GET path=/latest/meta-data/iam status=200 token_age_s=12
 //! suppressed=0`
 //!
-//! The same entry, as a JSON record ([`AuditEntry::record`]), goes to the `--audit-log` file
-//! beside the API's records (`"event": "mmds"`), under the same budget.
+//! With an `--audit-log` file the entry goes there instead, as a JSON record
+//! ([`AuditEntry::record`], `"event": "mmds"`, beside the API's records), under the same
+//! budget, and the log gets no line ([`AuditEntry::emit`]).
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -116,6 +118,16 @@ impl AuditEntry {
     }
 }
 
+impl AuditEntry {
+    /// Writes this entry (on `iface`, `suppressed` entries dropped before it) once: as a record
+    /// to the `--audit-log` file when there is one, else as a line to `sink` (the log).
+    pub fn emit(&self, iface: &str, suppressed: u64, sink: fn(&str)) {
+        if !crate::audit::device_record(&self.record(iface, suppressed)) {
+            sink(&self.line(iface, suppressed));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +162,24 @@ mod tests {
         assert_eq!(
             AuditEntry::unparsed(400).line("eth1", 0),
             "mmds request: iface=eth1 method=- path=- status=400 suppressed=0"
+        );
+    }
+
+    static EMITTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    fn capture(line: &str) {
+        EMITTED.lock().unwrap().push(line.to_string());
+    }
+
+    #[test]
+    fn without_an_audit_log_file_the_entry_is_one_log_line() {
+        // No device log is installed in this process (only `main` installs one).
+        let entry = AuditEntry::unparsed(400);
+        entry.emit("eth7", 4, capture);
+        let lines = EMITTED.lock().unwrap();
+        assert_eq!(
+            lines.as_slice(),
+            ["mmds request: iface=eth7 method=- path=- status=400 suppressed=4"]
         );
     }
 

@@ -26,11 +26,12 @@ use crate::rate_limiter::{BucketReduction, RateLimiterConfig, TokenBucket, Token
 /// Frames of the service allowed per request of the request limit.
 pub const FRAMES_PER_REQUEST: u64 = 64;
 
-/// Audit lines per VM: a burst of 100, refilled at 10 a second.
+/// Audit lines per VM: a burst of 100, refilled at one a second (a guest that keeps asking
+/// writes at most 86,400 lines a day, under 20 MB, and counts the rest as suppressed).
 pub const AUDIT_LINE_BUDGET: TokenBucketConfig = TokenBucketConfig {
     size: 100,
     one_time_burst: None,
-    refill_time: 10_000,
+    refill_time: 100_000,
 };
 
 #[derive(Debug)]
@@ -153,6 +154,15 @@ mod tests {
     fn no_ops_bucket_is_no_limit() {
         let limits = MmdsLimits::new(&RateLimiterConfig::default(), &bucket(1));
         assert!((0..10_000).all(|_| limits.admit_request() && limits.admit_frame()));
+    }
+
+    #[test]
+    fn the_audit_budget_is_a_burst_of_100_then_one_line_a_second() {
+        let limits = MmdsLimits::new(&RateLimiterConfig::default(), &AUDIT_LINE_BUDGET);
+        assert!((0..100).all(|_| limits.audit_line() == Some(0)));
+        assert_eq!(limits.audit_line(), None, "the 101st at once is suppressed");
+        // The bucket refills its 100 lines over refill_time: one line per 1000 ms.
+        assert_eq!(AUDIT_LINE_BUDGET.refill_time / AUDIT_LINE_BUDGET.size, 1000);
     }
 
     #[test]

@@ -528,9 +528,7 @@ impl MmdsStack {
                             _ => self.counters.answers_error += 1,
                         }
                         if let Some(suppressed) = self.config.limits.audit_line() {
-                            let iface = &self.config.iface_id;
-                            (self.audit_sink)(&audit.line(iface, suppressed));
-                            crate::audit::device_record(&audit.record(iface, suppressed));
+                            audit.emit(&self.config.iface_id, suppressed, self.audit_sink);
                         }
                         conn.response = bytes;
                         conn.answered = true;

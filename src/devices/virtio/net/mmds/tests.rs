@@ -903,3 +903,36 @@ fn a_connection_reset_in_syn_received_frees_its_socket_with_a_fresh_deadline() {
     }
     assert_eq!(stack.counters().deadline_aborts, 0);
 }
+
+/// smoltcp 0.12's socket timeout (documented for unacknowledged data and keep-alive) also
+/// ends a connection that is merely idle: its check runs at every poll against the time of
+/// the guest's last segment, whatever is in flight. So an idle connection (handshake only)
+/// and a stalled one (half a head) are reset 5 s after the guest's last segment, well before
+/// the 10 s deadline.
+#[test]
+fn an_idle_or_stalled_connection_is_reset_5_s_after_the_guests_last_segment() {
+    for head in [&b""[..], b"GET /lat"] {
+        let t0 = Instant::now();
+        let mut stack = stack_with(MmdsVersion::V1, 1, "eth0", t0);
+        timed(|| stack.handle_guest_frame(&arp_request(DEFAULT_IPV4.octets()), t0));
+        drain(&mut stack);
+        let mut client = Client::new(44001);
+        client.send(&mut stack, t0, true, false, b"");
+        assert_ne!(client.ack, 0, "established");
+        // The guest's last segment: its ACK of the SYN-ACK, or 2 s later half a head.
+        let last = if head.is_empty() {
+            t0
+        } else {
+            let t1 = t0 + Duration::from_secs(2);
+            client.send(&mut stack, t1, false, false, head);
+            t1
+        };
+        for (after_ms, reset) in [(4_900, false), (5_000, true)] {
+            let at = last + Duration::from_millis(after_ms);
+            stack.poll(at);
+            client.receive(&mut stack, at);
+            assert_eq!(client.rst, reset, "{head:?} {after_ms} ms after");
+        }
+        assert_eq!(stack.counters().deadline_aborts, 0, "not the 10 s deadline");
+    }
+}

@@ -7,7 +7,10 @@ leaves the namespace), under Palisade with its firewall off and with 10 / 1,000 
 that rotates from round to round. Root, stdlib only.
 
     net_compare.py PROBE_ELF PALISADE_BIN [FIRECRACKER_BIN] [--runs N] [--frames F]
-                   [--rules 10 1000 10000] [--pings P] [--json OUT]
+                   [--rules 10 1000 10000] [--pings P] [--json OUT] [--before BIN]
+
+--before BIN adds another Palisade binary (an earlier build) with its firewall off and with
+1,000 rules to the same rounds, for a before/after comparison under the same load.
 
 Per boot, for 64- and 1514-byte frames (Ethernet header to the end of the UDP payload):
 - guest->host: the probe's net-tx sends F UDP datagrams to a closed port on the host;
@@ -263,12 +266,17 @@ def main():
     ap.add_argument("--rules", type=int, nargs="*", default=[10, 1000, 10000])
     ap.add_argument("--pings", type=int, default=50)
     ap.add_argument("--json")
+    ap.add_argument("--before", help="an earlier Palisade binary to measure in the same rounds")
     a = ap.parse_args()
     if any(n < 2 for n in a.rules):
         ap.error("--rules: at least 2 (the UDP and the ICMP allow)")
     elf = os.path.abspath(a.probe)
     setups = [("palisade", "firewall off", os.path.abspath(a.palisade), 0)]
     setups += [("palisade", f"{n} rules", os.path.abspath(a.palisade), n) for n in a.rules]
+    if a.before:
+        before = os.path.abspath(a.before)
+        setups += [("palisade", "before: off", before, 0),
+                   ("palisade", "before: 1000 rules", before, 1000)]
     if a.firecracker:
         setups.append(("firecracker", "Firecracker", os.path.abspath(a.firecracker), 0))
     figures = [(d, fr) for fr in FRAMES for d in ("tx", "rx")]

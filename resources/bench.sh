@@ -102,6 +102,7 @@ blk_run "limiter 100 MiB/s (10 MiB / 100 ms)" \
     ', "rate_limiter": {"bandwidth": {"size": 10485760, "refill_time": 100}}'
 blk_run "limiter 20 MiB/s (2 MiB / 100 ms)" \
     ', "rate_limiter": {"bandwidth": {"size": 2097152, "refill_time": 100}}'
+python3 resources/blk_compare.py "$probe" "$bin" ${FIRECRACKER_BIN:+"$FIRECRACKER_BIN"} --runs "${BENCH_BLK_RUNS:-11}" --engines Sync Async --json "$out/blk.json" # figure 6
 
 # vsock: the probe guest's vsock-echo (20 host CONNECT -> OK round trips) then vsock-bench
 # (BENCH_VSOCK_MIB each way, 16 KiB guest packets), Palisade without and with a policy (ports

@@ -49,6 +49,13 @@ fn drive(id: &str, path: &str, root: bool, read_only: bool) -> Value {
            "is_read_only": read_only, "cache_type": "Writeback"})
 }
 
+/// `drive` with `io_engine` set: "Sync" or "Async" (io_uring).
+fn drive_on(engine: &str, id: &str, path: &str, root: bool, read_only: bool) -> Value {
+    let mut d = drive(id, path, root, read_only);
+    d["io_engine"] = json!(engine);
+    d
+}
+
 /// The value of `key=` in a result detail.
 fn field<'a>(detail: &'a str, key: &str) -> &'a str {
     detail
@@ -59,12 +66,25 @@ fn field<'a>(detail: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn blk_reads_the_whole_disk_and_its_write_reaches_the_host_file() {
-    if !kvm_available("blk_reads_the_whole_disk_and_its_write_reaches_the_host_file") {
+    whole_disk_read_and_write(
+        "blk_reads_the_whole_disk_and_its_write_reaches_the_host_file",
+        "Sync",
+    );
+}
+
+#[test]
+fn an_async_drive_reads_the_whole_disk_and_its_write_reaches_the_host_file() {
+    let test = "an_async_drive_reads_the_whole_disk_and_its_write_reaches_the_host_file";
+    whole_disk_read_and_write(test, "Async");
+}
+
+fn whole_disk_read_and_write(test: &str, engine: &str) {
+    if !kvm_available(test) {
         return;
     }
     let mut vm = TestVm::probe("blk", 1, 64);
     let (path, content) = disk(vm.dir.path(), "data.img", 8192, 3);
-    vm.config["drives"] = json!([drive("data", &path, false, false)]);
+    vm.config["drives"] = json!([drive_on(engine, "data", &path, false, false)]);
     let run = vm.run(TIMEOUT);
     run.assert_success();
     let detail = run.assert_probe_ok("blk");
@@ -83,12 +103,21 @@ fn blk_reads_the_whole_disk_and_its_write_reaches_the_host_file() {
 
 #[test]
 fn a_read_only_drive_refuses_the_guests_write() {
-    if !kvm_available("a_read_only_drive_refuses_the_guests_write") {
+    read_only_refuses_writes("a_read_only_drive_refuses_the_guests_write", "Sync");
+}
+
+#[test]
+fn a_read_only_async_drive_refuses_the_guests_write() {
+    read_only_refuses_writes("a_read_only_async_drive_refuses_the_guests_write", "Async");
+}
+
+fn read_only_refuses_writes(test: &str, engine: &str) {
+    if !kvm_available(test) {
         return;
     }
     let mut vm = TestVm::probe("blk", 1, 64);
     let (path, content) = disk(vm.dir.path(), "ro.img", 64, 5);
-    vm.config["drives"] = json!([drive("ro", &path, false, true)]);
+    vm.config["drives"] = json!([drive_on(engine, "ro", &path, false, true)]);
     let run = vm.run(TIMEOUT);
     run.assert_success();
     let detail = run.assert_probe_ok("blk");
@@ -98,12 +127,24 @@ fn a_read_only_drive_refuses_the_guests_write() {
 
 #[test]
 fn hostile_chains_get_ioerr_or_needs_reset_counted_and_the_vmm_stays_up() {
-    if !kvm_available("hostile_chains_get_ioerr_or_needs_reset_counted_and_the_vmm_stays_up") {
+    let test = "hostile_chains_get_ioerr_or_needs_reset_counted_and_the_vmm_stays_up";
+    hostile_chains(test, "Sync");
+}
+
+#[test]
+fn hostile_chains_to_an_async_drive_get_ioerr_or_needs_reset_and_the_vmm_stays_up() {
+    let test = "hostile_chains_to_an_async_drive_get_ioerr_or_needs_reset_and_the_vmm_stays_up";
+    hostile_chains(test, "Async");
+}
+
+/// The probe's blk-hostile cases, then a good read of the whole disk.
+fn hostile_chains(test: &str, engine: &str) {
+    if !kvm_available(test) {
         return;
     }
     let mut vm = TestVm::probe("blk-hostile,blk", 1, 64);
     let (path, content) = disk(vm.dir.path(), "data.img", 256, 7);
-    vm.config["drives"] = json!([drive("data", &path, false, false)]);
+    vm.config["drives"] = json!([drive_on(engine, "data", &path, false, false)]);
     let metrics = vm.dir.path().join("metrics.json");
     vm.args
         .extend(["--metrics-path".into(), metrics.to_str().unwrap().into()]);
@@ -218,7 +259,18 @@ fn a_throttled_drive_never_reads_faster_than_its_bandwidth() {
 
 #[test]
 fn drives_are_configured_and_patched_through_the_api() {
-    if !kvm_available("drives_are_configured_and_patched_through_the_api") {
+    configured_and_patched("drives_are_configured_and_patched_through_the_api", "Sync");
+}
+
+#[test]
+fn async_drives_are_configured_and_patched_through_the_api_and_shown_as_async() {
+    let test = "async_drives_are_configured_and_patched_through_the_api_and_shown_as_async";
+    configured_and_patched(test, "Async");
+}
+
+/// PUT, PATCH of the file while the guest waits for it, PATCH of the limiter, GET /vm/config.
+fn configured_and_patched(test: &str, engine: &str) {
+    if !kvm_available(test) {
         return;
     }
     // Landlock confines the VMM to the files configured at InstanceStart; a new
@@ -261,7 +313,7 @@ fn drives_are_configured_and_patched_through_the_api() {
         r.fault(),
         "The requested operation is not supported before starting the microVM."
     );
-    let r = c.put("/drives/data", drive("data", &old, false, false));
+    let r = c.put("/drives/data", drive_on(engine, "data", &old, false, false));
     assert_eq!(r.status, 204, "{}", r.body);
     let r = c.put("/entropy", json!({}));
     assert_eq!(r.status, 204, "{}", r.body);
@@ -300,10 +352,96 @@ fn drives_are_configured_and_patched_through_the_api() {
     );
     let config = c.get("/vm/config").json();
     assert_eq!(config["drives"][0]["path_on_host"], json!(new));
+    assert_eq!(config["drives"][0]["io_engine"], json!(engine));
     assert_eq!(
         config["drives"][0]["rate_limiter"]["bandwidth"]["size"],
         1000000
     );
     assert_eq!(config["entropy"], json!({}));
     running.kill();
+}
+
+#[test]
+fn an_async_drive_serves_32_requests_in_flight_in_every_pattern() {
+    if !kvm_available("an_async_drive_serves_32_requests_in_flight_in_every_pattern") {
+        return;
+    }
+    let mut vm = TestVm::probe("blk-iops", 1, 64);
+    vm.config["boot-source"]["boot_args"] =
+        json!("console=ttyS0 probe.run=blk-iops probe.count=4000 probe.blk_qd=32");
+    let (path, _) = disk(vm.dir.path(), "data.img", 2048, 9);
+    vm.config["drives"] = json!([drive_on("Async", "data", &path, false, false)]);
+    let run = vm.run(TIMEOUT);
+    run.assert_success();
+    assert_eq!(run.assert_probe_ok("blk-iops"), "ops=4000 kib=4 qd=32");
+    for pass in ["seqread", "randread", "seqwrite", "randwrite"] {
+        assert!(run
+            .stdout
+            .contains(&format!("probe: blk-iops {pass}-done ops=4000")));
+    }
+}
+
+#[test]
+fn a_snapshot_taken_with_async_requests_in_flight_resumes_with_none_lost() {
+    let test = "a_snapshot_taken_with_async_requests_in_flight_resumes_with_none_lost";
+    if !kvm_available(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--snapshot-dir", dir.path().to_str().unwrap()];
+    let mut vm = ApiVm::start(&flags);
+    let mut c = vm.client();
+    let (path, _) = disk(dir.path(), "data.img", 16384, 4);
+    let r = c.put(
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    // 32 requests in flight all along, for longer than the test waits before pausing.
+    let args = "console=ttyS0 probe.run=blk-iops probe.count=100000 probe.blk_qd=32";
+    let r = c.put(
+        "/boot-source",
+        json!({"kernel_image_path": probe_path(), "boot_args": args}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put(
+        "/drives/data",
+        drive_on("Async", "data", &path, false, false),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.running
+        .wait_for_output("probe: blk-iops randread-start", TIMEOUT);
+    let r = c.patch("/vm", json!({"state": "Paused"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (state, mem) = (dir.path().join("state"), dir.path().join("mem"));
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
+    let saved = vm.running.stdout();
+    vm.running.kill();
+    assert!(
+        !saved.contains("probe: blk-iops ok"),
+        "finished before the pause: {saved}"
+    );
+
+    // The clone finishes every pass: a request saved half done would never complete and the
+    // probe would time out waiting for it.
+    let mut clone = ApiVm::start(&flags);
+    let mut c = clone.client();
+    let r = c.put(
+        "/snapshot/load",
+        json!({"snapshot_path": state,
+               "mem_backend": {"backend_type": "File", "backend_path": mem},
+               "resume_vm": true}),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    clone.running.wait_for_output(
+        "probe: blk-iops ok ops=100000 kib=4 qd=32",
+        Duration::from_secs(300),
+    );
+    clone.running.kill();
 }

@@ -128,6 +128,12 @@ pub enum ChainOutcome {
         /// Bytes copied to or from guest memory for this chain.
         moved: u64,
     },
+    /// Taken from the ring and in flight (an asynchronous engine): it goes to the used ring
+    /// when it completes; `moved` bytes are charged to the drain's byte budget.
+    Taken {
+        /// Bytes the request moves.
+        moved: u64,
+    },
     /// The rate limiter said "not now": leave it in the ring for later.
     Throttled,
     /// The queue cannot be trusted any more.
@@ -196,6 +202,10 @@ pub fn drain(
         let (used_len, moved) = match handle(queue, head) {
             ChainOutcome::Used(len) => (len, u64::from(len)),
             ChainOutcome::Moved { used_len, moved } => (used_len, moved),
+            ChainOutcome::Taken { moved } => {
+                moved_total = moved_total.saturating_add(moved);
+                continue;
+            }
             ChainOutcome::Throttled => {
                 queue.go_to_previous_position();
                 return (DrainEnd::Throttled, used_any);

@@ -107,6 +107,8 @@ impl Controller {
             return Err(ActionError::NotSupportedPreBoot);
         };
         let started = Instant::now();
+        // An Async drive's requests in flight finish first: none is saved half done.
+        self.devices.blocks().for_each(|mut block| block.quiesce());
         let nets = self.net_states()?;
         let input = SaveInput {
             machine_config: &self.resources.machine_config,

@@ -63,6 +63,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: virtio_list::NAME, run: virtio_list::run },
     Scenario { name: blk::NAME, run: blk::run },
     Scenario { name: blk_bench::NAME, run: blk_bench::run },
+    Scenario { name: blk_bench::iops::NAME, run: blk_bench::iops::run },
     Scenario { name: blk_hostile::NAME, run: blk_hostile::run },
     Scenario { name: blk_flood::NAME, run: blk_flood::run },
     Scenario { name: blk_watch::NAME, run: blk_watch::run },

@@ -99,6 +99,16 @@ impl Disk {
         })
     }
 
+    /// A disk of `sectors` over any file (a pipe, for tests that decide when reads finish).
+    #[cfg(test)]
+    pub fn from_file_for_test(file: File, sectors: u64) -> Self {
+        Self {
+            file,
+            path: "test".into(),
+            sectors,
+        }
+    }
+
     /// Capacity in sectors.
     pub fn sectors(&self) -> u64 {
         self.sectors
@@ -156,6 +166,12 @@ impl Disk {
             total += len as u64;
         }
         Ok(total)
+    }
+
+    /// The open file, for the io_uring engine (the file stays open while a request that
+    /// names it is in flight: the device waits for them before it drops a `Disk`).
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
     }
 
     /// Makes written data durable (fdatasync).

@@ -5,14 +5,16 @@
 //! VIRTIO_BLK_F_SEG_MAX and VIRTIO_BLK_F_SIZE_MAX always: they bound an honest driver's
 //! request to [`request::MAX_DATA_BYTES`], and larger ones are refused. The configuration
 //! space is the capacity in sectors, `size_max` and `seg_max`. Requests run on the VMM thread
-//! ([`event_handler`]); the drive can change its file and its rate limiter at run time
-//! (`PATCH /drives/{id}`).
+//! ([`event_handler`]), or, with `io_engine: "Async"`, reads and writes go through io_uring
+//! ([`uring`]) and complete on the VMM thread's event loop; the drive can change its file and
+//! its rate limiter at run time (`PATCH /drives/{id}`).
 
 pub mod config;
 pub mod disk;
 pub mod event_handler;
 pub mod exec;
 pub mod request;
+pub mod uring;
 
 #[cfg(test)]
 mod tests;
@@ -24,9 +26,10 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
-use self::config::{BlockDeviceConfig, CacheType};
+use self::config::{BlockDeviceConfig, CacheType, IoEngine};
 use self::disk::{Disk, DiskError};
 use self::request::{ID_BYTES, SEG_MAX, SIZE_MAX};
+use self::uring::{AsyncEngine, Completion, UringError, QUIESCE_TIMEOUT};
 use super::chain::Segment;
 use super::device_core::{core_accessors, CoreDevice, DeviceCore, DeviceLabel};
 use super::queue::MAX_QUEUE_SIZE;
@@ -50,6 +53,9 @@ pub enum BlockError {
     /// The rate limiter's timer cannot be created.
     #[error(transparent)]
     RateLimiter(#[from] RateLimiterError),
+    /// `io_engine: "Async"` and the host refuses io_uring.
+    #[error("Drive {0}: {1}")]
+    Uring(String, #[source] UringError),
 }
 
 /// Logs a guest can trigger, each rate limited.
@@ -74,6 +80,10 @@ pub struct Block {
     segments: Vec<Segment>,
     metrics: Arc<BlockDeviceMetrics>,
     logs: GuestLogs,
+    /// The io_uring of an `Async` drive.
+    engine: Option<AsyncEngine>,
+    /// Reused for every batch of completions: never more than the engine's slots.
+    completions: Vec<Completion>,
 }
 
 impl Block {
@@ -97,6 +107,12 @@ impl Block {
         let n = config.drive_id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&config.drive_id.as_bytes()[..n]);
         let limiter = RateLimiter::new(&config.rate_limiter.unwrap_or_default())?;
+        let engine = match config.io_engine {
+            IoEngine::Sync => None,
+            IoEngine::Async => Some(
+                AsyncEngine::new().map_err(|e| BlockError::Uring(config.drive_id.clone(), e))?,
+            ),
+        };
         let label = DeviceLabel {
             name: format!("block {}", config.drive_id),
             who: format!("Drive {}", config.drive_id),
@@ -115,6 +131,8 @@ impl Block {
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
             metrics,
             logs: GuestLogs::default(),
+            engine,
+            completions: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
         })
     }
 
@@ -143,6 +161,37 @@ impl Block {
         self.limiter.to_config()
     }
 
+    /// The I/O engine.
+    pub fn io_engine(&self) -> IoEngine {
+        if self.engine.is_some() {
+            IoEngine::Async
+        } else {
+            IoEngine::Sync
+        }
+    }
+
+    /// Waits (at most [`QUIESCE_TIMEOUT`]) for the requests in flight of an `Async` drive and
+    /// puts them in the used ring: before a snapshot and a change of backing file. Does
+    /// nothing for a `Sync` drive.
+    pub fn quiesce(&mut self) {
+        let Some(mut engine) = self.engine.take() else {
+            return;
+        };
+        let mut done = std::mem::take(&mut self.completions);
+        let orphaned = engine.quiesce(QUIESCE_TIMEOUT, |c| done.push(c));
+        self.engine = Some(engine);
+        self.complete(&mut done);
+        self.completions = done;
+        if orphaned > 0 {
+            log::error!(
+                "Drive {}: {orphaned} requests still in flight after {} s; their completions \
+                 will be dropped",
+                self.id,
+                QUIESCE_TIMEOUT.as_secs()
+            );
+        }
+    }
+
     /// The rate limiter's remaining tokens, for a snapshot.
     pub fn save_limiter(&mut self) -> RateLimiterState {
         self.limiter.save_state()
@@ -158,9 +207,11 @@ impl Block {
 
     /// `PATCH path_on_host`: switches to another file and tells the driver its capacity
     /// may have changed.
+    /// Requests in flight on the old file finish (bounded wait) before the switch.
     pub fn update_disk(&mut self, path: &str) -> Result<(), BlockError> {
         let disk =
             Disk::open(path, self.read_only).inspect_err(|_| self.metrics.update_fails.inc())?;
+        self.quiesce();
         log::info!(
             "Drive {}: {} -> {} ({} sectors)",
             self.id,
@@ -203,5 +254,20 @@ impl CoreDevice for Block {
 
     fn config_write(&mut self, _offset: u64, _data: &[u8]) {
         self.metrics.cfg_fails.inc();
+    }
+
+    /// Requests in flight finish (bounded wait) and are dropped: nothing reaches the queue
+    /// the driver is resetting.
+    fn resetting(&mut self) {
+        if let Some(engine) = self.engine.as_mut() {
+            let orphaned = engine.quiesce(QUIESCE_TIMEOUT, drop);
+            if orphaned > 0 {
+                log::error!(
+                    "Drive {}: {orphaned} requests still in flight at reset after {} s",
+                    self.id,
+                    QUIESCE_TIMEOUT.as_secs()
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,319 @@
+//! The `Async` engine of a drive: reads and writes submitted through io_uring, their
+//! completions signalled on an eventfd the VMM thread's event loop watches.
+//!
+//! Bounds a guest cannot move: the ring and the in-flight table are sized once, at the
+//! largest queue size, when the drive is made; each in-flight request holds one slot (the
+//! head, the status address, the data length, its iovecs: at most [`MAX_QUEUE_SIZE`] of
+//! them, as a chain has no more descriptors). When every slot is taken the device stops
+//! taking chains until one completes. The iovecs point into guest memory the chain's checks
+//! ([`crate::devices::virtio::buffers::Layout::check`]) found inside guest RAM with the
+//! access the request needs; the engine keeps a handle on guest memory while anything is in
+//! flight, so the mapping outlives every request the kernel still works on.
+//!
+//! [`AsyncEngine::quiesce`] waits (bounded) for what is in flight: the device calls it before
+//! a reset, a change of backing file and a snapshot, so nothing completes into a reset queue
+//! or against a stale file, and a snapshot never records a half-done request. What is still
+//! in flight at the deadline is orphaned: its completion is dropped, its slot stays taken
+//! until the kernel gives it back.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types, IoUring};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::request::RequestType;
+use crate::devices::virtio::queue::MAX_QUEUE_SIZE;
+use crate::vstate::memory::GuestMemory;
+
+/// How long [`AsyncEngine::quiesce`] waits for requests in flight.
+pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum UringError {
+    /// io_uring_setup failed (EPERM, ENOSYS: the kernel refuses io_uring).
+    #[error("io_uring is not available: {0}")]
+    Setup(#[source] std::io::Error),
+    /// The completion eventfd cannot be made or registered.
+    #[error("Cannot set up the io_uring completion event: {0}")]
+    Event(#[source] std::io::Error),
+    /// A buffer is not inside one guest memory region.
+    #[error("Buffer at {0:#x} is not inside guest memory")]
+    Buffer(u64),
+    /// The submission queue is full (cannot happen: it has a slot per request).
+    #[error("The io_uring submission queue is full")]
+    SubmissionFull,
+    /// io_uring_enter failed.
+    #[error("io_uring_enter failed: {0}")]
+    Enter(#[source] std::io::Error),
+}
+
+/// Whether this host lets a process make an io_uring: makes (and drops) a ring of one entry.
+pub fn check_available() -> std::io::Result<()> {
+    IoUring::new(1).map(drop)
+}
+
+/// An iovec (`struct iovec`'s layout), kept as integers so that the engine is `Send`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct IoVec {
+    base: usize,
+    len: usize,
+}
+
+/// A request the engine took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// The chain's head, for the used ring.
+    pub head: u16,
+    /// Where its status byte goes.
+    pub status: GuestAddress,
+    /// Read or write.
+    pub kind: RequestType,
+    /// Its data bytes: any other result is an error.
+    pub len: u32,
+}
+
+/// One finished request, or an error for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The request.
+    pub request: Pending,
+    /// The kernel's result: the bytes moved, or a negative errno.
+    pub result: i32,
+}
+
+impl Completion {
+    /// True when the whole request was done.
+    pub fn ok(&self) -> bool {
+        u32::try_from(self.result).is_ok_and(|n| n == self.request.len)
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    pending: Option<Pending>,
+    /// Dropped at completion (a reset or a path change while it was in flight).
+    orphan: bool,
+    iovecs: Vec<IoVec>,
+}
+
+/// The io_uring of one drive.
+pub struct AsyncEngine {
+    ring: IoUring,
+    completion: EventFd,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    in_flight: usize,
+    /// Not yet handed to the kernel.
+    unsubmitted: usize,
+    /// Guest memory, held while a request is in flight.
+    mem: Option<GuestMemory>,
+}
+
+impl AsyncEngine {
+    /// A ring of [`MAX_QUEUE_SIZE`] entries and as many slots, its completions signalled on
+    /// a fresh eventfd.
+    pub fn new() -> Result<Self, UringError> {
+        Self::with_slots(MAX_QUEUE_SIZE)
+    }
+
+    /// As `new`, with `slots` requests in flight at most.
+    pub fn with_slots(slots: u16) -> Result<Self, UringError> {
+        let ring = IoUring::new(u32::from(slots).next_power_of_two()).map_err(UringError::Setup)?;
+        let completion = EventFd::new(EFD_NONBLOCK).map_err(UringError::Event)?;
+        ring.submitter()
+            .register_eventfd(completion.as_raw_fd())
+            .map_err(UringError::Event)?;
+        Ok(Self {
+            ring,
+            completion,
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            free: (0..slots).rev().collect(),
+            in_flight: 0,
+            unsubmitted: 0,
+            mem: None,
+        })
+    }
+
+    /// The eventfd the event loop watches.
+    pub fn completion_event(&self) -> &EventFd {
+        &self.completion
+    }
+
+    /// Requests taken and not yet completed (orphans included).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// True when a request can be taken now.
+    pub fn has_room(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Queues the read or write `request` of the file `fd` at byte `offset` between the
+    /// file and the guest memory `pieces` (checked by the caller to lie in guest memory with
+    /// the access `request.kind` needs), without submitting it ([`Self::submit`] does). A read
+    /// marks its pieces dirty now: a snapshot, the only reader of the dirty bitmap, waits for
+    /// what is in flight first.
+    pub fn push(
+        &mut self,
+        mem: &GuestMemory,
+        fd: RawFd,
+        offset: u64,
+        request: Pending,
+        pieces: impl Iterator<Item = (GuestAddress, usize)>,
+    ) -> Result<(), UringError> {
+        let Some(&index) = self.free.last() else {
+            return Err(UringError::SubmissionFull);
+        };
+        let slot = &mut self.slots[usize::from(index)];
+        slot.iovecs.clear();
+        for (addr, len) in pieces {
+            for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
+                let slice = slice.map_err(|_| UringError::Buffer(addr.0))?;
+                // A chain has at most a queue's worth of descriptors; a piece crossing a
+                // region boundary (never in RAM with guard pages between regions) is no more.
+                if slot.iovecs.len() >= usize::from(MAX_QUEUE_SIZE) {
+                    return Err(UringError::Buffer(addr.0));
+                }
+                if request.kind == RequestType::In {
+                    slice.bitmap().mark_dirty(0, slice.len());
+                }
+                slot.iovecs.push(IoVec {
+                    base: slice.ptr_guard_mut().as_ptr() as usize,
+                    len: slice.len(),
+                });
+            }
+        }
+        let iovecs = slot.iovecs.as_ptr().cast::<libc::iovec>();
+        let count = slot.iovecs.len() as u32;
+        let entry = match request.kind {
+            RequestType::In => opcode::Readv::new(types::Fd(fd), iovecs, count)
+                .offset(offset)
+                .build(),
+            _ => opcode::Writev::new(types::Fd(fd), iovecs, count)
+                .offset(offset)
+                .build(),
+        }
+        .user_data(u64::from(index));
+        // SAFETY: the entry points at the slot's iovecs, which stay unchanged until its
+        // completion is reaped (the slot is not free until then), and they point at guest
+        // memory that stays mapped while `self.mem` holds it (set below, kept until nothing is
+        // in flight).
+        unsafe { self.ring.submission().push(&entry) }.map_err(|_| UringError::SubmissionFull)?;
+        slot.pending = Some(request);
+        slot.orphan = false;
+        self.free.pop();
+        self.in_flight += 1;
+        self.unsubmitted += 1;
+        if self.mem.is_none() {
+            self.mem = Some(mem.clone());
+        }
+        Ok(())
+    }
+
+    /// Hands the queued requests to the kernel.
+    pub fn submit(&mut self) -> Result<(), UringError> {
+        if self.unsubmitted == 0 {
+            return Ok(());
+        }
+        self.ring.submit().map_err(UringError::Enter)?;
+        self.unsubmitted = 0;
+        Ok(())
+    }
+
+    /// Consumes the completion event and returns the finished requests (orphans dropped),
+    /// in the order the kernel finished them.
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        self.consume_event();
+        self.reap_ring(out);
+    }
+
+    /// Reads the completion event (the event loop watches it level-triggered).
+    pub fn consume_event(&self) {
+        let _ = self.completion.read();
+    }
+
+    /// As `reap` when the ring holds completions; nothing (and no syscall) otherwise: the
+    /// device calls it around each drain.
+    pub fn reap_ready(&mut self, out: &mut Vec<Completion>) {
+        if self.in_flight > 0 && !self.ring.completion().is_empty() {
+            self.reap(out);
+        }
+    }
+
+    /// As `reap`, leaving the completion event as it is (no syscall: a reset runs on a vCPU
+    /// thread, whose filter has io_uring_enter only).
+    fn reap_ring(&mut self, out: &mut Vec<Completion>) {
+        let done: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (user_data, result) in done {
+            let Some(slot) = self.slots.get_mut(user_data as usize) else {
+                continue;
+            };
+            let Some(request) = slot.pending.take() else {
+                continue;
+            };
+            self.free.push(user_data as u16);
+            self.in_flight -= 1;
+            if !std::mem::take(&mut slot.orphan) {
+                out.push(Completion { request, result });
+            }
+        }
+        if self.in_flight == 0 {
+            self.mem = None;
+        }
+    }
+
+    /// Waits until nothing is in flight or `timeout` passed, handing each completion to
+    /// `done`; at the deadline what is left is orphaned (its completion will be dropped).
+    /// Returns how many were orphaned.
+    pub fn quiesce(&mut self, timeout: Duration, mut done: impl FnMut(Completion)) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let _ = self.submit();
+        loop {
+            self.reap_ring(&mut out);
+            out.drain(..).for_each(&mut done);
+            let live = self
+                .slots
+                .iter()
+                .filter(|s| s.pending.is_some() && !s.orphan)
+                .count();
+            if live == 0 {
+                return 0;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                for slot in &mut self.slots {
+                    slot.orphan |= slot.pending.is_some();
+                }
+                return live;
+            }
+            let ts = types::Timespec::from(left.min(Duration::from_millis(100)));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            // ETIME is the timeout; anything else is retried until the deadline.
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+        }
+    }
+}
+
+impl Drop for AsyncEngine {
+    /// The kernel finishes what is in flight before guest memory can go (bounded wait).
+    fn drop(&mut self) {
+        if self.in_flight > 0 {
+            self.quiesce(QUIESCE_TIMEOUT, drop);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "uring_tests.rs"]
+mod tests;

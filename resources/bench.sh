@@ -12,7 +12,14 @@ cd "$root"
 runs=${1:-20}
 command -v /usr/bin/time >/dev/null || { apt-get update -q && apt-get install -y -q time; } >&2
 cargo build --release --locked -q -p palisade -p palisade-jailer
-bin=$root/target/release/palisade
+# The VMM measured: the static-pie build (`cargo release-static`: no dynamic loader at exec)
+# when this host links it, else the plain release build; the boot figures and
+# compare_bench.py name it in their headers.
+if cargo release-static -q 2>/dev/null; then
+    bin=$root/target/x86_64-unknown-linux-gnu/release/palisade link=static-pie
+else
+    bin=$root/target/release/palisade link=dynamic
+fi
 probe=$(bash resources/probe/build.sh | tail -n 1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -43,7 +50,7 @@ for _ in $(seq "$runs"); do
     echo $(( (end - start) / 1000 )) | awk '{print $1/1000}' >>"$work/wall"
     tail -n 1 "$work/rss1" | awk '{print $1/1024}' >>"$work/rss"
 done
-echo "probe guest, 1 vCPU, 128 MiB, release build, $runs runs"
+echo "probe guest, 1 vCPU, 128 MiB, release build ($link: $bin), $runs runs"
 stats "guest boot time" ms <"$work/boot"
 stats "exec to exit" ms <"$work/wall"
 stats "VMM peak RSS" MiB <"$work/rss"

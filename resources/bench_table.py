@@ -6,7 +6,8 @@ vsock_bench.py and snapshot_bench.py; resources/benchlib.py has the row format).
     bench_table.py JSON... [--markdown]
 
 Prints figure, Palisade median [min-max], Firecracker's, the ratio P/F and whether Palisade
-is ahead (below 1 for times, CPU and memory; above 1 for throughput). Files that are missing
+is ahead (below 1 for times, CPU and memory; above 1 for throughput), behind, or level (the
+ratio within 5 %). Files that are missing
 are named and skipped (a benchmark that did not run), never filled in.
 """
 import argparse
@@ -20,7 +21,7 @@ def fmt(s, unit):
         return "-"
     big = max(abs(s["median"]), abs(s["max"]))
     d = 0 if big >= 1000 else 1 if big >= 10 else 2
-    return f"{s['median']:.{d}f} [{s['min']:.{d}f}-{s['max']:.{d}f}] {unit}"
+    return f"{s['median']:.{d}f} [{s['min']:.{d}f}-{s['max']:.{d}f}]" + (f" {unit}" if unit else "")
 
 
 def rows_of(report):
@@ -31,8 +32,11 @@ def rows_of(report):
 
 
 def verdict(r):
+    """ahead / behind for Palisade, or level within 5 % (the medians' noise here is wider)."""
     if r.get("ratio") is None:
         return ""
+    if 0.95 <= r["ratio"] <= 1.05:
+        return "level"
     ahead = r["ratio"] < 1 if r.get("better", "lower") == "lower" else r["ratio"] > 1
     return "ahead" if ahead else "behind"
 

@@ -5,6 +5,7 @@ the benchmark command (resources/bench.sh).
     compare_bench.py PROBE_ELF PALISADE_BIN [FIRECRACKER_BIN] [--runs N] [--quick-runs M]
                      [--density K] [--density-runs R] [--linux GUEST_DIR] [--linux-runs L]
                      [--palisade-jailer BIN] [--firecracker-jailer BIN] [--json PATH]
+                     [--figures 1,2a,2bc,2d,3,4,7]
 
 Both VMMs boot the same probe guest with the same configuration: 1 vCPU, 128 MiB, kernel
 arguments `console=ttyS0 reboot=k panic=1 probe.run=SCENARIO`, `--boot-timer`, default log
@@ -39,6 +40,10 @@ Figures:
    --chroot-base-dir` and `-- --api-sock /run/api.sock`, the VMM's shared libraries staged
    in the jail beforehand (not timed): jailer spawn to `GET /` answered on the socket in the
    jail. palisade-jailer also applies Landlock; neither gets cgroups or a pid namespace.
+
+--figures measures only the figures listed (default: all; 2bc is 2b and 2c, one run; 2d
+also needs --linux). The header names each binary and how it is linked (static-pie or
+dynamic: bench.sh passes `cargo release-static`'s binary when it builds).
 
 Prints per figure: Palisade median [min-max], Firecracker median [min-max], ratio P/F
 (below 1: Palisade is faster / smaller). Where a figure cannot be measured for one VMM, its
@@ -473,6 +478,25 @@ def version(binary):
     return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else "?"
 
 
+def linkage(binary):
+    """How `binary` is linked: "static" (no ELF interpreter) or "dynamic" (it has one)."""
+    try:
+        with open(binary, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return "?"
+    if head[:4] != b"\x7fELF" or head[4] != 2:
+        return "?"
+    phoff = int.from_bytes(head[32:40], "little")
+    phentsize = int.from_bytes(head[54:56], "little")
+    phnum = int.from_bytes(head[56:58], "little")
+    for i in range(phnum):
+        off = phoff + i * phentsize
+        if int.from_bytes(head[off:off + 4], "little") == 3:  # PT_INTERP
+            return "dynamic"
+    return "static"
+
+
 def commit():
     here = os.path.dirname(os.path.abspath(__file__))
     r = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
@@ -505,9 +529,15 @@ def main():
     ap.add_argument("--linux-runs", type=int, help="rounds of figure 2d (default: --runs)")
     ap.add_argument("--palisade-jailer")
     ap.add_argument("--firecracker-jailer")
+    ap.add_argument("--figures", default="1,2a,2bc,2d,3,4,7",
+                    help="comma-separated subset of 1,2a,2bc,2d,3,4,7 (default: all)")
     ap.add_argument("--json", default=os.environ.get("BENCH_COMPARE_JSON",
                                                      "/tmp/palisade-compare-bench.json"))
     a = ap.parse_args()
+    figures = set(a.figures.split(","))
+    unknown = figures - {"1", "2a", "2bc", "2d", "3", "4", "7"}
+    if unknown:
+        ap.error(f"unknown figures: {','.join(sorted(unknown))}")
     probe = os.path.abspath(a.probe)
     load_before = read("/proc/loadavg").split()[:3]
     notes = {}
@@ -519,20 +549,29 @@ def main():
             notes["firecracker"] = {"all": "FIRECRACKER_BIN not set"}
         results = {v.name: {} for v in vmms}
         results.setdefault("firecracker", {})
-        measure(results, notes, "api socket", Vmm.api_socket, a.quick_runs, vmms)
-        measure(results, notes, "api boot", Vmm.api_boot, a.quick_runs, vmms)
-        measure(results, notes, "config boot", Vmm.config_boot, a.quick_runs, vmms)
-        if a.linux:
+        if "1" in figures:
+            measure(results, notes, "api socket", Vmm.api_socket, a.quick_runs, vmms)
+        if "2a" in figures:
+            measure(results, notes, "api boot", Vmm.api_boot, a.quick_runs, vmms)
+        if "2bc" in figures:
+            measure(results, notes, "config boot", Vmm.config_boot, a.quick_runs, vmms)
+        if "2d" not in figures:
+            pass
+        elif a.linux:
             guest_dir = os.path.abspath(a.linux)
             measure(results, notes, "linux boot", lambda v: v.linux_boot(guest_dir),
                     a.linux_runs or a.runs, vmms)
         else:
             notes["both VMMs"] = {"figure 2d": "no --linux GUEST_DIR"}
-        measure(results, notes, "memory", Vmm.memory, a.runs, vmms)
-        measure(results, notes, "density", lambda v: v.density(a.density),
-                a.density_runs or a.runs, vmms)
+        if "3" in figures:
+            measure(results, notes, "memory", Vmm.memory, a.runs, vmms)
+        if "4" in figures:
+            measure(results, notes, "density", lambda v: v.density(a.density),
+                    a.density_runs or a.runs, vmms)
         jailers = []
-        if os.geteuid() != 0:
+        if "7" not in figures:
+            pass
+        elif os.geteuid() != 0:
             notes.setdefault("palisade", {})["jailer"] = "not root: the jailers need root"
             notes.setdefault("firecracker", {})["jailer"] = "not root: the jailers need root"
         else:
@@ -559,13 +598,16 @@ def main():
               "density": a.density,
               "guest": f"probe, 1 vCPU, {MEM_MIB} MiB, --boot-timer",
               "versions": {v.name: version(v.binary) for v in vmms},
+              "binaries": {v.name: f"{v.binary} ({linkage(v.binary)})" for v in vmms},
+              "figures_measured": sorted(figures),
               "load_before": load_before, "load_after": load_after, "notes": notes,
               "figures": {}}
     h = report["host"]
     print(f"Palisade vs Firecracker, {report['date']}, commit {report['commit']}, "
           f"{h['cpus']} CPUs ({h['cpu']}), {h['kvm']}, load {' '.join(load_before)} -> "
           f"{' '.join(load_after)}")
-    print(", ".join(report["versions"].values()))
+    print(", ".join(f"{report['versions'][n]}: {report['binaries'][n]}"
+                    for n in report["versions"]))
     print(f"probe guest, 1 vCPU, {MEM_MIB} MiB, release builds, medians [min-max], "
           f"alternating: {a.quick_runs} runs each of figures 1, 2a-c, 7, "
           f"{(a.linux_runs or a.runs) if a.linux else 0} of 2d, {a.runs} of 3, "
@@ -573,6 +615,8 @@ def main():
           f"P/F below 1: Palisade faster/smaller")
     print(f"{'fig':4}{'figure':38}{'unit':5}{'Palisade':>24}{'Firecracker':>24}{'P/F':>7}")
     for key, fig, label, unit in FIGURES:
+        if {"2b": "2bc", "2c": "2bc"}.get(fig, fig) not in figures:
+            continue
         p = summary(results["palisade"].get(key, []))
         f = summary(results["firecracker"].get(key, []))
         ratio = p["median"] / f["median"] if p and f and f["median"] else None

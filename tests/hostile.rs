@@ -9,7 +9,8 @@
 //! The vsock attacks (bad packets, a guest that stops reading, the connection cap, stuck host
 //! clients) are hostile/vsock.rs. Hostile snapshot state files (sealed again without a key,
 //! one field changed per case, each loaded into a fresh VMM) are hostile/snapshot.rs. The
-//! attacks on the metadata service (MMDS) from its guest are hostile/mmds.rs.
+//! attacks on the metadata service (MMDS) from its guest are hostile/mmds.rs. Mergeable RX
+//! buffers against bad buffers are hostile/net_mergeable.rs.
 //!
 //! Latency: the target is `GET /` under 100 ms throughout an attack, and the table reports
 //! the measured maximum against it. The tests assert 5 s: what they guard against is the
@@ -31,6 +32,8 @@ mod mmds;
 mod net_flood;
 #[path = "hostile/net_forge.rs"]
 mod net_forge;
+#[path = "hostile/net_mergeable.rs"]
+mod net_mergeable;
 #[path = "hostile/snapshot.rs"]
 mod snapshot;
 #[path = "hostile/table.rs"]

@@ -194,10 +194,16 @@ pub fn build_vm(
     // loads. Both are done before anything runs the guest.
     let (devices, legacy, generation, vcpus, supported, buses, exit) =
         vm.register_memory_while(&mem, || {
+            // KVM's CPUID list (read once, kept by the VM) costs CPU, not sleep: read while
+            // the irqchip and PIT wait on grace periods (a VM prepared ahead read it then).
             let (kernel, initrd) = if irqchip_made {
                 load()?
             } else {
-                vm.create_irqchip_and_pit_while(load)?
+                vm.create_irqchip_and_pit_while(|| {
+                    let loaded = load()?;
+                    vm.supported_cpuid()?;
+                    Ok::<_, BuildError>(loaded)
+                })?
             };
             let exit = opts.exit.clone();
             let mut buses = Buses::default();
@@ -253,7 +259,7 @@ pub fn build_vm(
                 machine.mem_size_mib
             );
 
-            // Read once: the vCPUs and the snapshot host probe both need it.
+            // The vCPUs and the snapshot host probe both need it.
             let supported = vm.supported_cpuid()?;
             let vcpus = (0..machine.vcpu_count)
                 .map(|index| {

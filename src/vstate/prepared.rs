@@ -1,6 +1,7 @@
-//! A KVM VM (with its in-kernel irqchip and PIT) created on a thread of its own before it is
-//! needed: an API-mode VMM makes one while its client is still configuring, so that
-//! InstanceStart or a snapshot load does not wait on KVM's VM-level set-up.
+//! A KVM VM (with its in-kernel irqchip and PIT, and KVM's CPUID list read) created on a
+//! thread of its own before it is needed: an API-mode VMM makes one while its client is still
+//! configuring, so that InstanceStart or a snapshot load does not wait on KVM's VM-level
+//! set-up.
 
 use std::thread::JoinHandle;
 
@@ -18,7 +19,13 @@ impl PreparedVm {
     pub fn spawn() -> Self {
         let thread = std::thread::Builder::new()
             .name("vmm-prepare".to_string())
-            .spawn(Vm::new)
+            .spawn(|| {
+                let vm = Vm::new()?;
+                // Read now, kept by the VM: InstanceStart need not (a failure is retried and
+                // reported then).
+                let _ = vm.supported_cpuid();
+                Ok(vm)
+            })
             .inspect_err(|e| log::debug!("No VM prepared ahead: {e}"))
             .ok();
         Self { thread }

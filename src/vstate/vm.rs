@@ -1,5 +1,7 @@
 //! The KVM VM: capabilities checked, in-kernel irqchip and PIT, guest RAM registered.
 
+use std::sync::OnceLock;
+
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -54,6 +56,8 @@ pub enum VmError {
 pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
+    /// KVM's CPUID list, once read (`supported_cpuid`).
+    supported: OnceLock<CpuId>,
 }
 
 impl Vm {
@@ -106,7 +110,11 @@ impl Vm {
             .map_err(|e| VmError::Kvm("create the VM", e))?;
         fd.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(|e| VmError::Kvm("set the TSS address", e))?;
-        Ok(Self { kvm, fd })
+        Ok(Self {
+            kvm,
+            fd,
+            supported: OnceLock::new(),
+        })
     }
 
     /// KVM_CREATE_IRQCHIP, then KVM_CREATE_PIT2 (KVM wants the PIC first).
@@ -128,11 +136,18 @@ impl Vm {
         &self.fd
     }
 
-    /// The CPUID entries KVM supports on this host.
+    /// The CPUID entries KVM supports on this host, asked of KVM at the first call only (it
+    /// costs CPU: KVM executes CPUID for every leaf, a trap of its own on a nested host); a
+    /// failed read is not kept, the next call asks again.
     pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
-        self.kvm
+        if let Some(cpuid) = self.supported.get() {
+            return Ok(cpuid.clone());
+        }
+        let cpuid = self
+            .kvm
             .get_supported_cpuid(MAX_CPUID_ENTRIES)
-            .map_err(|e| VmError::Kvm("read the supported CPUID", e))
+            .map_err(|e| VmError::Kvm("read the supported CPUID", e))?;
+        Ok(self.supported.get_or_init(|| cpuid).clone())
     }
 
     /// The host's KVM handle (snapshots ask it for the MSR list and the XSAVE size).
@@ -238,5 +253,20 @@ mod tests {
         assert!(matches!(out, Err(VmError::TooManySlots)), "{out:?}");
         let out: Result<(), VmError> = overlap(|| Ok(()), || Err(VmError::ApiVersion(1)));
         assert!(matches!(out, Err(VmError::ApiVersion(1))), "{out:?}");
+    }
+
+    #[test]
+    fn kvms_cpuid_list_is_kept_after_the_first_read_and_given_unchanged() {
+        let Some(vm) = crate::vstate::snapshot::test_kvm::vm_or_skip(
+            "kvms_cpuid_list_is_kept_after_the_first_read_and_given_unchanged",
+        ) else {
+            return;
+        };
+        assert!(vm.supported.get().is_none());
+        let first = vm.supported_cpuid().unwrap();
+        assert!(vm.supported.get().is_some());
+        let asked = vm.kvm.get_supported_cpuid(MAX_CPUID_ENTRIES).unwrap();
+        assert_eq!(first.as_slice(), asked.as_slice());
+        assert_eq!(vm.supported_cpuid().unwrap().as_slice(), first.as_slice());
     }
 }

@@ -1,6 +1,6 @@
 //! Real KVM for the snapshot unit tests: a VM with the in-kernel irqchip and PIT, vCPUs set
 //! up as the builder sets them up for boot, or a skip (tests/common/skip.rs's rule: a skip is
-//! a failure when PALISADE_NO_SKIP is set).
+//! a failure when PALISADE_NO_SKIP is set, or CI is set to anything but `false` or `0`).
 
 use kvm_ioctls::VcpuFd;
 
@@ -14,8 +14,14 @@ pub(crate) fn vm_or_skip(test: &str) -> Option<Vm> {
         Ok(vm) => Some(vm),
         Err(e) => {
             let line = format!("SKIPPED: {test}: no usable KVM ({e})");
-            if std::env::var_os("PALISADE_NO_SKIP").is_some_and(|v| !v.is_empty()) {
-                panic!("{line} (PALISADE_NO_SKIP is set: a test that cannot run fails)");
+            let set = |var: &str| {
+                std::env::var(var).is_ok_and(|v| {
+                    let v = v.trim().to_ascii_lowercase();
+                    !v.is_empty() && (var == "PALISADE_NO_SKIP" || (v != "false" && v != "0"))
+                })
+            };
+            if let Some(var) = ["PALISADE_NO_SKIP", "CI"].into_iter().find(|v| set(v)) {
+                panic!("{line} ({var} is set: a test that cannot run fails)");
             }
             println!("{line}");
             None

@@ -19,6 +19,7 @@ mod mmds_flood;
 mod mmds_get;
 mod mmds_hostile;
 mod mmds_hostile_raw;
+mod mrg_hostile;
 mod net_echo;
 mod net_flood;
 mod net_forge;
@@ -77,6 +78,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: net_hostile::NAME, run: net_hostile::run },
     Scenario { name: virtio_hostile::NAME, run: virtio_hostile::run },
     Scenario { name: chain_hostile::NAME, run: chain_hostile::run },
+    Scenario { name: mrg_hostile::NAME, run: mrg_hostile::run },
     Scenario { name: mmds_get::NAME, run: mmds_get::run },
     Scenario { name: mmds_flood::NAME, run: mmds_flood::run },
     Scenario { name: mmds_bench::NAME, run: mmds_bench::run },

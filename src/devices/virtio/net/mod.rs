@@ -3,13 +3,14 @@
 //!
 //! Two queues of 256 entries: 0 receive (to the guest), 1 transmit (from the guest). Offered
 //! features: VERSION_1, EVENT_IDX, checksum offload both ways (CSUM, GUEST_CSUM), TSO both ways
-//! (HOST_TSO4/6, GUEST_TSO4/6), and MAC when `guest_mac` is set; the configuration space is
-//! the MAC. Frames cross the tap with their virtio-net header, so an offloaded frame (up to 64
+//! (HOST_TSO4/6, GUEST_TSO4/6), mergeable RX buffers (MRG_RXBUF), and MAC when `guest_mac`
+//! is set; the configuration space is the MAC. Frames cross the tap with their virtio-net header, so an offloaded frame (up to 64
 //! KiB) is one read or write.
 //!
 //! TX ([`tx`]): descriptor chain -> frame copy -> firewall (`egress`, or `egress_headers` for a
 //! GSO frame) -> rate limiter -> tap. RX ([`rx`]): tap -> firewall (`ingress`) -> rate limiter
-//! -> guest buffers -> irqfd. A frame the firewall drops is consumed and counted; it is never
+//! -> guest buffers (one chain, or with MRG_RXBUF as many as the frame needs:
+//! [`rx_mergeable`]) -> irqfd. A frame the firewall drops is consumed and counted; it is never
 //! partly written. A 1 s timer runs the firewall's `expire_and_log`. Snapshots save and
 //! restore an interface's live state ([`snapshot`]).
 //!
@@ -22,6 +23,7 @@ pub mod config;
 pub mod event_handler;
 pub mod mmds;
 pub mod rx;
+mod rx_mergeable;
 pub mod snapshot;
 pub mod tap;
 pub mod tx;
@@ -40,7 +42,7 @@ use palisade_firewall::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
 };
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -114,6 +116,8 @@ pub struct Net {
     rx_frame: Frame,
     /// The frame being sent.
     tx_frame: Frame,
+    /// The chains of the frame being received with mergeable buffers.
+    rx_gathered: rx_mergeable::Gathered,
     metrics: Arc<NetDeviceMetrics>,
     logs: GuestLogs,
 }
@@ -127,6 +131,7 @@ fn offered_features(mac: bool) -> u64 {
         VIRTIO_NET_F_GUEST_TSO6,
         VIRTIO_NET_F_HOST_TSO4,
         VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_MRG_RXBUF,
     ] {
         features |= 1 << bit;
     }
@@ -221,6 +226,7 @@ impl Net {
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
             rx_frame: Frame::new(MAX_FRAME),
             tx_frame: Frame::new(MAX_FRAME),
+            rx_gathered: rx_mergeable::Gathered::new(),
             metrics,
             logs: GuestLogs::default(),
             id,
@@ -238,6 +244,12 @@ impl Net {
     /// The MMDS responder's counters, on an interface with MMDS.
     pub fn mmds_counters(&self) -> Option<MmdsCounters> {
         self.mmds.as_ref().map(MmdsStack::counters)
+    }
+
+    /// True when the driver accepted mergeable RX buffers.
+    fn mergeable(&self) -> bool {
+        let features = self.core.active.as_ref().map_or(0, |a| a.features);
+        features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0
     }
 
     /// The interface id.

@@ -1,6 +1,7 @@
 //! Receive: frames are read from the tap (with their virtio-net header) into the device's
 //! buffer, judged by the firewall (`ingress`), charged to the RX limiter and copied whole into
-//! one chain of the RX queue. A frame waits in the device while the guest has no buffer or the
+//! one chain of the RX queue (with mergeable buffers, into as many as the frame needs:
+//! [`super::rx_mergeable`]). A frame waits in the device while the guest has no buffer or the
 //! limiter is blocked; the tap is read only when that frame has gone. A dropped frame never
 //! touches guest memory.
 //!
@@ -25,11 +26,11 @@ use crate::rate_limiter::TokenType;
 /// Frames the firewall may drop while one chain waits, before the device yields.
 const DROPS_PER_CHAIN: usize = 256;
 /// Offset of `num_buffers` in the virtio 1.x header.
-const NUM_BUFFERS: usize = 10;
+pub(super) const NUM_BUFFERS: usize = 10;
 
 /// Why a chain was left in the ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wait {
+pub(super) enum Wait {
     /// The tap is empty: its next edge brings the device back.
     Tap,
     /// The limiter's timer brings it back.
@@ -38,13 +39,15 @@ enum Wait {
     Yield,
 }
 
-/// RX's chain handler; its state says why a chain was left in the ring.
-impl Worker<'_, Option<Wait>> {
-    /// Makes sure a frame the firewall passed waits in `frame`; false when none can be had now.
-    fn fill(&mut self) -> bool {
+/// Taking frames from the tap (or the MMDS responder) through the firewall, for either way
+/// of filling the guest's buffers.
+impl<S> Worker<'_, S> {
+    /// Makes sure a frame the firewall passed waits in `frame`; the reason to wait when none
+    /// can be had now.
+    pub(super) fn fill(&mut self) -> Result<(), Wait> {
         for _ in 0..DROPS_PER_CHAIN {
             if self.frame.len > 0 || self.take_mmds_frame() {
-                return true;
+                return Ok(());
             }
             let n = match self.tap.read_frame(&mut self.frame.buf) {
                 Ok(n) => n,
@@ -58,8 +61,7 @@ impl Worker<'_, Option<Wait>> {
                             );
                         }
                     }
-                    self.state = Some(Wait::Tap);
-                    return false;
+                    return Err(Wait::Tap);
                 }
             };
             if n <= VNET_HDR_LEN {
@@ -80,10 +82,9 @@ impl Worker<'_, Option<Wait>> {
             }
         }
         if self.frame.len > 0 {
-            return true;
+            return Ok(());
         }
-        self.state = Some(Wait::Yield);
-        false
+        Err(Wait::Yield)
     }
 
     /// Puts the MMDS responder's next frame in `frame` with a zeroed virtio-net header (its
@@ -110,9 +111,14 @@ impl Worker<'_, Option<Wait>> {
         self.metrics.mmds_frames_out.inc();
         true
     }
+}
 
+/// RX's chain handler without mergeable buffers (one frame, one chain); its state says why a
+/// chain was left in the ring.
+impl Worker<'_, Option<Wait>> {
     fn handle(&mut self, queue: &Queue, head: u16) -> ChainOutcome {
-        if !self.fill() {
+        if let Err(wait) = self.fill() {
+            self.state = Some(wait);
             return ChainOutcome::Throttled;
         }
         let desc_table = GuestAddress(queue.desc_table());
@@ -163,6 +169,9 @@ impl Worker<'_, Option<Wait>> {
 impl Net {
     /// Moves frames from the tap to the guest: at most one queue's worth, then yields.
     pub fn process_rx(&mut self) {
+        if self.mergeable() {
+            return self.process_rx_mergeable();
+        }
         let Some((end, wait)) = self.drain_queue(RX, None, |w, q, head| w.handle(q, head)) else {
             return;
         };

@@ -9,6 +9,7 @@ use palisade_firewall::FirewallConfig;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::config::NetworkInterfaceConfig;
@@ -18,6 +19,8 @@ use crate::devices::virtio::{ActivateContext, VirtioDevice};
 use crate::metrics::NetDeviceMetrics;
 use crate::rate_limiter::TokenBucketConfig;
 use crate::vstate::memory::GuestMemory;
+
+mod mergeable;
 
 const MAC: [u8; 6] = [6, 0, 10, 0, 0, 2];
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
@@ -45,15 +48,33 @@ struct Rig<'a> {
     txq: MockSplitQueue<'a, GuestMemory>,
 }
 
+/// A rig whose driver accepts every offered feature but mergeable RX buffers (one frame, one
+/// chain; [`mergeable`] has the rest).
 fn rig(mem: &GuestMemory, cfg: NetworkInterfaceConfig) -> Rig<'_> {
+    rig_with(mem, cfg, !(1 << VIRTIO_NET_F_MRG_RXBUF), None)
+}
+
+/// A rig whose driver accepts the offered features that are in `accepted`, with the RX used
+/// ring at `rx_used` when given (the mock queue's own used ring overlaps the avail ring's
+/// `used_event` field).
+fn rig_with(
+    mem: &GuestMemory,
+    cfg: NetworkInterfaceConfig,
+    accepted: u64,
+    rx_used: Option<u64>,
+) -> Rig<'_> {
     let (tap, peer) = socket_pair();
     let mut net = Net::with_tap(&cfg, tap, Arc::new(NetDeviceMetrics::new())).unwrap();
     let rxq = MockSplitQueue::create(mem, GuestAddress(0), 16);
     let txq = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
+    let mut rx: Queue = rxq.create_queue().unwrap();
+    if let Some(addr) = rx_used {
+        rx.try_set_used_ring_address(GuestAddress(addr)).unwrap();
+    }
     net.activate(ActivateContext {
         mem: mem.clone(),
-        queues: vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()],
-        features: net.avail_features(),
+        queues: vec![rx, txq.create_queue().unwrap()],
+        features: net.avail_features() & accepted,
     })
     .unwrap();
     Rig {
@@ -287,6 +308,7 @@ fn features_offer_offloads_and_the_mac_is_the_config_space() {
     assert_ne!(f & (1 << VIRTIO_NET_F_HOST_TSO4), 0);
     assert_ne!(f & (1 << VIRTIO_NET_F_GUEST_CSUM), 0);
     assert_ne!(f & (1 << VIRTIO_NET_F_MAC), 0);
+    assert_ne!(f & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
     let mut mac = [0u8; 6];
     r.net.read_config(0, &mut mac);
     assert_eq!(mac, MAC);

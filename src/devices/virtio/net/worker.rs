@@ -84,6 +84,24 @@ impl Net {
         state: S,
         mut handle: impl FnMut(&mut Worker<'_, S>, &Queue, u16) -> ChainOutcome,
     ) -> Option<(DrainEnd, S)> {
+        self.with_worker(index, state, |worker, queue| {
+            let mem = worker.mem;
+            drain(queue, mem, |q, head| {
+                let outcome = handle(worker, q, head);
+                charge_descriptors(outcome, worker.segments.len())
+            })
+        })
+    }
+
+    /// Runs `run` on queue `index` with a [`Worker`] for it (a drain of the queue that returns
+    /// how it ended and whether it used any chain), then lets the core do its part after the
+    /// drain. `None` when the queue is not served now.
+    pub(super) fn with_worker<S>(
+        &mut self,
+        index: usize,
+        state: S,
+        run: impl FnOnce(&mut Worker<'_, S>, &mut Queue) -> (DrainEnd, bool),
+    ) -> Option<(DrainEnd, S)> {
         let (limiter, frame) = if index == RX {
             (&mut self.rx_limiter, &mut self.rx_frame)
         } else {
@@ -106,10 +124,7 @@ impl Net {
             now: Instant::now(),
             state,
         };
-        let (end, used_any) = drain(queue, &active.mem, |q, head| {
-            let outcome = handle(&mut worker, q, head);
-            charge_descriptors(outcome, worker.segments.len())
-        });
+        let (end, used_any) = run(&mut worker, queue);
         let state = worker.state;
         Some((self.core.finish_drain(index, end, used_any), state))
     }

@@ -174,7 +174,7 @@ fn raw_result(engine: &mut AsyncEngine, entry: squeue::Entry) -> i32 {
 }
 
 #[test]
-fn a_drive_ring_refuses_openat_and_any_sqe_on_a_file_that_is_not_the_fixed_drive_file() {
+fn a_drive_ring_refuses_openat_other_opcodes_extra_sqe_flags_and_files_that_are_not_fixed() {
     let (r, _w) = pipe();
     let mut engine = AsyncEngine::with_slots(2, r.as_raw_fd()).unwrap();
     let path = std::ffi::CString::new("/etc/hostname").unwrap();
@@ -198,6 +198,17 @@ fn a_drive_ring_refuses_openat_and_any_sqe_on_a_file_that_is_not_the_fixed_drive
     assert_eq!(raw_result(&mut engine, read), -EACCES, "READ");
     let nop = opcode::Nop::new().build();
     assert_eq!(raw_result(&mut engine, nop), -EACCES, "NOP");
+    // The allowed opcode on the fixed file, with any flag but IOSQE_FIXED_FILE, is refused.
+    for flag in [
+        squeue::Flags::ASYNC,
+        squeue::Flags::IO_DRAIN,
+        squeue::Flags::SKIP_SUCCESS,
+    ] {
+        let readv = opcode::Readv::new(types::Fixed(0), &iov, 1)
+            .build()
+            .flags(flag);
+        assert_eq!(raw_result(&mut engine, readv), -EACCES, "READV {flag:?}");
+    }
 }
 
 #[test]

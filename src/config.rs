@@ -19,6 +19,9 @@ use crate::devices::virtio::net::config::{InterfaceList, NetConfigError, Network
 use crate::mmds::{MmdsConfig, MmdsConfigError};
 use crate::sandbox::PathRule;
 
+mod full;
+pub use full::FullVmConfig;
+
 /// Smallest guest RAM accepted, in MiB.
 pub const MIN_MEM_MIB: usize = 16;
 /// Firecracker's default machine: 1 vCPU, 128 MiB.
@@ -38,9 +41,9 @@ pub enum ConfigError {
     /// JSON syntax error, unknown field or wrong type (serde's message has line and column).
     #[error("Invalid config file: {0}")]
     Json(#[from] serde_json::Error),
-    /// A section Palisade does not implement yet.
-    #[error("The config section '{0}' is not supported yet")]
-    Unsupported(&'static str),
+    /// A Firecracker section Palisade does not implement: its name and why.
+    #[error("The config section '{0}' is not supported by Palisade: {1}")]
+    Unsupported(&'static str, &'static str),
     /// A value out of range.
     #[error("Invalid machine-config: {0}")]
     Machine(#[from] MachineConfigError),
@@ -288,6 +291,12 @@ pub struct VmConfig {
     /// The virtio-vsock device (with Palisade's optional `policy`).
     pub vsock: Option<VsockDeviceConfig>,
     balloon: Option<serde_json::Value>,
+    /// Firecracker's virtio-pmem devices (refused unless empty).
+    #[serde(default)]
+    pmem: Vec<serde_json::Value>,
+    /// Firecracker's virtio-mem hotplug (refused unless null).
+    #[serde(rename = "memory-hotplug")]
+    memory_hotplug: Option<serde_json::Value>,
     /// The MMDS configuration (checked against `network-interfaces` by `from_json`).
     #[serde(rename = "mmds-config")]
     pub mmds_config: Option<MmdsConfig>,
@@ -300,11 +309,29 @@ impl VmConfig {
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let mut config: VmConfig = serde_json::from_str(text)?;
         let unsupported = [
-            ("balloon", config.balloon.is_some()),
-            ("cpu-config", config.cpu_config.is_some()),
+            (
+                "balloon",
+                config.balloon.is_some(),
+                "there is no virtio-balloon device yet",
+            ),
+            (
+                "cpu-config",
+                config.cpu_config.is_some(),
+                "custom CPU templates are not implemented; the guest sees the host's CPUID as KVM filters it",
+            ),
+            (
+                "pmem",
+                !config.pmem.is_empty(),
+                "there is no virtio-pmem device",
+            ),
+            (
+                "memory-hotplug",
+                config.memory_hotplug.is_some(),
+                "there is no virtio-mem device",
+            ),
         ];
-        if let Some((name, _)) = unsupported.iter().find(|(_, present)| *present) {
-            return Err(ConfigError::Unsupported(name));
+        if let Some((name, _, why)) = unsupported.iter().find(|(_, present, _)| *present) {
+            return Err(ConfigError::Unsupported(name, why));
         }
         for drive in &config.drives {
             config.drive_list.insert(drive.clone())?;
@@ -468,30 +495,6 @@ impl VmResources {
     }
 }
 
-/// `GET /vm/config`: the whole configuration in the config file's format (fields in the
-/// order Firecracker's clients have always seen them: alphabetical).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FullVmConfig {
-    /// `boot-source`.
-    #[serde(rename = "boot-source")]
-    pub boot_source: Option<BootSourceConfig>,
-    /// `drives`, root first.
-    pub drives: Vec<BlockDeviceConfig>,
-    /// `entropy`.
-    pub entropy: Option<EntropyConfig>,
-    /// `machine-config`.
-    #[serde(rename = "machine-config")]
-    pub machine_config: MachineConfig,
-    /// `mmds-config` (`null` when MMDS is not configured), the address filled in.
-    #[serde(rename = "mmds-config")]
-    pub mmds_config: Option<MmdsConfig>,
-    /// `network-interfaces`.
-    #[serde(rename = "network-interfaces")]
-    pub network_interfaces: Vec<NetworkInterfaceConfig>,
-    /// `vsock` (`null` when there is none, as Firecracker answers).
-    pub vsock: Option<VsockDeviceConfig>,
-}
-
 /// `mmds` checked against the configured `interfaces` (Firecracker's checks), with its
 /// address filled in.
 pub fn validate_mmds(
@@ -566,6 +569,7 @@ mod tests {
             cache_type: CacheType::Unsafe,
             rate_limiter: None,
             io_engine: IoEngine::Sync,
+            socket: None,
         }
     }
 
@@ -690,9 +694,9 @@ mod tests {
         );
         let text = r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"rootfs"}]}"#;
         let err = VmConfig::from_json(text).unwrap_err();
-        assert!(
-            err.to_string().contains("missing field `path_on_host`"),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "Invalid drive: drive rootfs: path_on_host is required"
         );
     }
 
@@ -810,5 +814,97 @@ mod tests {
         ));
         assert!(err.to_string().starts_with("Configuring MMDS failed: "));
         assert!(with(r#"{"network_interfaces":["eth0"],"ipv4_address":"10.0.0.1"}"#).is_err());
+    }
+
+    /// Firecracker v1.17's `GET /vm/config` answer for the same configuration (boot source,
+    /// a root drive, entropy, vsock, 2 vCPUs and 256 MiB, one interface, a logger), byte
+    /// for byte.
+    const FIRECRACKER_FULL_CONFIG: &str = r#"{"balloon":null,"drives":[{"drive_id":"r","partuuid":null,"is_root_device":true,"cache_type":"Unsafe","is_read_only":false,"path_on_host":"PATH","rate_limiter":null,"io_engine":"Sync","socket":null}],"boot-source":{"kernel_image_path":"/tmp/fcq/k","initrd_path":null,"boot_args":null},"cpu-config":null,"logger":null,"machine-config":{"vcpu_count":2,"mem_size_mib":256,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},"metrics":null,"mmds-config":null,"network-interfaces":[{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":null,"mtu":null,"rx_rate_limiter":null,"tx_rate_limiter":null}],"vsock":{"guest_cid":3,"uds_path":"/tmp/fcq/v.sock"},"entropy":{"rate_limiter":null},"pmem":[],"memory-hotplug":null}"#;
+
+    /// Firecracker's answer with nothing configured.
+    const FIRECRACKER_EMPTY_CONFIG: &str = r#"{"balloon":null,"drives":[],"boot-source":{"kernel_image_path":"","initrd_path":null,"boot_args":null},"cpu-config":null,"logger":null,"machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},"metrics":null,"mmds-config":null,"network-interfaces":[],"vsock":null,"entropy":null,"pmem":[],"memory-hotplug":null}"#;
+
+    #[test]
+    fn the_full_config_is_firecrackers_document_byte_for_byte_and_reads_back() {
+        let empty = serde_json::to_string(&VmResources::default().to_full_config()).unwrap();
+        assert_eq!(empty, FIRECRACKER_EMPTY_CONFIG);
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        let path = disk.path().to_str().unwrap();
+        let text = format!(
+            r#"{{"boot-source":{{"kernel_image_path":"/tmp/fcq/k"}},
+                "drives":[{{"drive_id":"r","path_on_host":"{path}","is_root_device":true}}],
+                "entropy":{{}},"vsock":{{"guest_cid":3,"uds_path":"/tmp/fcq/v.sock"}},
+                "machine-config":{{"vcpu_count":2,"mem_size_mib":256}},
+                "network-interfaces":[{{"iface_id":"eth0","host_dev_name":"tap0"}}],
+                "logger":{{"log_path":"/tmp/fcq/log"}}}}"#
+        );
+        let resources = VmResources::from(VmConfig::from_json(&text).unwrap());
+        let full = serde_json::to_string(&resources.to_full_config()).unwrap();
+        assert_eq!(full, FIRECRACKER_FULL_CONFIG.replace("PATH", path));
+        // The answer is a config file again, and gives the same VM.
+        let again = VmResources::from(VmConfig::from_json(&full).unwrap());
+        assert_eq!(again, resources);
+    }
+
+    #[test]
+    fn firecracker_sections_palisade_does_not_build_are_refused_by_name_with_why() {
+        let with = |section: &str| {
+            VmConfig::from_json(&format!(
+                r#"{{"boot-source":{{"kernel_image_path":"/k"}},{section}}}"#
+            ))
+        };
+        for (section, name, why) in [
+            (
+                r#""balloon":{"amount_mib":0,"deflate_on_oom":false}"#,
+                "balloon",
+                "virtio-balloon",
+            ),
+            (
+                r#""cpu-config":{"cpuid_modifiers":[]}"#,
+                "cpu-config",
+                "CPU templates",
+            ),
+            (
+                r#""pmem":[{"id":"p","path_on_host":"/p"}]"#,
+                "pmem",
+                "virtio-pmem",
+            ),
+            (
+                r#""memory-hotplug":{"total_size_mib":1024}"#,
+                "memory-hotplug",
+                "virtio-mem",
+            ),
+        ] {
+            let err = with(section).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "The config section '{name}' is not supported by Palisade: "
+                )) && err.contains(why),
+                "{err}"
+            );
+        }
+        // Unset, as GET /vm/config shows them, they are accepted.
+        with(r#""balloon":null,"cpu-config":null,"pmem":[],"memory-hotplug":null,"logger":null,"metrics":null"#)
+            .unwrap();
+    }
+
+    #[test]
+    fn vhost_user_drives_and_an_mtu_are_refused_by_name() {
+        let err = VmConfig::from_json(
+            r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"v","is_root_device":false,"socket":"/vu.sock"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Invalid drive: drive v: vhost-user drives ('socket') are not supported by Palisade: its block devices are backed by a file (path_on_host)"
+        );
+        let err = VmConfig::from_json(
+            r#"{"boot-source":{"kernel_image_path":"/k"},"network-interfaces":[{"iface_id":"eth0","host_dev_name":"tap0","mtu":1500}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Invalid mtu of interface eth0: setting the MTU is not supported by Palisade yet (leave it null)"
+        );
     }
 }

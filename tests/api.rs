@@ -200,7 +200,10 @@ fn a_missing_kernel_initrd_or_unopenable_tap_is_refused_at_put_like_firecracker(
         "{}",
         r.body
     );
-    assert_eq!(c.get("/vm/config").json()["boot-source"], json!(null));
+    assert_eq!(
+        c.get("/vm/config").json()["boot-source"],
+        json!({"kernel_image_path": "", "initrd_path": null, "boot_args": null})
+    );
     // `lo` exists and is not a tap: TUNSETIFF refuses it, root or not.
     let r = c.put(
         "/network-interfaces/eth0",
@@ -224,6 +227,61 @@ fn a_missing_kernel_initrd_or_unopenable_tap_is_refused_at_put_like_firecracker(
     );
     let r = c.put("/boot-source", json!({"kernel_image_path": kernel}));
     assert_eq!(r.status, 204, "{}", r.body);
+}
+
+#[test]
+fn get_vm_config_is_firecrackers_document_and_vhost_user_drives_and_mtu_are_refused_by_name() {
+    let vm = ApiVm::start(&[]);
+    let mut c = vm.client();
+    // Firecracker v1.17's answer with nothing configured, byte for byte.
+    assert_eq!(
+        c.get("/vm/config").body,
+        r#"{"balloon":null,"drives":[],"boot-source":{"kernel_image_path":"","initrd_path":null,"boot_args":null},"cpu-config":null,"logger":null,"machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},"metrics":null,"mmds-config":null,"network-interfaces":[],"vsock":null,"entropy":null,"pmem":[],"memory-hotplug":null}"#
+    );
+    let r = c.put(
+        "/drives/vu",
+        json!({"drive_id": "vu", "is_root_device": false, "socket": "/tmp/vu.sock"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.fault()
+            .ends_with("drive vu: vhost-user drives ('socket') are not supported by Palisade: its block devices are backed by a file (path_on_host)"),
+        "{}",
+        r.body
+    );
+    let r = c.put(
+        "/drives/np",
+        json!({"drive_id": "np", "is_root_device": false}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.fault().ends_with("drive np: path_on_host is required"),
+        "{}",
+        r.body
+    );
+    let r = c.put(
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1500}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.fault().ends_with(
+            "Invalid mtu of interface eth0: setting the MTU is not supported by Palisade yet (leave it null)"
+        ),
+        "{}",
+        r.body
+    );
+    // A drive with `socket: null`, as GET /vm/config shows it, is an ordinary drive.
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    let r = c.put(
+        "/drives/rootfs",
+        json!({"drive_id": "rootfs", "path_on_host": disk.path(), "is_root_device": true,
+               "socket": null}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let config = c.get("/vm/config").json();
+    assert_eq!(config["drives"][0]["socket"], json!(null), "{config}");
+    assert_eq!(config["drives"][0]["partuuid"], json!(null), "{config}");
 }
 
 #[test]

@@ -117,6 +117,57 @@ fn unknown_fields_are_refused() {
 }
 
 #[test]
+fn firecracker_sections_palisade_does_not_build_are_refused_by_name_with_why() {
+    for (section, value, why) in [
+        (
+            "balloon",
+            json!({"amount_mib": 0, "deflate_on_oom": false}),
+            "virtio-balloon",
+        ),
+        (
+            "cpu-config",
+            json!({"cpuid_modifiers": []}),
+            "CPU templates",
+        ),
+        (
+            "pmem",
+            json!([{"id": "p", "path_on_host": "/p"}]),
+            "virtio-pmem",
+        ),
+        (
+            "memory-hotplug",
+            json!({"total_size_mib": 1024}),
+            "virtio-mem",
+        ),
+    ] {
+        let mut config = probe_config();
+        config[section] = value;
+        let run = run_config(config);
+        assert_refused(
+            &run,
+            BAD_CONFIGURATION,
+            &format!("The config section '{section}' is not supported by Palisade: "),
+        );
+        assert!(run.stderr.contains(why), "{}", run.stderr);
+    }
+    let mut config = probe_config();
+    config["drives"] = json!([{"drive_id": "vu", "is_root_device": false, "socket": "/vu.sock"}]);
+    assert_refused(
+        &run_config(config),
+        BAD_CONFIGURATION,
+        "drive vu: vhost-user drives ('socket') are not supported by Palisade",
+    );
+    let mut config = probe_config();
+    config["network-interfaces"] =
+        json!([{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1500}]);
+    assert_refused(
+        &run_config(config),
+        BAD_CONFIGURATION,
+        "Invalid mtu of interface eth0: setting the MTU is not supported by Palisade yet",
+    );
+}
+
+#[test]
 fn a_missing_drive_file_and_a_bad_network_interface_are_refused_by_name() {
     let mut config = probe_config();
     config["drives"] = json!([{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true, "is_read_only": false}]);

@@ -357,7 +357,7 @@ fn configured_and_patched(test: &str, engine: &str) {
         config["drives"][0]["rate_limiter"]["bandwidth"]["size"],
         1000000
     );
-    assert_eq!(config["entropy"], json!({}));
+    assert_eq!(config["entropy"], json!({"rate_limiter": null}));
     running.kill();
 }
 

@@ -30,6 +30,12 @@ pub enum BlockConfigError {
         /// Why.
         source: super::uring::UringError,
     },
+    /// `socket`: a vhost-user drive, which Palisade does not build.
+    #[error("drive {0}: vhost-user drives ('socket') are not supported by Palisade: its block devices are backed by a file (path_on_host)")]
+    VhostUser(String),
+    /// Neither `path_on_host` nor `socket`.
+    #[error("drive {0}: path_on_host is required")]
+    NoPath(String),
 }
 
 /// `drives[].cache_type`: whether guest flushes reach the disk.
@@ -62,6 +68,7 @@ pub struct BlockDeviceConfig {
     /// Unique id, also the virtio-blk serial (GET_ID).
     pub drive_id: String,
     /// The backing file or block device.
+    #[serde(default)]
     pub path_on_host: String,
     /// The guest's root file system: `root=` and `ro`/`rw` go on the command line.
     #[serde(default)]
@@ -81,6 +88,9 @@ pub struct BlockDeviceConfig {
     /// The I/O engine.
     #[serde(default)]
     pub io_engine: IoEngine,
+    /// Firecracker's vhost-user backend socket; only `null` is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }
 
 /// `PATCH /drives/{drive_id}` after boot (Firecracker's `BlockDeviceUpdateConfig`).
@@ -100,6 +110,12 @@ impl BlockDeviceConfig {
     pub fn validate(&self) -> Result<(), BlockConfigError> {
         if !valid_resource_id(&self.drive_id) {
             return Err(BlockConfigError::InvalidId(self.drive_id.clone()));
+        }
+        if self.socket.is_some() {
+            return Err(BlockConfigError::VhostUser(self.drive_id.clone()));
+        }
+        if self.path_on_host.is_empty() {
+            return Err(BlockConfigError::NoPath(self.drive_id.clone()));
         }
         if self.partuuid.is_some() && !self.is_root_device {
             log::info!(

@@ -57,6 +57,7 @@ impl Fixture {
             cache_type: CacheType::Writeback,
             rate_limiter: None,
             io_engine: Default::default(),
+            socket: None,
         }
     }
 

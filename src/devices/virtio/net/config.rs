@@ -40,6 +40,9 @@ pub enum NetConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// `mtu` set: Palisade does not apply an MTU to the tap or offer it to the guest yet.
+    #[error("Invalid mtu of interface {0}: setting the MTU is not supported by Palisade yet (leave it null)")]
+    Mtu(String),
     /// A ninth interface.
     #[error("At most {MAX_INTERFACES} network interfaces are supported")]
     TooMany,
@@ -59,6 +62,9 @@ pub struct NetworkInterfaceConfig {
     /// The guest's MAC address (config space); turns anti-spoofing on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+    /// Firecracker's `mtu`; only `null` is accepted until Palisade applies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
     /// Limits on frames to the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiterConfig>,
@@ -93,6 +99,9 @@ impl NetworkInterfaceConfig {
     pub fn validate(&self) -> Result<(), NetConfigError> {
         if !valid_resource_id(&self.iface_id) {
             return Err(NetConfigError::Id(self.iface_id.clone()));
+        }
+        if self.mtu.is_some() {
+            return Err(NetConfigError::Mtu(self.iface_id.clone()));
         }
         let name = self.host_dev_name.as_bytes();
         if name.is_empty()
@@ -252,6 +261,7 @@ mod tests {
             iface_id: "eth0".into(),
             host_dev_name: "tap0".into(),
             guest_mac: None,
+            mtu: None,
             rx_rate_limiter: None,
             tx_rate_limiter: None,
             firewall: None,

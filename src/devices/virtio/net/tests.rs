@@ -35,6 +35,7 @@ fn config(firewall: Option<FirewallConfig>) -> NetworkInterfaceConfig {
         iface_id: "eth0".into(),
         host_dev_name: "tap0".into(),
         guest_mac: Some("06:00:0a:00:00:02".into()),
+        mtu: None,
         rx_rate_limiter: None,
         tx_rate_limiter: None,
         firewall,

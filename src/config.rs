@@ -4,6 +4,7 @@ use std::fs::File;
 
 use serde::{Deserialize, Serialize};
 // Each device's configuration lives beside the device; the whole file's sections are here.
+pub use crate::devices::serial_config::{SerialConfig, SerialConfigError};
 pub use crate::devices::valid_resource_id;
 pub use crate::devices::virtio::block::config::{
     BlockConfigError, BlockDeviceConfig, BlockDeviceUpdate, CacheType, IoEngine,
@@ -44,6 +45,9 @@ pub enum ConfigError {
     /// A Firecracker section Palisade does not implement: its name and why.
     #[error("The config section '{0}' is not supported by Palisade: {1}")]
     Unsupported(&'static str, &'static str),
+    /// The `serial` section or `PUT /serial` body is refused.
+    #[error(transparent)]
+    Serial(#[from] SerialConfigError),
     /// A value out of range.
     #[error("Invalid machine-config: {0}")]
     Machine(#[from] MachineConfigError),
@@ -290,6 +294,9 @@ pub struct VmConfig {
     pub entropy: Option<EntropyConfig>,
     /// The virtio-vsock device (with Palisade's optional `policy`).
     pub vsock: Option<VsockDeviceConfig>,
+    /// The console's output file or FIFO and budget (`PUT /serial`'s body; Firecracker takes
+    /// it only through the API).
+    pub serial: Option<SerialConfig>,
     balloon: Option<serde_json::Value>,
     /// Firecracker's virtio-pmem devices (refused unless empty).
     #[serde(default)]
@@ -341,6 +348,9 @@ impl VmConfig {
         }
         if let Some(vsock) = &config.vsock {
             vsock.validate()?;
+        }
+        if let Some(serial) = &config.serial {
+            serial.validate()?;
         }
         if let Some(mmds) = config.mmds_config.take() {
             config.mmds_config = Some(validate_mmds(mmds, &config.interface_list)?);
@@ -416,6 +426,8 @@ pub struct VmResources {
     pub vsock: Option<VsockDeviceConfig>,
     /// The MMDS configuration, checked against the interfaces.
     pub mmds_config: Option<MmdsConfig>,
+    /// Where the console goes (stdout when `None`).
+    pub serial: Option<SerialConfig>,
 }
 
 impl From<VmConfig> for VmResources {
@@ -428,6 +440,7 @@ impl From<VmConfig> for VmResources {
             network_interfaces: c.interface_list,
             vsock: c.vsock,
             mmds_config: c.mmds_config,
+            serial: c.serial,
         }
     }
 }

@@ -40,6 +40,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/vm/config"),
     ("PATCH", "/vm"),
     ("PUT", "/entropy"),
+    ("PUT", "/serial"),
     ("PUT", "/vsock"),
     ("PUT", "/vsock/{vsock_id}"),
     ("PATCH", "/vsock"),
@@ -193,6 +194,10 @@ pub fn count_request(method: &str, path: &str, ok: bool) {
             &METRICS.put_api_requests.entropy_count,
             Some(&METRICS.put_api_requests.entropy_fails),
         ),
+        ("PUT", "/serial") => (
+            &METRICS.put_api_requests.serial_count,
+            Some(&METRICS.put_api_requests.serial_fails),
+        ),
         ("PUT", "/vsock" | "/vsock/{vsock_id}") => (
             &METRICS.put_api_requests.vsock_count,
             Some(&METRICS.put_api_requests.vsock_fails),
@@ -314,6 +319,7 @@ fn route_body(
             VmmAction::GetFirewall(path_id(param)?.to_string())
         }
         ("PUT", "/entropy") => VmmAction::PutEntropy(parse_body::<EntropyConfig>(body)?),
+        ("PUT", "/serial") => VmmAction::PutSerial(Box::new(parse_body(body)?)),
         // Firecracker ignores what follows `/vsock`, and the body's deprecated `vsock_id`.
         ("PUT", "/vsock" | "/vsock/{vsock_id}") => {
             let config: VsockDeviceConfig = parse_body(body)?;

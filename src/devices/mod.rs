@@ -5,6 +5,7 @@ pub mod bus;
 pub mod generation_id;
 pub mod i8042;
 pub mod serial;
+pub mod serial_config;
 pub mod serial_output;
 pub mod virtio;
 

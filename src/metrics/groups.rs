@@ -71,6 +71,10 @@ metric_group! {
         entropy_count: Counter,
         /// `PUT /entropy` that failed (Palisade's addition).
         entropy_fails: Counter,
+        /// `PUT /serial`.
+        serial_count: Counter,
+        /// `PUT /serial` that failed.
+        serial_fails: Counter,
         /// `PUT /vsock`.
         vsock_count: Counter,
         /// `PUT /vsock` that failed.

@@ -59,6 +59,8 @@ pub enum VmmAction {
     PatchDrive(Box<BlockDeviceUpdate>),
     /// `PUT /entropy`, before boot.
     PutEntropy(EntropyConfig),
+    /// `PUT /serial`.
+    PutSerial(Box<crate::config::SerialConfig>),
     /// `PUT /network-interfaces/{iface_id}`, before boot.
     PutNetworkInterface(Box<NetworkInterfaceConfig>),
     /// `PATCH /network-interfaces/{iface_id}`, after boot: new limits and/or firewall.

@@ -18,7 +18,7 @@ use crate::devices::bus::{BusError, Buses};
 use crate::devices::generation_id::{GenerationError, GenerationIdDevice, GenerationState};
 use crate::devices::i8042::{I8042Device, I8042State, I8042StateError};
 use crate::devices::serial::{EventFdTrigger, SerialDevice, UartState};
-use crate::devices::serial_output::BoundedOutput;
+use crate::devices::serial_output::{BoundedOutput, ByteBucket};
 use crate::devices::virtio::vsock::Vsock;
 use crate::seccomp::SeccompFilters;
 use crate::vmm::device_manager::{
@@ -138,6 +138,8 @@ pub struct OpenedFiles {
     pub vsock: Option<Vsock>,
     /// The KVM VM, with its irqchip and PIT, when it was made ahead (API mode).
     pub vm: Option<Vm>,
+    /// The console's output file or FIFO (`PUT /serial`), stdout when `None`.
+    pub serial: Option<crate::devices::serial_config::SerialOutputFile>,
 }
 
 /// Builds the VM: KVM VM, guest memory, kernel, initrd, devices (the virtio ones add to the
@@ -171,6 +173,7 @@ pub fn build_vm(
         taps,
         vsock,
         vm: prepared,
+        serial: serial_out,
     } = opened;
     let BootFiles {
         kernel: mut kernel_file,
@@ -207,7 +210,8 @@ pub fn build_vm(
             };
             let exit = opts.exit.clone();
             let mut buses = Buses::default();
-            let legacy = legacy_devices(&vm, &exit, &mut buses, None)?;
+            let out = console_output(resources.serial.as_ref(), serial_out);
+            let legacy = legacy_devices(&vm, &exit, &mut buses, None, out)?;
             let generation = GenerationState::first().map_err(BuildError::Generation)?;
             attach_generation_id(&mut buses, &generation)?;
             if let Some(timer) = boot_timer {
@@ -303,6 +307,26 @@ fn attach_generation_id(buses: &mut Buses, generation: &GenerationState) -> Resu
     Ok(())
 }
 
+/// The console's output: the `PUT /serial` file or FIFO with its budget and total, or stdout
+/// with the default budget.
+fn console_output(
+    config: Option<&crate::config::SerialConfig>,
+    opened: Option<crate::devices::serial_config::SerialOutputFile>,
+) -> Box<dyn std::io::Write + Send> {
+    let (burst, per_sec, credit) = config.map(|c| c.budget()).unwrap_or((
+        crate::devices::serial_output::BURST_BYTES,
+        crate::devices::serial_output::BYTES_PER_SEC,
+        0,
+    ));
+    let bucket = ByteBucket::new(burst, per_sec, std::time::Instant::now()).with_credit(credit);
+    match opened {
+        Some(out) => {
+            Box::new(BoundedOutput::with_bucket(out.file, bucket).with_total(out.total_cap))
+        }
+        None => Box::new(BoundedOutput::with_bucket(std::io::stdout(), bucket)),
+    }
+}
+
 /// The serial port and the i8042 controller.
 type LegacyDevices = (Arc<Mutex<SerialDevice>>, Arc<Mutex<I8042Device>>);
 
@@ -312,9 +336,9 @@ fn legacy_devices(
     exit: &Arc<ExitRequest>,
     buses: &mut Buses,
     saved: Option<(&UartState, &I8042State)>,
+    out: Box<dyn std::io::Write + Send>,
 ) -> Result<LegacyDevices, BuildError> {
     let trigger = EventFdTrigger::new().map_err(BuildError::Event)?;
-    let out = Box::new(BoundedOutput::new(std::io::stdout()));
     let serial = match saved.map(|s| s.0) {
         Some(state) => SerialDevice::from_state(state, trigger, out).map_err(BuildError::Uart)?,
         None => SerialDevice::new(trigger, out),
@@ -397,8 +421,13 @@ pub fn build_restored_vm(
     vm.register_memory(&mem)?;
     let exit = opts.exit.clone();
     let mut buses = Buses::default();
-    let (serial, i8042) =
-        legacy_devices(&vm, &exit, &mut buses, Some((&state.serial, &state.i8042)))?;
+    let (serial, i8042) = legacy_devices(
+        &vm,
+        &exit,
+        &mut buses,
+        Some((&state.serial, &state.i8042)),
+        console_output(None, None),
+    )?;
     // The clone sees a new generation: a new random ID, the counter plus one.
     let generation = state.generation.next().map_err(BuildError::Generation)?;
     attach_generation_id(&mut buses, &generation)?;

@@ -44,6 +44,8 @@ pub struct Controller {
     devices: VirtioDevices,
     /// Devices started but not yet given to the event loop.
     new_subscribers: Vec<Subscriber>,
+    /// The console output opened by `PUT /serial`, held until the VM is built on it.
+    serial_out: Option<crate::devices::serial_config::SerialOutputFile>,
     /// The taps opened by `PUT /network-interfaces`, held until the VM is built on them.
     taps: OpenTaps,
     /// The kernel and initrd opened by `PUT /boot-source`, held until the VM is built from
@@ -78,6 +80,7 @@ impl Controller {
             new_subscribers: Vec::new(),
             taps: OpenTaps::default(),
             boot_files: None,
+            serial_out: None,
             vsock: None,
             configured: false,
             loaded_memory: None,
@@ -156,6 +159,12 @@ impl Controller {
         self.taps
             .open_missing(&self.resources.network_interfaces)
             .map_err(StartError::Taps)?;
+        // Opened before the Landlock layer and the filter, like the taps.
+        if self.serial_out.is_none() {
+            if let Some(serial) = &self.resources.serial {
+                self.serial_out = serial.open().map_err(StartError::Serial)?;
+            }
+        }
         // Bound before the Landlock layer: it needs no right to create the socket.
         self.create_missing_vsock().map_err(StartError::Vsock)?;
         if self.opts.landlock {
@@ -172,6 +181,7 @@ impl Controller {
             taps: std::mem::take(&mut self.taps),
             vsock: self.vsock.take(),
             vm: self.prepared.take(),
+            serial: self.serial_out.take(),
         };
         let BuiltVm { vmm, devices } =
             build_vm(&self.resources, &self.opts, opened).map_err(StartError::Build)?;
@@ -186,6 +196,15 @@ impl Controller {
         self.new_subscribers = devices.subscribers();
         self.devices = devices;
         Ok(())
+    }
+
+    /// `PUT /serial`: the output opened now (before the Landlock layer and the filter, as
+    /// Firecracker opens it at PUT), held until the VM is built on it, and recorded.
+    fn put_serial(&mut self, config: crate::config::SerialConfig) -> ActionResult {
+        let opened = config.open().map_err(crate::config::ConfigError::from)?;
+        self.serial_out = opened;
+        self.resources.serial = Some(config);
+        Ok(VmmData::Empty)
     }
 
     /// What the VMM's Landlock layer allows: the configured files and the snapshot
@@ -276,6 +295,7 @@ impl Controller {
                 .insert(*drive)
                 .map(|_| VmmData::Empty)
                 .map_err(ActionError::from),
+            VmmAction::PutSerial(config) => self.put_serial(*config),
             VmmAction::PutEntropy(entropy) => {
                 self.resources.entropy = Some(entropy);
                 Ok(VmmData::Empty)

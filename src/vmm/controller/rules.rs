@@ -62,6 +62,7 @@ pub fn kind(action: &VmmAction) -> ActionKind {
         | VmmAction::PutBootSource(_)
         | VmmAction::PutDrive(_)
         | VmmAction::PutEntropy(_)
+        | VmmAction::PutSerial(_)
         | VmmAction::PutNetworkInterface(_)
         | VmmAction::PutLogger(_)
         | VmmAction::PutMetrics(_)
@@ -161,6 +162,7 @@ mod tests {
             VmmAction::PutMmds(json!({"a": 1})),
             VmmAction::PatchMmds(json!({"a": 2})),
             VmmAction::GetMmds,
+            VmmAction::PutSerial(Box::default()),
             VmmAction::CreateSnapshot(Box::new(from(
                 json!({"snapshot_path": "/s", "mem_file_path": "/m"}),
             ))),
@@ -205,6 +207,7 @@ mod tests {
             | "PutBootSource"
             | "PutDrive"
             | "PutEntropy"
+            | "PutSerial"
             | "PutNetworkInterface"
             | "PutLogger"
             | "PutMetrics"
@@ -294,15 +297,16 @@ mod tests {
             VmmAction::PutMmds(_) => 23,
             VmmAction::PatchMmds(_) => 24,
             VmmAction::GetMmds => 25,
-            VmmAction::CreateSnapshot(_) => 26,
-            VmmAction::LoadSnapshot(_) => 27,
+            VmmAction::PutSerial(_) => 26,
+            VmmAction::CreateSnapshot(_) => 27,
+            VmmAction::LoadSnapshot(_) => 28,
         }
     }
 
     #[test]
     fn the_table_lists_every_variant_once() {
         let places: Vec<usize> = every_action().iter().map(place).collect();
-        assert_eq!(places, (0..28).collect::<Vec<_>>());
+        assert_eq!(places, (0..29).collect::<Vec<_>>());
     }
 
     #[test]

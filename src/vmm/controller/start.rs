@@ -32,6 +32,9 @@ pub enum StartError {
     /// The vsock device (a config file's `vsock` section) cannot be created.
     #[error(transparent)]
     Vsock(VsockError),
+    /// The console output does not open.
+    #[error(transparent)]
+    Serial(crate::config::SerialConfigError),
     /// A network interface's flow log cannot be created.
     #[error(transparent)]
     FlowLog(NetConfigError),
@@ -59,6 +62,7 @@ impl StartError {
             | Self::Taps(_)
             | Self::FlowLog(_)
             | Self::Vsock(_)
+            | Self::Serial(_)
             | Self::Landlock(_) => ExitCode::BadConfiguration,
             Self::Build(BuildError::Vm(_)) => ExitCode::HostUnsupported,
             Self::Build(

@@ -7,6 +7,7 @@ mod blk_flood;
 mod blk_hostile;
 mod blk_watch;
 mod chain_hostile;
+mod console_flood;
 mod cpus;
 mod dirty;
 mod genid;
@@ -57,6 +58,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: unknown_io::NAME, run: unknown_io::run },
     Scenario { name: triple_fault::NAME, run: triple_fault::run },
     Scenario { name: ticker::NAME, run: ticker::run },
+    Scenario { name: console_flood::NAME, run: console_flood::run },
     Scenario { name: kbd::NAME, run: kbd::run },
     Scenario { name: pattern::NAME, run: pattern::run },
     Scenario { name: dirty::NAME, run: dirty::run },

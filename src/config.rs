@@ -902,7 +902,7 @@ mod tests {
     }
 
     #[test]
-    fn vhost_user_drives_and_an_mtu_are_refused_by_name() {
+    fn vhost_user_drives_are_refused_by_name_and_mtu_is_checked_as_firecracker_does() {
         let err = VmConfig::from_json(
             r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"v","is_root_device":false,"socket":"/vu.sock"}]}"#,
         )
@@ -911,13 +911,22 @@ mod tests {
             err.to_string(),
             "Invalid drive: drive v: vhost-user drives ('socket') are not supported by Palisade: its block devices are backed by a file (path_on_host)"
         );
-        let err = VmConfig::from_json(
-            r#"{"boot-source":{"kernel_image_path":"/k"},"network-interfaces":[{"iface_id":"eth0","host_dev_name":"tap0","mtu":1500}]}"#,
-        )
-        .unwrap_err();
+        let with_mtu = |mtu: &str| {
+            VmConfig::from_json(&format!(
+                r#"{{"boot-source":{{"kernel_image_path":"/k"}},"network-interfaces":[{{"iface_id":"eth0","host_dev_name":"tap0","mtu":{mtu}}}]}}"#
+            ))
+        };
         assert_eq!(
-            err.to_string(),
-            "Invalid mtu of interface eth0: setting the MTU is not supported by Palisade yet (leave it null)"
+            with_mtu("67").unwrap_err().to_string(),
+            "Could not create the network device: MTU 67 is out of range [68, 65535]"
         );
+        assert!(with_mtu("70000")
+            .unwrap_err()
+            .to_string()
+            .contains("expected u16"));
+        let resources = VmResources::from(with_mtu("68").unwrap());
+        let full = serde_json::to_value(resources.to_full_config()).unwrap();
+        assert_eq!(full["network-interfaces"][0]["mtu"], 68);
+        with_mtu("65535").unwrap();
     }
 }

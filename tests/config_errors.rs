@@ -159,11 +159,11 @@ fn firecracker_sections_palisade_does_not_build_are_refused_by_name_with_why() {
     );
     let mut config = probe_config();
     config["network-interfaces"] =
-        json!([{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1500}]);
+        json!([{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 67}]);
     assert_refused(
         &run_config(config),
         BAD_CONFIGURATION,
-        "Invalid mtu of interface eth0: setting the MTU is not supported by Palisade yet",
+        "Could not create the network device: MTU 67 is out of range [68, 65535]",
     );
 }
 

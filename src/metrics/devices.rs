@@ -89,6 +89,8 @@ metric_group! {
         /// Guest frames dropped for a virtio-net header that does not match the frame or the
         /// accepted offloads (Palisade's).
         tx_bad_vnet_hdr: Counter,
+        /// Plain guest frames longer than the interface's `mtu`, dropped (Palisade's).
+        tx_over_mtu_drops: Counter,
         /// Frames the firewall dropped from the guest (Palisade's).
         fw_egress_drops: Counter,
         /// Frames the firewall dropped to the guest (Palisade's).

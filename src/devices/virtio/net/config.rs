@@ -9,6 +9,9 @@ use crate::devices::valid_resource_id;
 use crate::rate_limiter::RateLimiterConfig;
 use crate::sandbox::PathRule;
 
+/// The smallest `mtu` (IPv4's minimum), as Firecracker checks it.
+pub const MIN_MTU: u16 = 68;
+
 /// The most network interfaces one VM may have.
 pub const MAX_INTERFACES: usize = 8;
 
@@ -40,9 +43,9 @@ pub enum NetConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// `mtu` set: Palisade does not apply an MTU to the tap or offer it to the guest yet.
-    #[error("Invalid mtu of interface {0}: setting the MTU is not supported by Palisade yet (leave it null)")]
-    Mtu(String),
+    /// `mtu` below the IPv4 minimum (Firecracker's range).
+    #[error("Could not create the network device: MTU {0} is out of range [68, 65535]")]
+    Mtu(u16),
     /// A ninth interface.
     #[error("At most {MAX_INTERFACES} network interfaces are supported")]
     TooMany,
@@ -62,7 +65,8 @@ pub struct NetworkInterfaceConfig {
     /// The guest's MAC address (config space); turns anti-spoofing on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
-    /// Firecracker's `mtu`; only `null` is accepted until Palisade applies it.
+    /// Firecracker's `mtu` (68 to 65535): offered to the guest (VIRTIO_NET_F_MTU and the
+    /// config space), and a plain frame from the guest longer than it is dropped and counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
     /// Limits on frames to the guest.
@@ -100,8 +104,8 @@ impl NetworkInterfaceConfig {
         if !valid_resource_id(&self.iface_id) {
             return Err(NetConfigError::Id(self.iface_id.clone()));
         }
-        if self.mtu.is_some() {
-            return Err(NetConfigError::Mtu(self.iface_id.clone()));
+        if let Some(mtu) = self.mtu.filter(|m| *m < MIN_MTU) {
+            return Err(NetConfigError::Mtu(mtu));
         }
         let name = self.host_dev_name.as_bytes();
         if name.is_empty()

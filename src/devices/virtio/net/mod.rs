@@ -43,6 +43,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_MTU,
 };
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -103,6 +104,8 @@ pub struct Net {
     id: String,
     tap: Tap,
     mac: Option<MacAddr>,
+    /// `mtu`, offered to the guest and enforced on its plain frames.
+    mtu: Option<u16>,
     core: DeviceCore<2>,
     rx_limiter: RateLimiter,
     tx_limiter: RateLimiter,
@@ -122,7 +125,7 @@ pub struct Net {
     logs: GuestLogs,
 }
 
-fn offered_features(mac: bool) -> u64 {
+fn offered_features(mac: bool, mtu: bool) -> u64 {
     let mut features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
     for bit in [
         VIRTIO_NET_F_CSUM,
@@ -137,6 +140,9 @@ fn offered_features(mac: bool) -> u64 {
     }
     if mac {
         features |= 1 << VIRTIO_NET_F_MAC;
+    }
+    if mtu {
+        features |= 1 << VIRTIO_NET_F_MTU;
     }
     features
 }
@@ -216,8 +222,13 @@ impl Net {
         Ok(Self {
             tap,
             mac,
-            core: DeviceCore::new(offered_features(mac.is_some()), label, metrics.clone())
-                .map_err(event_err)?,
+            core: DeviceCore::new(
+                offered_features(mac.is_some(), config.mtu.is_some()),
+                label,
+                metrics.clone(),
+            )
+            .map_err(event_err)?,
+            mtu: config.mtu,
             rx_limiter,
             tx_limiter,
             firewall,
@@ -342,7 +353,11 @@ impl CoreDevice for Net {
     core_accessors!(core: DeviceCore<2>);
 
     fn config_read(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.mac.unwrap_or_default(), offset, data);
+        // virtio-net config space: mac[6], status (u16), max_virtqueue_pairs (u16), mtu (u16).
+        let mut space = [0u8; 12];
+        space[..6].copy_from_slice(&self.mac.unwrap_or_default());
+        space[10..].copy_from_slice(&self.mtu.unwrap_or(0).to_le_bytes());
+        read_config_bytes(&space, offset, data);
     }
 
     fn config_write(&mut self, _offset: u64, _data: &[u8]) {

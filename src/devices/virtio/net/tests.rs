@@ -543,3 +543,47 @@ fn mmds_frames_are_charged_to_the_tx_limiter_so_a_limit_bounds_them_too() {
     assert_eq!(m.tx_rate_limiter_throttled.count(), 1);
     assert_eq!(peer_recv(&r.peer), None);
 }
+
+#[test]
+fn an_mtu_is_offered_in_the_config_space_and_longer_plain_frames_are_dropped_and_counted() {
+    let mem = memory();
+    let without = rig(&mem, config(None));
+    assert_eq!(without.net.avail_features() & (1 << VIRTIO_NET_F_MTU), 0);
+    let mut r = rig(
+        &mem,
+        NetworkInterfaceConfig {
+            mtu: Some(100),
+            guest_mac: None,
+            ..config(None)
+        },
+    );
+    assert_ne!(r.net.avail_features() & (1 << VIRTIO_NET_F_MTU), 0);
+    let mut space = [0u8; 12];
+    r.net.read_config(0, &mut space);
+    assert_eq!(u16::from_le_bytes([space[10], space[11]]), 100);
+    // 14 + 100 bytes fits; 14 + 101 does not.
+    let mut fits = udp_frame(MAC, [10, 0, 0, 2], [10, 0, 0, 1]);
+    fits.resize(114, 0);
+    let mut over = fits.clone();
+    over.push(0);
+    let l0 = put_tx(&mem, 0x10_0000, &fits);
+    let l1 = put_tx(&mem, 0x10_1000, &over);
+    queue_tx(&r, &[(0x10_0000, l0), (0x10_1000, l1)]);
+    r.net.process_tx();
+    assert_eq!(r.txq.used().idx().load(), 2, "every chain is consumed");
+    assert_eq!(peer_recv(&r.peer).unwrap().len(), VNET_HDR_LEN + 114);
+    assert_eq!(
+        peer_recv(&r.peer),
+        None,
+        "the frame over the MTU never leaves"
+    );
+    assert_eq!(r.net.metrics.tx_over_mtu_drops.count(), 1);
+    assert_eq!(r.net.metrics.tx_packets_count.count(), 1);
+    // With an 802.1Q tag the header is 18 bytes; no MTU, no limit.
+    let mut tagged = fits.clone();
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+    assert!(!super::tx::over_mtu(&tagged, Some(100)));
+    tagged.push(0);
+    assert!(super::tx::over_mtu(&tagged, Some(100)));
+    assert!(!super::tx::over_mtu(&tagged, None));
+}

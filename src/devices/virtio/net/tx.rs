@@ -88,6 +88,16 @@ impl Worker<'_, ()> {
                 return moved(len);
             }
         };
+        if !header.is_gso() && over_mtu(&self.frame.buf[VNET_HDR_LEN..len], self.mtu) {
+            self.metrics.tx_over_mtu_drops.inc();
+            if let Some(n) = self.logs.bad_chain.hit() {
+                log::warn!(
+                    "Interface {}: frame of {frame_len} bytes over the MTU dropped ({n} so far)",
+                    self.iface
+                );
+            }
+            return moved(len);
+        }
         if let Some(firewall) = self.firewall.as_deref_mut() {
             let eth = &self.frame.buf[VNET_HDR_LEN..len];
             let verdict = if header.is_gso() {
@@ -122,6 +132,20 @@ impl Worker<'_, ()> {
         }
         moved(len)
     }
+}
+
+/// Whether a plain (not GSO) Ethernet frame carries more than `mtu` bytes after its header
+/// (14 bytes, 18 with an 802.1Q tag).
+pub fn over_mtu(eth: &[u8], mtu: Option<u16>) -> bool {
+    let Some(mtu) = mtu else {
+        return false;
+    };
+    let header = if eth.get(12..14) == Some(&[0x81, 0x00]) {
+        18
+    } else {
+        14
+    };
+    eth.len() > header + usize::from(mtu)
 }
 
 /// A TX chain is used with length 0 (nothing written to the guest), its frame charged to

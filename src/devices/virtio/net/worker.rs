@@ -50,6 +50,8 @@ pub(super) struct Worker<'a, S> {
     /// The direction's frame buffer.
     pub frame: &'a mut Frame,
     pub metrics: &'a NetDeviceMetrics,
+    /// The interface's `mtu`, if set.
+    pub mtu: Option<u16>,
     pub logs: &'a GuestLogs,
     pub now: Instant,
     /// What only this direction keeps across the drain.
@@ -120,6 +122,7 @@ impl Net {
             segments: &mut self.segments,
             frame,
             metrics: &self.metrics,
+            mtu: self.mtu,
             logs: &self.logs,
             now: Instant::now(),
             state,

@@ -254,6 +254,11 @@ fn run(cli: &Cli, start: Instant) -> i32 {
             return fail(e, ExitCode::BadConfiguration);
         }
     }
+    // Firecracker's first line reads "Running Firecracker vX"; tools look for its start.
+    log::info!(
+        "Running Firecracker-compatible Palisade v{}",
+        env!("CARGO_PKG_VERSION")
+    );
     let seccomp = if cli.no_seccomp {
         log::warn!("Seccomp filtering is OFF (--no-seccomp): every thread may make any syscall");
         seccomp::SeccompFilters::disabled()

@@ -54,10 +54,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     let bound = UnixListener::bind(path);
     // SAFETY: as above; restores the previous mask.
     unsafe { libc::umask(old) };
-    bound.map_err(|source| ApiError::Bind {
+    let listener = bound.map_err(|source| ApiError::Bind {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    // Firecracker's line.
+    log::info!("Listening on API socket ({path:?}).");
+    Ok(listener)
 }
 
 /// Starts the `api` thread serving `listener`. The thread installs its seccomp filter
@@ -82,7 +85,8 @@ pub fn spawn(
                 log::error!("{e}");
                 std::process::exit(ExitCode::VmmError as i32);
             }
-            log::info!("API server started");
+            // Firecracker's line, which tools wait for.
+            log::info!("API server started.");
             server.run();
         })
         .map_err(ApiError::Spawn)

@@ -332,19 +332,17 @@ impl Controller {
                 if !vm.is_paused() {
                     vm.pause().map_err(ActionError::Runtime)?;
                 }
-                crate::metrics::METRICS
-                    .latencies_us
-                    .pause_vm
-                    .store(started.elapsed().as_micros() as u64);
+                let us = started.elapsed().as_micros() as u64;
+                crate::metrics::METRICS.latencies_us.pause_vm.store(us);
+                log::info!("'pause vm' VMM action took {us} us.");
                 Ok(VmmData::Empty)
             }
             VmmAction::Resume => {
                 let started = Instant::now();
                 vm.resume();
-                crate::metrics::METRICS
-                    .latencies_us
-                    .resume_vm
-                    .store(started.elapsed().as_micros() as u64);
+                let us = started.elapsed().as_micros() as u64;
+                crate::metrics::METRICS.latencies_us.resume_vm.store(us);
+                log::info!("'resume vm' VMM action took {us} us.");
                 Ok(VmmData::Empty)
             }
             VmmAction::SendCtrlAltDel => vm

@@ -160,6 +160,8 @@ pub fn run(
     let metrics_timer = metrics_timer();
     if boot {
         controller.start_vm()?;
+        // Firecracker's line, which tools wait for.
+        log::info!("Successfully started microvm that was configured from one single json");
     }
     let events = Arc::new(Mutex::new(VmmEvents {
         controller,

@@ -131,6 +131,14 @@ impl Controller {
             written.pages,
             started.elapsed().as_millis()
         );
+        let kind = match params.snapshot_type {
+            SnapshotType::Full => "full",
+            SnapshotType::Diff => "diff",
+        };
+        log::info!(
+            "'create {kind} snapshot' VMM action took {} us.",
+            started.elapsed().as_micros()
+        );
         Ok(VmmData::Empty)
     }
 
@@ -301,6 +309,10 @@ impl Controller {
             self.resources.machine_config.mem_size_mib,
             self.resources.machine_config.vcpu_count,
             started.elapsed().as_millis()
+        );
+        log::info!(
+            "'load snapshot' VMM action took {} us.",
+            started.elapsed().as_micros()
         );
         Ok(VmmData::Empty)
     }

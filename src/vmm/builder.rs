@@ -393,6 +393,7 @@ pub fn build_restored_vm(
     prepared: Option<Vm>,
 ) -> Result<BuiltVm, BuildError> {
     let machine = configs.machine;
+    let serial = configs.serial;
     let vm = match prepared {
         Some(vm) => vm,
         None => Vm::new()?,
@@ -426,7 +427,7 @@ pub fn build_restored_vm(
         &exit,
         &mut buses,
         Some((&state.serial, &state.i8042)),
-        console_output(None, None),
+        console_output(serial.0, serial.1),
     )?;
     // The clone sees a new generation: a new random ID, the counter plus one.
     let generation = state.generation.next().map_err(BuildError::Generation)?;
@@ -522,4 +523,9 @@ pub struct RestoredConfigs<'a> {
     pub nets: Vec<crate::devices::virtio::net::snapshot::RestoredNet>,
     /// The vsock device.
     pub vsock: Option<Vsock>,
+    /// The console's output (`PUT /serial` before the load) and its configuration.
+    pub serial: (
+        Option<&'a crate::config::SerialConfig>,
+        Option<crate::devices::serial_config::SerialOutputFile>,
+    ),
 }

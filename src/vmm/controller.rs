@@ -226,7 +226,12 @@ impl Controller {
         match rules::allowed(self.state(), self.configured, &action)? {
             ActionKind::Query => self.query(action),
             ActionKind::PreBoot => {
-                if !matches!(action, VmmAction::PutLogger(_) | VmmAction::PutMetrics(_)) {
+                // As in Firecracker, the logger, metrics and serial output may precede a
+                // snapshot load.
+                if !matches!(
+                    action,
+                    VmmAction::PutLogger(_) | VmmAction::PutMetrics(_) | VmmAction::PutSerial(_)
+                ) {
                     self.configured = true;
                 }
                 self.preboot(action)

@@ -235,6 +235,7 @@ impl Controller {
                 entropy: entropy.as_ref(),
                 nets,
                 vsock,
+                serial: (self.resources.serial.as_ref(), self.serial_out.take()),
             },
             &memory,
             &self.opts,

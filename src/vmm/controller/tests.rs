@@ -301,3 +301,25 @@ fn mmds_config_names_configured_interfaces_and_shows_in_vm_config() {
         json!({"ops": {"size": 5, "refill_time": 1000}})
     );
 }
+
+#[test]
+fn a_serial_output_like_the_logger_may_precede_a_snapshot_load() {
+    let mut c = controller();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("console");
+    c.handle(VmmAction::PutSerial(Box::new(from(
+        json!({"serial_out_path": out}),
+    ))))
+    .unwrap();
+    assert!(out.exists(), "opened (created) at PUT, before any filter");
+    let load = VmmAction::LoadSnapshot(Box::new(
+        from::<crate::vmm::snapshot::LoadSnapshotBody>(json!({
+            "snapshot_path": dir.path().join("none"),
+            "mem_file_path": dir.path().join("none")
+        }))
+        .into_params()
+        .unwrap(),
+    ));
+    let err = c.handle(load).unwrap_err().to_string();
+    assert!(!err.contains("after configuring boot-specific"), "{err}");
+}

@@ -859,6 +859,28 @@ mod tests {
         assert_eq!(again, resources);
     }
 
+    /// Firecracker v1.17's answer with rate limiters, a partuuid, a MAC and an MTU.
+    const FIRECRACKER_LIMITED_CONFIG: &str = r#"{"balloon":null,"drives":[{"drive_id":"r","partuuid":"abc","is_root_device":true,"cache_type":"Unsafe","is_read_only":false,"path_on_host":"PATH","rate_limiter":{"bandwidth":null,"ops":{"size":10,"one_time_burst":5,"refill_time":100}},"io_engine":"Sync","socket":null}],"boot-source":{"kernel_image_path":"/k","initrd_path":null,"boot_args":null},"cpu-config":null,"logger":null,"machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},"metrics":null,"mmds-config":null,"network-interfaces":[{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:00:00:00:01","mtu":1500,"rx_rate_limiter":{"bandwidth":{"size":1000,"one_time_burst":null,"refill_time":100},"ops":null},"tx_rate_limiter":null}],"vsock":null,"entropy":null,"pmem":[],"memory-hotplug":null}"#;
+
+    #[test]
+    fn rate_limiters_show_both_buckets_and_every_field_as_firecracker_does() {
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        let path = disk.path().to_str().unwrap();
+        let text = format!(
+            r#"{{"boot-source":{{"kernel_image_path":"/k"}},
+                "drives":[{{"drive_id":"r","path_on_host":"{path}","is_root_device":true,"partuuid":"abc",
+                           "rate_limiter":{{"ops":{{"size":10,"one_time_burst":5,"refill_time":100}}}}}}],
+                "network-interfaces":[{{"iface_id":"eth0","host_dev_name":"tap0","mtu":1500,
+                    "guest_mac":"06:00:00:00:00:01",
+                    "rx_rate_limiter":{{"bandwidth":{{"size":1000,"refill_time":100}}}}}}]}}"#
+        );
+        let resources = VmResources::from(VmConfig::from_json(&text).unwrap());
+        let full = serde_json::to_string(&resources.to_full_config()).unwrap();
+        assert_eq!(full, FIRECRACKER_LIMITED_CONFIG.replace("PATH", path));
+        let again = VmResources::from(VmConfig::from_json(&full).unwrap());
+        assert_eq!(again, resources);
+    }
+
     #[test]
     fn firecracker_sections_palisade_does_not_build_are_refused_by_name_with_why() {
         let with = |section: &str| {

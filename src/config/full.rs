@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{BlockDeviceConfig, BootSourceConfig, EntropyConfig, MachineConfig, VsockDeviceConfig};
 use crate::devices::virtio::net::config::NetworkInterfaceConfig;
 use crate::mmds::MmdsConfig;
-use crate::rate_limiter::RateLimiterConfig;
+use crate::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 
 /// The document `GET /vm/config` answers (owned, so the controller can hand it out).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +48,7 @@ struct Document<'a> {
     #[serde(rename = "network-interfaces")]
     network_interfaces: Vec<Interface<'a>>,
     vsock: &'a Option<VsockDeviceConfig>,
-    entropy: Option<Entropy<'a>>,
+    entropy: Option<Entropy>,
     pmem: [(); 0],
     #[serde(rename = "memory-hotplug")]
     memory_hotplug: Option<()>,
@@ -69,7 +69,7 @@ struct Drive<'a> {
     cache_type: super::CacheType,
     is_read_only: bool,
     path_on_host: &'a str,
-    rate_limiter: &'a Option<RateLimiterConfig>,
+    rate_limiter: Option<Limiter>,
     io_engine: super::IoEngine,
     socket: &'a Option<String>,
 }
@@ -80,15 +80,44 @@ struct Interface<'a> {
     host_dev_name: &'a str,
     guest_mac: &'a Option<String>,
     mtu: Option<u16>,
-    rx_rate_limiter: &'a Option<RateLimiterConfig>,
-    tx_rate_limiter: &'a Option<RateLimiterConfig>,
+    rx_rate_limiter: Option<Limiter>,
+    tx_rate_limiter: Option<Limiter>,
     #[serde(skip_serializing_if = "Option::is_none")]
     firewall: &'a Option<palisade_firewall::FirewallConfig>,
 }
 
 #[derive(Serialize)]
-struct Entropy<'a> {
-    rate_limiter: &'a Option<RateLimiterConfig>,
+struct Entropy {
+    rate_limiter: Option<Limiter>,
+}
+
+/// A rate limiter as Firecracker shows it: both buckets, `null` where unset.
+#[derive(Serialize)]
+struct Limiter {
+    bandwidth: Option<Bucket>,
+    ops: Option<Bucket>,
+}
+
+/// A token bucket as Firecracker shows it: `one_time_burst` always present.
+#[derive(Serialize)]
+struct Bucket {
+    size: u64,
+    one_time_burst: Option<u64>,
+    refill_time: u64,
+}
+
+fn limiter(config: &Option<RateLimiterConfig>) -> Option<Limiter> {
+    let bucket = |b: &Option<TokenBucketConfig>| {
+        b.map(|b| Bucket {
+            size: b.size,
+            one_time_burst: b.one_time_burst,
+            refill_time: b.refill_time,
+        })
+    };
+    config.as_ref().map(|c| Limiter {
+        bandwidth: bucket(&c.bandwidth),
+        ops: bucket(&c.ops),
+    })
 }
 
 impl Serialize for FullVmConfig {
@@ -115,7 +144,7 @@ impl Serialize for FullVmConfig {
                 cache_type: d.cache_type,
                 is_read_only: d.is_read_only,
                 path_on_host: &d.path_on_host,
-                rate_limiter: &d.rate_limiter,
+                rate_limiter: limiter(&d.rate_limiter),
                 io_engine: d.io_engine,
                 socket: &d.socket,
             })
@@ -128,8 +157,8 @@ impl Serialize for FullVmConfig {
                 host_dev_name: &i.host_dev_name,
                 guest_mac: &i.guest_mac,
                 mtu: i.mtu,
-                rx_rate_limiter: &i.rx_rate_limiter,
-                tx_rate_limiter: &i.tx_rate_limiter,
+                rx_rate_limiter: limiter(&i.rx_rate_limiter),
+                tx_rate_limiter: limiter(&i.tx_rate_limiter),
                 firewall: &i.firewall,
             })
             .collect();
@@ -145,7 +174,7 @@ impl Serialize for FullVmConfig {
             network_interfaces,
             vsock: &self.vsock,
             entropy: self.entropy.as_ref().map(|e| Entropy {
-                rate_limiter: &e.rate_limiter,
+                rate_limiter: limiter(&e.rate_limiter),
             }),
             pmem: [],
             memory_hotplug: None,

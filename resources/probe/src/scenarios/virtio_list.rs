@@ -1,10 +1,14 @@
 //! `virtio`: every device on the command line answers as virtio-mmio version 2; lists them in
-//! order with their type, the drive id for block devices, address and IRQ:
-//! `probe: virtio ok count=N blk:ID@0xADDR:IRQ ... rng@0xADDR:IRQ`
+//! order with their type, the drive id for block devices, the MTU a network device offers
+//! (VIRTIO_NET_F_MTU and its config space field), address and IRQ:
+//! `probe: virtio ok count=N blk:ID@0xADDR:IRQ ... rng@0xADDR:IRQ net:mtu=N@0xADDR:IRQ`
 
 use crate::serial::{put_bytes, put_dec, put_hex, put_str, ResultLine};
 use crate::virtio::blk::Blk;
-use crate::virtio::{self, dma, DEVICE_ID_BLOCK, DEVICE_ID_RNG};
+use crate::virtio::{self, dma, DEVICE_ID_BLOCK, DEVICE_ID_NET, DEVICE_ID_RNG};
+
+/// VIRTIO_NET_F_MTU.
+const NET_F_MTU: u64 = 1 << 3;
 use crate::zero_page::BootInfo;
 
 pub const NAME: &str = "virtio";
@@ -33,6 +37,14 @@ pub fn run(boot: &BootInfo) {
                 }
             }
             DEVICE_ID_RNG => put_str("rng"),
+            DEVICE_ID_NET => {
+                put_str("net");
+                if dev.device_features() & NET_F_MTU != 0 {
+                    // Config bytes 8..12: max_virtqueue_pairs (u16), then mtu (u16).
+                    put_str(":mtu=");
+                    put_dec(dev.config_u64(8) >> 16 & 0xffff);
+                }
+            }
             other => {
                 put_str("type");
                 put_dec(u64::from(other));

@@ -46,6 +46,36 @@ fn jailed_vmm_boots_the_probe_guest_from_a_config_file() {
     assert!(root.join("vm.json").exists() && root.join("palisade").exists());
 }
 
+#[test]
+fn a_jailed_vmm_writes_the_console_to_a_serial_path_inside_its_jail() {
+    if !can_jail("a_jailed_vmm_writes_the_console_to_a_serial_path_inside_its_jail") {
+        return;
+    }
+    let vmm = vmm_bin();
+    let sandbox = Sandbox::new("serial");
+    let id = unique("serial");
+    let root = stage(&sandbox, &vmm, &id);
+    // The path is the jail's: /run is where the jailed VMM may create files.
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": "/probe.elf", "boot_args": "console=ttyS0 probe.run=hello"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+        "serial": {"serial_out_path": "/run/console.log"}
+    });
+    std::fs::write(root.join("vm.json"), config.to_string()).unwrap();
+    let mut cmd = sandbox.jailer(&id, &vmm);
+    cmd.args(["--new-pid-ns", "--cgroup", "pids.max=64"]);
+    cmd.args(["--", "--no-api", "--config-file", "/vm.json"]);
+    let run = run(cmd, TIMEOUT);
+    run.assert_success();
+    let console = root.join("run/console.log");
+    let text = std::fs::read_to_string(&console).unwrap();
+    assert!(text.contains("probe: hello ok"), "{text}");
+    assert!(!run.stdout.contains("probe: hello"), "{}", run.stdout);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&console).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
 /// As with Firecracker, the caller stages the guest's files in the jail before the start (the
 /// jailer keeps them): the VMM's shared libraries and the probe guest as /probe.elf.
 fn stage(sandbox: &Sandbox, vmm: &Path, id: &str) -> PathBuf {

@@ -149,3 +149,56 @@ fn a_config_file_serial_section_sends_the_console_to_its_file_not_stdout() {
     assert!(console.contains("probe: hello ok"), "{console}");
     assert!(!run.stdout.contains("probe: hello"), "{}", run.stdout);
 }
+
+#[test]
+fn a_serial_output_put_before_a_snapshot_load_gets_the_restored_guests_console() {
+    if !kvm_available("a_serial_output_put_before_a_snapshot_load_gets_the_restored_guests_console")
+    {
+        return;
+    }
+    let snapshots = tempfile::tempdir().unwrap();
+    let dir = snapshots.path().to_str().unwrap();
+    let (state, mem) = (snapshots.path().join("state"), snapshots.path().join("mem"));
+    let mut vm = ApiVm::start(&["--snapshot-dir", dir]);
+    let mut c = vm.client();
+    let r = c.put(
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put(
+        "/boot-source",
+        json!({"kernel_image_path": probe_path(), "boot_args": "console=ttyS0 probe.run=ticker"}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.running.wait_for_output("probe: tick 2\n", TIMEOUT);
+    let r = c.patch("/vm", json!({"state": "Paused"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_path": state, "mem_file_path": mem}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    vm.running.child.kill().unwrap();
+    let _ = vm.running.child.wait();
+
+    let clone = ApiVm::start(&["--snapshot-dir", dir]);
+    let mut c = clone.client();
+    let out = clone.dir.path().join("console.log");
+    let r = c.put("/serial", json!({"serial_out_path": out}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put(
+        "/snapshot/load",
+        json!({"snapshot_path": state,
+               "mem_backend": {"backend_type": "File", "backend_path": mem},
+               "resume_vm": true}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    wait_for_file(&out, "probe: tick ");
+    assert!(!clone.running.stdout().contains("probe: tick"));
+    let mut clone = clone;
+    clone.running.child.kill().unwrap();
+    let _ = clone.running.child.wait();
+}

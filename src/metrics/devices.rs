@@ -259,6 +259,34 @@ metric_group! {
     }
 }
 
+metric_group! {
+    /// The balloon device (`balloon`): Firecracker's names plus the hostile-guest counters.
+    pub struct BalloonDeviceMetrics {
+        /// Activations that failed.
+        activate_fails: Counter,
+        /// Inflate queue notifications.
+        inflate_count: Counter,
+        /// Deflate queue notifications.
+        deflate_count: Counter,
+        /// Failures to read an event or to raise an interrupt.
+        event_fails: Counter,
+        /// Pages the guest gave to the balloon and the host took back (Palisade's).
+        inflated_pages: Counter,
+        /// Pages the guest took back from the balloon (Palisade's).
+        deflated_pages: Counter,
+        /// Page numbers refused: outside guest RAM, duplicates, past the target, not in the
+        /// balloon, past the per-request cap (Palisade's).
+        refused_pfns: Counter,
+        /// Requests refused as malformed: device-writable buffers, lengths not a multiple of
+        /// 4 (Palisade's).
+        execute_fails: Counter,
+        /// madvise(2) calls that failed: the pages stayed with the VMM (Palisade's).
+        madvise_fails: Counter,
+        /// Times the device asked the driver for a reset (Palisade's).
+        needs_reset_count: Counter,
+    }
+}
+
 impl BlockDeviceMetrics {
     /// The top-level key of drive `drive_id`'s group.
     pub fn key(drive_id: &str) -> String {
@@ -276,6 +304,11 @@ impl NetDeviceMetrics {
 impl EntropyDeviceMetrics {
     /// The top-level key of the entropy device's group (a VM has at most one).
     pub const KEY: &'static str = "entropy";
+}
+
+impl BalloonDeviceMetrics {
+    /// The top-level key of the balloon device's group (a VM has at most one).
+    pub const KEY: &'static str = "balloon";
 }
 
 impl VsockDeviceMetrics {
@@ -315,4 +348,5 @@ device_core_counters! {
     NetDeviceMetrics => event_fails,
     EntropyDeviceMetrics => entropy_event_fails,
     VsockDeviceMetrics => event_fails,
+    BalloonDeviceMetrics => event_fails,
 }

@@ -5,6 +5,8 @@ use std::fs::File;
 use serde::{Deserialize, Serialize};
 // Each device's configuration lives beside the device; the whole file's sections are here.
 pub use crate::devices::valid_resource_id;
+pub use crate::devices::virtio::balloon::BalloonConfig;
+use crate::devices::virtio::balloon::{check_config as check_balloon, BalloonError};
 pub use crate::devices::virtio::block::config::{
     BlockConfigError, BlockDeviceConfig, BlockDeviceUpdate, CacheType, IoEngine,
 };
@@ -41,6 +43,9 @@ pub enum ConfigError {
     /// A section Palisade does not implement yet.
     #[error("The config section '{0}' is not supported yet")]
     Unsupported(&'static str),
+    /// A balloon the device cannot serve.
+    #[error("Invalid balloon: {0}")]
+    Balloon(#[source] BalloonError),
     /// A value out of range.
     #[error("Invalid machine-config: {0}")]
     Machine(#[from] MachineConfigError),
@@ -287,7 +292,8 @@ pub struct VmConfig {
     pub entropy: Option<EntropyConfig>,
     /// The virtio-vsock device (with Palisade's optional `policy`).
     pub vsock: Option<VsockDeviceConfig>,
-    balloon: Option<serde_json::Value>,
+    /// The virtio-balloon device.
+    pub balloon: Option<BalloonConfig>,
     /// The MMDS configuration (checked against `network-interfaces` by `from_json`).
     #[serde(rename = "mmds-config")]
     pub mmds_config: Option<MmdsConfig>,
@@ -299,10 +305,7 @@ impl VmConfig {
     /// Parses a config from JSON text and refuses sections not supported yet.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let mut config: VmConfig = serde_json::from_str(text)?;
-        let unsupported = [
-            ("balloon", config.balloon.is_some()),
-            ("cpu-config", config.cpu_config.is_some()),
-        ];
+        let unsupported = [("cpu-config", config.cpu_config.is_some())];
         if let Some((name, _)) = unsupported.iter().find(|(_, present)| *present) {
             return Err(ConfigError::Unsupported(name));
         }
@@ -314,6 +317,9 @@ impl VmConfig {
         }
         if let Some(vsock) = &config.vsock {
             vsock.validate()?;
+        }
+        if let Some(balloon) = &config.balloon {
+            check_balloon(balloon).map_err(ConfigError::Balloon)?;
         }
         if let Some(mmds) = config.mmds_config.take() {
             config.mmds_config = Some(validate_mmds(mmds, &config.interface_list)?);
@@ -389,6 +395,8 @@ pub struct VmResources {
     pub vsock: Option<VsockDeviceConfig>,
     /// The MMDS configuration, checked against the interfaces.
     pub mmds_config: Option<MmdsConfig>,
+    /// The virtio-balloon device.
+    pub balloon: Option<BalloonConfig>,
 }
 
 impl From<VmConfig> for VmResources {
@@ -401,6 +409,7 @@ impl From<VmConfig> for VmResources {
             network_interfaces: c.interface_list,
             vsock: c.vsock,
             mmds_config: c.mmds_config,
+            balloon: c.balloon,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the runtime controller handles what may change while it runs. The rules of which action
 //! is allowed when live in [`rules`] and nowhere else.
 
+mod balloon;
 mod mmds;
 mod net;
 pub mod rules;
@@ -239,6 +240,7 @@ impl Controller {
                 self.resources.to_full_config(),
             ))),
             VmmAction::GetFirewall(id) => self.get_firewall(&id),
+            VmmAction::GetBalloon => self.get_balloon(),
             other => misrouted(&other),
         }
     }
@@ -282,6 +284,7 @@ impl Controller {
             }
             VmmAction::PutNetworkInterface(iface) => self.put_network_interface(*iface),
             VmmAction::PutVsock(config) => self.put_vsock(*config),
+            VmmAction::PutBalloon(config) => self.put_balloon(config),
             VmmAction::PutMmdsConfig(config) => self.put_mmds_config(*config),
             VmmAction::PutLogger(config) => crate::logger::configure(&config)
                 .map(|_| VmmData::Empty)
@@ -336,6 +339,8 @@ impl Controller {
                 .map_err(ActionError::FlushMetrics),
             VmmAction::PatchDrive(update) => self.patch_drive(&update),
             VmmAction::PatchNetworkInterface(update) => self.patch_network_interface(&update),
+            VmmAction::PatchBalloon(update) => self.patch_balloon(&update),
+            VmmAction::GetBalloonStats | VmmAction::PatchBalloonStats(_) => self.balloon_stats(),
             other => misrouted(&other),
         }
     }

@@ -59,11 +59,27 @@ pub struct BalloonConfig {
     #[serde(default)]
     pub stats_polling_interval_s: u16,
     /// Free page hinting (not supported yet).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub free_page_hinting: bool,
     /// Free page reporting (not supported yet).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub free_page_reporting: bool,
+}
+
+/// The body of `PATCH /balloon`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonUpdate {
+    /// The new target size.
+    pub amount_mib: u32,
+}
+
+/// The body of `PATCH /balloon/statistics`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    /// Seconds between statistics requests.
+    pub stats_polling_interval_s: u16,
 }
 
 /// Errors of balloon device creation and updates.
@@ -81,6 +97,12 @@ pub enum BalloonError {
     /// The target is larger than guest memory.
     #[error("Amount of pages requested is too large.")]
     TooLarge,
+    /// No balloon is configured.
+    #[error("No balloon device found.")]
+    NotFound,
+    /// Statistics asked of a balloon without a statistics queue.
+    #[error("Received stats query when stats are disabled.")]
+    StatsDisabled,
 }
 
 /// Refuses what the device does not do yet.

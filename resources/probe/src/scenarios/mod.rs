@@ -1,6 +1,7 @@
 //! The scenarios `probe.run=` can name. To add one: a file with `pub fn run(boot: &BootInfo)`
 //! that prints its `probe: NAME ok|fail ...` lines, and a row in `SCENARIOS`.
 
+mod balloon;
 mod blk;
 mod blk_bench;
 mod blk_flood;
@@ -68,6 +69,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: blk_flood::NAME, run: blk_flood::run },
     Scenario { name: blk_watch::NAME, run: blk_watch::run },
     Scenario { name: rng::NAME, run: rng::run },
+    Scenario { name: balloon::NAME, run: balloon::run },
     Scenario { name: genid::NAME, run: genid::run },
     Scenario { name: net_tx::NAME, run: net_tx::run },
     Scenario { name: net_rx::NAME, run: net_rx::run },

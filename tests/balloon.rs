@@ -1,0 +1,117 @@
+//! virtio-balloon under the real VMM and KVM, driven by the probe guest's `balloon` scenario:
+//! the guest fills 32 MiB, the host asks for a 32 MiB balloon by `PATCH /balloon`, the guest
+//! gives those pages, and the VMM's RSS (VmRSS in /proc/PID/status) drops by about 32 MiB. The
+//! same scenario then sends what a hostile driver would; each bad request is refused and
+//! counted in the `balloon` metrics.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::api::{wait_for_socket, ApiClient};
+use common::{kvm_available, TestVm};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const GUEST_MIB: u64 = 128;
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn balloon_totals(path: &std::path::Path) -> BTreeMap<String, u64> {
+    let mut totals = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(group) = v["balloon"].as_object() {
+            for (k, n) in group {
+                *totals.entry(k.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    totals
+}
+
+#[test]
+fn pages_the_guest_gives_to_the_balloon_leave_the_vmms_rss_and_hostile_ones_are_counted() {
+    if !kvm_available(
+        "pages_the_guest_gives_to_the_balloon_leave_the_vmms_rss_and_hostile_ones_are_counted",
+    ) {
+        return;
+    }
+    let mut vm = TestVm::probe("balloon", 1, GUEST_MIB as usize);
+    vm.config["balloon"] = json!({"amount_mib": 0, "deflate_on_oom": false});
+    let sock = vm.dir.path().join("api.sock");
+    let metrics = vm.dir.path().join("metrics.json");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+        "--metrics-path".into(),
+        metrics.to_str().unwrap().into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    running.wait_for_output("probe: balloon-filled ok pages=8192", TIMEOUT);
+    let pid = running.child.id();
+    let before = vm_rss_kib(pid);
+    assert!(before < (GUEST_MIB + 64) * 1024, "VmRSS {before} KiB");
+
+    let r = api.patch("/balloon", json!({"amount_mib": 32}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    running.wait_for_output("probe: balloon ok inflated=8192", TIMEOUT);
+    let after = vm_rss_kib(pid);
+    let dropped = before.saturating_sub(after);
+    eprintln!("VMM VmRSS: {before} KiB -> {after} KiB (dropped {dropped} KiB)");
+    // About 32 MiB: the margin covers what the VMM and guest touch meanwhile.
+    assert!(
+        (28 * 1024..=36 * 1024).contains(&dropped),
+        "VmRSS {before} KiB -> {after} KiB"
+    );
+
+    let got = api.get("/balloon").json();
+    assert_eq!(got["amount_mib"], 32);
+    assert_eq!(got["deflate_on_oom"], false);
+    let stats = api.get("/balloon/statistics");
+    assert_eq!(stats.status, 400);
+    assert!(
+        stats.fault().contains("stats are disabled"),
+        "{}",
+        stats.body
+    );
+    let r = api.put(
+        "/balloon",
+        json!({"amount_mib": 1, "deflate_on_oom": false}),
+    );
+    assert_eq!(
+        r.fault(),
+        "The requested operation is not supported after starting the microVM."
+    );
+    let r = api.patch("/balloon", json!({"amount_mib": GUEST_MIB + 1}));
+    assert_eq!(r.status, 400);
+
+    let r = api.patch("/balloon", json!({"amount_mib": 0}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let run = running.wait(TIMEOUT);
+    run.assert_success();
+    let totals = balloon_totals(&metrics);
+    assert_eq!(totals["inflated_pages"], 8192, "{totals:?}");
+    // Past RAM, in the MMIO gap, a duplicate, u32::MAX, past the target, a deflate of a page
+    // never inflated.
+    assert_eq!(totals["refused_pfns"], 6, "{totals:?}");
+    // An array of 7 bytes, a device-writable array.
+    assert_eq!(totals["execute_fails"], 2, "{totals:?}");
+    assert_eq!(totals["deflated_pages"], 1, "{totals:?}");
+    assert_eq!(totals["madvise_fails"], 0, "{totals:?}");
+    assert_eq!(totals["needs_reset_count"], 0, "{totals:?}");
+}

@@ -67,25 +67,34 @@ fn wait_target(dev: &virtio::MmioDevice, old: u32) -> Option<u32> {
     }
 }
 
-pub fn run(boot: &BootInfo) {
-    if !dma::available(boot) || !boot.e820.is_usable(FILL_BASE, FILL_BASE + u64::from(FILL_PAGES) * PAGE) {
-        return fail("no-ram");
+/// The first balloon device, started, with its inflate and deflate queues (16 entries each).
+pub fn open(boot: &BootInfo) -> Result<(virtio::MmioDevice, Virtqueue, Virtqueue), &'static str> {
+    if !dma::available(boot) {
+        return Err("no-ram-for-dma");
     }
     let Some(dev) = virtio::find(boot, DEVICE_ID_BALLOON) else {
-        return fail("no-virtio-balloon-device");
+        return Err("no-virtio-balloon-device");
     };
     dev.reset();
-    let mut inflate = Virtqueue::new(&dma::queue_area(dev.index), 16);
+    let inflate = Virtqueue::new(&dma::queue_area(dev.index), 16);
     let base = DATA_START + 0x30_0000;
     let area = QueueArea { desc: base, avail: base + 0x1000, used: base + 0x2000, request: base + 0x3000 };
-    let mut deflate = Virtqueue::new(&area, 16);
-    let started = dev
-        .negotiate(0, inflate.setup)
+    let deflate = Virtqueue::new(&area, 16);
+    dev.negotiate(0, inflate.setup)
         .and_then(|_| dev.setup_queue(1, deflate.setup))
-        .and_then(|_| dev.start());
-    if let Err(e) = started {
-        return fail(e.as_str());
+        .and_then(|_| dev.start())
+        .map_err(|e| e.as_str())?;
+    Ok((dev, inflate, deflate))
+}
+
+pub fn run(boot: &BootInfo) {
+    if !boot.e820.is_usable(FILL_BASE, FILL_BASE + u64::from(FILL_PAGES) * PAGE) {
+        return fail("no-ram");
     }
+    let (dev, mut inflate, mut deflate) = match open(boot) {
+        Ok(opened) => opened,
+        Err(e) => return fail(e),
+    };
     fill();
     ResultLine::ok(b"balloon-filled").dec("pages", u64::from(FILL_PAGES)).end();
     let Some(target) = wait_target(&dev, dev.read32(CONFIG)) else {

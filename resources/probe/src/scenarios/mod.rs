@@ -2,6 +2,7 @@
 //! that prints its `probe: NAME ok|fail ...` lines, and a row in `SCENARIOS`.
 
 mod balloon;
+mod balloon_flood;
 mod blk;
 mod blk_bench;
 mod blk_flood;
@@ -70,6 +71,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: blk_watch::NAME, run: blk_watch::run },
     Scenario { name: rng::NAME, run: rng::run },
     Scenario { name: balloon::NAME, run: balloon::run },
+    Scenario { name: balloon_flood::NAME, run: balloon_flood::run },
     Scenario { name: genid::NAME, run: genid::run },
     Scenario { name: net_tx::NAME, run: net_tx::run },
     Scenario { name: net_rx::NAME, run: net_rx::run },

@@ -115,3 +115,34 @@ fn pages_the_guest_gives_to_the_balloon_leave_the_vmms_rss_and_hostile_ones_are_
     assert_eq!(totals["madvise_fails"], 0, "{totals:?}");
     assert_eq!(totals["needs_reset_count"], 0, "{totals:?}");
 }
+
+#[test]
+fn a_snapshot_of_a_vm_with_a_balloon_is_refused_by_name() {
+    if !kvm_available("a_snapshot_of_a_vm_with_a_balloon_is_refused_by_name") {
+        return;
+    }
+    let mut vm = TestVm::probe("idle", 1, 64);
+    vm.config["balloon"] = json!({"amount_mib": 0, "deflate_on_oom": true});
+    let sock = vm.dir.path().join("api.sock");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    running.wait_for_output("probe: idle ok", TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    assert_eq!(api.patch("/vm", json!({"state": "Paused"})).status, 204);
+    let dir = vm.dir.path();
+    let r = api.put(
+        "/snapshot/create",
+        json!({"snapshot_path": dir.join("state"), "mem_file_path": dir.join("mem")}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.fault(),
+        "Snapshots of microVMs with a balloon device are not supported yet"
+    );
+    assert!(!dir.join("mem").exists(), "nothing is half written");
+}

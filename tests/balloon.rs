@@ -84,10 +84,9 @@ fn pages_the_guest_gives_to_the_balloon_leave_the_vmms_rss_and_hostile_ones_are_
     assert_eq!(got["deflate_on_oom"], false);
     let stats = api.get("/balloon/statistics");
     assert_eq!(stats.status, 400);
-    assert!(
-        stats.fault().contains("stats are disabled"),
-        "{}",
-        stats.body
+    assert_eq!(
+        stats.fault(),
+        "Internal VMM error: Balloon: Received stats query when stats are disabled."
     );
     let r = api.put(
         "/balloon",
@@ -98,7 +97,18 @@ fn pages_the_guest_gives_to_the_balloon_leave_the_vmms_rss_and_hostile_ones_are_
         "The requested operation is not supported after starting the microVM."
     );
     let r = api.patch("/balloon", json!({"amount_mib": GUEST_MIB + 1}));
-    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.fault(),
+        "Balloon update error: Balloon: Requested memory should be less than 129MiB"
+    );
+    let r = api.patch(
+        "/balloon/statistics",
+        json!({"stats_polling_interval_s": 1}),
+    );
+    assert_eq!(
+        r.fault(),
+        "Balloon update error: Balloon: Statistics cannot be enabled/disabled after activation."
+    );
 
     let r = api.patch("/balloon", json!({"amount_mib": 0}));
     assert_eq!(r.status, 204, "{}", r.body);

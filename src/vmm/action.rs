@@ -239,9 +239,12 @@ pub enum ActionError {
     /// A balloon request was refused before it reached the device (Firecracker's prefix).
     #[error("Balloon config error")]
     Balloon(#[source] BalloonError),
-    /// The running balloon refused a request (Firecracker's prefixes).
+    /// The running balloon refused a query (Firecracker's prefixes).
     #[error("Internal VMM error: Balloon")]
     BalloonRuntime(#[source] BalloonError),
+    /// The running balloon refused an update (Firecracker's prefixes).
+    #[error("Balloon update error: Balloon")]
+    BalloonUpdate(#[source] BalloonError),
     /// A snapshot request was refused.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),

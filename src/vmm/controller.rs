@@ -340,7 +340,8 @@ impl Controller {
             VmmAction::PatchDrive(update) => self.patch_drive(&update),
             VmmAction::PatchNetworkInterface(update) => self.patch_network_interface(&update),
             VmmAction::PatchBalloon(update) => self.patch_balloon(&update),
-            VmmAction::GetBalloonStats | VmmAction::PatchBalloonStats(_) => self.balloon_stats(),
+            VmmAction::GetBalloonStats => self.balloon_stats(false),
+            VmmAction::PatchBalloonStats(_) => self.balloon_stats(true),
             other => misrouted(&other),
         }
     }

@@ -41,10 +41,10 @@ impl Controller {
         let mut device = self
             .devices
             .balloon()
-            .ok_or(ActionError::BalloonRuntime(BalloonError::NotFound))?;
+            .ok_or(ActionError::BalloonUpdate(BalloonError::NotFound))?;
         device
             .set_target_mib(update.amount_mib, limit)
-            .map_err(ActionError::BalloonRuntime)?;
+            .map_err(ActionError::BalloonUpdate)?;
         drop(device);
         if let Some(config) = self.resources.balloon.as_mut() {
             config.amount_mib = update.amount_mib;
@@ -52,13 +52,16 @@ impl Controller {
         Ok(VmmData::Empty)
     }
 
-    /// `GET|PATCH /balloon/statistics` after boot: refused, statistics are not enabled.
-    pub(super) fn balloon_stats(&self) -> ActionResult {
-        let why = match self.devices.balloon() {
-            Some(_) => BalloonError::StatsDisabled,
-            None => BalloonError::NotFound,
-        };
-        Err(ActionError::BalloonRuntime(why))
+    /// `GET /balloon/statistics` (`update` false) or `PATCH` (true) after boot: refused,
+    /// statistics are not enabled.
+    pub(super) fn balloon_stats(&self, update: bool) -> ActionResult {
+        let found = self.devices.balloon().is_some();
+        Err(match (found, update) {
+            (false, false) => ActionError::BalloonRuntime(BalloonError::NotFound),
+            (false, true) => ActionError::BalloonUpdate(BalloonError::NotFound),
+            (true, false) => ActionError::BalloonRuntime(BalloonError::StatsDisabled),
+            (true, true) => ActionError::BalloonUpdate(BalloonError::StatsStateChange),
+        })
     }
 }
 

@@ -103,6 +103,12 @@ pub enum BalloonError {
     /// Statistics asked of a balloon without a statistics queue.
     #[error("Received stats query when stats are disabled.")]
     StatsDisabled,
+    /// A statistics interval for a balloon without a statistics queue.
+    #[error("Statistics cannot be enabled/disabled after activation.")]
+    StatsStateChange,
+    /// `PATCH /balloon` past guest memory (Firecracker's words, which name the request).
+    #[error("Requested memory should be less than {0}MiB")]
+    TooMuchMemoryRequested(u32),
 }
 
 /// Refuses what the device does not do yet.
@@ -186,7 +192,7 @@ impl Balloon {
     /// Sets the target (`PATCH /balloon`), at most `mem_mib`, and tells an active driver.
     pub fn set_target_mib(&mut self, amount_mib: u32, mem_mib: u32) -> Result<(), BalloonError> {
         if amount_mib > mem_mib {
-            return Err(BalloonError::TooLarge);
+            return Err(BalloonError::TooMuchMemoryRequested(amount_mib));
         }
         self.target_pages = amount_mib.saturating_mul(PAGES_PER_MIB);
         if self.core.active.is_some() && self.core.interrupt.signal_config_change().is_err() {

@@ -247,7 +247,7 @@ fn config_space_holds_the_target_and_the_drivers_actual() {
     assert_eq!(u32::from_le_bytes(word), 768);
     assert!(matches!(
         rig.balloon.set_target_mib(9, 8),
-        Err(BalloonError::TooLarge)
+        Err(BalloonError::TooMuchMemoryRequested(9))
     ));
 }
 

@@ -2,7 +2,8 @@
 //! the guest fills 32 MiB, the host asks for a 32 MiB balloon by `PATCH /balloon`, the guest
 //! gives those pages, and the VMM's RSS (VmRSS in /proc/PID/status) drops by about 32 MiB. The
 //! same scenario then sends what a hostile driver would; each bad request is refused and
-//! counted in the `balloon` metrics.
+//! counted in the `balloon` metrics. The `balloon-stats` scenario feeds the statistics queue,
+//! which `GET|PATCH /balloon/statistics` read and retune.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -155,4 +156,68 @@ fn a_snapshot_of_a_vm_with_a_balloon_is_refused_by_name() {
         "Snapshots of microVMs with a balloon device are not supported yet"
     );
     assert!(!dir.join("mem").exists(), "nothing is half written");
+}
+
+#[test]
+fn the_guests_statistics_are_polled_and_answered_and_a_malformed_buffer_is_counted() {
+    if !kvm_available(
+        "the_guests_statistics_are_polled_and_answered_and_a_malformed_buffer_is_counted",
+    ) {
+        return;
+    }
+    let mut vm = TestVm::probe("balloon-stats,idle", 1, 64);
+    vm.config["balloon"] =
+        json!({"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1});
+    let sock = vm.dir.path().join("api.sock");
+    let metrics = vm.dir.path().join("metrics.json");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+        "--metrics-path".into(),
+        metrics.to_str().unwrap().into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    running.wait_for_output("probe: balloon-stats ok rounds=2 free=1002", TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    // The guest's last buffer reaches the device by its queue, the request by the API: wait
+    // for the state, with a deadline.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let stats = loop {
+        let stats = api.get("/balloon/statistics").json();
+        if stats["free_memory"] == 1002 || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(10)); // A poll interval, not synchronisation.
+    };
+    assert_eq!(
+        stats,
+        json!({"target_pages": 0, "actual_pages": 0, "target_mib": 0, "actual_mib": 0,
+               "free_memory": 1002, "total_memory": 64 << 20})
+    );
+    let r = api.patch(
+        "/balloon/statistics",
+        json!({"stats_polling_interval_s": 2}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(api.get("/balloon").json()["stats_polling_interval_s"], 2);
+    let r = api.patch(
+        "/balloon/statistics",
+        json!({"stats_polling_interval_s": 0}),
+    );
+    assert_eq!(
+        r.fault(),
+        "Balloon update error: Balloon: Statistics cannot be enabled/disabled after activation."
+    );
+    assert_eq!(
+        api.put("/actions", json!({"action_type": "FlushMetrics"}))
+            .status,
+        204
+    );
+    drop(running);
+    let totals = balloon_totals(&metrics);
+    assert_eq!(totals["stats_update_fails"], 1, "{totals:?}");
+    assert!(totals["stats_updates_count"] >= 3, "{totals:?}");
+    assert_eq!(totals["needs_reset_count"], 0, "{totals:?}");
 }

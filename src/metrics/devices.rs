@@ -268,6 +268,10 @@ metric_group! {
         inflate_count: Counter,
         /// Deflate queue notifications.
         deflate_count: Counter,
+        /// Statistics buffers the guest filled and the device read.
+        stats_updates_count: Counter,
+        /// Statistics buffers refused as malformed.
+        stats_update_fails: Counter,
         /// Failures to read an event or to raise an interrupt.
         event_fails: Counter,
         /// Pages the guest gave to the balloon and the host took back (Palisade's).

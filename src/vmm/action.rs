@@ -8,7 +8,7 @@ use crate::config::{
     MachineConfig, MachineConfigUpdate,
 };
 use crate::devices::virtio::balloon::{
-    BalloonConfig, BalloonError, BalloonStatsUpdate, BalloonUpdate,
+    BalloonConfig, BalloonError, BalloonStats, BalloonStatsUpdate, BalloonUpdate,
 };
 use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::net::config::{
@@ -143,6 +143,8 @@ pub enum VmmData {
     MmdsValue(serde_json::Value),
     /// `GET /balloon`.
     Balloon(BalloonConfig),
+    /// `GET /balloon/statistics`.
+    BalloonStats(BalloonStats),
 }
 
 /// `GET /network-interfaces/{id}/firewall` before boot: the firewall the interface will get

@@ -340,8 +340,8 @@ impl Controller {
             VmmAction::PatchDrive(update) => self.patch_drive(&update),
             VmmAction::PatchNetworkInterface(update) => self.patch_network_interface(&update),
             VmmAction::PatchBalloon(update) => self.patch_balloon(&update),
-            VmmAction::GetBalloonStats => self.balloon_stats(false),
-            VmmAction::PatchBalloonStats(_) => self.balloon_stats(true),
+            VmmAction::GetBalloonStats => self.balloon_stats(),
+            VmmAction::PatchBalloonStats(update) => self.patch_balloon_stats(&update),
             other => misrouted(&other),
         }
     }

@@ -1,11 +1,13 @@
 //! The controller's balloon actions, as Firecracker answers them: `PUT /balloon` before boot
 //! (checked against the machine's memory and what the device supports), `GET /balloon` in
 //! every state, `PATCH /balloon` after boot (the running device's new target, which the
-//! driver hears of by a configuration change interrupt). The statistics routes answer that
-//! statistics are disabled: the device has no statistics queue yet.
+//! driver hears of by a configuration change interrupt), `GET /balloon/statistics` and
+//! `PATCH /balloon/statistics` after boot (the latest values; a new polling interval).
 
 use super::Controller;
-use crate::devices::virtio::balloon::{check_config, BalloonConfig, BalloonError, BalloonUpdate};
+use crate::devices::virtio::balloon::{
+    check_config, BalloonConfig, BalloonError, BalloonStatsUpdate, BalloonUpdate,
+};
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
 
 impl Controller {
@@ -52,16 +54,31 @@ impl Controller {
         Ok(VmmData::Empty)
     }
 
-    /// `GET /balloon/statistics` (`update` false) or `PATCH` (true) after boot: refused,
-    /// statistics are not enabled.
-    pub(super) fn balloon_stats(&self, update: bool) -> ActionResult {
-        let found = self.devices.balloon().is_some();
-        Err(match (found, update) {
-            (false, false) => ActionError::BalloonRuntime(BalloonError::NotFound),
-            (false, true) => ActionError::BalloonUpdate(BalloonError::NotFound),
-            (true, false) => ActionError::BalloonRuntime(BalloonError::StatsDisabled),
-            (true, true) => ActionError::BalloonUpdate(BalloonError::StatsStateChange),
-        })
+    /// `GET /balloon/statistics` after boot: the latest values.
+    pub(super) fn balloon_stats(&self) -> ActionResult {
+        let device = self
+            .devices
+            .balloon()
+            .ok_or(ActionError::BalloonRuntime(BalloonError::NotFound))?;
+        device
+            .latest_stats()
+            .map(VmmData::BalloonStats)
+            .map_err(ActionError::BalloonRuntime)
+    }
+
+    /// `PATCH /balloon/statistics` after boot: a new polling interval (statistics cannot be
+    /// turned on or off after boot).
+    pub(super) fn patch_balloon_stats(&mut self, update: &BalloonStatsUpdate) -> ActionResult {
+        let seconds = update.stats_polling_interval_s;
+        self.devices
+            .balloon()
+            .ok_or(ActionError::BalloonUpdate(BalloonError::NotFound))?
+            .set_stats_interval(seconds)
+            .map_err(ActionError::BalloonUpdate)?;
+        if let Some(config) = self.resources.balloon.as_mut() {
+            config.stats_polling_interval_s = seconds;
+        }
+        Ok(VmmData::Empty)
     }
 }
 
@@ -139,8 +156,6 @@ mod tests {
                 "{msg}"
             );
         }
-        let body = json!({"amount_mib": 1, "deflate_on_oom": true, "stats_polling_interval_s": 1});
-        assert!(fault(put(&mut c, body)).contains("stats_polling_interval_s"));
         assert!(c.resources.balloon.is_none(), "nothing refused is recorded");
     }
 

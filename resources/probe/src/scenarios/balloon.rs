@@ -21,6 +21,8 @@ const PAGE: u64 = 4096;
 const PER_ARRAY: u32 = 256;
 /// The config space register of `num_pages` and `actual` (REG_CONFIG + 0 and + 4).
 const CONFIG: u64 = 0x100;
+/// VIRTIO_BALLOON_F_STATS_VQ.
+pub const F_STATS_VQ: u64 = 1 << 1;
 
 fn fail(what: &str) {
     ResultLine::fail(NAME.as_bytes()).text(what).end();
@@ -67,8 +69,9 @@ fn wait_target(dev: &virtio::MmioDevice, old: u32) -> Option<u32> {
     }
 }
 
-/// The first balloon device, started, with its inflate and deflate queues (16 entries each).
-pub fn open(boot: &BootInfo) -> Result<(virtio::MmioDevice, Virtqueue, Virtqueue), &'static str> {
+/// The first balloon device, started, with its inflate and deflate queues (16 entries each)
+/// and, with `stats`, its statistics queue (VIRTIO_BALLOON_F_STATS_VQ accepted).
+pub fn open_with(boot: &BootInfo, stats: bool) -> Result<(virtio::MmioDevice, Virtqueue, Virtqueue, Option<Virtqueue>), &'static str> {
     if !dma::available(boot) {
         return Err("no-ram-for-dma");
     }
@@ -77,14 +80,25 @@ pub fn open(boot: &BootInfo) -> Result<(virtio::MmioDevice, Virtqueue, Virtqueue
     };
     dev.reset();
     let inflate = Virtqueue::new(&dma::queue_area(dev.index), 16);
-    let base = DATA_START + 0x30_0000;
-    let area = QueueArea { desc: base, avail: base + 0x1000, used: base + 0x2000, request: base + 0x3000 };
-    let deflate = Virtqueue::new(&area, 16);
-    dev.negotiate(0, inflate.setup)
-        .and_then(|_| dev.setup_queue(1, deflate.setup))
-        .and_then(|_| dev.start())
-        .map_err(|e| e.as_str())?;
-    Ok((dev, inflate, deflate))
+    let area = |base: u64| QueueArea { desc: base, avail: base + 0x1000, used: base + 0x2000, request: base + 0x3000 };
+    let deflate = Virtqueue::new(&area(DATA_START + 0x30_0000), 16);
+    let stats_queue = stats.then(|| Virtqueue::new(&area(DATA_START + 0x34_0000), 16));
+    let wanted = if stats { F_STATS_VQ } else { 0 };
+    let features = dev.negotiate(wanted, inflate.setup).map_err(|e| e.as_str())?;
+    if features & wanted != wanted {
+        return Err("no-stats-feature");
+    }
+    dev.setup_queue(1, deflate.setup).map_err(|e| e.as_str())?;
+    if let Some(q) = &stats_queue {
+        dev.setup_queue(2, q.setup).map_err(|e| e.as_str())?;
+    }
+    dev.start().map_err(|e| e.as_str())?;
+    Ok((dev, inflate, deflate, stats_queue))
+}
+
+/// As `open_with`, without the statistics queue.
+pub fn open(boot: &BootInfo) -> Result<(virtio::MmioDevice, Virtqueue, Virtqueue), &'static str> {
+    open_with(boot, false).map(|(dev, inflate, deflate, _)| (dev, inflate, deflate))
 }
 
 pub fn run(boot: &BootInfo) {

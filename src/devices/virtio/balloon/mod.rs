@@ -9,43 +9,47 @@
 //! buffer whose length is not a multiple of 4 is refused and counted (`execute_fails`). One
 //! chain carries at most [`MAX_PFNS_PER_CHAIN`] page numbers (the rest are refused), and each
 //! page number is charged to the drain's budget, so one kick costs the VMM at most about 4,096
-//! page numbers of work. Not yet: the statistics queue, free page hinting and reporting (the
-//! configuration refuses them by name), and snapshots of a balloon (refused by the caller).
+//! page numbers of work. With `stats_polling_interval_s` the device has a third queue, for
+//! statistics ([`stats`]). Not yet: free page hinting and reporting (the configuration refuses
+//! them by name), and snapshots of a balloon (refused by the caller).
 
+mod core;
+mod events;
 mod ledger;
+mod queues;
 mod reclaim;
+mod stats;
 
 use std::sync::Arc;
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::{Deserialize, Serialize};
-use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
+use self::core::{each_core, BalloonCore};
 use self::ledger::Ledger;
 pub use self::ledger::{PfnRefusal, PAGE_SIZE};
-use self::reclaim::Runs;
-use super::buffers::Layout;
-use super::chain::{self, Segment};
-use super::device_core::{core_accessors, CoreDevice, DeviceCore, DeviceLabel};
-use super::queue::{charge_descriptors, drain, ChainOutcome, MAX_QUEUE_SIZE};
+use self::queues::Work;
+pub use self::stats::BalloonStats;
+use super::chain::Segment;
+use super::device_core::{DeviceCore, DeviceLabel};
+use super::queue::{drain, MAX_QUEUE_SIZE};
 use super::VIRTIO_F_VERSION_1;
 use crate::logger::RateLimitedLog;
 use crate::metrics::BalloonDeviceMetrics;
-use crate::vstate::memory::{Backing, GuestMemory, MemoryOptions};
+use crate::vstate::memory::{Backing, MemoryOptions};
 
+/// Feature bit: the device has a statistics queue.
+pub const VIRTIO_BALLOON_F_STATS_VQ: u64 = 1 << 1;
 /// Feature bit: the guest may deflate the balloon when it runs out of memory.
 pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u64 = 1 << 2;
 /// The most page numbers one chain carries (Linux sends at most 256).
 pub const MAX_PFNS_PER_CHAIN: usize = 1024;
 /// What one page number costs in the drain's byte budget: 4,096 of them fill it.
-const PFN_COST: u64 = 256;
+pub(crate) const PFN_COST: u64 = 256;
 /// Pages in a MiB.
 const PAGES_PER_MIB: u32 = (1 << 20) / PAGE_SIZE as u32;
 
-static BAD_REQUEST_LOG: RateLimitedLog = RateLimitedLog::new();
+pub(crate) static BAD_REQUEST_LOG: RateLimitedLog = RateLimitedLog::new();
 
 /// The `balloon` section and the body of `PUT /balloon` (Firecracker's fields).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -113,11 +117,6 @@ pub enum BalloonError {
 
 /// Refuses what the device does not do yet.
 pub fn check_config(config: &BalloonConfig) -> Result<(), BalloonError> {
-    if config.stats_polling_interval_s != 0 {
-        return Err(BalloonError::Unsupported(
-            "statistics queue (stats_polling_interval_s)",
-        ));
-    }
     if config.free_page_hinting {
         return Err(BalloonError::Unsupported("free page hinting"));
     }
@@ -140,7 +139,7 @@ pub fn check_memory_options(opts: &MemoryOptions) -> Result<(), BalloonError> {
 
 /// The balloon device.
 pub struct Balloon {
-    core: DeviceCore<2>,
+    core: BalloonCore,
     /// The target, in 4 KiB pages (config space `num_pages`).
     target_pages: u32,
     /// What the driver says the balloon holds (config space `actual`).
@@ -149,6 +148,13 @@ pub struct Balloon {
     ledger: Option<Ledger>,
     segments: Vec<Segment>,
     pfns: Vec<u32>,
+    /// Seconds between statistics requests (0: no statistics queue).
+    stats_interval_s: u16,
+    /// Fires every `stats_interval_s` (present with the statistics queue).
+    stats_timer: Option<TimerFd>,
+    /// The statistics buffer the device holds until the next request.
+    stats_head: Option<u16>,
+    stats: BalloonStats,
     metrics: Arc<BalloonDeviceMetrics>,
 }
 
@@ -168,14 +174,28 @@ impl Balloon {
         if config.deflate_on_oom {
             features |= VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
         }
+        let counters = metrics.clone();
+        let (core, stats_timer) = if config.stats_polling_interval_s == 0 {
+            let core = DeviceCore::new(features, label, counters).map_err(BalloonError::Event)?;
+            (BalloonCore::Plain(core), None)
+        } else {
+            features |= VIRTIO_BALLOON_F_STATS_VQ;
+            let core = DeviceCore::new(features, label, counters).map_err(BalloonError::Event)?;
+            let timer = TimerFd::new().map_err(|e| BalloonError::Event(e.into()))?;
+            (BalloonCore::Stats(core), Some(timer))
+        };
         Ok(Self {
-            core: DeviceCore::new(features, label, metrics.clone()).map_err(BalloonError::Event)?,
+            core,
             target_pages: config.amount_mib.saturating_mul(PAGES_PER_MIB),
             actual_pages: 0,
             deflate_on_oom: config.deflate_on_oom,
             ledger: None,
             segments: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
             pfns: Vec::with_capacity(MAX_PFNS_PER_CHAIN),
+            stats_interval_s: config.stats_polling_interval_s,
+            stats_timer,
+            stats_head: None,
+            stats: BalloonStats::default(),
             metrics,
         })
     }
@@ -185,6 +205,7 @@ impl Balloon {
         BalloonConfig {
             amount_mib: self.target_pages / PAGES_PER_MIB,
             deflate_on_oom: self.deflate_on_oom,
+            stats_polling_interval_s: self.stats_interval_s,
             ..BalloonConfig::default()
         }
     }
@@ -195,7 +216,10 @@ impl Balloon {
             return Err(BalloonError::TooMuchMemoryRequested(amount_mib));
         }
         self.target_pages = amount_mib.saturating_mul(PAGES_PER_MIB);
-        if self.core.active.is_some() && self.core.interrupt.signal_config_change().is_err() {
+        let signalled = each_core!(&self.core, c => {
+            c.active.is_none() || c.interrupt.signal_config_change().is_ok()
+        });
+        if !signalled {
             self.metrics.event_fails.inc();
         }
         Ok(())
@@ -216,189 +240,58 @@ impl Balloon {
         self.ledger.as_ref().map_or(0, Ledger::count)
     }
 
+    /// `GET /balloon/statistics`: the latest values with the target and the driver's size.
+    pub fn latest_stats(&self) -> Result<BalloonStats, BalloonError> {
+        if self.stats_timer.is_none() {
+            return Err(BalloonError::StatsDisabled);
+        }
+        Ok(BalloonStats {
+            target_pages: self.target_pages,
+            actual_pages: self.actual_pages,
+            target_mib: self.target_pages / PAGES_PER_MIB,
+            actual_mib: self.actual_pages / PAGES_PER_MIB,
+            ..self.stats
+        })
+    }
+
+    /// `PATCH /balloon/statistics`: a new interval; statistics cannot be turned on or off.
+    pub fn set_stats_interval(&mut self, seconds: u16) -> Result<(), BalloonError> {
+        if self.stats_timer.is_none() || seconds == 0 {
+            return Err(BalloonError::StatsStateChange);
+        }
+        self.stats_interval_s = seconds;
+        self.arm_stats_timer();
+        Ok(())
+    }
+
     /// Serves the inflate queue (`index` 0) or the deflate queue (1): at most one queue's
     /// worth of chains and about 4,096 page numbers, then yields to the event loop.
     pub fn process_queue(&mut self, index: usize) {
-        let Some(active) = self.core.active.as_mut() else {
-            return;
-        };
-        if self.core.interrupt.needs_reset() {
-            return;
-        }
-        let mem = &active.mem;
-        let ledger = self.ledger.get_or_insert_with(|| Ledger::new(mem));
-        let mut work = Work {
-            mem,
-            ledger,
-            segments: &mut self.segments,
-            pfns: &mut self.pfns,
-            metrics: &self.metrics,
-            target: self.target_pages,
-            inflate: index == 0,
-        };
-        let Some(queue) = active.queues.get_mut(index) else {
-            return;
-        };
-        let (end, used_any) = drain(queue, mem, |queue, head| work.chain(queue, head));
-        self.core.finish_drain(index, end, used_any);
-    }
-}
-
-/// What serving one queue needs.
-struct Work<'a> {
-    mem: &'a GuestMemory,
-    ledger: &'a mut Ledger,
-    segments: &'a mut Vec<Segment>,
-    pfns: &'a mut Vec<u32>,
-    metrics: &'a BalloonDeviceMetrics,
-    target: u32,
-    inflate: bool,
-}
-
-impl Work<'_> {
-    /// Handles one chain: checks it, reads its page numbers, applies each.
-    fn chain(&mut self, queue: &Queue, head: u16) -> ChainOutcome {
-        let desc_table = GuestAddress(queue.desc_table());
-        if let Err(e) = chain::read_chain(self.mem, desc_table, queue.size(), head, self.segments) {
-            return ChainOutcome::Broken(e.into());
-        }
-        let outcome = self.apply();
-        charge_descriptors(outcome, self.segments.len())
-    }
-
-    fn apply(&mut self) -> ChainOutcome {
-        match Layout::check(self.mem, self.segments) {
-            Ok(layout) if layout.writable == 0 => {}
-            Ok(_) => return self.refuse("device-writable buffer in a balloon request"),
-            Err(e) => return self.refuse(&e.to_string()),
-        }
-        if let Some(seg) = self.segments.iter().find(|s| s.len % 4 != 0) {
-            let why = format!("buffer of {} bytes, not a multiple of 4", seg.len);
-            return self.refuse(&why);
-        }
-        self.read_pfns();
-        let mut runs = Runs::default();
-        let (mut done, mut refused, mut fails) = (0u64, 0u64, 0u64);
-        for &pfn in self.pfns.iter() {
-            let result = if self.inflate {
-                self.ledger.inflate(self.mem, pfn, self.target)
-            } else {
-                self.ledger.deflate(pfn)
-            };
-            match result {
-                Ok(()) if self.inflate => {
-                    done += 1;
-                    fails += runs.push(self.mem, pfn);
-                }
-                Ok(()) => done += 1,
-                Err(e) => {
-                    refused += 1;
-                    if let Some(n) = BAD_REQUEST_LOG.hit() {
-                        log::warn!("Balloon device: page refused: {e} ({n} so far)");
-                    }
-                }
-            }
-        }
-        fails += runs.flush(self.mem);
-        let total = self.total_pfns();
-        refused += total.saturating_sub(self.pfns.len() as u64);
-        let m = self.metrics;
-        let counter = if self.inflate {
-            &m.inflated_pages
-        } else {
-            &m.deflated_pages
-        };
-        counter.add(done);
-        m.refused_pfns.add(refused);
-        m.madvise_fails.add(fails);
-        ChainOutcome::Moved {
-            used_len: 0,
-            moved: (self.pfns.len() as u64).saturating_mul(PFN_COST),
-        }
-    }
-
-    /// The number of page numbers the chain holds (all its buffers are checked already).
-    fn total_pfns(&self) -> u64 {
-        self.segments.iter().map(|s| u64::from(s.len / 4)).sum()
-    }
-
-    /// Reads at most [`MAX_PFNS_PER_CHAIN`] little-endian page numbers from the chain.
-    fn read_pfns(&mut self) {
-        self.pfns.clear();
-        let mut buf = [0u8; 4];
-        'segments: for seg in self.segments.iter() {
-            for i in 0..u64::from(seg.len / 4) {
-                if self.pfns.len() >= MAX_PFNS_PER_CHAIN {
-                    break 'segments;
-                }
-                let addr = GuestAddress(seg.addr.0.wrapping_add(i * 4));
-                if self.mem.read_slice(&mut buf, addr).is_err() {
-                    break 'segments;
-                }
-                self.pfns.push(u32::from_le_bytes(buf));
-            }
-        }
-    }
-
-    fn refuse(&self, why: &str) -> ChainOutcome {
-        self.metrics.execute_fails.inc();
-        if let Some(n) = BAD_REQUEST_LOG.hit() {
-            log::warn!("Balloon device: bad request refused: {why} ({n} so far)");
-        }
-        ChainOutcome::Used(0)
-    }
-}
-
-impl CoreDevice for Balloon {
-    const DEVICE_TYPE: u32 = VIRTIO_ID_BALLOON;
-    core_accessors!(core: DeviceCore<2>);
-
-    /// `num_pages` at 0, `actual` at 4 (both little-endian u32).
-    fn config_read(&self, offset: u64, data: &mut [u8]) {
-        let mut space = [0u8; 8];
-        space[..4].copy_from_slice(&self.target_pages.to_le_bytes());
-        space[4..].copy_from_slice(&self.actual_pages.to_le_bytes());
-        super::read_config_bytes(&space, offset, data);
-    }
-
-    /// Only `actual` is the driver's to write, as one 4-byte write.
-    fn config_write(&mut self, offset: u64, data: &[u8]) {
-        match <[u8; 4]>::try_from(data) {
-            Ok(bytes) if offset == 4 => self.actual_pages = u32::from_le_bytes(bytes),
-            _ => self.metrics.execute_fails.inc(),
-        }
-    }
-
-    fn resetting(&mut self) {
-        // The driver starts again from an empty balloon; pages it gave stay given back.
-        self.ledger = None;
-        self.actual_pages = 0;
-    }
-}
-
-impl MutEventSubscriber for Balloon {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let index = events.data() as usize;
-        let count = match index {
-            0 => &self.metrics.inflate_count,
-            1 => &self.metrics.deflate_count,
-            _ => {
-                self.core.on_unexpected_event(events.data());
+        let (ledger, segments, pfns) = (&mut self.ledger, &mut self.segments, &mut self.pfns);
+        let (metrics, target) = (&*self.metrics, self.target_pages);
+        each_core!(&mut self.core, core => {
+            if core.interrupt.needs_reset() {
                 return;
             }
-        };
-        self.core.on_queue_event(index, count);
-        self.process_queue(index);
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        let list = self
-            .core
-            .queue_events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Events::with_data(e, i as u32, EventSet::IN));
-        self.core.watch(ops, list.collect::<Vec<_>>());
+            let Some(active) = core.active.as_mut() else {
+                return;
+            };
+            let mem = &active.mem;
+            let mut work = Work {
+                mem,
+                ledger: ledger.get_or_insert_with(|| Ledger::new(mem)),
+                segments,
+                pfns,
+                metrics,
+                target,
+                inflate: index == 0,
+            };
+            let Some(queue) = active.queues.get_mut(index) else {
+                return;
+            };
+            let (end, used_any) = drain(queue, mem, |queue, head| work.chain(queue, head));
+            core.finish_drain(index, end, used_any);
+        })
     }
 }
 

@@ -9,7 +9,12 @@ use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, GuestMemoryBackend};
 
+use vm_memory::{Bytes, GuestAddress};
+
+use super::core::BalloonCore;
 use super::ledger::Ledger;
+use crate::devices::virtio::VIRTIO_F_VERSION_1;
+use crate::vstate::memory::GuestMemory;
 
 use super::*;
 use crate::devices::virtio::queue::pending;
@@ -203,7 +208,10 @@ fn odd_lengths_and_device_writable_buffers_are_refused_whole() {
         2,
         "only the good chain counts"
     );
-    assert!(!rig.balloon.core.interrupt.needs_reset());
+    let BalloonCore::Plain(core) = &rig.balloon.core else {
+        panic!("a balloon without statistics has two queues");
+    };
+    assert!(!core.interrupt.needs_reset());
 }
 
 #[test]
@@ -222,7 +230,10 @@ fn a_huge_count_in_one_descriptor_is_capped_and_one_kick_does_bounded_work() {
         read <= 4096 + MAX_PFNS_PER_CHAIN as u64,
         "{used} chains in one kick"
     );
-    assert!(pending(&rig.balloon.core.active.as_ref().unwrap().queues[0], &mem) > 0);
+    let BalloonCore::Plain(core) = &rig.balloon.core else {
+        panic!("a balloon without statistics has two queues");
+    };
+    assert!(pending(&core.active.as_ref().unwrap().queues[0], &mem) > 0);
     assert_eq!(
         rig.metrics.refused_pfns.count(),
         u64::from(used) * 16384,
@@ -253,10 +264,6 @@ fn config_space_holds_the_target_and_the_drivers_actual() {
 
 #[test]
 fn unsupported_features_and_memory_are_refused_by_name() {
-    let stats = BalloonConfig {
-        stats_polling_interval_s: 1,
-        ..config(1)
-    };
     let hinting = BalloonConfig {
         free_page_hinting: true,
         ..config(1)
@@ -266,7 +273,6 @@ fn unsupported_features_and_memory_are_refused_by_name() {
         ..config(1)
     };
     for (cfg, name) in [
-        (stats, "stats_polling_interval_s"),
         (hinting, "free page hinting"),
         (reporting, "free page reporting"),
     ] {
@@ -308,4 +314,122 @@ fn the_ledger_is_sized_by_guest_memory_whatever_the_guest_sends() {
     // 8 MiB of guest physical space: 2,048 frames, 32 words.
     assert_eq!(ledger.words(), 32);
     assert_eq!(mem.last_addr().raw_value(), 0x7f_ffff);
+}
+
+const STATS_RING: u64 = 0x3_0000;
+const STATS_BUFFER: u64 = 0x3_8000;
+
+/// A balloon with the statistics queue, its three mock queues.
+fn stats_rig(
+    mem: &GuestMemory,
+) -> (
+    Balloon,
+    MockSplitQueue<'_, GuestMemory>,
+    Arc<BalloonDeviceMetrics>,
+) {
+    let inflate = MockSplitQueue::create(mem, GuestAddress(INFLATE_RING), 16);
+    let deflate = MockSplitQueue::create(mem, GuestAddress(DEFLATE_RING), 16);
+    let stats = MockSplitQueue::create(mem, GuestAddress(STATS_RING), 16);
+    let metrics = Arc::new(BalloonDeviceMetrics::new());
+    let cfg = BalloonConfig {
+        stats_polling_interval_s: 1,
+        ..config(1)
+    };
+    let mut balloon = Balloon::new(&cfg, metrics.clone()).unwrap();
+    assert_ne!(balloon.avail_features() & VIRTIO_BALLOON_F_STATS_VQ, 0);
+    assert_eq!(balloon.queue_max_sizes().len(), 3);
+    balloon
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![
+                inflate.create_queue().unwrap(),
+                deflate.create_queue().unwrap(),
+                stats.create_queue().unwrap(),
+            ],
+            features: VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_STATS_VQ,
+        })
+        .unwrap();
+    (balloon, stats, metrics)
+}
+
+/// Writes `entries` (tag, value) at `at` and returns a readable descriptor over them.
+fn stats_buffer(mem: &GuestMemory, at: u64, entries: &[(u16, u64)]) -> RawDescriptor {
+    let bytes: Vec<u8> = entries
+        .iter()
+        .flat_map(|(t, v)| t.to_le_bytes().into_iter().chain(v.to_le_bytes()))
+        .collect();
+    mem.write_slice(&bytes, GuestAddress(at)).unwrap();
+    desc(at, bytes.len() as u32, 0)
+}
+
+#[test]
+fn a_statistics_buffer_is_read_held_and_given_back_at_each_request() {
+    let mem = small_memory_with_a_hole();
+    let (mut balloon, q, metrics) = stats_rig(&mem);
+    let d = stats_buffer(&mem, STATS_BUFFER, &[(4, 1000), (5, 4000), (99, 7)]);
+    q.add_desc_chains(&[d], 0).unwrap();
+    balloon.process_stats_queue();
+    assert_eq!(q.used().idx().load(), 0, "held until the next request");
+    assert_eq!(metrics.stats_updates_count.count(), 1);
+    let stats = balloon.latest_stats().unwrap();
+    assert_eq!(
+        (stats.free_memory, stats.total_memory),
+        (Some(1000), Some(4000))
+    );
+    assert_eq!((stats.target_pages, stats.target_mib), (256, 1));
+    let json = serde_json::to_value(stats).unwrap();
+    assert_eq!(json["free_memory"], 1000);
+    assert!(
+        json.get("swap_in").is_none(),
+        "absent values are left out: {json}"
+    );
+    balloon.request_stats();
+    assert_eq!(q.used().idx().load(), 1);
+    balloon.request_stats();
+    assert_eq!(q.used().idx().load(), 1, "nothing held, nothing given back");
+    balloon.set_stats_interval(5).unwrap();
+    assert_eq!(balloon.config().stats_polling_interval_s, 5);
+    assert!(matches!(
+        balloon.set_stats_interval(0),
+        Err(BalloonError::StatsStateChange)
+    ));
+}
+
+#[test]
+fn malformed_statistics_buffers_are_given_back_at_once_and_counted() {
+    let mem = small_memory_with_a_hole();
+    let (mut balloon, q, metrics) = stats_rig(&mem);
+    let good = stats_buffer(&mem, STATS_BUFFER, &[(4, 1)]);
+    let odd = desc(STATS_BUFFER, 7, 0);
+    let writable = desc(STATS_BUFFER, 10, VRING_DESC_F_WRITE as u16);
+    let huge = desc(0x10_0000, 0x1_0000 - 6, 0);
+    q.add_desc_chains(&[good, odd, writable, huge], 0).unwrap();
+    balloon.process_stats_queue();
+    assert_eq!(
+        q.used().idx().load(),
+        3,
+        "the three refused go back, the good one is held"
+    );
+    assert_eq!(metrics.stats_update_fails.count(), 3);
+    assert_eq!(balloon.latest_stats().unwrap().free_memory, Some(1));
+    // A second good buffer replaces the held one, which goes back.
+    let next = stats_buffer(&mem, STATS_BUFFER + 0x100, &[(4, 2)]);
+    q.add_desc_chains(&[next], 4).unwrap();
+    balloon.process_stats_queue();
+    assert_eq!(q.used().idx().load(), 4);
+    assert_eq!(balloon.latest_stats().unwrap().free_memory, Some(2));
+}
+
+#[test]
+fn a_balloon_without_statistics_refuses_statistics_requests() {
+    let mem = small_memory_with_a_hole();
+    let mut rig = Rig::new(&mem, 1);
+    assert!(matches!(
+        rig.balloon.latest_stats(),
+        Err(BalloonError::StatsDisabled)
+    ));
+    assert!(matches!(
+        rig.balloon.set_stats_interval(1),
+        Err(BalloonError::StatsStateChange)
+    ));
 }

@@ -265,8 +265,8 @@ fn mmds_config_is_pre_boot_only_and_the_store_serves_after_boot() {
             last["net_eth0"]
         );
     }
-    let stderr = vm.running.stderr();
-    assert!(stderr.contains("MMDS V1 configured"), "{stderr}");
+    vm.running
+        .wait_for_log("MMDS V1 configured", Duration::from_secs(10));
 }
 
 #[test]

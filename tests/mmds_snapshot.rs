@@ -166,10 +166,9 @@ fn mmds_config_is_saved_and_restored_and_the_store_is_not_in_the_files() {
     assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
     let full = c.get("/vm/config").json();
     assert_eq!(full["mmds-config"], config, "{full}");
-    let log = clone.running.stderr();
-    assert!(
-        log.contains("MMDS V1 restored on eth0 with a new token key"),
-        "{log}"
+    let log = clone.running.wait_for_log(
+        "MMDS V1 restored on eth0 with a new token key",
+        Duration::from_secs(10),
     );
     assert!(!log.contains("new-data") && !log.contains(SECRET), "{log}");
     let r = c.get("/mmds");

@@ -95,7 +95,9 @@ fn boot_and_save_with(
     );
     assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
     let stdout = vm.running.stdout();
-    let log = vm.running.stderr();
+    let log = vm
+        .running
+        .wait_for_log("Snapshot created", Duration::from_secs(10));
     vm.running.kill();
     Saved {
         dir,

@@ -210,8 +210,8 @@ fn diffs_hold_the_written_pages_and_onto_the_base_copy_restore_the_pattern_in_a_
     );
     assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
     assert_pattern(&at("merged"), 3);
-    let log = vm.running.stderr();
-    assert!(log.contains("Snapshot created (Diff"), "{log}");
+    vm.running
+        .wait_for_log("Snapshot created (Diff", Duration::from_secs(10));
     drop(c);
     vm.running.kill();
 

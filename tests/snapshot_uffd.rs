@@ -219,7 +219,9 @@ fn a_probe_guest_loaded_with_uffd_in_a_new_process_reads_its_whole_pattern_back_
         "the clone booted again:\n{out}"
     );
     assert!(!out.contains(" fail"), "{out}");
-    let log = clone.running.stderr();
+    let log = clone
+        .running
+        .wait_for_log("Snapshot loaded", Duration::from_secs(10));
     let loaded = log
         .lines()
         .find(|l| l.contains("Snapshot loaded"))

@@ -324,6 +324,24 @@ impl RunningVm {
         String::from_utf8_lossy(&self.stderr.0.lock().unwrap()).into_owned()
     }
 
+    /// The log (stderr) once it contains `text`: a line the VMM writes just before an API
+    /// answer can reach this process's reader after the answer does. Panics with the log
+    /// after `timeout`.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.stderr();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log within {timeout:?}\n--- stderr\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits until the serial output contains `text`; panics after `timeout` or if the VMM
     /// exits first.
     pub fn wait_for_output(&mut self, text: &str, timeout: Duration) {

@@ -155,7 +155,8 @@ put('corpus/firewall_state/open_table', b'\x04' + firewall_state(
 
 
 # balloon_queues: amount_mib (mod 2), then guest memory: inflate ring at 0 (descriptors),
-# 0x100 (avail), 0x200 (used); deflate at 0x1000; statistics at 0x2000; arrays at 0x3000.
+# 0x100 (avail), 0x200 (used); deflate at 0x1000; statistics at 0x2000; arrays at 0x3000;
+# free page reporting at 0x4000 (past the seeds: an empty ring).
 def balloon_seed(inflate, deflate, stats):
     mem = bytearray(0x4000)
 

@@ -221,3 +221,48 @@ fn the_guests_statistics_are_polled_and_answered_and_a_malformed_buffer_is_count
     assert!(totals["stats_updates_count"] >= 3, "{totals:?}");
     assert_eq!(totals["needs_reset_count"], 0, "{totals:?}");
 }
+
+#[test]
+fn free_ranges_the_guest_reports_leave_the_vmms_rss_and_malformed_reports_are_counted() {
+    if !kvm_available(
+        "free_ranges_the_guest_reports_leave_the_vmms_rss_and_malformed_reports_are_counted",
+    ) {
+        return;
+    }
+    let mut vm = TestVm::probe("balloon-report", 1, GUEST_MIB as usize);
+    vm.config["balloon"] =
+        json!({"amount_mib": 0, "deflate_on_oom": false, "free_page_reporting": true});
+    let sock = vm.dir.path().join("api.sock");
+    let metrics = vm.dir.path().join("metrics.json");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+        "--metrics-path".into(),
+        metrics.to_str().unwrap().into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    running.wait_for_output("probe: balloon-report ok filled", TIMEOUT);
+    let pid = running.child.id();
+    let before = vm_rss_kib(pid);
+    // The target change is the guest's signal that the host measured.
+    assert_eq!(api.patch("/balloon", json!({"amount_mib": 1})).status, 204);
+    running.wait_for_output("probe: balloon-report ok reported=16777216", TIMEOUT);
+    let after = vm_rss_kib(pid);
+    let dropped = before.saturating_sub(after);
+    eprintln!("VMM VmRSS: {before} KiB -> {after} KiB (dropped {dropped} KiB)");
+    assert!(
+        (14 * 1024..=18 * 1024).contains(&dropped),
+        "VmRSS {before} KiB -> {after} KiB"
+    );
+    assert_eq!(api.get("/balloon").json()["free_page_reporting"], true);
+    assert_eq!(api.patch("/balloon", json!({"amount_mib": 0})).status, 204);
+    running.wait(TIMEOUT).assert_success();
+    let totals = balloon_totals(&metrics);
+    assert_eq!(totals["free_page_report_count"], 1, "{totals:?}");
+    assert_eq!(totals["free_page_report_freed"], 16 << 20, "{totals:?}");
+    assert_eq!(totals["free_page_report_fails"], 2, "{totals:?}");
+    assert_eq!(totals["madvise_fails"], 0, "{totals:?}");
+}

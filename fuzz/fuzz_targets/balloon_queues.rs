@@ -1,15 +1,17 @@
-//! virtio-balloon's three queues over a guest memory the fuzzer writes: rings, descriptors,
-//! page number arrays and statistics buffers are all guest-controlled. Serving the inflate,
-//! deflate and statistics queues must never panic, never put more pages in the balloon than
-//! its target, and never give back a page outside guest memory (a madvise there would fail,
-//! and `madvise_fails` would count it).
+//! virtio-balloon's four queues over a guest memory the fuzzer writes: rings, descriptors,
+//! page number arrays, statistics buffers and free page reports are all guest-controlled.
+//! Serving the inflate, deflate, statistics and reporting queues must never panic, never put
+//! more pages in the balloon than its target, and never give back a page outside guest memory
+//! (a madvise there would fail, and `madvise_fails` would count it).
 
 #![no_main]
 
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use palisade::devices::virtio::balloon::{Balloon, BalloonConfig, VIRTIO_BALLOON_F_STATS_VQ};
+use palisade::devices::virtio::balloon::{
+    Balloon, BalloonConfig, VIRTIO_BALLOON_F_PAGE_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
+};
 use palisade::devices::virtio::{ActivateContext, VirtioDevice, VIRTIO_F_VERSION_1};
 use palisade::metrics::BalloonDeviceMetrics;
 use palisade::vstate::memory::GuestMemory;
@@ -42,20 +44,22 @@ fuzz_target!(|data: &[u8]| {
     let config = BalloonConfig {
         amount_mib: u32::from(amount_mib % 2),
         stats_polling_interval_s: 1,
+        free_page_reporting: true,
         ..BalloonConfig::default()
     };
     let metrics = Arc::new(BalloonDeviceMetrics::new());
     let Ok(mut balloon) = Balloon::new(&config, metrics.clone()) else {
         return;
     };
-    let (Some(inflate), Some(deflate), Some(stats)) = (queue(0), queue(0x1000), queue(0x2000))
+    let (Some(inflate), Some(deflate), Some(stats), Some(report)) =
+        (queue(0), queue(0x1000), queue(0x2000), queue(0x4000))
     else {
         return;
     };
     let ctx = ActivateContext {
         mem,
-        queues: vec![inflate, deflate, stats],
-        features: VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_STATS_VQ,
+        queues: vec![inflate, deflate, stats, report],
+        features: VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_STATS_VQ | VIRTIO_BALLOON_F_PAGE_REPORTING,
     };
     if balloon.activate(ctx).is_err() {
         return;
@@ -64,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
         balloon.process_queue(0);
         balloon.process_queue(1);
         balloon.process_stats_queue();
+        balloon.process_report_queue();
         balloon.request_stats();
     }
     assert!(balloon.inflated_pages() <= balloon.target_pages());

@@ -272,6 +272,12 @@ metric_group! {
         stats_updates_count: Counter,
         /// Statistics buffers refused as malformed.
         stats_update_fails: Counter,
+        /// Free page reports given back to the host.
+        free_page_report_count: Counter,
+        /// Bytes of free page reports given back.
+        free_page_report_freed: Counter,
+        /// Free page reports refused as malformed.
+        free_page_report_fails: Counter,
         /// Failures to read an event or to raise an interrupt.
         event_fails: Counter,
         /// Pages the guest gave to the balloon and the host took back (Palisade's).

@@ -14,13 +14,13 @@ use crate::virtio::{self, tsc, TIMEOUT_TSC};
 use crate::zero_page::BootInfo;
 
 pub const NAME: &str = "balloon";
-const DEVICE_ID_BALLOON: u32 = 5;
-const FILL_BASE: u64 = 32 << 20;
+pub const DEVICE_ID_BALLOON: u32 = 5;
+pub const FILL_BASE: u64 = 32 << 20;
 const FILL_PAGES: u32 = 8192;
 const PAGE: u64 = 4096;
 const PER_ARRAY: u32 = 256;
 /// The config space register of `num_pages` and `actual` (REG_CONFIG + 0 and + 4).
-const CONFIG: u64 = 0x100;
+pub const CONFIG: u64 = 0x100;
 /// VIRTIO_BALLOON_F_STATS_VQ.
 pub const F_STATS_VQ: u64 = 1 << 1;
 
@@ -55,7 +55,7 @@ fn send_pfns(dev: &virtio::MmioDevice, queue: &mut Virtqueue, index: u32, pfns: 
 }
 
 /// Waits until `num_pages` differs from `old`; None after about 30 s.
-fn wait_target(dev: &virtio::MmioDevice, old: u32) -> Option<u32> {
+pub fn wait_target(dev: &virtio::MmioDevice, old: u32) -> Option<u32> {
     let start = tsc();
     loop {
         let now = dev.read32(CONFIG);

@@ -1,6 +1,7 @@
-//! The balloon's shared device state with two queues (inflate, deflate) or three (and the
-//! statistics queue, when `stats_polling_interval_s` is not 0): one [`DeviceCore`] of either
-//! size behind one type, and [`each_core!`] to run the same code on whichever it is.
+//! The balloon's shared device state with two queues (inflate, deflate), three or four (the
+//! statistics queue when `stats_polling_interval_s` is not 0, then the free page reporting
+//! queue when `free_page_reporting`): one [`DeviceCore`] of any of these sizes behind one type,
+//! and [`each_core!`] to run the same code on whichever it is.
 
 use std::sync::Arc;
 
@@ -11,20 +12,23 @@ use super::super::device_core::{DeviceCore, SharedCore};
 use super::super::interrupt::Interrupt;
 use super::super::{ActivateContext, ActivateError};
 
-/// The core of a balloon without or with the statistics queue.
+/// The core of a balloon by its number of queues.
 pub enum BalloonCore {
     /// Inflate and deflate queues.
-    Plain(DeviceCore<2>),
-    /// Inflate, deflate and statistics queues.
-    Stats(DeviceCore<3>),
+    Two(DeviceCore<2>),
+    /// And the statistics or the reporting queue.
+    Three(DeviceCore<3>),
+    /// And both.
+    Four(DeviceCore<4>),
 }
 
 /// Runs `$body` with `$c` bound to the [`DeviceCore`] inside `$core`, whatever its size.
 macro_rules! each_core {
     ($core:expr, $c:ident => $body:expr) => {
         match $core {
-            $crate::devices::virtio::balloon::core::BalloonCore::Plain($c) => $body,
-            $crate::devices::virtio::balloon::core::BalloonCore::Stats($c) => $body,
+            $crate::devices::virtio::balloon::core::BalloonCore::Two($c) => $body,
+            $crate::devices::virtio::balloon::core::BalloonCore::Three($c) => $body,
+            $crate::devices::virtio::balloon::core::BalloonCore::Four($c) => $body,
         }
     };
 }

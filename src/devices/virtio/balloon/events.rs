@@ -19,10 +19,8 @@ use crate::devices::virtio::queue::{
 };
 use crate::metrics::Counter;
 
-/// The statistics queue's index.
-const STATS_QUEUE: usize = 2;
 /// The event data of the statistics timer (the queues use their index).
-const EVENT_STATS_TIMER: u32 = 3;
+const EVENT_STATS_TIMER: u32 = 100;
 /// Where notifications of the statistics queue are counted: nowhere.
 static UNCOUNTED: Counter = Counter::new();
 
@@ -41,44 +39,48 @@ impl Balloon {
     /// The statistics queue was notified: reads each new buffer and keeps the last good one
     /// until the next request; a buffer it replaces, and every refused one, goes back at once.
     pub fn process_stats_queue(&mut self) {
-        let BalloonCore::Stats(core) = &mut self.core else {
+        let Some(index) = self.stats_queue else {
             return;
         };
-        if core.interrupt.needs_reset() {
-            return;
-        }
-        let Some(active) = core.active.as_mut() else {
-            return;
-        };
-        let mem = &active.mem;
-        let [_, _, queue] = &mut active.queues;
         let (held, stats, segments) = (&mut self.stats_head, &mut self.stats, &mut self.segments);
         let metrics = &*self.metrics;
-        let mut give_back = Vec::new();
-        let (mut end, mut used_any) = drain(queue, mem, |queue: &Queue, head| {
-            let desc_table = GuestAddress(queue.desc_table());
-            if let Err(e) = chain::read_chain(mem, desc_table, queue.size(), head, segments) {
-                return ChainOutcome::Broken(e.into());
+        each_core!(&mut self.core, core => {
+            if core.interrupt.needs_reset() {
+                return;
             }
-            if !read_stats(mem, segments, stats) {
-                metrics.stats_update_fails.inc();
-                return charge_descriptors(ChainOutcome::Used(0), segments.len());
+            let Some(active) = core.active.as_mut() else {
+                return;
+            };
+            let mem = &active.mem;
+            let Some(queue) = active.queues.get_mut(index) else {
+                return;
+            };
+            let mut give_back = Vec::new();
+            let (mut end, mut used_any) = drain(queue, mem, |queue: &Queue, head| {
+                let desc_table = GuestAddress(queue.desc_table());
+                if let Err(e) = chain::read_chain(mem, desc_table, queue.size(), head, segments) {
+                    return ChainOutcome::Broken(e.into());
+                }
+                if !read_stats(mem, segments, stats) {
+                    metrics.stats_update_fails.inc();
+                    return charge_descriptors(ChainOutcome::Used(0), segments.len());
+                }
+                metrics.stats_updates_count.inc();
+                if let Some(old) = held.replace(head) {
+                    give_back.push(old);
+                }
+                ChainOutcome::Taken {
+                    moved: (segments.len() as u64).saturating_mul(DESCRIPTOR_COST),
+                }
+            });
+            for head in give_back {
+                match queue.add_used(mem, head, 0) {
+                    Ok(()) => used_any = true,
+                    Err(e) => end = DrainEnd::Broken(QueueError::Used(e)),
+                }
             }
-            metrics.stats_updates_count.inc();
-            if let Some(old) = held.replace(head) {
-                give_back.push(old);
-            }
-            ChainOutcome::Taken {
-                moved: (segments.len() as u64).saturating_mul(DESCRIPTOR_COST),
-            }
-        });
-        for head in give_back {
-            match queue.add_used(mem, head, 0) {
-                Ok(()) => used_any = true,
-                Err(e) => end = DrainEnd::Broken(QueueError::Used(e)),
-            }
-        }
-        core.finish_drain(STATS_QUEUE, end, used_any);
+            core.finish_drain(index, end, used_any);
+        })
     }
 
     /// The polling timer fired (its expirations read, so it does not fire again at once).
@@ -91,24 +93,26 @@ impl Balloon {
 
     /// The polling interval passed: the held buffer goes back to ask for fresh values.
     pub fn request_stats(&mut self) {
-        let BalloonCore::Stats(core) = &mut self.core else {
+        let Some(index) = self.stats_queue else {
             return;
         };
-        if core.interrupt.needs_reset() {
-            return;
-        }
-        let Some(active) = core.active.as_mut() else {
-            return;
-        };
-        let Some(head) = self.stats_head.take() else {
-            return;
-        };
-        let [_, _, queue] = &mut active.queues;
-        let end = match queue.add_used(&active.mem, head, 0) {
-            Ok(()) => DrainEnd::Empty,
-            Err(e) => DrainEnd::Broken(QueueError::Used(e)),
-        };
-        core.finish_drain(STATS_QUEUE, end, true);
+        let held = &mut self.stats_head;
+        each_core!(&mut self.core, core => {
+            if core.interrupt.needs_reset() {
+                return;
+            }
+            let Some(active) = core.active.as_mut() else {
+                return;
+            };
+            let (Some(queue), Some(head)) = (active.queues.get_mut(index), held.take()) else {
+                return;
+            };
+            let end = match queue.add_used(&active.mem, head, 0) {
+                Ok(()) => DrainEnd::Empty,
+                Err(e) => DrainEnd::Broken(QueueError::Used(e)),
+            };
+            core.finish_drain(index, end, true);
+        })
     }
 }
 
@@ -143,23 +147,33 @@ impl CoreDevice for Balloon {
 impl MutEventSubscriber for Balloon {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let data = events.data();
+        if data == EVENT_STATS_TIMER {
+            return self.on_stats_timer();
+        }
+        let index = data as usize;
         let metrics = &self.metrics;
-        let count = match data {
+        let count = match index {
             0 => &metrics.inflate_count,
             1 => &metrics.deflate_count,
-            // The statistics queue counts buffers read, not notifications.
-            2 => &UNCOUNTED,
-            EVENT_STATS_TIMER => return self.on_stats_timer(),
-            _ => return each_core!(&self.core, c => c.on_unexpected_event(data)),
+            // The other queues count what they read, not notifications.
+            _ => &UNCOUNTED,
         };
-        let index = data as usize;
-        each_core!(&self.core, c => {
-            if index < c.queue_events.len() {
+        let known = each_core!(&self.core, c => {
+            let known = index < c.queue_events.len();
+            if known {
                 c.on_queue_event(index, count);
+            } else {
+                c.on_unexpected_event(data);
             }
+            known
         });
-        if index == STATS_QUEUE {
+        if !known {
+            return;
+        }
+        if Some(index) == self.stats_queue {
             self.process_stats_queue();
+        } else if Some(index) == self.report_queue {
+            self.process_report_queue();
         } else {
             self.process_queue(index);
         }

@@ -10,14 +10,17 @@
 //! chain carries at most [`MAX_PFNS_PER_CHAIN`] page numbers (the rest are refused), and each
 //! page number is charged to the drain's budget, so one kick costs the VMM at most about 4,096
 //! page numbers of work. With `stats_polling_interval_s` the device has a third queue, for
-//! statistics ([`stats`]). Not yet: free page hinting and reporting (the configuration refuses
-//! them by name), and snapshots of a balloon (refused by the caller).
+//! statistics ([`stats`]); with `free_page_reporting` a queue on which the guest reports free
+//! ranges, given back to the host like inflated pages ([`reporting`]). Not yet: free page
+//! hinting (the configuration refuses it by name), and snapshots of a balloon (refused by the
+//! caller).
 
 mod core;
 mod events;
 mod ledger;
 mod queues;
 mod reclaim;
+mod reporting;
 mod stats;
 
 use std::sync::Arc;
@@ -40,6 +43,8 @@ use crate::vstate::memory::{Backing, MemoryOptions};
 
 /// Feature bit: the device has a statistics queue.
 pub const VIRTIO_BALLOON_F_STATS_VQ: u64 = 1 << 1;
+/// Feature bit: the device has a free page reporting queue.
+pub const VIRTIO_BALLOON_F_PAGE_REPORTING: u64 = 1 << 5;
 /// Feature bit: the guest may deflate the balloon when it runs out of memory.
 pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u64 = 1 << 2;
 /// The most page numbers one chain carries (Linux sends at most 256).
@@ -65,7 +70,7 @@ pub struct BalloonConfig {
     /// Free page hinting (not supported yet).
     #[serde(default)]
     pub free_page_hinting: bool,
-    /// Free page reporting (not supported yet).
+    /// Free page reporting: a queue on which the guest reports free ranges.
     #[serde(default)]
     pub free_page_reporting: bool,
 }
@@ -91,7 +96,7 @@ pub struct BalloonStatsUpdate {
 pub enum BalloonError {
     /// An eventfd cannot be created.
     #[error("Cannot create an event for the balloon device")]
-    Event(#[source] std::io::Error),
+    Event(#[from] std::io::Error),
     /// A feature the device does not have yet.
     #[error("The balloon's {0} is not supported yet")]
     Unsupported(&'static str),
@@ -120,9 +125,6 @@ pub fn check_config(config: &BalloonConfig) -> Result<(), BalloonError> {
     if config.free_page_hinting {
         return Err(BalloonError::Unsupported("free page hinting"));
     }
-    if config.free_page_reporting {
-        return Err(BalloonError::Unsupported("free page reporting"));
-    }
     Ok(())
 }
 
@@ -140,6 +142,11 @@ pub fn check_memory_options(opts: &MemoryOptions) -> Result<(), BalloonError> {
 /// The balloon device.
 pub struct Balloon {
     core: BalloonCore,
+    /// The statistics queue's index, when the device has one.
+    stats_queue: Option<usize>,
+    /// The free page reporting queue's index, when the device has one.
+    report_queue: Option<usize>,
+    free_page_reporting: bool,
     /// The target, in 4 KiB pages (config space `num_pages`).
     target_pages: u32,
     /// What the driver says the balloon holds (config space `actual`).
@@ -174,18 +181,33 @@ impl Balloon {
         if config.deflate_on_oom {
             features |= VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
         }
-        let counters = metrics.clone();
-        let (core, stats_timer) = if config.stats_polling_interval_s == 0 {
-            let core = DeviceCore::new(features, label, counters).map_err(BalloonError::Event)?;
-            (BalloonCore::Plain(core), None)
-        } else {
+        let stats = config.stats_polling_interval_s != 0;
+        let mut queues = 2;
+        let stats_queue = stats.then(|| {
             features |= VIRTIO_BALLOON_F_STATS_VQ;
-            let core = DeviceCore::new(features, label, counters).map_err(BalloonError::Event)?;
-            let timer = TimerFd::new().map_err(|e| BalloonError::Event(e.into()))?;
-            (BalloonCore::Stats(core), Some(timer))
+            queues += 1;
+            queues - 1
+        });
+        let report_queue = config.free_page_reporting.then(|| {
+            features |= VIRTIO_BALLOON_F_PAGE_REPORTING;
+            queues += 1;
+            queues - 1
+        });
+        let stats_timer = match stats {
+            true => Some(TimerFd::new().map_err(|e| BalloonError::Event(e.into()))?),
+            false => None,
+        };
+        let counters = metrics.clone();
+        let core = match queues {
+            2 => BalloonCore::Two(DeviceCore::new(features, label, counters)?),
+            3 => BalloonCore::Three(DeviceCore::new(features, label, counters)?),
+            _ => BalloonCore::Four(DeviceCore::new(features, label, counters)?),
         };
         Ok(Self {
             core,
+            stats_queue,
+            report_queue,
+            free_page_reporting: config.free_page_reporting,
             target_pages: config.amount_mib.saturating_mul(PAGES_PER_MIB),
             actual_pages: 0,
             deflate_on_oom: config.deflate_on_oom,
@@ -206,6 +228,7 @@ impl Balloon {
             amount_mib: self.target_pages / PAGES_PER_MIB,
             deflate_on_oom: self.deflate_on_oom,
             stats_polling_interval_s: self.stats_interval_s,
+            free_page_reporting: self.free_page_reporting,
             ..BalloonConfig::default()
         }
     }

@@ -57,6 +57,10 @@ impl Runs {
 
 /// madvise(MADV_DONTNEED) on guest `[addr, addr + len)` when it lies in one region; false when
 /// it does not or the call failed.
+pub fn discard_range(mem: &GuestMemory, addr: GuestAddress, len: u64) -> bool {
+    discard(mem, addr, len)
+}
+
 fn discard(mem: &GuestMemory, addr: GuestAddress, len: u64) -> bool {
     let Some(region) = mem.find_region(addr) else {
         return false;

@@ -208,7 +208,7 @@ fn odd_lengths_and_device_writable_buffers_are_refused_whole() {
         2,
         "only the good chain counts"
     );
-    let BalloonCore::Plain(core) = &rig.balloon.core else {
+    let BalloonCore::Two(core) = &rig.balloon.core else {
         panic!("a balloon without statistics has two queues");
     };
     assert!(!core.interrupt.needs_reset());
@@ -230,7 +230,7 @@ fn a_huge_count_in_one_descriptor_is_capped_and_one_kick_does_bounded_work() {
         read <= 4096 + MAX_PFNS_PER_CHAIN as u64,
         "{used} chains in one kick"
     );
-    let BalloonCore::Plain(core) = &rig.balloon.core else {
+    let BalloonCore::Two(core) = &rig.balloon.core else {
         panic!("a balloon without statistics has two queues");
     };
     assert!(pending(&core.active.as_ref().unwrap().queues[0], &mem) > 0);
@@ -268,17 +268,8 @@ fn unsupported_features_and_memory_are_refused_by_name() {
         free_page_hinting: true,
         ..config(1)
     };
-    let reporting = BalloonConfig {
-        free_page_reporting: true,
-        ..config(1)
-    };
-    for (cfg, name) in [
-        (hinting, "free page hinting"),
-        (reporting, "free page reporting"),
-    ] {
-        let e = check_config(&cfg).unwrap_err().to_string();
-        assert!(e.contains(name), "{e}");
-    }
+    let e = check_config(&hinting).unwrap_err().to_string();
+    assert!(e.contains("free page hinting"), "{e}");
     let locked = MemoryOptions {
         lock: true,
         ..MemoryOptions::default()
@@ -432,4 +423,86 @@ fn a_balloon_without_statistics_refuses_statistics_requests() {
         rig.balloon.set_stats_interval(1),
         Err(BalloonError::StatsStateChange)
     ));
+}
+
+/// A balloon with free page reporting only (its reporting queue is queue 2).
+fn reporting_rig(
+    mem: &GuestMemory,
+) -> (
+    Balloon,
+    MockSplitQueue<'_, GuestMemory>,
+    Arc<BalloonDeviceMetrics>,
+) {
+    let inflate = MockSplitQueue::create(mem, GuestAddress(INFLATE_RING), 16);
+    let deflate = MockSplitQueue::create(mem, GuestAddress(DEFLATE_RING), 16);
+    let report = MockSplitQueue::create(mem, GuestAddress(STATS_RING), 16);
+    let metrics = Arc::new(BalloonDeviceMetrics::new());
+    let cfg = BalloonConfig {
+        free_page_reporting: true,
+        ..config(0)
+    };
+    let mut balloon = Balloon::new(&cfg, metrics.clone()).unwrap();
+    assert_ne!(
+        balloon.avail_features() & VIRTIO_BALLOON_F_PAGE_REPORTING,
+        0
+    );
+    assert_eq!(balloon.avail_features() & VIRTIO_BALLOON_F_STATS_VQ, 0);
+    assert_eq!(balloon.queue_max_sizes().len(), 3);
+    balloon
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![
+                inflate.create_queue().unwrap(),
+                deflate.create_queue().unwrap(),
+                report.create_queue().unwrap(),
+            ],
+            features: VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_PAGE_REPORTING,
+        })
+        .unwrap();
+    (balloon, report, metrics)
+}
+
+#[test]
+fn reported_free_ranges_are_given_back_and_the_mappings_rss_drops() {
+    let mem = create_guest_memory(32 << 20, MemoryOptions::default()).unwrap();
+    let host = mem.iter().next().unwrap().as_ptr() as usize;
+    let fill = vec![0x5au8; 1 << 20];
+    for mib in 16..24u64 {
+        mem.write_slice(&fill, GuestAddress(mib << 20)).unwrap();
+    }
+    let (mut balloon, q, metrics) = reporting_rig(&mem);
+    let before = mapping_rss_kib(host);
+    let w = VRING_DESC_F_WRITE as u16;
+    let ranges: Vec<_> = (0..4u64)
+        .map(|i| desc((16 << 20) + (i << 21), 2 << 20, w))
+        .collect();
+    q.add_desc_chains(&ranges, 0).unwrap();
+    balloon.process_report_queue();
+    assert_eq!(q.used().idx().load(), 4);
+    assert_eq!(metrics.free_page_report_count.count(), 4);
+    assert_eq!(metrics.free_page_report_freed.count(), 8 << 20);
+    let after = mapping_rss_kib(host);
+    let dropped = before.saturating_sub(after);
+    assert!(
+        (7 * 1024..=8 * 1024).contains(&dropped),
+        "RSS {before} KiB -> {after} KiB"
+    );
+}
+
+#[test]
+fn malformed_free_page_reports_are_refused_whole_and_counted() {
+    let mem = small_memory_with_a_hole();
+    let (mut balloon, q, metrics) = reporting_rig(&mem);
+    let w = VRING_DESC_F_WRITE as u16;
+    let readable = desc(0x10_0000, 0x1000, 0);
+    let unaligned = desc(0x10_0800, 0x1000, w);
+    let short = desc(0x10_0000, 0x800, w);
+    let in_hole = desc(0x40_0000, 0x1000, w);
+    q.add_desc_chains(&[readable, unaligned, short, in_hole], 0)
+        .unwrap();
+    balloon.process_report_queue();
+    assert_eq!(q.used().idx().load(), 4);
+    assert_eq!(metrics.free_page_report_fails.count(), 4);
+    assert_eq!(metrics.free_page_report_freed.count(), 0);
+    assert_eq!(metrics.madvise_fails.count(), 0);
 }

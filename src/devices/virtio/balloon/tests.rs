@@ -506,3 +506,17 @@ fn malformed_free_page_reports_are_refused_whole_and_counted() {
     assert_eq!(metrics.free_page_report_freed.count(), 0);
     assert_eq!(metrics.madvise_fails.count(), 0);
 }
+
+#[test]
+fn one_kick_gives_back_a_bounded_amount_of_reported_memory() {
+    let mem = create_guest_memory(32 << 20, MemoryOptions::default()).unwrap();
+    let (mut balloon, q, metrics) = reporting_rig(&mem);
+    let w = VRING_DESC_F_WRITE as u16;
+    // 16 requests of the 16 MiB from 16 MiB: 256 MiB reported, the budget is 64 MiB a kick.
+    let reports: Vec<_> = (0..16).map(|_| desc(16 << 20, 16 << 20, w)).collect();
+    q.add_desc_chains(&reports, 0).unwrap();
+    balloon.process_report_queue();
+    let used = u64::from(q.used().idx().load());
+    assert!((1..=5).contains(&used), "{used} requests in one kick");
+    assert_eq!(metrics.free_page_report_freed.count(), used * (16 << 20));
+}

@@ -266,3 +266,31 @@ fn free_ranges_the_guest_reports_leave_the_vmms_rss_and_malformed_reports_are_co
     assert_eq!(totals["free_page_report_fails"], 2, "{totals:?}");
     assert_eq!(totals["madvise_fails"], 0, "{totals:?}");
 }
+
+#[test]
+fn a_balloon_over_locked_or_2m_guest_memory_is_refused_at_start_by_name() {
+    if !kvm_available("a_balloon_over_locked_or_2m_guest_memory_is_refused_at_start_by_name") {
+        return;
+    }
+    for (field, value, why) in [
+        ("mem_lock", json!(true), "locked guest memory"),
+        (
+            "huge_pages",
+            json!("2M"),
+            "memory backed by 2 MiB huge pages",
+        ),
+    ] {
+        let mut vm = TestVm::probe("hello", 1, 64);
+        vm.config["machine-config"][field] = value;
+        vm.config["balloon"] = json!({"amount_mib": 0, "deflate_on_oom": false});
+        let run = vm.run(TIMEOUT);
+        assert!(!run.status.success(), "{field}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("A balloon cannot give back {why}")),
+            "{field}: {}",
+            run.stderr
+        );
+        assert!(run.probe_result("hello").is_none(), "the guest never ran");
+    }
+}

@@ -109,6 +109,9 @@ pub enum BalloonError {
     /// No balloon is configured.
     #[error("No balloon device found.")]
     NotFound,
+    /// The driver has not activated the device yet.
+    #[error("Device not activated yet.")]
+    NotActive,
     /// Statistics asked of a balloon without a statistics queue.
     #[error("Received stats query when stats are disabled.")]
     StatsDisabled,
@@ -233,15 +236,17 @@ impl Balloon {
         }
     }
 
-    /// Sets the target (`PATCH /balloon`), at most `mem_mib`, and tells an active driver.
+    /// Sets the target (`PATCH /balloon`), at most `mem_mib`, and tells the driver; refused,
+    /// as Firecracker does, until the driver activated the device.
     pub fn set_target_mib(&mut self, amount_mib: u32, mem_mib: u32) -> Result<(), BalloonError> {
+        if each_core!(&self.core, c => c.active.is_none()) {
+            return Err(BalloonError::NotActive);
+        }
         if amount_mib > mem_mib {
             return Err(BalloonError::TooMuchMemoryRequested(amount_mib));
         }
         self.target_pages = amount_mib.saturating_mul(PAGES_PER_MIB);
-        let signalled = each_core!(&self.core, c => {
-            c.active.is_none() || c.interrupt.signal_config_change().is_ok()
-        });
+        let signalled = each_core!(&self.core, c => c.interrupt.signal_config_change().is_ok());
         if !signalled {
             self.metrics.event_fails.inc();
         }

@@ -412,6 +412,17 @@ fn malformed_statistics_buffers_are_given_back_at_once_and_counted() {
 }
 
 #[test]
+fn a_target_is_refused_until_the_driver_activates_the_device() {
+    let metrics = Arc::new(BalloonDeviceMetrics::new());
+    let mut balloon = Balloon::new(&config(1), metrics).unwrap();
+    assert_eq!(
+        balloon.set_target_mib(2, 8).unwrap_err().to_string(),
+        "Device not activated yet."
+    );
+    assert_eq!(balloon.target_pages(), 256);
+}
+
+#[test]
 fn a_balloon_without_statistics_refuses_statistics_requests() {
     let mem = small_memory_with_a_hole();
     let mut rig = Rig::new(&mem, 1);

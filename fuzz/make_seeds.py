@@ -1,5 +1,6 @@
-"""Writes the seed inputs of the vnet_hdr, block_request, virtqueue_chain, vsock_packet and
-firewall_state targets into corpus/ (they are committed; run this again only to change them)."""
+"""Writes the seed inputs of the vnet_hdr, block_request, virtqueue_chain, vsock_packet,
+firewall_state and balloon_queues targets into corpus/ (they are committed; run this again only to
+change them)."""
 import struct
 
 
@@ -151,3 +152,32 @@ put('corpus/firewall_state/tcp_in_and_udp_out', b'\x01' + firewall_state(
     [flow(GUEST, 0xcb007109, 22, 50000, 6, 0, 1, 10), flow(GUEST, HOST, 40001, 53, 17, 1, 4, 10)]))
 put('corpus/firewall_state/open_table', b'\x04' + firewall_state(
     [flow(GUEST, HOST, p, 80, 6, 1, 0, 5) for p in range(8)], ingress_rules=0, egress_rules=0, mac=False))
+
+
+# balloon_queues: amount_mib (mod 2), then guest memory: inflate ring at 0 (descriptors),
+# 0x100 (avail), 0x200 (used); deflate at 0x1000; statistics at 0x2000; arrays at 0x3000;
+# free page reporting at 0x4000 (past the seeds: an empty ring).
+def balloon_seed(inflate, deflate, stats):
+    mem = bytearray(0x4000)
+
+    def ring(base, buffers):
+        for i, (addr, length) in enumerate(buffers):
+            struct.pack_into('<QIHH', mem, base + 16 * i, addr, length, 0, 0)
+            struct.pack_into('<H', mem, base + 0x104 + 2 * i, i)
+        struct.pack_into('<HH', mem, base + 0x100, 0, len(buffers))
+
+    def array(addr, values, fmt):
+        data = b''.join(struct.pack(fmt, *v) if isinstance(v, tuple) else struct.pack(fmt, v) for v in values)
+        mem[addr:addr + len(data)] = data
+        return (addr, len(data))
+
+    ring(0, [array(0x3000, inflate, '<I')] if inflate else [])
+    ring(0x1000, [array(0x3800, deflate, '<I')] if deflate else [])
+    ring(0x2000, [array(0x3c00, stats, '<HQ')] if stats else [])
+    return b'\x01' + bytes(mem)
+
+
+os.makedirs('corpus/balloon_queues', exist_ok=True)
+put('corpus/balloon_queues/inflate_deflate_stats',
+    balloon_seed([0x10, 0x11, 0x11, 0xffff], [0x10, 0x20], [(4, 1000), (5, 4096)]))
+put('corpus/balloon_queues/past_ram_and_gap', balloon_seed([0x100, 0xd0000, 0xffffffff], [], []))

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 // Each device's configuration lives beside the device; the whole file's sections are here.
 pub use crate::devices::serial_config::{SerialConfig, SerialConfigError};
 pub use crate::devices::valid_resource_id;
+pub use crate::devices::virtio::balloon::BalloonConfig;
+use crate::devices::virtio::balloon::{check_config as check_balloon, BalloonError};
 pub use crate::devices::virtio::block::config::{
     BlockConfigError, BlockDeviceConfig, BlockDeviceUpdate, CacheType, IoEngine,
 };
@@ -48,6 +50,9 @@ pub enum ConfigError {
     /// The `serial` section or `PUT /serial` body is refused.
     #[error(transparent)]
     Serial(#[from] SerialConfigError),
+    /// A balloon the device cannot serve.
+    #[error("Invalid balloon: {0}")]
+    Balloon(#[source] BalloonError),
     /// A value out of range.
     #[error("Invalid machine-config: {0}")]
     Machine(#[from] MachineConfigError),
@@ -297,7 +302,8 @@ pub struct VmConfig {
     /// The console's output file or FIFO and budget (`PUT /serial`'s body; Firecracker takes
     /// it only through the API).
     pub serial: Option<SerialConfig>,
-    balloon: Option<serde_json::Value>,
+    /// The virtio-balloon device.
+    pub balloon: Option<BalloonConfig>,
     /// Firecracker's virtio-pmem devices (refused unless empty).
     #[serde(default)]
     pmem: Vec<serde_json::Value>,
@@ -316,11 +322,6 @@ impl VmConfig {
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let mut config: VmConfig = serde_json::from_str(text)?;
         let unsupported = [
-            (
-                "balloon",
-                config.balloon.is_some(),
-                "there is no virtio-balloon device yet",
-            ),
             (
                 "cpu-config",
                 config.cpu_config.is_some(),
@@ -351,6 +352,9 @@ impl VmConfig {
         }
         if let Some(serial) = &config.serial {
             serial.validate()?;
+        }
+        if let Some(balloon) = &config.balloon {
+            check_balloon(balloon).map_err(ConfigError::Balloon)?;
         }
         if let Some(mmds) = config.mmds_config.take() {
             config.mmds_config = Some(validate_mmds(mmds, &config.interface_list)?);
@@ -428,6 +432,8 @@ pub struct VmResources {
     pub mmds_config: Option<MmdsConfig>,
     /// Where the console goes (stdout when `None`).
     pub serial: Option<SerialConfig>,
+    /// The virtio-balloon device.
+    pub balloon: Option<BalloonConfig>,
 }
 
 impl From<VmConfig> for VmResources {
@@ -441,6 +447,7 @@ impl From<VmConfig> for VmResources {
             vsock: c.vsock,
             mmds_config: c.mmds_config,
             serial: c.serial,
+            balloon: c.balloon,
         }
     }
 }
@@ -497,6 +504,7 @@ impl VmResources {
     /// Firecracker's full VM configuration document (`GET /vm/config`).
     pub fn to_full_config(&self) -> FullVmConfig {
         FullVmConfig {
+            balloon: self.balloon.clone(),
             boot_source: self.boot_source.clone(),
             drives: self.drives.0.clone(),
             entropy: self.entropy.clone(),
@@ -889,11 +897,6 @@ mod tests {
             ))
         };
         for (section, name, why) in [
-            (
-                r#""balloon":{"amount_mib":0,"deflate_on_oom":false}"#,
-                "balloon",
-                "virtio-balloon",
-            ),
             (
                 r#""cpu-config":{"cpuid_modifiers":[]}"#,
                 "cpu-config",

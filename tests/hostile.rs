@@ -4,7 +4,8 @@
 //! `bash resources/hostile.sh` runs this file and prints the table. The network attacks from
 //! the guest beyond the TX header tricks below live in hostile/net_forge.rs (forged sources,
 //! rogue DHCP and RA, link control aimed off the link) and hostile/net_flood.rs (SYN and UDP
-//! floods against a small connection table, with a second guest as bystander). The malformed
+//! floods against a small connection table, with a second guest as bystander). The balloon flood
+//! (huge inflate requests) is hostile/balloon.rs. The malformed
 //! chains of blk-hostile, sent to virtio-rng and to both virtio-net queues, are hostile/chains.rs.
 //! The vsock attacks (bad packets, a guest that stops reading, the connection cap, stuck host
 //! clients) are hostile/vsock.rs. Hostile snapshot state files (sealed again without a key,
@@ -19,6 +20,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+#[path = "hostile/balloon.rs"]
+mod balloon;
 #[path = "hostile/capture.rs"]
 mod capture;
 #[path = "hostile/chains.rs"]

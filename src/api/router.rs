@@ -12,6 +12,7 @@ use crate::config::{
     valid_resource_id, BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyConfig,
     MachineConfig, MachineConfigUpdate,
 };
+use crate::devices::virtio::balloon::{BalloonConfig, BalloonStatsUpdate, BalloonUpdate};
 use crate::devices::virtio::net::config::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
 use crate::devices::virtio::vsock::config::{VsockDeviceConfig, VsockUpdate};
 use crate::logger::LoggerConfig;
@@ -50,6 +51,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/mmds"),
     ("GET", "/mmds"),
     ("PUT", "/mmds/config"),
+    ("PUT", "/balloon"),
+    ("GET", "/balloon"),
+    ("PATCH", "/balloon"),
+    ("GET", "/balloon/statistics"),
+    ("PATCH", "/balloon/statistics"),
 ];
 
 /// What a request turns into.
@@ -332,6 +338,13 @@ fn route_body(
                 policy.validate().map_err(|e| bad_request(&e.to_string()))?;
             }
             VmmAction::PatchVsock(Box::new(update))
+        }
+        ("PUT", "/balloon") => VmmAction::PutBalloon(parse_body::<BalloonConfig>(body)?),
+        ("GET", "/balloon") => VmmAction::GetBalloon,
+        ("PATCH", "/balloon") => VmmAction::PatchBalloon(parse_body::<BalloonUpdate>(body)?),
+        ("GET", "/balloon/statistics") => VmmAction::GetBalloonStats,
+        ("PATCH", "/balloon/statistics") => {
+            VmmAction::PatchBalloonStats(parse_body::<BalloonStatsUpdate>(body)?)
         }
         ("GET", "/mmds") => VmmAction::GetMmds,
         ("PUT", "/mmds") => VmmAction::PutMmds(parse_body::<Value>(body)?),

@@ -5,7 +5,10 @@
 
 use serde::Serialize;
 
-use super::{BlockDeviceConfig, BootSourceConfig, EntropyConfig, MachineConfig, VsockDeviceConfig};
+use super::{
+    BalloonConfig, BlockDeviceConfig, BootSourceConfig, EntropyConfig, MachineConfig,
+    VsockDeviceConfig,
+};
 use crate::devices::virtio::net::config::NetworkInterfaceConfig;
 use crate::mmds::MmdsConfig;
 use crate::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
@@ -13,6 +16,8 @@ use crate::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 /// The document `GET /vm/config` answers (owned, so the controller can hand it out).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FullVmConfig {
+    /// `balloon`.
+    pub balloon: Option<BalloonConfig>,
     /// `boot-source` (Firecracker shows an empty kernel path when unset).
     pub boot_source: Option<BootSourceConfig>,
     /// `drives`, root first.
@@ -29,11 +34,11 @@ pub struct FullVmConfig {
     pub vsock: Option<VsockDeviceConfig>,
 }
 
-/// Firecracker's key order; `balloon`, `cpu-config`, `pmem` and `memory-hotplug` are devices
-/// Palisade does not build, `logger` and `metrics` Firecracker itself always shows as null.
+/// Firecracker's key order; `cpu-config`, `pmem` and `memory-hotplug` are devices Palisade
+/// does not build, `logger` and `metrics` Firecracker itself always shows as null.
 #[derive(Serialize)]
 struct Document<'a> {
-    balloon: Option<()>,
+    balloon: &'a Option<BalloonConfig>,
     drives: Vec<Drive<'a>>,
     #[serde(rename = "boot-source")]
     boot_source: BootSource<'a>,
@@ -163,7 +168,7 @@ impl Serialize for FullVmConfig {
             })
             .collect();
         Document {
-            balloon: None,
+            balloon: &self.balloon,
             drives,
             boot_source,
             cpu_config: None,

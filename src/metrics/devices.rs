@@ -261,6 +261,44 @@ metric_group! {
     }
 }
 
+metric_group! {
+    /// The balloon device (`balloon`): Firecracker's names plus the hostile-guest counters.
+    pub struct BalloonDeviceMetrics {
+        /// Activations that failed.
+        activate_fails: Counter,
+        /// Inflate queue notifications.
+        inflate_count: Counter,
+        /// Deflate queue notifications.
+        deflate_count: Counter,
+        /// Statistics buffers the guest filled and the device read.
+        stats_updates_count: Counter,
+        /// Statistics buffers refused as malformed.
+        stats_update_fails: Counter,
+        /// Free page reports given back to the host.
+        free_page_report_count: Counter,
+        /// Bytes of free page reports given back.
+        free_page_report_freed: Counter,
+        /// Free page reports refused as malformed.
+        free_page_report_fails: Counter,
+        /// Failures to read an event or to raise an interrupt.
+        event_fails: Counter,
+        /// Pages the guest gave to the balloon and the host took back (Palisade's).
+        inflated_pages: Counter,
+        /// Pages the guest took back from the balloon (Palisade's).
+        deflated_pages: Counter,
+        /// Page numbers refused: outside guest RAM, duplicates, past the target, not in the
+        /// balloon, past the per-request cap (Palisade's).
+        refused_pfns: Counter,
+        /// Requests refused as malformed: device-writable buffers, lengths not a multiple of
+        /// 4 (Palisade's).
+        execute_fails: Counter,
+        /// madvise(2) calls that failed: the pages stayed with the VMM (Palisade's).
+        madvise_fails: Counter,
+        /// Times the device asked the driver for a reset (Palisade's).
+        needs_reset_count: Counter,
+    }
+}
+
 impl BlockDeviceMetrics {
     /// The top-level key of drive `drive_id`'s group.
     pub fn key(drive_id: &str) -> String {
@@ -278,6 +316,11 @@ impl NetDeviceMetrics {
 impl EntropyDeviceMetrics {
     /// The top-level key of the entropy device's group (a VM has at most one).
     pub const KEY: &'static str = "entropy";
+}
+
+impl BalloonDeviceMetrics {
+    /// The top-level key of the balloon device's group (a VM has at most one).
+    pub const KEY: &'static str = "balloon";
 }
 
 impl VsockDeviceMetrics {
@@ -317,4 +360,5 @@ device_core_counters! {
     NetDeviceMetrics => event_fails,
     EntropyDeviceMetrics => entropy_event_fails,
     VsockDeviceMetrics => event_fails,
+    BalloonDeviceMetrics => event_fails,
 }

@@ -63,8 +63,8 @@ mod writer;
 
 pub use counter::{Counter, Gauge};
 pub use devices::{
-    BlockDeviceMetrics, DeviceCoreCounters, EntropyDeviceMetrics, NetDeviceMetrics,
-    VsockDeviceMetrics,
+    BalloonDeviceMetrics, BlockDeviceMetrics, DeviceCoreCounters, EntropyDeviceMetrics,
+    NetDeviceMetrics, VsockDeviceMetrics,
 };
 pub use groups::{
     ApiServerMetrics, GetApiRequestsMetrics, I8042Metrics, LatencyMetrics, LoggerMetrics,

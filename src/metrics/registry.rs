@@ -12,7 +12,8 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use super::devices::{
-    BlockDeviceMetrics, EntropyDeviceMetrics, NetDeviceMetrics, VsockDeviceMetrics,
+    BalloonDeviceMetrics, BlockDeviceMetrics, EntropyDeviceMetrics, NetDeviceMetrics,
+    VsockDeviceMetrics,
 };
 
 /// The group of one registered device.
@@ -26,6 +27,8 @@ pub enum DeviceMetrics {
     Entropy(Arc<EntropyDeviceMetrics>),
     /// The vsock device.
     Vsock(Arc<VsockDeviceMetrics>),
+    /// The balloon device.
+    Balloon(Arc<BalloonDeviceMetrics>),
 }
 
 impl DeviceMetrics {
@@ -36,6 +39,7 @@ impl DeviceMetrics {
             Self::Net(_) => 1,
             Self::Vsock(_) => 2,
             Self::Entropy(_) => 3,
+            Self::Balloon(_) => 4,
         }
     }
 }
@@ -58,6 +62,12 @@ impl From<Arc<EntropyDeviceMetrics>> for DeviceMetrics {
     }
 }
 
+impl From<Arc<BalloonDeviceMetrics>> for DeviceMetrics {
+    fn from(metrics: Arc<BalloonDeviceMetrics>) -> Self {
+        Self::Balloon(metrics)
+    }
+}
+
 impl From<Arc<VsockDeviceMetrics>> for DeviceMetrics {
     fn from(metrics: Arc<VsockDeviceMetrics>) -> Self {
         Self::Vsock(metrics)
@@ -71,6 +81,7 @@ impl Serialize for DeviceMetrics {
             Self::Net(m) => m.serialize(serializer),
             Self::Entropy(m) => m.serialize(serializer),
             Self::Vsock(m) => m.serialize(serializer),
+            Self::Balloon(m) => m.serialize(serializer),
         }
     }
 }

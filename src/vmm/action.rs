@@ -7,6 +7,9 @@ use crate::config::{
     BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, ConfigError, EntropyConfig,
     MachineConfig, MachineConfigUpdate,
 };
+use crate::devices::virtio::balloon::{
+    BalloonConfig, BalloonError, BalloonStats, BalloonStatsUpdate, BalloonUpdate,
+};
 use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::net::config::{
     NetConfigError, NetworkInterfaceConfig, NetworkInterfaceUpdate,
@@ -82,6 +85,16 @@ pub enum VmmAction {
     PatchMmds(serde_json::Value),
     /// `GET /mmds`.
     GetMmds,
+    /// `PUT /balloon`, before boot.
+    PutBalloon(BalloonConfig),
+    /// `GET /balloon`.
+    GetBalloon,
+    /// `PATCH /balloon`, after boot: a new target.
+    PatchBalloon(BalloonUpdate),
+    /// `GET /balloon/statistics`, after boot.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`, after boot.
+    PatchBalloonStats(BalloonStatsUpdate),
     /// `PUT /snapshot/create`, on a paused VM.
     CreateSnapshot(Box<CreateSnapshotParams>),
     /// `PUT /snapshot/load`, on a fresh VMM.
@@ -130,6 +143,10 @@ pub enum VmmData {
     ConfiguredFirewall(ConfiguredFirewall),
     /// `GET /mmds`: the data store.
     MmdsValue(serde_json::Value),
+    /// `GET /balloon`.
+    Balloon(BalloonConfig),
+    /// `GET /balloon/statistics`.
+    BalloonStats(BalloonStats),
 }
 
 /// `GET /network-interfaces/{id}/firewall` before boot: the firewall the interface will get
@@ -223,6 +240,15 @@ pub enum ActionError {
     /// written against it may match on it.
     #[error("MMMDS config error")]
     MmdsConfig(#[source] MmdsConfigError),
+    /// A balloon request was refused before it reached the device (Firecracker's prefix).
+    #[error("Balloon config error")]
+    Balloon(#[source] BalloonError),
+    /// The running balloon refused a query (Firecracker's prefixes).
+    #[error("Internal VMM error: Balloon")]
+    BalloonRuntime(#[source] BalloonError),
+    /// The running balloon refused an update (Firecracker's prefixes).
+    #[error("Balloon update error: Balloon")]
+    BalloonUpdate(#[source] BalloonError),
     /// A snapshot request was refused.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),

@@ -19,6 +19,7 @@ use crate::devices::generation_id::{GenerationError, GenerationIdDevice, Generat
 use crate::devices::i8042::{I8042Device, I8042State, I8042StateError};
 use crate::devices::serial::{EventFdTrigger, SerialDevice, UartState};
 use crate::devices::serial_output::{BoundedOutput, ByteBucket};
+use crate::devices::virtio::balloon::{check_memory_options, BalloonError};
 use crate::devices::virtio::vsock::Vsock;
 use crate::seccomp::SeccompFilters;
 use crate::vmm::device_manager::{
@@ -49,6 +50,9 @@ pub enum BuildError {
     /// Guest memory creation failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The balloon cannot give back this kind of guest memory.
+    #[error(transparent)]
+    Balloon(#[from] BalloonError),
     /// Kernel, initrd or command line loading failed.
     #[error(transparent)]
     Kernel(#[from] KernelError),
@@ -168,6 +172,9 @@ pub fn build_vm(
         lock: machine.mem_lock,
         track_dirty_pages: machine.track_dirty_pages,
     };
+    if resources.balloon.is_some() {
+        check_memory_options(&memory_options)?;
+    }
     let OpenedFiles {
         boot: files,
         taps,
@@ -235,6 +242,7 @@ pub fn build_vm(
                     taps,
                     restored_nets: Vec::new(),
                     vsock,
+                    balloon: resources.balloon.as_ref(),
                 },
             )?;
             cmdline
@@ -473,6 +481,7 @@ pub fn build_restored_vm(
             taps: OpenTaps::default(),
             restored_nets: configs.nets,
             vsock: configs.vsock,
+            balloon: None,
         },
     )?;
     if devices.transports().len() != state.transports.len() {

@@ -2,6 +2,7 @@
 //! the runtime controller handles what may change while it runs. The rules of which action
 //! is allowed when live in [`rules`] and nowhere else.
 
+mod balloon;
 mod mmds;
 mod net;
 pub mod rules;
@@ -263,6 +264,7 @@ impl Controller {
                 self.resources.to_full_config(),
             ))),
             VmmAction::GetFirewall(id) => self.get_firewall(&id),
+            VmmAction::GetBalloon => self.get_balloon(),
             other => misrouted(&other),
         }
     }
@@ -307,6 +309,7 @@ impl Controller {
             }
             VmmAction::PutNetworkInterface(iface) => self.put_network_interface(*iface),
             VmmAction::PutVsock(config) => self.put_vsock(*config),
+            VmmAction::PutBalloon(config) => self.put_balloon(config),
             VmmAction::PutMmdsConfig(config) => self.put_mmds_config(*config),
             VmmAction::PutLogger(config) => crate::logger::configure(&config)
                 .map(|_| VmmData::Empty)
@@ -359,6 +362,9 @@ impl Controller {
                 .map_err(ActionError::FlushMetrics),
             VmmAction::PatchDrive(update) => self.patch_drive(&update),
             VmmAction::PatchNetworkInterface(update) => self.patch_network_interface(&update),
+            VmmAction::PatchBalloon(update) => self.patch_balloon(&update),
+            VmmAction::GetBalloonStats => self.balloon_stats(),
+            VmmAction::PatchBalloonStats(update) => self.patch_balloon_stats(&update),
             other => misrouted(&other),
         }
     }

@@ -16,6 +16,7 @@ use crate::arch::x86_64::layout::{
 };
 use crate::config::{DriveList, EntropyConfig};
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::virtio::balloon::{Balloon, BalloonConfig, BalloonError};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioTransport, TransportError};
 use crate::devices::virtio::net::config::InterfaceList;
@@ -25,7 +26,8 @@ use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::metrics::{
-    BlockDeviceMetrics, DeviceMetrics, EntropyDeviceMetrics, NetDeviceMetrics, METRICS,
+    BalloonDeviceMetrics, BlockDeviceMetrics, DeviceMetrics, EntropyDeviceMetrics,
+    NetDeviceMetrics, METRICS,
 };
 use crate::vmm::taps::OpenTaps;
 use crate::vstate::memory::GuestMemory;
@@ -54,6 +56,9 @@ pub enum AttachError {
     /// The entropy device cannot be created.
     #[error(transparent)]
     Rng(#[from] RngError),
+    /// The balloon device cannot be created.
+    #[error(transparent)]
+    Balloon(#[from] BalloonError),
     /// A network interface cannot be created.
     #[error(transparent)]
     Net(#[from] NetError),
@@ -161,6 +166,7 @@ pub struct VirtioDevices {
     rng: Option<Arc<Mutex<Rng>>>,
     nets: Vec<Arc<Mutex<Net>>>,
     vsock: Option<Arc<Mutex<Vsock>>>,
+    balloon: Option<Arc<Mutex<Balloon>>>,
     /// Every device's transport, in slot order (snapshots save and restore them).
     transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
@@ -180,6 +186,9 @@ impl VirtioDevices {
         }
         if let Some(vsock) = &self.vsock {
             subs.push(vsock.clone());
+        }
+        if let Some(balloon) = &self.balloon {
+            subs.push(balloon.clone());
         }
         subs
     }
@@ -211,6 +220,13 @@ impl VirtioDevices {
         self.rng
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The balloon device, locked.
+    pub fn balloon(&self) -> Option<MutexGuard<'_, Balloon>> {
+        self.balloon
+            .as_ref()
+            .map(|b| b.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The vsock device, locked.
@@ -264,6 +280,8 @@ pub struct DeviceConfigs<'a> {
     pub restored_nets: Vec<RestoredNet>,
     /// The vsock device (a VM has at most one), created before the build.
     pub vsock: Option<Vsock>,
+    /// The balloon device (a VM has at most one).
+    pub balloon: Option<&'a BalloonConfig>,
 }
 
 /// Creates and attaches the drives (root first), the entropy device and the network
@@ -309,6 +327,12 @@ pub fn attach_devices(
         let vsock = Arc::new(Mutex::new(vsock));
         devices.transports.push(ctx.attach(vsock.clone())?);
         devices.vsock = Some(vsock);
+    }
+    if let Some(config) = configs.balloon {
+        let metrics = registered_metrics(BalloonDeviceMetrics::KEY.to_string());
+        let balloon = Arc::new(Mutex::new(Balloon::new(config, metrics)?));
+        devices.transports.push(ctx.attach(balloon.clone())?);
+        devices.balloon = Some(balloon);
     }
     Ok(devices)
 }

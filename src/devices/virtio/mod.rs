@@ -14,6 +14,7 @@
 //! every index checked, [`buffers`] checks every length and address against guest memory, and
 //! [`queue`] drains a queue with the number of chains per wake-up capped at the queue size.
 
+pub mod balloon;
 pub mod block;
 pub mod buffers;
 pub mod chain;

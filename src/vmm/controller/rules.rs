@@ -56,7 +56,8 @@ pub fn kind(action: &VmmAction) -> ActionKind {
         | VmmAction::GetVersion
         | VmmAction::GetMachineConfig
         | VmmAction::GetFullConfig
-        | VmmAction::GetFirewall(_) => ActionKind::Query,
+        | VmmAction::GetFirewall(_)
+        | VmmAction::GetBalloon => ActionKind::Query,
         VmmAction::PutMachineConfig(_)
         | VmmAction::PatchMachineConfig(_)
         | VmmAction::PutBootSource(_)
@@ -68,13 +69,17 @@ pub fn kind(action: &VmmAction) -> ActionKind {
         | VmmAction::PutMetrics(_)
         | VmmAction::PutVsock(_)
         | VmmAction::PutMmdsConfig(_)
+        | VmmAction::PutBalloon(_)
         | VmmAction::InstanceStart => ActionKind::PreBoot,
         VmmAction::SendCtrlAltDel
         | VmmAction::FlushMetrics
         | VmmAction::Pause
         | VmmAction::Resume
         | VmmAction::PatchDrive(_)
-        | VmmAction::PatchNetworkInterface(_) => ActionKind::Runtime,
+        | VmmAction::PatchNetworkInterface(_)
+        | VmmAction::PatchBalloon(_)
+        | VmmAction::GetBalloonStats
+        | VmmAction::PatchBalloonStats(_) => ActionKind::Runtime,
         VmmAction::PatchVsock(_)
         | VmmAction::PutMmds(_)
         | VmmAction::PatchMmds(_)
@@ -171,6 +176,11 @@ mod tests {
                     .into_params()
                     .unwrap(),
             )),
+            VmmAction::PutBalloon(from(json!({"amount_mib": 1, "deflate_on_oom": false}))),
+            VmmAction::GetBalloon,
+            VmmAction::PatchBalloon(from(json!({"amount_mib": 2}))),
+            VmmAction::GetBalloonStats,
+            VmmAction::PatchBalloonStats(from(json!({"stats_polling_interval_s": 1}))),
         ]
     }
 
@@ -201,7 +211,7 @@ mod tests {
         // Every other action: configuring does not change its answer.
         let [not_started, running, paused] = match name {
             "GetInstanceInfo" | "GetVersion" | "GetMachineConfig" | "GetFullConfig"
-            | "GetFirewall" => [OK, OK, OK],
+            | "GetFirewall" | "GetBalloon" => [OK, OK, OK],
             "PutMachineConfig"
             | "PatchMachineConfig"
             | "PutBootSource"
@@ -213,13 +223,17 @@ mod tests {
             | "PutMetrics"
             | "PutVsock"
             | "PutMmdsConfig"
+            | "PutBalloon"
             | "InstanceStart" => [OK, POST, POST],
             "SendCtrlAltDel"
             | "FlushMetrics"
             | "Pause"
             | "Resume"
             | "PatchDrive"
-            | "PatchNetworkInterface" => [PRE, OK, OK],
+            | "PatchNetworkInterface"
+            | "PatchBalloon"
+            | "GetBalloonStats"
+            | "PatchBalloonStats" => [PRE, OK, OK],
             // Palisade's extension: the policy before boot, the live device after.
             "PatchVsock" => [OK, OK, OK],
             // Firecracker: the data store before and after boot.
@@ -300,13 +314,18 @@ mod tests {
             VmmAction::PutSerial(_) => 26,
             VmmAction::CreateSnapshot(_) => 27,
             VmmAction::LoadSnapshot(_) => 28,
+            VmmAction::PutBalloon(_) => 29,
+            VmmAction::GetBalloon => 30,
+            VmmAction::PatchBalloon(_) => 31,
+            VmmAction::GetBalloonStats => 32,
+            VmmAction::PatchBalloonStats(_) => 33,
         }
     }
 
     #[test]
     fn the_table_lists_every_variant_once() {
         let places: Vec<usize> = every_action().iter().map(place).collect();
-        assert_eq!(places, (0..29).collect::<Vec<_>>());
+        assert_eq!(places, (0..34).collect::<Vec<_>>());
     }
 
     #[test]
@@ -324,7 +343,10 @@ mod tests {
             "The requested operation is not supported before starting the microVM."
         );
         assert_eq!(VmState::NotStarted.name(), "Not started");
-        let load = every_action().pop().unwrap();
+        let load = every_action()
+            .into_iter()
+            .find(|a| matches!(a, VmmAction::LoadSnapshot(_)))
+            .unwrap();
         assert_eq!(
             allowed(VmState::NotStarted, true, &load)
                 .unwrap_err()

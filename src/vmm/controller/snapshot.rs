@@ -103,6 +103,10 @@ impl Controller {
         {
             return Err(SnapshotError::DiffWithoutTracking.into());
         }
+        // The balloon's pages and target are not in a snapshot yet: refused, not half saved.
+        if self.resources.balloon.is_some() {
+            return Err(SnapshotError::UnsupportedDevice("a balloon device").into());
+        }
         let Some(vm) = self.running.as_ref() else {
             return Err(ActionError::NotSupportedPreBoot);
         };

@@ -1,6 +1,10 @@
 //! The scenarios `probe.run=` can name. To add one: a file with `pub fn run(boot: &BootInfo)`
 //! that prints its `probe: NAME ok|fail ...` lines, and a row in `SCENARIOS`.
 
+mod balloon;
+mod balloon_flood;
+mod balloon_report;
+mod balloon_stats;
 mod blk;
 mod blk_bench;
 mod blk_flood;
@@ -70,6 +74,10 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: blk_flood::NAME, run: blk_flood::run },
     Scenario { name: blk_watch::NAME, run: blk_watch::run },
     Scenario { name: rng::NAME, run: rng::run },
+    Scenario { name: balloon::NAME, run: balloon::run },
+    Scenario { name: balloon_flood::NAME, run: balloon_flood::run },
+    Scenario { name: balloon_report::NAME, run: balloon_report::run },
+    Scenario { name: balloon_stats::NAME, run: balloon_stats::run },
     Scenario { name: genid::NAME, run: genid::run },
     Scenario { name: net_tx::NAME, run: net_tx::run },
     Scenario { name: net_rx::NAME, run: net_rx::run },

@@ -1,0 +1,85 @@
+//! Free page reporting (VIRTIO_BALLOON_F_PAGE_REPORTING): the guest's driver hands the device
+//! device-writable buffers that are free guest RAM (Linux reports 2 MiB and larger blocks); the
+//! device gives each back to the host with MADV_DONTNEED ([`super::reclaim`]) and returns the
+//! request. The guest may use the pages again at once: they fault in as zeros.
+//!
+//! A request with a device-readable buffer, or a buffer outside guest RAM or not 4 KiB aligned
+//! in address and length, is refused whole (nothing given back) and counted in
+//! `free_page_report_fails`. Each buffer costs one descriptor's share of the drain budget and
+//! every 64 bytes given back one byte of it, so one kick gives back at most about 64 MiB.
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+
+use super::core::each_core;
+use super::ledger::PAGE_SIZE;
+use super::reclaim::discard_range;
+use super::Balloon;
+use crate::devices::virtio::buffers::Layout;
+use crate::devices::virtio::chain::{self, Segment};
+use crate::devices::virtio::queue::{charge_descriptors, drain, ChainOutcome};
+use crate::metrics::BalloonDeviceMetrics;
+use crate::vstate::memory::GuestMemory;
+
+impl Balloon {
+    /// The reporting queue was notified: gives back every reported range, at most one queue's
+    /// worth of requests per wake-up.
+    pub fn process_report_queue(&mut self) {
+        let Some(index) = self.report_queue else {
+            return;
+        };
+        let (segments, metrics) = (&mut self.segments, &*self.metrics);
+        each_core!(&mut self.core, core => {
+            if core.interrupt.needs_reset() {
+                return;
+            }
+            let Some(active) = core.active.as_mut() else {
+                return;
+            };
+            let mem = &active.mem;
+            let Some(queue) = active.queues.get_mut(index) else {
+                return;
+            };
+            let (end, used_any) = drain(queue, mem, |queue: &Queue, head| {
+                let desc_table = GuestAddress(queue.desc_table());
+                if let Err(e) = chain::read_chain(mem, desc_table, queue.size(), head, segments) {
+                    return ChainOutcome::Broken(e.into());
+                }
+                let reported = report(mem, segments, metrics);
+                let moved = reported / REPORT_COST_DIVISOR;
+                charge_descriptors(ChainOutcome::Moved { used_len: 0, moved }, segments.len())
+            });
+            core.finish_drain(index, end, used_any);
+        })
+    }
+}
+
+/// Reported bytes per byte of the drain's budget: 64 MiB of reports fill one drain, so one
+/// kick zaps at most about that much (plus one request) before other events are served.
+const REPORT_COST_DIVISOR: u64 = 64;
+
+/// Checks one request and gives its ranges back; returns the bytes given back.
+fn report(mem: &GuestMemory, segments: &[Segment], metrics: &BalloonDeviceMetrics) -> u64 {
+    let aligned = |s: &Segment| {
+        s.addr.0.is_multiple_of(PAGE_SIZE) && u64::from(s.len).is_multiple_of(PAGE_SIZE)
+    };
+    let good = match Layout::check(mem, segments) {
+        Ok(layout) => layout.readable == 0 && segments.iter().all(aligned),
+        Err(_) => false,
+    };
+    if !good {
+        metrics.free_page_report_fails.inc();
+        return 0;
+    }
+    metrics.free_page_report_count.inc();
+    let mut freed = 0;
+    for seg in segments {
+        if discard_range(mem, seg.addr, u64::from(seg.len)) {
+            freed += u64::from(seg.len);
+        } else {
+            metrics.madvise_fails.inc();
+        }
+    }
+    metrics.free_page_report_freed.add(freed);
+    freed
+}

@@ -1,0 +1,296 @@
+//! virtio-balloon under the real VMM and KVM, driven by the probe guest's `balloon` scenario:
+//! the guest fills 32 MiB, the host asks for a 32 MiB balloon by `PATCH /balloon`, the guest
+//! gives those pages, and the VMM's RSS (VmRSS in /proc/PID/status) drops by about 32 MiB. The
+//! same scenario then sends what a hostile driver would; each bad request is refused and
+//! counted in the `balloon` metrics. The `balloon-stats` scenario feeds the statistics queue,
+//! which `GET|PATCH /balloon/statistics` read and retune.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::api::{wait_for_socket, ApiClient};
+use common::{kvm_available, TestVm};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const GUEST_MIB: u64 = 128;
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn balloon_totals(path: &std::path::Path) -> BTreeMap<String, u64> {
+    let mut totals = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(group) = v["balloon"].as_object() {
+            for (k, n) in group {
+                *totals.entry(k.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    totals
+}
+
+#[test]
+fn pages_the_guest_gives_to_the_balloon_leave_the_vmms_rss_and_hostile_ones_are_counted() {
+    if !kvm_available(
+        "pages_the_guest_gives_to_the_balloon_leave_the_vmms_rss_and_hostile_ones_are_counted",
+    ) {
+        return;
+    }
+    let mut vm = TestVm::probe("balloon", 1, GUEST_MIB as usize);
+    vm.config["balloon"] = json!({"amount_mib": 0, "deflate_on_oom": false});
+    let sock = vm.dir.path().join("api.sock");
+    let metrics = vm.dir.path().join("metrics.json");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+        "--metrics-path".into(),
+        metrics.to_str().unwrap().into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    running.wait_for_output("probe: balloon-filled ok pages=8192", TIMEOUT);
+    let pid = running.child.id();
+    let before = vm_rss_kib(pid);
+    assert!(before < (GUEST_MIB + 64) * 1024, "VmRSS {before} KiB");
+
+    let r = api.patch("/balloon", json!({"amount_mib": 32}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    running.wait_for_output("probe: balloon ok inflated=8192", TIMEOUT);
+    let after = vm_rss_kib(pid);
+    let dropped = before.saturating_sub(after);
+    eprintln!("VMM VmRSS: {before} KiB -> {after} KiB (dropped {dropped} KiB)");
+    // About 32 MiB: the margin covers what the VMM and guest touch meanwhile.
+    assert!(
+        (28 * 1024..=36 * 1024).contains(&dropped),
+        "VmRSS {before} KiB -> {after} KiB"
+    );
+
+    let got = api.get("/balloon").json();
+    assert_eq!(got["amount_mib"], 32);
+    assert_eq!(got["deflate_on_oom"], false);
+    let stats = api.get("/balloon/statistics");
+    assert_eq!(stats.status, 400);
+    assert_eq!(
+        stats.fault(),
+        "Internal VMM error: Balloon: Received stats query when stats are disabled."
+    );
+    let r = api.put(
+        "/balloon",
+        json!({"amount_mib": 1, "deflate_on_oom": false}),
+    );
+    assert_eq!(
+        r.fault(),
+        "The requested operation is not supported after starting the microVM."
+    );
+    let r = api.patch("/balloon", json!({"amount_mib": GUEST_MIB + 1}));
+    assert_eq!(
+        r.fault(),
+        "Balloon update error: Balloon: Requested memory should be less than 129MiB"
+    );
+    let r = api.patch(
+        "/balloon/statistics",
+        json!({"stats_polling_interval_s": 1}),
+    );
+    assert_eq!(
+        r.fault(),
+        "Balloon update error: Balloon: Statistics cannot be enabled/disabled after activation."
+    );
+
+    let r = api.patch("/balloon", json!({"amount_mib": 0}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let run = running.wait(TIMEOUT);
+    run.assert_success();
+    let totals = balloon_totals(&metrics);
+    assert_eq!(totals["inflated_pages"], 8192, "{totals:?}");
+    // Past RAM, in the MMIO gap, a duplicate, u32::MAX, past the target, a deflate of a page
+    // never inflated.
+    assert_eq!(totals["refused_pfns"], 6, "{totals:?}");
+    // An array of 7 bytes, a device-writable array.
+    assert_eq!(totals["execute_fails"], 2, "{totals:?}");
+    assert_eq!(totals["deflated_pages"], 1, "{totals:?}");
+    assert_eq!(totals["madvise_fails"], 0, "{totals:?}");
+    assert_eq!(totals["needs_reset_count"], 0, "{totals:?}");
+}
+
+#[test]
+fn a_snapshot_of_a_vm_with_a_balloon_is_refused_by_name() {
+    if !kvm_available("a_snapshot_of_a_vm_with_a_balloon_is_refused_by_name") {
+        return;
+    }
+    let mut vm = TestVm::probe("idle", 1, 64);
+    vm.config["balloon"] = json!({"amount_mib": 0, "deflate_on_oom": true});
+    let sock = vm.dir.path().join("api.sock");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    running.wait_for_output("probe: idle ok", TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    assert_eq!(api.patch("/vm", json!({"state": "Paused"})).status, 204);
+    let dir = vm.dir.path();
+    let r = api.put(
+        "/snapshot/create",
+        json!({"snapshot_path": dir.join("state"), "mem_file_path": dir.join("mem")}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.fault(),
+        "Snapshots of microVMs with a balloon device are not supported yet"
+    );
+    assert!(!dir.join("mem").exists(), "nothing is half written");
+}
+
+#[test]
+fn the_guests_statistics_are_polled_and_answered_and_a_malformed_buffer_is_counted() {
+    if !kvm_available(
+        "the_guests_statistics_are_polled_and_answered_and_a_malformed_buffer_is_counted",
+    ) {
+        return;
+    }
+    let mut vm = TestVm::probe("balloon-stats,idle", 1, 64);
+    vm.config["balloon"] =
+        json!({"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1});
+    let sock = vm.dir.path().join("api.sock");
+    let metrics = vm.dir.path().join("metrics.json");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+        "--metrics-path".into(),
+        metrics.to_str().unwrap().into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    running.wait_for_output("probe: balloon-stats ok rounds=2 free=1002", TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    // The guest's last buffer reaches the device by its queue, the request by the API: wait
+    // for the state, with a deadline.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let stats = loop {
+        let stats = api.get("/balloon/statistics").json();
+        if stats["free_memory"] == 1002 || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(10)); // A poll interval, not synchronisation.
+    };
+    assert_eq!(
+        stats,
+        json!({"target_pages": 0, "actual_pages": 0, "target_mib": 0, "actual_mib": 0,
+               "free_memory": 1002, "total_memory": 64 << 20})
+    );
+    let r = api.patch(
+        "/balloon/statistics",
+        json!({"stats_polling_interval_s": 2}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(api.get("/balloon").json()["stats_polling_interval_s"], 2);
+    let r = api.patch(
+        "/balloon/statistics",
+        json!({"stats_polling_interval_s": 0}),
+    );
+    assert_eq!(
+        r.fault(),
+        "Balloon update error: Balloon: Statistics cannot be enabled/disabled after activation."
+    );
+    assert_eq!(
+        api.put("/actions", json!({"action_type": "FlushMetrics"}))
+            .status,
+        204
+    );
+    drop(running);
+    let totals = balloon_totals(&metrics);
+    assert_eq!(totals["stats_update_fails"], 1, "{totals:?}");
+    assert!(totals["stats_updates_count"] >= 3, "{totals:?}");
+    assert_eq!(totals["needs_reset_count"], 0, "{totals:?}");
+}
+
+#[test]
+fn free_ranges_the_guest_reports_leave_the_vmms_rss_and_malformed_reports_are_counted() {
+    if !kvm_available(
+        "free_ranges_the_guest_reports_leave_the_vmms_rss_and_malformed_reports_are_counted",
+    ) {
+        return;
+    }
+    let mut vm = TestVm::probe("balloon-report", 1, GUEST_MIB as usize);
+    vm.config["balloon"] =
+        json!({"amount_mib": 0, "deflate_on_oom": false, "free_page_reporting": true});
+    let sock = vm.dir.path().join("api.sock");
+    let metrics = vm.dir.path().join("metrics.json");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+        "--metrics-path".into(),
+        metrics.to_str().unwrap().into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    running.wait_for_output("probe: balloon-report ok filled", TIMEOUT);
+    let pid = running.child.id();
+    let before = vm_rss_kib(pid);
+    // The target change is the guest's signal that the host measured.
+    assert_eq!(api.patch("/balloon", json!({"amount_mib": 1})).status, 204);
+    running.wait_for_output("probe: balloon-report ok reported=16777216", TIMEOUT);
+    let after = vm_rss_kib(pid);
+    let dropped = before.saturating_sub(after);
+    eprintln!("VMM VmRSS: {before} KiB -> {after} KiB (dropped {dropped} KiB)");
+    assert!(
+        (14 * 1024..=18 * 1024).contains(&dropped),
+        "VmRSS {before} KiB -> {after} KiB"
+    );
+    assert_eq!(api.get("/balloon").json()["free_page_reporting"], true);
+    assert_eq!(api.patch("/balloon", json!({"amount_mib": 0})).status, 204);
+    running.wait(TIMEOUT).assert_success();
+    let totals = balloon_totals(&metrics);
+    assert_eq!(totals["free_page_report_count"], 1, "{totals:?}");
+    assert_eq!(totals["free_page_report_freed"], 16 << 20, "{totals:?}");
+    assert_eq!(totals["free_page_report_fails"], 2, "{totals:?}");
+    assert_eq!(totals["madvise_fails"], 0, "{totals:?}");
+}
+
+#[test]
+fn a_balloon_over_locked_or_2m_guest_memory_is_refused_at_start_by_name() {
+    if !kvm_available("a_balloon_over_locked_or_2m_guest_memory_is_refused_at_start_by_name") {
+        return;
+    }
+    for (field, value, why) in [
+        ("mem_lock", json!(true), "locked guest memory"),
+        (
+            "huge_pages",
+            json!("2M"),
+            "memory backed by 2 MiB huge pages",
+        ),
+    ] {
+        let mut vm = TestVm::probe("hello", 1, 64);
+        vm.config["machine-config"][field] = value;
+        vm.config["balloon"] = json!({"amount_mib": 0, "deflate_on_oom": false});
+        let run = vm.run(TIMEOUT);
+        assert!(!run.status.success(), "{field}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("A balloon cannot give back {why}")),
+            "{field}: {}",
+            run.stderr
+        );
+        assert!(run.probe_result("hello").is_none(), "the guest never ran");
+    }
+}

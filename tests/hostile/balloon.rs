@@ -1,0 +1,86 @@
+//! The hostile suite's balloon group: the probe's `balloon-flood` keeps the inflate ring full
+//! of 64 KiB requests (16,384 page numbers each, none of them guest RAM) for a few seconds,
+//! while the host watches the API's latency and the VMM's RSS. Each request costs the VMM at
+//! most 1,024 page numbers and each kick a few thousand; every page number is refused and
+//! counted, none is madvised, the device never needs a reset. (The single bad requests:
+//! outside RAM, in the MMIO gap, duplicates, past the target, odd lengths, device-writable
+//! buffers, deflating what was never inflated, are tests/balloon.rs and the device's unit
+//! tests.)
+
+use serde_json::json;
+
+use super::host::{vm_rss_kib, ApiWatch};
+use super::{
+    api_probe, can_attack, field, flush_metrics, latency_row, metric_totals, spawn_with_api, Table,
+    RSS_GROWTH_KIB, TIMEOUT,
+};
+
+/// Page numbers in one flood request.
+const PFNS_PER_REQUEST: u64 = 16384;
+
+#[test]
+fn balloon_flood_of_huge_inflate_requests_is_refused_counted_and_bounded() {
+    let test = "balloon_flood_of_huge_inflate_requests_is_refused_counted_and_bounded";
+    if !can_attack(test) {
+        return;
+    }
+    let mut table = Table::default();
+    let mut vm = api_probe("balloon-flood,idle", "probe.secs=4");
+    vm.config["balloon"] = json!({"amount_mib": 16, "deflate_on_oom": false});
+    let mut running = spawn_with_api(&vm);
+    running.wait_for_output("probe: balloon-flood flood-start", TIMEOUT);
+    let pid = running.child.id();
+    let rss_before = vm_rss_kib(pid);
+    let watch = ApiWatch::start(vm.dir.path().join("api.sock"));
+    running.wait_for_output("probe: balloon-flood flood-done", TIMEOUT);
+    let during = watch.stop();
+    let rss_after = vm_rss_kib(pid);
+    running.wait_for_output("probe: idle ok", TIMEOUT);
+    let flushed = flush_metrics(&vm);
+    let run = running.kill();
+
+    let detail = run
+        .probe_result("balloon-flood")
+        .unwrap_or("no result")
+        .to_string();
+    let answered = if detail.starts_with("ok ") {
+        field(&detail, "answered")
+    } else {
+        0
+    };
+    table.record(
+        "balloon-flood: 64 KiB inflate requests of 16,384 page numbers past RAM, ring kept full",
+        "every request answered, the device still serving",
+        &format!("{detail}; FlushMetrics -> {flushed}"),
+        answered > 0 && flushed == 204,
+    );
+    latency_row(
+        &mut table,
+        "balloon-flood: API GET / of the flooded VMM",
+        during,
+    );
+    table.record(
+        "balloon-flood: VMM VmRSS",
+        "grows < 64 MiB and stays under the guest's 64 MiB plus the VMM's own",
+        &format!("before {rss_before} KiB, after {rss_after} KiB"),
+        rss_after < rss_before + RSS_GROWTH_KIB && rss_after < 2 * 64 * 1024,
+    );
+    let m = metric_totals(vm.dir.path(), "balloon");
+    let counted = m.get("refused_pfns") == Some(&(answered * PFNS_PER_REQUEST))
+        && m.get("inflated_pages") == Some(&0)
+        && m.get("madvise_fails") == Some(&0)
+        && m.get("needs_reset_count") == Some(&0);
+    table.record(
+        "balloon-flood: metrics balloon",
+        "refused_pfns = 16,384 per request, nothing inflated or madvised, no reset",
+        &format!(
+            "refused_pfns={:?} inflated_pages={:?} madvise_fails={:?} needs_reset={:?} (answered {answered})",
+            m.get("refused_pfns"),
+            m.get("inflated_pages"),
+            m.get("madvise_fails"),
+            m.get("needs_reset_count"),
+        ),
+        counted,
+    );
+    table.finish();
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{kvm_available, probe_path, ApiVm, TestVm};
 use serde_json::json;
@@ -12,16 +12,9 @@ use serde_json::json;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Waits for `text` in the VMM's stderr (its log), with a deadline.
+/// The log once it has `text` (the common helper, with this file's timeout).
 fn wait_for_log(vm: &ApiVm, text: &str) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !vm.running.stderr().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} in the log:\n{}",
-            vm.running.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    vm.running.wait_for_log(text, TIMEOUT);
 }
 
 #[test]

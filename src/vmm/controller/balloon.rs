@@ -86,29 +86,11 @@ impl Controller {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::Arc;
-
     use serde_json::json;
 
+    use super::super::tests::controller;
     use super::*;
-    use crate::seccomp::SeccompFilters;
     use crate::vmm::action::VmmAction;
-    use crate::vmm::builder::BuildOptions;
-    use crate::vstate::exit::ExitRequest;
-
-    fn controller() -> Controller {
-        Controller::new(
-            "test".into(),
-            BuildOptions {
-                snapshot_key: None,
-                snapshot_dirs: Vec::new(),
-                boot_timer: false,
-                exit: Arc::new(ExitRequest::new().unwrap()),
-                seccomp: Arc::new(SeccompFilters::disabled()),
-                landlock: false,
-            },
-        )
-    }
 
     fn put(c: &mut Controller, body: serde_json::Value) -> ActionResult {
         c.handle(VmmAction::PutBalloon(serde_json::from_value(body).unwrap()))

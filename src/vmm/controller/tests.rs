@@ -14,7 +14,8 @@ use crate::vmm::action::{ActionError, VmmAction, VmmData};
 use crate::vmm::builder::BuildOptions;
 use crate::vstate::exit::{ExitCode, ExitRequest};
 
-fn controller() -> Controller {
+/// A controller before boot, without KVM, seccomp or Landlock (also the balloon tests').
+pub(super) fn controller() -> Controller {
     Controller::new(
         "test".into(),
         BuildOptions {

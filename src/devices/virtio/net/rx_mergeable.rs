@@ -57,8 +57,9 @@ impl Gathered {
 enum Gather {
     /// The frame is in its chains, ready to publish; the walk cost this many budget bytes.
     Ready(u64),
-    /// The ring ran out first: the chains are back in it; the frame waits.
-    Short,
+    /// The ring ran out first: the chains are back in it; the frame waits. The walk (and the
+    /// copying into the chains held) cost this many budget bytes all the same.
+    Short(u64),
     /// The ring (or a drain's budget) cannot hold the frame: drop it, return the chains.
     Never,
 }
@@ -116,8 +117,11 @@ impl Worker<'_, MergeState> {
                     self.metrics.rx_packets_count.inc();
                     self.metrics.rx_bytes_count.add(frame_len);
                 }
-                Ok(Gather::Short) => {
+                Ok(Gather::Short(cost)) => {
                     refund(self);
+                    // A driver that posts one buffer at a time makes each retry copy the
+                    // frame again: every walk counts against the drain's budget.
+                    moved = moved.saturating_add(cost);
                     match enable_notification_past(queue, mem) {
                         Ok(true) => continue,
                         Ok(false) => break DrainEnd::Empty,
@@ -184,7 +188,7 @@ impl Worker<'_, MergeState> {
             let Some(head) = pop_head(queue, mem)? else {
                 queue.set_next_avail(start);
                 // Refused chains were used; the held ones go back.
-                return Ok(Gather::Short);
+                return Ok(Gather::Short(cost));
             };
             let desc_table = GuestAddress(queue.desc_table());
             chain::read_chain(mem, desc_table, size, head, self.segments)?;

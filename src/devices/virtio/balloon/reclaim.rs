@@ -45,12 +45,12 @@ impl Runs {
         }
         let addr = GuestAddress(u64::from(start) << PAGE_SHIFT);
         let bytes = u64::from(len) * PAGE_SIZE;
-        if discard(mem, addr, bytes) {
+        if discard_range(mem, addr, bytes) {
             return 0;
         }
         // The run crosses regions (adjacent in guest physical space): one page at a time.
         (0..u64::from(len))
-            .filter(|i| !discard(mem, addr.unchecked_add(i * PAGE_SIZE), PAGE_SIZE))
+            .filter(|i| !discard_range(mem, addr.unchecked_add(i * PAGE_SIZE), PAGE_SIZE))
             .count() as u64
     }
 }
@@ -58,10 +58,6 @@ impl Runs {
 /// madvise(MADV_DONTNEED) on guest `[addr, addr + len)` when it lies in one region; false when
 /// it does not or the call failed.
 pub fn discard_range(mem: &GuestMemory, addr: GuestAddress, len: u64) -> bool {
-    discard(mem, addr, len)
-}
-
-fn discard(mem: &GuestMemory, addr: GuestAddress, len: u64) -> bool {
     let Some(region) = mem.find_region(addr) else {
         return false;
     };

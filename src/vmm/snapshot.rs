@@ -184,6 +184,9 @@ pub enum SnapshotError {
     /// A Diff snapshot of a VM without dirty page tracking (Firecracker's message).
     #[error("The requested operation is not supported: Diff snapshots are not allowed on uVMs with dirty page tracking disabled.")]
     DiffWithoutTracking,
+    /// An Async drive's requests outlived the wait before a create.
+    #[error("Drive {0}: requests still in flight after the wait; no snapshot was written")]
+    DriveBusy(String),
     /// Create on a VM that is not paused.
     #[error("Cannot create a snapshot of a microVM that is not paused: pause it first (PATCH /vm {{\"state\": \"Paused\"}})")]
     NotPaused,

@@ -112,7 +112,11 @@ impl Controller {
         };
         let started = Instant::now();
         // An Async drive's requests in flight finish first: none is saved half done.
-        self.devices.blocks().for_each(|mut block| block.quiesce());
+        for mut block in self.devices.blocks() {
+            if block.quiesce() > 0 {
+                return Err(SnapshotError::DriveBusy(block.id().to_string()).into());
+            }
+        }
         let nets = self.net_states()?;
         let input = SaveInput {
             machine_config: &self.resources.machine_config,

@@ -173,10 +173,11 @@ impl Block {
 
     /// Waits (at most [`QUIESCE_TIMEOUT`]) for the requests in flight of an `Async` drive and
     /// puts them in the used ring: before a snapshot and a change of backing file. Does
-    /// nothing for a `Sync` drive.
-    pub fn quiesce(&mut self) {
+    /// nothing for a `Sync` drive. Returns how many are still in flight (their completions
+    /// will be dropped).
+    pub fn quiesce(&mut self) -> usize {
         let Some(mut engine) = self.engine.take() else {
-            return;
+            return 0;
         };
         let mut done = std::mem::take(&mut self.completions);
         let orphaned = engine.quiesce(QUIESCE_TIMEOUT, |c| done.push(c));
@@ -191,6 +192,7 @@ impl Block {
                 QUIESCE_TIMEOUT.as_secs()
             );
         }
+        orphaned
     }
 
     /// The rate limiter's remaining tokens, for a snapshot.

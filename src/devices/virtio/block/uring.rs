@@ -387,10 +387,12 @@ impl AsyncEngine {
 }
 
 impl Drop for AsyncEngine {
-    /// The kernel finishes what is in flight before guest memory can go (bounded wait).
+    /// The kernel finishes what is in flight before guest memory can go (bounded wait); what
+    /// outlives the wait keeps guest memory mapped for good (a late read must never land in
+    /// memory that was unmapped or reused).
     fn drop(&mut self) {
-        if self.in_flight > 0 {
-            self.quiesce(QUIESCE_TIMEOUT, drop);
+        if self.in_flight > 0 && self.quiesce(QUIESCE_TIMEOUT, drop) > 0 {
+            std::mem::forget(self.mem.take());
         }
     }
 }

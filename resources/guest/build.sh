@@ -41,7 +41,7 @@ hash=$(printf '%s\nlinux-source-6.1 %s busybox-static %s libc6-dev %s %s\n' "$su
        "$linux_pkg" "$busybox_pkg" "$libc_pkg" "$rustc_version" | sha256sum | cut -c1-16)
 out=$cache/guest/$hash
 # One build at a time per cache (tests may call this script in parallel).
-mkdir -p "$cache"
+mkdir -p "$cache/build"
 exec 9>"$cache/guest-build.lock"
 flock 9
 if [[ -s $out/manifest.json ]]; then

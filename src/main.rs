@@ -134,7 +134,18 @@ fn main() {
     if let Err(e) = logger::init(&cli.id, cli.level) {
         eprintln!("{e}");
     }
-    std::process::exit(run(&cli, start));
+    let code = run(&cli, start);
+    log_exit(code);
+    std::process::exit(code);
+}
+
+/// Firecracker's last log line, word for word: tools wait for it to know the VMM ended and how.
+fn log_exit(code: i32) {
+    if code == 0 {
+        log::info!("Firecracker exiting successfully. exit_code=0");
+    } else {
+        log::error!("Firecracker exiting with error. exit_code={code}");
+    }
 }
 
 /// Gives every thread the main malloc arena. glibc would make one per thread at its first
@@ -204,6 +215,7 @@ fn describe_mmds(bytes: &[u8]) -> String {
 
 /// Prints a one-line error and gives the exit code.
 fn fail(message: impl std::fmt::Display, code: ExitCode) -> i32 {
+    log::error!("{message}");
     eprintln!("Error: {message}");
     code as i32
 }

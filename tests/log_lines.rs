@@ -43,6 +43,35 @@ fn a_config_file_boot_logs_firecrackers_started_line() {
         "{}",
         run.stderr
     );
+    let started = run.stderr.find("Successfully started microvm").unwrap();
+    let exiting = run
+        .stderr
+        .find("Firecracker exiting successfully. exit_code=0")
+        .expect(&run.stderr);
+    assert!(started < exiting, "{}", run.stderr);
+}
+
+#[test]
+fn a_failed_start_logs_firecrackers_exiting_with_error_line_and_code() {
+    let missing = tempfile::tempdir().unwrap();
+    let run = TestVm::new(json!({
+        "boot-source": {"kernel_image_path": missing.path().join("no-kernel")},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+    }))
+    .run(TIMEOUT);
+    let code = run.status.code().expect("exited, not killed");
+    assert_ne!(code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("Firecracker exiting with error. exit_code={code}")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("exiting successfully"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -58,6 +58,28 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/balloon/statistics"),
 ];
 
+/// Firecracker's routes Palisade answers with a 400 that names what is missing and why
+/// (method, path template, reason). The OpenAPI document lists them with that answer.
+pub const REFUSED: &[(&str, &str, &str)] = &[
+    ("PUT", "/pmem/{id}", PMEM),
+    ("PATCH", "/pmem/{id}", PMEM),
+    ("DELETE", "/pmem/{id}", PMEM),
+    ("GET", "/hotplug/memory", HOTPLUG),
+    ("PUT", "/hotplug/memory", HOTPLUG),
+    ("PATCH", "/hotplug/memory", HOTPLUG),
+    ("DELETE", "/drives/{drive_id}", UNPLUG),
+    ("DELETE", "/network-interfaces/{iface_id}", UNPLUG),
+];
+
+const PMEM: &str = "virtio-pmem devices are not supported by Palisade: give the guest a \
+                    drive (virtio-blk) instead.";
+const HOTPLUG: &str = "Memory hot-plug (virtio-mem) is not supported by Palisade: size guest \
+                       memory with machine-config mem_size_mib and take it back with the \
+                       balloon.";
+const UNPLUG: &str = "Device hot-unplug is not supported by Palisade: its devices are \
+                      virtio-mmio, fixed when the guest boots (Firecracker unplugs PCI \
+                      devices only).";
+
 /// What a request turns into.
 #[derive(Debug, PartialEq)]
 pub enum Routed {
@@ -73,32 +95,50 @@ fn bad_request(message: &str) -> Routed {
 
 /// Finds the route template `path` matches, with its parameter (the last `{}` segment).
 fn match_template(path: &str) -> Option<(&'static str, Option<String>)> {
-    let segments: Vec<&str> = path.trim_start_matches('/').split_terminator('/').collect();
-    ROUTES.iter().find_map(|(_, template)| {
-        let parts: Vec<&str> = template
-            .trim_start_matches('/')
-            .split_terminator('/')
-            .collect();
-        if parts.len() != segments.len() {
-            return None;
-        }
-        let mut param = None;
-        for (part, seg) in parts.iter().zip(&segments) {
-            if part.starts_with('{') {
-                if seg.is_empty() {
-                    return None;
-                }
-                param = Some(seg.to_string());
-            } else if part != seg {
-                return None;
-            }
-        }
-        Some((*template, param))
-    })
+    ROUTES
+        .iter()
+        .find_map(|(_, template)| matches_template(template, path).map(|p| (*template, p)))
 }
 
+/// Whether `path` fits `template`: `Some` with the parameter (the last `{}` segment) if so.
+fn matches_template(template: &str, path: &str) -> Option<Option<String>> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split_terminator('/').collect();
+    let parts: Vec<&str> = template
+        .trim_start_matches('/')
+        .split_terminator('/')
+        .collect();
+    if parts.len() != segments.len() {
+        return None;
+    }
+    let mut param = None;
+    for (part, seg) in parts.iter().zip(&segments) {
+        if part.starts_with('{') {
+            if seg.is_empty() {
+                return None;
+            }
+            param = Some(seg.to_string());
+        } else if part != seg {
+            return None;
+        }
+    }
+    Some(param)
+}
+
+/// The reason Palisade refuses a Firecracker route it does not implement.
+fn refused(method: &str, path: &str) -> Option<&'static str> {
+    REFUSED
+        .iter()
+        .find(|(m, template, _)| *m == method && matches_template(template, path).is_some())
+        .map(|(_, _, why)| *why)
+}
+
+/// A body that is not the expected JSON: Firecracker's words around serde's reason.
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Routed> {
-    serde_json::from_slice(body).map_err(|e| bad_request(&e.to_string()))
+    serde_json::from_slice(body).map_err(|e| {
+        bad_request(&format!(
+            "An error occurred when deserializing the json body of a request: {e}."
+        ))
+    })
 }
 
 /// `PUT /actions` body.
@@ -253,6 +293,9 @@ pub fn route(req: &Request) -> Routed {
             req.method, req.path
         ))
     };
+    if let Some(why) = refused(&req.method, &req.path) {
+        return bad_request(why);
+    }
     let Some((template, param)) = match_template(&req.path) else {
         return invalid();
     };
@@ -462,7 +505,12 @@ mod tests {
             "/machine-config",
             Some(r#"{"vcpu_count":1}"#),
         )));
-        assert!(msg.contains("missing field `mem_size_mib`"), "{msg}");
+        // Firecracker's answer to the same body, word for word.
+        assert_eq!(
+            msg,
+            "An error occurred when deserializing the json body of a request: \
+             missing field `mem_size_mib` at line 1 column 16."
+        );
         let msg = fault(route(&req("PUT", "/boot-source", Some("{not json"))));
         assert!(msg.contains("line 1"), "{msg}");
     }
@@ -603,6 +651,8 @@ mod tests {
         }
         let routed: std::collections::BTreeSet<(String, String)> = ROUTES
             .iter()
+            .copied()
+            .chain(REFUSED.iter().map(|(m, p, _)| (*m, *p)))
             .map(|(m, p)| (m.to_string(), p.to_string()))
             .collect();
         let missing: Vec<_> = routed.difference(&documented).collect();
@@ -664,6 +714,28 @@ mod tests {
         documented_sorted.sort();
         answered_sorted.sort();
         assert_eq!(documented_sorted, answered_sorted);
+    }
+
+    #[test]
+    fn firecrackers_routes_palisade_lacks_are_refused_by_name() {
+        for (method, template, why) in REFUSED {
+            let path = template
+                .replace("{id}", "p1")
+                .replace("{drive_id}", "d1")
+                .replace("{iface_id}", "eth0");
+            let body = (*method != "GET" && *method != "DELETE").then_some("{}");
+            assert_eq!(
+                fault(route(&req(method, &path, body))),
+                *why,
+                "{method} {path}"
+            );
+        }
+        // Close to a refused path is still an unknown one.
+        let msg = fault(route(&req("DELETE", "/drives", None)));
+        assert!(
+            msg.starts_with("Invalid request method and/or path"),
+            "{msg}"
+        );
     }
 
     #[test]

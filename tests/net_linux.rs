@@ -40,6 +40,11 @@ fn firewall() -> Value {
 /// firewall above, configuring 10.0.0.2/24 and running `checks`; metrics to
 /// DIR/metrics.json (read with net_totals).
 fn linux_net_vm(ns: &TapNetns, checks: &str) -> TestVm {
+    linux_net_vm_mtu(ns, checks, None)
+}
+
+/// The same, with the interface's `mtu` (VIRTIO_NET_F_MTU) when given.
+fn linux_net_vm_mtu(ns: &TapNetns, checks: &str, mtu: Option<u16>) -> TestVm {
     let dir = linux_guest_dir();
     let boot_args = std::fs::read_to_string(dir.join("boot_args")).expect("boot_args");
     let mut vm = TestVm::new(json!({
@@ -56,6 +61,7 @@ fn linux_net_vm(ns: &TapNetns, checks: &str) -> TestVm {
             "iface_id": "eth0",
             "host_dev_name": "tap0",
             "guest_mac": GUEST_MAC,
+            "mtu": mtu,
             "firewall": firewall(),
         }],
     }));
@@ -172,9 +178,12 @@ fn linux_guest_reaches_allowed_ports_and_not_denied_ones() {
     });
     let denied = tcp_server(&ns, 8001, false, stop.clone(), |_| "denied-port".into());
 
-    let vm = linux_net_vm(
+    // The interface's mtu reaches the guest's driver (VIRTIO_NET_F_MTU) and the flows
+    // below still work under it.
+    let vm = linux_net_vm_mtu(
         &ns,
-        "inbound-listen,ping,tcp-allowed,tcp-denied,inbound-blocked",
+        "mtu,inbound-listen,ping,tcp-allowed,tcp-denied,inbound-blocked",
+        Some(1400),
     );
     let mut running = vm.spawn();
     running.wait_for_output("palisade-net: listening on 9000", TIMEOUT);
@@ -206,6 +215,7 @@ fn linux_guest_reaches_allowed_ports_and_not_denied_ones() {
 
     // Inbound: the SYN to the guest's port 9000 was dropped (not refused by the guest, not
     // accepted), and the listener saw nothing.
+    assert_eq!(run.assert_guest_pass("mtu"), "mtu=1400");
     assert_eq!(inbound, "timeout", "host -> guest:9000");
     run.assert_guest_pass("inbound-listen");
     let blocked = run.assert_guest_pass("inbound-blocked");

@@ -58,6 +58,15 @@ def version(binary):
     return out.splitlines()[0] if out else "?"
 
 
+def tsc_mhz():
+    """The TSC rate the probe guest times with (`probe.tsc_mhz=`), from /proc/cpuinfo."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":")[1]))
+    raise RuntimeError("no cpu MHz in /proc/cpuinfo")
+
+
 def write_rows(path, source, rows, **meta):
     """The rows of one benchmark, with when, where and under what load they were taken."""
     report = {"source": source,

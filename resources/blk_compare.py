@@ -46,7 +46,7 @@ class Vmm(net_compare.Vmm):
         config = {
             "boot-source": {"kernel_image_path": elf,
                             "boot_args": "console=ttyS0 reboot=k panic=1 "
-                                         f"probe.tsc_mhz={net_compare.tsc_mhz()} " + boot_args},
+                                         f"probe.tsc_mhz={benchlib.tsc_mhz()} " + boot_args},
             "drives": [{"drive_id": "bench", "path_on_host": disk, "is_root_device": False,
                         "is_read_only": False, "cache_type": "Unsafe", "io_engine": engine}],
             "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},

@@ -60,12 +60,14 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402  (summaries, host, version, commit)
 
 TIMEOUT = 60  # seconds for any one step; a slow VMM is a figure, not a hang
 MEM_MIB = 128
@@ -456,28 +458,6 @@ def measure(results, notes, name, key_fn, runs, vmms):
     sys.stderr.write(f"compare_bench: {name}: {runs} rounds done\n")
 
 
-def summary(values):
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "n": len(values), "values": values}
-
-
-def host_info():
-    model = next((ln.split(":", 1)[1].strip() for ln in read("/proc/cpuinfo").splitlines()
-                  if ln.startswith("model name")), "?")
-    kvm = "kvm_pvm (no hardware virtualization)" if os.path.isdir("/sys/module/kvm_pvm") else (
-        "kvm_intel" if os.path.isdir("/sys/module/kvm_intel") else
-        "kvm_amd" if os.path.isdir("/sys/module/kvm_amd") else "kvm")
-    return {"cpus": os.cpu_count(), "cpu": model, "kvm": kvm, "kernel": os.uname().release}
-
-
-def version(binary):
-    """The first line `BINARY --version` prints."""
-    r = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=TIMEOUT)
-    return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else "?"
-
-
 def linkage(binary):
     """How `binary` is linked: "static" (no ELF interpreter) or "dynamic" (it has one)."""
     try:
@@ -495,15 +475,6 @@ def linkage(binary):
         if int.from_bytes(head[off:off + 4], "little") == 3:  # PT_INTERP
             return "dynamic"
     return "static"
-
-
-def commit():
-    here = os.path.dirname(os.path.abspath(__file__))
-    r = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
-                       capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    return r.stdout.strip() + ("+dirty" if dirty else "") if r.returncode == 0 else "?"
 
 
 def fmt(s, unit):
@@ -592,12 +563,12 @@ def main():
     load_after = read("/proc/loadavg").split()[:3]
 
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "commit": commit(), "host": host_info(), "runs": a.runs, "quick_runs": a.quick_runs,
+              "commit": benchlib.commit(), "host": benchlib.host_info(), "runs": a.runs, "quick_runs": a.quick_runs,
               "density_runs": a.density_runs or a.runs,
               "linux_runs": (a.linux_runs or a.runs) if a.linux else 0,
               "density": a.density,
               "guest": f"probe, 1 vCPU, {MEM_MIB} MiB, --boot-timer",
-              "versions": {v.name: version(v.binary) for v in vmms},
+              "versions": {v.name: benchlib.version(v.binary) for v in vmms},
               "binaries": {v.name: f"{v.binary} ({linkage(v.binary)})" for v in vmms},
               "figures_measured": sorted(figures),
               "load_before": load_before, "load_after": load_after, "notes": notes,
@@ -617,8 +588,8 @@ def main():
     for key, fig, label, unit in FIGURES:
         if {"2b": "2bc", "2c": "2bc"}.get(fig, fig) not in figures:
             continue
-        p = summary(results["palisade"].get(key, []))
-        f = summary(results["firecracker"].get(key, []))
+        p = benchlib.summary(results["palisade"].get(key, []))
+        f = benchlib.summary(results["firecracker"].get(key, []))
         ratio = p["median"] / f["median"] if p and f and f["median"] else None
         report["figures"][key] = {"figure": fig, "label": label, "unit": unit,
                                   "palisade": p, "firecracker": f, "ratio": ratio}

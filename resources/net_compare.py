@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe"))
@@ -109,14 +108,6 @@ for seq in range(int(sys.argv[1])):
 """.replace("GUEST", GUEST)
 
 
-def tsc_mhz():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("cpu MHz"):
-                return int(float(line.split(":")[1]))
-    raise RuntimeError("no cpu MHz in /proc/cpuinfo")
-
-
 def rules_json(n):
     """n rules: n - 2 denies on other ports, then the allow the UDP traffic matches and the one
     the pings match."""
@@ -140,7 +131,7 @@ class Vmm(vsock_peer.Guest):
         config = {
             "boot-source": {"kernel_image_path": elf,
                             "boot_args": f"console=ttyS0 reboot=k panic=1 probe.ip={GUEST}/24 "
-                                         f"probe.peer={HOST}:9 probe.tsc_mhz={tsc_mhz()} "
+                                         f"probe.peer={HOST}:9 probe.tsc_mhz={benchlib.tsc_mhz()} "
                                          + boot_args},
             "drives": [],
             "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},

@@ -83,19 +83,11 @@ class Vmm(vsock_peer.Guest):
             self.cond.notify_all()
 
 
-def tsc_mhz():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("cpu MHz"):
-                return int(float(line.split(":")[1]))
-    raise RuntimeError("no cpu MHz in /proc/cpuinfo")
-
-
 def one_boot(kind, binary, elf, policy, mib, connects):
     """One boot: {figure: value}."""
     size = mib << 20
     args = ["probe.run=vsock-echo,vsock-bench", f"probe.port={PORT}", f"probe.count={connects}",
-            "probe.secs=60", f"probe.bytes={size}", f"probe.tsc_mhz={tsc_mhz()}"]
+            "probe.secs=60", f"probe.bytes={size}", f"probe.tsc_mhz={benchlib.tsc_mhz()}"]
     with tempfile.TemporaryDirectory() as d:
         vm = Vmm(kind, binary, elf, args, d, policy)
         try:

@@ -253,6 +253,11 @@ fn io_uring_register_files_update_and_enter() {
     unsafe { libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0) };
 }
 
+fn io_uring_enter() {
+    // SAFETY: fd -1: the kernel returns EBADF without touching memory.
+    unsafe { libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0) };
+}
+
 #[test]
 fn no_filtered_thread_can_make_an_io_uring_or_register_anything_but_a_file_update() {
     use palisade::seccomp::ThreadKind;
@@ -270,6 +275,13 @@ fn no_filtered_thread_can_make_an_io_uring_or_register_anything_but_a_file_updat
             "{kind:?} REGISTER_FILES: {status:?}"
         );
     }
+    // A vCPU thread never waits on a ring: an Async drive's reset orphans what is in flight.
+    let status = in_filtered_child(ThreadKind::Vcpu, io_uring_enter);
+    assert_eq!(
+        status.signal(),
+        Some(SIGSYS),
+        "vcpu io_uring_enter: {status:?}"
+    );
     // What the Async engine needs once the VMM runs stays allowed.
     let status = in_filtered_child(ThreadKind::Vmm, io_uring_register_files_update_and_enter);
     assert_eq!(status.code(), Some(0), "{status:?}");

@@ -71,9 +71,6 @@ pub enum UringError {
     /// io_uring_setup failed (EPERM, ENOSYS: the kernel refuses io_uring).
     #[error("io_uring is not available: {0}")]
     Setup(#[source] std::io::Error),
-    /// This process cannot make a drive's restricted ring (the first check's error).
-    #[error("{0}")]
-    Unavailable(String),
     /// A ring was asked for after the thread's seccomp filter was installed.
     #[error("An io_uring cannot be made after the VMM thread's seccomp filter is installed")]
     Sealed,
@@ -94,23 +91,21 @@ pub enum UringError {
     Enter(#[source] std::io::Error),
 }
 
-/// Whether this host lets a process make a drive's restricted ring: the first call makes (and
-/// drops) one of one entry on `file`, later calls answer from its result (it depends on the
-/// kernel, its io_uring sysctl and the process's seccomp filter, not on the drive file), so
-/// a drive's ring is made once, by its engine, not again at every `PUT /drives`.
+/// Whether this host lets a process make a drive's restricted ring: makes (and drops) one of
+/// one entry on `file` until one was made, then answers yes without a ring (it depends on
+/// the kernel, its io_uring sysctl and the process's seccomp filter, not on the drive file),
+/// so a drive's ring is made once, by its engine, not again at every `PUT /drives`.
 pub fn check_available(file: RawFd) -> Result<(), UringError> {
-    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    static AVAILABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if SEALED.with(Cell::get) {
         return Err(UringError::Sealed);
     }
-    PROBE
-        .get_or_init(|| {
-            AsyncEngine::with_slots(1, file)
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-        .clone()
-        .map_err(UringError::Unavailable)
+    if AVAILABLE.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    AsyncEngine::with_slots(1, file)?;
+    AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 /// A disabled ring of `entries` on `file` (fixed file, slot 0), its completions signalled on

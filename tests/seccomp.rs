@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::fd::FromRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
@@ -333,16 +334,13 @@ fn returns_in_filtered_child(kind: palisade::seccomp::ThreadKind, call: fn()) ->
     let mut status = 0;
     // SAFETY: waits for the child forked above.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    let mut byte = 0u8;
-    // SAFETY: closes the parent's write end (the child's is gone), then reads at most one byte
-    // into a live buffer: 0 (end of file) when the child wrote nothing.
-    let n = unsafe {
-        libc::close(fds[1]);
-        let n = libc::read(fds[0], (&mut byte as *mut u8).cast(), 1);
-        libc::close(fds[0]);
-        n
-    };
-    n == 1
+    // SAFETY: closes the parent's write end, which it owns (the child's is gone with it).
+    unsafe { libc::close(fds[1]) };
+    // SAFETY: the read end is owned by nothing else; the File closes it.
+    let mut read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    let mut byte = [0u8; 1];
+    // End of file (0) when the child wrote nothing.
+    std::io::Read::read(&mut read_end, &mut byte).unwrap_or(0) == 1
 }
 
 #[test]

@@ -348,8 +348,8 @@ impl AsyncEngine {
         }
     }
 
-    /// As `reap`, leaving the completion event as it is; no syscall and no allocation (a
-    /// reset runs on a vCPU thread).
+    /// As `reap`, leaving the completion event as it is; no syscall, and nothing allocated
+    /// but room in `out` when it has none.
     fn reap_ring(&mut self, out: &mut Vec<Completion>) -> usize {
         let mut freed = 0;
         for c in self.ring.completion() {

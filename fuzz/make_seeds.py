@@ -181,3 +181,32 @@ os.makedirs('corpus/balloon_queues', exist_ok=True)
 put('corpus/balloon_queues/inflate_deflate_stats',
     balloon_seed([0x10, 0x11, 0x11, 0xffff], [0x10, 0x20], [(4, 1000), (5, 4096)]))
 put('corpus/balloon_queues/past_ram_and_gap', balloon_seed([0x100, 0xd0000, 0xffffffff], [], []))
+
+
+# net_rx_mergeable: mode (bit 0: hostile layout, bit 1: EVENT_IDX), frame count (mod 5) and
+# each frame's length (u16 LE, 14 + n % 6000); then, checked layout: per chain its descriptor
+# count (1 + b % 3) and per descriptor its length (u16 LE) and a writable byte (0 = readable),
+# then per chain when it is posted (0 first round, 1 second, 2 never).
+def rx_seed(mode, frame_lens, chains, posts):
+    out = bytes([mode, len(frame_lens)])
+    for n in frame_lens:
+        out += struct.pack('<H', n - 14)
+    for descs in chains:
+        out += bytes([len(descs) - 1])
+        for length, writable in descs:
+            out += struct.pack('<H', length) + bytes([1 if writable else 0])
+    return out + bytes(posts)
+
+
+os.makedirs('corpus/net_rx_mergeable', exist_ok=True)
+# Sixteen 1-descriptor chains of 1526 bytes: a 4000-byte frame takes three.
+put('corpus/net_rx_mergeable/three_frames_over_many_buffers',
+    rx_seed(0, [4000, 60, 1514], [[(1526, True)]] * 16, [0] * 16))
+# Too few buffers in the first round (the frame waits), the rest in the second; EVENT_IDX.
+put('corpus/net_rx_mergeable/waits_for_buffers',
+    rx_seed(2, [5000], [[(1000, True), (200, True)]] * 8, [0, 0, 1, 1, 1, 1, 1, 1]))
+# A readable chain and a 12-byte chain in the middle of a frame, header-only buffers.
+put('corpus/net_rx_mergeable/refused_and_header_only_chains',
+    rx_seed(0, [3000, 100], [[(12, True)], [(800, False)], [(12, True), (4096, True)]]
+            + [[(700, True)]] * 12, [0] * 15))
+put('corpus/net_rx_mergeable/hostile_rings', bytes([1, 2, 0x10, 0, 0x10, 0]) + bytes(range(256)) * 8)

@@ -38,7 +38,9 @@ trap 'rm -f "$log" "$skips"' EXIT
 # PALISADE_NO_SKIP set (.ci/run sets it) a test that cannot run fails instead.
 export PALISADE_SKIP_LOG=$skips
 status=0
-cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+# --no-fail-fast: a failing test binary does not keep the ones after it from running (cargo
+# still exits non-zero, naming every binary that failed).
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 
 # The guest agent is its own crate (resources/guest/agent, not in the workspace): its unit
 # tests, then its host client against the real binary (no VM). Skipped when arguments select
@@ -84,9 +86,16 @@ if ((skipped > 0)); then
     echo "skipped tests:" >&2
     cat "$skips" >&2
 fi
-awk -v s="$skipped" -v fz="$fuzz_line" '
+# A test binary that died (a signal, an abort) or did not build has no `test result:` line:
+# each such binary counts as one failure, so a failed run never reads "0 failed".
+awk -v s="$skipped" -v fz="$fuzz_line" -v st="$status" '
      /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1);
                                                    if ($(i) ~ /^failed/) f += $(i-1) } }
+     /^test result: FAILED/ { failed_binaries++ }
+     /^error: test failed, to rerun pass/ { died++ }
+     /^error: could not compile/ { died++ }
      END { if (fz != "") { split(fz, w, " "); p += w[2]; f += w[4] }
+           if (died > failed_binaries) f += died - failed_binaries
+           if (st != 0 && f == 0) f = 1
            printf "tests: %d passed, %d failed, %d skipped\n", p - s, f, s }' "$log"
 exit "$status"

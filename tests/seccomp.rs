@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::fd::FromRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
@@ -253,6 +254,11 @@ fn io_uring_register_files_update_and_enter() {
     unsafe { libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0) };
 }
 
+fn io_uring_enter() {
+    // SAFETY: fd -1: the kernel returns EBADF without touching memory.
+    unsafe { libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0) };
+}
+
 #[test]
 fn no_filtered_thread_can_make_an_io_uring_or_register_anything_but_a_file_update() {
     use palisade::seccomp::ThreadKind;
@@ -270,7 +276,94 @@ fn no_filtered_thread_can_make_an_io_uring_or_register_anything_but_a_file_updat
             "{kind:?} REGISTER_FILES: {status:?}"
         );
     }
+    // A vCPU thread never waits on a ring: an Async drive's reset orphans what is in flight.
+    let status = in_filtered_child(ThreadKind::Vcpu, io_uring_enter);
+    assert_eq!(
+        status.signal(),
+        Some(SIGSYS),
+        "vcpu io_uring_enter: {status:?}"
+    );
     // What the Async engine needs once the VMM runs stays allowed.
     let status = in_filtered_child(ThreadKind::Vmm, io_uring_register_files_update_and_enter);
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// madvise(NULL, 0, advice): the kernel returns 0 or EINVAL without touching memory; only the
+/// filter's verdict on the advice matters.
+fn madvise_with(advice: libc::c_int) {
+    // SAFETY: a zero-length range: no mapping changes.
+    unsafe { libc::madvise(std::ptr::null_mut(), 0, advice) };
+}
+
+fn madvise_dontneed() {
+    madvise_with(libc::MADV_DONTNEED);
+}
+
+fn madvise_mergeable() {
+    madvise_with(libc::MADV_MERGEABLE);
+}
+
+fn madvise_dodump() {
+    madvise_with(libc::MADV_DODUMP);
+}
+
+fn madvise_free() {
+    madvise_with(libc::MADV_FREE);
+}
+
+/// Forks; the child installs the embedded filter of `kind`, runs `call`, then writes one
+/// byte to a pipe (`write` is in every filter; the child's own exit may not be: the api
+/// filter has neither `exit` nor `exit_group`). True when the byte came: `call` returned.
+fn returns_in_filtered_child(kind: palisade::seccomp::ThreadKind, call: fn()) -> bool {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array it is given.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let filters = palisade::seccomp::SeccompFilters::embedded();
+    // SAFETY: as in `in_filtered_child`; the child also writes one byte to a pipe.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        if filters.apply(kind).is_ok() {
+            call();
+            // SAFETY: one byte from a live buffer to the pipe's write end.
+            unsafe { libc::write(fds[1], [1u8].as_ptr().cast(), 1) };
+        }
+        // SAFETY: ends the child at once (killed here under filters without exit_group).
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    // SAFETY: closes the parent's write end, which it owns (the child's is gone with it).
+    unsafe { libc::close(fds[1]) };
+    // SAFETY: the read end is owned by nothing else; the File closes it.
+    let mut read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    let mut byte = [0u8; 1];
+    // End of file (0) when the child wrote nothing.
+    std::io::Read::read(&mut read_end, &mut byte).unwrap_or(0) == 1
+}
+
+#[test]
+fn every_filtered_thread_may_madvise_dontneed_and_nothing_else() {
+    use palisade::seccomp::ThreadKind;
+    for kind in [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu] {
+        // glibc's malloc and the balloon give memory back with MADV_DONTNEED.
+        assert!(
+            returns_in_filtered_child(kind, madvise_dontneed),
+            "{kind:?} MADV_DONTNEED is killed"
+        );
+        assert!(
+            !returns_in_filtered_child(kind, madvise_mergeable),
+            "the check itself: {kind:?} MADV_MERGEABLE returned"
+        );
+        // KSM merging of guest memory, core dumps of it, lazy frees: killed.
+        for (name, call) in [
+            ("MADV_MERGEABLE", madvise_mergeable as fn()),
+            ("MADV_DODUMP", madvise_dodump),
+            ("MADV_FREE", madvise_free),
+        ] {
+            let status = in_filtered_child(kind, call);
+            assert_eq!(status.signal(), Some(SIGSYS), "{kind:?} {name}: {status:?}");
+        }
+    }
 }

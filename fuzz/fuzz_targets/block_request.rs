@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use palisade::devices::virtio::buffers;
 use palisade::devices::virtio::block::request::{Request, RequestType, MAX_DATA_BYTES};
+use palisade::devices::virtio::buffers;
 use palisade::devices::virtio::chain::Segment;
 use palisade::vstate::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};

@@ -13,7 +13,11 @@ use palisade::api::DEFAULT_MAX_PAYLOAD;
 fuzz_target!(|data: &[u8]| {
     for max_payload in [DEFAULT_MAX_PAYLOAD, 64] {
         let first = parse(data, max_payload, false);
-        assert_eq!(first, parse(data, max_payload, false), "parse is not deterministic");
+        assert_eq!(
+            first,
+            parse(data, max_payload, false),
+            "parse is not deterministic"
+        );
         // Once 100 Continue is sent, the same bytes wait for the body instead.
         let after_continue = parse(data, max_payload, true);
         assert_ne!(after_continue, Ok(Parsed::ExpectContinue));

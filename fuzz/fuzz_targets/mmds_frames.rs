@@ -15,14 +15,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use palisade::rate_limiter::RateLimiterConfig;
 use palisade::devices::virtio::net::mmds::classify::{classify, FrameClass};
 use palisade::devices::virtio::net::mmds::device::MTU;
 use palisade::devices::virtio::net::mmds::limits::AUDIT_LINE_BUDGET;
 use palisade::devices::virtio::net::mmds::{
-    MmdsLimits, MmdsNetConfig, MmdsStack, MmdsVersion, TokenKey, Verdict, DEFAULT_IPV4, DEFAULT_MAC,
-    TX_QUEUE_FRAMES,
+    MmdsLimits, MmdsNetConfig, MmdsStack, MmdsVersion, TokenKey, Verdict, DEFAULT_IPV4,
+    DEFAULT_MAC, TX_QUEUE_FRAMES,
 };
+use palisade::rate_limiter::RateLimiterConfig;
 
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 

@@ -20,7 +20,17 @@ const KEY: &[u8; 32] = b"palisade fuzz key 0123456789abcd";
 
 fn host() -> Host {
     Host {
-        msrs: vec![0x10, 0x3a, 0x174, 0x175, 0x176, 0x1a0, 0x277, 0x6e0, 0xc000_0081],
+        msrs: vec![
+            0x10,
+            0x3a,
+            0x174,
+            0x175,
+            0x176,
+            0x1a0,
+            0x277,
+            0x6e0,
+            0xc000_0081,
+        ],
         xsave_words: 1024,
         cpuid_leaves: vec![(0, 0), (1, 0), (7, 0), (0xd, 0), (0xd, 1), (0x8000_0000, 0)],
     }

@@ -8,8 +8,8 @@ use libfuzzer_sys::fuzz_target;
 use palisade::devices::virtio::buffers::{self, Layout};
 use palisade::devices::virtio::chain;
 use palisade::devices::virtio::queue::{check_queue, drain, ChainOutcome};
-use virtio_queue::{Queue, QueueT};
 use palisade::vstate::memory::GuestMemory;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM: usize = 0x4000;
@@ -46,8 +46,17 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..3 {
         let _ = drain(&mut queue, &mem, |q, head| {
             calls += 1;
-            assert!(head < q.size(), "a head outside the table reached the device");
-            if let Err(e) = chain::read_chain(&mem, GuestAddress(q.desc_table()), q.size(), head, &mut segments) {
+            assert!(
+                head < q.size(),
+                "a head outside the table reached the device"
+            );
+            if let Err(e) = chain::read_chain(
+                &mem,
+                GuestAddress(q.desc_table()),
+                q.size(),
+                head,
+                &mut segments,
+            ) {
                 return ChainOutcome::Broken(e.into());
             }
             assert!(segments.len() <= usize::from(q.size()));

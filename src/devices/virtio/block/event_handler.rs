@@ -220,15 +220,16 @@ impl Block {
             charge_descriptors(outcome, worker.segments.len())
         });
         let (taken, full) = (worker.taken, worker.full);
-        let before = done.len();
+        let mut freed = 0;
         if let Some(engine) = self.engine.as_mut() {
             if let Err(e) = engine.submit() {
                 self.metrics.event_fails.inc();
                 log::error!("Drive {}: {e}", self.id);
             }
-            engine.reap_ready(&mut done);
+            // Orphans of a reset free slots too.
+            freed = engine.reap_ready(&mut done);
         }
-        let freed = done.len() > before;
+        let freed = freed > 0;
         let (used, broken) = self.complete_into(&mut done);
         self.completions = done;
         let end = match broken {

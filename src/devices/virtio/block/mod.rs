@@ -63,6 +63,16 @@ pub enum BlockError {
 struct GuestLogs {
     bad_request: RateLimitedLog,
     io_error: RateLimitedLog,
+    orphaned: RateLimitedLog,
+}
+
+/// What [`Block::settle_in_flight`] does with an `Async` drive's requests in flight.
+#[derive(Clone, Copy)]
+enum Settle {
+    /// Wait for them (bounded) and answer them: a snapshot, a change of backing file.
+    Wait,
+    /// Drop them now: a driver's reset.
+    Orphan,
 }
 
 /// A virtio-blk device.
@@ -173,26 +183,48 @@ impl Block {
 
     /// Waits (at most [`QUIESCE_TIMEOUT`]) for the requests in flight of an `Async` drive and
     /// puts them in the used ring: before a snapshot and a change of backing file. Does
-    /// nothing for a `Sync` drive. Returns how many are still in flight (their completions
-    /// will be dropped).
+    /// nothing for a `Sync` drive. Returns how many are still in flight (orphans of an earlier
+    /// reset included; the others are orphaned now: their completions will be dropped).
     pub fn quiesce(&mut self) -> usize {
+        self.settle_in_flight(Settle::Wait)
+    }
+
+    /// What happens to the requests in flight of an `Async` drive, logged (rate limited: a
+    /// guest can reset at will) when some are left in flight. Returns how many are.
+    fn settle_in_flight(&mut self, how: Settle) -> usize {
         let Some(mut engine) = self.engine.take() else {
             return 0;
         };
-        let mut done = std::mem::take(&mut self.completions);
-        let orphaned = engine.quiesce(QUIESCE_TIMEOUT, |c| done.push(c));
-        self.engine = Some(engine);
-        self.complete(&mut done);
-        self.completions = done;
-        if orphaned > 0 {
-            log::error!(
-                "Drive {}: {orphaned} requests still in flight after {} s; their completions \
-                 will be dropped",
-                self.id,
-                QUIESCE_TIMEOUT.as_secs()
-            );
+        let left = match how {
+            Settle::Wait => {
+                let mut done = std::mem::take(&mut self.completions);
+                let left = engine.quiesce(QUIESCE_TIMEOUT, |c| done.push(c));
+                self.engine = Some(engine);
+                self.complete(&mut done);
+                self.completions = done;
+                left
+            }
+            Settle::Orphan => {
+                engine.orphan_in_flight();
+                let left = engine.in_flight();
+                self.engine = Some(engine);
+                left
+            }
+        };
+        if left > 0 {
+            if let Some(n) = self.logs.orphaned.hit() {
+                let when = match how {
+                    Settle::Wait => "after the wait",
+                    Settle::Orphan => "at the driver's reset",
+                };
+                log::warn!(
+                    "Drive {}: {left} requests still in flight {when}; their completions will \
+                     be dropped ({n} so far)",
+                    self.id
+                );
+            }
         }
-        orphaned
+        left
     }
 
     /// The rate limiter's remaining tokens, for a snapshot.
@@ -265,18 +297,9 @@ impl CoreDevice for Block {
         self.metrics.cfg_fails.inc();
     }
 
-    /// Requests in flight finish (bounded wait) and are dropped: nothing reaches the queue
-    /// the driver is resetting.
+    /// Requests in flight are orphaned, without waiting for them (this runs on the vCPU
+    /// thread that holds the device): nothing reaches the queue the driver is resetting.
     fn resetting(&mut self) {
-        if let Some(engine) = self.engine.as_mut() {
-            let orphaned = engine.quiesce(QUIESCE_TIMEOUT, drop);
-            if orphaned > 0 {
-                log::error!(
-                    "Drive {}: {orphaned} requests still in flight at reset after {} s",
-                    self.id,
-                    QUIESCE_TIMEOUT.as_secs()
-                );
-            }
-        }
+        self.settle_in_flight(Settle::Orphan);
     }
 }

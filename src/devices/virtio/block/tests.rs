@@ -668,17 +668,92 @@ fn an_async_drive_never_has_more_requests_in_flight_than_the_queue_size() {
     assert_eq!(p.block.metrics.read_count.count(), 32);
 }
 
+/// Forks; the child installs the vCPU threads' seccomp filter (a driver's reset runs on a vCPU
+/// thread), resets `block` and exits 0 when the reset returned with `in_flight` requests still
+/// in flight. Returns how the child ended.
+fn reset_in_vcpu_filtered_child(block: &mut Block, in_flight: usize) -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    let filters = crate::seccomp::SeccompFilters::embedded();
+    // SAFETY: the child only installs a filter built above, resets the device (no lock another
+    // thread of the parent could hold: glibc's malloc is fork-safe) and exits with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = if filters.apply(crate::seccomp::ThreadKind::Vcpu).is_err() {
+            99
+        } else {
+            let queues = block.reset();
+            let engine = block.engine.as_ref();
+            let ok = queues.len() == 1
+                && engine.is_some_and(|e| e.in_flight() == in_flight && e.orphans() == in_flight);
+            i32::from(!ok)
+        };
+        // SAFETY: ends the child's one thread, so the child (the vCPU filter allows `exit`,
+        // not `exit_group`).
+        unsafe { libc::syscall(libc::SYS_exit, code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    std::process::ExitStatus::from_raw(status)
+}
+
 #[test]
-fn a_reset_with_async_requests_in_flight_waits_for_them_and_puts_none_in_the_used_ring() {
+fn a_reset_with_async_requests_blocked_in_flight_orphans_them_at_once_and_none_reaches_the_queue() {
     let f = Fixture::new();
     let mut p = PipeDrive::new(&f);
     p.post(0, 4);
     p.block.process_queue();
     assert_eq!(p.in_flight(), 4);
-    // The kernel finishes them; nobody reaps them before the driver's reset does.
-    p.write_end.write_all(&[0x5a; 512 * 4]).unwrap();
+    // The attack: the driver resets while its reads are blocked (nothing is written to the
+    // pipe until the reset has returned). The reset runs on the vCPU thread that holds the
+    // device, under that thread's filter, which has no io_uring_enter: a reset that waited for
+    // the ring would be killed, not just slow.
+    let status = reset_in_vcpu_filtered_child(&mut p.block, 4);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // The same reset here: it returns with the reads still blocked, all of them orphaned.
     let queues = p.block.reset();
     assert_eq!(queues.len(), 1);
+    let engine = p.block.engine.as_ref().unwrap();
+    assert_eq!((engine.in_flight(), engine.orphans()), (4, 4));
+    assert_eq!(p.used_idx(&f), 0);
+
+    // The driver sets the queue up again and posts two reads with the heads of two orphans.
+    p.q.avail().idx().store(0);
+    let mut queue: virtio_queue::Queue = p.q.create_queue().unwrap();
+    queue
+        .try_set_used_ring_address(GuestAddress(PIPE_USED))
+        .unwrap();
+    p.block
+        .activate(ActivateContext {
+            mem: f.mem.clone(),
+            queues: vec![queue],
+            features: VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
+    p.post(0, 2);
+    p.block.process_queue();
+    assert_eq!(p.in_flight(), 6);
+    // Every read finishes: only the two new ones reach the used ring.
+    p.write_end.write_all(&[0x5a; 512 * 6]).unwrap();
+    complete_async(&mut p.block);
+    assert_eq!(p.in_flight(), 0);
+    assert_eq!(p.block.engine.as_ref().unwrap().orphans(), 0);
+    assert_eq!(p.used_idx(&f), 2);
+    assert_eq!(p.block.metrics.read_count.count(), 2);
+}
+
+#[test]
+fn a_reset_drops_completions_the_kernel_posted_before_it_and_frees_their_slots() {
+    let f = Fixture::new();
+    let mut p = PipeDrive::new(&f);
+    p.post(0, 4);
+    p.block.process_queue();
+    // The kernel finishes them; nobody reaps them before the driver's reset.
+    p.write_end.write_all(&[0x5a; 512 * 4]).unwrap();
+    p.block.reset();
+    assert_eq!(p.used_idx(&f), 0);
+    complete_async(&mut p.block);
     assert_eq!(p.in_flight(), 0);
     assert_eq!(p.used_idx(&f), 0);
     assert_eq!(p.block.metrics.read_count.count(), 0);

@@ -11,10 +11,14 @@
 //! flight, so the mapping outlives every request the kernel still works on.
 //!
 //! [`AsyncEngine::quiesce`] waits (bounded) for what is in flight: the device calls it before
-//! a reset, a change of backing file and a snapshot, so nothing completes into a reset queue
-//! or against a stale file, and a snapshot never records a half-done request. What is still
-//! in flight at the deadline is orphaned: its completion is dropped, its slot stays taken
-//! until the kernel gives it back.
+//! a change of backing file and a snapshot, so nothing completes against a stale file, and a
+//! snapshot never records a half-done request. A driver's reset never waits (it runs on a
+//! vCPU thread holding the device, and a guest can reset at will):
+//! [`AsyncEngine::orphan_in_flight`] orphans every request at once, with no syscall. An
+//! orphan's completion is dropped, so it never reaches the reset queue; its slot stays taken
+//! until the kernel gives it back, and guest memory stays mapped while it is in flight (for
+//! good if the engine is dropped before it completes). What an orphaned read still writes
+//! lands in the guest's own memory, in buffers its driver gave up by resetting.
 //!
 //! The ring cannot be turned against the seccomp filter (whose rules io_uring's operations
 //! never meet): it is made while the drive is built, before the VMM thread is filtered
@@ -87,10 +91,21 @@ pub enum UringError {
     Enter(#[source] std::io::Error),
 }
 
-/// Whether this host lets a process make the drive's restricted ring on `file`: makes (and
-/// drops) one of one entry.
+/// Whether this host lets a process make a drive's restricted ring: makes (and drops) one of
+/// one entry on `file` until one was made, then answers yes without a ring (it depends on
+/// the kernel, its io_uring sysctl and the process's seccomp filter, not on the drive file),
+/// so a drive's ring is made once, by its engine, not again at every `PUT /drives`.
 pub fn check_available(file: RawFd) -> Result<(), UringError> {
-    AsyncEngine::with_slots(1, file).map(drop)
+    static AVAILABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SEALED.with(Cell::get) {
+        return Err(UringError::Sealed);
+    }
+    if AVAILABLE.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    AsyncEngine::with_slots(1, file)?;
+    AVAILABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 /// A disabled ring of `entries` on `file` (fixed file, slot 0), its completions signalled on
@@ -177,6 +192,8 @@ pub struct AsyncEngine {
     slots: Vec<Slot>,
     free: Vec<u16>,
     in_flight: usize,
+    /// Of `in_flight`, the orphans.
+    orphans: usize,
     /// Not yet handed to the kernel.
     unsubmitted: usize,
     /// Guest memory, held while a request is in flight.
@@ -204,6 +221,7 @@ impl AsyncEngine {
             slots: (0..slots).map(|_| Slot::default()).collect(),
             free: (0..slots).rev().collect(),
             in_flight: 0,
+            orphans: 0,
             unsubmitted: 0,
             mem: None,
         })
@@ -307,11 +325,12 @@ impl AsyncEngine {
         Ok(())
     }
 
-    /// Consumes the completion event and returns the finished requests (orphans dropped),
-    /// in the order the kernel finished them.
-    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+    /// Consumes the completion event and appends the finished requests (orphans dropped) to
+    /// `out`, in the order the kernel finished them. Returns how many slots it freed
+    /// (orphans included).
+    pub fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
         self.consume_event();
-        self.reap_ring(out);
+        self.reap_ring(out)
     }
 
     /// Reads the completion event (the event loop watches it level-triggered).
@@ -321,41 +340,74 @@ impl AsyncEngine {
 
     /// As `reap` when the ring holds completions; nothing (and no syscall) otherwise: the
     /// device calls it around each drain.
-    pub fn reap_ready(&mut self, out: &mut Vec<Completion>) {
+    pub fn reap_ready(&mut self, out: &mut Vec<Completion>) -> usize {
         if self.in_flight > 0 && !self.ring.completion().is_empty() {
-            self.reap(out);
+            self.reap(out)
+        } else {
+            0
         }
     }
 
-    /// As `reap`, leaving the completion event as it is (no syscall: a reset runs on a vCPU
-    /// thread, whose filter has io_uring_enter only).
-    fn reap_ring(&mut self, out: &mut Vec<Completion>) {
-        let done: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (user_data, result) in done {
-            let Some(slot) = self.slots.get_mut(user_data as usize) else {
+    /// As `reap`, leaving the completion event as it is; no syscall, and nothing allocated
+    /// but room in `out` when it has none.
+    fn reap_ring(&mut self, out: &mut Vec<Completion>) -> usize {
+        let mut freed = 0;
+        for c in self.ring.completion() {
+            let index = c.user_data();
+            let Some(slot) = usize::try_from(index)
+                .ok()
+                .and_then(|i| self.slots.get_mut(i))
+            else {
                 continue;
             };
             let Some(request) = slot.pending.take() else {
                 continue;
             };
-            self.free.push(user_data as u16);
+            // The slot index fits: there are at most MAX_QUEUE_SIZE slots.
+            self.free.push(index as u16);
             self.in_flight -= 1;
-            if !std::mem::take(&mut slot.orphan) {
-                out.push(Completion { request, result });
+            freed += 1;
+            if std::mem::take(&mut slot.orphan) {
+                self.orphans -= 1;
+            } else {
+                out.push(Completion {
+                    request,
+                    result: c.result(),
+                });
             }
         }
         if self.in_flight == 0 {
             self.mem = None;
         }
+        freed
     }
 
-    /// Waits until nothing is in flight or `timeout` passed, handing each completion to
-    /// `done`; at the deadline what is left is orphaned (its completion will be dropped).
-    /// Returns how many were orphaned.
+    /// Orphans every request in flight without waiting, with no syscall and no allocation (a
+    /// reset runs on a vCPU thread): each is dropped when the kernel finishes it, or was
+    /// already, when its completion is reaped. Returns how many it orphaned now.
+    pub fn orphan_in_flight(&mut self) -> usize {
+        if self.in_flight == self.orphans {
+            return 0;
+        }
+        let mut orphaned = 0;
+        for slot in &mut self.slots {
+            if slot.pending.is_some() && !slot.orphan {
+                slot.orphan = true;
+                orphaned += 1;
+            }
+        }
+        self.orphans += orphaned;
+        orphaned
+    }
+
+    /// Requests in flight that were orphaned.
+    pub fn orphans(&self) -> usize {
+        self.orphans
+    }
+
+    /// Waits until nothing is in flight (orphans included) or `timeout` passed, handing each
+    /// completion of a request that is not an orphan to `done`; at the deadline what is left
+    /// is orphaned. Returns how many are still in flight.
     pub fn quiesce(&mut self, timeout: Duration, mut done: impl FnMut(Completion)) -> usize {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
@@ -363,20 +415,13 @@ impl AsyncEngine {
         loop {
             self.reap_ring(&mut out);
             out.drain(..).for_each(&mut done);
-            let live = self
-                .slots
-                .iter()
-                .filter(|s| s.pending.is_some() && !s.orphan)
-                .count();
-            if live == 0 {
+            if self.in_flight == 0 {
                 return 0;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                for slot in &mut self.slots {
-                    slot.orphan |= slot.pending.is_some();
-                }
-                return live;
+                self.orphan_in_flight();
+                return self.in_flight;
             }
             let ts = types::Timespec::from(left.min(Duration::from_millis(100)));
             let args = types::SubmitArgs::new().timespec(&ts);

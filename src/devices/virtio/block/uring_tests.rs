@@ -256,3 +256,36 @@ fn no_ring_is_made_on_a_thread_sealed_before_its_seccomp_filter() {
     assert!(matches!(sealed, Some(UringError::Sealed)), "{sealed:?}");
     assert!(check_available(fd).is_ok(), "another thread is not sealed");
 }
+
+#[test]
+fn orphaning_waits_for_nothing_counts_orphans_and_a_later_quiesce_waits_for_them_too() {
+    let mem = memory();
+    let (r, mut w) = pipe();
+    let mut engine = AsyncEngine::with_slots(4, r.as_raw_fd()).unwrap();
+    for head in 0..3u16 {
+        let piece = [(GuestAddress(0x1000 * u64::from(head + 1)), 4usize)];
+        engine
+            .push(&mem, 0, read_request(head, 4), piece.into_iter())
+            .unwrap();
+    }
+    engine.submit().unwrap();
+    // Blocked on the empty pipe: orphaned at once, none handed over.
+    assert_eq!(engine.orphan_in_flight(), 3);
+    assert_eq!(
+        engine.orphan_in_flight(),
+        0,
+        "orphans are not counted twice"
+    );
+    assert_eq!((engine.in_flight(), engine.orphans()), (3, 3));
+    // A snapshot's wait counts orphans as in flight: they outlive a short deadline.
+    assert_eq!(engine.quiesce(Duration::from_millis(20), drop), 3);
+    w.write_all(b"aaaabbbbcccc").unwrap();
+    let mut seen = Vec::new();
+    assert_eq!(engine.quiesce(Duration::from_secs(10), |c| seen.push(c)), 0);
+    assert!(seen.is_empty(), "an orphan's completion is dropped");
+    assert_eq!((engine.in_flight(), engine.orphans()), (0, 0));
+    assert!(
+        engine.mem.is_none(),
+        "guest memory is let go when nothing is in flight"
+    );
+}

@@ -66,7 +66,9 @@ pub struct NetworkInterfaceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
     /// Firecracker's `mtu` (68 to 65535): offered to the guest (VIRTIO_NET_F_MTU and the
-    /// config space), and a plain frame from the guest longer than it is dropped and counted.
+    /// config space), and a plain frame from the guest longer than it (VLAN tags aside) is
+    /// dropped and counted, whether or not the driver accepted the feature (see
+    /// [`super::tx::over_mtu`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
     /// Limits on frames to the guest.

@@ -7,9 +7,9 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
 #[cfg(test)]
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// `TUNSETIFF`: `_IOW('T', 202, int)`.
@@ -109,8 +109,8 @@ impl Tap {
         Ok(tap)
     }
 
-    /// A tap from any packet file descriptor (a SOCK_SEQPACKET end in tests).
-    #[cfg(test)]
+    /// A stand-in tap on any packet file descriptor (a SOCK_SEQPACKET end in unit tests, a
+    /// datagram socket in fuzz targets): no ioctl is made on it.
     pub fn from_fd(fd: OwnedFd) -> Self {
         Self {
             file: File::from(fd),

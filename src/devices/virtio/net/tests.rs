@@ -587,3 +587,35 @@ fn an_mtu_is_offered_in_the_config_space_and_longer_plain_frames_are_dropped_and
     assert!(super::tx::over_mtu(&tagged, Some(100)));
     assert!(!super::tx::over_mtu(&tagged, None));
 }
+
+#[test]
+fn a_qinq_frame_has_both_tags_left_out_of_its_mtu_and_a_third_tag_counts_as_payload() {
+    let mtu = Some(100);
+    // Ethernet header, 100 bytes of payload.
+    let mut plain = vec![0u8; 114];
+    plain[12..14].copy_from_slice(&[0x08, 0x00]);
+    assert!(!super::tx::over_mtu(&plain, mtu));
+    // 802.1ad alone (an S-tag): 18 bytes of header.
+    let mut s_tag = plain.clone();
+    s_tag.splice(12..12, [0x88, 0xa8, 0x00, 0x07]);
+    assert!(!super::tx::over_mtu(&s_tag, mtu));
+    s_tag.push(0);
+    assert!(super::tx::over_mtu(&s_tag, mtu));
+    // QinQ, 802.1ad then 802.1Q: 22 bytes of header.
+    let mut qinq = plain.clone();
+    qinq.splice(12..12, [0x88, 0xa8, 0x00, 0x07, 0x81, 0x00, 0x00, 0x05]);
+    assert_eq!(qinq.len(), 22 + 100);
+    assert!(!super::tx::over_mtu(&qinq, mtu));
+    qinq.push(0);
+    assert!(super::tx::over_mtu(&qinq, mtu));
+    // A third tag is not left out: stacking tags buys no extra bytes.
+    let mut triple = plain.clone();
+    triple.splice(
+        12..12,
+        [0x88, 0xa8, 0, 7, 0x81, 0x00, 0, 5, 0x81, 0x00, 0, 6],
+    );
+    assert_eq!(triple.len(), 22 + 104);
+    assert!(super::tx::over_mtu(&triple, mtu));
+    // A frame too short to hold its tags is judged by its length alone.
+    assert!(!super::tx::over_mtu(&[0x88; 13], mtu));
+}

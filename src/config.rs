@@ -16,6 +16,7 @@ pub use crate::devices::virtio::vsock::config::{
     VsockConfigError, VsockDeviceConfig, VsockPolicy, VsockUpdate,
 };
 
+use crate::arch::x86_64::cpu_template::{CpuTemplate, CustomCpuTemplate, StaticCpuTemplate};
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::devices::virtio::net::config::{InterfaceList, NetConfigError, NetworkInterfaceConfig};
@@ -74,6 +75,9 @@ pub enum ConfigError {
     /// The `mmds-config` section is refused (Firecracker's message).
     #[error("Configuring MMDS failed: {0}")]
     Mmds(#[from] MmdsConfigError),
+    /// The `cpu-config` section (a template or the path of one) is refused.
+    #[error("Invalid cpu-config: {0}")]
+    CpuConfig(String),
     /// `boot-source.kernel_image_path` cannot be opened (Firecracker's message).
     #[error("The kernel file cannot be opened: {0}")]
     KernelFile(std::io::Error),
@@ -105,9 +109,6 @@ pub enum MachineConfigError {
         /// The host's, MiB.
         host: usize,
     },
-    /// A CPU template other than None.
-    #[error("cpu_template '{0}' is not supported")]
-    CpuTemplate(String),
     /// 2M huge pages with an odd memory size.
     #[error("with 2M huge pages, mem_size_mib must be a multiple of 2, not {0}")]
     OddHugePages(usize),
@@ -168,9 +169,16 @@ pub struct MachineConfig {
     /// again (`track_dirty_pages` of `PUT /snapshot/load`).
     #[serde(default)]
     pub track_dirty_pages: bool,
-    /// Firecracker's deprecated static CPU template; only "None" is accepted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_template: Option<String>,
+    /// The CPU template: a static one named here (Firecracker's deprecated field: C3, T2,
+    /// T2S, T2CL, T2A; "None" clears it) or a custom one from `PUT /cpu-config`. Shown only
+    /// when static, as Firecracker shows it.
+    #[serde(
+        default,
+        deserialize_with = "static_template",
+        serialize_with = "static_template_name",
+        skip_serializing_if = "no_static_template"
+    )]
+    pub cpu_template: Option<CpuTemplate>,
     /// Huge pages: "None", "Transparent" or "2M" (from the host's hugetlb pool).
     #[serde(default)]
     pub huge_pages: HugePages,
@@ -207,8 +215,8 @@ pub struct MachineConfigUpdate {
     pub smt: Option<bool>,
     /// New dirty page tracking setting.
     pub track_dirty_pages: Option<bool>,
-    /// New CPU template.
-    pub cpu_template: Option<String>,
+    /// New static CPU template ("None" clears the template, static or custom).
+    pub cpu_template: Option<StaticCpuTemplate>,
     /// New huge pages setting.
     pub huge_pages: Option<HugePages>,
     /// New memory locking setting.
@@ -228,17 +236,54 @@ impl MachineConfigUpdate {
             mem_size_mib: self.mem_size_mib.unwrap_or(base.mem_size_mib),
             smt: self.smt.unwrap_or(base.smt),
             track_dirty_pages: self.track_dirty_pages.unwrap_or(base.track_dirty_pages),
-            cpu_template: self
-                .cpu_template
-                .clone()
-                .or_else(|| base.cpu_template.clone()),
+            cpu_template: kept_template(
+                self.cpu_template.map(CpuTemplate::Static),
+                &base.cpu_template,
+            ),
             huge_pages: self.huge_pages.unwrap_or(base.huge_pages),
             mem_lock: self.mem_lock.unwrap_or(base.mem_lock),
         }
     }
 }
 
+/// Firecracker's rule for the template slot: a request without a template keeps the one set
+/// before, "None" clears it, any other replaces it.
+fn kept_template(new: Option<CpuTemplate>, old: &Option<CpuTemplate>) -> Option<CpuTemplate> {
+    match new {
+        None => old.clone(),
+        Some(CpuTemplate::Static(StaticCpuTemplate::None)) => None,
+        some => some,
+    }
+}
+
+fn static_template<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<CpuTemplate>, D::Error> {
+    Ok(Option::<StaticCpuTemplate>::deserialize(deserializer)?.map(CpuTemplate::Static))
+}
+
+fn static_template_name<S: serde::Serializer>(
+    template: &Option<CpuTemplate>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    template
+        .as_ref()
+        .and_then(CpuTemplate::static_name)
+        .serialize(serializer)
+}
+
+fn no_static_template(template: &Option<CpuTemplate>) -> bool {
+    template.as_ref().and_then(CpuTemplate::static_name).is_none()
+}
+
 impl MachineConfig {
+    /// This configuration as `PUT /machine-config` sets it over `base` (Firecracker): every
+    /// field from the body, but a body without `cpu_template` keeps `base`'s template.
+    pub fn replacing(mut self, base: &MachineConfig) -> MachineConfig {
+        self.cpu_template = kept_template(self.cpu_template.take(), &base.cpu_template);
+        self
+    }
+
     /// Checks the values against the VMM's and the host's limits (`host_mem_mib`).
     pub fn validate(&self, host_mem_mib: usize) -> Result<(), ConfigError> {
         use MachineConfigError as E;
@@ -257,9 +302,6 @@ impl MachineConfig {
                 host: host_mem_mib,
             }
             .into());
-        }
-        if let Some(t) = self.cpu_template.as_deref().filter(|t| *t != "None") {
-            return Err(E::CpuTemplate(t.to_string()).into());
         }
         if self.huge_pages == HugePages::Hugetlbfs2M && !self.mem_size_mib.is_multiple_of(2) {
             return Err(E::OddHugePages(self.mem_size_mib).into());
@@ -313,20 +355,49 @@ pub struct VmConfig {
     /// The MMDS configuration (checked against `network-interfaces` by `from_json`).
     #[serde(rename = "mmds-config")]
     pub mmds_config: Option<MmdsConfig>,
+    /// Firecracker's custom CPU template: inline, or the path of a JSON file.
     #[serde(rename = "cpu-config")]
     cpu_config: Option<serde_json::Value>,
+}
+
+/// Largest `cpu-config` file read.
+const MAX_CPU_CONFIG_FILE: u64 = 1 << 20;
+
+/// The `cpu-config` section: an inline template or the path of one (Firecracker's two forms).
+fn cpu_config_section(value: serde_json::Value) -> Result<CustomCpuTemplate, ConfigError> {
+    use std::io::Read;
+    let bad = |e: &dyn std::fmt::Display| ConfigError::CpuConfig(e.to_string());
+    match value {
+        serde_json::Value::String(path) => {
+            let mut text = Vec::new();
+            File::open(&path)
+                .and_then(|f| f.take(MAX_CPU_CONFIG_FILE + 1).read_to_end(&mut text))
+                .map_err(|e| ConfigError::CpuConfig(format!("cannot read {path}: {e}")))?;
+            if text.len() as u64 > MAX_CPU_CONFIG_FILE {
+                return Err(ConfigError::CpuConfig(format!(
+                    "{path} is larger than {MAX_CPU_CONFIG_FILE} bytes"
+                )));
+            }
+            CustomCpuTemplate::from_json(&text).map_err(|e| bad(&e))
+        }
+        other => serde_json::from_value(other).map_err(|e| bad(&e)),
+    }
 }
 
 impl VmConfig {
     /// Parses a config from JSON text and refuses sections not supported yet.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let mut config: VmConfig = serde_json::from_str(text)?;
+        // Firecracker applies the machine config, then `cpu-config` over its template.
+        config.machine_config = config
+            .machine_config
+            .clone()
+            .replacing(&MachineConfig::default());
+        if let Some(section) = config.cpu_config.take().filter(|v| !v.is_null()) {
+            let template = cpu_config_section(section)?;
+            config.machine_config.cpu_template = Some(CpuTemplate::Custom(Box::new(template)));
+        }
         let unsupported = [
-            (
-                "cpu-config",
-                config.cpu_config.is_some(),
-                "custom CPU templates are not implemented; the guest sees the host's CPUID as KVM filters it",
-            ),
             (
                 "pmem",
                 !config.pmem.is_empty(),
@@ -898,11 +969,6 @@ mod tests {
         };
         for (section, name, why) in [
             (
-                r#""cpu-config":{"cpuid_modifiers":[]}"#,
-                "cpu-config",
-                "CPU templates",
-            ),
-            (
                 r#""pmem":[{"id":"p","path_on_host":"/p"}]"#,
                 "pmem",
                 "virtio-pmem",
@@ -924,6 +990,81 @@ mod tests {
         // Unset, as GET /vm/config shows them, they are accepted.
         with(r#""balloon":null,"cpu-config":null,"pmem":[],"memory-hotplug":null,"logger":null,"metrics":null"#)
             .unwrap();
+    }
+
+    #[test]
+    fn cpu_templates_take_the_last_one_set_as_firecracker_does() {
+        let m = |json: &str| serde_json::from_str::<MachineConfig>(json).unwrap();
+        let t2 = m(r#"{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"T2"}"#);
+        assert_eq!(
+            t2.cpu_template,
+            Some(CpuTemplate::Static(StaticCpuTemplate::T2))
+        );
+        assert_eq!(serde_json::to_value(&t2).unwrap()["cpu_template"], "T2");
+        // PUT without cpu_template keeps it; "None" clears it.
+        let kept = m(r#"{"vcpu_count":2,"mem_size_mib":128}"#).replacing(&t2);
+        assert_eq!(kept.cpu_template, t2.cpu_template);
+        let cleared = m(r#"{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"None"}"#)
+            .replacing(&t2);
+        assert_eq!(cleared.cpu_template, None);
+        assert!(serde_json::to_value(&cleared).unwrap().get("cpu_template").is_none());
+        // A custom template is not shown in machine-config (Firecracker); PATCH T2S replaces it.
+        let custom = MachineConfig {
+            cpu_template: Some(CpuTemplate::Custom(Box::default())),
+            ..MachineConfig::default()
+        };
+        assert!(serde_json::to_value(&custom).unwrap().get("cpu_template").is_none());
+        let patch: MachineConfigUpdate =
+            serde_json::from_str(r#"{"cpu_template":"T2S"}"#).unwrap();
+        assert_eq!(
+            patch.apply(&custom).cpu_template,
+            Some(CpuTemplate::Static(StaticCpuTemplate::T2S))
+        );
+        let patch: MachineConfigUpdate = serde_json::from_str(r#"{"smt":true}"#).unwrap();
+        assert_eq!(patch.apply(&custom).cpu_template, custom.cpu_template);
+        assert!(serde_json::from_str::<MachineConfigUpdate>(r#"{"cpu_template":"V1N1"}"#)
+            .is_err());
+    }
+
+    #[test]
+    fn a_cpu_config_section_overrides_the_machine_configs_template() {
+        let with = |section: &str| {
+            VmConfig::from_json(&format!(
+                r#"{{"boot-source":{{"kernel_image_path":"/k"}},
+                    "machine-config":{{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"C3"}},
+                    {section}}}"#
+            ))
+        };
+        let template = r#"{"cpuid_modifiers":[{"leaf":"0x1","subleaf":"0x0","flags":0,
+            "modifiers":[{"register":"ecx","bitmap":"0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx0x"}]}]}"#;
+        let inline = with(&format!(r#""cpu-config":{template}"#)).unwrap();
+        let Some(CpuTemplate::Custom(t)) = &inline.machine_config.cpu_template else {
+            panic!("{:?}", inline.machine_config.cpu_template);
+        };
+        assert_eq!(t.cpuid_modifiers[0].modifiers[0].bitmap.filter, 2);
+        // The path form reads the file.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), template).unwrap();
+        let path = file.path().to_str().unwrap();
+        let from_file = with(&format!(r#""cpu-config":"{path}""#)).unwrap();
+        assert_eq!(from_file.machine_config, inline.machine_config);
+        // Null leaves the static template.
+        let none = with(r#""cpu-config":null"#).unwrap();
+        assert_eq!(
+            none.machine_config.cpu_template,
+            Some(CpuTemplate::Static(StaticCpuTemplate::C3))
+        );
+        let err = with(r#""cpu-config":{"kvm_capabilities":["171"]}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("Invalid cpu-config: kvm_capabilities is not supported"),
+            "{err}"
+        );
+        let err = with(r#""cpu-config":"/nonexistent/t.json""#).unwrap_err();
+        assert!(err.to_string().contains("cannot read /nonexistent/t.json"), "{err}");
+        std::fs::write(file.path(), vec![b' '; (MAX_CPU_CONFIG_FILE + 1) as usize]).unwrap();
+        let err = with(&format!(r#""cpu-config":"{path}""#)).unwrap_err();
+        assert!(err.to_string().contains("is larger than"), "{err}");
     }
 
     #[test]

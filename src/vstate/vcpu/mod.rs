@@ -3,6 +3,8 @@
 
 mod control;
 mod run;
+#[cfg(test)]
+mod template_tests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,8 @@
 //! `cpuid_leaves`: the CPUID the guest sees at CPL0 for the leaves CPU templates change (1,
 //! 7.0, 0xD.0, 0xD.1, 0x8000_0001, 0x8000_0008), one line with every register, so a test can
 //! check the bits a template sets and clears. A leaf above the maximum is reported as absent.
+//! `cpuid_ticker` prints the same line again and again (`tick=N` first), forever, so a test
+//! can read the CPUID of a guest restored from a snapshot.
 
 use crate::cpuid::cpuid;
 use crate::serial::ResultLine;
@@ -18,10 +20,32 @@ const LEAVES: &[([&str; 4], u32, u32)] = &[
     (["80000008.0.eax", "80000008.0.ebx", "80000008.0.ecx", "80000008.0.edx"], 0x8000_0008, 0),
 ];
 
+pub const TICKER: &str = "cpuid_ticker";
+
+/// Busy-loop iterations between two lines of `cpuid_ticker`.
+const SPIN_PER_TICK: u64 = 20_000_000;
+
 pub fn run(_boot: &BootInfo) {
+    leaves(ResultLine::ok(NAME.as_bytes())).end();
+}
+
+pub fn run_ticker(_boot: &BootInfo) {
+    let mut tick = 0u64;
+    loop {
+        let mut spin = 0u64;
+        while spin < SPIN_PER_TICK {
+            // SAFETY: a volatile read of a local keeps the loop from being optimised away.
+            spin = unsafe { core::ptr::read_volatile(&spin) } + 1;
+        }
+        tick += 1;
+        leaves(ResultLine::ok(TICKER.as_bytes()).dec("tick", tick)).end();
+    }
+}
+
+fn leaves(line: ResultLine) -> ResultLine {
     let max_basic = cpuid(0, 0).eax;
     let max_extended = cpuid(0x8000_0000, 0).eax;
-    let mut line = ResultLine::ok(NAME.as_bytes())
+    let mut line = line
         .hex("max", u64::from(max_basic))
         .hex("maxe", u64::from(max_extended));
     for &(keys, leaf, subleaf) in LEAVES {
@@ -37,5 +61,5 @@ pub fn run(_boot: &BootInfo) {
             .hex(keys[2], u64::from(r.ecx))
             .hex(keys[3], u64::from(r.edx));
     }
-    line.end();
+    line
 }

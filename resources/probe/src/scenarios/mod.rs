@@ -60,6 +60,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: mem::NAME, run: mem::run },
     Scenario { name: cpus::NAME, run: cpus::run },
     Scenario { name: cpuid_leaves::NAME, run: cpuid_leaves::run },
+    Scenario { name: cpuid_leaves::TICKER, run: cpuid_leaves::run_ticker },
     Scenario { name: idle::NAME, run: idle::run },
     Scenario { name: unknown_io::NAME, run: unknown_io::run },
     Scenario { name: triple_fault::NAME, run: triple_fault::run },

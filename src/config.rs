@@ -273,7 +273,10 @@ fn static_template_name<S: serde::Serializer>(
 }
 
 fn no_static_template(template: &Option<CpuTemplate>) -> bool {
-    template.as_ref().and_then(CpuTemplate::static_name).is_none()
+    template
+        .as_ref()
+        .and_then(CpuTemplate::static_name)
+        .is_none()
 }
 
 impl MachineConfig {
@@ -1004,26 +1007,30 @@ mod tests {
         // PUT without cpu_template keeps it; "None" clears it.
         let kept = m(r#"{"vcpu_count":2,"mem_size_mib":128}"#).replacing(&t2);
         assert_eq!(kept.cpu_template, t2.cpu_template);
-        let cleared = m(r#"{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"None"}"#)
-            .replacing(&t2);
+        let cleared =
+            m(r#"{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"None"}"#).replacing(&t2);
         assert_eq!(cleared.cpu_template, None);
-        assert!(serde_json::to_value(&cleared).unwrap().get("cpu_template").is_none());
+        assert!(serde_json::to_value(&cleared)
+            .unwrap()
+            .get("cpu_template")
+            .is_none());
         // A custom template is not shown in machine-config (Firecracker); PATCH T2S replaces it.
         let custom = MachineConfig {
             cpu_template: Some(CpuTemplate::Custom(Box::default())),
             ..MachineConfig::default()
         };
-        assert!(serde_json::to_value(&custom).unwrap().get("cpu_template").is_none());
-        let patch: MachineConfigUpdate =
-            serde_json::from_str(r#"{"cpu_template":"T2S"}"#).unwrap();
+        assert!(serde_json::to_value(&custom)
+            .unwrap()
+            .get("cpu_template")
+            .is_none());
+        let patch: MachineConfigUpdate = serde_json::from_str(r#"{"cpu_template":"T2S"}"#).unwrap();
         assert_eq!(
             patch.apply(&custom).cpu_template,
             Some(CpuTemplate::Static(StaticCpuTemplate::T2S))
         );
         let patch: MachineConfigUpdate = serde_json::from_str(r#"{"smt":true}"#).unwrap();
         assert_eq!(patch.apply(&custom).cpu_template, custom.cpu_template);
-        assert!(serde_json::from_str::<MachineConfigUpdate>(r#"{"cpu_template":"V1N1"}"#)
-            .is_err());
+        assert!(serde_json::from_str::<MachineConfigUpdate>(r#"{"cpu_template":"V1N1"}"#).is_err());
     }
 
     #[test]
@@ -1061,7 +1068,10 @@ mod tests {
             "{err}"
         );
         let err = with(r#""cpu-config":"/nonexistent/t.json""#).unwrap_err();
-        assert!(err.to_string().contains("cannot read /nonexistent/t.json"), "{err}");
+        assert!(
+            err.to_string().contains("cannot read /nonexistent/t.json"),
+            "{err}"
+        );
         std::fs::write(file.path(), vec![b' '; (MAX_CPU_CONFIG_FILE + 1) as usize]).unwrap();
         let err = with(&format!(r#""cpu-config":"{path}""#)).unwrap_err();
         assert!(err.to_string().contains("is larger than"), "{err}");

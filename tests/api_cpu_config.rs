@@ -67,7 +67,12 @@ fn check_template(template: &CustomCpuTemplate, baseline: &Leaves, guest: &Leave
     let mut checked = 0;
     for leaf in &template.cpuid_modifiers {
         for m in &leaf.modifiers {
-            let key = format!("{:x}.{:x}.{}", leaf.leaf, leaf.subleaf, reg_name(m.register));
+            let key = format!(
+                "{:x}.{:x}.{}",
+                leaf.leaf,
+                leaf.subleaf,
+                reg_name(m.register)
+            );
             let (Some(&got), Some(&base)) = (guest.get(&key), baseline.get(&key)) else {
                 panic!("the probe did not print {key}: {guest:?}");
             };
@@ -257,7 +262,10 @@ fn put_cpu_config_answers_as_firecracker_and_the_last_template_set_wins() {
             "Invalid CPUID register. Must be one of [eax, ebx, ecx, edx]",
         ),
         (
-            bad(&format!(r#"{{"register":"eax","bitmap":"0b{}"}}"#, "1".repeat(33))),
+            bad(&format!(
+                r#"{{"register":"eax","bitmap":"0b{}"}}"#,
+                "1".repeat(33)
+            )),
             "as a bitmap - string is too long",
         ),
         (
@@ -289,8 +297,14 @@ fn put_cpu_config_answers_as_firecracker_and_the_last_template_set_wins() {
     let r = c.patch("/machine-config", json!({"cpu_template": "T2S"}));
     assert_eq!(r.status, 204, "{}", r.body);
     assert_eq!(c.get("/machine-config").json()["cpu_template"], "T2S");
-    assert_eq!(c.get("/vm/config").json()["machine-config"]["cpu_template"], "T2S");
-    let r = c.put("/machine-config", json!({"vcpu_count": 1, "mem_size_mib": 64}));
+    assert_eq!(
+        c.get("/vm/config").json()["machine-config"]["cpu_template"],
+        "T2S"
+    );
+    let r = c.put(
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
     assert_eq!(r.status, 204, "{}", r.body);
     assert_eq!(
         c.get("/machine-config").json()["cpu_template"],
@@ -303,7 +317,10 @@ fn put_cpu_config_answers_as_firecracker_and_the_last_template_set_wins() {
     assert!(cfg.get("cpu_template").is_none(), "{cfg}");
     let full = c.get("/vm/config").json();
     assert!(full["cpu-config"].is_null(), "{full}");
-    assert!(full["machine-config"].get("cpu_template").is_none(), "{full}");
+    assert!(
+        full["machine-config"].get("cpu_template").is_none(),
+        "{full}"
+    );
     let r = c.put(
         "/machine-config",
         json!({"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "None"}),
@@ -324,7 +341,8 @@ fn put_cpu_config_answers_as_firecracker_and_the_last_template_set_wins() {
     configure(&mut c, "cpuid_leaves");
     let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
     assert_eq!(r.status, 204, "{}", r.body);
-    vm.running.wait_for_output("probe: cpuid_leaves ok", TIMEOUT);
+    vm.running
+        .wait_for_output("probe: cpuid_leaves ok", TIMEOUT);
     let r = c.put("/cpu-config", json!({}));
     assert_eq!((r.status, r.fault()), (400, POST_BOOT.to_string()));
     let r = c.patch("/machine-config", json!({"cpu_template": "T2"}));
@@ -398,8 +416,11 @@ fn ticker_line(out: &str, tick: u64) -> Leaves {
 /// The last complete tick in `out` (a line cut by the pause does not count).
 fn last_tick(out: &str) -> u64 {
     out.split_inclusive('\n')
-        .filter_map(|l| l.strip_suffix('\n')?.strip_prefix("probe: cpuid_ticker ok tick="))
-        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
-        .last()
+        .rev()
+        .filter_map(|l| {
+            l.strip_suffix('\n')?
+                .strip_prefix("probe: cpuid_ticker ok tick=")
+        })
+        .find_map(|rest| rest.split(' ').next()?.parse().ok())
         .unwrap_or(0)
 }

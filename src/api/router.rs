@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::http::Request;
-use crate::arch::x86_64::cpu_template::CustomCpuTemplate;
 use super::response::Response;
+use crate::arch::x86_64::cpu_template::CustomCpuTemplate;
 use crate::config::{
     valid_resource_id, BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyConfig,
     MachineConfig, MachineConfigUpdate,

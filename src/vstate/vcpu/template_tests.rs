@@ -89,7 +89,11 @@ fn kvm_gets_the_templated_cpuid_and_msrs() {
         if leaf == 7 {
             assert_eq!(got.ebx & 0xff & !host.ebx, 0, "leaf 7.0 EBX[7:0]");
         }
-        assert_eq!(got.eax & 0xe0 & !host.eax, 0, "leaf {leaf:#x}.{subleaf} EAX[7:5]");
+        assert_eq!(
+            got.eax & 0xe0 & !host.eax,
+            0,
+            "leaf {leaf:#x}.{subleaf} EAX[7:5]"
+        );
     }
     assert_eq!(msr(&v, MSR_KERNEL_GS_BASE), 0xc);
     // The template clears fast strings, which the boot MSRs set.
@@ -113,7 +117,10 @@ fn what_kvm_does_not_offer_is_an_error_not_a_skip() {
     let unknown = template(r#"{"msr_modifiers":[{"addr":"0x4b564dff","bitmap":"0b1"}]}"#);
     let err = vcpu(&vm, 2, &unknown).err().unwrap();
     assert!(
-        matches!(err, VcpuError::Template(2, ApplyError::MsrNotSupported(0x4b56_4dff))),
+        matches!(
+            err,
+            VcpuError::Template(2, ApplyError::MsrNotSupported(0x4b56_4dff))
+        ),
         "{err:?}"
     );
     // A value KVM refuses: a non-canonical KERNEL_GS_BASE.
@@ -124,7 +131,13 @@ fn what_kvm_does_not_offer_is_an_error_not_a_skip() {
     assert!(
         matches!(
             err,
-            VcpuError::Template(3, ApplyError::MsrRefused { index: MSR_KERNEL_GS_BASE, .. })
+            VcpuError::Template(
+                3,
+                ApplyError::MsrRefused {
+                    index: MSR_KERNEL_GS_BASE,
+                    ..
+                }
+            )
         ),
         "{err:?}"
     );

@@ -63,7 +63,10 @@ pub struct TemplateMsrs(pub Vec<(u32, u64)>);
 
 /// Reads each MSR the template names from the vCPU, applies its bits and writes it back. An
 /// MSR KVM does not read or refuses to write is an error, never skipped.
-pub fn apply_to_msrs(vcpu: &VcpuFd, template: &CustomCpuTemplate) -> Result<TemplateMsrs, ApplyError> {
+pub fn apply_to_msrs(
+    vcpu: &VcpuFd,
+    template: &CustomCpuTemplate,
+) -> Result<TemplateMsrs, ApplyError> {
     if template.msr_modifiers.is_empty() {
         return Ok(TemplateMsrs::default());
     }

@@ -153,7 +153,9 @@ fn number_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Erro
     })
 }
 
-fn no_kvm_capabilities<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+fn no_kvm_capabilities<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
     let list: Vec<String> = bounded::<_, 1, _>(deserializer).map_err(|_| {
         D::Error::custom("kvm_capabilities is not supported by Palisade: give an empty list")
     })?;
@@ -303,12 +305,17 @@ mod tests {
             r#"{{"cpuid_modifiers":[{}]}}"#,
             vec![leaf; MAX_CPUID_MODIFIERS].join(",")
         );
-        assert_eq!(parse(&ok).unwrap().cpuid_modifiers.len(), MAX_CPUID_MODIFIERS);
+        assert_eq!(
+            parse(&ok).unwrap().cpuid_modifiers.len(),
+            MAX_CPUID_MODIFIERS
+        );
         let over = format!(
             r#"{{"cpuid_modifiers":[{}]}}"#,
             vec![leaf; MAX_CPUID_MODIFIERS + 1].join(",")
         );
-        assert!(parse(&over).unwrap_err().contains("too many entries: at most 256"));
+        assert!(parse(&over)
+            .unwrap_err()
+            .contains("too many entries: at most 256"));
         let msr = r#"{"addr":"0x10","bitmap":"0b1"}"#;
         let over = format!(
             r#"{{"msr_modifiers":[{}]}}"#,
@@ -320,6 +327,8 @@ mod tests {
             r#"{{"cpuid_modifiers":[{{"leaf":"0x1","subleaf":"0x0","flags":0,"modifiers":[{}]}}]}}"#,
             vec![reg; MAX_REGISTER_MODIFIERS + 1].join(",")
         );
-        assert!(parse(&over).unwrap_err().contains("too many entries: at most 16"));
+        assert!(parse(&over)
+            .unwrap_err()
+            .contains("too many entries: at most 16"));
     }
 }

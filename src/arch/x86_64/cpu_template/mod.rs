@@ -123,7 +123,9 @@ impl HostCpu {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CpuTemplateError {
     /// A static template of the other vendor.
-    #[error("Failed to get CPU template: CPU vendor mismatched between actual CPU and CPU template.")]
+    #[error(
+        "Failed to get CPU template: CPU vendor mismatched between actual CPU and CPU template."
+    )]
     VendorMismatch,
     /// A static template on a CPU model it is not made for.
     #[error(

@@ -369,11 +369,23 @@ const MAX_CPU_CONFIG_FILE: u64 = 1 << 20;
 /// The `cpu-config` section: an inline template or the path of one (Firecracker's two forms).
 fn cpu_config_section(value: serde_json::Value) -> Result<CustomCpuTemplate, ConfigError> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let bad = |e: &dyn std::fmt::Display| ConfigError::CpuConfig(e.to_string());
     match value {
         serde_json::Value::String(path) => {
             let mut text = Vec::new();
-            File::open(&path)
+            // A FIFO or device would block the read or never end: only regular files.
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .and_then(|f| {
+                    if f.metadata()?.is_file() {
+                        Ok(f)
+                    } else {
+                        Err(std::io::Error::other("not a regular file"))
+                    }
+                })
                 .and_then(|f| f.take(MAX_CPU_CONFIG_FILE + 1).read_to_end(&mut text))
                 .map_err(|e| ConfigError::CpuConfig(format!("cannot read {path}: {e}")))?;
             if text.len() as u64 > MAX_CPU_CONFIG_FILE {
@@ -1067,6 +1079,8 @@ mod tests {
                 .starts_with("Invalid cpu-config: kvm_capabilities is not supported"),
             "{err}"
         );
+        let err = with(r#""cpu-config":"/dev/zero""#).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
         let err = with(r#""cpu-config":"/nonexistent/t.json""#).unwrap_err();
         assert!(
             err.to_string().contains("cannot read /nonexistent/t.json"),

@@ -424,3 +424,52 @@ fn last_tick(out: &str) -> u64 {
         .find_map(|rest| rest.split(' ').next()?.parse().ok())
         .unwrap_or(0)
 }
+
+#[test]
+fn a_template_kvm_cannot_apply_fails_instance_start_naming_the_leaf_or_msr() {
+    let test = "a_template_kvm_cannot_apply_fails_instance_start_naming_the_leaf_or_msr";
+    if !kvm_available(test) {
+        return;
+    }
+    let vm = ApiVm::start(&[]);
+    let mut c = vm.client();
+    configure(&mut c, "cpuid_leaves");
+    for (template, message) in [
+        (
+            json!({"cpuid_modifiers": [{"leaf": "0x4fffffff", "subleaf": "0x0", "flags": 0,
+                   "modifiers": []}]}),
+            "Start microvm error: Cannot apply the CPU template to vCPU 0: Template changes a \
+             CPUID entry not supported by KVM: Leaf: 4fffffff, Subleaf: 0",
+        ),
+        (
+            json!({"msr_modifiers": [{"addr": "0x4b564dff", "bitmap": "0b1"}]}),
+            "Start microvm error: Cannot apply the CPU template to vCPU 0: Template changes an \
+             MSR entry not supported by KVM: Register Address: 4b564dff",
+        ),
+        (
+            json!({"msr_modifiers": [{"addr": "0xc0000102",
+                   "bitmap": format!("0b1{}", "0".repeat(63))}]}),
+            "Start microvm error: Cannot apply the CPU template to vCPU 0: KVM refused to set \
+             MSR 0xc0000102 to 0x8000000000000000 as the template asks",
+        ),
+    ] {
+        let r = c.put("/cpu-config", template);
+        assert_eq!(r.status, 204, "{}", r.body);
+        let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+        assert_eq!(
+            (r.status, r.fault()),
+            (400, message.to_string()),
+            "{}",
+            r.body
+        );
+        assert_eq!(c.get("/").json()["state"], "Not started");
+    }
+    // The VMM is still usable: a template KVM can apply boots.
+    let r = c.put("/cpu-config", json!({}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = c.put("/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let run = vm.running.wait(TIMEOUT);
+    run.assert_success();
+    run.assert_probe_ok("cpuid_leaves");
+}

@@ -11,7 +11,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::bitmap::{shorten, Bitmap32, Bitmap64};
 
-/// Most CPUID leaves a template may change (KVM's own limit on a vCPU's CPUID entries).
+/// Most CPUID leaves a template may change (the kernel's KVM_MAX_CPUID_ENTRIES; a template
+/// can only change leaves KVM lists, so a real one is far below it).
 pub const MAX_CPUID_MODIFIERS: usize = 256;
 /// Most register modifiers on one leaf.
 pub const MAX_REGISTER_MODIFIERS: usize = 16;

@@ -164,11 +164,6 @@ pub struct MachineConfig {
     /// Two threads per core.
     #[serde(default)]
     pub smt: bool,
-    /// Track the pages written since the last snapshot (KVM's dirty log plus the VMM's own
-    /// writes), so that Diff snapshots can be taken. Not saved in snapshots: a load says it
-    /// again (`track_dirty_pages` of `PUT /snapshot/load`).
-    #[serde(default)]
-    pub track_dirty_pages: bool,
     /// The CPU template: a static one named here (Firecracker's deprecated field: C3, T2,
     /// T2S, T2CL, T2A; "None" clears it) or a custom one from `PUT /cpu-config`. Shown only
     /// when static, as Firecracker shows it.
@@ -179,6 +174,11 @@ pub struct MachineConfig {
         skip_serializing_if = "no_static_template"
     )]
     pub cpu_template: Option<CpuTemplate>,
+    /// Track the pages written since the last snapshot (KVM's dirty log plus the VMM's own
+    /// writes), so that Diff snapshots can be taken. Not saved in snapshots: a load says it
+    /// again (`track_dirty_pages` of `PUT /snapshot/load`).
+    #[serde(default)]
+    pub track_dirty_pages: bool,
     /// Huge pages: "None", "Transparent" or "2M" (from the host's hugetlb pool).
     #[serde(default)]
     pub huge_pages: HugePages,
@@ -1015,7 +1015,11 @@ mod tests {
             t2.cpu_template,
             Some(CpuTemplate::Static(StaticCpuTemplate::T2))
         );
-        assert_eq!(serde_json::to_value(&t2).unwrap()["cpu_template"], "T2");
+        // Firecracker's key order: cpu_template after smt.
+        assert_eq!(
+            serde_json::to_string(&t2).unwrap(),
+            r#"{"vcpu_count":1,"mem_size_mib":128,"smt":false,"cpu_template":"T2","track_dirty_pages":false,"huge_pages":"None"}"#
+        );
         // PUT without cpu_template keeps it; "None" clears it.
         let kept = m(r#"{"vcpu_count":2,"mem_size_mib":128}"#).replacing(&t2);
         assert_eq!(kept.cpu_template, t2.cpu_template);

@@ -4,7 +4,7 @@
 use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
 
 use super::{BootEntry, Vcpu, VcpuError};
-use crate::arch::x86_64::cpu_template::{ApplyError, CustomCpuTemplate};
+use crate::arch::x86_64::cpu_template::{ApplyError, CustomCpuTemplate, StaticCpuTemplate};
 use crate::arch::x86_64::cpuid::VcpuTopology;
 use crate::arch::x86_64::regs::EntryMode;
 use crate::vstate::memory::{create_guest_memory, MemoryOptions};
@@ -12,6 +12,7 @@ use crate::vstate::snapshot::test_kvm::vm_or_skip;
 use crate::vstate::vm::Vm;
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_IA32_ARCH_CAPABILITIES: u32 = 0x10a;
 
 fn template(json: &str) -> CustomCpuTemplate {
     CustomCpuTemplate::from_json(json.as_bytes()).unwrap()
@@ -141,4 +142,24 @@ fn what_kvm_does_not_offer_is_an_error_not_a_skip() {
         ),
         "{err:?}"
     );
+}
+
+#[test]
+fn t2s_sets_arch_capabilities_or_names_the_msr_kvm_refuses() {
+    let Some(vm) = vm_or_skip("t2s_sets_arch_capabilities_or_names_the_msr_kvm_refuses") else {
+        return;
+    };
+    let t2s = StaticCpuTemplate::T2S.masks().unwrap();
+    // KVM takes only the capabilities this host can give a guest; here it takes all of them.
+    match vcpu(&vm, 1, &t2s) {
+        Ok(v) => assert_eq!(msr(&v, MSR_IA32_ARCH_CAPABILITIES), 0x0c0a_0c4c),
+        Err(VcpuError::Template(
+            1,
+            ApplyError::MsrRefused {
+                index: MSR_IA32_ARCH_CAPABILITIES,
+                ..
+            },
+        )) => println!("this host's KVM refuses T2S's IA32_ARCH_CAPABILITIES"),
+        Err(e) => panic!("{e:?}"),
+    }
 }

@@ -16,13 +16,16 @@ pub use crate::devices::virtio::vsock::config::{
     VsockConfigError, VsockDeviceConfig, VsockPolicy, VsockUpdate,
 };
 
+use crate::arch::x86_64::cpu_template::{CpuTemplate, StaticCpuTemplate};
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::devices::virtio::net::config::{InterfaceList, NetConfigError, NetworkInterfaceConfig};
 use crate::mmds::{MmdsConfig, MmdsConfigError};
 use crate::sandbox::PathRule;
 
+mod cpu_template;
 mod full;
+use cpu_template::{cpu_config_section, kept_template};
 pub use full::FullVmConfig;
 
 /// Smallest guest RAM accepted, in MiB.
@@ -74,6 +77,9 @@ pub enum ConfigError {
     /// The `mmds-config` section is refused (Firecracker's message).
     #[error("Configuring MMDS failed: {0}")]
     Mmds(#[from] MmdsConfigError),
+    /// The `cpu-config` section (a template or the path of one) is refused.
+    #[error("Invalid cpu-config: {0}")]
+    CpuConfig(String),
     /// `boot-source.kernel_image_path` cannot be opened (Firecracker's message).
     #[error("The kernel file cannot be opened: {0}")]
     KernelFile(std::io::Error),
@@ -105,9 +111,6 @@ pub enum MachineConfigError {
         /// The host's, MiB.
         host: usize,
     },
-    /// A CPU template other than None.
-    #[error("cpu_template '{0}' is not supported")]
-    CpuTemplate(String),
     /// 2M huge pages with an odd memory size.
     #[error("with 2M huge pages, mem_size_mib must be a multiple of 2, not {0}")]
     OddHugePages(usize),
@@ -163,14 +166,21 @@ pub struct MachineConfig {
     /// Two threads per core.
     #[serde(default)]
     pub smt: bool,
+    /// The CPU template: a static one named here (Firecracker's deprecated field: C3, T2,
+    /// T2S, T2CL, T2A; "None" clears it) or a custom one from `PUT /cpu-config`. Shown only
+    /// when static, as Firecracker shows it.
+    #[serde(
+        default,
+        deserialize_with = "cpu_template::static_template",
+        serialize_with = "cpu_template::static_template_name",
+        skip_serializing_if = "cpu_template::no_static_template"
+    )]
+    pub cpu_template: Option<CpuTemplate>,
     /// Track the pages written since the last snapshot (KVM's dirty log plus the VMM's own
     /// writes), so that Diff snapshots can be taken. Not saved in snapshots: a load says it
     /// again (`track_dirty_pages` of `PUT /snapshot/load`).
     #[serde(default)]
     pub track_dirty_pages: bool,
-    /// Firecracker's deprecated static CPU template; only "None" is accepted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_template: Option<String>,
     /// Huge pages: "None", "Transparent" or "2M" (from the host's hugetlb pool).
     #[serde(default)]
     pub huge_pages: HugePages,
@@ -207,8 +217,8 @@ pub struct MachineConfigUpdate {
     pub smt: Option<bool>,
     /// New dirty page tracking setting.
     pub track_dirty_pages: Option<bool>,
-    /// New CPU template.
-    pub cpu_template: Option<String>,
+    /// New static CPU template ("None" clears the template, static or custom).
+    pub cpu_template: Option<StaticCpuTemplate>,
     /// New huge pages setting.
     pub huge_pages: Option<HugePages>,
     /// New memory locking setting.
@@ -228,10 +238,10 @@ impl MachineConfigUpdate {
             mem_size_mib: self.mem_size_mib.unwrap_or(base.mem_size_mib),
             smt: self.smt.unwrap_or(base.smt),
             track_dirty_pages: self.track_dirty_pages.unwrap_or(base.track_dirty_pages),
-            cpu_template: self
-                .cpu_template
-                .clone()
-                .or_else(|| base.cpu_template.clone()),
+            cpu_template: kept_template(
+                self.cpu_template.map(CpuTemplate::Static),
+                &base.cpu_template,
+            ),
             huge_pages: self.huge_pages.unwrap_or(base.huge_pages),
             mem_lock: self.mem_lock.unwrap_or(base.mem_lock),
         }
@@ -239,6 +249,13 @@ impl MachineConfigUpdate {
 }
 
 impl MachineConfig {
+    /// This configuration as `PUT /machine-config` sets it over `base` (Firecracker): every
+    /// field from the body, but a body without `cpu_template` keeps `base`'s template.
+    pub fn replacing(mut self, base: &MachineConfig) -> MachineConfig {
+        self.cpu_template = kept_template(self.cpu_template.take(), &base.cpu_template);
+        self
+    }
+
     /// Checks the values against the VMM's and the host's limits (`host_mem_mib`).
     pub fn validate(&self, host_mem_mib: usize) -> Result<(), ConfigError> {
         use MachineConfigError as E;
@@ -257,9 +274,6 @@ impl MachineConfig {
                 host: host_mem_mib,
             }
             .into());
-        }
-        if let Some(t) = self.cpu_template.as_deref().filter(|t| *t != "None") {
-            return Err(E::CpuTemplate(t.to_string()).into());
         }
         if self.huge_pages == HugePages::Hugetlbfs2M && !self.mem_size_mib.is_multiple_of(2) {
             return Err(E::OddHugePages(self.mem_size_mib).into());
@@ -313,6 +327,7 @@ pub struct VmConfig {
     /// The MMDS configuration (checked against `network-interfaces` by `from_json`).
     #[serde(rename = "mmds-config")]
     pub mmds_config: Option<MmdsConfig>,
+    /// Firecracker's custom CPU template: inline, or the path of a JSON file.
     #[serde(rename = "cpu-config")]
     cpu_config: Option<serde_json::Value>,
 }
@@ -321,12 +336,16 @@ impl VmConfig {
     /// Parses a config from JSON text and refuses sections not supported yet.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let mut config: VmConfig = serde_json::from_str(text)?;
+        // Firecracker applies the machine config, then `cpu-config` over its template.
+        config.machine_config = config
+            .machine_config
+            .clone()
+            .replacing(&MachineConfig::default());
+        if let Some(section) = config.cpu_config.take().filter(|v| !v.is_null()) {
+            let template = cpu_config_section(section)?;
+            config.machine_config.cpu_template = Some(CpuTemplate::Custom(Box::new(template)));
+        }
         let unsupported = [
-            (
-                "cpu-config",
-                config.cpu_config.is_some(),
-                "custom CPU templates are not implemented; the guest sees the host's CPUID as KVM filters it",
-            ),
             (
                 "pmem",
                 !config.pmem.is_empty(),
@@ -897,11 +916,6 @@ mod tests {
             ))
         };
         for (section, name, why) in [
-            (
-                r#""cpu-config":{"cpuid_modifiers":[]}"#,
-                "cpu-config",
-                "CPU templates",
-            ),
             (
                 r#""pmem":[{"id":"p","path_on_host":"/p"}]"#,
                 "pmem",

@@ -120,11 +120,6 @@ fn unknown_fields_are_refused() {
 fn firecracker_sections_palisade_does_not_build_are_refused_by_name_with_why() {
     for (section, value, why) in [
         (
-            "cpu-config",
-            json!({"cpuid_modifiers": []}),
-            "CPU templates",
-        ),
-        (
             "pmem",
             json!([{"id": "p", "path_on_host": "/p"}]),
             "virtio-pmem",

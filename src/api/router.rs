@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::http::Request;
 use super::response::Response;
+use crate::arch::x86_64::cpu_template::CustomCpuTemplate;
 use crate::config::{
     valid_resource_id, BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyConfig,
     MachineConfig, MachineConfigUpdate,
@@ -30,6 +31,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/machine-config"),
     ("PATCH", "/machine-config"),
     ("PUT", "/boot-source"),
+    ("PUT", "/cpu-config"),
     ("PUT", "/drives/{drive_id}"),
     ("PATCH", "/drives/{drive_id}"),
     ("PUT", "/network-interfaces/{iface_id}"),
@@ -216,6 +218,10 @@ pub fn count_request(method: &str, path: &str, ok: bool) {
             &METRICS.put_api_requests.boot_source_count,
             Some(&METRICS.put_api_requests.boot_source_fails),
         ),
+        ("PUT", "/cpu-config") => (
+            &METRICS.put_api_requests.cpu_cfg_count,
+            Some(&METRICS.put_api_requests.cpu_cfg_fails),
+        ),
         ("PUT", "/drives/{drive_id}") => (
             &METRICS.put_api_requests.drive_count,
             Some(&METRICS.put_api_requests.drive_fails),
@@ -337,6 +343,9 @@ fn route_body(
             VmmAction::PatchMachineConfig(update)
         }
         ("PUT", "/boot-source") => VmmAction::PutBootSource(parse_body::<BootSourceConfig>(body)?),
+        ("PUT", "/cpu-config") => VmmAction::PutCpuConfig(Box::new(
+            CustomCpuTemplate::from_json(body).map_err(|e| bad_request(&e.to_string()))?,
+        )),
         ("PUT", "/actions") => match parse_body::<ActionBody>(body)?.action_type {
             ActionType::InstanceStart => VmmAction::InstanceStart,
             ActionType::SendCtrlAltDel => VmmAction::SendCtrlAltDel,

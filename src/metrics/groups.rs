@@ -59,6 +59,10 @@ metric_group! {
         machine_cfg_count: Counter,
         /// `PUT /machine-config` that failed.
         machine_cfg_fails: Counter,
+        /// `PUT /cpu-config`.
+        cpu_cfg_count: Counter,
+        /// `PUT /cpu-config` that failed.
+        cpu_cfg_fails: Counter,
         /// `PUT /metrics`.
         metrics_count: Counter,
         /// `PUT /metrics` that failed.

@@ -3,6 +3,7 @@
 use palisade_firewall::{FirewallConfig, FirewallStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::arch::x86_64::cpu_template::CustomCpuTemplate;
 use crate::config::{
     BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, ConfigError, EntropyConfig,
     MachineConfig, MachineConfigUpdate,
@@ -40,6 +41,8 @@ pub enum VmmAction {
     PatchMachineConfig(MachineConfigUpdate),
     /// `PUT /boot-source`.
     PutBootSource(BootSourceConfig),
+    /// `PUT /cpu-config`, before boot: a custom CPU template (replaces a static one).
+    PutCpuConfig(Box<CustomCpuTemplate>),
     /// `GET /vm/config`.
     GetFullConfig,
     /// `PUT /actions` InstanceStart.

@@ -6,6 +6,7 @@ use std::time::Instant;
 use kvm_bindings::CpuId;
 
 use crate::arch::x86_64::boot_params::{write_boot_params, BootInfo};
+use crate::arch::x86_64::cpu_template::{CpuTemplateError, HostCpu};
 use crate::arch::x86_64::cpuid::VcpuTopology;
 use crate::arch::x86_64::layout::{
     BOOT_TIMER_SIZE, BOOT_TIMER_START, GENERATION_ID_SIZE, GENERATION_ID_START, I8042_KBD_IRQ,
@@ -71,6 +72,9 @@ pub enum BuildError {
     /// vCPU creation failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The CPU template cannot be used on this host (Firecracker's checks).
+    #[error(transparent)]
+    CpuTemplate(#[from] CpuTemplateError),
     /// A snapshot's vCPU or VM state was refused, or this host cannot restore it.
     #[error("Cannot restore the snapshot's machine state")]
     Restore(#[source] StateError),
@@ -163,6 +167,12 @@ pub fn build_vm(
         .as_ref()
         .ok_or(BuildError::MissingKernelConfig)?;
     let machine = &resources.machine_config;
+    let template = machine
+        .cpu_template
+        .as_ref()
+        .map(|t| t.resolve(HostCpu::probe()))
+        .transpose()?
+        .flatten();
     let memory_options = MemoryOptions {
         backing: match machine.huge_pages {
             HugePages::None => Backing::Normal,
@@ -280,7 +290,7 @@ pub fn build_vm(
                         count: machine.vcpu_count,
                         smt: machine.smt,
                     };
-                    Vcpu::new(&vm, &mem, &supported, topo, kernel.entry)
+                    Vcpu::new(&vm, &mem, &supported, topo, kernel.entry, template.as_ref())
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok::<_, BuildError>((devices, legacy, generation, vcpus, supported, buses, exit))

@@ -15,6 +15,7 @@ mod vsock;
 use std::fs::File;
 use std::time::Instant;
 
+use crate::arch::x86_64::cpu_template::CpuTemplate;
 use crate::config::{host_memory_mib, BlockDeviceUpdate, BootFiles, VmResources};
 use crate::devices::virtio::vsock::Vsock;
 use crate::mmds::MmdsStore;
@@ -227,11 +228,14 @@ impl Controller {
         match rules::allowed(self.state(), self.configured, &action)? {
             ActionKind::Query => self.query(action),
             ActionKind::PreBoot => {
-                // As in Firecracker, the logger, metrics and serial output may precede a
-                // snapshot load.
+                // As in Firecracker, the logger, metrics, serial output and CPU template may
+                // precede a snapshot load.
                 if !matches!(
                     action,
-                    VmmAction::PutLogger(_) | VmmAction::PutMetrics(_) | VmmAction::PutSerial(_)
+                    VmmAction::PutLogger(_)
+                        | VmmAction::PutMetrics(_)
+                        | VmmAction::PutSerial(_)
+                        | VmmAction::PutCpuConfig(_)
                 ) {
                     self.configured = true;
                 }
@@ -281,6 +285,7 @@ impl Controller {
     fn preboot(&mut self, action: VmmAction) -> ActionResult {
         match action {
             VmmAction::PutMachineConfig(config) => {
+                let config = config.replacing(&self.resources.machine_config);
                 config.validate(host_memory_mib())?;
                 self.resources.machine_config = config;
                 Ok(VmmData::Empty)
@@ -289,6 +294,10 @@ impl Controller {
                 let config = update.apply(&self.resources.machine_config);
                 config.validate(host_memory_mib())?;
                 self.resources.machine_config = config;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutCpuConfig(template) => {
+                self.resources.machine_config.cpu_template = Some(CpuTemplate::Custom(template));
                 Ok(VmmData::Empty)
             }
             VmmAction::PutBootSource(boot) => {

@@ -61,6 +61,7 @@ pub fn kind(action: &VmmAction) -> ActionKind {
         VmmAction::PutMachineConfig(_)
         | VmmAction::PatchMachineConfig(_)
         | VmmAction::PutBootSource(_)
+        | VmmAction::PutCpuConfig(_)
         | VmmAction::PutDrive(_)
         | VmmAction::PutEntropy(_)
         | VmmAction::PutSerial(_)
@@ -181,6 +182,7 @@ mod tests {
             VmmAction::PatchBalloon(from(json!({"amount_mib": 2}))),
             VmmAction::GetBalloonStats,
             VmmAction::PatchBalloonStats(from(json!({"stats_polling_interval_s": 1}))),
+            VmmAction::PutCpuConfig(Box::default()),
         ]
     }
 
@@ -215,6 +217,7 @@ mod tests {
             "PutMachineConfig"
             | "PatchMachineConfig"
             | "PutBootSource"
+            | "PutCpuConfig"
             | "PutDrive"
             | "PutEntropy"
             | "PutSerial"
@@ -319,13 +322,14 @@ mod tests {
             VmmAction::PatchBalloon(_) => 31,
             VmmAction::GetBalloonStats => 32,
             VmmAction::PatchBalloonStats(_) => 33,
+            VmmAction::PutCpuConfig(_) => 34,
         }
     }
 
     #[test]
     fn the_table_lists_every_variant_once() {
         let places: Vec<usize> = every_action().iter().map(place).collect();
-        assert_eq!(places, (0..34).collect::<Vec<_>>());
+        assert_eq!(places, (0..35).collect::<Vec<_>>());
     }
 
     #[test]

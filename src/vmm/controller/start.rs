@@ -64,10 +64,13 @@ impl StartError {
             | Self::Vsock(_)
             | Self::Serial(_)
             | Self::Landlock(_) => ExitCode::BadConfiguration,
-            Self::Build(BuildError::Vm(_)) => ExitCode::HostUnsupported,
+            Self::Build(BuildError::Vm(_) | BuildError::CpuTemplate(_)) => {
+                ExitCode::HostUnsupported
+            }
             Self::Build(
                 BuildError::Kernel(_)
                 | BuildError::MissingKernelConfig
+                | BuildError::Vcpu(crate::vstate::vcpu::VcpuError::Template(..))
                 | BuildError::Virtio(
                     AttachError::Block(_)
                     | AttachError::Net(_)

@@ -3,6 +3,8 @@
 
 mod control;
 mod run;
+#[cfg(test)]
+mod template_tests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use super::exit::{ExitCode, ExitRequest};
 use super::memory::GuestMemory;
 use super::snapshot::{Host, StateError, VcpuState};
 use super::vm::Vm;
+use crate::arch::x86_64::cpu_template::{self, CustomCpuTemplate};
 use crate::arch::x86_64::cpuid::{self, VcpuTopology};
 use crate::arch::x86_64::regs::{self, EntryMode};
 use crate::arch::x86_64::{lapic, msr};
@@ -39,6 +42,9 @@ pub enum VcpuError {
     /// MSR setup failed.
     #[error("Cannot set the MSRs of vCPU {0}")]
     Msr(u8, #[source] msr::MsrError),
+    /// The CPU template does not fit what KVM offers this vCPU.
+    #[error("Cannot apply the CPU template to vCPU {0}")]
+    Template(u8, #[source] cpu_template::ApplyError),
     /// Register setup failed.
     #[error("Cannot set the registers of vCPU {0}")]
     Regs(u8, #[source] regs::RegsError),
@@ -141,13 +147,15 @@ pub struct BootEntry {
 impl Vcpu {
     /// Creates vCPU `index` of `topo.count` and sets CPUID, MSRs, FPU and LAPIC; the boot vCPU
     /// (index 0) also gets the registers for `entry`. Application processors wait for
-    /// INIT/SIPI in the in-kernel LAPIC.
+    /// INIT/SIPI in the in-kernel LAPIC. A CPU `template` changes the normalised CPUID
+    /// before KVM gets it, and the boot MSRs after they are set.
     pub fn new(
         vm: &Vm,
         mem: &GuestMemory,
         supported: &CpuId,
         topo: VcpuTopology,
         entry: BootEntry,
+        template: Option<&CustomCpuTemplate>,
     ) -> Result<Self, VcpuError> {
         let index = topo.index;
         let fd = vm
@@ -156,9 +164,17 @@ impl Vcpu {
             .map_err(|e| VcpuError::Create(index, e))?;
         let mut cpuid = supported.clone();
         cpuid::normalize(&mut cpuid, topo).map_err(|e| VcpuError::CpuidEntries(index, e))?;
+        if let Some(template) = template {
+            cpu_template::apply_to_cpuid(&mut cpuid, template)
+                .map_err(|e| VcpuError::Template(index, e))?;
+        }
         fd.set_cpuid2(&cpuid)
             .map_err(|e| VcpuError::Cpuid(index, e))?;
         msr::setup_msrs(&fd).map_err(|e| VcpuError::Msr(index, e))?;
+        if let Some(template) = template {
+            cpu_template::apply::apply_to_msrs(&fd, template)
+                .map_err(|e| VcpuError::Template(index, e))?;
+        }
         regs::setup_fpu(&fd).map_err(|e| VcpuError::Regs(index, e))?;
         if index == 0 {
             regs::setup_regs(&fd, entry.address, entry.mode)

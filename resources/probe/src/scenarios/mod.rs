@@ -12,6 +12,7 @@ mod blk_hostile;
 mod blk_watch;
 mod chain_hostile;
 mod console_flood;
+mod cpuid_leaves;
 mod cpus;
 mod dirty;
 mod genid;
@@ -58,6 +59,8 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: hello::NAME, run: hello::run },
     Scenario { name: mem::NAME, run: mem::run },
     Scenario { name: cpus::NAME, run: cpus::run },
+    Scenario { name: cpuid_leaves::NAME, run: cpuid_leaves::run },
+    Scenario { name: cpuid_leaves::TICKER, run: cpuid_leaves::run_ticker },
     Scenario { name: idle::NAME, run: idle::run },
     Scenario { name: unknown_io::NAME, run: unknown_io::run },
     Scenario { name: triple_fault::NAME, run: triple_fault::run },

@@ -10,6 +10,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
 
 use super::core::{each_core, BalloonCore};
+use super::snapshot::ram_pages;
 use super::stats::read_stats;
 use super::Balloon;
 use crate::devices::virtio::chain;
@@ -128,10 +129,15 @@ impl CoreDevice for Balloon {
         crate::devices::virtio::read_config_bytes(&space, offset, data);
     }
 
-    /// Only `actual` is the driver's to write, as one 4-byte write.
+    /// Only `actual` is the driver's to write, as one 4-byte write of at most the guest's
+    /// RAM pages, once the device is active (so a snapshot never holds a value its restore
+    /// refuses).
     fn config_write(&mut self, offset: u64, data: &[u8]) {
-        match <[u8; 4]>::try_from(data) {
-            Ok(bytes) if offset == 4 => self.actual_pages = u32::from_le_bytes(bytes),
+        let pages = each_core!(&self.core, c => c.active.as_ref().map(|a| ram_pages(&a.mem)));
+        match (<[u8; 4]>::try_from(data).map(u32::from_le_bytes), pages) {
+            (Ok(actual), Some(pages)) if offset == 4 && u64::from(actual) <= pages => {
+                self.actual_pages = actual;
+            }
             _ => self.metrics.execute_fails.inc(),
         }
     }

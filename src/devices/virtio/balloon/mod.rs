@@ -21,6 +21,7 @@ mod ledger;
 mod queues;
 mod reclaim;
 mod reporting;
+mod snapshot;
 mod stats;
 
 use std::sync::Arc;
@@ -30,8 +31,9 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use self::core::{each_core, BalloonCore};
 use self::ledger::Ledger;
-pub use self::ledger::{PfnRefusal, PAGE_SIZE};
+pub use self::ledger::{LedgerStateError, PfnRefusal, PAGE_SIZE};
 use self::queues::Work;
+pub use self::snapshot::{BalloonState, BalloonStateError};
 pub use self::stats::BalloonStats;
 use super::chain::Segment;
 use super::device_core::{DeviceCore, DeviceLabel};
@@ -323,5 +325,7 @@ impl Balloon {
     }
 }
 
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@ use crate::config::{
 use crate::devices::generation_id::GenerationState;
 use crate::devices::i8042::I8042State;
 use crate::devices::serial::UartState;
+use crate::devices::virtio::balloon::{check_config, BalloonConfig, BalloonError, BalloonState};
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::devices::virtio::net::snapshot::NetState;
 use crate::mmds::{MmdsConfig, MmdsConfigError};
@@ -64,6 +65,8 @@ pub struct MachineState {
     pub generation: GenerationState,
     /// Each network interface (configuration, limiter levels, firewall state), in order.
     pub nets: Vec<NetState>,
+    /// The balloon's run-time state (its configuration is in `device_configs`).
+    pub balloon: Option<BalloonState>,
 }
 
 /// The virtio devices a snapshot carries, as configured (JSON inside the state).
@@ -82,6 +85,9 @@ pub struct DeviceConfigs {
     /// added later with serde defaults stay readable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mmds: Option<MmdsConfig>,
+    /// The balloon device, as `GET /balloon` answers it (absent without a balloon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfig>,
 }
 
 /// The virtio devices' configurations of a state file, each checked as its PUT would be.
@@ -95,6 +101,9 @@ pub struct CheckedDeviceConfigs {
     /// The MMDS configuration, checked as `PUT /mmds/config` checks it against the state
     /// file's network interfaces.
     pub mmds: Option<MmdsConfig>,
+    /// The balloon, checked as `PUT /balloon` checks it (the machine's memory size is the
+    /// caller's to check), with its run-time state.
+    pub balloon: Option<(BalloonConfig, BalloonState)>,
 }
 
 /// What `RunningVm::save` saves besides the vCPUs, the VM and memory.
@@ -109,6 +118,8 @@ pub struct SaveInput<'a> {
     pub vsock: Option<&'a VsockDeviceConfig>,
     /// The MMDS configuration (the data store is never saved).
     pub mmds: Option<&'a MmdsConfig>,
+    /// The balloon's configuration in force and its run-time state.
+    pub balloon: Option<(BalloonConfig, BalloonState)>,
     /// The virtio transports, in slot order.
     pub transports: &'a [Arc<Mutex<MmioTransport>>],
     /// The rate limiters' remaining budgets.
@@ -173,6 +184,10 @@ pub enum RestoredConfigError {
     /// The MMDS configuration is refused (as `PUT /mmds/config` refuses it).
     #[error("Its mmds-config is refused")]
     Mmds(#[source] MmdsConfigError),
+    /// The balloon's configuration is refused (as `PUT /balloon` refuses it), or its state
+    /// and its configuration are not both present.
+    #[error("Its balloon is refused")]
+    Balloon(#[source] crate::devices::virtio::balloon::BalloonError),
 }
 
 impl MachineState {
@@ -206,11 +221,20 @@ impl MachineState {
             .mmds
             .map(|mmds| checked_mmds(mmds, &self.nets))
             .transpose()?;
+        let balloon = match (configs.balloon, &self.balloon) {
+            (Some(config), Some(state)) => {
+                check_config(&config).map_err(RestoredConfigError::Balloon)?;
+                Some((config, state.clone()))
+            }
+            (None, None) => None,
+            _ => return Err(RestoredConfigError::Balloon(BalloonError::NotFound)),
+        };
         Ok(CheckedDeviceConfigs {
             drives,
             entropy: configs.entropy,
             vsock: configs.vsock,
             mmds,
+            balloon,
         })
     }
 
@@ -296,6 +320,7 @@ impl RunningVm {
             entropy: input.entropy.cloned(),
             vsock: input.vsock.cloned(),
             mmds: input.mmds.cloned(),
+            balloon: input.balloon.as_ref().map(|(config, _)| config.clone()),
         })
         .map_err(SaveError::MachineConfig)?;
         let machine_config =
@@ -316,6 +341,7 @@ impl RunningVm {
             limiters: input.limiters.clone(),
             generation: self.generation,
             nets: input.nets.to_vec(),
+            balloon: input.balloon.as_ref().map(|(_, state)| state.clone()),
         })
     }
 }

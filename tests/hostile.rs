@@ -39,6 +39,8 @@ mod net_forge;
 mod net_mergeable;
 #[path = "hostile/snapshot.rs"]
 mod snapshot;
+#[path = "hostile/snapshot_balloon.rs"]
+mod snapshot_balloon;
 #[path = "hostile/table.rs"]
 mod table;
 #[path = "hostile/vsock.rs"]

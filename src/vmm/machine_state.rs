@@ -17,7 +17,7 @@ use crate::config::{
 use crate::devices::generation_id::GenerationState;
 use crate::devices::i8042::I8042State;
 use crate::devices::serial::UartState;
-use crate::devices::virtio::balloon::{check_config, BalloonConfig, BalloonError, BalloonState};
+use crate::devices::virtio::balloon::{BalloonConfig, BalloonError, BalloonState};
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::devices::virtio::net::snapshot::NetState;
 use crate::mmds::{MmdsConfig, MmdsConfigError};
@@ -101,8 +101,8 @@ pub struct CheckedDeviceConfigs {
     /// The MMDS configuration, checked as `PUT /mmds/config` checks it against the state
     /// file's network interfaces.
     pub mmds: Option<MmdsConfig>,
-    /// The balloon, checked as `PUT /balloon` checks it (the machine's memory size is the
-    /// caller's to check), with its run-time state.
+    /// The balloon (its target is the caller's to check against the machine's memory), with
+    /// its run-time state.
     pub balloon: Option<(BalloonConfig, BalloonState)>,
 }
 
@@ -222,10 +222,7 @@ impl MachineState {
             .map(|mmds| checked_mmds(mmds, &self.nets))
             .transpose()?;
         let balloon = match (configs.balloon, &self.balloon) {
-            (Some(config), Some(state)) => {
-                check_config(&config).map_err(RestoredConfigError::Balloon)?;
-                Some((config, state.clone()))
-            }
+            (Some(config), Some(state)) => Some((config, state.clone())),
             (None, None) => None,
             _ => return Err(RestoredConfigError::Balloon(BalloonError::NotFound)),
         };

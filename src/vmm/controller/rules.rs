@@ -79,7 +79,10 @@ pub fn kind(action: &VmmAction) -> ActionKind {
         | VmmAction::PatchNetworkInterface(_)
         | VmmAction::PatchBalloon(_)
         | VmmAction::GetBalloonStats
-        | VmmAction::PatchBalloonStats(_) => ActionKind::Runtime,
+        | VmmAction::PatchBalloonStats(_)
+        | VmmAction::StartBalloonHinting(_)
+        | VmmAction::StopBalloonHinting
+        | VmmAction::GetBalloonHintingStatus => ActionKind::Runtime,
         VmmAction::PatchVsock(_)
         | VmmAction::PutMmds(_)
         | VmmAction::PatchMmds(_)
@@ -181,6 +184,9 @@ mod tests {
             VmmAction::PatchBalloon(from(json!({"amount_mib": 2}))),
             VmmAction::GetBalloonStats,
             VmmAction::PatchBalloonStats(from(json!({"stats_polling_interval_s": 1}))),
+            VmmAction::StartBalloonHinting(Default::default()),
+            VmmAction::StopBalloonHinting,
+            VmmAction::GetBalloonHintingStatus,
         ]
     }
 
@@ -233,7 +239,10 @@ mod tests {
             | "PatchNetworkInterface"
             | "PatchBalloon"
             | "GetBalloonStats"
-            | "PatchBalloonStats" => [PRE, OK, OK],
+            | "PatchBalloonStats"
+            | "StartBalloonHinting"
+            | "StopBalloonHinting"
+            | "GetBalloonHintingStatus" => [PRE, OK, OK],
             // Palisade's extension: the policy before boot, the live device after.
             "PatchVsock" => [OK, OK, OK],
             // Firecracker: the data store before and after boot.
@@ -319,13 +328,16 @@ mod tests {
             VmmAction::PatchBalloon(_) => 31,
             VmmAction::GetBalloonStats => 32,
             VmmAction::PatchBalloonStats(_) => 33,
+            VmmAction::StartBalloonHinting(_) => 34,
+            VmmAction::StopBalloonHinting => 35,
+            VmmAction::GetBalloonHintingStatus => 36,
         }
     }
 
     #[test]
     fn the_table_lists_every_variant_once() {
         let places: Vec<usize> = every_action().iter().map(place).collect();
-        assert_eq!(places, (0..34).collect::<Vec<_>>());
+        assert_eq!(places, (0..37).collect::<Vec<_>>());
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The balloon in a snapshot: what the driver said it holds (`actual`), the statistics buffer
-//! the device holds and the latest values, and which pages are in the balloon (the ledger's
-//! bitmap). The configuration (target, `deflate_on_oom`, statistics interval, reporting) is
+//! the device holds and the latest values, which pages are in the balloon (the ledger's
+//! bitmap) and the free page hinting run. The configuration (target, `deflate_on_oom`, statistics interval, reporting) is
 //! saved as the device's `PUT /balloon` body and checked as one; the queues and features are
 //! the transport's (`mmio_state`).
 //!
 //! A restored state is hostile input (an unkeyed state file is anyone's who can write it):
 //! `actual` at most the guest's RAM pages, a held statistics buffer only on an active device
 //! with a statistics queue and an index inside that queue, at most one value per known tag,
-//! and a bitmap of exactly the size guest memory gives whose every page is guest RAM
-//! ([`Ledger::restored`]). Nothing changes unless all of it passes.
+//! a bitmap of exactly the size guest memory gives whose every page is guest RAM
+//! ([`Ledger::restored`]), and hinting command ids the host could have set, on a device that
+//! offers hinting. Nothing changes unless all of it passes.
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::QueueT;
@@ -16,9 +17,10 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::super::device_core::DeviceCore;
 use super::core::each_core;
+use super::hinting::HintingState;
 use super::ledger::{Ledger, LedgerStateError, PAGE_SHIFT};
 use super::stats::BalloonStats;
-use super::Balloon;
+use super::{Balloon, VIRTIO_BALLOON_F_FREE_PAGE_HINT};
 use crate::vstate::memory::GuestMemory;
 
 /// The balloon's run-time state.
@@ -33,6 +35,8 @@ pub struct BalloonState {
     /// The pages in the balloon, one bit per page frame (absent until the driver first used
     /// the inflate or deflate queue after its last reset).
     pub inflated: Option<Vec<u64>>,
+    /// The free page hinting run.
+    pub hinting: HintingState,
 }
 
 /// Why a balloon state is refused.
@@ -53,6 +57,9 @@ pub enum BalloonStateError {
     /// Inflated pages on a device the driver has not activated.
     #[error("Balloon state: inflated pages on an inactive device")]
     InactiveLedger,
+    /// A hinting state the host could not have set, or one on a balloon without hinting.
+    #[error("Balloon state: free page hinting command ids the host could not have set")]
+    Hinting,
     /// The inflated page bitmap is refused.
     #[error("Balloon state: {0}")]
     Ledger(#[source] LedgerStateError),
@@ -71,6 +78,7 @@ impl Balloon {
             stats_head: self.stats_head,
             stats: self.stats.entries(),
             inflated: self.ledger.as_ref().map(|l| l.bitmap().to_vec()),
+            hinting: self.hinting,
         }
     }
 
@@ -79,12 +87,18 @@ impl Balloon {
     /// Checked whole before anything changes (see the module docs).
     pub fn restore_state(&mut self, state: &BalloonState) -> Result<(), BalloonStateError> {
         let stats = BalloonStats::from_entries(&state.stats).ok_or(BalloonStateError::Stats)?;
-        let stats_queue = self.stats_queue;
+        let hinting = state.hinting;
+        let idle = hinting == HintingState::default();
+        if !hinting.is_consistent() || (!idle && !self.offers(VIRTIO_BALLOON_F_FREE_PAGE_HINT)) {
+            return Err(BalloonStateError::Hinting);
+        }
+        let stats_queue = self.core.active_roles().and_then(|r| r.stats);
         let ledger = each_core!(&self.core, c => checked_ledger(c, state, stats_queue))?;
         self.actual_pages = state.actual_pages;
         self.stats_head = state.stats_head;
         self.stats = stats;
         self.ledger = ledger;
+        self.hinting = hinting;
         Ok(())
     }
 }

@@ -263,13 +263,7 @@ fn config_space_holds_the_target_and_the_drivers_actual() {
 }
 
 #[test]
-fn unsupported_features_and_memory_are_refused_by_name() {
-    let hinting = BalloonConfig {
-        free_page_hinting: true,
-        ..config(1)
-    };
-    let e = check_config(&hinting).unwrap_err().to_string();
-    assert!(e.contains("free page hinting"), "{e}");
+fn guest_memory_the_balloon_cannot_give_back_is_refused_by_name() {
     let locked = MemoryOptions {
         lock: true,
         ..MemoryOptions::default()

@@ -321,6 +321,8 @@ impl Balloon {
 }
 
 #[cfg(test)]
+mod hinting_tests;
+#[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;

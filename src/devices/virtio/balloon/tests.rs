@@ -21,12 +21,12 @@ use crate::devices::virtio::queue::pending;
 use crate::devices::virtio::{ActivateContext, VirtioDevice};
 use crate::vstate::memory::create_guest_memory;
 
-const INFLATE_RING: u64 = 0;
-const DEFLATE_RING: u64 = 0x1_0000;
+pub(super) const INFLATE_RING: u64 = 0;
+pub(super) const DEFLATE_RING: u64 = 0x1_0000;
 /// Where the tests put page number arrays.
 pub(super) const ARRAYS: u64 = 0x2_0000;
 
-fn config(amount_mib: u32) -> BalloonConfig {
+pub(super) fn config(amount_mib: u32) -> BalloonConfig {
     BalloonConfig {
         amount_mib,
         ..BalloonConfig::default()
@@ -78,7 +78,7 @@ impl<'a> Rig<'a> {
     }
 }
 
-fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+pub(super) fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
     RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
 }
 
@@ -92,7 +92,7 @@ pub(super) fn small_memory_with_a_hole() -> GuestMemory {
 }
 
 /// The resident KiB of the mapping that starts at `host`, from /proc/self/smaps.
-fn mapping_rss_kib(host: usize) -> u64 {
+pub(super) fn mapping_rss_kib(host: usize) -> u64 {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let head = format!("{host:x}-");
     let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
@@ -301,7 +301,7 @@ fn the_ledger_is_sized_by_guest_memory_whatever_the_guest_sends() {
     assert_eq!(mem.last_addr().raw_value(), 0x7f_ffff);
 }
 
-const STATS_RING: u64 = 0x3_0000;
+pub(super) const STATS_RING: u64 = 0x3_0000;
 pub(super) const STATS_BUFFER: u64 = 0x3_8000;
 
 /// A balloon with the statistics queue, its three mock queues.

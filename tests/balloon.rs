@@ -135,7 +135,11 @@ fn a_balloon_is_saved_and_restored_with_its_pages_and_keeps_working_in_the_clone
             json!({"kernel_image_path": probe_path(),
                    "boot_args": "console=ttyS0 probe.run=balloon-snap"}),
         ),
-        ("/balloon", json!({"amount_mib": 0, "deflate_on_oom": true})),
+        // The guest declines statistics: its queues are numbered without that one.
+        (
+            "/balloon",
+            json!({"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 3}),
+        ),
         ("/actions", json!({"action_type": "InstanceStart"})),
     ] {
         let r = c.put(path, body);
@@ -188,8 +192,14 @@ fn a_balloon_is_saved_and_restored_with_its_pages_and_keeps_working_in_the_clone
     assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
     assert_eq!(
         c.get("/balloon").json(),
-        json!({"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 0,
+        json!({"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 3,
                "free_page_hinting": false, "free_page_reporting": false})
+    );
+    let stats = c.get("/balloon/statistics").json();
+    assert_eq!(
+        (&stats["target_mib"], &stats["actual_pages"]),
+        (&json!(16), &json!(4096)),
+        "{stats}"
     );
     let pid = clone.running.child.id();
     let before = vm_rss_kib(pid);
@@ -210,6 +220,7 @@ fn a_balloon_is_saved_and_restored_with_its_pages_and_keeps_working_in_the_clone
             .status,
         204
     );
+    assert_eq!(c.get("/balloon/statistics").json()["actual_pages"], 8191);
     let totals = balloon_totals(clone.dir.path());
     assert_eq!(totals["inflated_pages"], 4096, "{totals:?}");
     // The page given before the snapshot, sent again: refused as in the balloon already.
@@ -328,6 +339,107 @@ fn free_ranges_the_guest_reports_leave_the_vmms_rss_and_malformed_reports_are_co
     assert_eq!(totals["free_page_report_freed"], 16 << 20, "{totals:?}");
     assert_eq!(totals["free_page_report_fails"], 2, "{totals:?}");
     assert_eq!(totals["madvise_fails"], 0, "{totals:?}");
+}
+
+#[test]
+fn hinted_free_ranges_leave_the_vmms_rss_and_hostile_hints_are_counted() {
+    let test = "hinted_free_ranges_leave_the_vmms_rss_and_hostile_hints_are_counted";
+    if !kvm_available(test) {
+        return;
+    }
+    let mut vm = TestVm::probe("balloon-hint", 1, GUEST_MIB as usize);
+    vm.config["balloon"] = json!({"amount_mib": 0, "deflate_on_oom": false,
+        "stats_polling_interval_s": 1, "free_page_hinting": true, "free_page_reporting": true});
+    let sock = vm.dir.path().join("api.sock");
+    let metrics = vm.dir.path().join("metrics.json");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+        "--metrics-path".into(),
+        metrics.to_str().unwrap().into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    running.wait_for_output("probe: balloon-hint ok filled", TIMEOUT);
+    assert_eq!(
+        api.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 0, "guest_cmd": null})
+    );
+    let pid = running.child.id();
+    let before = vm_rss_kib(pid);
+    // No body: acknowledge_on_stop defaults to true (the device answers STOP with DONE).
+    let r = api.request("PATCH", "/balloon/hinting/start", None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    running.wait_for_output("probe: balloon-hint ok hinted=16777216 done=1", TIMEOUT);
+    let after = vm_rss_kib(pid);
+    let dropped = before.saturating_sub(after);
+    eprintln!("VMM VmRSS: {before} KiB -> {after} KiB (dropped {dropped} KiB)");
+    assert!(
+        (14 * 1024..=18 * 1024).contains(&dropped),
+        "VmRSS {before} KiB -> {after} KiB"
+    );
+    assert_eq!(
+        api.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 1, "guest_cmd": 0})
+    );
+    // A second run gets the next id; stop ends it (a body is ignored).
+    let r = api.patch(
+        "/balloon/hinting/start",
+        json!({"acknowledge_on_stop": false}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(api.get("/balloon/hinting/status").json()["host_cmd"], 3);
+    let r = api.request("PATCH", "/balloon/hinting/stop", None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(api.get("/balloon/hinting/status").json()["host_cmd"], 1);
+    let r = api.patch("/balloon/hinting/start", json!({"acknowledge": true}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(api.get("/balloon").json()["free_page_hinting"], true);
+    assert_eq!(api.patch("/balloon", json!({"amount_mib": 1})).status, 204);
+    running.wait(TIMEOUT).assert_success();
+    let totals = balloon_totals(vm.dir.path());
+    assert_eq!(totals["free_page_hint_count"], 8, "{totals:?}");
+    assert_eq!(totals["free_page_hint_freed"], 16 << 20, "{totals:?}");
+    // The MMIO gap, past RAM, unaligned, a readable 8-byte buffer.
+    assert_eq!(totals["free_page_hint_fails"], 4, "{totals:?}");
+    assert_eq!(totals["madvise_fails"], 0, "{totals:?}");
+    assert_eq!(totals["needs_reset_count"], 0, "{totals:?}");
+}
+
+#[test]
+fn hinting_routes_answer_as_firecracker_does_without_hinting() {
+    let test = "hinting_routes_answer_as_firecracker_does_without_hinting";
+    if !kvm_available(test) {
+        return;
+    }
+    let mut vm = TestVm::probe("balloon-stats,idle", 1, 64);
+    vm.config["balloon"] =
+        json!({"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1});
+    let sock = vm.dir.path().join("api.sock");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    running.wait_for_output("probe: balloon-stats ok", TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    let not_enabled = "Balloon update error: Balloon: Attempting to use hinting when not enabled";
+    assert_eq!(api.get("/balloon/hinting/status").fault(), not_enabled);
+    assert_eq!(
+        api.request("PATCH", "/balloon/hinting/start", None).fault(),
+        not_enabled
+    );
+    assert_eq!(
+        api.request("PATCH", "/balloon/hinting/stop", Some(""))
+            .fault(),
+        not_enabled
+    );
+    let r = api.get("/balloon/hinting/other");
+    assert_eq!(r.status, 400, "{}", r.body);
 }
 
 #[test]

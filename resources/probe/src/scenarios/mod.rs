@@ -3,6 +3,7 @@
 
 mod balloon;
 mod balloon_flood;
+mod balloon_hint;
 mod balloon_report;
 mod balloon_snap;
 mod balloon_stats;
@@ -77,6 +78,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: rng::NAME, run: rng::run },
     Scenario { name: balloon::NAME, run: balloon::run },
     Scenario { name: balloon_flood::NAME, run: balloon_flood::run },
+    Scenario { name: balloon_hint::NAME, run: balloon_hint::run },
     Scenario { name: balloon_report::NAME, run: balloon_report::run },
     Scenario { name: balloon_snap::NAME, run: balloon_snap::run },
     Scenario { name: balloon_stats::NAME, run: balloon_stats::run },

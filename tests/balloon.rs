@@ -400,6 +400,7 @@ fn hinted_free_ranges_leave_the_vmms_rss_and_hostile_hints_are_counted() {
     assert_eq!(api.patch("/balloon", json!({"amount_mib": 1})).status, 204);
     running.wait(TIMEOUT).assert_success();
     let totals = balloon_totals(vm.dir.path());
+    // The 8 blocks of the run: the hints sent before the run and after DONE were dropped.
     assert_eq!(totals["free_page_hint_count"], 8, "{totals:?}");
     assert_eq!(totals["free_page_hint_freed"], 16 << 20, "{totals:?}");
     // The MMIO gap, past RAM, unaligned, a readable 8-byte buffer.

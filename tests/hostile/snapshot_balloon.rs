@@ -147,6 +147,24 @@ fn hostile_balloon_state_in_an_unkeyed_state_file_is_refused_and_the_vmm_then_lo
             devices(s, |d| d["balloon"]["page_size"] = json!(1));
         }),
         case(
+            "balloon: a hinting run on a balloon without free page hinting",
+            Refused,
+            &base,
+            |s| {
+                let h = &mut balloon(s).hinting;
+                (h.host_cmd, h.last_cmd_id, h.guest_cmd) = (2, 2, Some(2));
+            },
+        ),
+        case(
+            "balloon: hinting command id 7 in config space, the last run started 2",
+            Refused,
+            &base,
+            |s| {
+                let h = &mut balloon(s).hinting;
+                (h.host_cmd, h.last_cmd_id) = (7, 2);
+            },
+        ),
+        case(
             "balloon: driver features with the statistics queue (never offered)",
             Refused,
             &base,

@@ -1,11 +1,11 @@
 //! `balloon-hint`: free page hinting on virtio-balloon (VIRTIO_BALLOON_F_FREE_PAGE_HINT only,
-//! so its hinting queue is queue 2). Fills 16 MiB from guest-physical 32 MiB (`probe:
-//! balloon-hint ok filled`), waits for the host to start a run (config space
+//! so its hinting queue is queue 2). Fills 16 MiB from guest-physical 32 MiB, hints 2 MiB of it
+//! before any run (to be dropped), prints `probe: balloon-hint ok filled`, waits for the host to start a run (config space
 //! `free_page_hint_cmd_id` 2 or more, by `PATCH /balloon/hinting/start`), answers with that
 //! id, hints the 16 MiB in 8 device-writable 2 MiB buffers (one per request, as Linux sends
 //! them), then what a hostile driver would: a buffer in the MMIO gap, one past RAM, one not
-//! 4 KiB aligned, a device-readable 8-byte buffer; then the id STOP (0) and waits for the host
-//! to end the run (DONE, 1). Prints `probe: balloon-hint ok hinted=16777216 done=1` and waits
+//! 4 KiB aligned, a device-readable 8-byte buffer; then the id STOP (0), waits for the host
+//! to end the run (DONE, 1), and hints 2 MiB of the ended run (to be dropped). Prints `probe: balloon-hint ok hinted=16777216 done=1` and waits
 //! for a target change (the host measured) before powering off.
 
 use crate::serial::ResultLine;
@@ -93,6 +93,10 @@ pub fn run(boot: &BootInfo) {
         return fail(e.as_str());
     }
     fill();
+    // No run yet: the device must drop this hint (the host measures the 16 MiB after it).
+    if !send(&dev, &mut hint, FILL_BASE, BLOCK as u32, DESC_F_WRITE) {
+        return fail("early-hint-timeout");
+    }
     ResultLine::ok(NAME.as_bytes()).text("filled").end();
     let Some(run_id) = wait_cmd(&dev, |id| id > DONE) else {
         return fail("no-run");
@@ -123,6 +127,10 @@ pub fn run(boot: &BootInfo) {
     }
     if wait_cmd(&dev, |id| id == DONE).is_none() {
         return fail("no-done");
+    }
+    // The run ended: a late hint of it must be dropped.
+    if !send(&dev, &mut hint, FILL_BASE, BLOCK as u32, DESC_F_WRITE) {
+        return fail("late-hint-timeout");
     }
     ResultLine::ok(NAME.as_bytes())
         .dec("hinted", BLOCK * BLOCKS)

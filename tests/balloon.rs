@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use common::api::{wait_for_socket, ApiClient};
 use common::vsock::rss_kib as vm_rss_kib;

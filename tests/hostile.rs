@@ -46,7 +46,6 @@ mod table;
 #[path = "hostile/vsock.rs"]
 mod vsock;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};

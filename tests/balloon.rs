@@ -3,7 +3,10 @@
 //! gives those pages, and the VMM's RSS (VmRSS in /proc/PID/status) drops by about 32 MiB. The
 //! same scenario then sends what a hostile driver would; each bad request is refused and
 //! counted in the `balloon` metrics. The `balloon-stats` scenario feeds the statistics queue,
-//! which `GET|PATCH /balloon/statistics` read and retune.
+//! which `GET|PATCH /balloon/statistics` read and retune; `balloon-report` and `balloon-hint`
+//! give free ranges back by free page reporting and by a hinting run the host starts. With
+//! `balloon-snap` a balloon is saved in a snapshot and restored in a new process, where it keeps
+//! working with the pages it held.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 

@@ -221,11 +221,7 @@ impl MachineState {
             .mmds
             .map(|mmds| checked_mmds(mmds, &self.nets))
             .transpose()?;
-        let balloon = match (configs.balloon, &self.balloon) {
-            (Some(config), Some(state)) => Some((config, state.clone())),
-            (None, None) => None,
-            _ => return Err(RestoredConfigError::Balloon(BalloonError::NotFound)),
-        };
+        let balloon = paired_balloon(configs.balloon, self.balloon.as_ref())?;
         Ok(CheckedDeviceConfigs {
             drives,
             entropy: configs.entropy,
@@ -239,6 +235,18 @@ impl MachineState {
     pub fn recorded_mmds(&self) -> Result<Option<MmdsConfig>, RestoredConfigError> {
         let configs: DeviceConfigs = serde_json::from_str(&self.device_configs)?;
         Ok(configs.mmds)
+    }
+}
+
+/// The balloon's configuration with its run-time state: both or neither.
+fn paired_balloon(
+    config: Option<BalloonConfig>,
+    state: Option<&BalloonState>,
+) -> Result<Option<(BalloonConfig, BalloonState)>, RestoredConfigError> {
+    match (config, state) {
+        (Some(config), Some(state)) => Ok(Some((config, state.clone()))),
+        (None, None) => Ok(None),
+        _ => Err(RestoredConfigError::Balloon(BalloonError::NotFound)),
     }
 }
 
@@ -440,6 +448,39 @@ mod tests {
         let old: DeviceConfigs =
             serde_json::from_str(r#"{"drives": [], "entropy": null, "vsock": null}"#).unwrap();
         assert!(old.mmds.is_none());
+    }
+
+    #[test]
+    fn a_balloon_needs_both_its_configuration_and_its_state() {
+        let none = serde_json::to_string(&DeviceConfigs::default()).unwrap();
+        assert!(!none.contains("balloon"), "{none}");
+        let with = DeviceConfigs {
+            balloon: Some(BalloonConfig {
+                amount_mib: 4,
+                free_page_hinting: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&with).unwrap();
+        let back: DeviceConfigs = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.balloon, with.balloon);
+        let config = back.balloon.unwrap();
+        let state = BalloonState::default();
+        let (paired, _) = paired_balloon(Some(config.clone()), Some(&state))
+            .unwrap()
+            .unwrap();
+        assert_eq!(paired.amount_mib, 4);
+        for half in [
+            paired_balloon(Some(config), None),
+            paired_balloon(None, Some(&state)),
+        ] {
+            assert!(matches!(
+                half,
+                Err(RestoredConfigError::Balloon(BalloonError::NotFound))
+            ));
+        }
+        assert!(paired_balloon(None, None).unwrap().is_none());
     }
 
     #[test]

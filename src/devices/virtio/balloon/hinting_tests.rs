@@ -257,3 +257,25 @@ fn hinting_routes_are_refused_without_hinting_and_before_activation() {
         r#"{"host_cmd":0,"guest_cmd":null}"#
     );
 }
+
+#[test]
+fn one_kick_gives_back_a_bounded_amount_of_hinted_memory() {
+    let mem = create_guest_memory(32 << 20, MemoryOptions::default()).unwrap();
+    let (mut balloon, q, metrics) = hinting_rig(&mem);
+    balloon.start_hinting(StartHintingCmd::default()).unwrap();
+    let w = VRING_DESC_F_WRITE as u16;
+    // The run's id, then 15 hints of the 16 MiB from 16 MiB: 240 MiB, the budget is 64 MiB.
+    let mut chains = vec![id_buffer(&mem, 0, 2)];
+    chains.extend((0..15).map(|_| desc(16 << 20, 16 << 20, w)));
+    q.add_desc_chains(&chains, 0).unwrap();
+    balloon.process_hint_queue();
+    let used = u64::from(q.used().idx().load());
+    assert!((2..=6).contains(&used), "{used} requests in one kick");
+    assert_eq!(
+        metrics.free_page_hint_freed.count(),
+        (used - 1) * (16 << 20)
+    );
+    // The rest waits for the next kick (the device notified itself).
+    balloon.process_hint_queue();
+    assert!(u64::from(q.used().idx().load()) > used);
+}

@@ -138,10 +138,11 @@ fn a_balloon_is_saved_and_restored_with_its_pages_and_keeps_working_in_the_clone
             json!({"kernel_image_path": probe_path(),
                    "boot_args": "console=ttyS0 probe.run=balloon-snap"}),
         ),
-        // The guest declines statistics: its queues are numbered without that one.
+        // The guest declines statistics and hinting: its queues are numbered without them.
         (
             "/balloon",
-            json!({"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 3}),
+            json!({"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 3,
+                   "free_page_hinting": true}),
         ),
         ("/actions", json!({"action_type": "InstanceStart"})),
     ] {
@@ -196,7 +197,12 @@ fn a_balloon_is_saved_and_restored_with_its_pages_and_keeps_working_in_the_clone
     assert_eq!(
         c.get("/balloon").json(),
         json!({"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 3,
-               "free_page_hinting": false, "free_page_reporting": false})
+               "free_page_hinting": true, "free_page_reporting": false})
+    );
+    // As Firecracker restores it: no hinting run goes on in the clone (DONE).
+    assert_eq!(
+        c.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 1, "guest_cmd": null})
     );
     let stats = c.get("/balloon/statistics").json();
     assert_eq!(

@@ -510,6 +510,7 @@ pub fn build_restored_vm(
         balloon
             .restore_state(saved)
             .map_err(BuildError::BalloonState)?;
+        balloon.end_hinting_after_restore();
     }
     // Its host sockets are not in the snapshot: the guest's connections end and its driver
     // is told with a transport reset event.

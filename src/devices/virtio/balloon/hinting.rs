@@ -127,6 +127,15 @@ impl Balloon {
         self.set_hint_cmd(FREE_PAGE_HINT_DONE)
     }
 
+    /// After a snapshot restore, as Firecracker does: a hinting run in the snapshot does not
+    /// go on in the clone; DONE tells the guest it may use its hinted pages again.
+    pub fn end_hinting_after_restore(&mut self) {
+        if self.hinting_offered().is_ok() {
+            // Refused only while inactive: then the driver starts again from STOP.
+            let _ = self.set_hint_cmd(FREE_PAGE_HINT_DONE);
+        }
+    }
+
     /// `GET /balloon/hinting/status`.
     pub fn hinting_status(&self) -> Result<HintingStatus, BalloonError> {
         self.hinting_offered()?;

@@ -279,3 +279,20 @@ fn one_kick_gives_back_a_bounded_amount_of_hinted_memory() {
     balloon.process_hint_queue();
     assert!(u64::from(q.used().idx().load()) > used);
 }
+
+#[test]
+fn a_restored_hinting_run_ends_with_done() {
+    let mem = small_memory_with_a_hole();
+    let (mut balloon, _, _) = hinting_rig(&mem);
+    balloon.start_hinting(StartHintingCmd::default()).unwrap();
+    let state = balloon.save_state();
+    assert_eq!(state.hinting.host_cmd, 2);
+    let (mut clone, _, _) = hinting_rig(&mem);
+    clone.restore_state(&state).unwrap();
+    assert_eq!(cmd_id(&clone), 2);
+    clone.end_hinting_after_restore();
+    assert_eq!(cmd_id(&clone), FREE_PAGE_HINT_DONE);
+    // The next run continues the restored numbering.
+    clone.start_hinting(StartHintingCmd::default()).unwrap();
+    assert_eq!(cmd_id(&clone), 3);
+}

@@ -154,15 +154,18 @@ put('corpus/firewall_state/open_table', b'\x04' + firewall_state(
     [flow(GUEST, HOST, p, 80, 6, 1, 0, 5) for p in range(8)], ingress_rules=0, egress_rules=0, mac=False))
 
 
-# balloon_queues: amount_mib (mod 2), then guest memory: inflate ring at 0 (descriptors),
-# 0x100 (avail), 0x200 (used); deflate at 0x1000; statistics at 0x2000; arrays at 0x3000;
-# free page reporting at 0x4000 (past the seeds: an empty ring).
-def balloon_seed(inflate, deflate, stats):
-    mem = bytearray(0x4000)
+# balloon_queues: amount_mib (mod 2), the optional queues the driver accepts (bit 0
+# statistics, 1 hinting, 2 reporting; 0x80 acknowledge_on_stop, 0x40 stop after the first
+# round), then guest memory (low region; the high region starts at 0xc0000 past a hole): five
+# rings at 0x1000 apart, descriptors at +0, avail at +0x100, used at +0x200 (inflate 0, deflate
+# 0x1000, then the accepted optional queues in order); arrays and buffers from 0x5000.
+def balloon_seed(inflate, deflate, stats, hints=(), accepted=0x07):
+    mem = bytearray(0x6000)
 
     def ring(base, buffers):
-        for i, (addr, length) in enumerate(buffers):
-            struct.pack_into('<QIHH', mem, base + 16 * i, addr, length, 0, 0)
+        for i, buffer in enumerate(buffers):
+            addr, length, flags = buffer if len(buffer) == 3 else (*buffer, 0)
+            struct.pack_into('<QIHH', mem, base + 16 * i, addr, length, flags, 0)
             struct.pack_into('<H', mem, base + 0x104 + 2 * i, i)
         struct.pack_into('<HH', mem, base + 0x100, 0, len(buffers))
 
@@ -171,16 +174,24 @@ def balloon_seed(inflate, deflate, stats):
         mem[addr:addr + len(data)] = data
         return (addr, len(data))
 
-    ring(0, [array(0x3000, inflate, '<I')] if inflate else [])
-    ring(0x1000, [array(0x3800, deflate, '<I')] if deflate else [])
-    ring(0x2000, [array(0x3c00, stats, '<HQ')] if stats else [])
-    return b'\x01' + bytes(mem)
+    ring(0, [array(0x5000, inflate, '<I')] if inflate else [])
+    ring(0x1000, [array(0x5800, deflate, '<I')] if deflate else [])
+    ring(0x2000, [array(0x5c00, stats, '<HQ')] if stats else [])
+    # Hinting (queue 3 when statistics are accepted too): the run's id (2), then hints.
+    ring(0x3000, [array(0x5e00, [2], '<I')] + list(hints) if hints else [])
+    return bytes([0x01, accepted]) + bytes(mem)
 
 
 os.makedirs('corpus/balloon_queues', exist_ok=True)
 put('corpus/balloon_queues/inflate_deflate_stats',
     balloon_seed([0x10, 0x11, 0x11, 0xffff], [0x10, 0x20], [(4, 1000), (5, 4096)]))
 put('corpus/balloon_queues/past_ram_and_gap', balloon_seed([0x100, 0xd0000, 0xffffffff], [], []))
+put('corpus/balloon_queues/hint_run_high_region_hole_and_unaligned',
+    balloon_seed([], [], [(4, 1)],
+                 [(0xc0000, 0x2000, 2), (0x80000, 0x1000, 2), (0xc0800, 0x1000, 2), (0x5f00, 8, 0)],
+                 accepted=0x87))
+put('corpus/balloon_queues/reporting_without_statistics',
+    balloon_seed([0x10], [], [], accepted=0x04))
 
 
 # net_rx_mergeable: mode (bit 0: hostile layout, bit 1: EVENT_IDX), frame count (mod 5) and

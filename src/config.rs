@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::devices::serial_config::{SerialConfig, SerialConfigError};
 pub use crate::devices::valid_resource_id;
 pub use crate::devices::virtio::balloon::BalloonConfig;
-use crate::devices::virtio::balloon::{check_config as check_balloon, BalloonError};
+use crate::devices::virtio::balloon::BalloonError;
 pub use crate::devices::virtio::block::config::{
     BlockConfigError, BlockDeviceConfig, BlockDeviceUpdate, CacheType, IoEngine,
 };
@@ -372,8 +372,11 @@ impl VmConfig {
         if let Some(serial) = &config.serial {
             serial.validate()?;
         }
+        // As `PUT /balloon` checks it: the target fits in guest memory.
         if let Some(balloon) = &config.balloon {
-            check_balloon(balloon).map_err(ConfigError::Balloon)?;
+            if balloon.amount_mib as usize > config.machine_config.mem_size_mib {
+                return Err(ConfigError::Balloon(BalloonError::TooLarge));
+            }
         }
         if let Some(mmds) = config.mmds_config.take() {
             config.mmds_config = Some(validate_mmds(mmds, &config.interface_list)?);

@@ -3,43 +3,31 @@
 //! gives those pages, and the VMM's RSS (VmRSS in /proc/PID/status) drops by about 32 MiB. The
 //! same scenario then sends what a hostile driver would; each bad request is refused and
 //! counted in the `balloon` metrics. The `balloon-stats` scenario feeds the statistics queue,
-//! which `GET|PATCH /balloon/statistics` read and retune.
+//! which `GET|PATCH /balloon/statistics` read and retune; `balloon-report` and `balloon-hint`
+//! give free ranges back by free page reporting and by a hinting run the host starts. With
+//! `balloon-snap` a balloon is saved in a snapshot and restored in a new process, where it keeps
+//! working with the pages it held.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use common::api::{wait_for_socket, ApiClient};
-use common::{kvm_available, TestVm};
+use common::vsock::rss_kib as vm_rss_kib;
+use common::{kvm_available, metric_totals, probe_path, ApiVm, TestVm};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const GUEST_MIB: u64 = 128;
 
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn balloon_totals(path: &std::path::Path) -> BTreeMap<String, u64> {
-    let mut totals = BTreeMap::new();
-    for line in std::fs::read_to_string(path).unwrap().lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        if let Some(group) = v["balloon"].as_object() {
-            for (k, n) in group {
-                *totals.entry(k.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
-            }
-        }
-    }
-    totals
+/// The `balloon` metrics of the VMM that wrote DIR/metrics.json.
+fn balloon_totals(dir: &Path) -> BTreeMap<String, u64> {
+    metric_totals(dir, "balloon")
 }
 
 #[test]
@@ -115,7 +103,7 @@ fn pages_the_guest_gives_to_the_balloon_leave_the_vmms_rss_and_hostile_ones_are_
     assert_eq!(r.status, 204, "{}", r.body);
     let run = running.wait(TIMEOUT);
     run.assert_success();
-    let totals = balloon_totals(&metrics);
+    let totals = balloon_totals(vm.dir.path());
     assert_eq!(totals["inflated_pages"], 8192, "{totals:?}");
     // Past RAM, in the MMIO gap, a duplicate, u32::MAX, past the target, a deflate of a page
     // never inflated.
@@ -127,35 +115,130 @@ fn pages_the_guest_gives_to_the_balloon_leave_the_vmms_rss_and_hostile_ones_are_
     assert_eq!(totals["needs_reset_count"], 0, "{totals:?}");
 }
 
+/// The first page the `balloon-snap` scenario fills (guest-physical 32 MiB).
+const SNAP_FIRST_PFN: u64 = (32 << 20) >> 12;
+
 #[test]
-fn a_snapshot_of_a_vm_with_a_balloon_is_refused_by_name() {
-    if !kvm_available("a_snapshot_of_a_vm_with_a_balloon_is_refused_by_name") {
+fn a_balloon_is_saved_and_restored_with_its_pages_and_keeps_working_in_the_clone() {
+    let test = "a_balloon_is_saved_and_restored_with_its_pages_and_keeps_working_in_the_clone";
+    if !kvm_available(test) {
         return;
     }
-    let mut vm = TestVm::probe("idle", 1, 64);
-    vm.config["balloon"] = json!({"amount_mib": 0, "deflate_on_oom": true});
-    let sock = vm.dir.path().join("api.sock");
-    vm.args = vec![
-        "--api-sock".into(),
-        sock.to_str().unwrap().into(),
-        "--boot-timer".into(),
-    ];
-    let mut running = vm.spawn();
-    wait_for_socket(&sock, TIMEOUT);
-    running.wait_for_output("probe: idle ok", TIMEOUT);
-    let mut api = ApiClient::connect(&sock);
-    assert_eq!(api.patch("/vm", json!({"state": "Paused"})).status, 204);
-    let dir = vm.dir.path();
-    let r = api.put(
+    let snap = tempfile::tempdir().unwrap();
+    let snap_dir = snap.path().to_str().unwrap().to_string();
+    let mut vm = ApiVm::start(&["--snapshot-dir", &snap_dir]);
+    let mut c = vm.client();
+    for (path, body) in [
+        (
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": GUEST_MIB}),
+        ),
+        (
+            "/boot-source",
+            json!({"kernel_image_path": probe_path(),
+                   "boot_args": "console=ttyS0 probe.run=balloon-snap"}),
+        ),
+        // The guest declines statistics and hinting: its queues are numbered without them.
+        (
+            "/balloon",
+            json!({"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 3,
+                   "free_page_hinting": true}),
+        ),
+        ("/actions", json!({"action_type": "InstanceStart"})),
+    ] {
+        let r = c.put(path, body);
+        assert_eq!(r.status, 204, "{path}: {}", r.body);
+    }
+    vm.running
+        .wait_for_output("probe: balloon-snap ok filled", TIMEOUT);
+    // 16 MiB into the balloon before the snapshot.
+    assert_eq!(c.patch("/balloon", json!({"amount_mib": 16})).status, 204);
+    vm.running
+        .wait_for_output("probe: balloon-snap ok saved-at inflated=4096", TIMEOUT);
+    assert_eq!(c.patch("/vm", json!({"state": "Paused"})).status, 204);
+    let (state, mem) = (snap.path().join("state"), snap.path().join("mem"));
+    let r = c.put(
         "/snapshot/create",
-        json!({"snapshot_path": dir.join("state"), "mem_file_path": dir.join("mem")}),
+        json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
     );
-    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
+    vm.running.kill();
+    // The pages given before the snapshot were given back: they are zeros in the memory file
+    // (the guest had filled them), so the clone maps nothing of them.
+    let bytes = std::fs::read(&mem).unwrap();
+    let start = (SNAP_FIRST_PFN << 12) as usize;
+    let given = &bytes[start..start + (16 << 20)];
+    assert!(given.iter().all(|&b| b == 0), "inflated pages hold data");
+    let next = &bytes[start + (16 << 20)..start + (17 << 20)];
+    assert!(
+        next.iter().any(|&b| b != 0),
+        "the rest of the fill is saved"
+    );
+
+    let clone_dir = tempfile::tempdir().unwrap();
+    let metrics = clone_dir.path().join("metrics.json");
+    let mut clone = ApiVm::start_in(
+        clone_dir,
+        &[
+            "--snapshot-dir",
+            &snap_dir,
+            "--metrics-path",
+            metrics.to_str().unwrap(),
+        ],
+    );
+    let mut c = clone.client();
+    let r = c.put(
+        "/snapshot/load",
+        json!({"snapshot_path": state,
+               "mem_backend": {"backend_type": "File", "backend_path": mem},
+               "resume_vm": true}),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
     assert_eq!(
-        r.fault(),
-        "Snapshots of microVMs with a balloon device are not supported yet"
+        c.get("/balloon").json(),
+        json!({"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 3,
+               "free_page_hinting": true, "free_page_reporting": false})
     );
-    assert!(!dir.join("mem").exists(), "nothing is half written");
+    // As Firecracker restores it: no hinting run goes on in the clone (DONE).
+    assert_eq!(
+        c.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 1, "guest_cmd": null})
+    );
+    let stats = c.get("/balloon/statistics").json();
+    assert_eq!(
+        (&stats["target_mib"], &stats["actual_pages"]),
+        (&json!(16), &json!(4096)),
+        "{stats}"
+    );
+    let pid = clone.running.child.id();
+    let before = vm_rss_kib(pid);
+    // 16 MiB more: the guest writes those pages in the clone, then gives them.
+    assert_eq!(c.patch("/balloon", json!({"amount_mib": 32})).status, 204);
+    clone
+        .running
+        .wait_for_output("probe: balloon-snap ok inflated=4096 deflated=1", TIMEOUT);
+    let after = vm_rss_kib(pid);
+    eprintln!("clone VmRSS: {before} KiB -> {after} KiB");
+    // Without the balloon the clone would hold the 16 MiB the guest wrote.
+    assert!(
+        after < before + 6 * 1024,
+        "VmRSS {before} KiB -> {after} KiB"
+    );
+    assert_eq!(
+        c.put("/actions", json!({"action_type": "FlushMetrics"}))
+            .status,
+        204
+    );
+    assert_eq!(c.get("/balloon/statistics").json()["actual_pages"], 8191);
+    let totals = balloon_totals(clone.dir.path());
+    assert_eq!(totals["inflated_pages"], 4096, "{totals:?}");
+    // The page given before the snapshot, sent again: refused as in the balloon already.
+    assert_eq!(totals["refused_pfns"], 1, "{totals:?}");
+    // A page given before the snapshot: taken back from the restored balloon.
+    assert_eq!(totals["deflated_pages"], 1, "{totals:?}");
+    assert_eq!(totals["madvise_fails"], 0, "{totals:?}");
+    assert_eq!(c.patch("/balloon", json!({"amount_mib": 0})).status, 204);
+    clone.running.wait(TIMEOUT).assert_success();
 }
 
 #[test]
@@ -216,7 +299,7 @@ fn the_guests_statistics_are_polled_and_answered_and_a_malformed_buffer_is_count
         204
     );
     drop(running);
-    let totals = balloon_totals(&metrics);
+    let totals = balloon_totals(vm.dir.path());
     assert_eq!(totals["stats_update_fails"], 1, "{totals:?}");
     assert!(totals["stats_updates_count"] >= 3, "{totals:?}");
     assert_eq!(totals["needs_reset_count"], 0, "{totals:?}");
@@ -260,11 +343,113 @@ fn free_ranges_the_guest_reports_leave_the_vmms_rss_and_malformed_reports_are_co
     assert_eq!(api.get("/balloon").json()["free_page_reporting"], true);
     assert_eq!(api.patch("/balloon", json!({"amount_mib": 0})).status, 204);
     running.wait(TIMEOUT).assert_success();
-    let totals = balloon_totals(&metrics);
+    let totals = balloon_totals(vm.dir.path());
     assert_eq!(totals["free_page_report_count"], 1, "{totals:?}");
     assert_eq!(totals["free_page_report_freed"], 16 << 20, "{totals:?}");
     assert_eq!(totals["free_page_report_fails"], 2, "{totals:?}");
     assert_eq!(totals["madvise_fails"], 0, "{totals:?}");
+}
+
+#[test]
+fn hinted_free_ranges_leave_the_vmms_rss_and_hostile_hints_are_counted() {
+    let test = "hinted_free_ranges_leave_the_vmms_rss_and_hostile_hints_are_counted";
+    if !kvm_available(test) {
+        return;
+    }
+    let mut vm = TestVm::probe("balloon-hint", 1, GUEST_MIB as usize);
+    vm.config["balloon"] = json!({"amount_mib": 0, "deflate_on_oom": false,
+        "stats_polling_interval_s": 1, "free_page_hinting": true, "free_page_reporting": true});
+    let sock = vm.dir.path().join("api.sock");
+    let metrics = vm.dir.path().join("metrics.json");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+        "--metrics-path".into(),
+        metrics.to_str().unwrap().into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    running.wait_for_output("probe: balloon-hint ok filled", TIMEOUT);
+    assert_eq!(
+        api.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 0, "guest_cmd": null})
+    );
+    let pid = running.child.id();
+    let before = vm_rss_kib(pid);
+    // No body: acknowledge_on_stop defaults to true (the device answers STOP with DONE).
+    let r = api.request("PATCH", "/balloon/hinting/start", None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    running.wait_for_output("probe: balloon-hint ok hinted=16777216 done=1", TIMEOUT);
+    let after = vm_rss_kib(pid);
+    let dropped = before.saturating_sub(after);
+    eprintln!("VMM VmRSS: {before} KiB -> {after} KiB (dropped {dropped} KiB)");
+    assert!(
+        (14 * 1024..=18 * 1024).contains(&dropped),
+        "VmRSS {before} KiB -> {after} KiB"
+    );
+    assert_eq!(
+        api.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 1, "guest_cmd": 0})
+    );
+    // A second run gets the next id; stop ends it (a body is ignored).
+    let r = api.patch(
+        "/balloon/hinting/start",
+        json!({"acknowledge_on_stop": false}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(api.get("/balloon/hinting/status").json()["host_cmd"], 3);
+    let r = api.request("PATCH", "/balloon/hinting/stop", None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(api.get("/balloon/hinting/status").json()["host_cmd"], 1);
+    let r = api.patch("/balloon/hinting/start", json!({"acknowledge": true}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(api.get("/balloon").json()["free_page_hinting"], true);
+    assert_eq!(api.patch("/balloon", json!({"amount_mib": 1})).status, 204);
+    running.wait(TIMEOUT).assert_success();
+    let totals = balloon_totals(vm.dir.path());
+    // The 8 blocks of the run: the hints sent before the run and after DONE were dropped.
+    assert_eq!(totals["free_page_hint_count"], 8, "{totals:?}");
+    assert_eq!(totals["free_page_hint_freed"], 16 << 20, "{totals:?}");
+    // The MMIO gap, past RAM, unaligned, a readable 8-byte buffer.
+    assert_eq!(totals["free_page_hint_fails"], 4, "{totals:?}");
+    assert_eq!(totals["madvise_fails"], 0, "{totals:?}");
+    assert_eq!(totals["needs_reset_count"], 0, "{totals:?}");
+}
+
+#[test]
+fn hinting_routes_answer_as_firecracker_does_without_hinting() {
+    let test = "hinting_routes_answer_as_firecracker_does_without_hinting";
+    if !kvm_available(test) {
+        return;
+    }
+    let mut vm = TestVm::probe("balloon-stats,idle", 1, 64);
+    vm.config["balloon"] =
+        json!({"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1});
+    let sock = vm.dir.path().join("api.sock");
+    vm.args = vec![
+        "--api-sock".into(),
+        sock.to_str().unwrap().into(),
+        "--boot-timer".into(),
+    ];
+    let mut running = vm.spawn();
+    wait_for_socket(&sock, TIMEOUT);
+    running.wait_for_output("probe: balloon-stats ok", TIMEOUT);
+    let mut api = ApiClient::connect(&sock);
+    let not_enabled = "Balloon update error: Balloon: Attempting to use hinting when not enabled";
+    assert_eq!(api.get("/balloon/hinting/status").fault(), not_enabled);
+    assert_eq!(
+        api.request("PATCH", "/balloon/hinting/start", None).fault(),
+        not_enabled
+    );
+    assert_eq!(
+        api.request("PATCH", "/balloon/hinting/stop", Some(""))
+            .fault(),
+        not_enabled
+    );
+    let r = api.get("/balloon/hinting/other");
+    assert_eq!(r.status, 400, "{}", r.body);
 }
 
 #[test]

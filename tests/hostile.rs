@@ -39,18 +39,19 @@ mod net_forge;
 mod net_mergeable;
 #[path = "hostile/snapshot.rs"]
 mod snapshot;
+#[path = "hostile/snapshot_balloon.rs"]
+mod snapshot_balloon;
 #[path = "hostile/table.rs"]
 mod table;
 #[path = "hostile/vsock.rs"]
 mod vsock;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use common::netns::{tsc_mhz, TapNetns, GUEST_MAC};
-use common::{api, RunningVm, TestVm};
+use common::{api, metric_totals, RunningVm, TestVm};
 use host::{can_attack, vm_rss_kib, ApiWatch, Latency};
 use table::Table;
 
@@ -100,19 +101,6 @@ fn spawn_with_api(vm: &TestVm) -> RunningVm {
     let running = vm.spawn();
     api::wait_for_socket(&vm.dir.path().join("api.sock"), Duration::from_secs(10));
     running
-}
-
-/// Every metrics line's `group` counters summed (counters report deltas per flush).
-fn metric_totals(dir: &Path, group: &str) -> std::collections::BTreeMap<String, u64> {
-    let mut totals = std::collections::BTreeMap::new();
-    let text = std::fs::read_to_string(dir.join("metrics.json")).unwrap_or_default();
-    for line in text.lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        for (k, n) in v[group].as_object().into_iter().flatten() {
-            *totals.entry(k.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
-        }
-    }
-    totals
 }
 
 /// `PUT /actions FlushMetrics`: its status.

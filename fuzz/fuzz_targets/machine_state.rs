@@ -4,8 +4,10 @@
 //! the clone state (i8042, rate limiters against their configured buckets, the generation's
 //! room for one more restore) and its use (the i8042 and the next generation built), every
 //! virtio transport restored onto a fresh entropy device over a small guest memory (the
-//! DRIVER_OK checks of an active one included), and the vCPU and VM state checks. None may
-//! panic. Input: the body (postcard), wrapped here in a valid unkeyed header and tag.
+//! DRIVER_OK checks of an active one included), a balloon built from the state's
+//! configuration with the last transport restored onto it and its run-time state restored
+//! (a restored balloon holds no page outside guest RAM and no `actual` past it), and the vCPU
+//! and VM state checks. None may panic. Input: the body (postcard), wrapped here in a valid unkeyed header and tag.
 
 #![no_main]
 
@@ -14,9 +16,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use palisade::devices::i8042::I8042Device;
+use palisade::devices::virtio::balloon::Balloon;
 use palisade::devices::virtio::mmio::MmioTransport;
 use palisade::devices::virtio::rng::{EntropyConfig, Rng};
-use palisade::metrics::EntropyDeviceMetrics;
+use palisade::metrics::{BalloonDeviceMetrics, EntropyDeviceMetrics};
 use palisade::snapshot::auth::tag;
 use palisade::snapshot::format::HEADER_LEN;
 use palisade::snapshot::{MemoryIdentity, StateFile};
@@ -25,6 +28,8 @@ use palisade::vstate::exit::ExitRequest;
 use palisade::vstate::memory::{create_guest_memory, Backing, GuestMemory, MemoryOptions};
 use palisade::vstate::snapshot::Host;
 
+/// Bytes of the guest memory transports are restored over.
+const GUEST_MEMORY: u64 = 2 << 20;
 /// Transports restored per input at most (a state file holds at most 19).
 const MAX_TRANSPORTS: usize = 20;
 
@@ -64,7 +69,7 @@ fn guest_memory() -> &'static GuestMemory {
             lock: false,
             track_dirty_pages: false,
         };
-        create_guest_memory(2 << 20, opts).unwrap()
+        create_guest_memory(GUEST_MEMORY, opts).unwrap()
     })
 }
 
@@ -94,6 +99,36 @@ fn check_transports(state: &MachineState) {
             valid || restored.is_err(),
             "restore took what validate refused"
         );
+    }
+}
+
+/// The balloon of `state` (built from its configuration), its transport restored from the
+/// last saved one, then its run-time state.
+fn check_balloon(state: &MachineState) {
+    let Ok(configs) = serde_json::from_str::<DeviceConfigs>(&state.device_configs) else {
+        return;
+    };
+    let (Some(config), Some(saved), Some(transport)) =
+        (configs.balloon, &state.balloon, state.transports.last())
+    else {
+        return;
+    };
+    let metrics = Arc::new(BalloonDeviceMetrics::default());
+    let Ok(balloon) = Balloon::new(&config, metrics) else {
+        return;
+    };
+    let balloon = Arc::new(Mutex::new(balloon));
+    let Ok(mut mmio) = MmioTransport::new(balloon.clone(), guest_memory().clone()) else {
+        return;
+    };
+    if mmio.restore(transport).is_err() {
+        return;
+    }
+    let mut balloon = balloon.lock().unwrap();
+    if balloon.restore_state(saved).is_ok() {
+        let pages = (GUEST_MEMORY >> 12) as u32;
+        assert!(balloon.inflated_pages() <= pages);
+        assert!(balloon.actual_pages() <= pages);
     }
 }
 
@@ -131,6 +166,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = state.machine_config();
     check_devices(&state);
     check_transports(&state);
+    check_balloon(&state);
     let host = host();
     let _ = state.vm.validate();
     for (i, vcpu) in state.vcpus.iter().enumerate().take(256) {

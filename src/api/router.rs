@@ -13,7 +13,9 @@ use crate::config::{
     valid_resource_id, BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyConfig,
     MachineConfig, MachineConfigUpdate,
 };
-use crate::devices::virtio::balloon::{BalloonConfig, BalloonStatsUpdate, BalloonUpdate};
+use crate::devices::virtio::balloon::{
+    BalloonConfig, BalloonStatsUpdate, BalloonUpdate, StartHintingCmd,
+};
 use crate::devices::virtio::net::config::{NetworkInterfaceConfig, NetworkInterfaceUpdate};
 use crate::devices::virtio::vsock::config::{VsockDeviceConfig, VsockUpdate};
 use crate::logger::LoggerConfig;
@@ -58,6 +60,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/balloon"),
     ("GET", "/balloon/statistics"),
     ("PATCH", "/balloon/statistics"),
+    ("PATCH", "/balloon/hinting/start"),
+    ("PATCH", "/balloon/hinting/stop"),
+    ("GET", "/balloon/hinting/status"),
+];
+
+/// Routes whose body is optional (Firecracker's): a missing or empty body is the default.
+const OPTIONAL_BODY: [(&str, &str); 2] = [
+    ("PATCH", "/balloon/hinting/start"),
+    ("PATCH", "/balloon/hinting/stop"),
 ];
 
 /// Firecracker's routes Palisade answers with a 400 that names what is missing and why
@@ -311,6 +322,7 @@ pub fn route(req: &Request) -> Routed {
     let body = match (req.method.as_str(), &req.body) {
         ("GET", Some(_)) => return bad_request("GET request cannot have a body."),
         ("GET", None) => &[][..],
+        (method, None) if OPTIONAL_BODY.contains(&(method, template)) => &[][..],
         ("PUT", None) => return bad_request("Empty PUT request."),
         ("PATCH", None) => return bad_request("Empty PATCH request."),
         (_, Some(body)) => body.as_slice(),
@@ -398,6 +410,13 @@ fn route_body(
         ("PATCH", "/balloon/statistics") => {
             VmmAction::PatchBalloonStats(parse_body::<BalloonStatsUpdate>(body)?)
         }
+        ("PATCH", "/balloon/hinting/start") => match body.is_empty() {
+            true => VmmAction::StartBalloonHinting(StartHintingCmd::default()),
+            false => VmmAction::StartBalloonHinting(parse_body(body)?),
+        },
+        // Firecracker ignores a body here.
+        ("PATCH", "/balloon/hinting/stop") => VmmAction::StopBalloonHinting,
+        ("GET", "/balloon/hinting/status") => VmmAction::GetBalloonHintingStatus,
         ("GET", "/mmds") => VmmAction::GetMmds,
         ("PUT", "/mmds") => VmmAction::PutMmds(parse_body::<Value>(body)?),
         ("PATCH", "/mmds") => VmmAction::PatchMmds(parse_body::<Value>(body)?),

@@ -280,6 +280,13 @@ metric_group! {
         free_page_report_freed: Counter,
         /// Free page reports refused as malformed.
         free_page_report_fails: Counter,
+        /// Free page hints given back to the host.
+        free_page_hint_count: Counter,
+        /// Bytes of free page hints given back.
+        free_page_hint_freed: Counter,
+        /// Free page hints refused as malformed (Firecracker counts failed discards here
+        /// too).
+        free_page_hint_fails: Counter,
         /// Failures to read an event or to raise an interrupt.
         event_fails: Counter,
         /// Pages the guest gave to the balloon and the host took back (Palisade's).

@@ -9,7 +9,8 @@ use crate::config::{
     MachineConfig, MachineConfigUpdate,
 };
 use crate::devices::virtio::balloon::{
-    BalloonConfig, BalloonError, BalloonStats, BalloonStatsUpdate, BalloonUpdate,
+    BalloonConfig, BalloonError, BalloonStats, BalloonStatsUpdate, BalloonUpdate, HintingStatus,
+    StartHintingCmd,
 };
 use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::net::config::{
@@ -98,6 +99,12 @@ pub enum VmmAction {
     GetBalloonStats,
     /// `PATCH /balloon/statistics`, after boot.
     PatchBalloonStats(BalloonStatsUpdate),
+    /// `PATCH /balloon/hinting/start`, after boot: a new free page hinting run.
+    StartBalloonHinting(StartHintingCmd),
+    /// `PATCH /balloon/hinting/stop`, after boot: the run ends (DONE).
+    StopBalloonHinting,
+    /// `GET /balloon/hinting/status`, after boot.
+    GetBalloonHintingStatus,
     /// `PUT /snapshot/create`, on a paused VM.
     CreateSnapshot(Box<CreateSnapshotParams>),
     /// `PUT /snapshot/load`, on a fresh VMM.
@@ -150,6 +157,8 @@ pub enum VmmData {
     Balloon(BalloonConfig),
     /// `GET /balloon/statistics`.
     BalloonStats(BalloonStats),
+    /// `GET /balloon/hinting/status`.
+    BalloonHinting(HintingStatus),
 }
 
 /// `GET /network-interfaces/{id}/firewall` before boot: the firewall the interface will get

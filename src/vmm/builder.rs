@@ -51,6 +51,9 @@ pub enum BuildError {
     /// Guest memory creation failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// A restored balloon's state is refused.
+    #[error("Cannot restore the balloon")]
+    BalloonState(#[source] crate::devices::virtio::balloon::BalloonStateError),
     /// The balloon cannot give back this kind of guest memory.
     #[error(transparent)]
     Balloon(#[from] BalloonError),
@@ -431,6 +434,9 @@ pub fn build_restored_vm(
         lock: machine.mem_lock,
         track_dirty_pages: machine.track_dirty_pages,
     };
+    if configs.balloon.is_some() {
+        check_memory_options(&memory_options)?;
+    }
     let mem = match memory {
         RestoredMemory::File(file) => {
             map_memory_file(file, state.mem_size, memory_options).map_err(BuildError::MemoryFile)?
@@ -491,7 +497,7 @@ pub fn build_restored_vm(
             taps: OpenTaps::default(),
             restored_nets: configs.nets,
             vsock: configs.vsock,
-            balloon: None,
+            balloon: configs.balloon.map(|(config, _)| config),
         },
     )?;
     if devices.transports().len() != state.transports.len() {
@@ -509,6 +515,13 @@ pub fn build_restored_vm(
     devices
         .restore_limiters(&state.limiters)
         .map_err(BuildError::Limiters)?;
+    // After its transport: the pages and buffer it held belong to an active device.
+    if let (Some(mut balloon), Some((_, saved))) = (devices.balloon(), configs.balloon) {
+        balloon
+            .restore_state(saved)
+            .map_err(BuildError::BalloonState)?;
+        balloon.end_hinting_after_restore();
+    }
     // Its host sockets are not in the snapshot: the guest's connections end and its driver
     // is told with a transport reset event.
     if let Some(mut vsock) = devices.vsock() {
@@ -542,6 +555,11 @@ pub struct RestoredConfigs<'a> {
     pub nets: Vec<crate::devices::virtio::net::snapshot::RestoredNet>,
     /// The vsock device.
     pub vsock: Option<Vsock>,
+    /// The balloon's configuration and run-time state.
+    pub balloon: Option<&'a (
+        crate::devices::virtio::balloon::BalloonConfig,
+        crate::devices::virtio::balloon::BalloonState,
+    )>,
     /// The console's output (`PUT /serial` before the load) and its configuration.
     pub serial: (
         Option<&'a crate::config::SerialConfig>,

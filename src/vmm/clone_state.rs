@@ -191,6 +191,7 @@ mod tests {
             }),
             vsock: None,
             mmds: None,
+            balloon: None,
         }
     }
 

@@ -374,6 +374,9 @@ impl Controller {
             VmmAction::PatchBalloon(update) => self.patch_balloon(&update),
             VmmAction::GetBalloonStats => self.balloon_stats(),
             VmmAction::PatchBalloonStats(update) => self.patch_balloon_stats(&update),
+            VmmAction::StartBalloonHinting(cmd) => self.balloon_hinting(|b| b.start_hinting(cmd)),
+            VmmAction::StopBalloonHinting => self.balloon_hinting(|b| b.stop_hinting()),
+            VmmAction::GetBalloonHintingStatus => self.balloon_hinting_status(),
             other => misrouted(&other),
         }
     }

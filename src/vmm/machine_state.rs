@@ -17,6 +17,7 @@ use crate::config::{
 use crate::devices::generation_id::GenerationState;
 use crate::devices::i8042::I8042State;
 use crate::devices::serial::UartState;
+use crate::devices::virtio::balloon::{BalloonConfig, BalloonError, BalloonState};
 use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::devices::virtio::net::snapshot::NetState;
 use crate::mmds::{MmdsConfig, MmdsConfigError};
@@ -64,6 +65,8 @@ pub struct MachineState {
     pub generation: GenerationState,
     /// Each network interface (configuration, limiter levels, firewall state), in order.
     pub nets: Vec<NetState>,
+    /// The balloon's run-time state (its configuration is in `device_configs`).
+    pub balloon: Option<BalloonState>,
 }
 
 /// The virtio devices a snapshot carries, as configured (JSON inside the state).
@@ -82,6 +85,9 @@ pub struct DeviceConfigs {
     /// added later with serde defaults stay readable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mmds: Option<MmdsConfig>,
+    /// The balloon device, as `GET /balloon` answers it (absent without a balloon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfig>,
 }
 
 /// The virtio devices' configurations of a state file, each checked as its PUT would be.
@@ -95,6 +101,9 @@ pub struct CheckedDeviceConfigs {
     /// The MMDS configuration, checked as `PUT /mmds/config` checks it against the state
     /// file's network interfaces.
     pub mmds: Option<MmdsConfig>,
+    /// The balloon (its target is the caller's to check against the machine's memory), with
+    /// its run-time state.
+    pub balloon: Option<(BalloonConfig, BalloonState)>,
 }
 
 /// What `RunningVm::save` saves besides the vCPUs, the VM and memory.
@@ -109,6 +118,8 @@ pub struct SaveInput<'a> {
     pub vsock: Option<&'a VsockDeviceConfig>,
     /// The MMDS configuration (the data store is never saved).
     pub mmds: Option<&'a MmdsConfig>,
+    /// The balloon's configuration in force and its run-time state.
+    pub balloon: Option<(BalloonConfig, BalloonState)>,
     /// The virtio transports, in slot order.
     pub transports: &'a [Arc<Mutex<MmioTransport>>],
     /// The rate limiters' remaining budgets.
@@ -173,6 +184,10 @@ pub enum RestoredConfigError {
     /// The MMDS configuration is refused (as `PUT /mmds/config` refuses it).
     #[error("Its mmds-config is refused")]
     Mmds(#[source] MmdsConfigError),
+    /// The balloon's configuration is refused (as `PUT /balloon` refuses it), or its state
+    /// and its configuration are not both present.
+    #[error("Its balloon is refused")]
+    Balloon(#[source] crate::devices::virtio::balloon::BalloonError),
 }
 
 impl MachineState {
@@ -206,11 +221,13 @@ impl MachineState {
             .mmds
             .map(|mmds| checked_mmds(mmds, &self.nets))
             .transpose()?;
+        let balloon = paired_balloon(configs.balloon, self.balloon.as_ref())?;
         Ok(CheckedDeviceConfigs {
             drives,
             entropy: configs.entropy,
             vsock: configs.vsock,
             mmds,
+            balloon,
         })
     }
 
@@ -218,6 +235,18 @@ impl MachineState {
     pub fn recorded_mmds(&self) -> Result<Option<MmdsConfig>, RestoredConfigError> {
         let configs: DeviceConfigs = serde_json::from_str(&self.device_configs)?;
         Ok(configs.mmds)
+    }
+}
+
+/// The balloon's configuration with its run-time state: both or neither.
+fn paired_balloon(
+    config: Option<BalloonConfig>,
+    state: Option<&BalloonState>,
+) -> Result<Option<(BalloonConfig, BalloonState)>, RestoredConfigError> {
+    match (config, state) {
+        (Some(config), Some(state)) => Ok(Some((config, state.clone()))),
+        (None, None) => Ok(None),
+        _ => Err(RestoredConfigError::Balloon(BalloonError::NotFound)),
     }
 }
 
@@ -296,6 +325,7 @@ impl RunningVm {
             entropy: input.entropy.cloned(),
             vsock: input.vsock.cloned(),
             mmds: input.mmds.cloned(),
+            balloon: input.balloon.as_ref().map(|(config, _)| config.clone()),
         })
         .map_err(SaveError::MachineConfig)?;
         let machine_config =
@@ -316,6 +346,7 @@ impl RunningVm {
             limiters: input.limiters.clone(),
             generation: self.generation,
             nets: input.nets.to_vec(),
+            balloon: input.balloon.as_ref().map(|(_, state)| state.clone()),
         })
     }
 }
@@ -417,6 +448,39 @@ mod tests {
         let old: DeviceConfigs =
             serde_json::from_str(r#"{"drives": [], "entropy": null, "vsock": null}"#).unwrap();
         assert!(old.mmds.is_none());
+    }
+
+    #[test]
+    fn a_balloon_needs_both_its_configuration_and_its_state() {
+        let none = serde_json::to_string(&DeviceConfigs::default()).unwrap();
+        assert!(!none.contains("balloon"), "{none}");
+        let with = DeviceConfigs {
+            balloon: Some(BalloonConfig {
+                amount_mib: 4,
+                free_page_hinting: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&with).unwrap();
+        let back: DeviceConfigs = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.balloon, with.balloon);
+        let config = back.balloon.unwrap();
+        let state = BalloonState::default();
+        let (paired, _) = paired_balloon(Some(config.clone()), Some(&state))
+            .unwrap()
+            .unwrap();
+        assert_eq!(paired.amount_mib, 4);
+        for half in [
+            paired_balloon(Some(config), None),
+            paired_balloon(None, Some(&state)),
+        ] {
+            assert!(matches!(
+                half,
+                Err(RestoredConfigError::Balloon(BalloonError::NotFound))
+            ));
+        }
+        assert!(paired_balloon(None, None).unwrap().is_none());
     }
 
     #[test]

@@ -193,9 +193,6 @@ pub enum SnapshotError {
     /// Load after something else was configured.
     #[error("Loading a microVM snapshot not allowed after configuring boot-specific resources.")]
     LoadNotAllowed,
-    /// The VM has a device whose state snapshots do not carry yet.
-    #[error("Snapshots of microVMs with {0} are not supported yet")]
-    UnsupportedDevice(&'static str),
     /// The state file is unreadable, malformed, tampered with, keyed with another key, or
     /// does not match the memory file.
     #[error("The snapshot state file is refused")]

@@ -16,6 +16,20 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Every line's `group` counters in DIR/metrics.json summed (counters report deltas per
+/// flush).
+pub fn metric_totals(dir: &Path, group: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut totals = std::collections::BTreeMap::new();
+    let text = std::fs::read_to_string(dir.join("metrics.json")).unwrap_or_default();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for (k, n) in v[group].as_object().into_iter().flatten() {
+            *totals.entry(k.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
+        }
+    }
+    totals
+}
+
 /// The VMM binary under test.
 pub fn palisade_bin() -> &'static str {
     env!("CARGO_BIN_EXE_palisade")

@@ -5,7 +5,10 @@
 //! counted, none is madvised, the device never needs a reset. (The single bad requests:
 //! outside RAM, in the MMIO gap, duplicates, past the target, odd lengths, device-writable
 //! buffers, deflating what was never inflated, are tests/balloon.rs and the device's unit
-//! tests.)
+//! tests.) The probe's `balloon-hint` drives a free page hinting run as a hostile driver would:
+//! hints before any run and after the run ended (dropped), hints in the MMIO gap, past RAM,
+//! unaligned, and a device-readable buffer that is not a command id (refused and counted);
+//! only the 16 MiB hinted inside the run leave the VMM.
 
 use serde_json::json;
 
@@ -81,6 +84,73 @@ fn balloon_flood_of_huge_inflate_requests_is_refused_counted_and_bounded() {
             m.get("needs_reset_count"),
         ),
         counted,
+    );
+    table.finish();
+}
+
+#[test]
+fn hostile_free_page_hints_are_dropped_or_refused_and_only_the_runs_hints_are_given_back() {
+    let test =
+        "hostile_free_page_hints_are_dropped_or_refused_and_only_the_runs_hints_are_given_back";
+    if !can_attack(test) {
+        return;
+    }
+    let mut table = Table::default();
+    let mut vm = api_probe("balloon-hint", "");
+    vm.config["machine-config"]["mem_size_mib"] = json!(128);
+    vm.config["balloon"] =
+        json!({"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true});
+    let mut running = spawn_with_api(&vm);
+    running.wait_for_output("probe: balloon-hint ok filled", TIMEOUT);
+    let pid = running.child.id();
+    let rss_before = vm_rss_kib(pid);
+    let sock = vm.dir.path().join("api.sock");
+    let mut api = crate::common::api::ApiClient::connect(&sock);
+    let started = api.request("PATCH", "/balloon/hinting/start", None).status;
+    running.wait_for_output("probe: balloon-hint ok hinted=", TIMEOUT);
+    let rss_after = vm_rss_kib(pid);
+    let status = api.get("/balloon/hinting/status").body;
+    let flushed = flush_metrics(&vm);
+    let run = running.kill();
+    let line = "probe: balloon-hint ok hinted=16777216 done=1";
+    let done = run.stdout.contains(line);
+    table.record(
+        "balloon-hint: a run answered, STOP acknowledged",
+        "start 204, the guest sees DONE after its STOP",
+        &format!("start {started}; guest printed `{line}`: {done}; status {status}"),
+        started == 204 && done,
+    );
+    let m = metric_totals(vm.dir.path(), "balloon");
+    let get = |k: &str| m.get(k).copied().unwrap_or(u64::MAX);
+    table.record(
+        "balloon-hint: hints before any run and after the run ended (2 MiB each)",
+        "dropped: only the run's 8 hints (16 MiB) are given back",
+        &format!(
+            "free_page_hint_count={} free_page_hint_freed={} (FlushMetrics {flushed})",
+            get("free_page_hint_count"),
+            get("free_page_hint_freed")
+        ),
+        get("free_page_hint_count") == 8 && get("free_page_hint_freed") == 16 << 20,
+    );
+    table.record(
+        "balloon-hint: hints in the MMIO gap, past RAM, unaligned, a readable 8-byte buffer",
+        "each refused and counted, nothing madvised outside RAM, no reset",
+        &format!(
+            "free_page_hint_fails={} madvise_fails={} needs_reset={}",
+            get("free_page_hint_fails"),
+            get("madvise_fails"),
+            get("needs_reset_count")
+        ),
+        get("free_page_hint_fails") == 4
+            && get("madvise_fails") == 0
+            && get("needs_reset_count") == 0,
+    );
+    let dropped = rss_before.saturating_sub(rss_after);
+    table.record(
+        "balloon-hint: VMM VmRSS through the run",
+        "drops by about the 16 MiB hinted (14-18 MiB)",
+        &format!("before {rss_before} KiB, after {rss_after} KiB"),
+        (14 * 1024..=18 * 1024).contains(&dropped),
     );
     table.finish();
 }

@@ -35,11 +35,11 @@ const SECTOR: usize = 512;
 
 /// The saved guest: its directory (also the VMMs' `--snapshot-dir`), the good pair, and
 /// the state as decoded.
-struct Base {
-    dir: tempfile::TempDir,
-    state_path: PathBuf,
-    mem_path: PathBuf,
-    state: MachineState,
+pub(super) struct Base {
+    pub dir: tempfile::TempDir,
+    pub state_path: PathBuf,
+    pub mem_path: PathBuf,
+    pub state: MachineState,
 }
 
 fn boot_and_save() -> Base {
@@ -140,7 +140,7 @@ fn get_root(sock: &Path) -> bool {
 
 /// What a case is allowed to end in.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Expect {
+pub(super) enum Expect {
     /// The control: 204, and the VMM answers afterwards.
     Loads,
     /// 400, then the good file loads into the same VMM.
@@ -150,7 +150,7 @@ enum Expect {
 }
 
 /// The control row: `base`'s state, decoded and sealed again without a change.
-fn control(base: &Base) -> Case {
+pub(super) fn control(base: &Base) -> Case {
     case(
         "control: the same state sealed again unchanged",
         Expect::Loads,
@@ -160,7 +160,7 @@ fn control(base: &Base) -> Case {
 }
 
 /// One attack: a name, the state's change, and optionally a memory file of its own.
-struct Case {
+pub(super) struct Case {
     attack: String,
     expect: Expect,
     state: MachineState,
@@ -169,7 +169,12 @@ struct Case {
     after: Option<Box<dyn Fn() -> Option<String>>>,
 }
 
-fn case(attack: &str, expect: Expect, base: &Base, change: impl FnOnce(&mut MachineState)) -> Case {
+pub(super) fn case(
+    attack: &str,
+    expect: Expect,
+    base: &Base,
+    change: impl FnOnce(&mut MachineState),
+) -> Case {
     let mut state = base.state.clone();
     change(&mut state);
     Case {
@@ -182,13 +187,13 @@ fn case(attack: &str, expect: Expect, base: &Base, change: impl FnOnce(&mut Mach
 }
 
 /// Edits the device configurations (JSON inside the state).
-fn devices(state: &mut MachineState, edit: impl FnOnce(&mut Value)) {
+pub(super) fn devices(state: &mut MachineState, edit: impl FnOnce(&mut Value)) {
     let mut v: Value = serde_json::from_str(&state.device_configs).unwrap();
     edit(&mut v);
     state.device_configs = v.to_string();
 }
 
-fn machine(state: &mut MachineState, edit: impl FnOnce(&mut Value)) {
+pub(super) fn machine(state: &mut MachineState, edit: impl FnOnce(&mut Value)) {
     let mut v: Value = serde_json::from_str(&state.machine_config).unwrap();
     edit(&mut v);
     state.machine_config = v.to_string();
@@ -676,7 +681,12 @@ fn hostile_state_files_sealed_again_without_a_key_are_refused_and_the_vmm_then_l
 
 /// Loads each case into a fresh VMM from `start`, then (after a refusal) the good pair into
 /// the same VMM; one row per case.
-fn run_cases(table: &mut Table, base: &Base, cases: Vec<Case>, start: &dyn Fn() -> ApiVm) {
+pub(super) fn run_cases(
+    table: &mut Table,
+    base: &Base,
+    cases: Vec<Case>,
+    start: &dyn Fn() -> ApiVm,
+) {
     let dir = base.dir.path();
     for (i, c) in cases.into_iter().enumerate() {
         let mem = c.mem.clone().unwrap_or_else(|| base.mem_path.clone());

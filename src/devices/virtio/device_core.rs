@@ -179,6 +179,10 @@ pub trait CoreDevice: Send {
     fn config_read(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific configuration space.
     fn config_write(&mut self, offset: u64, data: &[u8]);
+    /// See [`VirtioDevice::queues_in_use`]: every queue unless the device says otherwise.
+    fn queues_in_use(&self, _features: u64) -> usize {
+        self.core().queue_max_sizes().len()
+    }
     /// Runs after a successful activation (the queues are in `core().active`).
     fn activated(&mut self) {}
     /// Runs before the queues are given back at reset.
@@ -233,6 +237,10 @@ impl<T: CoreDevice> VirtioDevice for T {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         self.config_write(offset, data);
+    }
+
+    fn queues_in_use(&self, features: u64) -> usize {
+        CoreDevice::queues_in_use(self, features)
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

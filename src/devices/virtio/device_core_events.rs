@@ -17,6 +17,12 @@ impl<const N: usize> DeviceCore<N> {
     /// (a failure counts as an event failure).
     pub fn on_queue_event(&self, index: usize, count: &Counter) {
         count.inc();
+        self.on_queue_event_uncounted(index);
+    }
+
+    /// Reads queue `index`'s notification, for a queue whose notifications are not counted
+    /// (a failure counts as an event failure).
+    pub fn on_queue_event_uncounted(&self, index: usize) {
         if self
             .queue_events
             .get(index)

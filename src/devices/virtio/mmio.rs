@@ -273,9 +273,12 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
+        // The queues the accepted features leave unused are neither checked nor served.
+        let in_use = lock(&self.device).queues_in_use(self.driver_features);
         let checked = self
             .queues
             .iter()
+            .take(in_use)
             .enumerate()
             .try_for_each(|(i, q)| check_queue(i, q, &self.mem));
         let result = checked.map_err(|e| e.to_string()).and_then(|()| {

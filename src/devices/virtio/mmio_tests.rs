@@ -17,6 +17,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::*;
 use crate::devices::virtio::{ActivateError, VIRTIO_RING_F_EVENT_IDX};
 
+/// Dummy's feature bit that leaves its second queue unused (as the balloon's optional queues
+/// follow the features the driver accepts).
+const ONE_QUEUE: u64 = 1 << 2;
+
 /// A device with two queues that records its activations.
 struct Dummy {
     events: Vec<EventFd>,
@@ -49,7 +53,14 @@ impl VirtioDevice for Dummy {
         "dummy".into()
     }
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | 1
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | ONE_QUEUE | 1
+    }
+    fn queues_in_use(&self, features: u64) -> usize {
+        if features & ONE_QUEUE != 0 {
+            1
+        } else {
+            2
+        }
     }
     fn queue_max_sizes(&self) -> &[u16] {
         &[16, 8]
@@ -255,6 +266,27 @@ fn queues_outside_memory_or_not_ready_fail_activation_with_needs_reset() {
         0,
         "queue 1 was never made ready"
     );
+}
+
+#[test]
+fn queues_the_accepted_features_leave_unused_need_no_setup_and_are_handed_over_unset() {
+    let (mut t, dummy) = setup();
+    negotiate(&mut t, VIRTIO_F_VERSION_1 | ONE_QUEUE);
+    setup_queue(&mut t, 0, 0x1_0000);
+    write(&mut t, VIRTIO_MMIO_STATUS, ACK | DRV | FOK | DOK);
+    assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), ACK | DRV | FOK | DOK);
+    let d = dummy.lock().unwrap();
+    assert_eq!(d.activations, 1);
+    let queues = d.active.as_ref().unwrap();
+    assert_eq!(queues.len(), 2, "every queue is handed over");
+    assert!(queues[0].ready() && !queues[1].ready());
+    drop(d);
+    // The queue in use is still checked: outside memory, the activation fails.
+    let (mut t, dummy) = setup();
+    negotiate(&mut t, VIRTIO_F_VERSION_1 | ONE_QUEUE);
+    setup_queue(&mut t, 0, 0xf_e000);
+    write(&mut t, VIRTIO_MMIO_STATUS, ACK | DRV | FOK | DOK);
+    assert_eq!(dummy.lock().unwrap().activations, 0);
 }
 
 #[test]

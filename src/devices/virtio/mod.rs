@@ -83,6 +83,12 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific configuration space (read-only for our devices).
     fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// How many queues, from the first, the driver must set up when it accepted `features`
+    /// (all of them but for a device whose queues follow its features, as the balloon's
+    /// optional queues do: virtio 1.x 5.5.2); the rest are handed over unset and unused.
+    fn queues_in_use(&self, _features: u64) -> usize {
+        self.queue_max_sizes().len()
+    }
     /// Takes the queues and starts serving them.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops serving and gives the queues back (empty when it was not active).

@@ -2,11 +2,13 @@
 //! (checked against the machine's memory and what the device supports), `GET /balloon` in
 //! every state, `PATCH /balloon` after boot (the running device's new target, which the
 //! driver hears of by a configuration change interrupt), `GET /balloon/statistics` and
-//! `PATCH /balloon/statistics` after boot (the latest values; a new polling interval).
+//! `PATCH /balloon/statistics` after boot (the latest values; a new polling interval), and
+//! the free page hinting routes after boot (`PATCH /balloon/hinting/start|stop`,
+//! `GET /balloon/hinting/status`), whose errors Firecracker reports as balloon update errors.
 
 use super::Controller;
 use crate::devices::virtio::balloon::{
-    check_config, BalloonConfig, BalloonError, BalloonStatsUpdate, BalloonUpdate,
+    Balloon, BalloonConfig, BalloonError, BalloonStatsUpdate, BalloonUpdate,
 };
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
 
@@ -18,7 +20,6 @@ impl Controller {
 
     /// `PUT /balloon` before boot: checked, then recorded; the device is made at boot.
     pub(super) fn put_balloon(&mut self, config: BalloonConfig) -> ActionResult {
-        check_config(&config).map_err(ActionError::Balloon)?;
         if config.amount_mib > self.balloon_limit_mib() {
             return Err(ActionError::Balloon(BalloonError::TooLarge));
         }
@@ -64,6 +65,29 @@ impl Controller {
             .latest_stats()
             .map(VmmData::BalloonStats)
             .map_err(ActionError::BalloonRuntime)
+    }
+
+    /// `PATCH /balloon/hinting/start|stop` after boot: `change` on the device.
+    pub(super) fn balloon_hinting(
+        &mut self,
+        change: impl FnOnce(&mut Balloon) -> Result<(), BalloonError>,
+    ) -> ActionResult {
+        let mut device = self
+            .devices
+            .balloon()
+            .ok_or(ActionError::BalloonUpdate(BalloonError::NotFound))?;
+        change(&mut device).map_err(ActionError::BalloonUpdate)?;
+        Ok(VmmData::Empty)
+    }
+
+    /// `GET /balloon/hinting/status` after boot.
+    pub(super) fn balloon_hinting_status(&self) -> ActionResult {
+        self.devices
+            .balloon()
+            .ok_or(ActionError::BalloonUpdate(BalloonError::NotFound))?
+            .hinting_status()
+            .map(VmmData::BalloonHinting)
+            .map_err(ActionError::BalloonUpdate)
     }
 
     /// `PATCH /balloon/statistics` after boot: a new polling interval (statistics cannot be
@@ -118,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn a_balloon_larger_than_memory_or_with_unsupported_features_is_refused_by_name() {
+    fn a_balloon_larger_than_memory_is_refused_and_every_feature_is_recorded() {
         let mut c = controller();
         assert_eq!(
             fault(put(
@@ -127,16 +151,12 @@ mod tests {
             )),
             "Balloon config error: Amount of pages requested is too large."
         );
-        let body = json!({"amount_mib": 1, "deflate_on_oom": true, "free_page_hinting": true});
-        let msg = fault(put(&mut c, body));
-        assert!(
-            msg.starts_with("Balloon config error: ") && msg.contains("free page hinting"),
-            "{msg}"
-        );
         assert!(c.resources.balloon.is_none(), "nothing refused is recorded");
-        let body = json!({"amount_mib": 1, "deflate_on_oom": true, "free_page_reporting": true});
+        let body = json!({"amount_mib": 1, "deflate_on_oom": true, "free_page_hinting": true,
+                          "free_page_reporting": true, "stats_polling_interval_s": 1});
         put(&mut c, body).unwrap();
-        assert!(c.resources.balloon.unwrap().free_page_reporting);
+        let recorded = c.resources.balloon.unwrap();
+        assert!(recorded.free_page_hinting && recorded.free_page_reporting);
     }
 
     #[test]
@@ -148,5 +168,12 @@ mod tests {
             VmmAction::PatchBalloon(serde_json::from_value(json!({"amount_mib": 2})).unwrap());
         assert_eq!(fault(c.handle(patch)), before);
         assert_eq!(fault(c.handle(VmmAction::GetBalloonStats)), before);
+        for action in [
+            VmmAction::StartBalloonHinting(Default::default()),
+            VmmAction::StopBalloonHinting,
+            VmmAction::GetBalloonHintingStatus,
+        ] {
+            assert_eq!(fault(c.handle(action)), before);
+        }
     }
 }

@@ -80,7 +80,10 @@ pub fn kind(action: &VmmAction) -> ActionKind {
         | VmmAction::PatchNetworkInterface(_)
         | VmmAction::PatchBalloon(_)
         | VmmAction::GetBalloonStats
-        | VmmAction::PatchBalloonStats(_) => ActionKind::Runtime,
+        | VmmAction::PatchBalloonStats(_)
+        | VmmAction::StartBalloonHinting(_)
+        | VmmAction::StopBalloonHinting
+        | VmmAction::GetBalloonHintingStatus => ActionKind::Runtime,
         VmmAction::PatchVsock(_)
         | VmmAction::PutMmds(_)
         | VmmAction::PatchMmds(_)
@@ -183,6 +186,9 @@ mod tests {
             VmmAction::GetBalloonStats,
             VmmAction::PatchBalloonStats(from(json!({"stats_polling_interval_s": 1}))),
             VmmAction::PutCpuConfig(Box::default()),
+            VmmAction::StartBalloonHinting(Default::default()),
+            VmmAction::StopBalloonHinting,
+            VmmAction::GetBalloonHintingStatus,
         ]
     }
 
@@ -236,7 +242,10 @@ mod tests {
             | "PatchNetworkInterface"
             | "PatchBalloon"
             | "GetBalloonStats"
-            | "PatchBalloonStats" => [PRE, OK, OK],
+            | "PatchBalloonStats"
+            | "StartBalloonHinting"
+            | "StopBalloonHinting"
+            | "GetBalloonHintingStatus" => [PRE, OK, OK],
             // Palisade's extension: the policy before boot, the live device after.
             "PatchVsock" => [OK, OK, OK],
             // Firecracker: the data store before and after boot.
@@ -323,13 +332,16 @@ mod tests {
             VmmAction::GetBalloonStats => 32,
             VmmAction::PatchBalloonStats(_) => 33,
             VmmAction::PutCpuConfig(_) => 34,
+            VmmAction::StartBalloonHinting(_) => 35,
+            VmmAction::StopBalloonHinting => 36,
+            VmmAction::GetBalloonHintingStatus => 37,
         }
     }
 
     #[test]
     fn the_table_lists_every_variant_once() {
         let places: Vec<usize> = every_action().iter().map(place).collect();
-        assert_eq!(places, (0..35).collect::<Vec<_>>());
+        assert_eq!(places, (0..38).collect::<Vec<_>>());
     }
 
     #[test]

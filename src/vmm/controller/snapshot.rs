@@ -11,13 +11,16 @@ use std::time::Instant;
 
 use super::vsock::create_vsock;
 use super::Controller;
+use crate::devices::virtio::balloon::BalloonError;
 use crate::devices::virtio::net::config::InterfaceList;
 use crate::devices::virtio::net::snapshot::{NetState, RestoredNet};
 use crate::mmds::MmdsStore;
 use crate::snapshot::StateFile;
 use crate::vmm::action::{ActionError, ActionResult, VmmData};
 use crate::vmm::builder::{build_restored_vm, BuiltVm, RestoredConfigs, RestoredMemory};
-use crate::vmm::machine_state::{CheckedDeviceConfigs, MachineState, SaveError, SaveInput};
+use crate::vmm::machine_state::{
+    CheckedDeviceConfigs, MachineState, RestoredConfigError, SaveError, SaveInput,
+};
 use crate::vmm::restored_paths::Confinement;
 use crate::vmm::snapshot::{
     CreateSnapshotParams, LoadSnapshotParams, MemBackendType, NetworkOverride, SnapshotError,
@@ -103,10 +106,6 @@ impl Controller {
         {
             return Err(SnapshotError::DiffWithoutTracking.into());
         }
-        // The balloon's pages and target are not in a snapshot yet: refused, not half saved.
-        if self.resources.balloon.is_some() {
-            return Err(SnapshotError::UnsupportedDevice("a balloon device").into());
-        }
         let Some(vm) = self.running.as_ref() else {
             return Err(ActionError::NotSupportedPreBoot);
         };
@@ -118,12 +117,14 @@ impl Controller {
             }
         }
         let nets = self.net_states()?;
+        let balloon = self.devices.balloon().map(|b| (b.config(), b.save_state()));
         let input = SaveInput {
             machine_config: &self.resources.machine_config,
             drives: &self.resources.drives,
             entropy: self.resources.entropy.as_ref(),
             vsock: self.resources.vsock.as_ref(),
             mmds: self.resources.mmds_config.as_ref(),
+            balloon,
             transports: self.devices.transports(),
             limiters: self.devices.save_limiters(),
             nets: &nets,
@@ -205,7 +206,15 @@ impl Controller {
             entropy,
             vsock,
             mmds: mmds_config,
+            balloon,
         } = configs;
+        if balloon
+            .as_ref()
+            .is_some_and(|(b, _)| u64::from(b.amount_mib) > config.mem_size_mib as u64)
+        {
+            let e = RestoredConfigError::Balloon(BalloonError::TooLarge);
+            return Err(SnapshotError::MachineConfig(e).into());
+        }
         if state.mem_size != opened.memory.size
             || state.mem_size != (config.mem_size_mib as u64) << 20
             || state.vcpus.len() != usize::from(config.vcpu_count)
@@ -243,6 +252,7 @@ impl Controller {
                 entropy: entropy.as_ref(),
                 nets,
                 vsock,
+                balloon: balloon.as_ref(),
                 serial: (self.resources.serial.as_ref(), self.serial_out.take()),
             },
             &memory,
@@ -280,6 +290,7 @@ impl Controller {
         self.resources.drives = drives;
         self.resources.entropy = entropy;
         self.resources.vsock = vsock_config;
+        self.resources.balloon = balloon.map(|(config, _)| config);
         self.resources.network_interfaces = interfaces;
         if self.opts.landlock {
             // The restored VM is confined as a booted one: its files are open already.

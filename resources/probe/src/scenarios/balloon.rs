@@ -16,8 +16,8 @@ use crate::zero_page::BootInfo;
 pub const NAME: &str = "balloon";
 pub const DEVICE_ID_BALLOON: u32 = 5;
 pub const FILL_BASE: u64 = 32 << 20;
-const FILL_PAGES: u32 = 8192;
-const PAGE: u64 = 4096;
+pub const FILL_PAGES: u32 = 8192;
+pub const PAGE: u64 = 4096;
 const PER_ARRAY: u32 = 256;
 /// The config space register of `num_pages` and `actual` (REG_CONFIG + 0 and + 4).
 pub const CONFIG: u64 = 0x100;
@@ -28,7 +28,7 @@ fn fail(what: &str) {
     ResultLine::fail(NAME.as_bytes()).text(what).end();
 }
 
-fn fill() {
+pub fn fill() {
     let mut addr = FILL_BASE;
     while addr < FILL_BASE + u64::from(FILL_PAGES) * PAGE {
         // SAFETY: [32 MiB, 64 MiB) is RAM below 1 GiB (identity-mapped by boot.rs) above the
@@ -47,7 +47,7 @@ fn send(dev: &virtio::MmioDevice, queue: &mut Virtqueue, index: u32, len: u32, f
 }
 
 /// Writes `pfns` at DATA_START and sends them on `queue`.
-fn send_pfns(dev: &virtio::MmioDevice, queue: &mut Virtqueue, index: u32, pfns: &[u32]) -> bool {
+pub fn send_pfns(dev: &virtio::MmioDevice, queue: &mut Virtqueue, index: u32, pfns: &[u32]) -> bool {
     for (i, pfn) in pfns.iter().enumerate() {
         dma::write_u32(DATA_START + 4 * i as u64, *pfn);
     }

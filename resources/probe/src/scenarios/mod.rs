@@ -3,7 +3,9 @@
 
 mod balloon;
 mod balloon_flood;
+mod balloon_hint;
 mod balloon_report;
+mod balloon_snap;
 mod balloon_stats;
 mod blk;
 mod blk_bench;
@@ -79,7 +81,9 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: rng::NAME, run: rng::run },
     Scenario { name: balloon::NAME, run: balloon::run },
     Scenario { name: balloon_flood::NAME, run: balloon_flood::run },
+    Scenario { name: balloon_hint::NAME, run: balloon_hint::run },
     Scenario { name: balloon_report::NAME, run: balloon_report::run },
+    Scenario { name: balloon_snap::NAME, run: balloon_snap::run },
     Scenario { name: balloon_stats::NAME, run: balloon_stats::run },
     Scenario { name: genid::NAME, run: genid::run },
     Scenario { name: net_tx::NAME, run: net_tx::run },

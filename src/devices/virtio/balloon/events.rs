@@ -9,20 +9,18 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
 
-use super::core::{each_core, BalloonCore};
+use super::core::{each_core, BalloonCore, QueueRoles, Role};
+use super::snapshot::ram_pages;
 use super::stats::read_stats;
 use super::Balloon;
 use crate::devices::virtio::chain;
-use crate::devices::virtio::device_core::{core_accessors, CoreDevice};
+use crate::devices::virtio::device_core::{core_accessors, CoreDevice, SharedCore};
 use crate::devices::virtio::queue::{
     charge_descriptors, drain, ChainOutcome, DrainEnd, QueueError, DESCRIPTOR_COST,
 };
-use crate::metrics::Counter;
 
 /// The event data of the statistics timer (the queues use their index).
 const EVENT_STATS_TIMER: u32 = 100;
-/// Where notifications of the statistics queue are counted: nowhere.
-static UNCOUNTED: Counter = Counter::new();
 
 impl Balloon {
     /// Arms the statistics timer with the current interval (a failure counts as an event
@@ -39,7 +37,7 @@ impl Balloon {
     /// The statistics queue was notified: reads each new buffer and keeps the last good one
     /// until the next request; a buffer it replaces, and every refused one, goes back at once.
     pub fn process_stats_queue(&mut self) {
-        let Some(index) = self.stats_queue else {
+        let Some(index) = self.core.active_roles().and_then(|r| r.stats) else {
             return;
         };
         let (held, stats, segments) = (&mut self.stats_head, &mut self.stats, &mut self.segments);
@@ -93,7 +91,7 @@ impl Balloon {
 
     /// The polling interval passed: the held buffer goes back to ask for fresh values.
     pub fn request_stats(&mut self) {
-        let Some(index) = self.stats_queue else {
+        let Some(index) = self.core.active_roles().and_then(|r| r.stats) else {
             return;
         };
         let held = &mut self.stats_head;
@@ -120,18 +118,24 @@ impl CoreDevice for Balloon {
     const DEVICE_TYPE: u32 = VIRTIO_ID_BALLOON;
     core_accessors!(core: BalloonCore);
 
-    /// `num_pages` at 0, `actual` at 4 (both little-endian u32).
+    /// `num_pages` at 0, `actual` at 4, `free_page_hint_cmd_id` at 8 (little-endian u32s).
     fn config_read(&self, offset: u64, data: &mut [u8]) {
-        let mut space = [0u8; 8];
+        let mut space = [0u8; 12];
         space[..4].copy_from_slice(&self.target_pages.to_le_bytes());
-        space[4..].copy_from_slice(&self.actual_pages.to_le_bytes());
+        space[4..8].copy_from_slice(&self.actual_pages.to_le_bytes());
+        space[8..].copy_from_slice(&self.hinting.host_cmd.to_le_bytes());
         crate::devices::virtio::read_config_bytes(&space, offset, data);
     }
 
-    /// Only `actual` is the driver's to write, as one 4-byte write.
+    /// Only `actual` is the driver's to write, as one 4-byte write of at most the guest's
+    /// RAM pages, once the device is active (so a snapshot never holds a value its restore
+    /// refuses).
     fn config_write(&mut self, offset: u64, data: &[u8]) {
-        match <[u8; 4]>::try_from(data) {
-            Ok(bytes) if offset == 4 => self.actual_pages = u32::from_le_bytes(bytes),
+        let pages = each_core!(&self.core, c => c.active.as_ref().map(|a| ram_pages(&a.mem)));
+        match (<[u8; 4]>::try_from(data).map(u32::from_le_bytes), pages) {
+            (Ok(actual), Some(pages)) if offset == 4 && u64::from(actual) <= pages => {
+                self.actual_pages = actual;
+            }
             _ => self.metrics.execute_fails.inc(),
         }
     }
@@ -141,6 +145,11 @@ impl CoreDevice for Balloon {
         self.ledger = None;
         self.actual_pages = 0;
         self.stats_head = None;
+        self.hinting = Default::default();
+    }
+
+    fn queues_in_use(&self, features: u64) -> usize {
+        QueueRoles::of(features & self.core.avail_features()).count()
     }
 }
 
@@ -151,31 +160,36 @@ impl MutEventSubscriber for Balloon {
             return self.on_stats_timer();
         }
         let index = data as usize;
+        let role = self
+            .core
+            .active_roles()
+            .map_or(Role::Unused, |r| r.role(index));
         let metrics = &self.metrics;
-        let count = match index {
-            0 => &metrics.inflate_count,
-            1 => &metrics.deflate_count,
+        let count = match role {
+            Role::Pages(0) => Some(&metrics.inflate_count),
+            Role::Pages(_) => Some(&metrics.deflate_count),
             // The other queues count what they read, not notifications.
-            _ => &UNCOUNTED,
+            _ => None,
         };
         let known = each_core!(&self.core, c => {
             let known = index < c.queue_events.len();
-            if known {
-                c.on_queue_event(index, count);
-            } else {
-                c.on_unexpected_event(data);
+            match (known, count) {
+                (true, Some(count)) => c.on_queue_event(index, count),
+                (true, None) => c.on_queue_event_uncounted(index),
+                (false, _) => c.on_unexpected_event(data),
             }
             known
         });
         if !known {
             return;
         }
-        if Some(index) == self.stats_queue {
-            self.process_stats_queue();
-        } else if Some(index) == self.report_queue {
-            self.process_report_queue();
-        } else {
-            self.process_queue(index);
+        match role {
+            Role::Pages(index) => self.process_queue(index),
+            Role::Stats => self.process_stats_queue(),
+            Role::Hint => self.process_hint_queue(),
+            Role::Report => self.process_report_queue(),
+            // A queue the accepted features leave unused: its notification was read.
+            Role::Unused => {}
         }
     }
 

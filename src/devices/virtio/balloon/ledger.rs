@@ -34,6 +34,17 @@ pub enum PfnRefusal {
     NotInBalloon(u32),
 }
 
+/// Why a restored bitmap is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerStateError {
+    /// Another size than guest memory gives.
+    #[error("the inflated page bitmap has {0} words, guest memory needs {1}")]
+    Size(usize, usize),
+    /// A page in the bitmap is not guest RAM.
+    #[error("inflated page {0:#x} is not guest RAM")]
+    NotRam(u32),
+}
+
 /// The pages in the balloon.
 pub struct Ledger {
     bits: Vec<u64>,
@@ -101,6 +112,43 @@ impl Ledger {
     #[cfg(test)]
     pub fn words(&self) -> usize {
         self.bits.len()
+    }
+
+    /// The bitmap, one bit per page frame from guest physical 0 (a snapshot's copy).
+    pub fn bitmap(&self) -> &[u64] {
+        &self.bits
+    }
+
+    /// A balloon over `mem` holding the pages of `bits` (a restored snapshot's bitmap):
+    /// refused unless the bitmap has the size a ledger over `mem` has and every page in it
+    /// is guest RAM, the checks an inflate makes (the target is not: the host may have
+    /// lowered it while the driver had not deflated yet).
+    pub fn restored(mem: &GuestMemory, bits: &[u64]) -> Result<Self, LedgerStateError> {
+        let mut ledger = Self::new(mem);
+        if bits.len() != ledger.bits.len() {
+            return Err(LedgerStateError::Size(bits.len(), ledger.bits.len()));
+        }
+        for (w, &word) in bits.iter().enumerate() {
+            for b in (0..64u32).filter(|b| word & (1u64 << b) != 0) {
+                // Page numbers past u32 cannot be in a balloon (virtio's PFNs are 32 bits).
+                let pfn = u32::try_from(w * 64)
+                    .ok()
+                    .and_then(|first| first.checked_add(b))
+                    .ok_or(LedgerStateError::NotRam(u32::MAX))?;
+                let addr = GuestAddress(u64::from(pfn) << PAGE_SHIFT);
+                if !vm_memory::GuestMemory::check_range(
+                    mem,
+                    addr,
+                    PAGE_SIZE as usize,
+                    Permissions::Write,
+                ) {
+                    return Err(LedgerStateError::NotRam(pfn));
+                }
+            }
+            ledger.count += word.count_ones();
+        }
+        ledger.bits.copy_from_slice(bits);
+        Ok(ledger)
     }
 
     /// The page numbers in the balloon, in order.

@@ -9,18 +9,21 @@
 //! buffer whose length is not a multiple of 4 is refused and counted (`execute_fails`). One
 //! chain carries at most [`MAX_PFNS_PER_CHAIN`] page numbers (the rest are refused), and each
 //! page number is charged to the drain's budget, so one kick costs the VMM at most about 4,096
-//! page numbers of work. With `stats_polling_interval_s` the device has a third queue, for
-//! statistics ([`stats`]); with `free_page_reporting` a queue on which the guest reports free
-//! ranges, given back to the host like inflated pages ([`reporting`]). Not yet: free page
-//! hinting (the configuration refuses it by name), and snapshots of a balloon (refused by the
-//! caller).
+//! page numbers of work. Optional queues, numbered by the features the driver accepted
+//! ([`core::QueueRoles`]): with `stats_polling_interval_s` a statistics queue ([`stats`]); with
+//! `free_page_hinting` a queue on which the guest hints free ranges during a run the host
+//! starts and stops ([`hinting`]); with `free_page_reporting` a queue on which the guest
+//! reports free ranges ([`reporting`]). Hinted and reported ranges are given back like
+//! inflated pages. Snapshots carry the device's state ([`snapshot`]).
 
 mod core;
 mod events;
+mod hinting;
 mod ledger;
 mod queues;
 mod reclaim;
 mod reporting;
+mod snapshot;
 mod stats;
 
 use std::sync::Arc;
@@ -28,10 +31,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::timerfd::TimerFd;
 
-use self::core::{each_core, BalloonCore};
+use self::core::{each_core, BalloonCore, QueueRoles};
+pub use self::hinting::{HintingState, HintingStatus, StartHintingCmd};
 use self::ledger::Ledger;
-pub use self::ledger::{PfnRefusal, PAGE_SIZE};
+pub use self::ledger::{LedgerStateError, PfnRefusal, PAGE_SIZE};
 use self::queues::Work;
+pub use self::snapshot::{BalloonState, BalloonStateError};
 pub use self::stats::BalloonStats;
 use super::chain::Segment;
 use super::device_core::{DeviceCore, DeviceLabel};
@@ -43,6 +48,8 @@ use crate::vstate::memory::{Backing, MemoryOptions};
 
 /// Feature bit: the device has a statistics queue.
 pub const VIRTIO_BALLOON_F_STATS_VQ: u64 = 1 << 1;
+/// Feature bit: the device has a free page hinting queue.
+pub const VIRTIO_BALLOON_F_FREE_PAGE_HINT: u64 = 1 << 3;
 /// Feature bit: the device has a free page reporting queue.
 pub const VIRTIO_BALLOON_F_PAGE_REPORTING: u64 = 1 << 5;
 /// Feature bit: the guest may deflate the balloon when it runs out of memory.
@@ -67,7 +74,8 @@ pub struct BalloonConfig {
     /// Seconds between statistics requests (0: no statistics queue).
     #[serde(default)]
     pub stats_polling_interval_s: u16,
-    /// Free page hinting (not supported yet).
+    /// Free page hinting: a queue on which the guest hints free ranges during a run the host
+    /// starts (`PATCH /balloon/hinting/start`).
     #[serde(default)]
     pub free_page_hinting: bool,
     /// Free page reporting: a queue on which the guest reports free ranges.
@@ -97,9 +105,9 @@ pub enum BalloonError {
     /// An eventfd cannot be created.
     #[error("Cannot create an event for the balloon device")]
     Event(#[from] std::io::Error),
-    /// A feature the device does not have yet.
-    #[error("The balloon's {0} is not supported yet")]
-    Unsupported(&'static str),
+    /// A hinting request to a balloon without free page hinting.
+    #[error("Attempting to use hinting when not enabled")]
+    HintingNotEnabled,
     /// Guest memory the balloon cannot give back.
     #[error("A balloon cannot give back {0}")]
     Memory(&'static str),
@@ -123,14 +131,6 @@ pub enum BalloonError {
     TooMuchMemoryRequested(u32),
 }
 
-/// Refuses what the device does not do yet.
-pub fn check_config(config: &BalloonConfig) -> Result<(), BalloonError> {
-    if config.free_page_hinting {
-        return Err(BalloonError::Unsupported("free page hinting"));
-    }
-    Ok(())
-}
-
 /// Refuses guest memory whose pages madvise cannot give back 4 KiB at a time.
 pub fn check_memory_options(opts: &MemoryOptions) -> Result<(), BalloonError> {
     if opts.lock {
@@ -145,11 +145,6 @@ pub fn check_memory_options(opts: &MemoryOptions) -> Result<(), BalloonError> {
 /// The balloon device.
 pub struct Balloon {
     core: BalloonCore,
-    /// The statistics queue's index, when the device has one.
-    stats_queue: Option<usize>,
-    /// The free page reporting queue's index, when the device has one.
-    report_queue: Option<usize>,
-    free_page_reporting: bool,
     /// The target, in 4 KiB pages (config space `num_pages`).
     target_pages: u32,
     /// What the driver says the balloon holds (config space `actual`).
@@ -165,6 +160,8 @@ pub struct Balloon {
     /// The statistics buffer the device holds until the next request.
     stats_head: Option<u16>,
     stats: BalloonStats,
+    /// The free page hinting run (the host's and the guest's command ids).
+    hinting: HintingState,
     metrics: Arc<BalloonDeviceMetrics>,
 }
 
@@ -175,42 +172,35 @@ impl Balloon {
         config: &BalloonConfig,
         metrics: Arc<BalloonDeviceMetrics>,
     ) -> Result<Self, BalloonError> {
-        check_config(config)?;
         let label = DeviceLabel {
             name: "balloon".to_string(),
             who: "Balloon device".to_string(),
         };
         let mut features = VIRTIO_F_VERSION_1;
-        if config.deflate_on_oom {
-            features |= VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
-        }
         let stats = config.stats_polling_interval_s != 0;
-        let mut queues = 2;
-        let stats_queue = stats.then(|| {
-            features |= VIRTIO_BALLOON_F_STATS_VQ;
-            queues += 1;
-            queues - 1
-        });
-        let report_queue = config.free_page_reporting.then(|| {
-            features |= VIRTIO_BALLOON_F_PAGE_REPORTING;
-            queues += 1;
-            queues - 1
-        });
+        for (on, bit) in [
+            (config.deflate_on_oom, VIRTIO_BALLOON_F_DEFLATE_ON_OOM),
+            (stats, VIRTIO_BALLOON_F_STATS_VQ),
+            (config.free_page_hinting, VIRTIO_BALLOON_F_FREE_PAGE_HINT),
+            (config.free_page_reporting, VIRTIO_BALLOON_F_PAGE_REPORTING),
+        ] {
+            if on {
+                features |= bit;
+            }
+        }
         let stats_timer = match stats {
             true => Some(TimerFd::new().map_err(|e| BalloonError::Event(e.into()))?),
             false => None,
         };
         let counters = metrics.clone();
-        let core = match queues {
+        let core = match QueueRoles::of(features).count() {
             2 => BalloonCore::Two(DeviceCore::new(features, label, counters)?),
             3 => BalloonCore::Three(DeviceCore::new(features, label, counters)?),
-            _ => BalloonCore::Four(DeviceCore::new(features, label, counters)?),
+            4 => BalloonCore::Four(DeviceCore::new(features, label, counters)?),
+            _ => BalloonCore::Five(DeviceCore::new(features, label, counters)?),
         };
         Ok(Self {
             core,
-            stats_queue,
-            report_queue,
-            free_page_reporting: config.free_page_reporting,
             target_pages: config.amount_mib.saturating_mul(PAGES_PER_MIB),
             actual_pages: 0,
             deflate_on_oom: config.deflate_on_oom,
@@ -221,19 +211,26 @@ impl Balloon {
             stats_timer,
             stats_head: None,
             stats: BalloonStats::default(),
+            hinting: HintingState::default(),
             metrics,
         })
     }
 
     /// The configuration as `GET /balloon` shows it.
     pub fn config(&self) -> BalloonConfig {
+        let offered = |bit| self.offers(bit);
         BalloonConfig {
             amount_mib: self.target_pages / PAGES_PER_MIB,
             deflate_on_oom: self.deflate_on_oom,
             stats_polling_interval_s: self.stats_interval_s,
-            free_page_reporting: self.free_page_reporting,
-            ..BalloonConfig::default()
+            free_page_hinting: offered(VIRTIO_BALLOON_F_FREE_PAGE_HINT),
+            free_page_reporting: offered(VIRTIO_BALLOON_F_PAGE_REPORTING),
         }
+    }
+
+    /// Whether the device offers feature `bit`.
+    fn offers(&self, bit: u64) -> bool {
+        each_core!(&self.core, c => c.avail_features & bit != 0)
     }
 
     /// Sets the target (`PATCH /balloon`), at most `mem_mib`, and tells the driver; refused,
@@ -323,5 +320,9 @@ impl Balloon {
     }
 }
 
+#[cfg(test)]
+mod hinting_tests;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

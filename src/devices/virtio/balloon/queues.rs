@@ -3,12 +3,12 @@
 //! inflated are given back to the host ([`super::reclaim`]).
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::GuestAddress;
 
 use super::ledger::Ledger;
 use super::reclaim::Runs;
 use super::{BAD_REQUEST_LOG, MAX_PFNS_PER_CHAIN, PFN_COST};
-use crate::devices::virtio::buffers::Layout;
+use crate::devices::virtio::buffers::{read_stream, Layout};
 use crate::devices::virtio::chain::{self, Segment};
 use crate::devices::virtio::queue::{charge_descriptors, ChainOutcome};
 use crate::metrics::BalloonDeviceMetrics;
@@ -39,14 +39,17 @@ impl Work<'_> {
     fn apply(&mut self) -> ChainOutcome {
         match Layout::check(self.mem, self.segments) {
             Ok(layout) if layout.writable == 0 => {}
-            Ok(_) => return self.refuse("device-writable buffer in a balloon request"),
-            Err(e) => return self.refuse(&e.to_string()),
+            Ok(_) => return self.refuse(&"device-writable buffer in a balloon request"),
+            Err(e) => return self.refuse(&e),
         }
         if let Some(seg) = self.segments.iter().find(|s| s.len % 4 != 0) {
-            let why = format!("buffer of {} bytes, not a multiple of 4", seg.len);
-            return self.refuse(&why);
+            let len = seg.len;
+            return self.refuse(&format_args!("buffer of {len} bytes, not a multiple of 4"));
         }
-        self.read_pfns();
+        if self.read_pfns().is_err() {
+            // Cannot happen: Layout::check found every buffer in guest memory.
+            return self.refuse(&"a buffer cannot be read");
+        }
         let mut runs = Runs::default();
         let (mut done, mut refused, mut fails) = (0u64, 0u64, 0u64);
         for &pfn in self.pfns.iter() {
@@ -92,25 +95,23 @@ impl Work<'_> {
         self.segments.iter().map(|s| u64::from(s.len / 4)).sum()
     }
 
-    /// Reads at most [`MAX_PFNS_PER_CHAIN`] little-endian page numbers from the chain.
-    fn read_pfns(&mut self) {
+    /// Reads at most [`MAX_PFNS_PER_CHAIN`] little-endian page numbers from the chain, in one
+    /// pass over its buffers (all of them checked already).
+    fn read_pfns(&mut self) -> Result<(), vm_memory::GuestMemoryError> {
         self.pfns.clear();
-        let mut buf = [0u8; 4];
-        'segments: for seg in self.segments.iter() {
-            for i in 0..u64::from(seg.len / 4) {
-                if self.pfns.len() >= MAX_PFNS_PER_CHAIN {
-                    break 'segments;
-                }
-                let addr = GuestAddress(seg.addr.0.wrapping_add(i * 4));
-                if self.mem.read_slice(&mut buf, addr).is_err() {
-                    break 'segments;
-                }
-                self.pfns.push(u32::from_le_bytes(buf));
-            }
-        }
+        let count = self.total_pfns().min(MAX_PFNS_PER_CHAIN as u64) as usize;
+        let mut bytes = [0u8; MAX_PFNS_PER_CHAIN * 4];
+        let bytes = &mut bytes[..count * 4];
+        read_stream(self.mem, self.segments, 0, bytes)?;
+        let words = bytes.chunks_exact(4);
+        self.pfns
+            .extend(words.map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])));
+        Ok(())
     }
 
-    fn refuse(&self, why: &str) -> ChainOutcome {
+    /// Refuses the chain: counted, and logged (rate-limited; `why` is formatted only when the
+    /// line is written).
+    fn refuse(&self, why: &dyn std::fmt::Display) -> ChainOutcome {
         self.metrics.execute_fails.inc();
         if let Some(n) = BAD_REQUEST_LOG.hit() {
             log::warn!("Balloon device: bad request refused: {why} ({n} so far)");

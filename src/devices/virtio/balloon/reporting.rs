@@ -25,7 +25,7 @@ impl Balloon {
     /// The reporting queue was notified: gives back every reported range, at most one queue's
     /// worth of requests per wake-up.
     pub fn process_report_queue(&mut self) {
-        let Some(index) = self.report_queue else {
+        let Some(index) = self.core.active_roles().and_then(|r| r.report) else {
             return;
         };
         let (segments, metrics) = (&mut self.segments, &*self.metrics);

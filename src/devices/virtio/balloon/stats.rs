@@ -79,9 +79,13 @@ pub struct BalloonStats {
     pub direct_reclaim: Option<u64>,
 }
 
+/// The tags the device knows (0 to 15).
+pub const KNOWN_TAGS: u16 = 16;
+
 impl BalloonStats {
-    fn set(&mut self, tag: u16, value: u64) {
-        let slot = match tag {
+    /// The value slot of `tag`; None for a tag the device does not know.
+    fn slot(&mut self, tag: u16) -> Option<&mut Option<u64>> {
+        Some(match tag {
             0 => &mut self.swap_in,
             1 => &mut self.swap_out,
             2 => &mut self.major_faults,
@@ -98,9 +102,34 @@ impl BalloonStats {
             13 => &mut self.direct_scan,
             14 => &mut self.async_reclaim,
             15 => &mut self.direct_reclaim,
-            _ => return,
-        };
-        *slot = Some(value);
+            _ => return None,
+        })
+    }
+
+    fn set(&mut self, tag: u16, value: u64) {
+        if let Some(slot) = self.slot(tag) {
+            *slot = Some(value);
+        }
+    }
+
+    /// The values present, as `(tag, value)` in tag order (a snapshot's copy).
+    pub fn entries(&self) -> Vec<(u16, u64)> {
+        let mut copy = *self;
+        (0..KNOWN_TAGS)
+            .filter_map(|tag| copy.slot(tag).and_then(|v| *v).map(|v| (tag, v)))
+            .collect()
+    }
+
+    /// Values from `entries` (a restored snapshot's): None when a tag is unknown or repeated.
+    pub fn from_entries(entries: &[(u16, u64)]) -> Option<Self> {
+        let mut stats = Self::default();
+        for &(tag, value) in entries {
+            let slot = stats.slot(tag)?;
+            if slot.replace(value).is_some() {
+                return None;
+            }
+        }
+        Some(stats)
     }
 }
 

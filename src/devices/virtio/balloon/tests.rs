@@ -21,28 +21,28 @@ use crate::devices::virtio::queue::pending;
 use crate::devices::virtio::{ActivateContext, VirtioDevice};
 use crate::vstate::memory::create_guest_memory;
 
-const INFLATE_RING: u64 = 0;
-const DEFLATE_RING: u64 = 0x1_0000;
+pub(super) const INFLATE_RING: u64 = 0;
+pub(super) const DEFLATE_RING: u64 = 0x1_0000;
 /// Where the tests put page number arrays.
-const ARRAYS: u64 = 0x2_0000;
+pub(super) const ARRAYS: u64 = 0x2_0000;
 
-fn config(amount_mib: u32) -> BalloonConfig {
+pub(super) fn config(amount_mib: u32) -> BalloonConfig {
     BalloonConfig {
         amount_mib,
         ..BalloonConfig::default()
     }
 }
 
-struct Rig<'a> {
-    mem: &'a GuestMemory,
-    inflate: MockSplitQueue<'a, GuestMemory>,
-    deflate: MockSplitQueue<'a, GuestMemory>,
-    balloon: Balloon,
-    metrics: Arc<BalloonDeviceMetrics>,
+pub(super) struct Rig<'a> {
+    pub mem: &'a GuestMemory,
+    pub inflate: MockSplitQueue<'a, GuestMemory>,
+    pub deflate: MockSplitQueue<'a, GuestMemory>,
+    pub balloon: Balloon,
+    pub metrics: Arc<BalloonDeviceMetrics>,
 }
 
 impl<'a> Rig<'a> {
-    fn new(mem: &'a GuestMemory, amount_mib: u32) -> Self {
+    pub fn new(mem: &'a GuestMemory, amount_mib: u32) -> Self {
         let inflate = MockSplitQueue::create(mem, GuestAddress(INFLATE_RING), 256);
         let deflate = MockSplitQueue::create(mem, GuestAddress(DEFLATE_RING), 256);
         let metrics = Arc::new(BalloonDeviceMetrics::new());
@@ -67,22 +67,22 @@ impl<'a> Rig<'a> {
     }
 
     /// Writes `pfns` at `at` and returns a readable descriptor over them.
-    fn array(&self, at: u64, pfns: &[u32]) -> RawDescriptor {
+    pub fn array(&self, at: u64, pfns: &[u32]) -> RawDescriptor {
         let bytes: Vec<u8> = pfns.iter().flat_map(|p| p.to_le_bytes()).collect();
         self.mem.write_slice(&bytes, GuestAddress(at)).unwrap();
         desc(at, bytes.len() as u32, 0)
     }
 
-    fn inflate_chains(&self, descs: &[RawDescriptor]) {
+    pub fn inflate_chains(&self, descs: &[RawDescriptor]) {
         self.inflate.add_desc_chains(descs, 0).unwrap();
     }
 }
 
-fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+pub(super) fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
     RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
 }
 
-fn small_memory_with_a_hole() -> GuestMemory {
+pub(super) fn small_memory_with_a_hole() -> GuestMemory {
     // 4 MiB of RAM, a 2 MiB hole (an MMIO gap), 2 MiB more.
     GuestMemory::from_ranges(&[
         (GuestAddress(0), 0x40_0000),
@@ -92,7 +92,7 @@ fn small_memory_with_a_hole() -> GuestMemory {
 }
 
 /// The resident KiB of the mapping that starts at `host`, from /proc/self/smaps.
-fn mapping_rss_kib(host: usize) -> u64 {
+pub(super) fn mapping_rss_kib(host: usize) -> u64 {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let head = format!("{host:x}-");
     let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
@@ -263,13 +263,7 @@ fn config_space_holds_the_target_and_the_drivers_actual() {
 }
 
 #[test]
-fn unsupported_features_and_memory_are_refused_by_name() {
-    let hinting = BalloonConfig {
-        free_page_hinting: true,
-        ..config(1)
-    };
-    let e = check_config(&hinting).unwrap_err().to_string();
-    assert!(e.contains("free page hinting"), "{e}");
+fn guest_memory_the_balloon_cannot_give_back_is_refused_by_name() {
     let locked = MemoryOptions {
         lock: true,
         ..MemoryOptions::default()
@@ -307,11 +301,11 @@ fn the_ledger_is_sized_by_guest_memory_whatever_the_guest_sends() {
     assert_eq!(mem.last_addr().raw_value(), 0x7f_ffff);
 }
 
-const STATS_RING: u64 = 0x3_0000;
-const STATS_BUFFER: u64 = 0x3_8000;
+pub(super) const STATS_RING: u64 = 0x3_0000;
+pub(super) const STATS_BUFFER: u64 = 0x3_8000;
 
 /// A balloon with the statistics queue, its three mock queues.
-fn stats_rig(
+pub(super) fn stats_rig(
     mem: &GuestMemory,
 ) -> (
     Balloon,
@@ -344,7 +338,7 @@ fn stats_rig(
 }
 
 /// Writes `entries` (tag, value) at `at` and returns a readable descriptor over them.
-fn stats_buffer(mem: &GuestMemory, at: u64, entries: &[(u16, u64)]) -> RawDescriptor {
+pub(super) fn stats_buffer(mem: &GuestMemory, at: u64, entries: &[(u16, u64)]) -> RawDescriptor {
     let bytes: Vec<u8> = entries
         .iter()
         .flat_map(|(t, v)| t.to_le_bytes().into_iter().chain(v.to_le_bytes()))

@@ -284,6 +284,19 @@ fn put_cpu_config_answers_as_firecracker_and_the_last_template_set_wins() {
             r#"{"reg_modifiers":[]}"#.to_string(),
             "aarch64 template fields",
         ),
+        // Not guest state: the PMU (PERF_GLOBAL_CTRL), VMX capabilities, kvmclock.
+        (
+            r#"{"msr_modifiers":[{"addr":"0x38f","bitmap":"0b1"}]}"#.to_string(),
+            "MSR 0x38f cannot be changed by a CPU template",
+        ),
+        (
+            r#"{"msr_modifiers":[{"addr":"0x480","bitmap":"0b1"}]}"#.to_string(),
+            "MSR 0x480 cannot be changed by a CPU template",
+        ),
+        (
+            r#"{"msr_modifiers":[{"addr":"0x4b564d01","bitmap":"0b1"}]}"#.to_string(),
+            "MSR 0x4b564d01 cannot be changed by a CPU template",
+        ),
         (too_many, "too many entries: at most 256"),
         ("not json".to_string(), "expected ident"),
     ] {
@@ -442,9 +455,9 @@ fn a_template_kvm_cannot_apply_fails_instance_start_naming_the_leaf_or_msr() {
              CPUID entry not supported by KVM: Leaf: 4fffffff, Subleaf: 0",
         ),
         (
-            json!({"msr_modifiers": [{"addr": "0x4b564dff", "bitmap": "0b1"}]}),
+            json!({"msr_modifiers": [{"addr": "0x618", "bitmap": "0b1"}]}),
             "Start microvm error: Cannot apply the CPU template to vCPU 0: Template changes an \
-             MSR entry not supported by KVM: Register Address: 4b564dff",
+             MSR entry not supported by KVM: Register Address: 618",
         ),
         (
             json!({"msr_modifiers": [{"addr": "0xc0000102",

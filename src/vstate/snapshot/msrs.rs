@@ -1,7 +1,7 @@
 //! Which MSRs a snapshot carries: those KVM reports (KVM_GET_MSR_INDEX_LIST) that lie in the
 //! ranges a guest can use and that KVM can save (the ranges follow Firecracker's list: the
 //! architectural, syscall, MTRR/PAT, machine-check, x2APIC and KVM paravirtual MSRs; never
-//! IA32_MCG_CTL, the PMU or VMX capability MSRs, nor Hyper-V's). Restore accepts only indices
+//! IA32_MCG_CTL, the PMU or VMX capability MSRs, nor Hyper-V's: [`msr::is_guest_state`]). Restore accepts only indices
 //! of that host list, each once, and writes IA32_TSC_DEADLINE after IA32_TSC.
 
 use std::collections::BTreeSet;
@@ -10,74 +10,12 @@ use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_MSR_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
 
 use super::StateError;
+use crate::arch::x86_64::msr;
 
 /// IA32_TSC.
 pub const MSR_IA32_TSC: u32 = 0x10;
 /// IA32_TSC_DEADLINE: restored after IA32_TSC, or KVM may arm its timer wrongly.
 pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
-const MSR_IA32_MCG_CTL: u32 = 0x17b;
-/// IA32_PAT: eight memory types; 2 and 3 are reserved (checked here: not every KVM does).
-const MSR_IA32_PAT: u32 = 0x277;
-
-/// (first index, count) of the MSR ranges a snapshot may carry.
-const SAVED_RANGES: &[(u32, u32)] = &[
-    (0x0, 2),             // P5_MC_ADDR, P5_MC_TYPE
-    (0x10, 1),            // TSC
-    (0x17, 1),            // PLATFORM_ID
-    (0x1b, 1),            // APICBASE
-    (0x2a, 1),            // EBL_CR_POWERON
-    (0x2c, 1),            // EBC_FREQUENCY_ID
-    (0x34, 1),            // SMI_COUNT
-    (0x3a, 2),            // FEAT_CTL, TSC_ADJUST
-    (0x48, 2),            // SPEC_CTRL, PRED_CMD
-    (0x79, 1),            // UCODE_WRITE
-    (0x8b, 1),            // UCODE_REV
-    (0x9e, 1),            // SMBASE
-    (0xcd, 2),            // FSB_FREQ, PLATFORM_INFO
-    (0xe2, 1),            // PKG_CST_CONFIG_CONTROL
-    (0xe7, 2),            // MPERF, APERF
-    (0xfe, 1),            // MTRRcap
-    (0x10a, 1),           // ARCH_CAPABILITIES
-    (0x11e, 1),           // BBL_CR_CTL3
-    (0x122, 1),           // TSX_CTRL
-    (0x140, 1),           // MISC_FEATURES_ENABLES
-    (0x174, 3),           // SYSENTER_CS/ESP/EIP
-    (0x179, 2),           // MCG_CAP, MCG_STATUS
-    (0x198, 1),           // PERF_STATUS
-    (0x1a0, 1),           // MISC_ENABLE
-    (0x1a4, 1),           // MISC_FEATURE_CONTROL
-    (0x1aa, 1),           // MISC_PWR_MGMT
-    (0x1ad, 2),           // TURBO_RATIO_LIMIT, _LIMIT1
-    (0x1d9, 1),           // DEBUGCTL
-    (0x1db, 4),           // LASTBRANCH/LASTINT FROM/TO
-    (0x1fc, 1),           // POWER_CTL
-    (0x200, 0x100),       // MTRRs, PAT
-    (0x3fc, 3),           // CORE_C3/C6/C7_RESIDENCY
-    (0x400, 0x80),        // MC banks
-    (0x606, 1),           // RAPL_POWER_UNIT
-    (0x60a, 3),           // PKGC3/6/7_IRTL
-    (0x610, 2),           // PKG_POWER_LIMIT, PKG_ENERGY_STATUS
-    (0x613, 2),           // PKG_PERF_STATUS, PKG_POWER_INFO
-    (0x618, 2),           // DRAM_POWER_LIMIT, DRAM_ENERGY_STATUS
-    (0x61b, 2),           // DRAM_PERF_STATUS, DRAM_POWER_INFO
-    (0x648, 5),           // CONFIG_TDP_*, TURBO_ACTIVATION_RATIO
-    (0x6e0, 1),           // TSC_DEADLINE
-    (0x800, 0x400),       // x2APIC
-    (0xda0, 1),           // XSS
-    (0x4b56_4d00, 0x100), // KVM paravirtual (kvmclock, async PF, steal time, PV EOI, ...)
-    (0xc000_0080, 5),     // EFER, STAR, LSTAR, CSTAR, SYSCALL_MASK
-    (0xc000_0100, 4),     // FS_BASE, GS_BASE, KERNEL_GS_BASE, TSC_AUX
-    (0xc001_0015, 1),     // K7_HWCR
-];
-
-/// Whether a snapshot may carry MSR `index`.
-pub fn is_saved(index: u32) -> bool {
-    index != MSR_IA32_MCG_CTL
-        && SAVED_RANGES
-            .iter()
-            .any(|&(base, n)| index >= base && index - base < n)
-}
-
 /// The MSRs of this host that snapshots carry, sorted.
 pub fn host_list(kvm: &Kvm) -> Result<Vec<u32>, StateError> {
     let list = kvm
@@ -87,7 +25,7 @@ pub fn host_list(kvm: &Kvm) -> Result<Vec<u32>, StateError> {
         .as_slice()
         .iter()
         .copied()
-        .filter(|&i| is_saved(i))
+        .filter(|&i| msr::is_guest_state(i))
         .collect();
     Ok(set.into_iter().collect())
 }
@@ -163,12 +101,8 @@ pub fn validate(msrs: &[(u32, u64)], host: &[u32]) -> Result<(), StateError> {
             return Err(StateError::DuplicateMsr(index));
         }
     }
-    if let Some(&(_, pat)) = msrs.iter().find(|(i, _)| *i == MSR_IA32_PAT) {
-        let valid = pat
-            .to_le_bytes()
-            .iter()
-            .all(|t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7));
-        if !valid {
+    if let Some(&(_, pat)) = msrs.iter().find(|(i, _)| *i == msr::MSR_IA32_PAT) {
+        if !msr::pat_is_valid(pat) {
             return Err(StateError::Invalid("PAT"));
         }
     }
@@ -207,8 +141,14 @@ mod tests {
 
     #[test]
     fn saved_ranges_skip_mcg_ctl_pmu_vmx_and_hyperv() {
-        assert!(is_saved(0x10) && is_saved(0xc000_0082) && is_saved(0x4b56_4d01));
-        assert!(is_saved(0x277) && is_saved(0x6e0) && is_saved(0x830));
+        assert!(
+            msr::is_guest_state(0x10)
+                && msr::is_guest_state(0xc000_0082)
+                && msr::is_guest_state(0x4b56_4d01)
+        );
+        assert!(
+            msr::is_guest_state(0x277) && msr::is_guest_state(0x6e0) && msr::is_guest_state(0x830)
+        );
         for bad in [
             0x17b,
             0xc1,
@@ -219,7 +159,7 @@ mod tests {
             0x4000_0000,
             0xdead_beef,
         ] {
-            assert!(!is_saved(bad), "{bad:#x}");
+            assert!(!msr::is_guest_state(bad), "{bad:#x}");
         }
     }
 

@@ -114,13 +114,14 @@ fn what_kvm_does_not_offer_is_an_error_not_a_skip() {
         err,
         VcpuError::Template(1, ApplyError::CpuidNotSupported(0x4fff_ffff, 0))
     ));
-    // An index no MSR has (each attempt on a new vCPU: a failed one stays created).
-    let unknown = template(r#"{"msr_modifiers":[{"addr":"0x4b564dff","bitmap":"0b1"}]}"#);
+    // A guest-state MSR KVM does not emulate, DRAM_POWER_LIMIT (each attempt on a new vCPU:
+    // a failed one stays created).
+    let unknown = template(r#"{"msr_modifiers":[{"addr":"0x618","bitmap":"0b1"}]}"#);
     let err = vcpu(&vm, 2, &unknown).err().unwrap();
     assert!(
         matches!(
             err,
-            VcpuError::Template(2, ApplyError::MsrNotSupported(0x4b56_4dff))
+            VcpuError::Template(2, ApplyError::MsrNotSupported(0x618))
         ),
         "{err:?}"
     );
@@ -139,6 +140,18 @@ fn what_kvm_does_not_offer_is_an_error_not_a_skip() {
                     ..
                 }
             )
+        ),
+        "{err:?}"
+    );
+    // A reserved memory type (2) in PAT: refused whether or not this KVM checks PAT.
+    let pat = template(
+        r#"{"msr_modifiers":[{"addr":"0x277","bitmap":"0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx010"}]}"#,
+    );
+    let err = vcpu(&vm, 0, &pat).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            VcpuError::Template(0, ApplyError::MsrRefused { index: 0x277, .. })
         ),
         "{err:?}"
     );

@@ -5,6 +5,7 @@ use kvm_bindings::{kvm_msr_entry, CpuId, Msrs};
 use kvm_ioctls::VcpuFd;
 
 use super::custom::{CpuidRegister, CustomCpuTemplate};
+use crate::arch::x86_64::msr;
 
 /// Why a template cannot be applied to a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,13 @@ pub fn apply_to_msrs(
     }
     for (entry, modifier) in msrs.as_mut_slice().iter_mut().zip(&template.msr_modifiers) {
         entry.data = modifier.bitmap.apply(entry.data);
+        // Not every KVM checks PAT's memory types (as a snapshot restore does).
+        if entry.index == msr::MSR_IA32_PAT && !msr::pat_is_valid(entry.data) {
+            return Err(ApplyError::MsrRefused {
+                index: entry.index,
+                value: entry.data,
+            });
+        }
     }
     let set = vcpu.set_msrs(&msrs).map_err(ApplyError::MsrIoctl)?;
     if let Some(refused) = msrs.as_slice().get(set) {

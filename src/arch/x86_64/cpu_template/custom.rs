@@ -1,7 +1,9 @@
 //! Firecracker's custom CPU template (`PUT /cpu-config`, the config file's `cpu-config`):
 //! `cpuid_modifiers` and `msr_modifiers` as Firecracker writes them. Every list is capped, so
 //! a client cannot make the VMM allocate without limit, and every number needs its `0x` or
-//! `0b` prefix (Firecracker's rule).
+//! `0b` prefix (Firecracker's rule). Unlike Firecracker, an MSR modifier must name an MSR of
+//! guest state (`msr::is_templatable`): the set a restored state file may set, without the
+//! x2APIC and KVM paravirtual MSRs.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -10,6 +12,7 @@ use serde::de::{Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::bitmap::{shorten, Bitmap32, Bitmap64};
+use crate::arch::x86_64::msr;
 
 /// Most CPUID leaves a template may change (the kernel's KVM_MAX_CPUID_ENTRIES; a template
 /// can only change leaves KVM lists, so a real one is far below it).
@@ -89,8 +92,8 @@ pub struct CpuidLeafModifier {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MsrModifier {
-    /// MSR index.
-    #[serde(deserialize_with = "number_u32", serialize_with = "hex")]
+    /// MSR index: one that holds guest state ([`msr::is_templatable`]).
+    #[serde(deserialize_with = "templatable_msr", serialize_with = "hex")]
     pub addr: u32,
     /// What to set in it.
     pub bitmap: Bitmap64,
@@ -152,6 +155,20 @@ fn number_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Erro
             shorten(&text)
         ))
     })
+}
+
+/// An MSR index a template may change (see [`msr::is_templatable`]).
+fn templatable_msr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let addr = number_u32(deserializer)?;
+    if msr::is_templatable(addr) {
+        Ok(addr)
+    } else {
+        Err(D::Error::custom(format!(
+            "MSR {addr:#x} cannot be changed by a CPU template: only MSRs of guest state \
+             (architectural, syscall, MTRR/PAT, machine-check, ARCH_CAPABILITIES, ...), not \
+             PMU, VMX, Hyper-V, x2APIC or KVM paravirtual MSRs"
+        )))
+    }
 }
 
 fn no_kvm_capabilities<'de, D: Deserializer<'de>>(
@@ -297,6 +314,51 @@ mod tests {
             "0".repeat(33)
         );
         assert!(parse(&long).unwrap_err().contains("string is too long"));
+    }
+
+    #[test]
+    fn only_msrs_of_guest_state_can_be_templated() {
+        let msr = |addr: &str| {
+            parse(&format!(
+                r#"{{"msr_modifiers":[{{"addr":"{addr}","bitmap":"0b0"}}]}}"#
+            ))
+        };
+        // What Firecracker's templates and guests' own state use.
+        for ok in [
+            "0x10a",
+            "0x1a0",
+            "0x48",
+            "0xc0000080",
+            "0xc0000102",
+            "0x277",
+            "0x10",
+        ] {
+            assert!(msr(ok).is_ok(), "{ok}: {:?}", msr(ok));
+        }
+        // Host-only or emulation-control MSRs a client must not reach through KVM's
+        // host-initiated write path: PMU (PERF_CAPABILITIES, PERF_GLOBAL_CTRL, PMC0, EVNTSEL0),
+        // VMX capabilities, IA32_MCG_CTL, Hyper-V, the KVM paravirtual MSRs (KVM writes to the
+        // guest physical address they name) and x2APIC registers.
+        for bad in [
+            "0x345",
+            "0x38f",
+            "0xc1",
+            "0x186",
+            "0x480",
+            "0x48d",
+            "0x17b",
+            "0x40000000",
+            "0x4b564d01",
+            "0x12",
+            "0x830",
+            "0xc0010200",
+        ] {
+            let err = msr(bad).unwrap_err();
+            assert!(
+                err.contains("cannot be changed by a CPU template"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

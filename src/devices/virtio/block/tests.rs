@@ -772,3 +772,50 @@ fn a_snapshot_or_a_file_change_waits_for_async_requests_in_flight_and_answers_th
     assert_eq!(p.used_idx(&f), 3);
     assert_eq!(p.block.metrics.read_count.count(), 3);
 }
+
+#[test]
+fn reset_loops_with_async_reads_blocked_never_hold_more_than_the_queue_size_in_flight() {
+    let f = Fixture::new();
+    let mut p = PipeDrive::new(&f);
+    let reactivate = |p: &mut PipeDrive| {
+        p.q.avail().idx().store(0);
+        let mut queue: virtio_queue::Queue = p.q.create_queue().unwrap();
+        queue
+            .try_set_used_ring_address(GuestAddress(PIPE_USED))
+            .unwrap();
+        p.block
+            .activate(ActivateContext {
+                mem: f.mem.clone(),
+                queues: vec![queue],
+                features: VIRTIO_F_VERSION_1,
+            })
+            .unwrap();
+    };
+    // The attack: a driver fills the ring with reads the backend never finishes, resets,
+    // sets the queue up again and fills it again, over and over. Orphans keep their slots,
+    // so the engine never holds more than one queue's worth: the new chains wait.
+    p.post(0, 16);
+    p.block.process_queue();
+    assert_eq!(p.in_flight(), 16);
+    for _ in 0..50 {
+        p.block.reset();
+        let engine = p.block.engine.as_ref().unwrap();
+        assert_eq!((engine.in_flight(), engine.orphans()), (16, 16));
+        reactivate(&mut p);
+        p.post(0, 16);
+        p.block.process_queue();
+        while p.block.core.queue_events[0].read().is_ok() {
+            p.block.process_queue();
+        }
+        assert_eq!(p.in_flight(), 16, "no slot beyond the queue size");
+        assert_eq!(p.used_idx(&f), 0);
+    }
+    // The backend finishes the orphans: their slots take the waiting chains, which are
+    // answered; no orphan reaches the used ring.
+    p.write_end.write_all(&[0x5a; 512 * 32]).unwrap();
+    complete_async(&mut p.block);
+    let engine = p.block.engine.as_ref().unwrap();
+    assert_eq!((engine.in_flight(), engine.orphans()), (0, 0));
+    assert_eq!(p.used_idx(&f), 16);
+    assert_eq!(p.block.metrics.read_count.count(), 16);
+}

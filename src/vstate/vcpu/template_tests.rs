@@ -176,3 +176,22 @@ fn t2s_sets_arch_capabilities_or_names_the_msr_kvm_refuses() {
         Err(e) => panic!("{e:?}"),
     }
 }
+
+#[test]
+fn an_msr_named_twice_gets_both_modifiers_in_order_as_firecracker_applies_them() {
+    let Some(vm) =
+        vm_or_skip("an_msr_named_twice_gets_both_modifiers_in_order_as_firecracker_applies_them")
+    else {
+        return;
+    };
+    let x = |tail: &str| format!("0b{}{tail}", "x".repeat(64 - tail.len()));
+    let t = template(&format!(
+        r#"{{"msr_modifiers":[{{"addr":"0xc0000102","bitmap":"{}"}},
+             {{"addr":"0xc0000102","bitmap":"{}"}}]}}"#,
+        x("1xx"),
+        x("1xxx")
+    ));
+    let v = vcpu(&vm, 1, &t).unwrap();
+    // The boot value is 0: bit 2 from the first modifier, bit 3 from the second.
+    assert_eq!(msr(&v, MSR_KERNEL_GS_BASE), 0b1100);
+}

@@ -62,8 +62,9 @@ pub fn apply_to_cpuid(cpuid: &mut CpuId, template: &CustomCpuTemplate) -> Result
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct TemplateMsrs(pub Vec<(u32, u64)>);
 
-/// Reads each MSR the template names from the vCPU, applies its bits and writes it back. An
-/// MSR KVM does not read or refuses to write is an error, never skipped.
+/// Reads each MSR the template names from the vCPU, applies its bits (an MSR named twice gets
+/// both modifiers, in order) and writes it back. An MSR KVM does not read or refuses to write
+/// is an error, never skipped.
 pub fn apply_to_msrs(
     vcpu: &VcpuFd,
     template: &CustomCpuTemplate,
@@ -84,8 +85,17 @@ pub fn apply_to_msrs(
     if let Some(stopped) = msrs.as_slice().get(read) {
         return Err(ApplyError::MsrNotSupported(stopped.index));
     }
-    for (entry, modifier) in msrs.as_mut_slice().iter_mut().zip(&template.msr_modifiers) {
-        entry.data = modifier.bitmap.apply(entry.data);
+    let entries = msrs.as_mut_slice();
+    for (i, modifier) in template.msr_modifiers.iter().enumerate() {
+        // An MSR named again builds on what the modifiers before it made (Firecracker's
+        // order), not on the value read (at most 256 entries: the search is bounded).
+        let base = entries[..i]
+            .iter()
+            .rev()
+            .find(|e| e.index == modifier.addr)
+            .map_or(entries[i].data, |e| e.data);
+        let entry = &mut entries[i];
+        entry.data = modifier.bitmap.apply(base);
         // Not every KVM checks PAT's memory types (as a snapshot restore does).
         if entry.index == msr::MSR_IA32_PAT && !msr::pat_is_valid(entry.data) {
             return Err(ApplyError::MsrRefused {

@@ -3,10 +3,11 @@
 //! device gives each back to the host with MADV_DONTNEED ([`super::reclaim`]) and returns the
 //! request. The guest may use the pages again at once: they fault in as zeros.
 //!
-//! A request with a device-readable buffer, or a buffer outside guest RAM or not 4 KiB aligned
-//! in address and length, is refused whole (nothing given back) and counted in
+//! A request with a device-readable buffer, a buffer outside guest RAM or not 4 KiB aligned
+//! in address and length, or more than 128 MiB in all (Linux's largest), is refused whole (nothing given back) and counted in
 //! `free_page_report_fails`. Each buffer costs one descriptor's share of the drain budget and
-//! every 64 bytes given back one byte of it, so one kick gives back at most about 64 MiB.
+//! every 64 bytes given back one byte of it, so one kick gives back at most about 64 MiB
+//! (plus one request: at most 128 MiB).
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
@@ -57,6 +58,10 @@ impl Balloon {
 /// Reported bytes per byte of the drain's budget: 64 MiB of reports fill one drain, so one
 /// kick zaps at most about that much (plus one request) before other events are served.
 const REPORT_COST_DIVISOR: u64 = 64;
+/// Most bytes one request may report: Linux's most, 32 blocks (PAGE_REPORTING_CAPACITY) of
+/// 4 MiB (its largest free block). The drain's budget is checked between requests, so a
+/// larger one (up to 4 GiB) would zap all of it in one go on the VMM thread.
+const MAX_REPORT_BYTES: u64 = 128 << 20;
 
 /// Checks one request and gives its ranges back; returns the bytes given back.
 fn report(mem: &GuestMemory, segments: &[Segment], metrics: &BalloonDeviceMetrics) -> u64 {
@@ -64,7 +69,11 @@ fn report(mem: &GuestMemory, segments: &[Segment], metrics: &BalloonDeviceMetric
         s.addr.0.is_multiple_of(PAGE_SIZE) && u64::from(s.len).is_multiple_of(PAGE_SIZE)
     };
     let good = match Layout::check(mem, segments) {
-        Ok(layout) => layout.readable == 0 && segments.iter().all(aligned),
+        Ok(layout) => {
+            layout.readable == 0
+                && u64::from(layout.writable) <= MAX_REPORT_BYTES
+                && segments.iter().all(aligned)
+        }
         Err(_) => false,
     };
     if !good {

@@ -525,3 +525,47 @@ fn one_kick_gives_back_a_bounded_amount_of_reported_memory() {
     assert!((1..=5).contains(&used), "{used} requests in one kick");
     assert_eq!(metrics.free_page_report_freed.count(), used * (16 << 20));
 }
+
+#[test]
+fn one_report_over_more_than_linux_ever_reports_is_refused_whole() {
+    use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+    let mem = create_guest_memory(512 << 20, MemoryOptions::default()).unwrap();
+    let (mut balloon, q, metrics) = reporting_rig(&mem);
+    // The attack: ONE request of 15 buffers of 32 MiB (480 MiB; a guest with more RAM reports
+    // up to 4 GiB in one request). The drain's budget is checked between requests, so the
+    // VMM thread would zap all of it in one go (about 34 ms per populated GiB here). Linux
+    // reports at most 32 blocks of 4 MiB (128 MiB) per request.
+    let (n, w) = (15u16, (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16);
+    let chain: Vec<RawDescriptor> = (1..=n)
+        .map(|i| {
+            let flags = if i == n { VRING_DESC_F_WRITE as u16 } else { w };
+            RawDescriptor::from(Descriptor::new(u64::from(i) << 25, 32 << 20, flags, i))
+        })
+        .collect();
+    q.add_desc_chains(&chain, 0).unwrap();
+    balloon.process_report_queue();
+    assert_eq!(q.used().idx().load(), 1, "the request is answered");
+    assert_eq!(metrics.free_page_report_freed.count(), 0);
+    assert_eq!(metrics.free_page_report_fails.count(), 1);
+    // A request of 128 MiB, Linux's largest (here 16 buffers of 8 MiB: the mock queue has 16
+    // descriptors), is given back whole.
+    let mem = create_guest_memory(256 << 20, MemoryOptions::default()).unwrap();
+    let (mut balloon, q, metrics) = reporting_rig(&mem);
+    let n = 16u16;
+    let chain: Vec<RawDescriptor> = (0..n)
+        .map(|i| {
+            let flags = if i == n - 1 {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                w
+            };
+            let addr = (64 << 20) + (u64::from(i) << 23);
+            RawDescriptor::from(Descriptor::new(addr, 8 << 20, flags, i + 1))
+        })
+        .collect();
+    q.add_desc_chains(&chain, 0).unwrap();
+    balloon.process_report_queue();
+    assert_eq!(q.used().idx().load(), 1);
+    assert_eq!(metrics.free_page_report_freed.count(), 128 << 20);
+    assert_eq!(metrics.free_page_report_fails.count(), 0);
+}

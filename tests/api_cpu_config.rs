@@ -284,7 +284,7 @@ fn put_cpu_config_answers_as_firecracker_and_the_last_template_set_wins() {
             r#"{"reg_modifiers":[]}"#.to_string(),
             "aarch64 template fields",
         ),
-        // Not guest state: the PMU (PERF_GLOBAL_CTRL), VMX capabilities, kvmclock.
+        // Not guest state: the PMU (PERF_GLOBAL_CTRL), VMX capabilities, Hyper-V.
         (
             r#"{"msr_modifiers":[{"addr":"0x38f","bitmap":"0b1"}]}"#.to_string(),
             "MSR 0x38f cannot be changed by a CPU template",
@@ -294,8 +294,8 @@ fn put_cpu_config_answers_as_firecracker_and_the_last_template_set_wins() {
             "MSR 0x480 cannot be changed by a CPU template",
         ),
         (
-            r#"{"msr_modifiers":[{"addr":"0x4b564d01","bitmap":"0b1"}]}"#.to_string(),
-            "MSR 0x4b564d01 cannot be changed by a CPU template",
+            r#"{"msr_modifiers":[{"addr":"0x40000000","bitmap":"0b1"}]}"#.to_string(),
+            "MSR 0x40000000 cannot be changed by a CPU template",
         ),
         (too_many, "too many entries: at most 256"),
         ("not json".to_string(), "expected ident"),

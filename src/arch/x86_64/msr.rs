@@ -80,81 +80,74 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), MsrError> {
 const MSR_IA32_MCG_CTL: u32 = 0x17b;
 /// IA32_PAT: eight memory types; 2 and 3 are reserved (checked here: not every KVM does).
 pub const MSR_IA32_PAT: u32 = 0x277;
-/// The x2APIC registers.
-const X2APIC: (u32, u32) = (0x800, 0x400);
-/// KVM's paravirtual MSRs (kvmclock, async PF, steal time, PV EOI, ...).
-const KVM_PV: (u32, u32) = (0x4b56_4d00, 0x100);
 
 /// (first index, count) of the MSR ranges that hold guest state (Firecracker's list).
 const GUEST_STATE_RANGES: &[(u32, u32)] = &[
-    (0x0, 2),       // P5_MC_ADDR, P5_MC_TYPE
-    (0x10, 1),      // TSC
-    (0x17, 1),      // PLATFORM_ID
-    (0x1b, 1),      // APICBASE
-    (0x2a, 1),      // EBL_CR_POWERON
-    (0x2c, 1),      // EBC_FREQUENCY_ID
-    (0x34, 1),      // SMI_COUNT
-    (0x3a, 2),      // FEAT_CTL, TSC_ADJUST
-    (0x48, 2),      // SPEC_CTRL, PRED_CMD
-    (0x79, 1),      // UCODE_WRITE
-    (0x8b, 1),      // UCODE_REV
-    (0x9e, 1),      // SMBASE
-    (0xcd, 2),      // FSB_FREQ, PLATFORM_INFO
-    (0xe2, 1),      // PKG_CST_CONFIG_CONTROL
-    (0xe7, 2),      // MPERF, APERF
-    (0xfe, 1),      // MTRRcap
-    (0x10a, 1),     // ARCH_CAPABILITIES
-    (0x11e, 1),     // BBL_CR_CTL3
-    (0x122, 1),     // TSX_CTRL
-    (0x140, 1),     // MISC_FEATURES_ENABLES
-    (0x174, 3),     // SYSENTER_CS/ESP/EIP
-    (0x179, 2),     // MCG_CAP, MCG_STATUS
-    (0x198, 1),     // PERF_STATUS
-    (0x1a0, 1),     // MISC_ENABLE
-    (0x1a4, 1),     // MISC_FEATURE_CONTROL
-    (0x1aa, 1),     // MISC_PWR_MGMT
-    (0x1ad, 2),     // TURBO_RATIO_LIMIT, _LIMIT1
-    (0x1d9, 1),     // DEBUGCTL
-    (0x1db, 4),     // LASTBRANCH/LASTINT FROM/TO
-    (0x1fc, 1),     // POWER_CTL
-    (0x200, 0x100), // MTRRs, PAT
-    (0x3fc, 3),     // CORE_C3/C6/C7_RESIDENCY
-    (0x400, 0x80),  // MC banks
-    (0x606, 1),     // RAPL_POWER_UNIT
-    (0x60a, 3),     // PKGC3/6/7_IRTL
-    (0x610, 2),     // PKG_POWER_LIMIT, PKG_ENERGY_STATUS
-    (0x613, 2),     // PKG_PERF_STATUS, PKG_POWER_INFO
-    (0x618, 2),     // DRAM_POWER_LIMIT, DRAM_ENERGY_STATUS
-    (0x61b, 2),     // DRAM_PERF_STATUS, DRAM_POWER_INFO
-    (0x648, 5),     // CONFIG_TDP_*, TURBO_ACTIVATION_RATIO
-    (0x6e0, 1),     // TSC_DEADLINE
-    X2APIC,
-    (0xda0, 1), // XSS
-    KVM_PV,
-    (0xc000_0080, 5), // EFER, STAR, LSTAR, CSTAR, SYSCALL_MASK
-    (0xc000_0100, 4), // FS_BASE, GS_BASE, KERNEL_GS_BASE, TSC_AUX
-    (0xc001_0015, 1), // K7_HWCR
+    (0x0, 2),             // P5_MC_ADDR, P5_MC_TYPE
+    (0x10, 1),            // TSC
+    (0x17, 1),            // PLATFORM_ID
+    (0x1b, 1),            // APICBASE
+    (0x2a, 1),            // EBL_CR_POWERON
+    (0x2c, 1),            // EBC_FREQUENCY_ID
+    (0x34, 1),            // SMI_COUNT
+    (0x3a, 2),            // FEAT_CTL, TSC_ADJUST
+    (0x48, 2),            // SPEC_CTRL, PRED_CMD
+    (0x79, 1),            // UCODE_WRITE
+    (0x8b, 1),            // UCODE_REV
+    (0x9e, 1),            // SMBASE
+    (0xcd, 2),            // FSB_FREQ, PLATFORM_INFO
+    (0xe2, 1),            // PKG_CST_CONFIG_CONTROL
+    (0xe7, 2),            // MPERF, APERF
+    (0xfe, 1),            // MTRRcap
+    (0x10a, 1),           // ARCH_CAPABILITIES
+    (0x11e, 1),           // BBL_CR_CTL3
+    (0x122, 1),           // TSX_CTRL
+    (0x140, 1),           // MISC_FEATURES_ENABLES
+    (0x174, 3),           // SYSENTER_CS/ESP/EIP
+    (0x179, 2),           // MCG_CAP, MCG_STATUS
+    (0x198, 1),           // PERF_STATUS
+    (0x1a0, 1),           // MISC_ENABLE
+    (0x1a4, 1),           // MISC_FEATURE_CONTROL
+    (0x1aa, 1),           // MISC_PWR_MGMT
+    (0x1ad, 2),           // TURBO_RATIO_LIMIT, _LIMIT1
+    (0x1d9, 1),           // DEBUGCTL
+    (0x1db, 4),           // LASTBRANCH/LASTINT FROM/TO
+    (0x1fc, 1),           // POWER_CTL
+    (0x200, 0x100),       // MTRRs, PAT
+    (0x3fc, 3),           // CORE_C3/C6/C7_RESIDENCY
+    (0x400, 0x80),        // MC banks
+    (0x606, 1),           // RAPL_POWER_UNIT
+    (0x60a, 3),           // PKGC3/6/7_IRTL
+    (0x610, 2),           // PKG_POWER_LIMIT, PKG_ENERGY_STATUS
+    (0x613, 2),           // PKG_PERF_STATUS, PKG_POWER_INFO
+    (0x618, 2),           // DRAM_POWER_LIMIT, DRAM_ENERGY_STATUS
+    (0x61b, 2),           // DRAM_PERF_STATUS, DRAM_POWER_INFO
+    (0x648, 5),           // CONFIG_TDP_*, TURBO_ACTIVATION_RATIO
+    (0x6e0, 1),           // TSC_DEADLINE
+    (0x800, 0x400),       // x2APIC
+    (0xda0, 1),           // XSS
+    (0x4b56_4d00, 0x100), // KVM paravirtual (kvmclock, async PF, steal time, PV EOI, ...)
+    (0xc000_0080, 5),     // EFER, STAR, LSTAR, CSTAR, SYSCALL_MASK
+    (0xc000_0100, 4),     // FS_BASE, GS_BASE, KERNEL_GS_BASE, TSC_AUX
+    (0xc001_0015, 1),     // K7_HWCR
 ];
-
-fn in_range(index: u32, (base, n): (u32, u32)) -> bool {
-    index >= base && index - base < n
-}
 
 /// Whether MSR `index` holds guest state a snapshot carries: the architectural, syscall,
 /// MTRR/PAT, machine-check, x2APIC and KVM paravirtual MSRs; never IA32_MCG_CTL, the PMU or
 /// VMX capability MSRs, nor Hyper-V's.
 pub fn is_guest_state(index: u32) -> bool {
-    index != MSR_IA32_MCG_CTL && GUEST_STATE_RANGES.iter().any(|&r| in_range(index, r))
+    index != MSR_IA32_MCG_CTL
+        && GUEST_STATE_RANGES
+            .iter()
+            .any(|&(base, n)| index >= base && index - base < n)
 }
 
-/// Whether a CPU template may change MSR `index`: guest state ([`is_guest_state`]: what a
-/// restored state file may set too), but not the x2APIC registers nor KVM's paravirtual
-/// MSRs, which describe no CPU model (a kvmclock or steal-time MSR makes KVM write to the
-/// guest physical address it names before the guest's kernel chose one). Everything else
-/// (PMU, VMX capabilities, Hyper-V, vendor MSRs) would reach KVM's host-initiated MSR writes,
-/// which check less than a guest's, with values no guest state needs.
+/// Whether a CPU template may change MSR `index`: guest state ([`is_guest_state`]), the set a
+/// restored state file may set too, so every templated MSR is one snapshots carry. Everything
+/// else (PMU, VMX capabilities, Hyper-V, vendor MSRs) would reach KVM's host-initiated MSR
+/// writes, which check less than a guest's, with values no guest state needs.
 pub fn is_templatable(index: u32) -> bool {
-    is_guest_state(index) && !in_range(index, X2APIC) && !in_range(index, KVM_PV)
+    is_guest_state(index)
 }
 
 /// Whether `pat` holds only defined memory types (2 and 3 are reserved).

@@ -195,3 +195,37 @@ fn an_msr_named_twice_gets_both_modifiers_in_order_as_firecracker_applies_them()
     // The boot value is 0: bit 2 from the first modifier, bit 3 from the second.
     assert_eq!(msr(&v, MSR_KERNEL_GS_BASE), 0b1100);
 }
+
+#[test]
+fn reserved_bits_of_the_msrs_kvm_treats_specially_are_refused_by_kvm() {
+    let test = "reserved_bits_of_the_msrs_kvm_treats_specially_are_refused_by_kvm";
+    let Some(vm) = vm_or_skip(test) else {
+        return;
+    };
+    // Templates may change EFER, APIC_BASE, SPEC_CTRL, DEBUGCTL and the SYSCALL MSRs (guest
+    // state, as state files do); KVM's own checks are what bound their values. Bit 63 is
+    // reserved (or non-canonical) in each.
+    let bit63 = format!("0b1{}", "x".repeat(63));
+    for (i, addr) in [0xc000_0080u32, 0x1b, 0x48, 0x1d9, 0xc000_0082]
+        .into_iter()
+        .enumerate()
+    {
+        let t = template(&format!(
+            r#"{{"msr_modifiers":[{{"addr":"{addr:#x}","bitmap":"{bit63}"}}]}}"#
+        ));
+        // Refused, or taken and dropped (this host's kvm_pvm ignores SPEC_CTRL writes): never
+        // held by the vCPU.
+        match vcpu(&vm, i as u8, &t) {
+            Ok(v) => assert_eq!(msr(&v, addr) >> 63, 0, "{addr:#x} holds bit 63"),
+            Err(err) => assert!(
+                matches!(
+                    err,
+                    VcpuError::Template(_, ApplyError::MsrRefused { index, .. })
+                        | VcpuError::Template(_, ApplyError::MsrNotSupported(index))
+                        if index == addr
+                ),
+                "{addr:#x}: {err:?}"
+            ),
+        }
+    }
+}

@@ -330,3 +330,60 @@ fn a_restored_hinting_run_ends_with_done() {
     clone.start_hinting(StartHintingCmd::default()).unwrap();
     assert_eq!(cmd_id(&clone), 3);
 }
+
+#[test]
+fn queues_a_driver_set_up_but_did_not_accept_are_never_served_and_their_kicks_are_drained() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::Mutex;
+    let mem = create_guest_memory(32 << 20, MemoryOptions::default()).unwrap();
+    let inflate = MockSplitQueue::create(&mem, GuestAddress(INFLATE_RING), 16);
+    let deflate = MockSplitQueue::create(&mem, GuestAddress(DEFLATE_RING), 16);
+    // The attack: the device offers hinting and reporting, the driver accepts neither but
+    // sets up queues 2 and 3 anyway with requests in them (a hint and a report of 16 MiB),
+    // then notifies them.
+    let extra = MockSplitQueue::create(&mem, GuestAddress(STATS_RING), 16);
+    let w = VRING_DESC_F_WRITE as u16;
+    extra
+        .add_desc_chains(&[id_buffer(&mem, 0, 2), desc(16 << 20, 16 << 20, w)], 0)
+        .unwrap();
+    let cfg = BalloonConfig {
+        free_page_hinting: true,
+        free_page_reporting: true,
+        ..config(0)
+    };
+    let metrics = Arc::new(BalloonDeviceMetrics::new());
+    let mut balloon = Balloon::new(&cfg, metrics.clone()).unwrap();
+    balloon
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![
+                inflate.create_queue().unwrap(),
+                deflate.create_queue().unwrap(),
+                extra.create_queue().unwrap(),
+                extra.create_queue().unwrap(),
+            ],
+            features: VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
+    // The host starts a hinting run (the device offers it), so only the roles keep queue 2
+    // from being served as the hinting queue.
+    balloon.start_hinting(StartHintingCmd::default()).unwrap();
+    let balloon = Arc::new(Mutex::new(balloon));
+    let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().unwrap();
+    manager.add_subscriber(balloon.clone());
+    for index in [2, 3] {
+        balloon.lock().unwrap().queue_events()[index]
+            .write(1)
+            .unwrap();
+    }
+    assert!(manager.run_with_timeout(0).unwrap() >= 1);
+    // Read, not served: nothing used, nothing given back, nothing counted as a failure.
+    assert_eq!(extra.used().idx().load(), 0);
+    assert_eq!(metrics.free_page_hint_freed.count(), 0);
+    assert_eq!(metrics.free_page_report_freed.count(), 0);
+    assert_eq!(metrics.free_page_hint_fails.count(), 0);
+    assert_eq!(metrics.event_fails.count(), 0);
+    // Their notifications were consumed: the loop does not spin on them.
+    assert_eq!(manager.run_with_timeout(0).unwrap(), 0);
+}

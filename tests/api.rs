@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::api::ApiClient;
-use common::{kvm_available, probe_path, ApiVm};
+use common::{kvm_available, probe_path, rss_kib, ApiVm};
 use nix::fcntl::OFlag;
 use nix::sys::socket::UnixAddr;
 use nix::unistd::{ForkResult, Pid};
@@ -808,15 +808,6 @@ fn a_slowloris_does_not_block_others_and_is_cut_at_its_deadline() {
     assert_eq!(lines.iter().filter(|l| l["status"] == 408).count(), 1);
 }
 
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn ten_thousand_requests_are_all_answered_and_audited_with_bounded_rss() {
     let vm = ApiVm::start(&[]);
@@ -838,11 +829,11 @@ fn ten_thousand_requests_are_all_answered_and_audited_with_bounded_rss() {
     for i in 0..200 {
         send(i);
     }
-    let before = vm_rss_kib(pid);
+    let before = rss_kib(pid);
     for i in 0..10_000 {
         send(i);
     }
-    let after = vm_rss_kib(pid);
+    let after = rss_kib(pid);
     println!("VmRSS of the VMM: {before} KiB after 200 requests, {after} KiB after 10,200");
     assert!(
         after < before + 8 * 1024,

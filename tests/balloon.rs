@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use common::api::{wait_for_socket, ApiClient};
-use common::vsock::rss_kib as vm_rss_kib;
+use common::rss_kib;
 use common::{kvm_available, metric_totals, probe_path, ApiVm, TestVm};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,13 +53,13 @@ fn pages_the_guest_gives_to_the_balloon_leave_the_vmms_rss_and_hostile_ones_are_
     let mut api = ApiClient::connect(&sock);
     running.wait_for_output("probe: balloon-filled ok pages=8192", TIMEOUT);
     let pid = running.child.id();
-    let before = vm_rss_kib(pid);
+    let before = rss_kib(pid);
     assert!(before < (GUEST_MIB + 64) * 1024, "VmRSS {before} KiB");
 
     let r = api.patch("/balloon", json!({"amount_mib": 32}));
     assert_eq!(r.status, 204, "{}", r.body);
     running.wait_for_output("probe: balloon ok inflated=8192", TIMEOUT);
-    let after = vm_rss_kib(pid);
+    let after = rss_kib(pid);
     let dropped = before.saturating_sub(after);
     eprintln!("VMM VmRSS: {before} KiB -> {after} KiB (dropped {dropped} KiB)");
     // About 32 MiB: the margin covers what the VMM and guest touch meanwhile.
@@ -211,13 +211,13 @@ fn a_balloon_is_saved_and_restored_with_its_pages_and_keeps_working_in_the_clone
         "{stats}"
     );
     let pid = clone.running.child.id();
-    let before = vm_rss_kib(pid);
+    let before = rss_kib(pid);
     // 16 MiB more: the guest writes those pages in the clone, then gives them.
     assert_eq!(c.patch("/balloon", json!({"amount_mib": 32})).status, 204);
     clone
         .running
         .wait_for_output("probe: balloon-snap ok inflated=4096 deflated=1", TIMEOUT);
-    let after = vm_rss_kib(pid);
+    let after = rss_kib(pid);
     eprintln!("clone VmRSS: {before} KiB -> {after} KiB");
     // Without the balloon the clone would hold the 16 MiB the guest wrote.
     assert!(
@@ -329,11 +329,11 @@ fn free_ranges_the_guest_reports_leave_the_vmms_rss_and_malformed_reports_are_co
     let mut api = ApiClient::connect(&sock);
     running.wait_for_output("probe: balloon-report ok filled", TIMEOUT);
     let pid = running.child.id();
-    let before = vm_rss_kib(pid);
+    let before = rss_kib(pid);
     // The target change is the guest's signal that the host measured.
     assert_eq!(api.patch("/balloon", json!({"amount_mib": 1})).status, 204);
     running.wait_for_output("probe: balloon-report ok reported=16777216", TIMEOUT);
-    let after = vm_rss_kib(pid);
+    let after = rss_kib(pid);
     let dropped = before.saturating_sub(after);
     eprintln!("VMM VmRSS: {before} KiB -> {after} KiB (dropped {dropped} KiB)");
     assert!(
@@ -377,12 +377,12 @@ fn hinted_free_ranges_leave_the_vmms_rss_and_hostile_hints_are_counted() {
         json!({"host_cmd": 0, "guest_cmd": null})
     );
     let pid = running.child.id();
-    let before = vm_rss_kib(pid);
+    let before = rss_kib(pid);
     // No body: acknowledge_on_stop defaults to true (the device answers STOP with DONE).
     let r = api.request("PATCH", "/balloon/hinting/start", None);
     assert_eq!(r.status, 204, "{}", r.body);
     running.wait_for_output("probe: balloon-hint ok hinted=16777216 done=1", TIMEOUT);
-    let after = vm_rss_kib(pid);
+    let after = rss_kib(pid);
     let dropped = before.saturating_sub(after);
     eprintln!("VMM VmRSS: {before} KiB -> {after} KiB (dropped {dropped} KiB)");
     assert!(

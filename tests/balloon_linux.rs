@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use common::agent::{sh, wait_for_agent};
 use common::linux::boot_source;
-use common::vsock::rss_kib;
+use common::rss_kib;
 use common::{kvm_available, metric_totals, ApiVm};
 
 /// Booting Linux on a loaded host without VMX/SVM, and the guest's emulated kernel work

@@ -51,8 +51,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use common::netns::{tsc_mhz, TapNetns, GUEST_MAC};
+use common::rss_kib;
 use common::{api, metric_totals, RunningVm, TestVm};
-use host::{can_attack, vm_rss_kib, ApiWatch, Latency};
+use host::{can_attack, ApiWatch, Latency};
 use table::Table;
 
 /// How long a scenario may take to finish: a liveness deadline, not a figure. The
@@ -165,13 +166,13 @@ fn blk_flood_of_one_head_256_times_is_bounded_and_the_vmm_and_a_second_guest_sta
     let mut running = spawn_with_api(&vm);
     running.wait_for_output("probe: blk-flood flood-start", TIMEOUT);
     let pid = running.child.id();
-    let rss_before = vm_rss_kib(pid);
+    let rss_before = rss_kib(pid);
     let watch = ApiWatch::start(vm.dir.path().join("api.sock"));
     let other_watch = ApiWatch::start(other.dir.path().join("api.sock"));
     running.wait_for_output("probe: blk-flood flood-done", TIMEOUT);
     let during = watch.stop();
     let other_during = other_watch.stop();
-    let rss_after = vm_rss_kib(pid);
+    let rss_after = rss_kib(pid);
     running.wait_for_output("probe: idle ok", TIMEOUT);
     let flushed = flush_metrics(&vm);
     let run = running.kill();
@@ -282,11 +283,11 @@ fn watched_run(table: &mut Table, vm: &TestVm, scenario: &str) -> common::GuestR
     let mut running = spawn_with_api(vm);
     running.wait_for_output("probe: ready", TIMEOUT);
     let pid = running.child.id();
-    let rss_before = vm_rss_kib(pid);
+    let rss_before = rss_kib(pid);
     let watch = ApiWatch::start(vm.dir.path().join("api.sock"));
     running.wait_for_output("probe: idle ok", TIMEOUT);
     let seen = watch.stop();
-    let rss_after = vm_rss_kib(pid);
+    let rss_after = rss_kib(pid);
     let flushed = flush_metrics(vm);
     let run = running.kill();
     latency_row(table, &format!("{scenario}: API GET /"), seen);

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use common::api::{wait_for_socket, ApiClient};
-use common::kvm_available;
 use common::netns::{net_totals, net_vm, TapNetns};
 use common::TestVm;
+use common::{kvm_available, rss_kib};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// The API must answer each request within this while the guest floods (a liveness bound,
@@ -57,16 +57,6 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 /// A counter of the totals (0 when never written).
 fn count(m: &BTreeMap<String, u64>, key: &str) -> u64 {
     m.get(key).copied().unwrap_or(0)
-}
-
-/// `VmRSS` of process `pid` in KiB.
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
 }
 
 #[test]
@@ -115,7 +105,7 @@ fn a_connection_flood_against_mmds_stays_bounded_and_the_api_keeps_answering() {
     let pid = running.child.id();
     running.wait_for_output("probe: mmds-flood held=8 extra=rst", TIMEOUT);
     wait_for_socket(&sock, TIMEOUT);
-    let rss_before = vm_rss_kib(pid);
+    let rss_before = rss_kib(pid);
 
     // GET / and PATCH /mmds through the flood and the held connections' deadline.
     let stop = Arc::new(AtomicBool::new(false));
@@ -139,12 +129,12 @@ fn a_connection_flood_against_mmds_stays_bounded_and_the_api_keeps_answering() {
         (seen, slowest)
     });
     running.wait_for_output("probe: mmds-flood flood-done", TIMEOUT);
-    let rss_flood = vm_rss_kib(pid);
+    let rss_flood = rss_kib(pid);
     // The VM idles after the scenario, so the VMM's memory can be read at the end.
     running.wait_for_output("probe: idle ok", TIMEOUT);
     stop.store(true, Ordering::Relaxed);
     let (statuses, slowest) = api.join().unwrap();
-    let rss_after = vm_rss_kib(pid);
+    let rss_after = rss_kib(pid);
     println!(
         "API: {} requests, slowest GET+PATCH {:.1} ms; VmRSS {rss_before} -> {rss_flood} -> {rss_after} KiB",
         statuses.len(),

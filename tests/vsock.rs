@@ -17,10 +17,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use common::vsock::{
-    crc32, echo_round_trip, fields, host_connect, line_with, pattern, rss_kib, vsock_totals,
-    wait_for_line, EchoListener,
+    crc32, echo_round_trip, fields, host_connect, line_with, pattern, vsock_totals, wait_for_line,
+    EchoListener,
 };
-use common::{kvm_available, probe_path, ApiVm, TestVm};
+use common::{kvm_available, probe_path, rss_kib, ApiVm, TestVm};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const CID: u32 = 3;

@@ -30,6 +30,16 @@ pub fn metric_totals(dir: &Path, group: &str) -> std::collections::BTreeMap<Stri
     totals
 }
 
+/// `VmRSS` of process `pid` in KiB (the resident memory tests bound and compare).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+}
+
 /// The VMM binary under test.
 pub fn palisade_bin() -> &'static str {
     env!("CARGO_BIN_EXE_palisade")

@@ -149,17 +149,6 @@ pub fn vsock_totals(metrics: &Path) -> BTreeMap<String, u64> {
     totals
 }
 
-/// The resident set of process `pid`, in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// Waits for a whole serial line (ended by its newline) starting with `prefix`: output
 /// arrives in pieces, so a prefix seen may still lack its fields.
 pub fn wait_for_line(vm: &mut super::RunningVm, prefix: &str, timeout: Duration) -> String {

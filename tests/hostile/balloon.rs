@@ -12,11 +12,12 @@
 
 use serde_json::json;
 
-use super::host::{vm_rss_kib, ApiWatch};
+use super::host::ApiWatch;
 use super::{
     api_probe, can_attack, field, flush_metrics, latency_row, metric_totals, spawn_with_api, Table,
     RSS_GROWTH_KIB, TIMEOUT,
 };
+use crate::common::rss_kib;
 
 /// Page numbers in one flood request.
 const PFNS_PER_REQUEST: u64 = 16384;
@@ -33,11 +34,11 @@ fn balloon_flood_of_huge_inflate_requests_is_refused_counted_and_bounded() {
     let mut running = spawn_with_api(&vm);
     running.wait_for_output("probe: balloon-flood flood-start", TIMEOUT);
     let pid = running.child.id();
-    let rss_before = vm_rss_kib(pid);
+    let rss_before = rss_kib(pid);
     let watch = ApiWatch::start(vm.dir.path().join("api.sock"));
     running.wait_for_output("probe: balloon-flood flood-done", TIMEOUT);
     let during = watch.stop();
-    let rss_after = vm_rss_kib(pid);
+    let rss_after = rss_kib(pid);
     running.wait_for_output("probe: idle ok", TIMEOUT);
     let flushed = flush_metrics(&vm);
     let run = running.kill();
@@ -103,12 +104,12 @@ fn hostile_free_page_hints_are_dropped_or_refused_and_only_the_runs_hints_are_gi
     let mut running = spawn_with_api(&vm);
     running.wait_for_output("probe: balloon-hint ok filled", TIMEOUT);
     let pid = running.child.id();
-    let rss_before = vm_rss_kib(pid);
+    let rss_before = rss_kib(pid);
     let sock = vm.dir.path().join("api.sock");
     let mut api = crate::common::api::ApiClient::connect(&sock);
     let started = api.request("PATCH", "/balloon/hinting/start", None).status;
     running.wait_for_output("probe: balloon-hint ok hinted=", TIMEOUT);
-    let rss_after = vm_rss_kib(pid);
+    let rss_after = rss_kib(pid);
     let status = api.get("/balloon/hinting/status").body;
     let flushed = flush_metrics(&vm);
     let run = running.kill();

@@ -14,11 +14,12 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::common::netns::{TapNetns, GUEST_MAC};
-use super::host::{vm_rss_kib, ApiWatch};
+use super::host::ApiWatch;
 use super::{
     api_probe, can_attack, capture, flush_metrics, latency_row, metric_totals, spawn_with_api,
     Table, RSS_GROWTH_KIB, TIMEOUT,
 };
+use crate::common::rss_kib;
 
 /// Cases per device in the probe's order (the TX and RX extras included).
 const RNG_CASES: usize = 10;
@@ -90,11 +91,11 @@ fn malformed_chains_to_rng_and_net_are_refused_or_reset_and_the_devices_work_aft
     let mut running = spawn_with_api(&vm);
     running.wait_for_output("probe: ready", TIMEOUT);
     let pid = running.child.id();
-    let rss_before = vm_rss_kib(pid);
+    let rss_before = rss_kib(pid);
     let watch = ApiWatch::start(vm.dir.path().join("api.sock"));
     running.wait_for_output("probe: idle ok", TIMEOUT);
     let seen = watch.stop();
-    let rss_after = vm_rss_kib(pid);
+    let rss_after = rss_kib(pid);
     let flushed = flush_metrics(&vm);
     stop.store(true, Ordering::Relaxed);
     let injected = injector.join().unwrap();

@@ -1,6 +1,6 @@
-//! What the hostile suite needs from the host, and the measurements it takes there: the
-//! run-or-skip decision (root and /dev/kvm; under `PALISADE_NO_SKIP` a missing one is a
-//! failure, never a skip), an API latency watcher polling `GET /` every 20 ms, and the VMM's resident memory.
+//! What the hostile suite needs from the host: the run-or-skip decision (root and /dev/kvm;
+//! under `PALISADE_NO_SKIP` a missing one is a failure, never a skip) and an API latency
+//! watcher polling `GET /` every 20 ms (the VMM's resident memory is `common::rss_kib`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,16 +20,6 @@ pub fn can_attack(test: &str) -> bool {
         return false;
     }
     kvm_available(test)
-}
-
-/// `VmRSS` of process `pid` in KiB.
-pub fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
 }
 
 /// What a latency watcher saw.

@@ -12,11 +12,12 @@ use serde_json::{json, Value};
 
 use super::common::netns::{TapNetns, GUEST_MAC};
 use super::common::{RunningVm, TestVm};
-use super::host::{vm_rss_kib, ApiWatch};
+use super::host::ApiWatch;
 use super::{
     api_probe, can_attack, capture, flush_metrics, latency_row, spawn_with_api, Table,
     RSS_GROWTH_KIB, TIMEOUT,
 };
+use crate::common::rss_kib;
 
 const GO_PORT: u16 = 7400;
 const MMDS: [u8; 4] = [169, 254, 169, 254];
@@ -181,7 +182,7 @@ fn mmds_attacks_from_the_guest_are_refused_counted_and_never_reach_the_tap() {
     let mut running = spawn_with_api(&vm);
     running.wait_for_output("probe: mmds-hostile ready", TIMEOUT);
     let pid = running.child.id();
-    let rss_before = vm_rss_kib(pid);
+    let rss_before = rss_kib(pid);
     let watch = ApiWatch::start(vm.dir.path().join("api.sock"));
     assert_eq!(flush_metrics(&vm), 204, "baseline flush");
     go.send_to(b"go", ("10.0.0.2", GO_PORT)).unwrap();
@@ -195,7 +196,7 @@ fn mmds_attacks_from_the_guest_are_refused_counted_and_never_reach_the_tap() {
     running.wait_for_output("probe: mmds-hostile ok", TIMEOUT);
     running.wait_for_output("probe: idle ok", TIMEOUT);
     let latency = watch.stop();
-    let rss_after = vm_rss_kib(pid);
+    let rss_after = rss_kib(pid);
     let frames = frames.join().unwrap();
     let run = running.kill();
 

@@ -16,11 +16,12 @@ use serde_json::json;
 use super::common::api::ApiClient;
 use super::common::netns::{TapNetns, GUEST_MAC};
 use super::common::{RunningVm, TestVm};
-use super::host::{vm_rss_kib, ApiWatch, Latency};
+use super::host::{ApiWatch, Latency};
 use super::{
     api_probe, can_attack, flush_metrics, latency_row, metric_totals, spawn_with_api, Table,
     LATENCY_BOUND, RSS_GROWTH_KIB, TIMEOUT,
 };
+use crate::common::rss_kib;
 
 const PORTS: u64 = 5000;
 const CONNTRACK_MAX: u64 = 1000;
@@ -205,7 +206,7 @@ fn a_syn_and_udp_flood_to_5000_ports_is_dropped_and_counted_and_a_second_guest_k
     // The first echo phase ends on its own clock; the flood follows at once.
     running.wait_for_output("probe: net-echo ok", TIMEOUT);
     let pid = running.child.id();
-    let rss_before = vm_rss_kib(pid);
+    let rss_before = rss_kib(pid);
     let during_from = Instant::now();
     let watch = ApiWatch::start(vm.dir.path().join("api.sock"));
     let other_watch = ApiWatch::start(other_sock);
@@ -213,7 +214,7 @@ fn a_syn_and_udp_flood_to_5000_ports_is_dropped_and_counted_and_a_second_guest_k
     let during_to = Instant::now();
     let during = watch.stop();
     let other_during = other_watch.stop();
-    let rss_after = vm_rss_kib(pid);
+    let rss_after = rss_kib(pid);
     let seen = load.stop();
     drop(other_vm);
     wait_for_count(&running, "probe: net-echo ready", 2);

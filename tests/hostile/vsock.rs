@@ -17,11 +17,12 @@ use serde_json::{json, Value};
 
 use super::common::vsock::{fields, host_connect, pattern, wait_for_line};
 use super::common::TestVm;
-use super::host::{vm_rss_kib, ApiWatch};
+use super::host::ApiWatch;
 use super::{
     api_probe, can_attack, flush_metrics, latency_row, metric_totals, spawn_with_api, watched_run,
     Table, RSS_GROWTH_KIB, TIMEOUT,
 };
+use crate::common::rss_kib;
 
 const CID: u32 = 3;
 const PORT: u32 = 5000;
@@ -288,7 +289,7 @@ fn a_vsock_guest_that_stops_reading_costs_bounded_memory_and_is_never_sent_past_
     let mut running = spawn_with_api(&vm);
     running.wait_for_output("probe: vsock-stall ready", TIMEOUT);
     let pid = running.child.id();
-    let rss_before = vm_rss_kib(pid);
+    let rss_before = rss_kib(pid);
     let stream = host_connect(&uds, PORT).unwrap();
     let mut writer = stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
@@ -299,7 +300,7 @@ fn a_vsock_guest_that_stops_reading_costs_bounded_memory_and_is_never_sent_past_
     running.wait_for_output("probe: vsock-stall accepted", TIMEOUT);
     let watch = ApiWatch::start(vm.dir.path().join("api.sock"));
     let held = wait_for_line(&mut running, "probe: vsock-stall not-polling", TIMEOUT);
-    let rss_stalled = vm_rss_kib(pid);
+    let rss_stalled = rss_kib(pid);
     let sender_blocked = !sender.is_finished();
     running.wait_for_output("probe: vsock-stall resumed", TIMEOUT);
     let during = watch.stop();
@@ -515,7 +516,7 @@ fn host_clients_stuck_in_their_connect_line_do_not_keep_the_guest_from_connectin
     let mut running = spawn_with_api(&vm);
     running.wait_for_output("probe: vsock-echo ready", TIMEOUT);
     let pid = running.child.id();
-    let rss_before = vm_rss_kib(pid);
+    let rss_before = rss_kib(pid);
     let watch = ApiWatch::start(vm.dir.path().join("api.sock"));
     let stuck = stuck_clients(&uds, STUCK);
     // An honest host client behind them must reach the guest's vsock-echo (retrying while
@@ -533,7 +534,7 @@ fn host_clients_stuck_in_their_connect_line_do_not_keep_the_guest_from_connectin
     drop(honest);
     running.wait_for_output("probe: idle ok", TIMEOUT);
     let during = watch.stop();
-    let rss_after = vm_rss_kib(pid);
+    let rss_after = rss_kib(pid);
     let flushed = flush_metrics(&vm);
     drop(stuck);
     let run = running.kill();

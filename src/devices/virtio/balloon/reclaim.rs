@@ -9,7 +9,13 @@
 //! both memory options at creation ([`super::check_memory_options`]). A run is madvised only
 //! when every page of it was checked to be guest RAM and the run lies inside one region of the
 //! mapping: never an address outside guest RAM.
+//!
+//! A range given back is marked dirty (`crate::vstate::dirty`) when dirty pages are tracked:
+//! KVM's log never sees MADV_DONTNEED, so without the mark a Diff snapshot would leave the
+//! range's old contents in the memory file it writes onto (data the guest gave back would
+//! stay on disk). Marked, the Diff writes what the range reads now: zeros.
 
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::ledger::{PAGE_SHIFT, PAGE_SIZE};
@@ -55,8 +61,9 @@ impl Runs {
     }
 }
 
-/// madvise(MADV_DONTNEED) on guest `[addr, addr + len)` when it lies in one region; false when
-/// it does not or the call failed.
+/// madvise(MADV_DONTNEED) on guest `[addr, addr + len)` when it lies in one region, then marks
+/// the range dirty (the next Diff snapshot writes its zeros); false when it does not lie in
+/// one region or the call failed.
 pub fn discard_range(mem: &GuestMemory, addr: GuestAddress, len: u64) -> bool {
     let Some(region) = mem.find_region(addr) else {
         return false;
@@ -75,5 +82,10 @@ pub fn discard_range(mem: &GuestMemory, addr: GuestAddress, len: u64) -> bool {
     // mapping only drops page contents the guest gave up; no Rust reference points into guest
     // RAM (it is accessed through volatile slices only), so no reference is invalidated.
     let ret = unsafe { libc::madvise(start, len, libc::MADV_DONTNEED) };
-    ret == 0
+    if ret != 0 {
+        return false;
+    }
+    // A no-op when dirty pages are not tracked (the region's bitmap is `None`).
+    region.bitmap().mark_dirty(offset, len);
+    true
 }

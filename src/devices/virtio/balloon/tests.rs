@@ -7,7 +7,8 @@
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Address, GuestMemoryBackend};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 use vm_memory::{Bytes, GuestAddress};
 
@@ -143,6 +144,29 @@ fn inflated_pages_are_returned_and_the_mappings_rss_drops_by_about_their_size() 
     let mut byte = [1u8];
     mem.read_slice(&mut byte, GuestAddress(16 << 20)).unwrap();
     assert_eq!(byte, [0]);
+}
+
+#[test]
+fn pages_given_back_are_marked_dirty_so_a_diff_snapshot_writes_their_zeros() {
+    let opts = MemoryOptions {
+        track_dirty_pages: true,
+        ..Default::default()
+    };
+    let mem = create_guest_memory(64 << 20, opts).unwrap();
+    let bitmap = mem.iter().next().unwrap().bitmap();
+    let first = (16u32 << 20) >> 12;
+    let mut rig = Rig::new(&mem, 1);
+    // Two runs: pages 0..8 and 10..12 of the 16 MiB mark; 8 and 9 stay in the guest.
+    let pfns: Vec<u32> = (0..8).chain(10..12).map(|i| first + i).collect();
+    let desc = rig.array(ARRAYS, &pfns);
+    rig.inflate_chains(&[desc]);
+    rig.balloon.process_queue(0);
+    assert_eq!(rig.balloon.inflated_pages(), 10);
+    let dirty = |i: u32| bitmap.dirty_at(((first + i) as usize) << 12);
+    for i in (0..8).chain(10..12) {
+        assert!(dirty(i), "page {i} was given back but is clean");
+    }
+    assert!(!dirty(8) && !dirty(9) && !dirty(12), "a page kept is marked");
 }
 
 #[test]

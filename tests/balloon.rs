@@ -241,6 +241,86 @@ fn a_balloon_is_saved_and_restored_with_its_pages_and_keeps_working_in_the_clone
     clone.running.wait(TIMEOUT).assert_success();
 }
 
+/// Pages the guest filled before a Full snapshot and gave to the balloon after it: KVM's dirty
+/// log never saw them change, yet a Diff written onto the Full's memory file leaves zeros
+/// there, not the data the guest gave back.
+#[test]
+fn pages_given_after_a_full_snapshot_are_zeros_in_a_diff_written_onto_it() {
+    let test = "pages_given_after_a_full_snapshot_are_zeros_in_a_diff_written_onto_it";
+    if !kvm_available(test) {
+        return;
+    }
+    let snap = tempfile::tempdir().unwrap();
+    let snap_dir = snap.path().to_str().unwrap().to_string();
+    let mut vm = ApiVm::start(&["--snapshot-dir", &snap_dir]);
+    let mut c = vm.client();
+    for (path, body) in [
+        (
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": GUEST_MIB, "track_dirty_pages": true}),
+        ),
+        (
+            "/boot-source",
+            json!({"kernel_image_path": probe_path(),
+                   "boot_args": "console=ttyS0 probe.run=balloon-snap"}),
+        ),
+        (
+            "/balloon",
+            json!({"amount_mib": 0, "deflate_on_oom": false}),
+        ),
+        ("/actions", json!({"action_type": "InstanceStart"})),
+    ] {
+        let r = c.put(path, body);
+        assert_eq!(r.status, 204, "{path}: {}", r.body);
+    }
+    vm.running
+        .wait_for_output("probe: balloon-snap ok filled", TIMEOUT);
+    let (base, mem) = (snap.path().join("mem0"), snap.path().join("mem"));
+    assert_eq!(c.patch("/vm", json!({"state": "Paused"})).status, 204);
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_type": "Full", "snapshot_path": snap.path().join("state0"),
+               "mem_file_path": base}),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
+    let start = (SNAP_FIRST_PFN << 12) as usize;
+    let bytes = std::fs::read(&base).unwrap();
+    assert!(
+        bytes[start..start + (16 << 20)].iter().any(|&b| b != 0),
+        "the Full snapshot holds the fill"
+    );
+    assert_eq!(c.patch("/vm", json!({"state": "Resumed"})).status, 204);
+    // 16 MiB of the fill into the balloon; the guest does not write those pages again.
+    assert_eq!(c.patch("/balloon", json!({"amount_mib": 16})).status, 204);
+    vm.running
+        .wait_for_output("probe: balloon-snap ok saved-at inflated=4096", TIMEOUT);
+    assert_eq!(c.patch("/vm", json!({"state": "Paused"})).status, 204);
+    std::fs::copy(&base, &mem).unwrap();
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_type": "Diff", "snapshot_path": snap.path().join("state1"),
+               "mem_file_path": mem}),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
+    vm.running.kill();
+    let bytes = std::fs::read(&mem).unwrap();
+    let given = &bytes[start..start + (16 << 20)];
+    let left = given
+        .chunks_exact(4096)
+        .filter(|p| p.iter().any(|&b| b != 0));
+    assert_eq!(
+        left.count(),
+        0,
+        "pages given back still hold the guest's data"
+    );
+    assert!(
+        bytes[start + (16 << 20)..start + (17 << 20)]
+            .iter()
+            .any(|&b| b != 0),
+        "the rest of the fill is kept"
+    );
+}
+
 #[test]
 fn the_guests_statistics_are_polled_and_answered_and_a_malformed_buffer_is_counted() {
     if !kvm_available(

@@ -166,7 +166,10 @@ fn pages_given_back_are_marked_dirty_so_a_diff_snapshot_writes_their_zeros() {
     for i in (0..8).chain(10..12) {
         assert!(dirty(i), "page {i} was given back but is clean");
     }
-    assert!(!dirty(8) && !dirty(9) && !dirty(12), "a page kept is marked");
+    assert!(
+        !dirty(8) && !dirty(9) && !dirty(12),
+        "a page kept is marked"
+    );
 }
 
 #[test]

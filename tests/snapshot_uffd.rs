@@ -378,3 +378,97 @@ fn a_handler_that_never_serves_blocks_the_vcpu_but_the_api_and_vmm_thread_keep_a
     let run = vm.running.kill();
     assert!(!run.status.success());
 }
+
+/// Firecracker's contract for a balloon over Uffd memory: a range the VMM gives back
+/// (MADV_DONTNEED) raises UFFD_EVENT_REMOVE, and the handler serves the next fault there with
+/// zeros, not the memory file's old page. The probe's `balloon-snap` guest fills 32 MiB from
+/// guest-physical 32 MiB before the snapshot; in the Uffd clone it writes the 16 MiB from
+/// 48 MiB again and gives them to the balloon. A Full snapshot of the clone then reads every
+/// page (the VMM faults them in): the given pages are zeros in it, while the memory file the
+/// handler serves still holds the fill there.
+#[test]
+fn pages_a_uffd_clone_gives_to_the_balloon_read_as_zeros_not_as_the_memory_files() {
+    let test = "pages_a_uffd_clone_gives_to_the_balloon_read_as_zeros_not_as_the_memory_files";
+    if !kvm_available(test) {
+        return;
+    }
+    const GIVEN: std::ops::Range<usize> = (48 << 20)..(64 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot_dir = dir.path().to_string_lossy().into_owned();
+    let mut vm = ApiVm::start(&["--snapshot-dir", &snapshot_dir]);
+    let mut c = vm.client();
+    for (path, body) in [
+        (
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": 128}),
+        ),
+        (
+            "/boot-source",
+            json!({"kernel_image_path": probe_path(),
+                   "boot_args": "console=ttyS0 probe.run=balloon-snap"}),
+        ),
+        (
+            "/balloon",
+            json!({"amount_mib": 0, "deflate_on_oom": false}),
+        ),
+        ("/actions", json!({"action_type": "InstanceStart"})),
+    ] {
+        let r = c.put(path, body);
+        assert_eq!(r.status, 204, "{path}: {}", r.body);
+    }
+    vm.running
+        .wait_for_output("probe: balloon-snap ok filled", TIMEOUT);
+    assert_eq!(c.patch("/balloon", json!({"amount_mib": 16})).status, 204);
+    vm.running
+        .wait_for_output("probe: balloon-snap ok saved-at inflated=4096", TIMEOUT);
+    assert_eq!(c.patch("/vm", json!({"state": "Paused"})).status, 204);
+    let (state, mem) = (dir.path().join("state"), dir.path().join("mem"));
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_path": state, "mem_file_path": mem}),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, vm.running.stderr());
+    vm.running.kill();
+    let bytes = std::fs::read(&mem).unwrap();
+    assert!(
+        bytes[GIVEN]
+            .chunks_exact(4096)
+            .all(|p| p.iter().any(|&b| b != 0)),
+        "the memory file holds the fill where the clone will give pages"
+    );
+
+    let handler = Handler::start(dir.path(), "uffd.sock", &mem, "serve");
+    let mut clone = ApiVm::start(&["--snapshot-dir", &snapshot_dir]);
+    let mut c = clone.client();
+    let r = c.put("/snapshot/load", uffd_body(&state, &handler.socket));
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    assert_eq!(c.patch("/balloon", json!({"amount_mib": 32})).status, 204);
+    clone
+        .running
+        .wait_for_output("probe: balloon-snap ok inflated=4096 deflated=1", TIMEOUT);
+    assert_eq!(c.patch("/vm", json!({"state": "Paused"})).status, 204);
+    let mem2 = dir.path().join("mem2");
+    let r = c.put(
+        "/snapshot/create",
+        json!({"snapshot_path": dir.path().join("state2"), "mem_file_path": mem2}),
+    );
+    assert_eq!(r.status, 204, "{}\n{}", r.body, clone.running.stderr());
+    drop(c);
+    clone.running.kill();
+    let bytes = std::fs::read(&mem2).unwrap();
+    let stale = bytes[GIVEN]
+        .chunks_exact(4096)
+        .filter(|p| p.iter().any(|&b| b != 0))
+        .count();
+    assert_eq!(
+        stale, 0,
+        "pages given back read as the memory file's old pages"
+    );
+    let (total, copied) = served(&handler.finish());
+    println!(
+        "uffd handler: {total} faults, {copied} copied, {} zeroed",
+        total - copied
+    );
+    // The snapshot's read of each given page was a fault the handler served with zeros.
+    assert!(total - copied >= 4096, "{total} faults, {copied} copied");
+}

@@ -6,7 +6,10 @@
 //! closes its connection; then it prints how many faults it served and exits.
 //!
 //! The VMM's message is input like any other: the regions must lie inside the memory file and
-//! fault addresses inside the regions, or the handler stops with an error.
+//! fault addresses inside the regions, or the handler stops with an error. Removed ranges come
+//! from what the guest gives its balloon, as often as it likes: they are kept merged
+//! ([`Removed`]), so their number stays below half the guest's pages however many events
+//! arrive, and each fault looks one up in O(log n).
 //!
 //! Modes for tests: `serve` (default); `stall` takes the userfaultfd and never serves a fault;
 //! `close-early` accepts the connection and closes it without reading.
@@ -15,6 +18,7 @@
 //! received N region(s), B bytes`, `uffd-handler: first fault at 0xADDR`, `uffd-handler:
 //! served N faults (C copied, Z zeroed)`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -136,7 +140,7 @@ fn run(cli: &Cli) -> Result<(), HandlerError> {
         regions,
         source,
         uffd,
-        removed: Vec::new(),
+        removed: Removed::default(),
         copied: 0,
         zeroed: 0,
     };
@@ -201,12 +205,46 @@ fn wait_for_hangup(stream: &UnixStream, uffd: Option<&File>) -> bool {
     }
 }
 
+/// Disjoint address ranges `[start, end)`, by start; overlapping or adjacent ones merged.
+#[derive(Debug, Default)]
+struct Removed(BTreeMap<u64, u64>);
+
+impl Removed {
+    /// Adds `[start, end)`, merged with every range it overlaps or touches.
+    fn insert(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
+        // The range starting at or before `start` that reaches it.
+        if let Some((&s, &e)) = self.0.range(..=start).next_back() {
+            if e >= start {
+                start = s;
+                end = end.max(e);
+            }
+        }
+        // Every range starting inside `[start, end]`.
+        let inside: Vec<(u64, u64)> = self.0.range(start..=end).map(|(&s, &e)| (s, e)).collect();
+        for (s, e) in inside {
+            self.0.remove(&s);
+            end = end.max(e);
+        }
+        self.0.insert(start, end);
+    }
+
+    fn contains(&self, address: u64) -> bool {
+        self.0
+            .range(..=address)
+            .next_back()
+            .is_some_and(|(_, &end)| address < end)
+    }
+}
+
 struct Server {
     regions: Vec<GuestRegionUffdMapping>,
     source: *const u8,
     uffd: File,
     /// Ranges the VMM removed (MADV_DONTNEED): faults there get zero pages.
-    removed: Vec<(u64, u64)>,
+    removed: Removed,
     copied: u64,
     zeroed: u64,
 }
@@ -220,7 +258,7 @@ impl Server {
             while let Some(msg) = self.next_event()? {
                 match msg.event {
                     UFFD_EVENT_PAGEFAULT => self.fault(msg.arg1)?,
-                    UFFD_EVENT_REMOVE | UFFD_EVENT_UNMAP => self.removed.push((msg.arg0, msg.arg1)),
+                    UFFD_EVENT_REMOVE | UFFD_EVENT_UNMAP => self.removed.insert(msg.arg0, msg.arg1),
                     _ => {}
                 }
             }
@@ -258,7 +296,7 @@ impl Server {
         if self.copied + self.zeroed == 0 {
             say(&format!("first fault at {address:#x}"));
         }
-        let removed = self.removed.iter().any(|&(s, e)| page >= s && page < e);
+        let removed = self.removed.contains(page);
         let result = if removed {
             let mut zero = UffdioZeropage {
                 range: UffdioRange {
@@ -312,5 +350,39 @@ impl Server {
                 err,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Removed;
+
+    #[test]
+    fn removed_ranges_merge_so_repeated_events_do_not_grow_the_set() {
+        let mut r = Removed::default();
+        for _ in 0..10_000 {
+            r.insert(0x1000, 0x3000);
+        }
+        assert_eq!(r.0.len(), 1);
+        r.insert(0x5000, 0x6000);
+        r.insert(0x3000, 0x4000); // touches the first
+        assert_eq!(
+            r.0.iter().collect::<Vec<_>>(),
+            [(&0x1000, &0x4000), (&0x5000, &0x6000)]
+        );
+        r.insert(0x800, 0x5800); // spans both
+        assert_eq!(r.0.iter().collect::<Vec<_>>(), [(&0x800, &0x6000)]);
+        r.insert(0x9000, 0x9000); // empty
+        assert_eq!(r.0.len(), 1);
+        assert!(r.contains(0x800) && r.contains(0x5fff));
+        assert!(!r.contains(0x7ff) && !r.contains(0x6000) && !r.contains(0x9000));
+        // Alternate pages: at most half the pages as ranges.
+        let mut alt = Removed::default();
+        for page in (0..1024u64).step_by(2) {
+            alt.insert(page << 12, (page + 1) << 12);
+        }
+        assert_eq!(alt.0.len(), 512);
+        alt.insert(0, 1024 << 12);
+        assert_eq!(alt.0.len(), 1);
     }
 }

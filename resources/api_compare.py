@@ -49,7 +49,7 @@ def requests(probe):
         ("PATCH", "/balloon/hinting/start", {"acknowledge_on_stop": True}),
         ("GET", "/balloon/hinting/status", None),
         ("PATCH", "/balloon/hinting/stop", None),
-        ("PUT", "/pmem/p1", {"id": "p1", "path_on_host": "/nonexistent"}),
+        ("PATCH", "/pmem/p1", {"id": "p1"}),
         ("GET", "/hotplug/memory", None),
         ("DELETE", "/drives/d1", None),
         ("PUT", "/boot-source", {"kernel_image_path": probe,
@@ -76,17 +76,28 @@ def http(sock_path, method, path, body):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(30)
     s.connect(sock_path)
-    s.sendall((head + "Connection: close\r\n\r\n").encode() + data)
+    s.sendall((head + "\r\n").encode() + data)
     out = b""
-    while True:
+    while b"\r\n\r\n" not in out:
         chunk = s.recv(65536)
         if not chunk:
             break
         out += chunk
+    head_bytes, _, rest = out.partition(b"\r\n\r\n")
+    length = 0
+    for line in head_bytes.decode(errors="replace").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+    while len(rest) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
     s.close()
-    text = out.decode(errors="replace")
+    text = head_bytes.decode(errors="replace")
     status = int(text.split(" ", 2)[1]) if text.startswith("HTTP/") else 0
-    return status, text.split("\r\n\r\n", 1)[1] if "\r\n\r\n" in text else ""
+    return status, rest.decode(errors="replace")
 
 
 def run(binary, reqs, workdir):

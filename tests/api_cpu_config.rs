@@ -270,7 +270,7 @@ fn put_cpu_config_answers_as_firecracker_and_the_last_template_set_wins() {
         ),
         (
             bad(r#"{"register":"eax","bitmap":"0b12"}"#),
-            "as a bitmap - unknown character: 2",
+            "as a bitmap - unknown character: 50",
         ),
         (
             r#"{"msr_modifiers":[{"addr":"266","bitmap":"0b1"}]}"#.to_string(),

@@ -81,8 +81,8 @@ pub enum BitmapError {
     /// More bit characters than the register has.
     #[error("string is too long")]
     TooLong,
-    /// A character other than 0, 1, x and _.
-    #[error("unknown character: {}", *.0 as char)]
+    /// A character other than 0, 1, x and _ (Firecracker's message names its byte value).
+    #[error("unknown character: {0}")]
     UnknownCharacter(u8),
 }
 

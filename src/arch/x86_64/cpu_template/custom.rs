@@ -294,7 +294,7 @@ mod tests {
             ),
             (
                 r#"{"msr_modifiers":[{"addr":"0x10a","bitmap":"0b2"}]}"#,
-                "Failed to parse string [0b2] as a bitmap - unknown character: 2",
+                "Failed to parse string [0b2] as a bitmap - unknown character: 50",
             ),
             (
                 r#"{"kvm_capabilities":["!56"]}"#,

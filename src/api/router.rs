@@ -114,27 +114,21 @@ fn match_template(path: &str) -> Option<(&'static str, Option<String>)> {
 }
 
 /// Whether `path` fits `template`: `Some` with the parameter (the last `{}` segment) if so.
+/// Walks both segment by segment, so the ~50 templates tried per request allocate nothing.
 fn matches_template(template: &str, path: &str) -> Option<Option<String>> {
-    let segments: Vec<&str> = path.trim_start_matches('/').split_terminator('/').collect();
-    let parts: Vec<&str> = template
-        .trim_start_matches('/')
-        .split_terminator('/')
-        .collect();
-    if parts.len() != segments.len() {
-        return None;
-    }
+    let mut parts = template.trim_start_matches('/').split_terminator('/');
+    let mut segments = path.trim_start_matches('/').split_terminator('/');
     let mut param = None;
-    for (part, seg) in parts.iter().zip(&segments) {
-        if part.starts_with('{') {
-            if seg.is_empty() {
-                return None;
+    loop {
+        match (parts.next(), segments.next()) {
+            (None, None) => return Some(param.map(str::to_string)),
+            (Some(part), Some(seg)) if part.starts_with('{') && !seg.is_empty() => {
+                param = Some(seg)
             }
-            param = Some(seg.to_string());
-        } else if part != seg {
-            return None;
+            (Some(part), Some(seg)) if part == seg => {}
+            _ => return None,
         }
     }
-    Some(param)
 }
 
 /// The reason Palisade refuses a Firecracker route it does not implement.

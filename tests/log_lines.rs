@@ -11,8 +11,8 @@ use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Waits for `text` in the VMM's stderr (its log), with a deadline.
-/// The log once it has `text` (the common helper, with this file's timeout).
+/// Waits for `text` in the VMM's stderr (its log): the common helper, with this file's
+/// timeout.
 fn wait_for_log(vm: &ApiVm, text: &str) {
     vm.running.wait_for_log(text, TIMEOUT);
 }

@@ -172,7 +172,7 @@ impl Vcpu {
             .map_err(|e| VcpuError::Cpuid(index, e))?;
         msr::setup_msrs(&fd).map_err(|e| VcpuError::Msr(index, e))?;
         if let Some(template) = template {
-            cpu_template::apply::apply_to_msrs(&fd, template)
+            cpu_template::apply_to_msrs(&fd, template)
                 .map_err(|e| VcpuError::Template(index, e))?;
         }
         regs::setup_fpu(&fd).map_err(|e| VcpuError::Regs(index, e))?;

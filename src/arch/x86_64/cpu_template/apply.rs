@@ -58,19 +58,12 @@ pub fn apply_to_cpuid(cpuid: &mut CpuId, template: &CustomCpuTemplate) -> Result
     Ok(())
 }
 
-/// The MSR values a template gave a vCPU.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct TemplateMsrs(pub Vec<(u32, u64)>);
-
 /// Reads each MSR the template names from the vCPU, applies its bits (an MSR named twice gets
 /// both modifiers, in order) and writes it back. An MSR KVM does not read or refuses to write
 /// is an error, never skipped.
-pub fn apply_to_msrs(
-    vcpu: &VcpuFd,
-    template: &CustomCpuTemplate,
-) -> Result<TemplateMsrs, ApplyError> {
+pub fn apply_to_msrs(vcpu: &VcpuFd, template: &CustomCpuTemplate) -> Result<(), ApplyError> {
     if template.msr_modifiers.is_empty() {
-        return Ok(TemplateMsrs::default());
+        return Ok(());
     }
     let entries: Vec<kvm_msr_entry> = template
         .msr_modifiers
@@ -111,9 +104,7 @@ pub fn apply_to_msrs(
             value: refused.data,
         });
     }
-    Ok(TemplateMsrs(
-        msrs.as_slice().iter().map(|e| (e.index, e.data)).collect(),
-    ))
+    Ok(())
 }
 
 #[cfg(test)]

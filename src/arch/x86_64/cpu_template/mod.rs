@@ -10,7 +10,7 @@ mod static_templates;
 
 use serde::{Deserialize, Serialize};
 
-pub use apply::{apply_to_cpuid, ApplyError, TemplateMsrs};
+pub use apply::{apply_to_cpuid, apply_to_msrs, ApplyError};
 pub use custom::{CpuidRegister, CustomCpuTemplate};
 
 /// Firecracker's static templates (`machine-config.cpu_template`).

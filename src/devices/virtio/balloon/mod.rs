@@ -83,6 +83,17 @@ pub struct BalloonConfig {
     pub free_page_reporting: bool,
 }
 
+impl BalloonConfig {
+    /// Refuses a target larger than guest memory (`PUT /balloon`, the config file, a
+    /// restored snapshot's configuration).
+    pub fn check_fits(&self, mem_size_mib: usize) -> Result<(), BalloonError> {
+        match u64::from(self.amount_mib) > mem_size_mib as u64 {
+            true => Err(BalloonError::TooLarge),
+            false => Ok(()),
+        }
+    }
+}
+
 /// The body of `PATCH /balloon`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

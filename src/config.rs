@@ -374,9 +374,9 @@ impl VmConfig {
         }
         // As `PUT /balloon` checks it: the target fits in guest memory.
         if let Some(balloon) = &config.balloon {
-            if balloon.amount_mib as usize > config.machine_config.mem_size_mib {
-                return Err(ConfigError::Balloon(BalloonError::TooLarge));
-            }
+            balloon
+                .check_fits(config.machine_config.mem_size_mib)
+                .map_err(ConfigError::Balloon)?;
         }
         if let Some(mmds) = config.mmds_config.take() {
             config.mmds_config = Some(validate_mmds(mmds, &config.interface_list)?);

@@ -20,9 +20,9 @@ impl Controller {
 
     /// `PUT /balloon` before boot: checked, then recorded; the device is made at boot.
     pub(super) fn put_balloon(&mut self, config: BalloonConfig) -> ActionResult {
-        if config.amount_mib > self.balloon_limit_mib() {
-            return Err(ActionError::Balloon(BalloonError::TooLarge));
-        }
+        config
+            .check_fits(self.resources.machine_config.mem_size_mib)
+            .map_err(ActionError::Balloon)?;
         self.resources.balloon = Some(config);
         Ok(VmmData::Empty)
     }

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use super::vsock::create_vsock;
 use super::Controller;
-use crate::devices::virtio::balloon::BalloonError;
 use crate::devices::virtio::net::config::InterfaceList;
 use crate::devices::virtio::net::snapshot::{NetState, RestoredNet};
 use crate::mmds::MmdsStore;
@@ -208,12 +207,9 @@ impl Controller {
             mmds: mmds_config,
             balloon,
         } = configs;
-        if balloon
-            .as_ref()
-            .is_some_and(|(b, _)| u64::from(b.amount_mib) > config.mem_size_mib as u64)
-        {
-            let e = RestoredConfigError::Balloon(BalloonError::TooLarge);
-            return Err(SnapshotError::MachineConfig(e).into());
+        if let Some((b, _)) = &balloon {
+            b.check_fits(config.mem_size_mib)
+                .map_err(|e| SnapshotError::MachineConfig(RestoredConfigError::Balloon(e)))?;
         }
         if state.mem_size != opened.memory.size
             || state.mem_size != (config.mem_size_mib as u64) << 20

@@ -16,7 +16,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::super::device_core::{DeviceCore, SharedCore};
 use super::super::interrupt::Interrupt;
+use super::super::queue::{drain, ChainOutcome};
 use super::super::{ActivateContext, ActivateError};
+use crate::vstate::memory::GuestMemory;
 
 use super::{
     VIRTIO_BALLOON_F_FREE_PAGE_HINT, VIRTIO_BALLOON_F_PAGE_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
@@ -152,4 +154,26 @@ impl BalloonCore {
             .as_ref()
             .map(|a| QueueRoles::of(a.features & c.avail_features)))
     }
+}
+
+/// Serves queue `index` of `core` with `chain` (one call per request, given guest memory, the
+/// queue and the request's head), at most one drain's worth, then finishes the drain; nothing
+/// while the device waits for a reset or is inactive.
+pub fn serve<const N: usize>(
+    core: &mut DeviceCore<N>,
+    index: usize,
+    mut chain: impl FnMut(&GuestMemory, &Queue, u16) -> ChainOutcome,
+) {
+    if core.interrupt.needs_reset() {
+        return;
+    }
+    let Some(active) = core.active.as_mut() else {
+        return;
+    };
+    let mem = &active.mem;
+    let Some(queue) = active.queues.get_mut(index) else {
+        return;
+    };
+    let (end, used_any) = drain(queue, mem, |queue, head| chain(mem, queue, head));
+    core.finish_drain(index, end, used_any);
 }

@@ -20,12 +20,12 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::core::each_core;
+use super::core::{each_core, serve};
 use super::ledger::PAGE_SIZE;
 use super::reclaim::discard_range;
 use super::{Balloon, BalloonError, VIRTIO_BALLOON_F_FREE_PAGE_HINT};
 use crate::devices::virtio::chain::{self, Segment};
-use crate::devices::virtio::queue::{charge_descriptors, drain, ChainOutcome, BYTE_BUDGET};
+use crate::devices::virtio::queue::{charge_descriptors, ChainOutcome, BYTE_BUDGET};
 use crate::metrics::BalloonDeviceMetrics;
 use crate::vstate::memory::GuestMemory;
 
@@ -159,29 +159,16 @@ impl Balloon {
         let (segments, metrics, hinting) = (&mut self.segments, &*self.metrics, &mut self.hinting);
         let mut stopped = false;
         let mut left = KICK_HINT_BYTES;
-        each_core!(&mut self.core, core => {
-            if core.interrupt.needs_reset() {
-                return;
+        each_core!(&mut self.core, core => serve(core, index, |mem, queue: &Queue, head| {
+            let desc_table = GuestAddress(queue.desc_table());
+            if let Err(e) = chain::read_chain(mem, desc_table, queue.size(), head, segments) {
+                return ChainOutcome::Broken(e.into());
             }
-            let Some(active) = core.active.as_mut() else {
-                return;
-            };
-            let mem = &active.mem;
-            let Some(queue) = active.queues.get_mut(index) else {
-                return;
-            };
-            let (end, used_any) = drain(queue, mem, |queue: &Queue, head| {
-                let desc_table = GuestAddress(queue.desc_table());
-                if let Err(e) = chain::read_chain(mem, desc_table, queue.size(), head, segments) {
-                    return ChainOutcome::Broken(e.into());
-                }
-                let mut run = Run { mem, metrics, hinting, stopped: &mut stopped, left: &mut left };
-                let freed: u64 = segments.iter().map(|s| run.segment(s)).sum();
-                let moved = freed / HINT_COST_DIVISOR;
-                charge_descriptors(ChainOutcome::Moved { used_len: 0, moved }, segments.len())
-            });
-            core.finish_drain(index, end, used_any);
-        });
+            let mut run = Run { mem, metrics, hinting, stopped: &mut stopped, left: &mut left };
+            let freed: u64 = segments.iter().map(|s| run.segment(s)).sum();
+            let moved = freed / HINT_COST_DIVISOR;
+            charge_descriptors(ChainOutcome::Moved { used_len: 0, moved }, segments.len())
+        }));
         if stopped
             && self.hinting.acknowledge_on_stop
             && self.hinting.host_cmd > FREE_PAGE_HINT_DONE

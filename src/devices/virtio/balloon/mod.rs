@@ -31,7 +31,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::timerfd::TimerFd;
 
-use self::core::{each_core, BalloonCore, QueueRoles};
+use self::core::{each_core, serve, BalloonCore, QueueRoles};
 pub use self::hinting::{HintingState, HintingStatus, StartHintingCmd};
 use self::ledger::Ledger;
 pub use self::ledger::{LedgerStateError, PfnRefusal, PAGE_SIZE};
@@ -40,7 +40,7 @@ pub use self::snapshot::{BalloonState, BalloonStateError};
 pub use self::stats::BalloonStats;
 use super::chain::Segment;
 use super::device_core::{DeviceCore, DeviceLabel};
-use super::queue::{drain, MAX_QUEUE_SIZE};
+use super::queue::MAX_QUEUE_SIZE;
 use super::VIRTIO_F_VERSION_1;
 use crate::logger::RateLimitedLog;
 use crate::metrics::BalloonDeviceMetrics;
@@ -81,6 +81,17 @@ pub struct BalloonConfig {
     /// Free page reporting: a queue on which the guest reports free ranges.
     #[serde(default)]
     pub free_page_reporting: bool,
+}
+
+impl BalloonConfig {
+    /// Refuses a target larger than guest memory (`PUT /balloon`, the config file, a
+    /// restored snapshot's configuration).
+    pub fn check_fits(&self, mem_size_mib: usize) -> Result<(), BalloonError> {
+        match u64::from(self.amount_mib) > mem_size_mib as u64 {
+            true => Err(BalloonError::TooLarge),
+            false => Ok(()),
+        }
+    }
 }
 
 /// The body of `PATCH /balloon`.
@@ -294,14 +305,7 @@ impl Balloon {
     pub fn process_queue(&mut self, index: usize) {
         let (ledger, segments, pfns) = (&mut self.ledger, &mut self.segments, &mut self.pfns);
         let (metrics, target) = (&*self.metrics, self.target_pages);
-        each_core!(&mut self.core, core => {
-            if core.interrupt.needs_reset() {
-                return;
-            }
-            let Some(active) = core.active.as_mut() else {
-                return;
-            };
-            let mem = &active.mem;
+        each_core!(&mut self.core, core => serve(core, index, |mem, queue, head| {
             let mut work = Work {
                 mem,
                 ledger: ledger.get_or_insert_with(|| Ledger::new(mem)),
@@ -311,12 +315,8 @@ impl Balloon {
                 target,
                 inflate: index == 0,
             };
-            let Some(queue) = active.queues.get_mut(index) else {
-                return;
-            };
-            let (end, used_any) = drain(queue, mem, |queue, head| work.chain(queue, head));
-            core.finish_drain(index, end, used_any);
-        })
+            work.chain(queue, head)
+        }))
     }
 }
 

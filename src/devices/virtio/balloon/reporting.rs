@@ -12,13 +12,13 @@
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
-use super::core::each_core;
+use super::core::{each_core, serve};
 use super::ledger::PAGE_SIZE;
 use super::reclaim::discard_range;
 use super::Balloon;
 use crate::devices::virtio::buffers::Layout;
 use crate::devices::virtio::chain::{self, Segment};
-use crate::devices::virtio::queue::{charge_descriptors, drain, ChainOutcome};
+use crate::devices::virtio::queue::{charge_descriptors, ChainOutcome};
 use crate::metrics::BalloonDeviceMetrics;
 use crate::vstate::memory::GuestMemory;
 
@@ -30,28 +30,15 @@ impl Balloon {
             return;
         };
         let (segments, metrics) = (&mut self.segments, &*self.metrics);
-        each_core!(&mut self.core, core => {
-            if core.interrupt.needs_reset() {
-                return;
+        each_core!(&mut self.core, core => serve(core, index, |mem, queue: &Queue, head| {
+            let desc_table = GuestAddress(queue.desc_table());
+            if let Err(e) = chain::read_chain(mem, desc_table, queue.size(), head, segments) {
+                return ChainOutcome::Broken(e.into());
             }
-            let Some(active) = core.active.as_mut() else {
-                return;
-            };
-            let mem = &active.mem;
-            let Some(queue) = active.queues.get_mut(index) else {
-                return;
-            };
-            let (end, used_any) = drain(queue, mem, |queue: &Queue, head| {
-                let desc_table = GuestAddress(queue.desc_table());
-                if let Err(e) = chain::read_chain(mem, desc_table, queue.size(), head, segments) {
-                    return ChainOutcome::Broken(e.into());
-                }
-                let reported = report(mem, segments, metrics);
-                let moved = reported / REPORT_COST_DIVISOR;
-                charge_descriptors(ChainOutcome::Moved { used_len: 0, moved }, segments.len())
-            });
-            core.finish_drain(index, end, used_any);
-        })
+            let reported = report(mem, segments, metrics);
+            let moved = reported / REPORT_COST_DIVISOR;
+            charge_descriptors(ChainOutcome::Moved { used_len: 0, moved }, segments.len())
+        }))
     }
 }
 

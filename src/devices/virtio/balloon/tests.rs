@@ -596,3 +596,17 @@ fn one_report_over_more_than_linux_ever_reports_is_refused_whole() {
     assert_eq!(metrics.free_page_report_freed.count(), 128 << 20);
     assert_eq!(metrics.free_page_report_fails.count(), 0);
 }
+
+#[test]
+fn a_target_fits_up_to_the_whole_of_guest_memory() {
+    let config = |amount_mib| BalloonConfig {
+        amount_mib,
+        ..Default::default()
+    };
+    assert!(config(128).check_fits(128).is_ok());
+    assert!(matches!(
+        config(129).check_fits(128),
+        Err(BalloonError::TooLarge)
+    ));
+    assert!(config(u32::MAX).check_fits(usize::MAX).is_ok());
+}

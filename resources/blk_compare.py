@@ -31,7 +31,7 @@ import threading
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import benchlib  # noqa: E402
-import net_compare  # noqa: E402  (Vmm's serial reader, tsc_mhz; puts probe/ on sys.path)
+import net_compare  # noqa: E402  (Vmm's serial reader; puts probe/ on sys.path)
 import vsock_peer  # noqa: E402
 
 vsock_peer.TIMEOUT = 300

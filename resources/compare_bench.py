@@ -563,7 +563,8 @@ def main():
     load_after = read("/proc/loadavg").split()[:3]
 
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "commit": benchlib.commit(), "host": benchlib.host_info(), "runs": a.runs, "quick_runs": a.quick_runs,
+              "commit": benchlib.commit(), "host": benchlib.host_info(), "runs": a.runs,
+              "quick_runs": a.quick_runs,
               "density_runs": a.density_runs or a.runs,
               "linux_runs": (a.linux_runs or a.runs) if a.linux else 0,
               "density": a.density,

@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use serde_json::Value;
-
 use super::agent::sh;
 use super::netns::TapNetns;
 
@@ -102,15 +100,10 @@ pub fn guest_get(uds: &Path, path: &str, token: Option<&str>) -> String {
 
 /// The `net_<iface>` counters summed over the metrics file's lines.
 pub fn net_totals(path: &Path, iface: &str) -> BTreeMap<String, u64> {
-    let key = format!("net_{iface}");
-    let mut totals = BTreeMap::new();
-    for line in std::fs::read_to_string(path).unwrap().lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        for (k, n) in v[&key].as_object().into_iter().flatten() {
-            *totals.entry(k.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
-        }
-    }
-    totals
+    super::group_totals(
+        &std::fs::read_to_string(path).unwrap(),
+        &format!("net_{iface}"),
+    )
 }
 
 /// Runs `ip ARGS` inside `ns`; panics with its stderr unless it succeeds.

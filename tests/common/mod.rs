@@ -19,8 +19,15 @@ use std::time::{Duration, Instant};
 /// Every line's `group` counters in DIR/metrics.json summed (counters report deltas per
 /// flush).
 pub fn metric_totals(dir: &Path, group: &str) -> std::collections::BTreeMap<String, u64> {
+    group_totals(
+        &std::fs::read_to_string(dir.join("metrics.json")).unwrap_or_default(),
+        group,
+    )
+}
+
+/// `group`'s counters summed over the lines of a metrics file's `text`.
+pub fn group_totals(text: &str, group: &str) -> std::collections::BTreeMap<String, u64> {
     let mut totals = std::collections::BTreeMap::new();
-    let text = std::fs::read_to_string(dir.join("metrics.json")).unwrap_or_default();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         for (k, n) in v[group].as_object().into_iter().flatten() {

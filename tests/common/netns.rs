@@ -153,13 +153,8 @@ pub fn net_vm(ns: &TapNetns, scenario: &str, params: &str, firewall: Option<Valu
 
 /// The interface's counters summed over every metrics line.
 pub fn net_totals(vm: &TestVm) -> BTreeMap<String, u64> {
-    let mut totals = BTreeMap::new();
-    let text = std::fs::read_to_string(vm.dir.path().join("metrics.json")).unwrap();
-    for line in text.lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        for (k, n) in v["net_eth0"].as_object().into_iter().flatten() {
-            *totals.entry(k.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
-        }
-    }
-    totals
+    super::group_totals(
+        &std::fs::read_to_string(vm.dir.path().join("metrics.json")).unwrap(),
+        "net_eth0",
+    )
 }

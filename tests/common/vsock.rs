@@ -136,17 +136,10 @@ impl EchoListener {
 
 /// The vsock counters of a metrics file, summed over its lines.
 pub fn vsock_totals(metrics: &Path) -> BTreeMap<String, u64> {
-    let mut totals = BTreeMap::new();
-    let text = std::fs::read_to_string(metrics).unwrap_or_default();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        if let Some(group) = v["vsock"].as_object() {
-            for (k, n) in group {
-                *totals.entry(k.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
-            }
-        }
-    }
-    totals
+    super::group_totals(
+        &std::fs::read_to_string(metrics).unwrap_or_default(),
+        "vsock",
+    )
 }
 
 /// Waits for a whole serial line (ended by its newline) starting with `prefix`: output

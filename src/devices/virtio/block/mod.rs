@@ -66,15 +66,6 @@ struct GuestLogs {
     orphaned: RateLimitedLog,
 }
 
-/// What [`Block::settle_in_flight`] does with an `Async` drive's requests in flight.
-#[derive(Clone, Copy)]
-enum Settle {
-    /// Wait for them (bounded) and answer them: a snapshot, a change of backing file.
-    Wait,
-    /// Drop them now: a driver's reset.
-    Orphan,
-}
-
 /// A virtio-blk device.
 pub struct Block {
     id: String,
@@ -186,45 +177,31 @@ impl Block {
     /// nothing for a `Sync` drive. Returns how many are still in flight (orphans of an earlier
     /// reset included; the others are orphaned now: their completions will be dropped).
     pub fn quiesce(&mut self) -> usize {
-        self.settle_in_flight(Settle::Wait)
-    }
-
-    /// What happens to the requests in flight of an `Async` drive, logged (rate limited: a
-    /// guest can reset at will) when some are left in flight. Returns how many are.
-    fn settle_in_flight(&mut self, how: Settle) -> usize {
         let Some(mut engine) = self.engine.take() else {
             return 0;
         };
-        let left = match how {
-            Settle::Wait => {
-                let mut done = std::mem::take(&mut self.completions);
-                let left = engine.quiesce(QUIESCE_TIMEOUT, |c| done.push(c));
-                self.engine = Some(engine);
-                self.complete(&mut done);
-                self.completions = done;
-                left
-            }
-            Settle::Orphan => {
-                engine.orphan_in_flight();
-                let left = engine.in_flight();
-                self.engine = Some(engine);
-                left
-            }
-        };
-        if left > 0 {
-            if let Some(n) = self.logs.orphaned.hit() {
-                let when = match how {
-                    Settle::Wait => "after the wait",
-                    Settle::Orphan => "at the driver's reset",
-                };
-                log::warn!(
-                    "Drive {}: {left} requests still in flight {when}; their completions will \
-                     be dropped ({n} so far)",
-                    self.id
-                );
-            }
-        }
+        let mut done = std::mem::take(&mut self.completions);
+        let left = engine.quiesce(QUIESCE_TIMEOUT, |c| done.push(c));
+        self.engine = Some(engine);
+        self.complete(&mut done);
+        self.completions = done;
+        self.log_left_in_flight(left, "after the wait");
         left
+    }
+
+    /// Logs (rate limited: a guest can reset at will) that `left` requests of an `Async`
+    /// drive are still in flight `when`, their completions to be dropped.
+    fn log_left_in_flight(&self, left: usize, when: &str) {
+        if left == 0 {
+            return;
+        }
+        if let Some(n) = self.logs.orphaned.hit() {
+            log::warn!(
+                "Drive {}: {left} requests still in flight {when}; their completions will be \
+                 dropped ({n} so far)",
+                self.id
+            );
+        }
     }
 
     /// The rate limiter's remaining tokens, for a snapshot.
@@ -300,6 +277,11 @@ impl CoreDevice for Block {
     /// Requests in flight are orphaned, without waiting for them (this runs on the vCPU
     /// thread that holds the device): nothing reaches the queue the driver is resetting.
     fn resetting(&mut self) {
-        self.settle_in_flight(Settle::Orphan);
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        engine.orphan_in_flight();
+        let left = engine.in_flight();
+        self.log_left_in_flight(left, "at the driver's reset");
     }
 }

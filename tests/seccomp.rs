@@ -38,14 +38,27 @@ fn write_profile(dir: &std::path::Path, profile: &serde_json::Value) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// The kernel's audit line for a seccomp kill of `pid`, when the kernel log is readable.
-fn audited_syscall(pid: u32) -> Option<u64> {
-    let out = Command::new("dmesg").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
+/// The kernel log's seccomp audit lines (type=1326) as they are now (empty when the log is
+/// unreadable): taken before a VMM starts, so that a line left by an earlier process with the
+/// same pid (pids are reused; this log holds a whole test run's kills) is never read as its.
+fn seccomp_audit_lines() -> Vec<String> {
+    let Ok(out) = Command::new("dmesg").output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
         .lines()
+        .filter(|l| l.contains("type=1326"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The kernel's audit line for a seccomp kill of `pid` written after `before` was taken,
+/// when the kernel log is readable and the kernel did not rate-limit it away.
+fn audited_syscall(pid: u32, before: &[String]) -> Option<u64> {
+    let line = seccomp_audit_lines()
+        .into_iter()
         .rev()
-        .find(|l| l.contains("type=1326") && l.contains(&format!(" pid={pid} ")))?;
+        .find(|l| l.contains(&format!(" pid={pid} ")) && !before.contains(l))?;
     line.split_whitespace()
         .find_map(|f| f.strip_prefix("syscall="))
         .and_then(|n| n.parse().ok())
@@ -107,6 +120,7 @@ fn a_vcpu_without_ioctl_dies_at_its_first_kvm_run() {
     let mut vm = TestVm::probe("hello", 1, 64);
     let profile = write_profile(vm.dir.path(), &profile_without("vcpu", "ioctl"));
     vm.args.extend(["--seccomp-filter".into(), profile]);
+    let before = seccomp_audit_lines();
     let running = vm.spawn();
     let pid = running.child.id();
     let run = running.wait(TIMEOUT);
@@ -117,7 +131,7 @@ fn a_vcpu_without_ioctl_dies_at_its_first_kvm_run() {
         run.stdout
     );
     assert!(run.stderr.contains("Starting 1 vCPU"), "{}", run.stderr);
-    if let Some(nr) = audited_syscall(pid) {
+    if let Some(nr) = audited_syscall(pid, &before) {
         assert_eq!(nr, 16, "the kernel names ioctl");
     }
 }
@@ -130,12 +144,13 @@ fn the_vmm_thread_without_epoll_wait_dies_when_it_enters_its_event_loop() {
     let mut vm = TestVm::probe("idle", 1, 64);
     let profile = write_profile(vm.dir.path(), &profile_without("vmm", "epoll_wait"));
     vm.args.extend(["--seccomp-filter".into(), profile]);
+    let before = seccomp_audit_lines();
     let running = vm.spawn();
     let pid = running.child.id();
     let run = running.wait(TIMEOUT);
     assert_eq!(run.status.signal(), Some(SIGSYS), "{run:?}");
     assert!(run.stderr.contains("Starting 1 vCPU"), "{}", run.stderr);
-    if let Some(nr) = audited_syscall(pid) {
+    if let Some(nr) = audited_syscall(pid, &before) {
         assert_eq!(nr, 232, "the kernel names epoll_wait");
     }
 }
@@ -145,6 +160,7 @@ fn the_api_thread_without_accept4_dies_at_the_first_connection() {
     let dir = tempfile::tempdir().unwrap();
     let profile = write_profile(dir.path(), &profile_without("api", "accept4"));
     let sock = dir.path().join("api.sock");
+    let before = seccomp_audit_lines();
     let mut child = Command::new(common::palisade_bin())
         .arg("--api-sock")
         .arg(&sock)
@@ -166,7 +182,7 @@ fn the_api_thread_without_accept4_dies_at_the_first_connection() {
     let _client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.signal(), Some(SIGSYS));
-    if let Some(nr) = audited_syscall(child.id()) {
+    if let Some(nr) = audited_syscall(child.id(), &before) {
         assert_eq!(nr, 288, "the kernel names accept4");
     }
 }
